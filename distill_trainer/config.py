@@ -92,6 +92,10 @@ class DistillationConfig(TrainingArguments):
     teacher_quantization: str = field(
         default="none", metadata={"help": "Load the teacher in none | 8bit | 4bit (bitsandbytes)."}
     )
+    skip_nonfinite_loss: bool = field(
+        default=False,
+        metadata={"help": "On a NaN/inf loss, skip the batch instead of stopping (default: stop with a message)."},
+    )
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:

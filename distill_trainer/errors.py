@@ -7,3 +7,7 @@ its traceback.
 
 class UsageError(ValueError):
     """A problem in the user's input; the message names the problem and the fix."""
+
+
+class NonFiniteLossError(UsageError):
+    """The loss became NaN or infinite; raised instead of silently training on it."""

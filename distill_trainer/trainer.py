@@ -12,15 +12,20 @@ own `logits_to_keep` gathers the hidden states before the LM head), so a step ne
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import defaultdict
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DistillationConfig
-from .errors import UsageError
+from .errors import NonFiniteLossError, UsageError
 from .losses import answer_cross_entropy, distillation_loss
 from .models import check_same_vocabulary, load_causal_lm
+
+logger = logging.getLogger(__name__)
 
 
 def answer_logits(model, input_ids, attention_mask, positions, **forward_kwargs) -> torch.Tensor:
@@ -127,7 +132,7 @@ class ContextDistillationTrainer(Trainer):
         if self.teacher is not None:
             kd = self._distillation_term(model, inputs, student_logits, mask, num_items_in_batch)
             loss = loss + self.args.alpha * kd
-        loss = loss * scale
+        loss = self._guard_finite(loss * scale)
         self._log_terms(kd, ce, num_items_in_batch, n_local, scale)
         return (loss, {"logits": student_logits}) if return_outputs else loss
 
@@ -150,6 +155,23 @@ class ContextDistillationTrainer(Trainer):
         return distillation_loss(student_logits, teacher_logits, mask, kind=self.args.loss,
                                  temperature=self.args.temperature, beta=self.args.beta,
                                  num_items_in_batch=num_items_in_batch)
+
+    def _guard_finite(self, loss):
+        """Stop (or skip the batch) on a NaN/inf loss: one bad step would poison every weight after it."""
+        if not self.model.training or bool(torch.isfinite(loss)):
+            return loss
+        step = self.state.global_step + 1
+        if self.args.skip_nonfinite_loss:
+            logger.warning("non-finite loss at step %d: batch skipped (skip_nonfinite_loss=true)", step)
+            self._metrics["train"]["skipped_batches"].append(1.0)
+            return loss.new_zeros((), requires_grad=True)
+        output_dir = self.args.output_dir
+        last = get_last_checkpoint(output_dir) if output_dir and os.path.isdir(output_dir) else None
+        raise NonFiniteLossError(
+            f"the loss is {float(loss.detach())} at step {step}; training stopped before updating the weights "
+            f"(last good checkpoint: {last or 'none'}). Lower the learning rate, use float32, or set "
+            "skip_nonfinite_loss: true to skip such batches"
+        )
 
     # ---- logging ----
 

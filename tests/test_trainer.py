@@ -150,3 +150,34 @@ def test_teacher_by_path_loads(tmp_path, tokenizer, tiny_dirs, student):
     assert not trainer.teacher.training
     assert not any(p.requires_grad for p in trainer.teacher.parameters())
     trainer.train()
+
+
+def _poison(model, from_call):
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        if calls["n"] >= from_call:
+            output.logits = output.logits * float("nan")
+        return output
+
+    model.register_forward_hook(hook)
+
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, tokenizer, student, teacher):
+    from distill_trainer.errors import NonFiniteLossError
+
+    _poison(student, from_call=3)
+    trainer = make_trainer(tmp_path, student, teacher, tokenizer, save_strategy="steps", save_steps=1)
+    with pytest.raises(NonFiniteLossError, match="at step 3.*checkpoint-2.*skip_nonfinite_loss"):
+        trainer.train()
+
+
+def test_nonfinite_loss_can_skip_batches(tmp_path, tokenizer, student, teacher):
+    _poison(student, from_call=3)
+    before = {k: v.clone() for k, v in student.named_parameters()}
+    trainer = make_trainer(tmp_path, student, teacher, tokenizer, skip_nonfinite_loss=True, max_steps=3)
+    trainer.train()
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in student.named_parameters())
+    assert any("skipped_batches" in log for log in trainer.state.log_history)
