@@ -1,0 +1,289 @@
+"""Plumbing the recipes share: data preparation, two-view datasets, evaluation over tasks, outputs, the
+one-screen summary, and turning a `UsageError` into one line on stderr with exit status 2.
+
+    data = prepare_data(data_args)                     # eval sets, demonstrations, training queries
+    train = build_view_dataset(tokenizer, data.train_rows, data.pattern, data.sampler, max_length=2048)
+    results = evaluate_on_tasks(model, tokenizer, data, config, data_args, demonstrations=None)
+    write_outputs(config.output_dir, metrics, results.predictions, [student_args, data_args, config], "icl_eval")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from datasets import Dataset
+
+from .errors import UsageError
+from .evaluation import evaluate_task, label_token_ids
+from .models import count_parameters, load_causal_lm, prepare_student
+from .tasks import (
+    SEPARATOR,
+    TASKS,
+    DataArguments,
+    DemonstrationSampler,
+    NLITask,
+    Pattern,
+    balanced_subset,
+    fit_demonstrations,
+    get_task,
+    load_split,
+    per_subcase_subset,
+    row_key,
+)
+from .views import build_views
+
+# training settings worth recording in a resolved config even when the recipe left them at their default
+TRAINING_KEYS = (
+    "output_dir", "seed", "learning_rate", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
+    "weight_decay", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "bf16", "fp16", "use_cpu",
+)
+
+
+def run_recipe(main, argv=None) -> None:
+    """Run `main(argv)`; a user mistake prints `error: ...` on stderr and exits with status 2."""
+    try:
+        main(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class NLIData:
+    """Everything a recipe reads: the training task's pool, its training queries, the evaluation sets."""
+
+    task: NLITask
+    pattern: Pattern
+    pool: Dataset
+    sampler: DemonstrationSampler
+    eval_sets: dict[str, Dataset]
+    train_rows: Dataset | None = None
+
+
+def load_eval_set(name: str, data_args: DataArguments) -> Dataset:
+    task = get_task(name)
+    rows = load_split(task, task.eval_split, data_args.data_source, data_args.data_dir)
+    if "subcase" in task.extra_columns:
+        return per_subcase_subset(rows, data_args.hans_per_subcase, data_args.subset_seed)
+    return balanced_subset(rows, data_args.num_eval_examples, task.num_labels, data_args.subset_seed,
+                           what=f"{name} evaluation rows (num_eval_examples)")
+
+
+def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
+    """Evaluation sets, then the fixed demonstrations (never an evaluation query), then the training
+    queries (never a fixed demonstration). The same arguments give the same rows in every recipe, so
+    pattern-based fine-tuning and context distillation train on the same queries."""
+    task, pattern = get_task(data_args.task), data_args.get_pattern()
+    if task.train_split is None:
+        trainable = ", ".join(name for name, t in TASKS.items() if t.train_split)
+        raise UsageError(f"task {task.name!r} has no training split for demonstrations or training; "
+                         f"use it in eval_tasks and set task to one of: {trainable}")
+    eval_sets = {name: load_eval_set(name, data_args) for name in data_args.eval_tasks}
+    eval_keys = {row_key(row) for rows in eval_sets.values() for row in rows}
+    pool = load_split(task, task.train_split, data_args.data_source, data_args.data_dir)
+    sampler = DemonstrationSampler(pool, pattern, task.num_labels, data_args.k, data_args.demonstration_seed,
+                                   data_args.resample_demonstrations, exclude_keys=eval_keys)
+    train_rows = None
+    if with_train:
+        train_rows = balanced_subset(pool, data_args.num_train_examples, task.num_labels, data_args.subset_seed,
+                                     exclude_keys=sampler.fixed_keys | eval_keys,
+                                     what="training examples (num_train_examples)")
+    return NLIData(task, pattern, pool, sampler, eval_sets, train_rows)
+
+
+def model_max_length(model_config, data_args: DataArguments) -> int | None:
+    """The longest prompt allowed: `max_length` if set, else the model's position limit."""
+    if data_args.max_length is not None:
+        return data_args.max_length
+    return getattr(model_config, "max_position_embeddings", None)
+
+
+def build_view_dataset(tokenizer, rows, pattern: Pattern, sampler: DemonstrationSampler | None = None,
+                       max_length: int | None = None, drop_demonstrations_to_fit: bool = False,
+                       teacher_tokenizer=None) -> Dataset:
+    """Two views per row (`build_views`); without a sampler, the student view only (pattern-based
+    fine-tuning). A teacher with another tokenizer gets its view built with its own tokenizer."""
+    other = teacher_tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab()
+    features = []
+    for index, row in enumerate(rows):
+        query, answer = pattern.query(row), pattern.answer(row["label"])
+        if sampler is None:
+            views = build_views(tokenizer, query, answer)
+            views = {k: v for k, v in views.items() if not k.startswith("teacher_")}
+        else:
+            demos = fit_demonstrations(teacher_tokenizer if other else tokenizer, sampler.for_query(row), query,
+                                       answer, max_length, drop_demonstrations_to_fit)
+            views = build_views(tokenizer, query, answer, SEPARATOR.join(demos), SEPARATOR)
+            if other:
+                teacher = build_views(teacher_tokenizer, query, answer, SEPARATOR.join(demos), SEPARATOR)
+                views["teacher_input_ids"] = teacher["teacher_input_ids"]
+                views["teacher_answer_positions"] = teacher["teacher_answer_positions"]
+        features.append({**views, "label": int(row["label"]), "example_index": index})
+    return Dataset.from_list(features)
+
+
+def first_token_ids(tokenizer, pattern: Pattern) -> list[int]:
+    """The verbalizer's first token per label (checked for collisions), as the trainer wants them."""
+    return [ids[0] for ids in label_token_ids(tokenizer, pattern.label_words)]
+
+
+# ---------------------------------------------------------------- student and training
+
+
+def load_student(student_args):
+    """The student model, made trainable as `student_mode` asks (full, LoRA or BitFit)."""
+    model = load_causal_lm(student_args.model_name_or_path, dtype=student_args.dtype)
+    return prepare_student(model, student_args.student_mode, lora_r=student_args.lora_r,
+                           lora_alpha=student_args.lora_alpha, lora_dropout=student_args.lora_dropout,
+                           lora_target_modules=student_args.lora_target_modules)
+
+
+def training_metrics(trainer, train_result, num_examples: int) -> dict:
+    """Parameter counts, the training run's figures and its log history, for metrics.json."""
+    trainable, total = count_parameters(trainer.model)
+    return {
+        "parameters": {"trainable": trainable, "total": total},
+        "train": {"num_examples": num_examples, "global_step": train_result.global_step,
+                  "train_loss": train_result.training_loss, **train_result.metrics},
+        "log_history": trainer.state.log_history,
+    }
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalResults:
+    metrics: dict[str, dict] = field(default_factory=dict)
+    predictions: dict[str, list[dict]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def evaluate_on_tasks(model, tokenizer, data: NLIData, config, data_args: DataArguments, demonstrations=None,
+                      max_length: int | None = None) -> EvalResults:
+    """Evaluate on every evaluation set; `demonstrations` as in `evaluate_task` (None: zero-shot)."""
+    results, start = EvalResults(), time.perf_counter()
+    for name, rows in data.eval_sets.items():
+        metrics, predictions = evaluate_task(
+            model, tokenizer, rows, get_task(name), data.pattern, demonstrations,
+            batch_size=config.per_device_eval_batch_size, max_length=max_length,
+            drop_demonstrations_to_fit=data_args.drop_demonstrations_to_fit, progress=not config.disable_tqdm,
+        )
+        results.metrics[name], results.predictions[name] = metrics, predictions
+    results.seconds = time.perf_counter() - start
+    return results
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def resolved_config(configs) -> dict:
+    """Every field of the recipe's own dataclasses, plus the training settings that shape the run.
+
+    Loadable again with `--config` (None values are left out: they mean "the default")."""
+    from transformers import TrainingArguments
+
+    values = {}
+    for obj in configs:
+        if isinstance(obj, TrainingArguments):  # ~150 fields: keep the distillation, usual and given ones
+            as_dict = obj.to_dict()
+            inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+            own = [f.name for f in dataclasses.fields(obj) if f.name not in inherited]
+            given = getattr(obj, "recipe", {})
+            for key in (*TRAINING_KEYS, *own, *given):
+                # as the user wrote it where that is plain YAML (report_to: none, which to_dict turns into [])
+                plain = key in given and type(given[key]) in (str, int, float, bool, list)
+                if plain or key in as_dict:
+                    values[key] = given[key] if plain else as_dict[key]
+        else:
+            values.update({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init})
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_outputs(output_dir, metrics: dict, predictions: dict[str, list[dict]], configs,
+                  recipe: str) -> list[Path]:
+    """metrics.json, predictions_<task>.jsonl and resolved_config.yaml (main process only)."""
+    output_dir = Path(output_dir)
+    paths = [output_dir / "metrics.json", *(output_dir / f"predictions_{name}.jsonl" for name in predictions),
+             output_dir / "resolved_config.yaml"]
+    if not is_main_process():
+        return paths
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, records in predictions.items():
+        _write_atomically(output_dir / f"predictions_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    header = (f"# resolved configuration of recipes/{recipe}.py; rerun with:\n"
+              f"# accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/{recipe}.py "
+              f"--config {output_dir / 'resolved_config.yaml'}\n")
+    _write_atomically(output_dir / "resolved_config.yaml",
+                      header + yaml.safe_dump(resolved_config(configs), sort_keys=False, allow_unicode=True))
+    # metrics last: its presence means the run finished
+    _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return paths
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _row(name: str, m: dict) -> str:
+    per_label = "/".join(_fmt(v, ".2f") for v in m["per_label_accuracy"].values())
+    first_label = next(iter(m["predicted_label_balance"].values()))
+    accuracy = f"{_fmt(m['accuracy'])}±{_fmt(m['accuracy_stderr'])}"
+    return (f"{name:<22}{m['n']:>6}  {accuracy:<13}{per_label:<12}{_fmt(m.get('vocab_accuracy')):<10}"
+            f"{_fmt(m['macro_f1']):<9}{_fmt(m['auc']):<7}{first_label:>6.0%}")
+
+
+def format_summary(title: str, header: dict[str, str], eval_metrics: dict[str, dict], paths) -> str:
+    """One screen: what ran, the metrics per task (and per HANS heuristic), where the files are."""
+    lines = [f"==== {title} " + "=" * max(0, 92 - len(title)), *(f"{k:<10}{v}" for k, v in header.items())]
+    lines.append(f"{'task':<22}{'n':>6}  {'accuracy':<13}{'per label':<12}{'vocab acc':<10}{'macro-F1':<9}"
+                 f"{'AUC':<7}{'pred. label 0':>13}")
+    for name, m in eval_metrics.items():
+        lines.append(_row(name, m))
+        for group, gm in m.get("per_heuristic", {}).items():
+            lines.append(_row(f"  {group}", gm))
+    lines.append(f"{'outputs':<10}" + "  ".join(str(p) for p in paths))
+    return "\n".join(lines)
+
+
+def describe_student(student_args, metrics: dict) -> str:
+    parameters = metrics["parameters"]
+    return (f"{student_args.model_name_or_path} ({student_args.student_mode}; {parameters['trainable']:,} of "
+            f"{parameters['total']:,} parameters trainable)")
+
+
+def describe_training(metrics: dict) -> str:
+    train = metrics["train"]
+    return (f"{train['num_examples']} examples, {train['global_step']} steps, {train['train_runtime']:.1f} s, "
+            f"mean loss {train['train_loss']:.4f}")
+
+
+def print_summary(title: str, header: dict[str, str], eval_metrics: dict[str, dict], paths) -> None:
+    if is_main_process():
+        print("\n" + format_summary(title, header, eval_metrics, paths), flush=True)

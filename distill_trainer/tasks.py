@@ -1,0 +1,479 @@
+"""NLI tasks: loading MNLI and HANS (from the Hub or a local directory), patterns, demonstrations.
+
+    task = get_task("mnli")                               # binary MNLI, Mosbach et al. (2023)
+    pattern = get_pattern("gpt3", task.num_labels)
+    pool = load_split(task, "train", data_args)           # a datasets.Dataset: premise, hypothesis, label
+    demos = sample_demonstrations(pool, task.num_labels, k=16, seed=0)
+    prompt = render_demonstrations(demos, pattern)        # "\n\n"-joined, the teacher's few-shot block
+    query, answer = pattern.query(row), pattern.answer(row["label"])
+
+A local data directory has the Hub datasets' columns and label ids, laid out as
+`mnli/train.jsonl`, `mnli/validation_matched.jsonl` and `hans/validation.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+
+from .errors import UsageError
+
+DATA_ENV = "DISTILL_TRAINER_DATA"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout; data/ or ../shared/data may sit next to it
+DATA_SOURCES = ("auto", "hub", "local")
+SEPARATOR = "\n\n"
+REQUIRED_COLUMNS = ("premise", "hypothesis", "label")
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class NLITask:
+    """Where a task's data lives and how its source labels map onto the task's labels."""
+
+    name: str
+    label_names: tuple[str, ...]
+    local_dir: str  # subdirectory of a local data dir; files are <split>.jsonl
+    hub_path: str
+    hub_name: str | None = None
+    hub_revision: str | None = None
+    train_split: str | None = None  # the pool for demonstrations and training examples
+    eval_split: str = "validation"
+    label_map: dict | None = None  # source label -> task label; rows whose label is absent are dropped (-1: test)
+    extra_columns: tuple[str, ...] = ()
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+TASKS = {
+    # Mosbach et al. (2023): neutral dropped, contradiction becomes label 1
+    "mnli": NLITask("mnli", ("entailment", "contradiction"), "mnli", "nyu-mll/glue", "mnli",
+                    train_split="train", eval_split="validation_matched", label_map={0: 0, 2: 1}),
+    "mnli_3way": NLITask("mnli_3way", ("entailment", "neutral", "contradiction"), "mnli", "nyu-mll/glue", "mnli",
+                         train_split="train", eval_split="validation_matched", label_map={0: 0, 1: 1, 2: 2}),
+    # the Hub's `hans` is a loading script, which recent `datasets` no longer runs; the Hub's own parquet
+    # conversion of it has the same columns
+    "hans": NLITask("hans", ("entailment", "non_entailment"), "hans", "jhu-cogsci/hans",
+                    hub_revision="refs/convert/parquet", eval_split="validation", label_map={0: 0, 1: 1},
+                    extra_columns=("heuristic", "subcase", "template")),
+}
+
+
+def get_task(name: str) -> NLITask:
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+# ---------------------------------------------------------------- patterns
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A template with `{premise}` and `{hypothesis}`, and one label word per label (the verbalizer)."""
+
+    name: str
+    template: str
+    label_words: tuple[str, ...]
+
+    def query(self, row) -> str:
+        # plain replacement rather than str.format, so a custom template may contain other braces
+        return self.template.replace("{premise}", row["premise"].strip()).replace(
+            "{hypothesis}", row["hypothesis"].strip()
+        )
+
+    def answer(self, label: int) -> str:
+        return self.label_words[label]
+
+    def demonstration(self, row) -> str:
+        return self.query(row) + self.answer(row["label"])
+
+
+# by number of labels; the 3-way words follow lm-evaluation-harness's MNLI task
+PATTERNS = {
+    "minimal": {
+        2: Pattern("minimal", "{premise} {hypothesis} ?", (" Yes", " No")),
+        3: Pattern("minimal", "{premise} {hypothesis} ?", (" Yes", " Maybe", " No")),
+    },
+    "gpt3": {
+        2: Pattern("gpt3", "{premise} question: {hypothesis} Yes or No? answer:", (" Yes", " No")),
+        3: Pattern("gpt3", "{premise} question: {hypothesis} Yes, No, or Maybe? answer:",
+                   (" Yes", " Maybe", " No")),
+    },
+    "eval_harness": {
+        2: Pattern("eval_harness", "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:",
+                   (" True", " False")),
+        3: Pattern("eval_harness", "{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:",
+                   (" True", " Neither", " False")),
+    },
+}
+CUSTOM = "custom"
+
+
+def check_template(template: str) -> None:
+    missing = [p for p in ("{premise}", "{hypothesis}") if p not in template]
+    if missing:
+        raise UsageError(
+            f"template {template!r} lacks {' and '.join(missing)}; a template must contain both "
+            "{premise} and {hypothesis}"
+        )
+
+
+def get_pattern(name: str, num_labels: int, template: str | None = None, label_words=None) -> Pattern:
+    """A named pattern (label words may be overridden) or `custom` with a template and label words."""
+    if name == CUSTOM:
+        if not template or not label_words:
+            raise UsageError(
+                "pattern: custom needs both template (with {premise} and {hypothesis}) and label_words"
+            )
+        check_template(template)
+        pattern = Pattern(CUSTOM, template, tuple(label_words))
+    elif name not in PATTERNS:
+        raise UsageError(f"unknown pattern {name!r}; choose one of: {', '.join([*PATTERNS, CUSTOM])}")
+    elif template:
+        raise UsageError(
+            f"template is only read with pattern: custom (the pattern is {name!r}); set pattern: custom"
+        )
+    else:
+        pattern = PATTERNS[name][num_labels]
+        if label_words:
+            pattern = Pattern(name, pattern.template, tuple(label_words))
+    if len(pattern.label_words) != num_labels:
+        raise UsageError(
+            f"label_words has {len(pattern.label_words)} words {list(pattern.label_words)} but the task has "
+            f"{num_labels} labels; give one word per label, in label order"
+        )
+    if len(set(pattern.label_words)) != num_labels:
+        raise UsageError(f"label_words {list(pattern.label_words)} repeat a word; each label needs its own word")
+    return pattern
+
+
+# ---------------------------------------------------------------- arguments
+
+
+@dataclass
+class DataArguments:
+    """Which task, data, pattern and demonstrations a recipe uses."""
+
+    task: str = field(
+        default="mnli", metadata={"help": f"Training task and demonstration pool: {', '.join(TASKS)}."}
+    )
+    eval_tasks: list[str] = field(
+        default=None,
+        metadata={"help": "Tasks to evaluate on (their evaluation splits); default: the task itself."},
+    )
+    data_source: str = field(
+        default="auto",
+        metadata={"help": "hub, local, or auto: a local data directory if one is found, else the Hub."},
+    )
+    data_dir: str = field(
+        default=None,
+        metadata={"help": f"Local data directory (mnli/*.jsonl, hans/*.jsonl); default: ${DATA_ENV}, then "
+                          "data/ or ../shared/data next to the repository."},
+    )
+    pattern: str = field(default="minimal", metadata={"help": f"{', '.join(PATTERNS)} or {CUSTOM}."})
+    template: str = field(
+        default=None, metadata={"help": "With pattern: custom; must hold {premise} and {hypothesis}."}
+    )
+    label_words: list[str] = field(
+        default=None,
+        metadata={"help": "One word per label in label order, e.g. [' Yes', ' No']; default: the pattern's."},
+    )
+    k: int = field(
+        default=16, metadata={"help": "Demonstrations in the teacher's (or ICL model's) prompt; 0 = none."}
+    )
+    demonstration_seed: int = field(default=0, metadata={"help": "Seed for choosing and ordering demonstrations."})
+    resample_demonstrations: bool = field(
+        default=False, metadata={"help": "Draw new demonstrations for every example instead of one fixed set."}
+    )
+    num_train_examples: int = field(
+        default=128, metadata={"help": "Training examples, class-balanced, disjoint from the demonstrations."}
+    )
+    num_eval_examples: int = field(
+        default=None, metadata={"help": "Class-balanced evaluation rows per non-HANS task; default: all."}
+    )
+    hans_per_subcase: int = field(
+        default=None, metadata={"help": "HANS rows per subcase (30 subcases); default: all."}
+    )
+    subset_seed: int = field(default=0, metadata={"help": "Seed for choosing training and evaluation subsets."})
+    max_length: int = field(
+        default=None,
+        metadata={"help": "Longest prompt (tokens) the teacher/ICL model reads; default: its position limit."},
+    )
+    drop_demonstrations_to_fit: bool = field(
+        default=False,
+        metadata={"help": "Drop trailing demonstrations of a prompt that exceeds max_length instead of failing."},
+    )
+
+    def __post_init__(self):
+        task = get_task(self.task)
+        self.eval_tasks = list(self.eval_tasks or [self.task])
+        for name in self.eval_tasks:
+            if get_task(name).num_labels != task.num_labels:
+                raise UsageError(
+                    f"eval task {name!r} has {get_task(name).num_labels} labels but task {self.task!r} has "
+                    f"{task.num_labels}; evaluate on tasks with the same labels (binary mnli goes with hans)"
+                )
+        if self.data_source not in DATA_SOURCES:
+            raise UsageError(
+                f"data_source={self.data_source!r} is not valid; choose one of: {', '.join(DATA_SOURCES)}"
+            )
+        get_pattern(self.pattern, task.num_labels, self.template, self.label_words)
+        for name in ("k", "num_train_examples"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("num_eval_examples", "hans_per_subcase", "max_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1 (or unset for the default), got {getattr(self, name)}")
+
+    def get_pattern(self) -> Pattern:
+        return get_pattern(self.pattern, get_task(self.task).num_labels, self.template, self.label_words)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def candidate_data_dirs() -> list[Path]:
+    """Where a local data directory is looked for when none is given, in order."""
+    candidates = []
+    if os.environ.get(DATA_ENV):
+        candidates.append(Path(os.environ[DATA_ENV]))
+    return candidates + [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
+
+
+def resolve_data_dir(data_source: str = "auto", data_dir: str | None = None) -> Path | None:
+    """The local directory to read, or None for the Hub."""
+    if data_source == "hub":
+        return None
+    if data_dir:
+        if not Path(data_dir).is_dir():
+            raise UsageError(
+                f"data_dir {data_dir} does not exist; give a directory holding mnli/ and hans/ jsonl files"
+            )
+        return Path(data_dir)
+    for candidate in candidate_data_dirs():
+        if candidate.is_dir():
+            return candidate
+    if data_source == "local":
+        looked = ", ".join(str(c) for c in candidate_data_dirs())
+        raise UsageError(
+            f"no local data directory found (looked in: {looked}; ${DATA_ENV} is "
+            f"{'unset' if DATA_ENV not in os.environ else 'set'}); set data_dir or ${DATA_ENV}, "
+            "or use data_source: hub"
+        )
+    return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise UsageError(
+            f"data file {path} does not exist; a local data dir holds mnli/train.jsonl, "
+            "mnli/validation_matched.jsonl and hans/validation.jsonl"
+        )
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _load_hub(task: NLITask, split: str, data_source: str) -> Dataset:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(task.hub_path, task.hub_name, split=split, revision=task.hub_revision)
+    except Exception as error:  # noqa: BLE001 -- offline, unknown split, no access: one message for all
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if data_source == "hub":
+            hint = "to read a local copy instead, set data_source: auto or local (with data_dir)"
+        else:
+            looked = ", ".join(str(c) for c in candidate_data_dirs())
+            hint = f"no local copy was found (looked in: {looked}); set data_dir or ${DATA_ENV} to one"
+        raise UsageError(f"cannot load {task.hub_path} split {split!r} from the Hub ({reason}); {hint}") from None
+
+
+def _relabel(dataset: Dataset, label_map: dict) -> Dataset:
+    """Keep the rows whose label is in `label_map` and map their labels, quietly (no cache files, no bars)."""
+    import datasets
+
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        dataset = dataset.select([i for i, label in enumerate(dataset["label"]) if label in label_map])
+        labels = [label_map[label] for label in dataset["label"]]
+        return dataset.remove_columns("label").add_column("label", labels)
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+
+
+def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: str | None = None) -> Dataset:
+    """One split of a task with columns premise, hypothesis, label (task label ids) and the task's extras."""
+    directory = resolve_data_dir(data_source, data_dir)
+    if directory is None:
+        dataset, where = _load_hub(task, split, data_source), f"{task.hub_path} ({split})"
+    else:
+        path = directory / task.local_dir / f"{split}.jsonl"
+        dataset, where = Dataset.from_list(_read_jsonl(path)), str(path)
+    columns = (*REQUIRED_COLUMNS, *task.extra_columns)
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise UsageError(
+            f"{where} lacks column(s) {missing} (it has {dataset.column_names}); "
+            f"task {task.name} needs {list(columns)}"
+        )
+    dataset = dataset.select_columns(list(columns))
+    if task.label_map is not None:
+        dataset = _relabel(dataset, task.label_map)
+    if len(dataset) == 0:
+        raise UsageError(f"{where} has no rows with the labels of task {task.name}")
+    return dataset
+
+
+# ---------------------------------------------------------------- subsets and demonstrations
+
+
+def row_key(row) -> tuple[str, str]:
+    return (row["premise"], row["hypothesis"])
+
+
+def _per_label_counts(total: int, labels, rng: random.Random) -> dict[int, int]:
+    """`total` split as evenly as possible over `labels`; the remainder goes to randomly chosen labels."""
+    labels = list(labels)
+    counts = {label: total // len(labels) for label in labels}
+    for label in rng.sample(labels, total % len(labels)):
+        counts[label] += 1
+    return counts
+
+
+def balanced_indices(labels: list[int], total: int, num_labels: int, seed: int, exclude: set[int] = frozenset(),
+                     what: str = "examples") -> list[int]:
+    """`total` indices, class-balanced, shuffled, seeded, never one of `exclude`."""
+    rng = random.Random(seed)
+    by_label = {label: [] for label in range(num_labels)}
+    for index, label in enumerate(labels):
+        if index not in exclude:
+            by_label[label].append(index)
+    chosen = []
+    for label, count in _per_label_counts(total, range(num_labels), rng).items():
+        if count > len(by_label[label]):
+            raise UsageError(
+                f"{total} {what} need {count} of label {label} but only {len(by_label[label])} are available; "
+                "ask for fewer or use a larger pool"
+            )
+        chosen += rng.sample(by_label[label], count)
+    rng.shuffle(chosen)
+    return chosen
+
+
+def balanced_subset(dataset: Dataset, total: int | None, num_labels: int, seed: int, exclude_keys=frozenset(),
+                    what: str = "rows") -> Dataset:
+    """`total` class-balanced rows (None: all), none whose (premise, hypothesis) is in `exclude_keys`."""
+    exclude = {i for i, key in enumerate(zip(dataset["premise"], dataset["hypothesis"])) if key in exclude_keys}
+    if total is None:
+        return dataset.select([i for i in range(len(dataset)) if i not in exclude]) if exclude else dataset
+    if total > len(dataset) - len(exclude):
+        raise UsageError(
+            f"asked for {total} {what} but the data has only {len(dataset) - len(exclude)}; ask for fewer"
+        )
+    return dataset.select(sorted(balanced_indices(dataset["label"], total, num_labels, seed, exclude, what=what)))
+
+
+def per_subcase_subset(dataset: Dataset, per_subcase: int | None, seed: int) -> Dataset:
+    """Up to `per_subcase` rows of each HANS subcase, seeded, keeping the file's order."""
+    if per_subcase is None:
+        return dataset
+    rng = random.Random(seed)
+    by_subcase: dict[str, list[int]] = {}
+    for index, subcase in enumerate(dataset["subcase"]):
+        by_subcase.setdefault(subcase, []).append(index)
+    chosen = [i for rows in by_subcase.values() for i in rng.sample(rows, min(per_subcase, len(rows)))]
+    return dataset.select(sorted(chosen))
+
+
+def sample_demonstrations(pool: Dataset, num_labels: int, k: int, seed: int,
+                          exclude_keys=frozenset()) -> list[dict]:
+    """k class-balanced, shuffled pool rows; none whose (premise, hypothesis) is in `exclude_keys`."""
+    if k == 0:
+        return []
+    exclude = {i for i, key in enumerate(zip(pool["premise"], pool["hypothesis"])) if key in exclude_keys}
+    indices = balanced_indices(pool["label"], k, num_labels, seed, exclude, what=f"demonstrations (k={k})")
+    return [pool[i] for i in indices]
+
+
+def render_demonstrations(rows: list[dict], pattern: Pattern) -> list[str]:
+    """Each demonstration as query + its gold label word; joined with SEPARATOR to form the prompt."""
+    return [pattern.demonstration(row) for row in rows]
+
+
+class DemonstrationSampler:
+    """Demonstrations for any query: one fixed set per run, or a fresh draw per query (`resample`).
+
+    A per-query draw is seeded by (seed, query) so the same run gives the same prompts, and never holds
+    the query itself.
+    """
+
+    def __init__(self, pool: Dataset, pattern: Pattern, num_labels: int, k: int, seed: int, resample: bool = False,
+                 exclude_keys=frozenset()):
+        self.pool, self.pattern, self.num_labels, self.k, self.seed = pool, pattern, num_labels, k, seed
+        self.resample = resample
+        self._labels = pool["label"]
+        self._index_of = {key: i for i, key in enumerate(zip(pool["premise"], pool["hypothesis"]))}
+        rows = [] if resample else sample_demonstrations(pool, num_labels, k, seed, exclude_keys)
+        self.fixed = None if resample else render_demonstrations(rows, pattern)
+        self.fixed_keys = {row_key(row) for row in rows}  # training queries are drawn from outside these
+
+    def for_query(self, row) -> list[str]:
+        if not self.resample:
+            return self.fixed
+        if self.k == 0:
+            return []
+        own = self._index_of.get(row_key(row))
+        exclude = {own} if own is not None else set()
+        indices = balanced_indices(self._labels, self.k, self.num_labels, self._seed_for(row), exclude,
+                                   what=f"demonstrations (k={self.k})")
+        return [self.pattern.demonstration(self.pool[i]) for i in indices]
+
+    def _seed_for(self, row) -> int:
+        # str seeds are hashed deterministically by random.Random (unlike hash(), which is salted per process)
+        return random.Random(f"{self.seed}|{row['premise']}|{row['hypothesis']}").getrandbits(63)
+
+
+# ---------------------------------------------------------------- length guard
+
+
+def fit_demonstrations(tokenizer, demonstrations: list[str], query: str, answer: str, max_length: int | None,
+                       drop: bool = False) -> list[str]:
+    """The demonstrations to put before `query`, checked against the teacher's `max_length`.
+
+    The query and answer are never truncated. When the prompt is too long this fails with the lengths,
+    or, with `drop`, leaves out trailing demonstrations until it fits.
+    """
+    from .views import build_views
+
+    if max_length is None:
+        return demonstrations
+    bare = len(build_views(tokenizer, query, answer)["teacher_input_ids"])
+    if bare > max_length:
+        raise UsageError(
+            f"a query with its answer is {bare} tokens, more than max_length={max_length}; queries are never "
+            f"truncated: raise max_length (query starts {query[:60]!r})"
+        )
+    kept = list(demonstrations)
+    while kept:
+        length = len(build_views(tokenizer, query, answer, SEPARATOR.join(kept), SEPARATOR)["teacher_input_ids"])
+        if length <= max_length:
+            return kept
+        if not drop:
+            raise UsageError(
+                f"the prompt is {length} tokens ({len(kept)} demonstrations: {length - bare} tokens; query and "
+                f"answer: {bare}) but max_length={max_length}; lower k, raise max_length, or set "
+                "drop_demonstrations_to_fit: true"
+            )
+        kept.pop()
+    return kept

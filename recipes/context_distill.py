@@ -1,0 +1,129 @@
+"""Context distillation: a teacher reads k demonstrations + the query, the prompt-stripped student reads the
+query alone and learns to match the teacher's answer distribution; then the student is evaluated
+zero-shot on every evaluation task.
+
+    accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/context_distill.py \
+        --config recipes/configs/paper/cd-full.yaml [--student_mode lora] [--teacher_quantization 8bit]
+
+Student: full | lora | bitfit. Teacher: any model id or path, quantized with teacher_quantization, or
+`self` (a LoRA student's own base model with the adapters off). Writes the student, metrics.json,
+predictions_<task>.jsonl and resolved_config.yaml into output_dir.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig
+
+from distill_trainer import (
+    ContextDistillationTrainer,
+    DataArguments,
+    DistillationConfig,
+    StudentArguments,
+    TwoViewCollator,
+    UsageError,
+    parse_config,
+)
+from distill_trainer.hub import card_for_recipe, save_student, ship_student
+from distill_trainer.models import load_tokenizer, resolve_model_path
+from distill_trainer.recipe_utils import (
+    build_view_dataset,
+    describe_student,
+    describe_training,
+    evaluate_on_tasks,
+    first_token_ids,
+    load_student,
+    model_max_length,
+    prepare_data,
+    print_summary,
+    resolved_config,
+    run_recipe,
+    training_metrics,
+    write_outputs,
+)
+
+RECIPE = "context_distill"
+CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
+
+
+def check_teacher(student_args: StudentArguments, config: DistillationConfig) -> str:
+    teacher = config.teacher_model_name_or_path
+    if not teacher:
+        raise UsageError("context_distill needs teacher_model_name_or_path: a model id or path, or 'self' with "
+                         "student_mode: lora; for gold labels only run recipes/pattern_finetune.py")
+    if teacher == "self" and student_args.student_mode != "lora":
+        raise UsageError(f"teacher 'self' is the student's base model with its LoRA adapters off, so it needs "
+                         f"student_mode: lora (got {student_args.student_mode})")
+    return teacher
+
+
+def run_context_distill(student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig,
+                        callbacks=None) -> dict:
+    teacher = check_teacher(student_args, config)
+    is_self = teacher == "self"
+    teacher_path = student_args.model_name_or_path if is_self else teacher
+
+    # ------------------------------------------------------------ data
+    data = prepare_data(data_args)
+
+    # ------------------------------------------------------------ tokenizers and the teacher's prompts
+    tokenizer = load_tokenizer(student_args.model_name_or_path)
+    teacher_tokenizer = tokenizer if is_self else load_tokenizer(teacher_path)
+    label_ids = first_token_ids(tokenizer, data.pattern)
+    teacher_label_ids = first_token_ids(teacher_tokenizer, data.pattern)
+    max_length = model_max_length(AutoConfig.from_pretrained(resolve_model_path(teacher_path)), data_args)
+    train_dataset = build_view_dataset(tokenizer, data.train_rows, data.pattern, data.sampler, max_length,
+                                       data_args.drop_demonstrations_to_fit, teacher_tokenizer)
+
+    # ------------------------------------------------------------ student, and the teacher inside the trainer
+    student = load_student(student_args)
+    trainer = ContextDistillationTrainer(
+        model=student, args=config, teacher=teacher, train_dataset=train_dataset, processing_class=tokenizer,
+        data_collator=TwoViewCollator(tokenizer.pad_token_id), label_token_ids=label_ids,
+        teacher_label_token_ids=teacher_label_ids, teacher_tokenizer=teacher_tokenizer, callbacks=callbacks,
+    )
+
+    # ------------------------------------------------------------ distill
+    train_result = trainer.train()
+    save_student(trainer, config.output_dir)  # the weights are safe on disk before the evaluation starts
+
+    # ------------------------------------------------------------ evaluate the student, no demonstrations
+    results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
+
+    # ------------------------------------------------------------ report
+    metrics = {
+        "recipe": RECIPE, "method": f"cd_{student_args.student_mode}", "model": student_args.model_name_or_path,
+        "student_mode": student_args.student_mode, "teacher": teacher,
+        "teacher_quantization": "none" if is_self else config.teacher_quantization,
+        "task": data.task.name, "pattern": data.pattern.name, "label_words": list(data.pattern.label_words),
+        "k": data_args.k, "demonstration_seed": data_args.demonstration_seed,
+        "resample_demonstrations": data_args.resample_demonstrations,
+        "loss": config.loss, "alpha": config.alpha, "temperature": config.temperature,
+        "distill_vocab": config.distill_vocab,
+        **training_metrics(trainer, train_result, len(train_dataset)),
+        "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+    }
+    configs = (student_args, data_args, config)
+    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
+    # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
+    memory = metrics.get("memory")
+    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory=memory)
+    ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
+    resampled = " resampled per query" if data_args.resample_demonstrations else ""
+    print_summary(f"context distillation: {student_args.model_name_or_path} <- {teacher}", {
+        "student": describe_student(student_args, metrics),
+        "teacher": f"{teacher} (quantization {metrics['teacher_quantization']}), pattern {data.pattern.name}, "
+                   f"k={data_args.k} demonstrations{resampled}",
+        "loss": f"{config.alpha:g} x {config.loss} (T={config.temperature:g}, {config.distill_vocab} vocabulary)"
+                f" + {1 - config.alpha:g} x cross-entropy",
+        "training": describe_training(metrics),
+        "eval": f"{results.seconds:.1f} s, student without demonstrations",
+    }, results.metrics, paths)
+    return metrics
+
+
+def main(argv=None) -> dict:
+    return run_context_distill(*parse_config(CONFIG_TYPES, argv))
+
+
+if __name__ == "__main__":
+    run_recipe(main)

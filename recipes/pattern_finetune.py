@@ -1,0 +1,106 @@
+"""Pattern-based fine-tuning baseline: the student reads the pattern (no demonstrations) and is trained
+with cross-entropy on the gold label word; then it is evaluated zero-shot on every evaluation task.
+
+    accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/pattern_finetune.py \
+        --config recipes/configs/paper/pbft.yaml [--student_mode lora --learning_rate 1e-4]
+
+This is `ContextDistillationTrainer` with alpha=0 and no teacher. The training queries are the ones
+context distillation uses with the same data settings (they exclude its fixed demonstrations), so the
+two methods differ only in where the targets come from. Writes the student, metrics.json,
+predictions_<task>.jsonl and resolved_config.yaml into output_dir.
+"""
+
+from __future__ import annotations
+
+from distill_trainer import (
+    ContextDistillationTrainer,
+    DataArguments,
+    DistillationConfig,
+    StudentArguments,
+    TwoViewCollator,
+    UsageError,
+    parse_config,
+)
+from distill_trainer.hub import card_for_recipe, save_student, ship_student
+from distill_trainer.models import load_tokenizer
+from distill_trainer.recipe_utils import (
+    build_view_dataset,
+    describe_student,
+    describe_training,
+    evaluate_on_tasks,
+    first_token_ids,
+    load_student,
+    prepare_data,
+    print_summary,
+    resolved_config,
+    run_recipe,
+    training_metrics,
+    write_outputs,
+)
+
+RECIPE = "pattern_finetune"
+CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
+
+
+def check_gold_labels_only(config: DistillationConfig) -> None:
+    if config.teacher_model_name_or_path:
+        raise UsageError("pattern_finetune trains on gold labels and reads no teacher; remove "
+                         "teacher_model_name_or_path, or run recipes/context_distill.py")
+    if "alpha" in getattr(config, "recipe", {}) and config.alpha != 0:
+        raise UsageError(f"pattern_finetune uses alpha=0 (gold labels only), got alpha={config.alpha}; "
+                         "remove alpha, or run recipes/context_distill.py")
+    config.alpha = 0.0
+
+
+def run_pattern_finetune(student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig,
+                         callbacks=None) -> dict:
+    check_gold_labels_only(config)
+
+    # ------------------------------------------------------------ data
+    data = prepare_data(data_args)
+
+    # ------------------------------------------------------------ student
+    tokenizer = load_tokenizer(student_args.model_name_or_path)
+    first_token_ids(tokenizer, data.pattern)  # label-word collisions fail here, before the model loads
+    student = load_student(student_args)
+    train_dataset = build_view_dataset(tokenizer, data.train_rows, data.pattern)
+
+    # ------------------------------------------------------------ train on the gold label words
+    trainer = ContextDistillationTrainer(
+        model=student, args=config, teacher=None, train_dataset=train_dataset, processing_class=tokenizer,
+        data_collator=TwoViewCollator(tokenizer.pad_token_id), callbacks=callbacks,
+    )
+    train_result = trainer.train()
+    save_student(trainer, config.output_dir)  # the weights are safe on disk before the evaluation starts
+
+    # ------------------------------------------------------------ evaluate the student, no demonstrations
+    results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
+
+    # ------------------------------------------------------------ report
+    metrics = {
+        "recipe": RECIPE, "method": f"pbft_{student_args.student_mode}", "model": student_args.model_name_or_path,
+        "student_mode": student_args.student_mode, "task": data.task.name, "pattern": data.pattern.name,
+        "label_words": list(data.pattern.label_words),
+        **training_metrics(trainer, train_result, len(train_dataset)),
+        "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+    }
+    configs = (student_args, data_args, config)
+    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
+    # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
+    memory = metrics.get("memory")
+    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory=memory)
+    ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
+    print_summary(f"pattern-based fine-tuning: {student_args.model_name_or_path}", {
+        "student": describe_student(student_args, metrics),
+        "training": f"{describe_training(metrics)}, gold label words of pattern {data.pattern.name}",
+        "eval": f"{results.seconds:.1f} s, student without demonstrations",
+    }, results.metrics, paths)
+    return metrics
+
+
+def main(argv=None) -> dict:
+    return run_pattern_finetune(*parse_config(CONFIG_TYPES, argv))
+
+
+if __name__ == "__main__":
+    run_recipe(main)

@@ -1,0 +1,186 @@
+"""The three recipes end to end on tiny models: through `accelerate launch` (one subprocess each, 2 steps),
+in process for variants, and every bad input giving one clear error, exit status 2, and no output."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill_trainer import parse_config
+from distill_trainer.recipe_utils import run_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = str(Path(__file__).parent / "data")
+CPU = "recipes/configs/accelerate/cpu.yaml"
+
+
+def load_recipe(name):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_recipe(tmp_path, tiny_dirs, name="recipe", **overrides):
+    values = {
+        "model_name_or_path": tiny_dirs["student"], "task": "mnli", "eval_tasks": ["mnli", "hans"],
+        "data_source": "local", "data_dir": DATA, "k": 2, "num_train_examples": 8, "hans_per_subcase": 1,
+        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "per_device_eval_batch_size": 16,
+        "max_steps": 2, "learning_rate": 1e-3, "save_strategy": "no", "logging_steps": 1, "use_cpu": True,
+        "disable_tqdm": True, "report_to": "none",
+    }
+    values.update(overrides)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def launch(recipe, config, *extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", CPU,
+               "--num_cpu_threads_per_process", "2", f"recipes/{recipe}.py", "--config", config, *extra]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_outputs(output_dir, n_tasks=2):
+    output_dir = Path(output_dir)
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics["eval"]) == {"mnli", "hans"}
+    for task, task_metrics in metrics["eval"].items():
+        lines = (output_dir / f"predictions_{task}.jsonl").read_text().splitlines()
+        assert len(lines) == task_metrics["n"] > 0
+        records = [json.loads(line) for line in lines]
+        assert task_metrics["accuracy"] == sum(r["prediction"] == r["label"] for r in records) / len(records)
+    assert set(metrics["eval"]["hans"]["per_heuristic"]) == {"lexical_overlap", "subsequence", "constituent"}
+    return metrics
+
+
+def check_resolved_config(recipe, output_dir, **expected):
+    """The resolved config loads back into the recipe's dataclasses and holds the run's settings."""
+    module = load_recipe(recipe)
+    parsed = parse_config(module.CONFIG_TYPES, ["--config", str(Path(output_dir) / "resolved_config.yaml")])
+    merged = {k: v for obj in parsed for k, v in vars(obj).items()}
+    for key, value in expected.items():
+        assert merged[key] == value, key
+
+
+# ---------------------------------------------------------------- through accelerate launch
+
+
+def test_icl_eval_through_accelerate_launch(tmp_path, tiny_dirs):
+    config = write_recipe(tmp_path, tiny_dirs, model_name_or_path=tiny_dirs["teacher"])
+    result = launch("icl_eval", config, "--k", "4")  # a CLI flag overrides the YAML's k: 2
+    metrics = read_outputs(tmp_path / "out")
+    assert metrics["method"] == "icl" and metrics["k"] == 4
+    assert metrics["eval"]["mnli"]["num_demonstrations"] == 4
+    assert metrics["eval"]["mnli"]["n"] == 16 and metrics["eval"]["hans"]["n"] == 30
+    assert "==== in-context learning" in result.stdout and "lexical_overlap" in result.stdout
+    check_resolved_config("icl_eval", tmp_path / "out", k=4, model_name_or_path=tiny_dirs["teacher"])
+
+
+def test_pattern_finetune_through_accelerate_launch(tmp_path, tiny_dirs):
+    result = launch("pattern_finetune", write_recipe(tmp_path, tiny_dirs))
+    metrics = read_outputs(tmp_path / "out")
+    assert metrics["train"]["global_step"] == 2 and metrics["train"]["num_examples"] == 8
+    losses = [log for log in metrics["log_history"] if "ce_loss" in log]
+    assert len(losses) == 2 and all("kd_loss" not in log for log in losses)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert "==== pattern-based fine-tuning" in result.stdout
+    check_resolved_config("pattern_finetune", tmp_path / "out", max_steps=2, num_train_examples=8)
+
+
+def test_context_distill_through_accelerate_launch(tmp_path, tiny_dirs):
+    config = write_recipe(tmp_path, tiny_dirs, teacher_model_name_or_path=tiny_dirs["teacher"])
+    result = launch("context_distill", config)
+    metrics = read_outputs(tmp_path / "out")
+    assert metrics["train"]["global_step"] == 2 and metrics["teacher"] == tiny_dirs["teacher"]
+    assert len([log for log in metrics["log_history"] if "kd_loss" in log]) == 2
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert "==== context distillation" in result.stdout
+    check_resolved_config("context_distill", tmp_path / "out", teacher_model_name_or_path=tiny_dirs["teacher"])
+
+
+# ---------------------------------------------------------------- in process
+
+
+def test_context_distill_lora_student_with_self_teacher(tmp_path, tiny_dirs, capsys):
+    config = write_recipe(tmp_path, tiny_dirs, teacher_model_name_or_path="self", student_mode="lora", lora_r=4,
+                          lora_target_modules=["q_proj", "v_proj"], distill_vocab="label_words",
+                          resample_demonstrations=True, learning_rate=1e-2)
+    metrics = load_recipe("context_distill").main(["--config", config])
+    assert metrics["method"] == "cd_lora" and metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+    assert "student without demonstrations" in capsys.readouterr().out
+
+
+def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_dirs):
+    from distill_trainer.recipe_utils import prepare_data
+
+    pbft = load_recipe("pattern_finetune").CONFIG_TYPES
+    _, data_args, _ = parse_config(pbft, ["--config", write_recipe(tmp_path, tiny_dirs)])
+    _, cd_args, _ = parse_config(load_recipe("context_distill").CONFIG_TYPES,
+                                 ["--config", write_recipe(tmp_path, tiny_dirs, "cd", teacher_model_name_or_path="x")])
+    assert prepare_data(data_args).train_rows["premise"] == prepare_data(cd_args).train_rows["premise"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("recipe,overrides,extra,message", [
+    ("icl_eval", {"task": "snli"}, [], "unknown task 'snli'"),
+    ("icl_eval", {"pattern": "minimall"}, [], "unknown pattern 'minimall'"),
+    ("icl_eval", {"pattern": "custom", "template": "{premise} ?", "label_words": [" Yes", " No"]}, [],
+     "lacks {hypothesis}"),
+    ("icl_eval", {"label_words": [" Yes", " Yes question"]}, [], "collide after tokenization"),
+    ("icl_eval", {"k": 40}, [], "need 20 of label 0 but only 12 are available"),
+    ("icl_eval", {"temprature": 2.0}, [], "unknown key 'temprature'.*did you mean 'temperature'"),
+    ("icl_eval", {}, ["--demonstration_sed", "3"], "unknown key 'demonstration_sed' in the command line"),
+    ("icl_eval", {"data_dir": "no/such/dir"}, [], "data_dir no/such/dir does not exist"),
+    ("icl_eval", {"max_length": 70}, [], r"the prompt is \d+ tokens \(2 demonstrations.* max_length=70"),
+    ("pattern_finetune", {"teacher_model_name_or_path": "t"}, [], "reads no teacher"),
+    ("pattern_finetune", {"alpha": 0.5}, [], "uses alpha=0"),
+    ("context_distill", {}, [], "needs teacher_model_name_or_path"),
+    ("context_distill", {"teacher_model_name_or_path": "self"}, [], "needs student_mode: lora"),
+])
+def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_dirs, capsys, recipe, overrides, extra,
+                                                          message):
+    import re
+
+    config = write_recipe(tmp_path, tiny_dirs, **overrides)
+    with pytest.raises(SystemExit) as exit_:
+        run_recipe(load_recipe(recipe).main, ["--config", config, *extra])
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(message, errors[0]), errors
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_missing_a_column_fails_the_recipe(tmp_path, tiny_dirs, capsys):
+    for task, split in (("mnli", "train"), ("mnli", "validation_matched"), ("hans", "validation")):
+        (tmp_path / "data" / task).mkdir(parents=True, exist_ok=True)
+        rows = (Path(DATA) / task / f"{split}.jsonl").read_text().splitlines()
+        if split == "validation":
+            rows = [json.dumps({k: v for k, v in json.loads(r).items() if k != "heuristic"}) for r in rows]
+        (tmp_path / "data" / task / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(SystemExit):
+        run_recipe(load_recipe("icl_eval").main, ["--config", write_recipe(tmp_path, tiny_dirs,
+                                                                          data_dir=str(tmp_path / "data"))])
+    assert "lacks column(s) ['heuristic']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_script_exits_with_status_2_and_one_line(tmp_path, tiny_dirs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "recipes/icl_eval.py", "--config", write_recipe(tmp_path, tiny_dirs), "--pattern", "nope"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown pattern 'nope'")
+    assert "Traceback" not in result.stderr
