@@ -3,8 +3,10 @@
 from .config import DistillationConfig, StudentArguments, parse_config
 from .errors import UsageError
 from .evaluation import evaluate_task, score_label_words
-from .losses import answer_cross_entropy, distillation_loss
+from .losses import answer_cross_entropy, distillation_loss, sparse_distillation_loss
 from .models import load_causal_lm, load_tokenizer, prepare_student
+from .output_cache import load_or_build_teacher_outputs
+from .prefix_cache import PrefixCachedTeacher
 from .tasks import DataArguments, get_pattern, get_task, load_split
 from .trainer import ContextDistillationTrainer, answer_logits
 from .views import TwoViewCollator, build_views
@@ -13,6 +15,7 @@ __all__ = [
     "ContextDistillationTrainer",
     "DataArguments",
     "DistillationConfig",
+    "PrefixCachedTeacher",
     "StudentArguments",
     "TwoViewCollator",
     "UsageError",
@@ -24,9 +27,11 @@ __all__ = [
     "get_pattern",
     "get_task",
     "load_causal_lm",
+    "load_or_build_teacher_outputs",
     "load_split",
     "load_tokenizer",
     "parse_config",
     "prepare_student",
     "score_label_words",
+    "sparse_distillation_loss",
 ]

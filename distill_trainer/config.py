@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +93,42 @@ class DistillationConfig(TrainingArguments):
     teacher_quantization: str = field(
         default="none", metadata={"help": "Load the teacher in none | 8bit | 4bit (bitsandbytes)."}
     )
+    teacher_prefix_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "When a batch's demonstrations are shared, run them through the teacher once and reuse "
+            "their key/value cache: the teacher then costs a forward over the query only (same logits)."
+        },
+    )
+    teacher_output_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the teacher's answer distributions once before training, store them with the "
+            "dataset (reused by later runs with the same teacher, data and settings), and train without the "
+            "teacher in memory."
+        },
+    )
+    teacher_cache_top_k: int = field(
+        default=64,
+        metadata={
+            "help": "Output cache, distill_vocab=full: teacher log-probs kept per answer token; the rest is "
+            "kept as one tail mass. label_words always keeps the exact distribution."
+        },
+    )
+    teacher_cache_dir: str = field(
+        default=None,
+        metadata={"help": "Where teacher output caches live; default: teacher_outputs in the library's cache "
+                  "($DISTILL_TRAINER_CACHE, else $HF_HOME/distill-trainer)."},
+    )
     skip_nonfinite_loss: bool = field(
         default=False,
         metadata={"help": "On a NaN/inf loss, skip the batch instead of stopping (default: stop with a message)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds an earlier run's results or checkpoints (its "
+                  "checkpoints are removed when training starts); without it such a directory is an error, "
+                  "unless resume_from_checkpoint continues that run."},
     )
 
     def __post_init__(self):
@@ -108,6 +142,11 @@ class DistillationConfig(TrainingArguments):
         _choice("distill_vocab", self.distill_vocab, DISTILL_VOCABS)
         _choice("teacher_quantization", self.teacher_quantization, QUANTIZATIONS)
         _choice("teacher_dtype", self.teacher_dtype, DTYPES)
+        if self.teacher_cache_top_k < 1:
+            raise UsageError(
+                f"teacher_cache_top_k must be >= 1, got {self.teacher_cache_top_k}; a value >= the vocabulary "
+                "size keeps the full distribution"
+            )
         # our collator produces exactly what compute_loss reads; the Trainer must not prune it
         self.remove_unused_columns = False
         super().__post_init__()
@@ -139,7 +178,8 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise UsageError(f"recipe file {path} is not valid YAML ({error}); fix the syntax") from None
+        where = " ".join(str(error).split())  # the parser's multi-line report, as one line
+        raise UsageError(f"recipe file {path} is not valid YAML ({where}); fix the syntax") from None
     if not isinstance(data, dict):
         raise UsageError(f"recipe file {path} must be a mapping of key: value, got {type(data).__name__}")
     return data
@@ -163,6 +203,14 @@ def _cli_keys(argv: list[str]) -> list[str]:
     return [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
 
 
+def _raise_value_error(message: str):
+    # argparse words it "argument --k: invalid int value: '2.5'"; name the setting as a recipe file does
+    match = re.match(r"argument --(\w+)(?:/--[\w-]+)?: (.*)", message)
+    if match:
+        message = f"{match.group(1)}: {match.group(2)}".rstrip(".")
+    raise UsageError(f"{message}; fix the value in the recipe file or on the command line")
+
+
 def parse_config(dataclass_types, argv: list[str] | None = None, config_path: str | None = None):
     """Build the dataclasses from `--config FILE.yaml` plus `--key value` overrides.
 
@@ -180,10 +228,16 @@ def parse_config(dataclass_types, argv: list[str] | None = None, config_path: st
     check_keys(values, dataclass_types, f"recipe file {config_path}")
     check_keys(_cli_keys(argv), dataclass_types, "the command line")
     parser = HfArgumentParser(dataclass_types)
+    parser.error = _raise_value_error  # one line naming the setting, not argparse's usage block and exit
     try:
         parsed = parser.parse_args_into_dataclasses(args=_to_argv(values) + argv, return_remaining_strings=False)
-    except SystemExit as exit_:  # argparse prints its own message for a bad value type
-        raise UsageError("invalid value on the command line or in the recipe file (see the message above)") from exit_
+    except UsageError:
+        raise
+    except ValueError as error:  # TrainingArguments' own checks of a value or a combination of values
+        message = " ".join(str(error).split()).rstrip(".")
+        if message.startswith("Some specified arguments are not used"):  # a list given for a one-value key
+            message = f"extra values {message.split(': ', 1)[-1]} for a setting that takes one value"
+        raise UsageError(f"{message}; fix that setting in the recipe file or on the command line") from None
     recipe = dict(values)
     for key in _cli_keys(argv):
         for obj in parsed:

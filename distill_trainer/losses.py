@@ -136,6 +136,64 @@ def distillation_loss(
     return temperature**2 * masked_mean(per_token, mask, num_items_in_batch)
 
 
+def sparse_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_topk_ids: torch.Tensor,
+    teacher_tail_logprob: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    kind: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    num_items_in_batch=None,
+) -> torch.Tensor:
+    """`distillation_loss` against a teacher kept as its top-k log-probabilities (teacher output cache).
+
+    Both distributions are compared over k + 1 outcomes: the teacher's k tokens, and "any other token",
+    which holds the teacher's remaining (tail) mass and the student's mass outside those k tokens. This
+    is the exact divergence of the two distributions coarsened to those outcomes, so for the KL family
+    it never exceeds the full-vocabulary value, and with k = the vocabulary size (no tail) it equals it.
+
+    Args:
+        student_logits: (..., vocab) the student's logits at the answer positions.
+        teacher_topk_logprobs: (..., k) the teacher's log-probabilities, already at `temperature`.
+        teacher_topk_ids: (..., k) their token ids.
+        teacher_tail_logprob: (...) log of the teacher's mass outside the k tokens; ignored (no tail)
+            when k covers the whole vocabulary.
+        Other arguments as in `distillation_loss`.
+    """
+    if kind not in LOSS_KINDS:
+        raise UsageError(f"unknown loss kind {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+    if temperature <= 0:
+        raise UsageError(f"temperature must be > 0, got {temperature}")
+    if teacher_topk_ids.shape != teacher_topk_logprobs.shape:
+        raise UsageError("teacher_topk_ids and teacher_topk_logprobs must have the same shape (..., k)")
+    vocab, k = student_logits.shape[-1], teacher_topk_ids.shape[-1]
+    if int(teacher_topk_ids.max()) >= vocab:
+        raise UsageError(
+            f"the cached teacher token ids go up to {int(teacher_topk_ids.max())} but the student has {vocab} "
+            "logits; the teacher output cache was built for another vocabulary: rebuild it for this student"
+        )
+    ids = teacher_topk_ids.long()
+    student_logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    student = student_logprobs.gather(-1, ids)
+    teacher = teacher_topk_logprobs.float()
+    if k < vocab:
+        if teacher_tail_logprob is None:
+            raise UsageError("teacher_tail_logprob is needed when the top-k does not cover the whole vocabulary")
+        student_tail = student_logprobs.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+        # a tail that underflowed to zero mass is floored, not -inf, so no inf - inf can reach a gradient
+        teacher_tail = teacher_tail_logprob.float().unsqueeze(-1).clamp(min=_LOG_FLOOR)
+        student = torch.cat([student, student_tail.clamp(min=_LOG_FLOOR)], dim=-1)
+        teacher = torch.cat([teacher, teacher_tail], dim=-1)
+    per_token = token_divergence(student, teacher, kind=kind, beta=beta)
+    return temperature**2 * masked_mean(per_token, mask, num_items_in_batch)
+
+
+# log-probabilities below this are zero mass in fp32 (exp(-1e4) == 0) yet keep differences finite
+_LOG_FLOOR = -1.0e4
+
+
 def answer_cross_entropy(
     student_logits: torch.Tensor, answer_ids: torch.Tensor, mask: torch.Tensor | None = None, num_items_in_batch=None
 ) -> torch.Tensor:

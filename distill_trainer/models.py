@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,6 +66,8 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", quantization: str 
     qconfig = quantization_config(quantization, compute_dtype=torch.float32 if dtype in ("auto", "float32") else torch_dtype(dtype))
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
+        # bitsandbytes logs "inputs will be cast to float16" on every 8-bit matmul of a float32 input
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         kwargs["device_map"] = device_map if device_map is not None else {"": _default_device()}
     elif device_map is not None:
         kwargs["device_map"] = device_map
@@ -91,14 +94,7 @@ def prepare_student(model, mode: str = "full", lora_r: int = 16, lora_alpha: int
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        if lora_target_modules:
-            names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-            missing = [m for m in lora_target_modules if m not in names]
-            if missing:
-                raise UsageError(
-                    f"lora_target_modules {missing} are not modules of this model; some that are: "
-                    f"{', '.join(sorted(n for n in names if n.endswith('proj'))[:8])}"
-                )
+        check_lora_target_modules(model, lora_target_modules)
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type="CAUSAL_LM",
                             target_modules=lora_target_modules)
         return get_peft_model(model, config)
@@ -116,6 +112,25 @@ def prepare_student(model, mode: str = "full", lora_r: int = 16, lora_alpha: int
     raise UsageError(f"student_mode={mode!r} is not valid; choose full, lora or bitfit")
 
 
+def check_lora_target_modules(model, lora_target_modules) -> None:
+    """Every requested LoRA target names a module of `model` (a loaded model, or one built on the meta
+    device from its config, which costs no memory)."""
+    if not lora_target_modules:
+        return
+    full_names = [name for name, _ in model.named_modules()]
+    names = {name.rsplit(".", 1)[-1] for name in full_names}
+    # peft matches a module by its last name or by a dotted suffix of its full name
+    missing = [m for m in lora_target_modules
+               if m not in names and not any(full == m or full.endswith("." + m) for full in full_names)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+        raise UsageError(
+            f"lora_target_modules {missing} are not modules of this model; set lora_target_modules to some of "
+            f"its linear layers: {', '.join(linear[:10])}"
+        )
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -124,7 +139,9 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def output_vocab_size(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
+    weight = model.get_output_embeddings().weight
+    # under DeepSpeed ZeRO-3 a parameter is a local shard (often empty); ds_shape is the full shape
+    return getattr(weight, "ds_shape", weight.shape)[0]
 
 
 def check_same_vocabulary(student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> None:

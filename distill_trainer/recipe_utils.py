@@ -9,9 +9,11 @@ one-screen summary, and turning a `UsageError` into one line on stderr with exit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from pathlib import Path
 import yaml
 from datasets import Dataset
 
+from .checkpoints import run_results
 from .errors import UsageError
 from .evaluation import evaluate_task, label_token_ids
 from .models import count_parameters, load_causal_lm, prepare_student
@@ -41,10 +44,13 @@ from .views import build_views
 
 # training settings worth recording in a resolved config even when the recipe left them at their default
 TRAINING_KEYS = (
-    "output_dir", "seed", "learning_rate", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
-    "weight_decay", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "bf16", "fp16", "use_cpu",
+    "output_dir", "seed", "data_seed", "full_determinism", "learning_rate", "num_train_epochs", "max_steps",
+    "warmup_steps", "lr_scheduler_type", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay",
+    "max_grad_norm", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "dataloader_drop_last", "bf16", "fp16", "use_cpu", "save_strategy", "save_steps", "save_total_limit",
 )
+# how one invocation treats output_dir, not a setting of the run: a rerun from the resolved config starts afresh
+INVOCATION_KEYS = ("resume_from_checkpoint", "overwrite_output_dir")
 
 
 def run_recipe(main, argv=None) -> None:
@@ -97,9 +103,11 @@ def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
                          f"use it in eval_tasks and set task to one of: {trainable}")
     eval_sets = {name: load_eval_set(name, data_args) for name in data_args.eval_tasks}
     eval_keys = {row_key(row) for rows in eval_sets.values() for row in rows}
-    pool = load_split(task, task.train_split, data_args.data_source, data_args.data_dir)
+    pool = load_split(task, task.train_split, data_args.data_source, data_args.data_dir,
+                      keep_idx=data_args.demonstration_ids is not None)
     sampler = DemonstrationSampler(pool, pattern, task.num_labels, data_args.k, data_args.demonstration_seed,
-                                   data_args.resample_demonstrations, exclude_keys=eval_keys)
+                                   data_args.resample_demonstrations, exclude_keys=eval_keys,
+                                   demonstration_ids=data_args.demonstration_ids)
     train_rows = None
     if with_train:
         train_rows = balanced_subset(pool, data_args.num_train_examples, task.num_labels, data_args.subset_seed,
@@ -135,6 +143,7 @@ def build_view_dataset(tokenizer, rows, pattern: Pattern, sampler: Demonstration
                 teacher = build_views(teacher_tokenizer, query, answer, SEPARATOR.join(demos), SEPARATOR)
                 views["teacher_input_ids"] = teacher["teacher_input_ids"]
                 views["teacher_answer_positions"] = teacher["teacher_answer_positions"]
+                views["teacher_prefix_length"] = teacher["teacher_prefix_length"]  # for the prefix KV cache
         features.append({**views, "label": int(row["label"]), "example_index": index})
     return Dataset.from_list(features)
 
@@ -214,13 +223,47 @@ def resolved_config(configs) -> dict:
                     values[key] = given[key] if plain else as_dict[key]
         else:
             values.update({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init})
-    return {k: v for k, v in values.items() if v is not None}
+    return {k: v for k, v in values.items() if v is not None and k not in INVOCATION_KEYS}
 
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_resolved_config(output_dir, configs, recipe: str) -> Path:
+    """resolved_config.yaml: the seed and every setting of the run, loadable with --config (main process).
+
+    Recipes write it when training starts too, so an interrupted run's settings are on disk and its
+    resumption can be checked against them."""
+    import torch
+    import transformers
+
+    path = Path(output_dir) / "resolved_config.yaml"
+    if not is_main_process():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# resolved configuration of recipes/{recipe}.py (torch {torch.__version__}, transformers "
+              f"{transformers.__version__}); rerun with:\n"
+              f"# accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/{recipe}.py "
+              f"--config {path}\n")
+    _write_atomically(path, header + yaml.safe_dump(resolved_config(configs), sort_keys=False, allow_unicode=True))
+    return path
+
+
+@contextlib.contextmanager
+def no_partial_output_dir(output_dir):
+    """A run that fails before it has results leaves no output_dir it created behind; one that fails later
+    keeps what it made (a checkpoint to resume from, the saved student); an output_dir that existed
+    before is left as it is."""
+    existed = Path(output_dir).exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and is_main_process() and Path(output_dir).is_dir() and not run_results(output_dir):
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
 
 
 def write_outputs(output_dir, metrics: dict, predictions: dict[str, list[dict]], configs,
@@ -234,11 +277,7 @@ def write_outputs(output_dir, metrics: dict, predictions: dict[str, list[dict]],
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, records in predictions.items():
         _write_atomically(output_dir / f"predictions_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    header = (f"# resolved configuration of recipes/{recipe}.py; rerun with:\n"
-              f"# accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/{recipe}.py "
-              f"--config {output_dir / 'resolved_config.yaml'}\n")
-    _write_atomically(output_dir / "resolved_config.yaml",
-                      header + yaml.safe_dump(resolved_config(configs), sort_keys=False, allow_unicode=True))
+    write_resolved_config(output_dir, configs, recipe)
     # metrics last: its presence means the run finished
     _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return paths

@@ -191,6 +191,11 @@ class DataArguments:
         default=16, metadata={"help": "Demonstrations in the teacher's (or ICL model's) prompt; 0 = none."}
     )
     demonstration_seed: int = field(default=0, metadata={"help": "Seed for choosing and ordering demonstrations."})
+    demonstration_ids: list[int] = field(
+        default=None,
+        metadata={"help": "Pin the fixed demonstrations: the `idx` values of training-pool rows, in prompt order "
+                          "(k of them); default: k rows drawn with demonstration_seed."},
+    )
     resample_demonstrations: bool = field(
         default=False, metadata={"help": "Draw new demonstrations for every example instead of one fixed set."}
     )
@@ -230,6 +235,13 @@ class DataArguments:
         for name in ("k", "num_train_examples"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.demonstration_ids is not None:
+            if self.resample_demonstrations:
+                raise UsageError("demonstration_ids pins one fixed set of demonstrations, but "
+                                 "resample_demonstrations draws new ones per query; set only one of them")
+            if len(self.demonstration_ids) != self.k:
+                raise UsageError(f"demonstration_ids has {len(self.demonstration_ids)} ids but k={self.k}; "
+                                 "give exactly k ids (or set k to their number)")
         for name in ("num_eval_examples", "hans_per_subcase", "max_length"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1 (or unset for the default), got {getattr(self, name)}")
@@ -278,8 +290,21 @@ def _read_jsonl(path: Path) -> list[dict]:
             f"data file {path} does not exist; a local data dir holds mnli/train.jsonl, "
             "mnli/validation_matched.jsonl and hans/validation.jsonl"
         )
+    rows = []
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                raise UsageError(f"{path} line {number} is not valid JSON ({error}); a data file holds one JSON "
+                                 "object per line") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{path} line {number} is a {type(row).__name__}, not a JSON object; a data file "
+                                 "holds one object per line with premise, hypothesis and label")
+            rows.append(row)
+    return rows
 
 
 def _load_hub(task: NLITask, split: str, data_source: str) -> Dataset:
@@ -312,14 +337,22 @@ def _relabel(dataset: Dataset, label_map: dict) -> Dataset:
             datasets.enable_progress_bars()
 
 
-def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: str | None = None) -> Dataset:
-    """One split of a task with columns premise, hypothesis, label (task label ids) and the task's extras."""
-    directory = resolve_data_dir(data_source, data_dir)
-    if directory is None:
+def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: str | None = None,
+               keep_idx: bool = False, data_file: str | None = None) -> Dataset:
+    """One split of a task with columns premise, hypothesis, label (task label ids) and the task's extras;
+    with `keep_idx`, also the source's row id `idx` where it has one (to pin demonstrations by id).
+    `data_file` reads that JSONL file (same columns and label ids) instead of the split."""
+    directory = None if data_file else resolve_data_dir(data_source, data_dir)
+    if directory is None and not data_file:
         dataset, where = _load_hub(task, split, data_source), f"{task.hub_path} ({split})"
     else:
-        path = directory / task.local_dir / f"{split}.jsonl"
-        dataset, where = Dataset.from_list(_read_jsonl(path)), str(path)
+        path = Path(data_file) if data_file else directory / task.local_dir / f"{split}.jsonl"
+        rows, where = _read_jsonl(path), str(path)
+        try:
+            dataset = Dataset.from_list(rows)
+        except ValueError as error:  # pyarrow: one column holding values of different types
+            raise UsageError(f"{path} mixes value types in a column ({' '.join(str(error).split())}); every row "
+                             "needs the same types (premise and hypothesis text, label an integer id)") from None
     columns = (*REQUIRED_COLUMNS, *task.extra_columns)
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
@@ -327,11 +360,15 @@ def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: s
             f"{where} lacks column(s) {missing} (it has {dataset.column_names}); "
             f"task {task.name} needs {list(columns)}"
         )
+    if keep_idx and "idx" in dataset.column_names:
+        columns = ("idx", *columns)
     dataset = dataset.select_columns(list(columns))
     if task.label_map is not None:
         dataset = _relabel(dataset, task.label_map)
     if len(dataset) == 0:
-        raise UsageError(f"{where} has no rows with the labels of task {task.name}")
+        expected = sorted(task.label_map) if task.label_map else "its label ids"
+        raise UsageError(f"{where} has no rows with the labels of task {task.name}; its label column must hold "
+                         f"the integer ids {expected} of the Hub dataset")
     return dataset
 
 
@@ -406,6 +443,23 @@ def sample_demonstrations(pool: Dataset, num_labels: int, k: int, seed: int,
     return [pool[i] for i in indices]
 
 
+def pinned_demonstrations(pool: Dataset, ids, exclude_keys=frozenset()) -> list[dict]:
+    """The pool rows whose `idx` is in `ids`, in the order of `ids`."""
+    if "idx" not in pool.column_names:
+        raise UsageError("demonstration_ids needs a pool with an idx column (MNLI has one; load it with "
+                         "keep_idx=True); remove demonstration_ids to draw demonstrations with a seed")
+    position = {int(i): n for n, i in enumerate(pool["idx"])}
+    missing = [i for i in ids if int(i) not in position]
+    if missing:
+        raise UsageError(f"demonstration_ids {missing} are not idx values of the training pool; "
+                         "choose ids of rows of the task's training split")
+    rows = [pool[position[int(i)]] for i in ids]
+    clashing = [row["idx"] for row in rows if row_key(row) in exclude_keys]
+    if clashing:
+        raise UsageError(f"demonstration_ids {clashing} are also evaluation rows; choose other ids")
+    return rows
+
+
 def render_demonstrations(rows: list[dict], pattern: Pattern) -> list[str]:
     """Each demonstration as query + its gold label word; joined with SEPARATOR to form the prompt."""
     return [pattern.demonstration(row) for row in rows]
@@ -419,12 +473,15 @@ class DemonstrationSampler:
     """
 
     def __init__(self, pool: Dataset, pattern: Pattern, num_labels: int, k: int, seed: int, resample: bool = False,
-                 exclude_keys=frozenset()):
+                 exclude_keys=frozenset(), demonstration_ids=None):
         self.pool, self.pattern, self.num_labels, self.k, self.seed = pool, pattern, num_labels, k, seed
         self.resample = resample
         self._labels = pool["label"]
         self._index_of = {key: i for i, key in enumerate(zip(pool["premise"], pool["hypothesis"]))}
-        rows = [] if resample else sample_demonstrations(pool, num_labels, k, seed, exclude_keys)
+        if demonstration_ids is not None:
+            rows = pinned_demonstrations(pool, demonstration_ids, exclude_keys)
+        else:
+            rows = [] if resample else sample_demonstrations(pool, num_labels, k, seed, exclude_keys)
         self.fixed = None if resample else render_demonstrations(rows, pattern)
         self.fixed_keys = {row_key(row) for row in rows}  # training queries are drawn from outside these
 

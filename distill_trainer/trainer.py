@@ -12,18 +12,22 @@ own `logits_to_keep` gathers the hidden states before the LM head), so a step ne
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections import defaultdict
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
 
+from .checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from .config import DistillationConfig
 from .errors import NonFiniteLossError, UsageError
-from .losses import answer_cross_entropy, distillation_loss
+from .losses import answer_cross_entropy, distillation_loss, sparse_distillation_loss
 from .models import check_same_vocabulary, load_causal_lm
+from .output_cache import has_teacher_outputs, load_or_build_teacher_outputs
+from .prefix_cache import TeacherAnswerLogits
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +49,39 @@ def answer_logits(model, input_ids, attention_mask, positions, **forward_kwargs)
     return outputs.logits
 
 
-class ContextDistillationTrainer(Trainer):
+def prepare_teacher_for_deepspeed(teacher, accelerator):
+    """Wrap a frozen teacher in a DeepSpeed engine built from the run's own DeepSpeed config.
+
+    Under ZeRO-3 the teacher's weights are then partitioned across ranks like the student's (a rank
+    gathers a layer only while it runs it) instead of every rank holding the whole teacher. ZeRO-1/2
+    partition gradients and optimizer state, which a frozen teacher has none of, so there the teacher
+    runs at stage 0: a plain replica, in the run's precision.
+    """
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for unused in ("optimizer", "scheduler"):  # nothing to optimize
+        config.pop(unused, None)
+    zero = config.setdefault("zero_optimization", {})
+    # values left "auto" are sized by the Trainer for the student at train time; let DeepSpeed pick
+    # its defaults for the teacher, and size the stage-3 buckets for the teacher when we know its width
+    for key in [k for k, v in zero.items() if v == "auto"]:
+        del zero[key]
+    if zero.get("stage") == 3:
+        hidden = getattr(getattr(teacher, "config", None), "hidden_size", None)
+        if hidden:
+            zero["reduce_bucket_size"] = hidden * hidden
+            zero["stage3_param_persistence_threshold"] = 10 * hidden
+            zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden * hidden)
+    else:
+        zero["stage"] = 0
+        zero.pop("offload_optimizer", None)
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
+
+
+class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
     """Trainer for context distillation (and, with `alpha=0` and no teacher, pattern-based fine-tuning).
 
     Args:
@@ -65,7 +101,9 @@ class ContextDistillationTrainer(Trainer):
         if args is None or not isinstance(args, DistillationConfig):
             raise UsageError("ContextDistillationTrainer needs args=DistillationConfig(...)")
         teacher = teacher if teacher is not None else args.teacher_model_name_or_path
-        if teacher is None and args.alpha > 0:
+        # a train_dataset that already carries the teacher's outputs (output_cache.py) needs no teacher
+        cached_outputs = has_teacher_outputs(kwargs.get("train_dataset"))
+        if teacher is None and args.alpha > 0 and not cached_outputs:
             raise UsageError(
                 f"alpha={args.alpha} needs a teacher; pass teacher= (a model, a path or 'self'), or set alpha=0 "
                 "for pattern-based fine-tuning"
@@ -73,12 +111,29 @@ class ContextDistillationTrainer(Trainer):
         if args.distill_vocab == "label_words" and label_token_ids is None and args.alpha > 0:
             raise UsageError("distill_vocab='label_words' needs label_token_ids (the verbalizer's token ids)")
         super().__init__(model=model, args=args, **kwargs)
+        self._check_processes_are_connected()
         # makes the Trainer count answer tokens over the accumulated batch (num_items_in_batch)
         self.model_accepts_loss_kwargs = True
         self.label_token_ids = label_token_ids
         self.teacher_label_token_ids = teacher_label_token_ids if teacher_label_token_ids is not None else label_token_ids
         self.teacher = self._setup_teacher(teacher, teacher_tokenizer)
+        self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=args.teacher_prefix_cache)
+        self.teacher_from_cache = cached_outputs and args.alpha > 0
+        if args.teacher_output_cache and self.teacher is not None:
+            self._use_teacher_output_cache()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _check_processes_are_connected(self) -> None:
+        """Launched processes that do not join one process group would each train alone on all the data
+        and overwrite each other's outputs. On a machine without GPUs this is what a multi-GPU accelerate
+        config (or torchrun) does unless the recipe says use_cpu: true."""
+        launched = int(os.environ.get("WORLD_SIZE") or 1)
+        if launched > 1 and self.accelerator.num_processes == 1:
+            raise UsageError(
+                f"{launched} processes were launched but they did not join one process group, so each "
+                "would train alone and overwrite the others' outputs; without GPUs set use_cpu: true "
+                "(--use_cpu true) to train them together over gloo, or launch a single process"
+            )
 
     # ---- teacher ----
 
@@ -93,25 +148,71 @@ class ContextDistillationTrainer(Trainer):
                 )
             return "self"
         if isinstance(teacher, str):
+            # a quantized teacher is placed at load time: one copy per process, on that process's GPU
+            # (never device_map="auto" in a multi-process run, which would spread one copy over all GPUs)
             device_map = {"": self.accelerator.local_process_index} if torch.cuda.is_available() else None
             teacher = load_causal_lm(teacher, dtype=self.args.teacher_dtype,
                                      quantization=self.args.teacher_quantization, device_map=device_map)
         if self.args.distill_vocab == "full":
             check_same_vocabulary(self.model, teacher, self.processing_class, teacher_tokenizer)
+        # the teacher is never given to the optimizer or wrapped in DDP: it only runs forward, in eval mode
         teacher.eval()
         teacher.requires_grad_(False)
-        if not getattr(teacher, "is_loaded_in_8bit", False) and not getattr(teacher, "is_loaded_in_4bit", False):
-            teacher = teacher.to(self.args.device)
-        return teacher
+        if getattr(teacher, "is_loaded_in_8bit", False) or getattr(teacher, "is_loaded_in_4bit", False):
+            return teacher
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # the engine owns the ZeRO-3 hooks that gather each layer for its forward; keep it alive and
+            # run its module, a plain model to everything downstream (prefix cache, output cache)
+            self._teacher_engine = prepare_teacher_for_deepspeed(teacher, self.accelerator)
+            return self._teacher_engine.module
+        return teacher.to(self.args.device)
 
     @torch.no_grad()
     def teacher_answer_logits(self, model, inputs) -> torch.Tensor:
         """The teacher's logits at the answer positions of the teacher view (batch, answer_len, vocab)."""
-        args = (inputs["teacher_input_ids"], inputs["teacher_attention_mask"], inputs["teacher_answer_positions"])
+        # with a shared demonstration prefix in the batch (and teacher_prefix_cache), the runner reuses the
+        # prefix's key/value cache and runs only the queries; otherwise it runs the full teacher view
         if self.teacher == "self":
-            with self.accelerator.unwrap_model(model).disable_adapter():
-                return answer_logits(model, *args)
-        return answer_logits(self.teacher, *args)
+            # the bare model, not its DDP wrapper: a no-grad forward needs no gradient sync (and the
+            # wrapper hides `config`, which the runner reads)
+            student = self.accelerator.unwrap_model(model)
+            with student.disable_adapter():
+                return self._teacher_runner(student, inputs)
+        return self._teacher_runner(self.teacher, inputs)
+
+    def _use_teacher_output_cache(self) -> None:
+        """Swap the datasets for copies carrying the teacher's outputs (loaded or computed once), then drop
+        the teacher: training reads those outputs and never runs it again."""
+        args = self.args
+        teacher = self.accelerator.unwrap_model(self.model) if self.teacher == "self" else self.teacher
+        teacher = getattr(teacher, "module", teacher)  # a DeepSpeed engine's model
+        options = dict(distill_vocab=args.distill_vocab, temperature=args.temperature, top_k=args.teacher_cache_top_k,
+                       label_token_ids=self.teacher_label_token_ids, cache_dir=args.teacher_cache_dir,
+                       batch_size=args.per_device_eval_batch_size, show_progress=not args.disable_tqdm,
+                       logits_fn=lambda batch: self.teacher_answer_logits(self.model, self._prepare_inputs(batch)))
+        was_training = self.model.training
+        self.model.eval()  # a "self" teacher runs without dropout, like a loaded one
+        try:
+            with args.main_process_first(desc="teacher output cache"):
+                self.train_dataset = self._with_teacher_outputs(teacher, self.train_dataset, options)
+                if isinstance(self.eval_dataset, dict):
+                    self.eval_dataset = {name: self._with_teacher_outputs(teacher, dataset, options)
+                                         for name, dataset in self.eval_dataset.items()}
+                elif self.eval_dataset is not None:
+                    self.eval_dataset = self._with_teacher_outputs(teacher, self.eval_dataset, options)
+        finally:
+            self.model.train(was_training)
+        self.teacher = None
+        self._teacher_engine = None  # under DeepSpeed, the engine holding the teacher's weights goes too
+        self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=False)  # frees the prefix cache too
+        self.teacher_from_cache = True
+
+    def _with_teacher_outputs(self, teacher, dataset, options):
+        if dataset is None:
+            return None
+        dataset, path, reused = load_or_build_teacher_outputs(teacher, dataset, self.data_collator, **options)
+        logger.info("teacher output cache %s: %s", "reused" if reused else "built", path)
+        return dataset
 
     # ---- loss ----
 
@@ -129,7 +230,7 @@ class ContextDistillationTrainer(Trainer):
         ce = answer_cross_entropy(student_logits, inputs["answer_ids"], mask, num_items_in_batch)
         loss = (1 - self.args.alpha) * ce if self.args.alpha < 1 else ce.new_zeros(())
         kd = None
-        if self.teacher is not None:
+        if self.teacher is not None or self.teacher_from_cache:
             kd = self._distillation_term(model, inputs, student_logits, mask, num_items_in_batch)
             loss = loss + self.args.alpha * kd
         loss = self._guard_finite(loss * scale)
@@ -137,6 +238,13 @@ class ContextDistillationTrainer(Trainer):
         return (loss, {"logits": student_logits}) if return_outputs else loss
 
     def _distillation_term(self, model, inputs, student_logits, mask, num_items_in_batch):
+        if "teacher_topk_ids" in inputs or "teacher_label_logprobs" in inputs:
+            return self._cached_distillation_term(inputs, student_logits, mask, num_items_in_batch)
+        if self.teacher is None:
+            raise UsageError(
+                "a batch carries no cached teacher outputs and no teacher is loaded; build the dataset with "
+                "teacher_output_cache (output_cache.load_or_build_teacher_outputs) or pass teacher="
+            )
         teacher_logits = self.teacher_answer_logits(model, inputs)
         if self.args.distill_vocab == "label_words":
             # The verbalizer decides at the first answer position (column 0 of the positions holds it for
@@ -156,6 +264,25 @@ class ContextDistillationTrainer(Trainer):
                                  temperature=self.args.temperature, beta=self.args.beta,
                                  num_items_in_batch=num_items_in_batch)
 
+    def _cached_distillation_term(self, inputs, student_logits, mask, num_items_in_batch):
+        """The distillation term against teacher outputs read from the dataset (teacher output cache); they
+        are log-probabilities at the temperature the cache was built with (part of its key)."""
+        options = dict(kind=self.args.loss, temperature=self.args.temperature, beta=self.args.beta,
+                       num_items_in_batch=num_items_in_batch)
+        if self.args.distill_vocab == "label_words":
+            if "teacher_label_logprobs" not in inputs:
+                raise UsageError("the cached teacher outputs are top-k ones (distill_vocab=full); rebuild the cache "
+                                 "with distill_vocab=label_words")
+            student_ids = torch.as_tensor(self.label_token_ids, device=mask.device)
+            return distillation_loss(student_logits[:, :1].index_select(-1, student_ids),
+                                     inputs["teacher_label_logprobs"][:, None], torch.ones_like(mask[:, :1]),
+                                     teacher_is_logprobs=True, **options)
+        if "teacher_topk_ids" not in inputs:
+            raise UsageError("the cached teacher outputs are label-word ones (distill_vocab=label_words); rebuild "
+                             "the cache with distill_vocab=full")
+        return sparse_distillation_loss(student_logits, inputs["teacher_topk_logprobs"], inputs["teacher_topk_ids"],
+                                        inputs["teacher_tail_logprob"], mask, **options)
+
     def _guard_finite(self, loss):
         """Stop (or skip the batch) on a NaN/inf loss: one bad step would poison every weight after it."""
         if not self.model.training or bool(torch.isfinite(loss)):
@@ -164,9 +291,18 @@ class ContextDistillationTrainer(Trainer):
         if self.args.skip_nonfinite_loss:
             logger.warning("non-finite loss at step %d: batch skipped (skip_nonfinite_loss=true)", step)
             self._metrics["train"]["skipped_batches"].append(1.0)
+            # Detached from the model, so backward leaves every gradient None and the optimizer skips the
+            # parameters outright: no momentum or weight-decay update for this step (tested). Limits: with
+            # gradient accumulation the other micro-batches of the step still update; in a multi-process
+            # run the other processes would wait for this one's gradients, so stop there instead.
+            if self.accelerator.num_processes > 1:
+                raise NonFiniteLossError(
+                    f"the loss is {float(loss.detach())} at step {step}; skip_nonfinite_loss works in "
+                    "single-process runs only; lower the learning rate or use float32"
+                )
             return loss.new_zeros((), requires_grad=True)
         output_dir = self.args.output_dir
-        last = get_last_checkpoint(output_dir) if output_dir and os.path.isdir(output_dir) else None
+        last = last_complete_checkpoint(output_dir) if output_dir else None
         raise NonFiniteLossError(
             f"the loss is {float(loss.detach())} at step {step}; training stopped before updating the weights "
             f"(last good checkpoint: {last or 'none'}). Lower the learning rate, use float32, or set "
@@ -177,11 +313,17 @@ class ContextDistillationTrainer(Trainer):
 
     def _log_terms(self, kd, ce, num_items_in_batch, n_local, scale):
         mode = "train" if self.model.training else "eval"
-        # undo the accumulated-batch normalisation so the logged value is this batch's per-token mean
-        factor = 1.0 if num_items_in_batch is None else float(num_items_in_batch) / n_local
-        self._metrics[mode]["ce_loss"].append(float(ce.detach()) * factor)
-        if kd is not None:
-            self._metrics[mode]["kd_loss"].append(float(kd.detach()) * factor)
+        # Each term is (this process's sum over answer tokens) / denominator; recover the sums, add them up
+        # over the processes, and log the per-token mean of the micro-batch over all of them, which is what
+        # a 1-process run with the same global batch logs (rank 0's share alone would be noisier and biased).
+        denominator = n_local if num_items_in_batch is None else float(num_items_in_batch)
+        terms = {"ce_loss": ce} if kd is None else {"ce_loss": ce, "kd_loss": kd}
+        sums = torch.tensor([float(t.detach()) * denominator for t in terms.values()] + [float(n_local)],
+                            device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        for name, total in zip(terms, sums[:-1].tolist()):
+            self._metrics[mode][name].append(total / float(sums[-1]))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         mode = "train" if self.model.training else "eval"
@@ -191,3 +333,26 @@ class ContextDistillationTrainer(Trainer):
                 logs[prefix + key] = sum(values) / len(values)
         self._metrics[mode].clear()
         super().log(logs, *args, **kwargs)
+
+    # ---- Hub ----
+    # The student goes to the Hub once, when training is done, as one folder: weights, model card and
+    # recipe (see `distill_trainer.hub`). The stock Trainer would create the repository in __init__, which
+    # fails an offline run before its first step, and push half-described checkpoints while training.
+
+    def init_hf_repo(self, token=None, private=None) -> None:
+        self.hub_model_id = self.args.hub_model_id
+
+    def _push_from_checkpoint(self, checkpoint_folder) -> None:
+        return None
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
+                    revision=None, **kwargs):
+        """Push `args.output_dir`, which must hold a student saved by `distill_trainer.hub.save_student`."""
+        if not self.is_world_process_zero():
+            return None
+        from .hub import push_student
+
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
+        return push_student(self.args.output_dir, repo_id,
+                            token=token or self.args.hub_token, private=self.args.hub_private_repo,
+                            revision=revision or self.args.hub_revision, commit_message=commit_message)

@@ -56,6 +56,9 @@ def build_views(tokenizer, query: str, answer: str, demonstrations: str = "", se
         "teacher_input_ids": teacher_prefix + answer_ids,
         "teacher_answer_positions": answer_positions(len(teacher_prefix), len(answer_ids)),
         "answer_ids": answer_ids,
+        # the teacher view is this shared prefix (start + demonstrations) + a per-example suffix; the
+        # teacher prefix KV cache runs the prefix once (see prefix_cache.py)
+        "teacher_prefix_length": len(start + demo_ids),
     }
 
 
@@ -67,6 +70,13 @@ class TwoViewCollator:
     which also lets the Trainer count answer tokens for gradient accumulation), answer_positions,
     answer_ids, answer_mask, and the teacher_* counterparts. Positions are explicit per row, so either
     padding side is correct; answers are right-aligned in the (batch, max_answer_len) tensors.
+
+    When every example's teacher view starts with the same prefix (`teacher_prefix_length` from
+    `build_views`: fixed demonstrations), the batch also carries that prefix as `teacher_prefix_ids`
+    (batch, P), rows equal, and the rest of the teacher view as `teacher_suffix_input_ids`,
+    `teacher_suffix_attention_mask`, `teacher_suffix_answer_positions` (relative to the suffix), which
+    is what the teacher prefix KV cache runs. Teacher outputs cached in the dataset (output_cache.py)
+    are carried along, right-aligned like `answer_ids`.
     """
 
     pad_token_id: int
@@ -96,10 +106,31 @@ class TwoViewCollator:
         rows, cols = answer_mask.nonzero(as_tuple=True)
         labels[rows, batch["answer_positions"][rows, cols] + 1] = answer_ids[rows, cols]
         batch["labels"] = labels
+        self._add_shared_prefix(features, batch)
+        add_cached_teacher_outputs(features, batch)
         for key in ("label", "example_index"):
             if key in features[0]:
                 batch[key] = torch.tensor([f[key] for f in features])
         return batch
+
+    def _add_shared_prefix(self, features: list[dict], batch: dict) -> None:
+        if "teacher_input_ids" not in features[0] or "teacher_prefix_length" not in features[0]:
+            return
+        length = features[0]["teacher_prefix_length"]
+        prefix = list(features[0]["teacher_input_ids"][:length])
+        # any split is exact (the prefix's keys/values do not depend on what follows it) as long as the rows
+        # share the prefix and every answer position lies after it
+        shared = length > 0 and all(
+            f["teacher_prefix_length"] == length and list(f["teacher_input_ids"][:length]) == prefix
+            and f["teacher_answer_positions"][0] >= length for f in features
+        )
+        if not shared:  # demonstrations differ per example: only the full teacher view applies
+            return
+        suffix = self._pad([f["teacher_input_ids"][length:] for f in features],
+                           [[p - length for p in f["teacher_answer_positions"]] for f in features])
+        batch["teacher_prefix_ids"] = torch.tensor([prefix]).expand(len(features), -1).clone()
+        (batch["teacher_suffix_input_ids"], batch["teacher_suffix_attention_mask"],
+         batch["teacher_suffix_answer_positions"]) = suffix
 
     def _pad(self, sequences: list[list[int]], positions: list[list[int]]):
         length = max(len(s) for s in sequences)
@@ -119,3 +150,29 @@ class TwoViewCollator:
             pos[row] = torch.tensor([shifted[0]] * (width - len(p)) + shifted)
         return ids, mask, pos
 
+
+# columns written by output_cache.py: per answer token (top-k of the full vocabulary), or per example
+# (the label-word distribution at the first answer position)
+PER_ANSWER_TOKEN_TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
+PER_EXAMPLE_TEACHER_COLUMNS = ("teacher_label_logprobs",)
+
+
+def add_cached_teacher_outputs(features: list[dict], batch: dict) -> None:
+    """Stack cached teacher outputs into the batch; per-answer-token ones right-aligned like `answer_ids`.
+
+    Rows with a shorter answer repeat their first token's entry in the left slots (a valid distribution
+    that `answer_mask` then masks out), so no slot holds garbage.
+    """
+    for key in PER_EXAMPLE_TEACHER_COLUMNS:
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
+    width = batch["answer_ids"].shape[1]
+    for key in PER_ANSWER_TOKEN_TEACHER_COLUMNS:
+        if key not in features[0]:
+            continue
+        rows = []
+        for f in features:
+            values = list(f[key])
+            rows.append([values[0]] * (width - len(values)) + values)
+        dtype = torch.long if key.endswith("_ids") else torch.float32
+        batch[key] = torch.tensor(rows, dtype=dtype)

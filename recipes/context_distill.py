@@ -8,6 +8,10 @@ zero-shot on every evaluation task.
 Student: full | lora | bitfit. Teacher: any model id or path, quantized with teacher_quantization, or
 `self` (a LoRA student's own base model with the adapters off). Writes the student, metrics.json,
 predictions_<task>.jsonl and resolved_config.yaml into output_dir.
+
+Everything that can be checked without loading a model is checked first (`distill-trainer validate
+--config FILE` runs the same checks alone). With save_strategy: steps, a killed run continues where its
+last checkpoint left it with --resume_from_checkpoint true (same settings, same numbers).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from distill_trainer import (
     DistillationConfig,
     StudentArguments,
     TwoViewCollator,
-    UsageError,
     parse_config,
 )
 from distill_trainer.hub import card_for_recipe, save_student, ship_student
@@ -33,37 +36,27 @@ from distill_trainer.recipe_utils import (
     first_token_ids,
     load_student,
     model_max_length,
-    prepare_data,
+    no_partial_output_dir,
     print_summary,
     resolved_config,
     run_recipe,
     training_metrics,
     write_outputs,
+    write_resolved_config,
 )
+from distill_trainer.validate import validate_recipe
 
 RECIPE = "context_distill"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 
 
-def check_teacher(student_args: StudentArguments, config: DistillationConfig) -> str:
-    teacher = config.teacher_model_name_or_path
-    if not teacher:
-        raise UsageError("context_distill needs teacher_model_name_or_path: a model id or path, or 'self' with "
-                         "student_mode: lora; for gold labels only run recipes/pattern_finetune.py")
-    if teacher == "self" and student_args.student_mode != "lora":
-        raise UsageError(f"teacher 'self' is the student's base model with its LoRA adapters off, so it needs "
-                         f"student_mode: lora (got {student_args.student_mode})")
-    return teacher
-
-
 def run_context_distill(student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig,
                         callbacks=None) -> dict:
-    teacher = check_teacher(student_args, config)
+    # ------------------------------------------------------------ validate (no model loaded yet) and data
+    data = validate_recipe(RECIPE, student_args, data_args, config).data
+    teacher = config.teacher_model_name_or_path
     is_self = teacher == "self"
     teacher_path = student_args.model_name_or_path if is_self else teacher
-
-    # ------------------------------------------------------------ data
-    data = prepare_data(data_args)
 
     # ------------------------------------------------------------ tokenizers and the teacher's prompts
     tokenizer = load_tokenizer(student_args.model_name_or_path)
@@ -82,7 +75,8 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
         teacher_label_token_ids=teacher_label_ids, teacher_tokenizer=teacher_tokenizer, callbacks=callbacks,
     )
 
-    # ------------------------------------------------------------ distill
+    # ------------------------------------------------------------ distill (resume_from_checkpoint: true|path resumes)
+    write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
     train_result = trainer.train()
     save_student(trainer, config.output_dir)  # the weights are safe on disk before the evaluation starts
 
@@ -106,7 +100,7 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
     memory = metrics.get("memory")
-    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory=memory)
+    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory, data.pattern)
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
     resampled = " resampled per query" if data_args.resample_demonstrations else ""
     print_summary(f"context distillation: {student_args.model_name_or_path} <- {teacher}", {
@@ -122,7 +116,9 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
 
 
 def main(argv=None) -> dict:
-    return run_context_distill(*parse_config(CONFIG_TYPES, argv))
+    configs = parse_config(CONFIG_TYPES, argv)
+    with no_partial_output_dir(configs[-1].output_dir):
+        return run_context_distill(*configs)
 
 
 if __name__ == "__main__":

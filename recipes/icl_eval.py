@@ -15,11 +15,12 @@ from distill_trainer.recipe_utils import (
     evaluate_on_tasks,
     first_token_ids,
     model_max_length,
-    prepare_data,
+    no_partial_output_dir,
     print_summary,
     run_recipe,
     write_outputs,
 )
+from distill_trainer.validate import validate_recipe
 
 RECIPE = "icl_eval"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -28,8 +29,9 @@ CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 def run_icl_eval(student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig,
                  model=None, tokenizer=None) -> dict:
     """Evaluate `model_name_or_path` (or an already loaded `model` + `tokenizer`) with k demonstrations."""
-    # ------------------------------------------------------------ data
-    data = prepare_data(data_args, with_train=False)
+    # ------------------------------------------------------------ validate (no model loaded yet) and data
+    data = validate_recipe(RECIPE, student_args, data_args, config, tokenizer=tokenizer,
+                           check_models=model is None).data
 
     # ------------------------------------------------------------ model
     name = student_args.model_name_or_path if model is None else getattr(model, "name_or_path", "model")
@@ -67,7 +69,9 @@ def run_icl_eval(student_args: StudentArguments, data_args: DataArguments, confi
 
 
 def main(argv=None) -> dict:
-    return run_icl_eval(*parse_config(CONFIG_TYPES, argv))
+    configs = parse_config(CONFIG_TYPES, argv)
+    with no_partial_output_dir(configs[-1].output_dir):
+        return run_icl_eval(*configs)
 
 
 if __name__ == "__main__":

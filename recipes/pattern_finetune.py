@@ -8,6 +8,10 @@ This is `ContextDistillationTrainer` with alpha=0 and no teacher. The training q
 context distillation uses with the same data settings (they exclude its fixed demonstrations), so the
 two methods differ only in where the targets come from. Writes the student, metrics.json,
 predictions_<task>.jsonl and resolved_config.yaml into output_dir.
+
+Everything that can be checked without loading a model is checked first (`distill-trainer validate
+--config FILE` runs the same checks alone). With save_strategy: steps, a killed run continues where its
+last checkpoint left it with --resume_from_checkpoint true (same settings, same numbers).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from distill_trainer import (
     DistillationConfig,
     StudentArguments,
     TwoViewCollator,
-    UsageError,
     parse_config,
 )
 from distill_trainer.hub import card_for_recipe, save_student, ship_student
@@ -30,34 +33,24 @@ from distill_trainer.recipe_utils import (
     evaluate_on_tasks,
     first_token_ids,
     load_student,
-    prepare_data,
+    no_partial_output_dir,
     print_summary,
     resolved_config,
     run_recipe,
     training_metrics,
     write_outputs,
+    write_resolved_config,
 )
+from distill_trainer.validate import validate_recipe
 
 RECIPE = "pattern_finetune"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 
 
-def check_gold_labels_only(config: DistillationConfig) -> None:
-    if config.teacher_model_name_or_path:
-        raise UsageError("pattern_finetune trains on gold labels and reads no teacher; remove "
-                         "teacher_model_name_or_path, or run recipes/context_distill.py")
-    if "alpha" in getattr(config, "recipe", {}) and config.alpha != 0:
-        raise UsageError(f"pattern_finetune uses alpha=0 (gold labels only), got alpha={config.alpha}; "
-                         "remove alpha, or run recipes/context_distill.py")
-    config.alpha = 0.0
-
-
 def run_pattern_finetune(student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig,
                          callbacks=None) -> dict:
-    check_gold_labels_only(config)
-
-    # ------------------------------------------------------------ data
-    data = prepare_data(data_args)
+    # ------------------------------------------------------------ validate (no model loaded yet; sets alpha=0) and data
+    data = validate_recipe(RECIPE, student_args, data_args, config).data
 
     # ------------------------------------------------------------ student
     tokenizer = load_tokenizer(student_args.model_name_or_path)
@@ -70,7 +63,8 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
         model=student, args=config, teacher=None, train_dataset=train_dataset, processing_class=tokenizer,
         data_collator=TwoViewCollator(tokenizer.pad_token_id), callbacks=callbacks,
     )
-    train_result = trainer.train()
+    write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
+    train_result = trainer.train()  # resume_from_checkpoint: true|path resumes
     save_student(trainer, config.output_dir)  # the weights are safe on disk before the evaluation starts
 
     # ------------------------------------------------------------ evaluate the student, no demonstrations
@@ -88,7 +82,7 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
     memory = metrics.get("memory")
-    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory=memory)
+    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory, data.pattern)
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
     print_summary(f"pattern-based fine-tuning: {student_args.model_name_or_path}", {
         "student": describe_student(student_args, metrics),
@@ -99,7 +93,9 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
 
 
 def main(argv=None) -> dict:
-    return run_pattern_finetune(*parse_config(CONFIG_TYPES, argv))
+    configs = parse_config(CONFIG_TYPES, argv)
+    with no_partial_output_dir(configs[-1].output_dir):
+        return run_pattern_finetune(*configs)
 
 
 if __name__ == "__main__":

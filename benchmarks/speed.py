@@ -1,0 +1,517 @@
+"""Speed benchmark: what context distillation costs on top of fine-tuning, and what removes that cost.
+
+    python benchmarks/speed.py                        # SmolLM2-135M (embedded), 16 demonstrations
+    python benchmarks/speed.py --models smollm2-135m opt-125m opt-350m   # + OPT pairs (random init)
+    python benchmarks/speed.py --quick                # tiny models, short prompts: a smoke test
+
+One process; per model pair one student, teacher, batch and set of 16 demonstrations. The variants run
+interleaved, one optimizer step each per round (warm-up rounds first); each reports the median step
+time and its ratio to the fine-tuning step (a):
+  (a) pattern-based fine-tuning step of the student alone (cross-entropy on the label word): the floor
+  (b) naive distillation as TRL does it: full-sequence logits for both models, and TRL's own
+      `generalized_jsd_loss` (trl.experimental.gkd, beta=0: forward KL) masked to the answer positions
+  (c) ours: answer-only logits for both models (ContextDistillationTrainer.compute_loss)
+  (d) ours + teacher prefix KV cache (the demonstrations run through the teacher once)
+  (e) ours + teacher output cache (teacher outputs computed once before training; no teacher at step time)
+and ICL evaluation of the teacher (label-word scoring of queries behind the demonstrations) with and
+without the prefix cache. Every step is forward + backward + AdamW update of the whole student, fp32.
+
+Models: the embedded SmolLM2-135M-Instruct (teacher = student = the real weights) when its package is
+installed, else a random-init model of its shape; OPT pairs are random-init from the published shapes.
+Memory is explained at the end of the report. Results: results/speed/speed.{md,json}.
+TRL is needed for (b) only: pip install -e ".[bench]".
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import functools
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# OpenMP threads that spin while waiting lose most of their time when the cores are shared with other
+# processes (measured here: a forward 6x slower with 2 threads on a busy 2-core machine); sleeping instead
+# costs nothing on an idle one. Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views  # noqa: E402
+from distill_trainer.errors import UsageError  # noqa: E402
+from distill_trainer.memory import (  # noqa: E402
+    MIB,
+    CpuMemoryMeter,
+    architecture_config,
+    model_bytes,
+    optimizer_state_bytes,
+)
+
+PATTERN = "gpt3"
+LABEL_WORDS = (" Yes", " No")
+# OPT-350M's published shape (not shipped in distill_trainer/architectures)
+OPT_350M = dict(vocab_size=50272, hidden_size=1024, num_hidden_layers=24, ffn_dim=4096, num_attention_heads=16,
+                word_embed_proj_dim=512, do_layer_norm_before=False, max_position_embeddings=2048, dropout=0.0,
+                pad_token_id=1, bos_token_id=2, eos_token_id=2)
+# SmolLM2-135M's published shape, for a random-init stand-in when the embedded model is not installed
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+                    tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def load_rows(num_demonstrations: int, num_queries: int, seed: int = 0):
+    """Demonstrations (rendered) and query rows: MNLI from the local data dir, else the test fixture slice."""
+    from distill_trainer.tasks import (
+        balanced_subset,
+        get_pattern,
+        get_task,
+        load_split,
+        render_demonstrations,
+        resolve_data_dir,
+        row_key,
+        sample_demonstrations,
+    )
+
+    task, pattern = get_task("mnli"), get_pattern(PATTERN, 2)
+    data_dir = resolve_data_dir("auto") or REPO / "tests" / "data"
+    pool = load_split(task, task.train_split, data_source="local", data_dir=str(data_dir))
+    demos = sample_demonstrations(pool, 2, num_demonstrations, seed)
+    rest = list(balanced_subset(pool, None, 2, seed + 1, exclude_keys={row_key(r) for r in demos}))
+    random.Random(seed).shuffle(rest)
+    # the small fixture slice may hold fewer rows than asked: repeating them times the same work
+    queries = [rest[i % len(rest)] for i in range(num_queries)]
+    return render_demonstrations(demos, pattern), queries, pattern, data_dir
+
+
+def build_features(tokenizer, pattern, demonstrations: list[str], rows) -> list[dict]:
+    block = "\n\n".join(demonstrations)
+    return [build_views(tokenizer, pattern.query(row), pattern.answer(row["label"]), block) for row in rows]
+
+
+def batches(features, batch_size, pad_token_id, count):
+    """`count` left-padded batches cycling through the features (left padding lines the answers up at the end,
+    which the naive full-sequence variant needs to slice teacher and student logits alike)."""
+    collate = TwoViewCollator(pad_token_id, padding_side="left")
+    out = []
+    for i in range(count):
+        start = (i * batch_size) % len(features)
+        chunk = (features + features)[start:start + batch_size]
+        out.append(collate(chunk))
+    return out
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def fallback_tokenizer():
+    """A byte-level BPE trained on the fixture text, for when no real tokenizer is available offline."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import build_tokenizer
+
+    return build_tokenizer()
+
+
+def embedded_smollm2():
+    """(directory, tokenizer) of the embedded SmolLM2-135M, or None when its package is not installed."""
+    try:
+        from distill_trainer.models import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path("embedded:smollm2-135m")
+        return path, load_tokenizer(path)
+    except (ImportError, OSError, UsageError) as error:  # the package (or the embedded loader) is missing
+        print(f"[speed] embedded SmolLM2-135M unavailable ({type(error).__name__}: {error}); using random init")
+        return None
+
+
+def random_model(kind: str, seed: int, vocab_size: int | None = None):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig
+
+    torch.manual_seed(seed)
+    if kind == "opt-125m":
+        config = architecture_config("opt-125m")
+        config.dropout = 0.0  # timing only; and a teacher runs in eval mode anyway
+        # fp32 like every other model here: the published config says float16, which CPUs run slowly
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if kind == "opt-350m":
+        return AutoModelForCausalLM.from_config(OPTConfig(**OPT_350M), dtype=torch.float32)
+    if kind == "smollm2-135m":
+        return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M))
+    if kind == "tiny":
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                            max_position_embeddings=4096, pad_token_id=0))
+    raise ValueError(kind)
+
+
+def model_pair(name: str, shared: dict):
+    """(teacher, student, tokenizer, description) for one benchmark row group."""
+    from transformers import AutoModelForCausalLM
+
+    if name == "tiny":
+        tokenizer = fallback_tokenizer()
+        return (random_model("tiny", 1, len(tokenizer)), random_model("tiny", 0, len(tokenizer)), tokenizer,
+                "tiny Llama (random init, 2 layers x 64)")
+    if "embedded" not in shared:
+        shared["embedded"] = embedded_smollm2()
+    embedded = shared["embedded"]
+    tokenizer = embedded[1] if embedded else fallback_tokenizer()
+    tokenizer_note = "SmolLM2 tokenizer" if embedded else "fixture BPE tokenizer"
+    if name == "smollm2-135m":
+        if embedded:
+            teacher = AutoModelForCausalLM.from_pretrained(embedded[0], dtype=torch.float32)
+            return teacher, copy.deepcopy(teacher), tokenizer, "SmolLM2-135M-Instruct (embedded, real weights); teacher = student"
+        return (random_model("smollm2-135m", 1), random_model("smollm2-135m", 0), tokenizer,
+                f"SmolLM2-135M architecture (random init; {tokenizer_note})")
+    if name == "opt-125m":
+        return (random_model("opt-125m", 1), random_model("opt-125m", 0), tokenizer,
+                f"OPT-125M teacher and student (random init; {tokenizer_note})")
+    if name == "opt-350m":
+        return (random_model("opt-350m", 1), random_model("opt-125m", 0), tokenizer,
+                f"OPT-350M teacher -> OPT-125M student (random init; {tokenizer_note})")
+    raise SystemExit(f"unknown model pair {name!r}; choose from smollm2-135m, opt-125m, opt-350m, tiny")
+
+
+# ---------------------------------------------------------------------------- variants
+
+
+def make_trainer(student, teacher, tmp, train_dataset=None, tokenizer=None, **config):
+    args = DistillationConfig(output_dir=os.path.join(tmp, "out"), report_to="none", use_cpu=True,
+                              disable_tqdm=True, save_strategy="no", teacher_cache_dir=os.path.join(tmp, "cache"),
+                              **config)
+    return ContextDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=train_dataset,
+                                      data_collator=TwoViewCollator(tokenizer.pad_token_id, padding_side="left"),
+                                      label_token_ids=[tokenizer(w, add_special_tokens=False)["input_ids"][0]
+                                                       for w in LABEL_WORDS])
+
+
+def ours_step(trainer):
+    def step(batch):
+        return trainer.compute_loss(trainer.model, batch)
+    return step
+
+
+def naive_trl_step(student, teacher):
+    """Full (batch, sequence, vocab) logits for both models, then TRL's GKD loss on the answer positions."""
+    from trl.experimental.gkd import GKDTrainer
+
+    def step(batch):
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch["teacher_input_ids"],
+                                     attention_mask=batch["teacher_attention_mask"]).logits
+        student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        length = student_logits.shape[1]
+        # left padding: the views end alike, so the teacher's last `length` positions match the student's;
+        # logits at position p predict token p + 1, hence the shift (as GKDTrainer does)
+        return GKDTrainer.generalized_jsd_loss(student_logits[:, :-1], teacher_logits[:, -length:-1],
+                                               labels=batch["labels"][:, 1:], beta=0.0)
+    return step
+
+
+def release_memory():
+    gc.collect()
+    try:  # hand freed heap pages back to the OS, so the next measurement starts from a true baseline
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def optimizer_step(loss_fn, batch, optimizer) -> float:
+    loss = loss_fn(batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def timed(meter, fn):
+    """(seconds, peak resident bytes above the start) of one call."""
+    release_memory()
+    base = meter.current()
+    meter.reset()
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, meter.peak() - base, out
+
+
+def run_interleaved(variants: dict, student, rounds: int, warmup: int, meter) -> dict:
+    """One optimizer step of every variant per round, round after round.
+
+    Interleaving makes a slow patch of a shared machine hit every variant alike instead of whichever
+    ran then. One AdamW serves all variants: its state exists after the first step, so a step's "extra"
+    memory is what the variant itself allocates (gradients, activations, logits, caches).
+    """
+    student.train()
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    records = {key: {"times_s": [], "warmup_s": [], "extra": []} for key in variants}
+    for r in range(rounds):
+        for key, (label, loss_fn, batches_) in variants.items():
+            step = functools.partial(optimizer_step, loss_fn, batches_[r % len(batches_)], optimizer)
+            seconds, extra, loss = timed(meter, step)
+            record = records[key]
+            if r < warmup:
+                record["warmup_s"].append(seconds)
+            else:
+                record["times_s"].append(seconds)
+                record["extra"].append(extra)
+            print(f"[speed]   round {r + 1}/{rounds} {label}: {seconds:.2f}s, loss {loss:.4f}", flush=True)
+    adam_bytes = optimizer_state_bytes(optimizer)
+    out = {}
+    for key, record in records.items():
+        out[key] = {"median_s": statistics.median(record["times_s"]), "times_s": record["times_s"],
+                    "warmup_s": record["warmup_s"], "extra_mib": max(record["extra"]) / MIB,
+                    "optimizer_state_mib": adam_bytes / MIB}
+    return out
+
+
+def run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter) -> dict:
+    """Label-word scoring behind the demonstrations: `icl_queries` rows without and with the prefix cache
+    (alternating), and `icl_cached_queries` rows with it, where the one-off prefix pass is amortised as in
+    a real evaluation set. Without the cache, time grows linearly with the rows, so its per-query time
+    holds for any count."""
+    from distill_trainer.evaluation import score_label_words
+
+    texts = [pattern.query(row) for row in rows]
+    block = "\n\n".join(demonstrations)
+    runs = {"no_prefix_cache": (False, options.icl_queries), "prefix_cache": (True, options.icl_queries),
+            "prefix_cache_many": (True, options.icl_cached_queries)}
+    records = {name: {"times_s": [], "extra": []} for name in runs}
+    scores = {}
+    for _ in range(options.icl_repeats):
+        for name, (prefix_cache, count) in runs.items():
+            score = functools.partial(score_label_words, teacher, tokenizer, texts[:count], list(LABEL_WORDS),
+                                      demonstrations=block, batch_size=options.batch_size, progress=False,
+                                      prefix_cache=prefix_cache)
+            seconds, extra, scores[name] = timed(meter, score)
+            records[name]["times_s"].append(seconds)
+            records[name]["extra"].append(extra)
+            print(f"[speed]   ICL {name}, {count} queries: {seconds:.2f}s", flush=True)
+    first = options.icl_queries
+    result = {"max_abs_logprob_diff": float(max(
+        (scores["no_prefix_cache"].logprobs - scores[name].logprobs[:first]).abs().max()
+        for name in ("prefix_cache", "prefix_cache_many")))}
+    for name, (_, count) in runs.items():
+        median = statistics.median(records[name]["times_s"])
+        result[name] = {"queries": count, "median_s": median, "times_s": records[name]["times_s"],
+                        "per_query_s": median / count, "extra_mib": max(records[name]["extra"]) / MIB}
+    return result
+
+
+# ---------------------------------------------------------------------------- one model pair
+
+
+def run_pair(name, options, shared, meter):
+    from datasets import Dataset
+
+    print(f"[speed] == {name} ==", flush=True)
+    teacher, student, tokenizer, description = model_pair(name, shared)
+    teacher.eval().requires_grad_(False)
+    demonstrations, rows, pattern, data_dir = load_rows(
+        options.demonstrations, max(options.queries, options.icl_queries, options.icl_cached_queries))
+    features = build_features(tokenizer, pattern, demonstrations, rows[: options.queries])
+    rounds = options.warmup + options.steps
+    train = batches(features, options.batch_size, tokenizer.pad_token_id, rounds)
+    student_bytes, teacher_bytes = model_bytes(student), model_bytes(teacher)
+    result = {
+        "pair": name, "models": description, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "teacher_tokens": statistics.mean(len(f["teacher_input_ids"]) for f in features),
+        "student_tokens": statistics.mean(len(f["input_ids"]) for f in features),
+        "prefix_tokens": features[0]["teacher_prefix_length"], "data": str(data_dir.name),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        pbft = make_trainer(student, None, tmp, tokenizer=tokenizer, alpha=0.0)
+        answer_only = make_trainer(student, teacher, tmp, tokenizer=tokenizer, teacher_prefix_cache=False)
+        prefix = make_trainer(student, teacher, tmp, tokenizer=tokenizer, teacher_prefix_cache=True)
+        # (e): the one-off teacher pass (with the prefix cache) is timed apart; its steps never run the teacher
+        build_seconds, _, cached = timed(meter, functools.partial(
+            make_trainer, student, teacher, tmp, tokenizer=tokenizer, train_dataset=Dataset.from_list(features),
+            teacher_output_cache=True, per_device_eval_batch_size=options.batch_size))
+        assert cached.teacher is None
+        train_cached = batches([cached.train_dataset[i] for i in range(len(features))], options.batch_size,
+                               tokenizer.pad_token_id, rounds)
+        variants = {"a": ("(a) fine-tuning", ours_step(pbft), train)}
+        if shared["trl"]:
+            variants["b"] = ("(b) naive TRL-style", naive_trl_step(student, teacher), train)
+        variants |= {"c": ("(c) answer-only", ours_step(answer_only), train),
+                     "d": ("(d) + prefix cache", ours_step(prefix), train),
+                     "e": ("(e) + output cache", ours_step(cached), train_cached)}
+        measured = run_interleaved(variants, student, rounds, options.warmup, meter)
+        prefix_teacher = prefix._teacher_runner.prefix_teacher
+        prefix_cache_bytes = sum(t.numel() * t.element_size() for layer in prefix_teacher._prefix_cache.layers
+                                 for t in (layer.keys, layer.values))
+        del pbft, answer_only, prefix, cached
+    # resident besides a step's own allocations: the weights the variant needs, the optimizer state, and
+    # for (d) the demonstrations' KV cache
+    resident = {"a": student_bytes, "b": student_bytes + teacher_bytes, "c": student_bytes + teacher_bytes,
+                "d": student_bytes + teacher_bytes + prefix_cache_bytes, "e": student_bytes}
+    floor = measured["a"]["median_s"]
+    for key, v in measured.items():
+        v["ratio_to_a"] = v["median_s"] / floor
+        v["resident_mib"] = resident[key] / MIB + v["optimizer_state_mib"]
+        v["peak_mib"] = v["resident_mib"] + v["extra_mib"]
+    measured["e"]["cache_build_s"] = build_seconds
+    measured["e"]["cache_build_examples"] = len(features)
+    result["variants"] = measured
+    result["prefix_cache_mib"] = prefix_cache_bytes / MIB
+    result["icl"] = run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter)
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+
+
+VARIANT_NAMES = {
+    "a": "(a) fine-tuning step, student alone (floor)",
+    "b": "(b) naive distillation, TRL-style (full logits + generalized_jsd_loss)",
+    "c": "(c) ours: answer-only logits",
+    "d": "(d) ours + teacher prefix KV cache",
+    "e": "(e) ours + teacher output cache",
+}
+
+
+def goals(pair: dict) -> list[str]:
+    v, icl = pair["variants"], pair["icl"]
+    lines = []
+
+    def check(label, ok, detail):
+        lines.append(f"- {label}: {'met' if ok else 'NOT met'} ({detail})")
+
+    check("(d) <= 1.5x (a)", v["d"]["ratio_to_a"] <= 1.5, f"{v['d']['ratio_to_a']:.2f}x")
+    check("(e) <= 1.1x (a)", v["e"]["ratio_to_a"] <= 1.1, f"{v['e']['ratio_to_a']:.2f}x")
+    if "b" in v:
+        speedup = v["b"]["median_s"] / v["c"]["median_s"]
+        check("(c) >= 2x faster than (b)", speedup >= 2, f"{speedup:.2f}x")
+        check("(c) peak <= half of (b)'s", v["c"]["peak_mib"] <= 0.5 * v["b"]["peak_mib"],
+              f"{v['c']['peak_mib']:.0f} vs {v['b']['peak_mib']:.0f} MiB; extra {v['c']['extra_mib']:.0f} vs "
+              f"{v['b']['extra_mib']:.0f} MiB")
+    plain, few, many = icl["no_prefix_cache"], icl["prefix_cache"], icl["prefix_cache_many"]
+    speedup = plain["per_query_s"] / many["per_query_s"]
+    check("ICL eval with prefix cache >= 5x faster", speedup >= 5,
+          f"{speedup:.1f}x per query over {many['queries']} queries; {plain['median_s'] / few['median_s']:.1f}x "
+          f"over {few['queries']}, where the one-off prefix pass weighs more")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    o = report["settings"]
+    out = [
+        "# Speed benchmark", "",
+        f"Command: `{report['command']}` ({report['total_seconds'] / 60:.1f} min)  ",
+        f"Machine: {report['machine']}, load average {report['load_average']} at the start; torch "
+        f"{report['torch']}, transformers {report['transformers']}, trl {report['trl'] or 'not installed'}  ",
+        f"Batch {o['batch_size']}, {o['demonstrations']} demonstrations ({PATTERN} pattern, MNLI rows), fp32, "
+        f"AdamW on the whole student; median of {o['steps']} steps after {o['warmup']} warm-up, the variants "
+        "interleaved step by step.", "",
+    ]
+    for pair in report["pairs"]:
+        out += [f"## {pair['models']}", "",
+                f"Teacher {pair['teacher_parameters'] / 1e6:.0f}M parameters, student "
+                f"{pair['student_parameters'] / 1e6:.0f}M; tokens per example: teacher view "
+                f"{pair['teacher_tokens']:.0f} (shared prefix {pair['prefix_tokens']}), student view "
+                f"{pair['student_tokens']:.0f}.", "",
+                "| variant | step (s) | x (a) | extra memory (MiB) | peak memory (MiB) |",
+                "| --- | ---: | ---: | ---: | ---: |"]
+        for key, v in pair["variants"].items():
+            out.append(f"| {VARIANT_NAMES[key]} | {v['median_s']:.2f} | {v['ratio_to_a']:.2f} | "
+                       f"{v['extra_mib']:.0f} | {v['peak_mib']:.0f} |")
+        e, icl = pair["variants"]["e"], pair["icl"]
+        plain = icl["no_prefix_cache"]
+        out += ["", f"Output cache, one-off teacher pass (with the prefix cache) before training: "
+                f"{e['cache_build_s']:.1f} s for {e['cache_build_examples']} examples. Prefix KV cache of "
+                f"(d): {pair['prefix_cache_mib']:.0f} MiB.", "",
+                "ICL evaluation of the teacher (label-word scoring; the prefix-cached runs include their "
+                "one-off pass over the demonstrations):", "",
+                "| ICL evaluation | queries | total (s) | per query (s) | speed-up per query | extra memory (MiB) |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name, label in (("no_prefix_cache", "without prefix cache"), ("prefix_cache", "with prefix cache"),
+                            ("prefix_cache_many", "with prefix cache")):
+            run = icl[name]
+            out.append(f"| {label} | {run['queries']} | {run['median_s']:.2f} | {run['per_query_s']:.3f} | "
+                       f"{plain['per_query_s'] / run['per_query_s']:.1f} | {run['extra_mib']:.0f} |")
+        out += ["",
+                f"Label-word log-probs with vs without the prefix cache: max abs diff "
+                f"{icl['max_abs_logprob_diff']:.1e}.", "", "Goals:", "", *goals(pair), ""]
+    out += ["Extra memory: the largest rise of resident memory (kernel high-water mark) during one step "
+            "of the variant: gradients, activations, logits, temporary KV caches. Peak memory: extra + what "
+            "the variant keeps resident: student weights and AdamW state, the teacher's weights for (b), (c), "
+            "(d), and the demonstrations' KV cache for (d).", ""]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models, 1 warm-up + 2 steps: a smoke test")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="model pairs: smollm2-135m (default), opt-125m, opt-350m, tiny")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--demonstrations", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--queries", type=int, default=16, help="distinct training examples (cycled)")
+    parser.add_argument("--icl-queries", type=int, default=8, help="ICL rows scored without and with the cache")
+    parser.add_argument("--icl-cached-queries", type=int, default=64, help="ICL rows scored with the cache")
+    parser.add_argument("--icl-repeats", type=int, default=2)
+    parser.add_argument("--output-dir", default=str(REPO / "results" / "speed"))
+    options = parser.parse_args(argv)
+    if options.quick:  # everything runs, on tiny models and short prompts
+        options.models = options.models or ["tiny"]
+        options.steps, options.icl_repeats, options.demonstrations, options.batch_size = 2, 1, 4, 4
+        options.queries, options.icl_queries, options.icl_cached_queries = 8, 8, 16
+    options.models = options.models or ["smollm2-135m"]
+
+    import transformers
+
+    try:
+        import trl
+
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = None
+        print('[speed] trl is not installed: variant (b) is skipped (pip install -e ".[bench]")')
+    torch.manual_seed(0)
+    load_average = " / ".join(f"{x:.1f}" for x in os.getloadavg())  # the machine may be shared: say how busy
+    meter = CpuMemoryMeter()
+    shared = {"trl": trl_version is not None}
+    started = time.perf_counter()
+    pairs = []
+    for name in options.models:
+        pairs.append(run_pair(name, options, shared, meter))
+        release_memory()  # the pair's models are gone once run_pair returns
+    report = {
+        "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
+        "settings": {k: getattr(options, k) for k in ("batch_size", "demonstrations", "warmup", "steps", "queries",
+                                                      "icl_queries", "icl_cached_queries", "icl_repeats",
+                                                      "models")},
+        "memory_method": meter.method, "load_average": load_average, "total_seconds": time.perf_counter() - started, "pairs": pairs,
+    }
+    output = Path(options.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    stem = "speed-quick" if options.quick else "speed"
+    (output / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (output / f"{stem}.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"[speed] wrote {output / stem}.md and .json in {report['total_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""`distill-trainer evaluate`: score any causal LM on an NLI JSONL file and print/write the recipes' metrics.
+
+    distill-trainer evaluate --model results/latest/cd_lora --task mnli --data dev.jsonl
+    distill-trainer evaluate --model embedded:smollm2-135m --task mnli --data dev.jsonl --k 2 \
+        --demonstration_ids 6990 5756 --pattern gpt3 --output_dir results/eval-teacher
+
+`--model` is a saved student (a full model folder, or a LoRA adapter folder: its base model is loaded and
+the adapter put on top), a Hub id or an embedded alias. The file has the shared data's columns (premise,
+hypothesis, label with the Hub dataset's label ids; HANS also heuristic, subcase, template). A folder
+written by a recipe holds its resolved_config.yaml: the pattern it was trained with is then the default.
+With `--k N` the model reads N demonstrations from the task's training pool before each query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+
+ADAPTER_CONFIG = "adapter_config.json"
+RECIPE_CONFIG = "resolved_config.yaml"
+PATTERN_KEYS = ("pattern", "template", "label_words")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="A saved student folder (full or LoRA adapter), a Hub id "
+                        "or an embedded alias such as embedded:smollm2-135m.")
+    parser.add_argument("--task", default="mnli", help="Task whose labels the file uses: mnli, mnli_3way or hans.")
+    parser.add_argument("--data", required=True, help="NLI JSONL file with premise, hypothesis, label columns.")
+    parser.add_argument("--k", type=int, default=0, help="Demonstrations before each query (0: zero-shot).")
+    parser.add_argument("--pattern", default=None, help="Pattern name; default: the one in the model folder's "
+                        f"{RECIPE_CONFIG}, else DataArguments' default.")
+    parser.add_argument("--label_words", nargs="+", default=None, help="One word per label, e.g. ' Yes' ' No'.")
+    parser.add_argument("--template", default=None, help="With --pattern custom: text with {premise}, {hypothesis}.")
+    parser.add_argument("--demonstration_ids", type=int, nargs="+", default=None,
+                        help="idx values of training-pool rows to use as the k demonstrations.")
+    parser.add_argument("--demonstration_seed", type=int, default=0, help="Seed for drawing demonstrations.")
+    parser.add_argument("--data_dir", default=None, help="Local data directory holding the demonstration pool.")
+    parser.add_argument("--num_examples", type=int, default=None, help="Evaluate only this many rows (balanced).")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", help="auto, float32, bfloat16 or float16.")
+    parser.add_argument("--output_dir", default=None, help="Write metrics.json and predictions_<task>.jsonl here.")
+    parser.add_argument("--no_progress", action="store_true", help="No progress bar.")
+
+
+def saved_pattern_settings(model: str) -> dict:
+    """pattern / template / label_words from a recipe's resolved config beside the weights, if any."""
+    path = Path(model) / RECIPE_CONFIG
+    if not path.is_file():
+        return {}
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {key: values[key] for key in PATTERN_KEYS if values.get(key) is not None}
+
+
+def load_model_and_tokenizer(model: str, dtype: str = "float32"):
+    """A full model (folder, Hub id, alias), or a LoRA adapter folder on top of its base model."""
+    from .models import load_causal_lm, load_tokenizer
+
+    folder = Path(model)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return load_causal_lm(model, dtype=dtype), load_tokenizer(model)
+    from peft import PeftModel
+
+    base_name = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base_name:
+        raise UsageError(f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
+                         "or path there")
+    base = load_causal_lm(base_name, dtype=dtype)
+    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = load_tokenizer(str(folder) if has_tokenizer else base_name)
+    return PeftModel.from_pretrained(base, str(folder)), tokenizer
+
+
+def evaluate_file(args) -> dict:
+    """Run the evaluation `args` describe; returns {"metrics": ..., "predictions": ...}."""
+    from .evaluation import evaluate_task
+    from .recipe_utils import format_summary, model_max_length
+    from .tasks import DataArguments, DemonstrationSampler, balanced_subset, get_task, load_split, row_key
+
+    task = get_task(args.task)
+    pattern_settings = saved_pattern_settings(args.model)
+    for key in PATTERN_KEYS:
+        if getattr(args, key) is not None:
+            pattern_settings[key] = getattr(args, key)
+    # DataArguments checks the pattern, k and demonstration ids as the recipes do
+    data_args = DataArguments(task=task.name, k=args.k, demonstration_ids=args.demonstration_ids,
+                              demonstration_seed=args.demonstration_seed, data_dir=args.data_dir,
+                              data_source="local" if args.data_dir else "auto", **pattern_settings)
+    pattern = data_args.get_pattern()
+    rows = load_split(task, "file", data_file=args.data)
+    if args.num_examples is not None:
+        rows = balanced_subset(rows, args.num_examples, task.num_labels, seed=0, what="rows (--num_examples)")
+    demonstrations = None
+    if args.k:
+        source = task if task.train_split else get_task("mnli")
+        pool = load_split(source, source.train_split, data_args.data_source, data_args.data_dir,
+                          keep_idx=args.demonstration_ids is not None)
+        sampler = DemonstrationSampler(pool, pattern, task.num_labels, args.k, args.demonstration_seed,
+                                       exclude_keys={row_key(row) for row in rows},
+                                       demonstration_ids=args.demonstration_ids)
+        demonstrations = sampler.fixed
+
+    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
+    metrics, predictions = evaluate_task(model, tokenizer, rows, task, pattern, demonstrations,
+                                         batch_size=args.batch_size, max_length=model_max_length(model.config, data_args),
+                                         progress=not args.no_progress)
+    metrics.update(model=args.model, data=args.data, pattern=pattern.name, label_words=list(pattern.label_words),
+                   k=args.k, demonstration_ids=args.demonstration_ids)
+    paths = []
+    if args.output_dir:
+        output_dir = Path(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        paths = [output_dir / "metrics.json", output_dir / f"predictions_{task.name}.jsonl"]
+        paths[0].write_text(json.dumps({"eval": {task.name: metrics}}, indent=2) + "\n", encoding="utf-8")
+        paths[1].write_text("".join(json.dumps(r) + "\n" for r in predictions), encoding="utf-8")
+    print(format_summary(f"evaluate: {args.model}", {
+        "data": f"{args.data} ({len(rows)} rows, task {task.name})",
+        "prompt": f"pattern {pattern.name}, k={args.k} demonstrations",
+    }, {task.name: metrics}, paths or ["(not written; pass --output_dir)"]), flush=True)
+    return {"metrics": metrics, "predictions": predictions}

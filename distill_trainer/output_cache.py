@@ -1,0 +1,268 @@
+"""Teacher output cache: the teacher's answer distributions, computed once and stored with the dataset.
+
+    train = load_or_build_teacher_outputs(teacher, train_views, collator, distill_vocab="full",
+                                          temperature=2.0, top_k=64, label_token_ids=ids)
+    del teacher   # training now reads the teacher's outputs from `train`
+
+For a fixed (example, demonstrations) pair the teacher's answer distribution never changes, so every
+epoch after the first would recompute the same numbers. One pass stores, per example:
+- `distill_vocab="full"`: per answer token, the top-k log-probabilities at the distillation temperature,
+  their token ids, and the log of the remaining (tail) mass (`losses.sparse_distillation_loss`);
+- `distill_vocab="label_words"`: the exact label-word distribution at the first answer position.
+
+The result is saved with the dataset (`datasets` Arrow, `save_to_disk`) under a key hashing the teacher
+(config and weights), the examples' teacher-view tokens (which spell out the demonstrations, the
+pattern and the answers), the temperature, k, the distillation vocabulary and its label words. A later
+run with the same key loads it; any change gives a new key and a fresh pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UsageError
+from .views import PER_ANSWER_TOKEN_TEACHER_COLUMNS, PER_EXAMPLE_TEACHER_COLUMNS
+
+TEACHER_OUTPUT_COLUMNS = PER_ANSWER_TOKEN_TEACHER_COLUMNS + PER_EXAMPLE_TEACHER_COLUMNS
+# the columns whose content decides the teacher's outputs (plus example ids when the dataset has them)
+_TEACHER_VIEW_COLUMNS = ("teacher_input_ids", "teacher_answer_positions", "answer_ids")
+_EXAMPLE_ID_COLUMNS = ("idx", "example_index", "id")
+# bump when the stored layout or the way outputs are computed changes: old caches then stop matching
+CACHE_FORMAT = 1
+KEY_FILE = "teacher_cache_key.json"
+
+
+def default_teacher_cache_dir() -> Path:
+    """`teacher_outputs` under the library's cache home (see `embedded.cache_home`), shared by runs."""
+    from .embedded import cache_home
+
+    return cache_home() / "teacher_outputs"
+
+
+def has_teacher_outputs(dataset) -> bool:
+    names = getattr(dataset, "column_names", None) or []
+    return any(name in names for name in TEACHER_OUTPUT_COLUMNS)
+
+
+# ---- the key ----
+
+
+def teacher_fingerprint(model) -> str:
+    """A digest of the teacher's class, config (incl. quantization) and weights.
+
+    The weights enter through a per-tensor float64 sum, which changes when any weight does; LoRA
+    adapter tensors are left out, so a `teacher="self"` base model keeps its identity while its
+    adapters train.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        settings = config.to_dict()
+        settings.pop("transformers_version", None)
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if "lora_" in name or not torch.is_tensor(tensor):
+                continue
+            total = float(torch.sum(tensor.detach(), dtype=torch.float64))
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:{total:.10e};".encode())
+    return digest.hexdigest()
+
+
+def examples_fingerprint(dataset) -> str:
+    """A digest of the teacher-view tokens (and example ids) of every row, in order."""
+    _check_dataset(dataset)
+    columns = [c for c in _TEACHER_VIEW_COLUMNS + _EXAMPLE_ID_COLUMNS if c in dataset.column_names]
+    table = dataset.select_columns(columns).with_format("arrow")[:]
+    digest = hashlib.sha256(f"{len(dataset)}:{','.join(columns)}".encode())
+    for name in columns:
+        array = table.column(name).combine_chunks()
+        if hasattr(array, "offsets"):  # list column: the lengths, then the flat values
+            offsets = np.asarray(array.offsets, dtype=np.int64)
+            digest.update((offsets - offsets[0]).tobytes())
+            array = array.flatten()
+        digest.update(np.asarray(array.to_numpy(zero_copy_only=False)).astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def teacher_output_cache_key(teacher, dataset, *, distill_vocab: str, temperature: float, top_k: int | None,
+                             label_token_ids=None, extra: dict | None = None) -> tuple[str, dict]:
+    """The key (a hex digest) and the components it hashes, which are saved next to the cache."""
+    components = {
+        "format": CACHE_FORMAT,
+        "teacher": teacher_fingerprint(teacher),
+        "examples": examples_fingerprint(dataset),
+        "distill_vocab": distill_vocab,
+        "temperature": float(temperature),
+        "top_k": int(top_k) if distill_vocab == "full" else None,
+        "label_token_ids": [int(i) for i in label_token_ids] if distill_vocab == "label_words" else None,
+        "extra": extra or {},
+    }
+    key = hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
+    return key, components
+
+
+# ---- computing the outputs ----
+
+
+def _check_dataset(dataset) -> None:
+    names = getattr(dataset, "column_names", None)
+    if names is None or not hasattr(dataset, "save_to_disk"):
+        raise UsageError(
+            f"the teacher output cache needs a datasets.Dataset of build_views rows, got {type(dataset).__name__}; "
+            "build it with datasets.Dataset.from_list([...build_views(...)...])"
+        )
+    missing = [c for c in _TEACHER_VIEW_COLUMNS if c not in names]
+    if missing:
+        raise UsageError(f"the dataset has no {', '.join(missing)} column(s); build its rows with build_views")
+
+
+def _check_options(distill_vocab, temperature, top_k, label_token_ids) -> None:
+    if distill_vocab not in ("full", "label_words"):
+        raise UsageError(f"distill_vocab={distill_vocab!r} is not valid; choose full or label_words")
+    if not temperature > 0:
+        raise UsageError(f"temperature must be > 0, got {temperature}")
+    if distill_vocab == "full" and (top_k is None or top_k < 1):
+        raise UsageError(f"teacher_cache_top_k must be >= 1 for distill_vocab='full', got {top_k}")
+    if distill_vocab == "label_words" and (label_token_ids is None or len(label_token_ids) < 2):
+        raise UsageError("distill_vocab='label_words' needs label_token_ids (one token id per label word)")
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def compute_teacher_outputs(logits_fn, dataset, collator, *, distill_vocab: str, temperature: float,
+                            top_k: int | None = None, label_token_ids=None, batch_size: int = 8,
+                            device=None, show_progress: bool = False) -> dict[str, list]:
+    """One teacher pass over `dataset`; returns the new columns (lists, one entry per row).
+
+    Args:
+        logits_fn: batch -> teacher logits (batch, answer_len, vocab) at the answer positions, right-aligned
+            as in `TwoViewCollator` (e.g. `ContextDistillationTrainer.teacher_answer_logits`).
+    """
+    _check_options(distill_vocab, temperature, top_k, label_token_ids)
+    columns = {name: [] for name in (PER_EXAMPLE_TEACHER_COLUMNS if distill_vocab == "label_words"
+                                     else PER_ANSWER_TOKEN_TEACHER_COLUMNS)}
+    starts = range(0, len(dataset), batch_size)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="teacher output cache", unit="batch")
+    for start in starts:
+        features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collator(features)
+        if device is not None:
+            batch = _to_device(batch, device)
+        logits = logits_fn(batch).float()
+        if distill_vocab == "label_words":
+            # column 0 holds every row's first answer position (see TwoViewCollator), where the label is decided
+            ids = torch.as_tensor(label_token_ids, device=logits.device)
+            label_logprobs = F.log_softmax(logits[:, 0].index_select(-1, ids) / temperature, dim=-1)
+            columns["teacher_label_logprobs"] += label_logprobs.cpu().tolist()
+            continue
+        logprobs = F.log_softmax(logits / temperature, dim=-1)
+        k = min(int(top_k), logprobs.shape[-1])
+        top_logprobs, top_ids = logprobs.topk(k, dim=-1)
+        if k < logprobs.shape[-1]:
+            tail = logprobs.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
+        else:
+            tail = torch.full(logprobs.shape[:-1], float("-inf"), device=logprobs.device)
+        for row, feature in enumerate(features):
+            n = len(feature["answer_ids"])  # answers are right-aligned: the last n columns are this row's
+            columns["teacher_topk_ids"].append(top_ids[row, -n:].cpu().tolist())
+            columns["teacher_topk_logprobs"].append(top_logprobs[row, -n:].cpu().tolist())
+            columns["teacher_tail_logprob"].append(tail[row, -n:].cpu().tolist())
+    return columns
+
+
+def _add_columns(dataset, columns: dict[str, list]):
+    from datasets import List, Value
+
+    types = {
+        "teacher_topk_ids": List(List(Value("int32"))),
+        "teacher_topk_logprobs": List(List(Value("float32"))),
+        "teacher_tail_logprob": List(Value("float32")),
+        "teacher_label_logprobs": List(Value("float32")),
+    }
+    for name, values in columns.items():
+        dataset = dataset.add_column(name, values, feature=types[name])
+    return dataset
+
+
+def load_or_build_teacher_outputs(teacher, dataset, collator, *, distill_vocab: str = "full",
+                                  temperature: float = 1.0, top_k: int | None = 64, label_token_ids=None,
+                                  cache_dir=None, batch_size: int = 8, logits_fn=None, extra_key: dict | None = None,
+                                  show_progress: bool = False):
+    """`dataset` with the teacher's outputs as extra columns: loaded from `cache_dir` when a cache with the
+    same key exists there, otherwise computed (one teacher pass) and saved.
+
+    Args:
+        teacher: the teacher model (hashed into the key; run through `logits_fn`).
+        logits_fn: batch -> teacher answer logits; default: the teacher with the prefix KV cache when the
+            batch's demonstrations are shared (`prefix_cache.TeacherAnswerLogits`).
+        extra_key: anything else that should invalidate the cache (JSON-serialisable), e.g. a data version.
+    Returns:
+        (dataset with teacher columns, path of the cache directory, whether it was loaded from disk).
+    """
+    from datasets import load_from_disk
+
+    _check_dataset(dataset)
+    _check_options(distill_vocab, temperature, top_k, label_token_ids)
+    stale = [c for c in TEACHER_OUTPUT_COLUMNS if c in dataset.column_names]
+    if stale:  # outputs of some earlier teacher: never let them mix with the new ones
+        dataset = dataset.remove_columns(stale)
+    key, components = teacher_output_cache_key(teacher, dataset, distill_vocab=distill_vocab, temperature=temperature,
+                                               top_k=top_k, label_token_ids=label_token_ids, extra=extra_key)
+    path = Path(cache_dir or default_teacher_cache_dir()) / f"teacher-outputs-{key[:20]}"
+    if _stored_key(path) == key:
+        return load_from_disk(str(path)), path, True
+    if logits_fn is None:
+        from .prefix_cache import TeacherAnswerLogits
+
+        runner = TeacherAnswerLogits()
+        device = next(teacher.parameters()).device
+        columns = compute_teacher_outputs(lambda batch: runner(teacher, _to_device(batch, device)), dataset, collator,
+                                          distill_vocab=distill_vocab, temperature=temperature, top_k=top_k,
+                                          label_token_ids=label_token_ids, batch_size=batch_size,
+                                          show_progress=show_progress)
+    else:
+        columns = compute_teacher_outputs(logits_fn, dataset, collator, distill_vocab=distill_vocab,
+                                          temperature=temperature, top_k=top_k, label_token_ids=label_token_ids,
+                                          batch_size=batch_size, show_progress=show_progress)
+    with_outputs = _add_columns(dataset, columns)
+    _save_atomically(with_outputs, path, {"key": key, **components})
+    return load_from_disk(str(path)), path, False
+
+
+def _stored_key(path: Path) -> str | None:
+    try:
+        return json.loads((path / KEY_FILE).read_text())["key"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _save_atomically(dataset, path: Path, key_record: dict) -> None:
+    """Write to a temporary directory, then rename: a crash never leaves a half-written cache that matches."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    (tmp / KEY_FILE).write_text(json.dumps(key_record, indent=1, sort_keys=True))
+    if path.exists():  # a stale or corrupt cache under the same name (or another process won the race)
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _stored_key(path) != key_record["key"]:
+            raise

@@ -1,0 +1,175 @@
+"""Teacher prefix KV cache: run the shared demonstrations through the teacher once, then only the queries.
+
+    teacher = PrefixCachedTeacher(model, prefix_ids)            # demonstrations, as token ids
+    logits = teacher.answer_logits(suffix_ids, suffix_mask, positions)
+
+With k demonstrations fixed for a run, every teacher view is `prefix + suffix` where the prefix (the
+demonstrations, plus any leading special token) is the same for all examples and the suffix is the
+query and answer. A causal LM's keys and values for the prefix do not depend on what follows it, so
+they are computed once and reused: each batch then costs a forward over the suffix tokens only, which
+attend to the cached prefix. The logits equal those of the full forward up to float rounding.
+
+Padding: the suffix may be left- or right-padded (pads masked out by `suffix_attention_mask`); the
+prefix is never padded, since it is shared. Position ids continue from the prefix length and skip pads,
+as in `trainer.answer_logits`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from .errors import UsageError
+
+
+def prefix_token_ids(prefix_ids) -> torch.Tensor:
+    """A 1-D LongTensor of the prefix, from a list, a 1-D tensor, or a (batch, P) tensor whose rows are equal."""
+    ids = torch.as_tensor(prefix_ids, dtype=torch.long).cpu()
+    if ids.ndim == 2:
+        if ids.shape[0] > 1 and not bool((ids == ids[:1]).all()):
+            raise UsageError(
+                "the rows of teacher_prefix_ids differ, so the demonstrations are not shared by the batch; "
+                "use fixed demonstrations per run, or set teacher_prefix_cache=False"
+            )
+        ids = ids[0]
+    if ids.ndim != 1 or ids.numel() == 0:
+        raise UsageError("the teacher prefix must be a non-empty sequence of token ids (the demonstrations)")
+    return ids
+
+
+class PrefixCachedTeacher:
+    """A causal LM with a fixed prompt prefix already run through it.
+
+    The prefix's key/value cache is computed lazily on the first call (on the suffix's device, under
+    whatever context the caller holds, e.g. a PEFT model's `disable_adapter()`), then kept. Each call
+    gives the forward a fresh cache object whose layers point at the stored prefix tensors expanded to
+    the batch size (views, no copy). A forward concatenates prefix and suffix states into new tensors
+    and never writes into the stored ones, so the prefix stays clean for the next batch (transformers'
+    cache layers may otherwise be updated in place: never hand the stored cache itself to a forward).
+
+    Args:
+        model: a causal LM (transformers), frozen; a quantized model works too.
+        prefix_ids: the shared prefix's token ids (see `prefix_token_ids`).
+    """
+
+    def __init__(self, model, prefix_ids):
+        self.model = model
+        self.prefix_ids = prefix_token_ids(prefix_ids)
+        self._prefix_cache = None
+
+    @property
+    def prefix_length(self) -> int:
+        return int(self.prefix_ids.numel())
+
+    def matches(self, model, prefix_ids) -> bool:
+        """True if this cache was built for `model` and exactly these prefix ids."""
+        return model is self.model and torch.equal(prefix_token_ids(prefix_ids).cpu(), self.prefix_ids)
+
+    @torch.no_grad()
+    def _build_prefix_cache(self, device):
+        ids = self.prefix_ids.to(device)[None]
+        # the config tells sliding-window layers apart; a DeepSpeed engine or DDP wrapper holds it on .module
+        cache = DynamicCache(config=getattr(self.model, "module", self.model).config)
+        # logits_to_keep=1: the prefix's own logits are not needed; building them would cost P x vocab
+        self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1],
+                   device=device)[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self._prefix_cache = cache
+
+    def _batch_cache(self, batch_size: int):
+        """A cache for one batch whose layers serve the stored prefix, expanded to the batch (views)."""
+        cache = copy.copy(self._prefix_cache)
+        cache.layers = [_batch_layer(layer, batch_size) for layer in self._prefix_cache.layers]
+        return cache
+
+    @torch.no_grad()
+    def answer_logits(self, suffix_ids, suffix_attention_mask, positions) -> torch.Tensor:
+        """Logits (batch, n_positions, vocab) at `positions`, counted within the suffix.
+
+        Args:
+            suffix_ids: (batch, S) the per-example continuation of the prefix (query + answer), padded.
+            suffix_attention_mask: (batch, S) 1 for real tokens, 0 for padding.
+            positions: (batch, n) per-row indices into the suffix whose logits are wanted (for scoring a
+                label word, the query's last token; for distillation, the answer positions).
+        """
+        device = suffix_ids.device
+        if self._prefix_cache is None:
+            self._build_prefix_cache(device)
+        batch, prefix = suffix_ids.shape[0], self.prefix_length
+        suffix_attention_mask = suffix_attention_mask.long()
+        attention_mask = torch.cat(
+            [torch.ones(batch, prefix, dtype=torch.long, device=device), suffix_attention_mask], dim=1
+        )
+        position_ids = prefix + (suffix_attention_mask.cumsum(-1) - 1).clamp(min=0)
+        outputs = self.model(
+            input_ids=suffix_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=self._batch_cache(batch),
+            use_cache=True,
+            logits_to_keep=positions,
+        )
+        return outputs.logits
+
+
+def _batch_layer(layer, batch_size: int):
+    if not getattr(layer, "is_initialized", False) or getattr(layer, "keys", None) is None:
+        return copy.copy(layer)
+    keys = layer.keys.expand(batch_size, *layer.keys.shape[1:])
+    values = layer.values.expand(batch_size, *layer.values.shape[1:])
+    if type(layer) is DynamicLayer:
+        return _PrefixLayer(keys, values)
+    # other layer kinds (sliding windows) keep their own bookkeeping: a shallow copy whose update
+    # replaces, never mutates, the shared tensors
+    layer = copy.copy(layer)
+    layer.keys, layer.values = keys, values
+    return layer
+
+
+class _PrefixLayer(DynamicLayer):
+    """A full-attention cache layer that serves a fixed prefix and keeps nothing a forward adds.
+
+    `update` returns prefix + new states for the attention but does not store them: each layer's
+    (batch, heads, prefix + suffix, dim) tensors are freed as soon as its attention is done, instead of
+    living, layer after layer, until the forward ends (a plain DynamicLayer would store them).
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+class TeacherAnswerLogits:
+    """batch -> a teacher's logits at the answer positions, through the prefix KV cache when it applies.
+
+    The cached path is taken when the batch carries a shared prefix (`TwoViewCollator` adds
+    `teacher_prefix_ids` and the `teacher_suffix_*` tensors when the demonstrations are fixed);
+    otherwise the full teacher view runs. The prefix cache is rebuilt when the model or the prefix
+    changes, so a run that switches demonstrations stays correct.
+    """
+
+    def __init__(self, use_prefix_cache: bool = True):
+        self.use_prefix_cache = use_prefix_cache
+        self.prefix_teacher: PrefixCachedTeacher | None = None
+
+    @torch.no_grad()
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        if self.use_prefix_cache and "teacher_prefix_ids" in batch:
+            prefix = batch["teacher_prefix_ids"]
+            if self.prefix_teacher is None or not self.prefix_teacher.matches(model, prefix):
+                self.prefix_teacher = PrefixCachedTeacher(model, prefix)
+            return self.prefix_teacher.answer_logits(
+                batch["teacher_suffix_input_ids"], batch["teacher_suffix_attention_mask"],
+                batch["teacher_suffix_answer_positions"],
+            )
+        from .trainer import answer_logits  # trainer.py imports this module
+
+        return answer_logits(model, batch["teacher_input_ids"], batch["teacher_attention_mask"],
+                             batch["teacher_answer_positions"])

@@ -1,0 +1,239 @@
+"""The comparison report: one row per method from its recipe outputs, then summary.json, summary.md and
+PNG plots (matplotlib, Agg backend: no display needed).
+
+    row = load_method_result("cd_lora", run_dir / "cd_lora", peak_bytes, wall_seconds)
+    summary = write_report(run_dir, [row, ...], settings)   # summary.json, summary.md, *.png
+    print(format_table(summary))
+
+A method's folder holds what the recipes write: metrics.json and predictions_<task>.jsonl. Agreement is
+the share of rows where a method predicts what the teacher's in-context learning predicts (method
+`icl_teacher`), on the same rows; every accuracy and agreement carries its binomial standard error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+MIB = 2**20
+TEACHER_METHOD = "icl_teacher"
+ACCURACY_PLOT = "accuracy.png"
+COST_PLOT = "memory_time.png"
+
+
+# ---------------------------------------------------------------- one method
+
+
+def _read_predictions(path: Path) -> list[int]:
+    return [json.loads(line)["prediction"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _task_summary(metrics: dict) -> dict:
+    """The figures a row keeps of one task's metrics (per heuristic for HANS)."""
+    keep = ("n", "accuracy", "accuracy_stderr", "auc", "macro_f1", "per_label_accuracy", "predicted_label_balance")
+    summary = {key: metrics.get(key) for key in keep}
+    if "per_heuristic" in metrics:
+        summary["per_heuristic"] = {
+            name: {key: group.get(key) for key in ("n", "accuracy", "accuracy_stderr", "auc",
+                                                   "per_label_accuracy")}
+            for name, group in metrics["per_heuristic"].items()
+        }
+    return summary
+
+
+def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_seconds: float) -> dict:
+    """A summary row from a finished recipe's metrics.json and predictions (predictions kept for agreement)."""
+    method_dir = Path(method_dir)
+    metrics = json.loads((method_dir / "metrics.json").read_text(encoding="utf-8"))
+    parameters = metrics.get("parameters", {})
+    trained = "train" in metrics
+    teacher = metrics.get("teacher")
+    if metrics.get("recipe") == "icl_eval":
+        teacher = f"(itself, k={metrics.get('k', 0)})"
+    return {
+        "method": name,
+        "recipe": metrics.get("recipe"),
+        "student": metrics.get("model"),
+        "student_mode": metrics.get("student_mode", "-"),
+        "teacher": teacher or "-",
+        "teacher_quantization": metrics.get("teacher_quantization", "-"),
+        "trainable_parameters": parameters.get("trainable", 0) if trained else 0,
+        "total_parameters": parameters.get("total"),
+        "peak_memory_mib": None if peak_bytes is None else round(peak_bytes / MIB, 1),
+        "train_seconds": round(metrics["train"].get("train_runtime", 0.0), 1) if trained else 0.0,
+        "eval_seconds": round(metrics.get("eval_seconds", 0.0), 1),
+        "wall_seconds": round(wall_seconds, 1),
+        "eval": {task: _task_summary(task_metrics) for task, task_metrics in metrics["eval"].items()},
+        "predictions": {task: _read_predictions(method_dir / f"predictions_{task}.jsonl")
+                        for task in metrics["eval"]},
+        "output_dir": str(method_dir),
+    }
+
+
+def agreement(predictions: list[int], reference: list[int]) -> dict:
+    """Share of rows with the same prediction, and its standard error."""
+    if len(predictions) != len(reference):
+        raise ValueError(f"cannot compare {len(predictions)} predictions with {len(reference)}: different rows")
+    n = len(predictions)
+    share = sum(a == b for a, b in zip(predictions, reference)) / n if n else float("nan")
+    return {"agreement": share, "agreement_stderr": math.sqrt(share * (1 - share) / n) if n else float("nan")}
+
+
+def add_teacher_agreement(rows: list[dict]) -> None:
+    """Each row's agreement with the ICL teacher's predictions, per task (None without an ICL teacher row)."""
+    teacher = next((row for row in rows if row["method"] == TEACHER_METHOD), None)
+    for row in rows:
+        for task, task_summary in row["eval"].items():
+            if teacher is None or task not in teacher["predictions"]:
+                task_summary["teacher_agreement"] = task_summary["teacher_agreement_stderr"] = None
+                continue
+            shares = agreement(row["predictions"][task], teacher["predictions"][task])
+            task_summary["teacher_agreement"] = shares["agreement"]
+            task_summary["teacher_agreement_stderr"] = shares["agreement_stderr"]
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _pct(value, stderr=None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.1f}" + (f" ±{100 * stderr:.1f}" if stderr is not None else "")
+
+
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+COLUMNS = ("method", "trainable", "peak MiB", "train s", "eval s", "MNLI acc", "MNLI AUC", "MNLI agree",
+           "MNLI pred. 0", "HANS acc", "HANS AUC", "HANS ent/non", "HANS agree")
+
+
+LEGEND = ("Accuracies and agreements in %, ± one standard error. *agree*: share of rows where the method predicts "
+          "what the ICL teacher predicts. *pred. 0*: share of rows predicted as label 0 (entailment). *HANS "
+          "ent/non*: accuracy on HANS entailment / non-entailment rows. AUC: of the label-word margin (0.5 = the "
+          "classes are not told apart). Peak MiB: peak resident memory of the method's process (runtime included).")
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for row in summary["methods"]:
+        mnli, hans = row["eval"].get("mnli", {}), row["eval"].get("hans", {})
+        hans_labels = hans.get("per_label_accuracy") or {}
+        rows.append([
+            row["method"], f"{row['trainable_parameters']:,}", _num(row["peak_memory_mib"], ".0f"),
+            _num(row["train_seconds"], ".0f"), _num(row["eval_seconds"], ".0f"),
+            _pct(mnli.get("accuracy"), mnli.get("accuracy_stderr")), _num(mnli.get("auc"), ".2f"),
+            _pct(mnli.get("teacher_agreement")),
+            _pct(next(iter((mnli.get("predicted_label_balance") or {None: None}).values()))),
+            _pct(hans.get("accuracy"), hans.get("accuracy_stderr")), _num(hans.get("auc"), ".2f"),
+            "/".join(_pct(v) for v in hans_labels.values()) or "-", _pct(hans.get("teacher_agreement")),
+        ])
+    return rows
+
+
+def format_table(summary: dict) -> str:
+    """A fixed-width console table."""
+    rows = [list(COLUMNS), *table_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def format_markdown(summary: dict) -> str:
+    rows = table_rows(summary)
+    lines = [f"# Method comparison: {summary['settings'].get('student')}", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    heuristics = _heuristics(summary)
+    lines += ["", LEGEND, "", "## HANS per heuristic (accuracy %, AUC)", "",
+              "| method | " + " | ".join(heuristics) + " |", "|---|" + "---|" * len(heuristics)]
+    for row in summary["methods"]:
+        groups = row["eval"].get("hans", {}).get("per_heuristic", {})
+        cells = [f"{_pct(groups[h]['accuracy'])} ({_num(groups[h]['auc'], '.2f')})" if h in groups else "-"
+                 for h in heuristics]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Settings", ""] + [f"- {key}: {value}" for key, value in summary["settings"].items()]
+    lines += ["", f"![accuracy]({ACCURACY_PLOT})", f"![memory and time]({COST_PLOT})", ""]
+    return "\n".join(lines)
+
+
+def _heuristics(summary: dict) -> list[str]:
+    names = set()
+    for row in summary["methods"]:
+        names |= set(row["eval"].get("hans", {}).get("per_heuristic", {}))
+    return sorted(names)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def write_plots(summary: dict, run_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [row["method"] for row in summary["methods"]]
+    x = range(len(methods))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods)), 4))
+    for offset, task, label in ((-0.2, "mnli", "MNLI (in-domain)"), (0.2, "hans", "HANS (out-of-domain)")):
+        values = [row["eval"].get(task, {}).get("accuracy") or 0 for row in summary["methods"]]
+        errors = [row["eval"].get(task, {}).get("accuracy_stderr") or 0 for row in summary["methods"]]
+        ax.bar([i + offset for i in x], values, width=0.4, yerr=errors, capsize=3, label=label)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(list(x), methods, rotation=30, ha="right")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("Accuracy per method (± standard error)")
+    fig.tight_layout()
+    fig.savefig(run_dir / ACCURACY_PLOT, dpi=120)
+    plt.close(fig)
+
+    fig, (memory_ax, time_ax) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(methods)), 4))
+    memory_ax.bar(list(x), [row["peak_memory_mib"] or 0 for row in summary["methods"]], color="tab:purple")
+    memory_ax.set_ylabel("peak memory (MiB)")
+    memory_ax.set_title("Peak memory per method")
+    train = [row["train_seconds"] for row in summary["methods"]]
+    time_ax.bar(list(x), train, label="train")
+    time_ax.bar(list(x), [row["eval_seconds"] for row in summary["methods"]], bottom=train, label="evaluate")
+    time_ax.set_ylabel("seconds")
+    time_ax.set_title("Time per method")
+    time_ax.legend(fontsize=8)
+    for ax in (memory_ax, time_ax):
+        ax.set_xticks(list(x), methods, rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(run_dir / COST_PLOT, dpi=120)
+    plt.close(fig)
+    return [run_dir / ACCURACY_PLOT, run_dir / COST_PLOT]
+
+
+# ---------------------------------------------------------------- everything
+
+
+def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
+    """summary.json, summary.md and the plots; returns the summary (rows without their raw predictions)."""
+    run_dir = Path(run_dir)
+    add_teacher_agreement(rows)
+    summary = {"settings": settings,
+               "methods": [{k: v for k, v in row.items() if k != "predictions"} for row in rows]}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (run_dir / "summary.md").write_text(format_markdown(summary), encoding="utf-8")
+    write_plots(summary, run_dir)
+    return summary
+
+
+def print_table(summary: dict, run_dir) -> None:
+    settings = summary["settings"]
+    print("\n==== comparison " + "=" * 80)
+    print(f"student {settings.get('student')}, teacher {settings.get('teacher')}, pattern {settings.get('pattern')}, "
+          f"k={settings.get('k')}; {settings.get('num_train_examples')} training queries; "
+          f"total {settings.get('total_seconds')} s")
+    print(format_table(summary))
+    print(f"accuracies/agreements in % ± standard error; agree = same prediction as the ICL teacher; "
+          f"pred. 0 = share predicted 'entailment'\noutputs: {run_dir}/summary.md, summary.json, "
+          f"{ACCURACY_PLOT}, {COST_PLOT}", flush=True)
