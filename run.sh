@@ -39,6 +39,9 @@ setup() {
 
 setup
 export PATH="$PWD/$VENV/bin:$PATH"
+# OpenMP threads that spin while waiting make every forward several times slower when the cores are
+# shared with other processes (subprocess tests, other jobs); sleeping waits cost nothing measurable
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 case "${1:-}" in
     test)

@@ -176,8 +176,14 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
             # the bare model, not its DDP wrapper: a no-grad forward needs no gradient sync (and the
             # wrapper hides `config`, which the runner reads)
             student = self.accelerator.unwrap_model(model)
-            with student.disable_adapter():
-                return self._teacher_runner(student, inputs)
+            # a teacher runs without dropout, like a loaded one; the student's mode is restored after
+            was_training = student.training
+            student.eval()
+            try:
+                with student.disable_adapter():
+                    return self._teacher_runner(student, inputs)
+            finally:
+                student.train(was_training)
         return self._teacher_runner(self.teacher, inputs)
 
     def _use_teacher_output_cache(self) -> None:

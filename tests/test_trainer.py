@@ -183,3 +183,20 @@ def test_nonfinite_loss_can_skip_batches(tmp_path, tokenizer, student, teacher):
     assert all(torch.isfinite(p).all() for p in student.parameters())
     assert any(not torch.equal(before[k], v) for k, v in student.named_parameters())
     assert any("skipped_batches" in log for log in trainer.state.log_history)
+
+
+def test_self_teacher_runs_without_dropout(tmp_path, tokenizer):
+    from conftest import build_model
+
+    model = build_model(len(tokenizer), seed=0)
+    model.config.attention_dropout = 0.5  # dropout that would make a train-mode teacher random
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    lora = prepare_student(model, "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
+    trainer = make_trainer(tmp_path, lora, "self", tokenizer, teacher_prefix_cache=False)
+    batch = TwoViewCollator(tokenizer.pad_token_id)([build_views(tokenizer, q, a, DEMOS) for q, a in ROWS])
+    lora.train()
+    first = trainer.teacher_answer_logits(trainer.model, batch)
+    second = trainer.teacher_answer_logits(trainer.model, batch)
+    assert torch.equal(first, second)
+    assert lora.training  # the student's own mode is left as it was
