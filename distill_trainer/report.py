@@ -61,9 +61,9 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
         "trainable_parameters": parameters.get("trainable", 0) if trained else 0,
         "total_parameters": parameters.get("total"),
         "peak_memory_mib": None if peak_bytes is None else round(peak_bytes / MIB, 1),
-        "train_seconds": round(metrics["train"].get("train_runtime", 0.0), 1) if trained else 0.0,
+        "train_seconds": round(metrics["train"].get("train_runtime", 0.0), 3) if trained else 0.0,
         "eval_seconds": round(metrics.get("eval_seconds", 0.0), 1),
-        "wall_seconds": round(wall_seconds, 1),
+        "wall_seconds": round(wall_seconds, 3),  # tiny runs can take well under 0.1 s
         "eval": {task: _task_summary(task_metrics) for task, task_metrics in metrics["eval"].items()},
         "predictions": {task: _read_predictions(method_dir / f"predictions_{task}.jsonl")
                         for task in metrics["eval"]},

@@ -69,7 +69,8 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
             expected = sum(a["prediction"] == b["prediction"] for a, b in zip(records, teacher)) / len(records)
             assert figures["teacher_agreement"] == pytest.approx(expected)
         assert set(row["eval"]["hans"]["per_heuristic"]) == {"lexical_overlap", "subsequence", "constituent"}
-        assert row["peak_memory_mib"] > 0 and row["wall_seconds"] > 0
+        # in one process the peak is the growth over what earlier methods left resident: may be 0
+        assert row["peak_memory_mib"] >= 0 and row["wall_seconds"] > 0
         # the method's config is a complete config of its recipe
         recipe, _ = compare.METHODS[name]
         module = load_module(ROOT / "recipes" / f"{recipe}.py", f"recipe_{recipe}")
