@@ -455,6 +455,7 @@ def _announce(name: str, message: str) -> None:
 
 def _save(results_dir: Path, name: str, result: dict, settings: dict) -> None:
     result["settings"] = settings
+    result["code"] = _code_version()
     (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
 
 
@@ -537,7 +538,7 @@ def environment() -> dict:
             versions[package] = None
     return {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                        f"{psutil.virtual_memory().total / GIB:.1f} GiB RAM", "python": platform.python_version(),
-            "versions": versions, "date": time.strftime("%Y-%m-%d"), "code": _code_version()}
+            "versions": versions, "date": time.strftime("%Y-%m-%d")}
 
 
 def _code_version() -> str | None:

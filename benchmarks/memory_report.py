@@ -47,6 +47,7 @@ def _rows(results: dict, settings: dict, estimate, scenarios: dict, reference: s
             "breakdown": result.get("breakdown"),
             "phases": (result.get("memory") or {}).get("phases"), "seconds": result.get("seconds"),
             "available_bytes": result.get("available_bytes"), "error_message": result.get("error"),
+            "code": result.get("code"),
         })
     by_name = {row["scenario"]: row for row in rows}
     ref = by_name.get(reference)
@@ -105,7 +106,7 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
             "CUDA's allocated bytes (`--glibc-default` measures without it).")),
         (f"{environment['machine']}; torch {environment['versions'].get('torch')}, transformers "
         f"{environment['versions'].get('transformers')}, bitsandbytes {environment['versions'].get('bitsandbytes')}; "
-        f"{environment['date']}; code {environment.get('code') or 'unknown'}."),
+        f"{environment['date']}; code {_code_versions(rows)}."),
         "",
         "Command: `python benchmarks/memory.py" + (" --tiny" if settings["tiny"] else "") + "`",
         "",
@@ -129,10 +130,13 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         reduction = _pct(row.get("reduction"))
         if row.get("reduction_source") == "analytic" and row.get("reduction") is not None:
             reduction += " (analytic)"
+        paper_reduction = _pct(row.get("reduction_paper_batch"))
+        if row["validation_only"] or row["scenario"] == (reference or {}).get("scenario"):
+            reduction = paper_reduction = "-"  # the reference itself, or a check of the analytic model
         params = f"{row['trainable_parameters'] / 1e6:.2f} M" if row["trainable_parameters"] else "-"
         lines.append(f"| {row['title']} | {params} | {measured} | {_gib(row['estimate_bytes'])} | "
                      f"{_pct(row['error']) if row['error'] is not None else '-'} | {reduction} | "
-                     f"{_gib(row['estimate_paper_batch_bytes'])} | {_pct(row.get('reduction_paper_batch'))} |")
+                     f"{_gib(row['estimate_paper_batch_bytes'])} | {paper_reduction} |")
     lines += [
         "",
         "## Where the peak goes (measured, MiB)",
@@ -180,6 +184,11 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
     return "\n".join(lines) + "\n"
 
 
+def _code_versions(rows: list[dict]) -> str:
+    versions = sorted({row.get("code") or "not recorded" for row in rows})
+    return versions[0] if len(versions) == 1 else "mixed: " + "; ".join(versions)
+
+
 def _verdict(met) -> str:
     return "not measured" if met is None else ("met" if met else "NOT met")
 
@@ -207,19 +216,24 @@ def _chart(rows, reference, path: Path) -> None:
                 value = row["estimate_rest_bytes"] / GIB
             else:
                 value = row["estimate"][estimate_terms[key]] / 1024
-            ax.barh(y, value, left=left, color=color, label=label if y == 0 else None,
-                    hatch=None if measured else "//", edgecolor="white" if measured else "black", linewidth=0.3)
+            ax.barh(y, value, left=left, color=color, hatch=None if measured else "//",
+                    edgecolor="white" if measured else "black", linewidth=0.3)
             left += value
-        note = _pct(row.get("reduction")) + " less" if row.get("reduction") is not None and row["scenario"] != \
-            (reference or {}).get("scenario") else ""
         if not measured:
-            note = "does not fit here (analytic)"
+            note = "does not fit here: analytic estimate"
+        elif row["validation_only"]:
+            note = "check of the analytic model"
+        elif row.get("reduction") is not None and row["scenario"] != (reference or {}).get("scenario"):
+            note = f"{_pct(row['reduction'])} less"
+        else:
+            note = ""
         ax.text(left + 0.1, y, note, va="center", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=color) for _, _, color in terms]
+    ax.legend(handles, [label for _, label, _ in terms], fontsize=8, loc="lower right")
     ax.set_yticks(range(len(shown)), [row["scenario"] for row in shown], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("peak memory while training (GiB)")
-    ax.set_title("Peak training memory by component (hatched: analytic estimate)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Peak training memory by component, vs pattern-based fine-tuning of OPT-1.3B")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -22,11 +22,16 @@ Recording peaks (recipes put `tracker.as_dict()` into their metrics file):
     phase. Keys end in `_mib` (2**20 bytes).
   - `MemoryCallback` also adds the running peak of "train" to every log (`mem_cpu_peak_rss_mib`, ...)
     and the evaluation peak to the metrics `evaluate()` returns (`eval_mem_...`).
+  - `tracker.peak("train")` gives bytes: {"cpu_rss": ...} plus "cuda_allocated"/"cuda_reserved" on GPU.
+  - CPU RSS also counts checkpoint files mapped while loading (page cache, reclaimable) and freed
+    memory glibc keeps in its heap; run with MALLOC_MMAP_THRESHOLD_=131072 in the environment for an
+    RSS that tracks live tensors (benchmarks/memory.py does).
 
 Explaining a peak:
 
-    breakdown = memory_breakdown(peak_bytes, student=trainer.model, optimizer=trainer.optimizer,
-                                 teacher=trainer.teacher, runtime_bytes=tracker.baseline_cpu_rss)
+    breakdown = memory_breakdown(tracker.peak("train")["cpu_rss"], student=trainer.model,
+                                 optimizer=trainer.optimizer, teacher=trainer.teacher,
+                                 runtime_bytes=tracker.baseline_cpu_rss)   # on GPU: cuda_allocated, 0
     breakdown.as_dict()   # runtime, parameters, gradients, optimizer_state, teacher_weights, rest
 
   Parameters, gradients, optimizer state and teacher weights are exact byte counts of the tensors
@@ -469,7 +474,9 @@ def architecture_config(name: str):
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in ARCHITECTURES_DIR.glob("*.json")))
         raise UsageError(f"no architecture named {name!r}; shipped: {known}")
-    values = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if not k.startswith("_source")}
+    # the published name stays in the file as a record, but a random-initialised model is not those weights
+    skipped = ("_source", "_name_or_path")
+    values = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k not in skipped}
     return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
@@ -529,9 +536,11 @@ def teacher_forward_bytes(config, batch_size: int, teacher_tokens: int, prefix_t
                           dtype: str = "float32", quantization: str = "none") -> tuple[int, int]:
     """(resident, transient) bytes of the teacher's no-grad forward beyond its weights.
 
-    Only one layer's tensors live at a time. Its MLP is the widest point (block input, LayerNorm
-    output, the up-projection and its activation: 2 h + 2 ffn per token); a bitsandbytes matmul adds
-    one ffn-wide fp32 buffer (its int32 result turned to float). Without a prefix cache
+    Only one layer's tensors live at a time. Its MLP is the widest point: the block input and the
+    LayerNorm output, the embedding outputs the decoder's forward keeps to its end, and the
+    up-projection with its activation (4 h + 2 ffn per token). bitsandbytes' int8/4-bit matmuls on CPU
+    add about two ffn-wide fp32 buffers per token (measured: 986 MiB against 566 MiB in fp32 for an
+    OPT-1.3B forward over 8 x 742 tokens; the model says 927 and 556). Without a prefix cache
     (`prefix_tokens=0`) that runs over the whole teacher view and nothing stays resident.
     With the prefix KV cache (prefix_cache.py) the shared prefix's keys and values stay resident
     (2 x kv width per prefix token and layer, built once by a batch-1 forward over the prefix), and each
@@ -540,7 +549,7 @@ def teacher_forward_bytes(config, batch_size: int, teacher_tokens: int, prefix_t
     """
     hidden, ffn, layers = _dims(config)
     element = 4 if quantization != "none" and dtype == "float32" else _DTYPE_BYTES[dtype]
-    per_token = element * (2 * hidden + 2 * ffn) + (4 * ffn if quantization != "none" else 0)
+    per_token = element * (4 * hidden + 2 * ffn) + (8 * ffn if quantization != "none" else 0)
     if prefix_tokens <= 0:
         return 0, batch_size * teacher_tokens * per_token
     kv_per_token = 2 * _kv_width(config) * element
