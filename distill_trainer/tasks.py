@@ -482,6 +482,7 @@ class DemonstrationSampler:
             rows = pinned_demonstrations(pool, demonstration_ids, exclude_keys)
         else:
             rows = [] if resample else sample_demonstrations(pool, num_labels, k, seed, exclude_keys)
+        self.rows = rows  # the fixed demonstrations, in prompt order
         self.fixed = None if resample else render_demonstrations(rows, pattern)
         self.fixed_keys = {row_key(row) for row in rows}  # training queries are drawn from outside these
 

@@ -12,9 +12,11 @@ own `logits_to_keep` gathers the hidden states before the LM head), so a step ne
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import time
 from collections import defaultdict
 
 import torch
@@ -26,7 +28,12 @@ from .config import DistillationConfig
 from .errors import NonFiniteLossError, UsageError
 from .losses import answer_cross_entropy, distillation_loss, sparse_distillation_loss
 from .models import check_same_vocabulary, load_causal_lm
-from .output_cache import has_teacher_outputs, load_or_build_teacher_outputs
+from .output_cache import (
+    cached_teacher_outputs,
+    has_teacher_outputs,
+    load_or_build_teacher_outputs,
+    teacher_source_fingerprint,
+)
 from .prefix_cache import TeacherAnswerLogits
 
 logger = logging.getLogger(__name__)
@@ -97,7 +104,7 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, model=None, args: DistillationConfig | None = None, teacher=None, label_token_ids=None,
-                 teacher_label_token_ids=None, teacher_tokenizer=None, **kwargs):
+                 teacher_label_token_ids=None, teacher_tokenizer=None, memory_tracker=None, **kwargs):
         if args is None or not isinstance(args, DistillationConfig):
             raise UsageError("ContextDistillationTrainer needs args=DistillationConfig(...)")
         teacher = teacher if teacher is not None else args.teacher_model_name_or_path
@@ -116,11 +123,27 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
         self.model_accepts_loss_kwargs = True
         self.label_token_ids = label_token_ids
         self.teacher_label_token_ids = teacher_label_token_ids if teacher_label_token_ids is not None else label_token_ids
-        self.teacher = self._setup_teacher(teacher, teacher_tokenizer)
+        # phases "teacher_load" and "teacher_pass" are recorded here when a memory.MemoryTracker is given
+        self._phase = memory_tracker.phase if memory_tracker is not None else lambda name: contextlib.nullcontext()
         self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=args.teacher_prefix_cache)
         self.teacher_from_cache = cached_outputs and args.alpha > 0
-        if args.teacher_output_cache and self.teacher is not None:
-            self._use_teacher_output_cache()
+        # what the teacher output cache did: {"path", "reused", "seconds"} per dataset (None without it)
+        self.teacher_output_cache_info = None
+        teacher_id = None
+        if args.teacher_output_cache and isinstance(teacher, str) and teacher != "self" and args.alpha > 0:
+            # a teacher on disk is identified by its files: a cache built before is found without loading it
+            teacher_id = teacher_source_fingerprint(teacher, args.teacher_dtype, args.teacher_quantization)
+        def load_teacher():
+            with self._phase("teacher_load"):
+                return self._setup_teacher(teacher, teacher_tokenizer)
+
+        if teacher_id is not None:
+            self.teacher = None
+            self._use_teacher_output_cache(teacher_id, load_teacher)
+        else:
+            self.teacher = load_teacher()
+            if args.teacher_output_cache and self.teacher is not None:
+                self._use_teacher_output_cache()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def _check_processes_are_connected(self) -> None:
@@ -186,37 +209,58 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
                 student.train(was_training)
         return self._teacher_runner(self.teacher, inputs)
 
-    def _use_teacher_output_cache(self) -> None:
+    def _use_teacher_output_cache(self, teacher_id: str | None = None, load_teacher=None) -> None:
         """Swap the datasets for copies carrying the teacher's outputs (loaded or computed once), then drop
-        the teacher: training reads those outputs and never runs it again."""
+        the teacher: training reads those outputs and never runs it again. With `teacher_id`, the teacher
+        is loaded (`load_teacher()`) only if some dataset's outputs are not cached yet."""
         args = self.args
-        teacher = self.accelerator.unwrap_model(self.model) if self.teacher == "self" else self.teacher
-        teacher = getattr(teacher, "module", teacher)  # a DeepSpeed engine's model
         options = dict(distill_vocab=args.distill_vocab, temperature=args.temperature, top_k=args.teacher_cache_top_k,
-                       label_token_ids=self.teacher_label_token_ids, cache_dir=args.teacher_cache_dir,
-                       batch_size=args.per_device_eval_batch_size, show_progress=not args.disable_tqdm,
-                       logits_fn=lambda batch: self.teacher_answer_logits(self.model, self._prepare_inputs(batch)))
-        was_training = self.model.training
-        self.model.eval()  # a "self" teacher runs without dropout, like a loaded one
-        try:
-            with args.main_process_first(desc="teacher output cache"):
-                self.train_dataset = self._with_teacher_outputs(teacher, self.train_dataset, options)
-                if isinstance(self.eval_dataset, dict):
-                    self.eval_dataset = {name: self._with_teacher_outputs(teacher, dataset, options)
-                                         for name, dataset in self.eval_dataset.items()}
-                elif self.eval_dataset is not None:
-                    self.eval_dataset = self._with_teacher_outputs(teacher, self.eval_dataset, options)
-        finally:
-            self.model.train(was_training)
+                       label_token_ids=self.teacher_label_token_ids, cache_dir=args.teacher_cache_dir)
+        datasets = {"train": self.train_dataset}
+        if isinstance(self.eval_dataset, dict):
+            datasets.update({f"eval_{name}": dataset for name, dataset in self.eval_dataset.items()})
+        elif self.eval_dataset is not None:
+            datasets["eval"] = self.eval_dataset
+        datasets = {name: dataset for name, dataset in datasets.items() if dataset is not None}
+        done, self.teacher_output_cache_info = {}, {}
+        if teacher_id is not None:
+            for name, dataset in datasets.items():
+                cached, path = cached_teacher_outputs(dataset, teacher_id=teacher_id, **options)
+                if cached is not None:
+                    done[name] = cached
+                    self.teacher_output_cache_info[name] = {"path": str(path), "reused": True, "seconds": 0.0}
+            if len(done) < len(datasets):
+                self.teacher = load_teacher()
+        if len(done) < len(datasets):
+            teacher = self.accelerator.unwrap_model(self.model) if self.teacher == "self" else self.teacher
+            teacher = getattr(teacher, "module", teacher)  # a DeepSpeed engine's model
+            build = dict(options, batch_size=args.per_device_eval_batch_size, show_progress=not args.disable_tqdm,
+                         teacher_id=teacher_id,
+                         logits_fn=lambda batch: self.teacher_answer_logits(self.model, self._prepare_inputs(batch)))
+            was_training = self.model.training
+            self.model.eval()  # a "self" teacher runs without dropout, like a loaded one
+            try:
+                with args.main_process_first(desc="teacher output cache"), self._phase("teacher_pass"):
+                    for name, dataset in datasets.items():
+                        if name not in done:
+                            done[name] = self._build_teacher_outputs(teacher, dataset, build, name)
+            finally:
+                self.model.train(was_training)
+        self.train_dataset = done["train"]
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {name: done[f"eval_{name}"] for name in self.eval_dataset}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = done["eval"]
         self.teacher = None
         self._teacher_engine = None  # under DeepSpeed, the engine holding the teacher's weights goes too
         self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=False)  # frees the prefix cache too
         self.teacher_from_cache = True
 
-    def _with_teacher_outputs(self, teacher, dataset, options):
-        if dataset is None:
-            return None
+    def _build_teacher_outputs(self, teacher, dataset, options, name: str):
+        start = time.perf_counter()
         dataset, path, reused = load_or_build_teacher_outputs(teacher, dataset, self.data_collator, **options)
+        self.teacher_output_cache_info[name] = {"path": str(path), "reused": reused,
+                                                "seconds": round(time.perf_counter() - start, 2)}
         logger.info("teacher output cache %s: %s", "reused" if reused else "built", path)
         return dataset
 

@@ -39,15 +39,19 @@ RECIPES_DIR = Path(__file__).resolve().parent
 METHODS = {
     "icl_teacher": ("icl_eval", {"model": "teacher"}),
     "zero_shot": ("icl_eval", {"k": 0}),
+    "icl_student": ("icl_eval", {}),
     "pbft_full": ("pattern_finetune", {"student_mode": "full"}),
     "pbft_lora": ("pattern_finetune", {"student_mode": "lora"}),
     "cd_full": ("context_distill", {"student_mode": "full"}),
     "cd_lora": ("context_distill", {"student_mode": "lora"}),
+    "cd_bitfit": ("context_distill", {"student_mode": "bitfit"}),
     "cd_lora_self": ("context_distill", {"student_mode": "lora", "teacher": "self"}),
     "cd_lora_8bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "8bit"}),
     "cd_lora_4bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "4bit"}),
+    # the paper's memory reference: fine-tuning the teacher itself (LoRA; a few steps, memory only)
+    "pbft_teacher_lora": ("pattern_finetune", {"student_mode": "lora", "model": "teacher", "memory_only": True}),
 }
-DEFAULT_METHODS = [m for m in METHODS if m != "cd_lora_4bit"]
+DEFAULT_METHODS = [m for m in METHODS if m not in ("cd_lora_4bit", "pbft_teacher_lora")]
 
 
 @dataclass
@@ -60,6 +64,9 @@ class CompareArguments:
         "help": "Runs go to results_dir/run_name (run_name default: a timestamp); `latest` links the newest."})
     full_learning_rate: float = field(default=3e-5, metadata={"help": "Learning rate of full-weight students."})
     lora_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of LoRA students."})
+    bitfit_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of BitFit students."})
+    memory_only_steps: int = field(default=3, metadata={
+        "help": "Training steps of memory-only methods (pbft_teacher_lora), which are not evaluated."})
     fresh_process_per_method: bool = field(
         default=True, metadata={"help": "Run each method in its own process (clean peak memory per method)."})
     quick: bool = field(default=False, metadata={"help": "A few-minute version: the quick_* sizes below."})
@@ -67,9 +74,10 @@ class CompareArguments:
     quick_num_eval_examples: int = field(default=100, metadata={"help": "MNLI evaluation rows with --quick."})
     quick_hans_per_subcase: int = field(default=2, metadata={"help": "HANS rows per subcase with --quick."})
     quick_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs with --quick."})
+    quick_methods: list[str] = field(default=None, metadata={"help": "Methods with --quick; default: methods."})
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in [*self.methods, *(self.quick_methods or [])] if m not in METHODS]
         if unknown:
             raise UsageError(f"unknown method(s) {unknown}; choose from: {', '.join(METHODS)}")
         if not self.methods:
@@ -92,12 +100,15 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
     training = {k: v for k, v in config.recipe.items() if k in TRAINING_FIELDS}
     training["output_dir"] = str(output_dir)
     teacher = config.teacher_model_name_or_path
+    if overrides.get("model") == "teacher":
+        if not teacher:
+            raise UsageError(f"method {name} needs teacher_model_name_or_path; set it or drop the method")
+        student["model_name_or_path"] = teacher
+        student["dtype"] = config.teacher_dtype
+    if overrides.get("memory_only"):
+        training.update(max_steps=compare.memory_only_steps, save_strategy="no")
+        data["evaluate_after_training"] = False
     if recipe == "icl_eval":
-        if overrides.get("model") == "teacher":
-            if not teacher:
-                raise UsageError("method icl_teacher needs teacher_model_name_or_path; set it or drop the method")
-            student["model_name_or_path"] = teacher
-            student["dtype"] = config.teacher_dtype
         if overrides.get("k") == 0:
             data.update(k=0, demonstration_ids=None)
         for key in [k for k in training if k.startswith("teacher_") or k in ("alpha", "learning_rate")]:

@@ -26,6 +26,7 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
+from distill_trainer.memory import MemoryTracker
 from distill_trainer.hub import card_for_recipe, save_student, ship_student
 from distill_trainer.models import load_tokenizer, resolve_model_path
 from distill_trainer.recipe_utils import (
@@ -68,20 +69,27 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
                                        data_args.drop_demonstrations_to_fit, teacher_tokenizer)
 
     # ------------------------------------------------------------ student, and the teacher inside the trainer
-    student = load_student(student_args)
+    # peaks per phase: student load, teacher load and output-cache pass (when the cache has to be built),
+    # training (with the teacher resident unless its outputs are cached), evaluation
+    tracker = MemoryTracker()
+    with tracker.phase("student_load"):
+        student = load_student(student_args)
     trainer = ContextDistillationTrainer(
         model=student, args=config, teacher=teacher, train_dataset=train_dataset, processing_class=tokenizer,
         data_collator=TwoViewCollator(tokenizer.pad_token_id), label_token_ids=label_ids,
         teacher_label_token_ids=teacher_label_ids, teacher_tokenizer=teacher_tokenizer, callbacks=callbacks,
+        memory_tracker=tracker,
     )
 
     # ------------------------------------------------------------ distill (resume_from_checkpoint: true|path resumes)
     write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
-    train_result = trainer.train()
+    with tracker.phase("train"):
+        train_result = trainer.train()
     save_student(trainer, config.output_dir)  # the weights are safe on disk before the evaluation starts
 
     # ------------------------------------------------------------ evaluate the student, no demonstrations
-    results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
+    with tracker.phase("eval"):
+        results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
 
     # ------------------------------------------------------------ report
     metrics = {
@@ -94,7 +102,9 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
         "loss": config.loss, "alpha": config.alpha, "temperature": config.temperature,
         "distill_vocab": config.distill_vocab,
         **training_metrics(trainer, train_result, len(train_dataset)),
+        "teacher_output_cache": trainer.teacher_output_cache_info,
         "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+        "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)

@@ -10,6 +10,7 @@ Writes metrics.json, predictions_<task>.jsonl and resolved_config.yaml into outp
 from __future__ import annotations
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
+from distill_trainer.memory import MemoryTracker
 from distill_trainer.models import count_parameters, load_causal_lm, load_tokenizer
 from distill_trainer.recipe_utils import (
     evaluate_on_tasks,
@@ -38,13 +39,16 @@ def run_icl_eval(student_args: StudentArguments, data_args: DataArguments, confi
     if tokenizer is None:
         tokenizer = load_tokenizer(student_args.model_name_or_path)
     first_token_ids(tokenizer, data.pattern)  # label-word collisions fail here, before any loading
+    tracker = MemoryTracker()  # peaks per phase: load, eval
     if model is None:
-        model = load_causal_lm(student_args.model_name_or_path, dtype=student_args.dtype).to(config.device)
+        with tracker.phase("model_load"):
+            model = load_causal_lm(student_args.model_name_or_path, dtype=student_args.dtype).to(config.device)
     max_length = model_max_length(model.config, data_args)
 
     # ------------------------------------------------------------ evaluate with k demonstrations
     demonstrations = data.sampler.for_query if data_args.k else None
-    results = evaluate_on_tasks(model, tokenizer, data, config, data_args, demonstrations, max_length=max_length)
+    with tracker.phase("eval"):
+        results = evaluate_on_tasks(model, tokenizer, data, config, data_args, demonstrations, max_length=max_length)
 
     # ------------------------------------------------------------ report
     _, total = count_parameters(model)
@@ -55,6 +59,7 @@ def run_icl_eval(student_args: StudentArguments, data_args: DataArguments, confi
         "resample_demonstrations": data_args.resample_demonstrations,
         "parameters": {"total": total},
         "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+        "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)

