@@ -11,7 +11,7 @@ attend to the cached prefix. The logits equal those of the full forward up to fl
 
 Padding: the suffix may be left- or right-padded (pads masked out by `suffix_attention_mask`); the
 prefix is never padded, since it is shared. Position ids continue from the prefix length and skip pads,
-as in `trainer.answer_logits`.
+as in `answer_logits.answer_logits`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .answer_logits import answer_logits
 from .errors import UsageError
 
 
@@ -169,7 +170,5 @@ class TeacherAnswerLogits:
                 batch["teacher_suffix_input_ids"], batch["teacher_suffix_attention_mask"],
                 batch["teacher_suffix_answer_positions"],
             )
-        from .trainer import answer_logits  # trainer.py imports this module
-
         return answer_logits(model, batch["teacher_input_ids"], batch["teacher_attention_mask"],
                              batch["teacher_answer_positions"])

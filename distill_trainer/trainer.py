@@ -21,6 +21,7 @@ import torch
 from accelerate.utils import DistributedType
 from transformers import Trainer
 
+from .answer_logits import answer_logits
 from .checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from .config import DistillationConfig
 from .errors import NonFiniteLossError, UsageError
@@ -30,23 +31,6 @@ from .output_cache import has_teacher_outputs, load_or_build_teacher_outputs
 from .prefix_cache import TeacherAnswerLogits
 
 logger = logging.getLogger(__name__)
-
-
-def answer_logits(model, input_ids, attention_mask, positions, **forward_kwargs) -> torch.Tensor:
-    """Logits (batch, answer_len, vocab) at the given per-row positions, never the full sequence's.
-
-    Position ids come from the attention mask, so left padding gives the same numbers as none.
-    """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    outputs = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=positions,
-        use_cache=False,
-        **forward_kwargs,
-    )
-    return outputs.logits
 
 
 def prepare_teacher_for_deepspeed(teacher, accelerator):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UsageError
+from .teacher_columns import PER_ANSWER_TOKEN_TEACHER_COLUMNS, PER_EXAMPLE_TEACHER_COLUMNS
 
 IGNORE_INDEX = -100
 
@@ -149,12 +150,6 @@ class TwoViewCollator:
             shifted = [offset + x for x in p]
             pos[row] = torch.tensor([shifted[0]] * (width - len(p)) + shifted)
         return ids, mask, pos
-
-
-# columns written by output_cache.py: per answer token (top-k of the full vocabulary), or per example
-# (the label-word distribution at the first answer position)
-PER_ANSWER_TOKEN_TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
-PER_EXAMPLE_TEACHER_COLUMNS = ("teacher_label_logprobs",)
 
 
 def add_cached_teacher_outputs(features: list[dict], batch: dict) -> None:

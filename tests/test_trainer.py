@@ -5,9 +5,9 @@ import torch
 from datasets import Dataset
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
+from distill_trainer.answer_logits import answer_logits
 from distill_trainer.errors import UsageError
 from distill_trainer.models import prepare_student
-from distill_trainer.trainer import answer_logits
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
 ROWS = [
