@@ -54,13 +54,10 @@ sys.path.insert(0, str(REPO))
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views  # noqa: E402
 from distill_trainer.errors import UsageError  # noqa: E402
-from distill_trainer.memory import (  # noqa: E402
-    MIB,
-    CpuMemoryMeter,
-    architecture_config,
-    model_bytes,
-    optimizer_state_bytes,
-)
+from distill_trainer.memory import CpuMemoryMeter  # noqa: E402
+from distill_trainer.memory_breakdown import model_bytes, optimizer_state_bytes  # noqa: E402
+from distill_trainer.memory_estimate import architecture_config  # noqa: E402
+from distill_trainer.units import MIB  # noqa: E402
 
 PATTERN = "gpt3"
 LABEL_WORDS = (" Yes", " No")

@@ -16,7 +16,8 @@ import json
 import math
 from pathlib import Path
 
-MIB = 2**20
+from .units import MIB
+
 TEACHER_METHOD = "icl_teacher"
 ACCURACY_PLOT = "accuracy.png"
 COST_PLOT = "memory_time.png"

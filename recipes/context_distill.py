@@ -26,7 +26,8 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.hub import card_for_recipe, save_student, ship_student
+from distill_trainer.hub import save_student, ship_student
+from distill_trainer.model_card import card_for_recipe
 from distill_trainer.models import load_tokenizer, resolve_model_path
 from distill_trainer.recipe_utils import (
     build_view_dataset,

@@ -18,14 +18,8 @@ from distill_trainer import (
     build_views,
 )
 from distill_trainer.errors import UsageError
-from distill_trainer.hub import (
-    EvalSummary,
-    StudentCard,
-    build_model_card,
-    push_student,
-    save_student,
-    ship_student,
-)
+from distill_trainer.hub import push_student, save_student, ship_student
+from distill_trainer.model_card import EvalSummary, StudentCard, build_model_card
 from distill_trainer.models import load_causal_lm, prepare_student
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
@@ -305,7 +299,7 @@ def test_push_to_hub_run_trains_offline_then_fails_once_after_saving(
 
 def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
     from distill_trainer.evaluation import LabelWordScores, task_metrics
-    from distill_trainer.hub import card_for_recipe
+    from distill_trainer.model_card import card_for_recipe
     from distill_trainer.tasks import get_task
 
     def scores(logprobs):
