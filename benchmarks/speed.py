@@ -58,6 +58,7 @@ from distill_trainer.memory import CpuMemoryMeter  # noqa: E402
 from distill_trainer.memory_breakdown import model_bytes, optimizer_state_bytes  # noqa: E402
 from distill_trainer.memory_estimate import architecture_config  # noqa: E402
 from distill_trainer.units import MIB  # noqa: E402
+from distill_trainer.views import SEPARATOR  # noqa: E402
 
 PATTERN = "gpt3"
 LABEL_WORDS = (" Yes", " No")
@@ -99,7 +100,7 @@ def load_rows(num_demonstrations: int, num_queries: int, seed: int = 0):
 
 
 def build_features(tokenizer, pattern, demonstrations: list[str], rows) -> list[dict]:
-    block = "\n\n".join(demonstrations)
+    block = SEPARATOR.join(demonstrations)
     return [build_views(tokenizer, pattern.query(row), pattern.answer(row["label"]), block) for row in rows]
 
 
@@ -286,7 +287,7 @@ def run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter) -
     from distill_trainer.evaluation import score_label_words
 
     texts = [pattern.query(row) for row in rows]
-    block = "\n\n".join(demonstrations)
+    block = SEPARATOR.join(demonstrations)
     runs = {"no_prefix_cache": (False, options.icl_queries), "prefix_cache": (True, options.icl_queries),
             "prefix_cache_many": (True, options.icl_cached_queries)}
     records = {name: {"times_s": [], "extra": []} for name in runs}

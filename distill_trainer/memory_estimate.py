@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .config import QUANTIZATIONS
 from .errors import UsageError
 from .memory_breakdown import unique_parameters
 from .units import MIB
@@ -55,8 +56,8 @@ def quantized_teacher_bytes(teacher, quantization: str = "none", dtype: str = "f
     modules (a meta-device model is enough). Linear layers other than the output head are quantized:
     8-bit keeps int8 weights plus one fp32 scale per output row, 4-bit (nf4) packs two weights per byte plus
     one fp32 absmax per block of 64 and a 16-entry code; everything else stays in `dtype`."""
-    if quantization not in ("none", "8bit", "4bit"):
-        raise UsageError(f"quantization={quantization!r} is not valid; choose none, 8bit or 4bit")
+    if quantization not in QUANTIZATIONS:
+        raise UsageError(f"quantization={quantization!r} is not valid; choose {', '.join(QUANTIZATIONS)}")
     element = _DTYPE_BYTES[dtype]
     head = teacher.get_output_embeddings() if hasattr(teacher, "get_output_embeddings") else None
     quantized_weights = set()

@@ -16,6 +16,8 @@ from .errors import UsageError
 from .teacher_columns import PER_ANSWER_TOKEN_TEACHER_COLUMNS, PER_EXAMPLE_TEACHER_COLUMNS
 
 IGNORE_INDEX = -100
+# between demonstrations, and between the demonstrations and the query
+SEPARATOR = "\n\n"
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -34,7 +36,7 @@ def answer_positions(prefix_length: int, answer_length: int) -> list[int]:
     return [prefix_length - 1 + i for i in range(answer_length)]
 
 
-def build_views(tokenizer, query: str, answer: str, demonstrations: str = "", separator: str = "\n\n") -> dict:
+def build_views(tokenizer, query: str, answer: str, demonstrations: str = "", separator: str = SEPARATOR) -> dict:
     """Token ids of both views of one example and the answer positions in each.
 
     `demonstrations` is the rendered few-shot block without a trailing separator; the teacher reads

@@ -29,8 +29,8 @@ from pathlib import Path
 import yaml
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
-from distill_trainer.recipe_utils import run_recipe
 from distill_trainer.report import load_method_result, print_table, write_report
+from distill_trainer.runner import run_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent
 

@@ -27,12 +27,11 @@ from distill_trainer import (
 from distill_trainer.hub import save_student, ship_student
 from distill_trainer.model_card import card_for_recipe
 from distill_trainer.models import load_tokenizer
-from distill_trainer.recipe_utils import (
-    build_view_dataset,
+from distill_trainer.run_data import build_view_dataset, first_token_ids
+from distill_trainer.runner import (
     describe_student,
     describe_training,
     evaluate_on_tasks,
-    first_token_ids,
     load_student,
     no_partial_output_dir,
     print_summary,

@@ -384,7 +384,7 @@ def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
 def test_recipe_with_push_to_hub_saves_a_complete_student_then_fails_once_offline(
     tmp_path, tiny_dirs, capsys, monkeypatch
 ):
-    from distill_trainer.recipe_utils import run_recipe
+    from distill_trainer.runner import run_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe, path = _context_distill_recipe(

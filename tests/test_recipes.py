@@ -120,7 +120,7 @@ def test_context_distill_lora_student_with_self_teacher(tmp_path, tiny_dirs, cap
 
 
 def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_dirs):
-    from distill_trainer.recipe_utils import prepare_data
+    from distill_trainer.run_data import prepare_data
 
     pbft = load_recipe("pattern_finetune").CONFIG_TYPES
     _, data_args, _ = parse_config(pbft, ["--config", write_recipe(tmp_path, tiny_dirs)])
