@@ -31,13 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill_trainer.units import GIB
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):  # the package from a fresh clone; memory_report.py
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from distill_trainer.units import GIB  # noqa: E402
-
 # Room left for the rest of the machine when deciding whether a scenario fits the available memory.
 SAFETY_MARGIN = 1.5 * GIB
 # The interpreter and libraries, before the estimate knows the real value (measured per scenario later).
@@ -518,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     if not ns.report_only:
         run_all(settings, names, output_dir, ns.in_process, budget, ns.timeout, ns.keep_checkpoint)
 
-    from memory_report import write_report
+    if __package__:  # imported as benchmarks.memory
+        from .memory_report import write_report
+    else:  # run as a script: its folder is on the path
+        from memory_report import write_report
 
     write_report(load_results(output_dir, settings), settings, output_dir, estimate, SCENARIOS, REFERENCE,
                  PAPER_CLAIMS, environment())

@@ -50,7 +50,6 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views  # noqa: E402
 from distill_trainer.errors import UsageError  # noqa: E402
@@ -121,8 +120,7 @@ def batches(features, batch_size, pad_token_id, count):
 
 def fallback_tokenizer():
     """A byte-level BPE trained on the fixture text, for when no real tokenizer is available offline."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_tokenizer
+    from distill_trainer.testing import build_tokenizer
 
     return build_tokenizer()
 

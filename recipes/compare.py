@@ -18,7 +18,7 @@ predictions into results/<run_name>/, and points results/latest at it.
 # no `from __future__ import annotations`: CompareArguments must be a dataclass even when this file is
 # loaded by path (as the config tests do), and string annotations would need it registered in sys.modules
 import dataclasses
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -141,9 +141,8 @@ def run_in_fresh_process(recipe: str, config_path: Path) -> int:
 
 def run_in_this_process(recipe: str, config_path: Path, tracker, name: str) -> int:
     """Run the recipe here; the peak is this process's during the method (earlier methods' leftovers count)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{recipe}", RECIPES_DIR / f"{recipe}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # `recipes.<name>` when this module was imported as part of the package, the sibling script otherwise
+    module = importlib.import_module(f"{__package__}.{recipe}" if __package__ else recipe)
     with tracker.phase(name):
         module.main(["--config", str(config_path)])
     return tracker.peak(name)["cpu_rss"]

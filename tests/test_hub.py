@@ -346,15 +346,10 @@ def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
 
 
 def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
-    import importlib.util
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location(
-        "recipe_context_distill_hub", root / "recipes" / "context_distill.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from recipes import context_distill as module
+
     values = {
         "model_name_or_path": tiny_dirs["student"],
         "teacher_model_name_or_path": tiny_dirs["teacher"],

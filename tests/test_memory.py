@@ -1,7 +1,5 @@
 import ctypes
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -171,11 +169,9 @@ def test_callback_records_train_steps_and_evaluation(tmp_path, tokenizer, studen
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("memory_benchmark", REPO / "benchmarks" / "memory.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import memory
+
+    return memory
 
 
 def test_benchmark_runs_end_to_end_on_tiny_models(tmp_path):
