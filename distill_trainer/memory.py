@@ -1,6 +1,6 @@
 """Peak memory per phase (CPU and CUDA), recorded while a recipe or a benchmark runs.
 
-Recording peaks (recipes put `tracker.as_dict()` into their metrics file):
+Recording peaks (the memory benchmark and compare.py's in-process mode do; the recipes do not):
 
     tracker = MemoryTracker()                 # CUDA device memory when available, host RSS always
     with tracker.phase("model_load"):

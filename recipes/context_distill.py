@@ -98,8 +98,7 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
-    memory = metrics.get("memory")
-    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory, data.pattern)
+    card = card_for_recipe(student_args, config, results.metrics, data.task.name, pattern=data.pattern)
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
     resampled = " resampled per query" if data_args.resample_demonstrations else ""
     print_summary(f"context distillation: {student_args.model_name_or_path} <- {teacher}", {

@@ -81,8 +81,7 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
-    memory = metrics.get("memory")
-    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory, data.pattern)
+    card = card_for_recipe(student_args, config, results.metrics, data.task.name, pattern=data.pattern)
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
     print_summary(f"pattern-based fine-tuning: {student_args.model_name_or_path}", {
         "student": describe_student(student_args, metrics),
