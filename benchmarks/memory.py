@@ -31,13 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):  # the package from a fresh clone; memory_report.py
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from distill_trainer.units import GIB
 
-GIB = 2**30
-MIB = 2**20
+REPO_ROOT = Path(__file__).resolve().parent.parent
 # Room left for the rest of the machine when deciding whether a scenario fits the available memory.
 SAFETY_MARGIN = 1.5 * GIB
 # The interpreter and libraries, before the estimate knows the real value (measured per scenario later).
@@ -130,7 +126,7 @@ CACHE_TEACHER = {"teacher": "opt-1.3b", "teacher_dtype": "float32", "teacher_qua
 
 
 def model_config(architecture: str, tiny: bool):
-    from distill_trainer.memory import architecture_config
+    from distill_trainer.memory_estimate import architecture_config
 
     config = architecture_config(architecture)
     if tiny:
@@ -188,7 +184,7 @@ def estimate(scenario: Scenario, settings: dict, batch_size: int | None = None, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distill_trainer.memory import estimate_peak_memory
+    from distill_trainer.memory_estimate import estimate_peak_memory
 
     with torch.device("meta"):
         student = build_student(scenario, settings["tiny"])
@@ -237,7 +233,8 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     from datasets import Dataset
 
     from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator
-    from distill_trainer.memory import MemoryCallback, MemoryTracker, memory_breakdown
+    from distill_trainer.memory import MemoryCallback, MemoryTracker
+    from distill_trainer.memory_breakdown import memory_breakdown
     from distill_trainer.models import count_parameters, load_causal_lm
 
     torch.manual_seed(0)
@@ -517,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     if not ns.report_only:
         run_all(settings, names, output_dir, ns.in_process, budget, ns.timeout, ns.keep_checkpoint)
 
-    from memory_report import write_report
+    if __package__:  # imported as benchmarks.memory
+        from .memory_report import write_report
+    else:  # run as a script: its folder is on the path
+        from memory_report import write_report
 
     write_report(load_results(output_dir, settings), settings, output_dir, estimate, SCENARIOS, REFERENCE,
                  PAPER_CLAIMS, environment())

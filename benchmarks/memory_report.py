@@ -6,8 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
-GIB = 2**30
-MIB = 2**20
+from distill_trainer.units import GIB, MIB
+
 GOAL_CD_8BIT_LORA = 0.75  # peak reduction against PBFT of OPT-1.3B
 GOAL_CACHED = 0.90
 GOAL_ANALYTIC_ERROR = 0.15

@@ -50,17 +50,14 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views  # noqa: E402
 from distill_trainer.errors import UsageError  # noqa: E402
-from distill_trainer.memory import (  # noqa: E402
-    MIB,
-    CpuMemoryMeter,
-    architecture_config,
-    model_bytes,
-    optimizer_state_bytes,
-)
+from distill_trainer.memory import CpuMemoryMeter  # noqa: E402
+from distill_trainer.memory_breakdown import model_bytes, optimizer_state_bytes  # noqa: E402
+from distill_trainer.memory_estimate import architecture_config  # noqa: E402
+from distill_trainer.units import MIB  # noqa: E402
+from distill_trainer.views import SEPARATOR  # noqa: E402
 
 PATTERN = "gpt3"
 LABEL_WORDS = (" Yes", " No")
@@ -102,7 +99,7 @@ def load_rows(num_demonstrations: int, num_queries: int, seed: int = 0):
 
 
 def build_features(tokenizer, pattern, demonstrations: list[str], rows) -> list[dict]:
-    block = "\n\n".join(demonstrations)
+    block = SEPARATOR.join(demonstrations)
     return [build_views(tokenizer, pattern.query(row), pattern.answer(row["label"]), block) for row in rows]
 
 
@@ -123,8 +120,7 @@ def batches(features, batch_size, pad_token_id, count):
 
 def fallback_tokenizer():
     """A byte-level BPE trained on the fixture text, for when no real tokenizer is available offline."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_tokenizer
+    from distill_trainer.testing import build_tokenizer
 
     return build_tokenizer()
 
@@ -289,7 +285,7 @@ def run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter) -
     from distill_trainer.evaluation import score_label_words
 
     texts = [pattern.query(row) for row in rows]
-    block = "\n\n".join(demonstrations)
+    block = SEPARATOR.join(demonstrations)
     runs = {"no_prefix_cache": (False, options.icl_queries), "prefix_cache": (True, options.icl_queries),
             "prefix_cache_many": (True, options.icl_cached_queries)}
     records = {name: {"times_s": [], "extra": []} for name in runs}

@@ -1,5 +1,6 @@
 """distill-trainer: context distillation of causal LMs on top of the Hugging Face Trainer."""
 
+from .answer_logits import answer_logits
 from .config import DistillationConfig, StudentArguments, parse_config
 from .errors import UsageError
 from .evaluation import evaluate_task, score_label_words
@@ -8,7 +9,7 @@ from .models import load_causal_lm, load_tokenizer, prepare_student
 from .output_cache import load_or_build_teacher_outputs
 from .prefix_cache import PrefixCachedTeacher
 from .tasks import DataArguments, get_pattern, get_task, load_split
-from .trainer import ContextDistillationTrainer, answer_logits
+from .trainer import ContextDistillationTrainer
 from .views import TwoViewCollator, build_views
 
 __all__ = [

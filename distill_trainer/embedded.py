@@ -34,12 +34,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache_paths import CACHE_ENV, cache_home  # noqa: F401  (re-exported)
 from .errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "embedded:"
-CACHE_ENV = "DISTILL_TRAINER_CACHE"
 # written last into a finished cache directory: its presence means the directory is complete, its
 # content says which package files it was built from
 MARKER = "embedded_source.json"
@@ -121,18 +121,6 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 
 def known_aliases() -> list[str]:
     return [PREFIX + alias for alias in EMBEDDED_MODELS]
-
-
-def cache_home() -> Path:
-    """The root of this library's cache (see the module docstring for the lookup order)."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    hf_home = os.environ.get("HF_HOME")
-    if not hf_home:
-        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        hf_home = Path(xdg).expanduser() / "huggingface"
-    return Path(hf_home).expanduser() / "distill-trainer"
 
 
 def embedded_model_dir(name: str) -> Path:

@@ -78,7 +78,8 @@ def load_model_and_tokenizer(model: str, dtype: str = "float32"):
 def evaluate_file(args) -> dict:
     """Run the evaluation `args` describe; returns {"metrics": ..., "predictions": ...}."""
     from .evaluation import evaluate_task
-    from .recipe_utils import format_summary, model_max_length
+    from .run_data import model_max_length
+    from .runner import format_summary
     from .tasks import DataArguments, DemonstrationSampler, balanced_subset, get_task, load_split, row_key
 
     task = get_task(args.task)

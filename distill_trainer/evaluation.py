@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .answer_logits import answer_logits
 from .errors import UsageError
 from .prefix_cache import PrefixCachedTeacher
 from .tasks import SEPARATOR, NLITask, Pattern, fit_demonstrations
-from .trainer import answer_logits
 from .views import TwoViewCollator, build_views
 
 METRIC_PATH = Path(__file__).parent / "metrics" / "nli.py"

@@ -97,7 +97,6 @@ def distillation_loss(
     temperature: float = 1.0,
     beta: float = 0.5,
     num_items_in_batch=None,
-    label_token_ids: list[int] | None = None,
     teacher_is_logprobs: bool = False,
 ) -> torch.Tensor:
     """T^2 * D(teacher_T || student_T), averaged over the answer tokens selected by `mask`.
@@ -109,8 +108,8 @@ def distillation_loss(
         temperature: softens both distributions; the T^2 factor keeps gradient scale independent of T.
         beta: mixture weight for `jsd`.
         num_items_in_batch: answer tokens in the whole accumulated batch (see `masked_mean`).
-        label_token_ids: if given, both distributions are renormalised over these token ids only
-            (`distill_vocab="label_words"`).
+        For `distill_vocab="label_words"`, pass both sides through `restrict_to_label_words` first (each with
+        its own tokenizer's ids): the softmax then renormalises over the label words.
         teacher_is_logprobs: the teacher side is already a log-distribution (teacher output cache);
             temperature is then applied by the cache builder, not here.
     """
@@ -118,7 +117,7 @@ def distillation_loss(
         raise UsageError(f"unknown loss kind {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
     if temperature <= 0:
         raise UsageError(f"temperature must be > 0, got {temperature}")
-    if student_logits.shape[-1] != teacher_logits.shape[-1] and label_token_ids is None:
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise UsageError(
             f"teacher vocabulary ({teacher_logits.shape[-1]}) differs from the student's "
             f"({student_logits.shape[-1]}); use distill_vocab='label_words' or a teacher that shares the "
@@ -126,10 +125,6 @@ def distillation_loss(
         )
     student = student_logits.float()
     teacher = teacher_logits.float()
-    if label_token_ids is not None:
-        student = restrict_to_label_words(student, label_token_ids)
-        if not teacher_is_logprobs:
-            teacher = restrict_to_label_words(teacher, label_token_ids)
     student_logprobs = F.log_softmax(student / temperature, dim=-1)
     teacher_logprobs = teacher if teacher_is_logprobs else F.log_softmax(teacher / temperature, dim=-1)
     per_token = token_divergence(student_logprobs, teacher_logprobs, kind=kind, beta=beta)

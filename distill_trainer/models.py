@@ -12,6 +12,7 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .config import QUANTIZATIONS
 from .errors import UsageError
 
 EMBEDDED_PREFIX = "embedded:"
@@ -53,7 +54,7 @@ def quantization_config(quantization: str, compute_dtype=torch.float32):
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
-    raise UsageError(f"quantization={quantization!r} is not valid; choose none, 8bit or 4bit")
+    raise UsageError(f"quantization={quantization!r} is not valid; choose {', '.join(QUANTIZATIONS)}")
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", quantization: str = "none", device_map=None):
@@ -146,7 +147,15 @@ def output_vocab_size(model) -> int:
 
 def check_same_vocabulary(student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> None:
     """Full-vocabulary KL compares logit i of one model with logit i of the other: both must mean the same token."""
-    s, t = output_vocab_size(student), output_vocab_size(teacher)
+    check_vocabulary_sizes_and_tokens(output_vocab_size(student), output_vocab_size(teacher), student_tokenizer,
+                                      teacher_tokenizer)
+
+
+def check_vocabulary_sizes_and_tokens(student_size, teacher_size, student_tokenizer=None,
+                                      teacher_tokenizer=None) -> None:
+    """The check behind `check_same_vocabulary`, from logit counts (a model's, or its config's vocab_size) and
+    the tokenizers' token tables when both are given."""
+    s, t = student_size, teacher_size
     same_tokens = True
     if student_tokenizer is not None and teacher_tokenizer is not None:
         same_tokens = student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab()

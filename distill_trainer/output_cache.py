@@ -28,10 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cache_paths import cache_home
 from .errors import UsageError
-from .views import PER_ANSWER_TOKEN_TEACHER_COLUMNS, PER_EXAMPLE_TEACHER_COLUMNS
+from .teacher_columns import (
+    PER_ANSWER_TOKEN_TEACHER_COLUMNS,
+    PER_EXAMPLE_TEACHER_COLUMNS,
+    TEACHER_OUTPUT_COLUMNS,
+)
 
-TEACHER_OUTPUT_COLUMNS = PER_ANSWER_TOKEN_TEACHER_COLUMNS + PER_EXAMPLE_TEACHER_COLUMNS
 # the columns whose content decides the teacher's outputs (plus example ids when the dataset has them)
 _TEACHER_VIEW_COLUMNS = ("teacher_input_ids", "teacher_answer_positions", "answer_ids")
 _EXAMPLE_ID_COLUMNS = ("idx", "example_index", "id")
@@ -41,9 +45,7 @@ KEY_FILE = "teacher_cache_key.json"
 
 
 def default_teacher_cache_dir() -> Path:
-    """`teacher_outputs` under the library's cache home (see `embedded.cache_home`), shared by runs."""
-    from .embedded import cache_home
-
+    """`teacher_outputs` under the library's cache home (see `cache_paths.cache_home`), shared by runs."""
     return cache_home() / "teacher_outputs"
 
 

@@ -11,7 +11,8 @@ attend to the cached prefix. The logits equal those of the full forward up to fl
 
 Padding: the suffix may be left- or right-padded (pads masked out by `suffix_attention_mask`); the
 prefix is never padded, since it is shared. Position ids continue from the prefix length and skip pads,
-as in `trainer.answer_logits`.
+as in `answer_logits.answer_logits`. The cache goes in through `cache=` (transformers >= 5.24; the older
+`past_key_values=` is deprecated).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .answer_logits import answer_logits
 from .errors import UsageError
 
 
@@ -75,7 +77,7 @@ class PrefixCachedTeacher:
         cache = DynamicCache(config=getattr(self.model, "module", self.model).config)
         # logits_to_keep=1: the prefix's own logits are not needed; building them would cost P x vocab
         self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1],
-                   device=device)[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                   device=device)[None], cache=cache, use_cache=True, logits_to_keep=1)
         self._prefix_cache = cache
 
     def _batch_cache(self, batch_size: int):
@@ -107,7 +109,7 @@ class PrefixCachedTeacher:
             input_ids=suffix_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=self._batch_cache(batch),
+            cache=self._batch_cache(batch),
             use_cache=True,
             logits_to_keep=positions,
         )
@@ -169,7 +171,5 @@ class TeacherAnswerLogits:
                 batch["teacher_suffix_input_ids"], batch["teacher_suffix_attention_mask"],
                 batch["teacher_suffix_answer_positions"],
             )
-        from .trainer import answer_logits  # trainer.py imports this module
-
         return answer_logits(model, batch["teacher_input_ids"], batch["teacher_attention_mask"],
                              batch["teacher_answer_positions"])

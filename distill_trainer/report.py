@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 
 from .findings import findings
+from .units import MIB
 
-MIB = 2**20
 TEACHER_METHOD = "icl_teacher"
 ACCURACY_PLOT = "accuracy.png"
 COST_PLOT = "memory_time.png"
@@ -64,6 +64,11 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
     method_dir = Path(method_dir)
     metrics = json.loads((method_dir / "metrics.json").read_text(encoding="utf-8"))
     parameters = metrics.get("parameters", {})
+    # a recipe's memory tracker resets the kernel's peak counter per phase, so the process's own peak
+    # (rusage) can miss earlier phases: the tracker's lifetime peak covers them
+    tracked = ((metrics.get("memory") or {}).get("peak") or {}).get("cpu_peak_rss_mib")
+    if tracked is not None:
+        peak_bytes = max(peak_bytes or 0, int(tracked * MIB))
     trained = "train" in metrics
     teacher = metrics.get("teacher")
     if metrics.get("recipe") == "icl_eval":

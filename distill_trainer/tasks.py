@@ -22,11 +22,11 @@ from pathlib import Path
 from datasets import Dataset
 
 from .errors import UsageError
+from .views import SEPARATOR  # noqa: F401  (re-exported)
 
 DATA_ENV = "DISTILL_TRAINER_DATA"
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout; data/ or ../shared/data may sit next to it
 DATA_SOURCES = ("auto", "hub", "local")
-SEPARATOR = "\n\n"
 REQUIRED_COLUMNS = ("premise", "hypothesis", "label")
 
 

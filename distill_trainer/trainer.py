@@ -23,10 +23,11 @@ import torch
 from accelerate.utils import DistributedType
 from transformers import Trainer
 
+from .answer_logits import answer_logits
 from .checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from .config import DistillationConfig
 from .errors import NonFiniteLossError, UsageError
-from .losses import answer_cross_entropy, distillation_loss, sparse_distillation_loss
+from .losses import answer_cross_entropy, distillation_loss, restrict_to_label_words, sparse_distillation_loss
 from .models import check_same_vocabulary, load_causal_lm
 from .output_cache import (
     cached_teacher_outputs,
@@ -37,23 +38,6 @@ from .output_cache import (
 from .prefix_cache import TeacherAnswerLogits
 
 logger = logging.getLogger(__name__)
-
-
-def answer_logits(model, input_ids, attention_mask, positions, **forward_kwargs) -> torch.Tensor:
-    """Logits (batch, answer_len, vocab) at the given per-row positions, never the full sequence's.
-
-    Position ids come from the attention mask, so left padding gives the same numbers as none.
-    """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    outputs = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=positions,
-        use_cache=False,
-        **forward_kwargs,
-    )
-    return outputs.logits
 
 
 def prepare_teacher_for_deepspeed(teacher, accelerator):
@@ -302,11 +286,9 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
             # only. Normalising by the answer-token count keeps gradient accumulation exact; with
             # single-token label words (the usual case) that count is the number of examples.
             first = torch.ones_like(mask[:, :1])
-            student_ids = torch.as_tensor(self.label_token_ids, device=mask.device)
-            teacher_ids = torch.as_tensor(self.teacher_label_token_ids, device=mask.device)
             return distillation_loss(
-                student_logits[:, :1].index_select(-1, student_ids),
-                teacher_logits[:, :1].index_select(-1, teacher_ids),
+                restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
+                restrict_to_label_words(teacher_logits[:, :1], self.teacher_label_token_ids),
                 first, kind=self.args.loss, temperature=self.args.temperature, beta=self.args.beta,
                 num_items_in_batch=num_items_in_batch,
             )
@@ -323,8 +305,7 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
             if "teacher_label_logprobs" not in inputs:
                 raise UsageError("the cached teacher outputs are top-k ones (distill_vocab=full); rebuild the cache "
                                  "with distill_vocab=label_words")
-            student_ids = torch.as_tensor(self.label_token_ids, device=mask.device)
-            return distillation_loss(student_logits[:, :1].index_select(-1, student_ids),
+            return distillation_loss(restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
                                      inputs["teacher_label_logprobs"][:, None], torch.ones_like(mask[:, :1]),
                                      teacher_is_logprobs=True, **options)
         if "teacher_topk_ids" not in inputs:

@@ -31,7 +31,8 @@ import yaml
 from .checkpoints import parse_resume_setting, resolve_resume, run_results
 from .errors import UsageError
 from .models import check_lora_target_modules, resolve_model_path
-from .recipe_utils import NLIData, first_token_ids, model_max_length, prepare_data, resolved_config
+from .run_data import NLIData, first_token_ids, model_max_length, prepare_data
+from .runner import resolved_config
 from .tasks import fit_demonstrations
 
 EMBEDDED_HINT = "give a local model directory, an embedded alias such as embedded:smollm2-135m, or a Hub id " \

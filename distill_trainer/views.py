@@ -13,8 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UsageError
+from .teacher_columns import PER_ANSWER_TOKEN_TEACHER_COLUMNS, PER_EXAMPLE_TEACHER_COLUMNS
 
 IGNORE_INDEX = -100
+# between demonstrations, and between the demonstrations and the query
+SEPARATOR = "\n\n"
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -33,7 +36,7 @@ def answer_positions(prefix_length: int, answer_length: int) -> list[int]:
     return [prefix_length - 1 + i for i in range(answer_length)]
 
 
-def build_views(tokenizer, query: str, answer: str, demonstrations: str = "", separator: str = "\n\n") -> dict:
+def build_views(tokenizer, query: str, answer: str, demonstrations: str = "", separator: str = SEPARATOR) -> dict:
     """Token ids of both views of one example and the answer positions in each.
 
     `demonstrations` is the rendered few-shot block without a trailing separator; the teacher reads
@@ -149,12 +152,6 @@ class TwoViewCollator:
             shifted = [offset + x for x in p]
             pos[row] = torch.tensor([shifted[0]] * (width - len(p)) + shifted)
         return ids, mask, pos
-
-
-# columns written by output_cache.py: per answer token (top-k of the full vocabulary), or per example
-# (the label-word distribution at the first answer position)
-PER_ANSWER_TOKEN_TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
-PER_EXAMPLE_TEACHER_COLUMNS = ("teacher_label_logprobs",)
 
 
 def add_cached_teacher_outputs(features: list[dict], batch: dict) -> None:

@@ -18,7 +18,7 @@ predictions into results/<run_name>/, and points results/latest at it.
 # no `from __future__ import annotations`: CompareArguments must be a dataclass even when this file is
 # loaded by path (as the config tests do), and string annotations would need it registered in sys.modules
 import dataclasses
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -29,8 +29,8 @@ from pathlib import Path
 import yaml
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
-from distill_trainer.recipe_utils import run_recipe
 from distill_trainer.report import load_method_result, print_table, write_report
+from distill_trainer.runner import run_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent
 
@@ -152,9 +152,8 @@ def run_in_fresh_process(recipe: str, config_path: Path) -> int:
 
 def run_in_this_process(recipe: str, config_path: Path, tracker, name: str) -> int:
     """Run the recipe here; the peak is this process's during the method (earlier methods' leftovers count)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{recipe}", RECIPES_DIR / f"{recipe}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # `recipes.<name>` when this module was imported as part of the package, the sibling script otherwise
+    module = importlib.import_module(f"{__package__}.{recipe}" if __package__ else recipe)
     with tracker.phase(name):
         module.main(["--config", str(config_path)])
     return tracker.peak(name)["cpu_rss"]

@@ -26,17 +26,16 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.memory import MemoryTracker
-from distill_trainer.hub import card_for_recipe, save_student, ship_student
+from distill_trainer.hub import save_student, ship_student
+from distill_trainer.memory import MemoryTracker, peak_mib_by_phase
+from distill_trainer.model_card import card_for_recipe
 from distill_trainer.models import load_tokenizer, resolve_model_path
-from distill_trainer.recipe_utils import (
-    build_view_dataset,
+from distill_trainer.run_data import build_view_dataset, first_token_ids, model_max_length
+from distill_trainer.runner import (
     describe_student,
     describe_training,
     evaluate_on_tasks,
-    first_token_ids,
     load_student,
-    model_max_length,
     no_partial_output_dir,
     print_summary,
     resolved_config,
@@ -109,8 +108,8 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
-    memory = metrics.get("memory")
-    card = card_for_recipe(student_args, config, results.metrics, data.task.name, memory, data.pattern)
+    card = card_for_recipe(student_args, config, results.metrics, data.task.name,
+                           memory=peak_mib_by_phase(metrics["memory"]), pattern=data.pattern)
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
     resampled = " resampled per query" if data_args.resample_demonstrations else ""
     print_summary(f"context distillation: {student_args.model_name_or_path} <- {teacher}", {

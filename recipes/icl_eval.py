@@ -12,10 +12,9 @@ from __future__ import annotations
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
 from distill_trainer.memory import MemoryTracker
 from distill_trainer.models import count_parameters, load_causal_lm, load_tokenizer
-from distill_trainer.recipe_utils import (
+from distill_trainer.run_data import first_token_ids, model_max_length
+from distill_trainer.runner import (
     evaluate_on_tasks,
-    first_token_ids,
-    model_max_length,
     no_partial_output_dir,
     print_summary,
     run_recipe,

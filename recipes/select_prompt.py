@@ -22,7 +22,8 @@ from pathlib import Path
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
 from distill_trainer.evaluation import evaluate_task
 from distill_trainer.models import load_causal_lm, load_tokenizer
-from distill_trainer.recipe_utils import prepare_data, run_recipe
+from distill_trainer.run_data import prepare_data
+from distill_trainer.runner import run_recipe
 from distill_trainer.tasks import balanced_subset, load_split, row_key
 
 

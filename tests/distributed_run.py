@@ -25,7 +25,8 @@ import torch
 from datasets import Dataset
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
-from distill_trainer.hub import StudentCard, save_student
+from distill_trainer.hub import save_student
+from distill_trainer.model_card import StudentCard
 from distill_trainer.models import load_causal_lm, load_tokenizer, prepare_student
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_recipes import CPU, DATA, ROOT, load_recipe, write_recipe
+from helpers import CPU, DATA, ROOT, load_recipe, write_recipe
 
 from distill_trainer import cli
-from distill_trainer.recipe_utils import run_recipe
+from distill_trainer.runner import run_recipe
 
 
 @dataclass

@@ -3,8 +3,8 @@ the last complete one, and a skipped non-finite batch changes no weight."""
 
 import pytest
 import torch
+from helpers import make_trainer, poison
 from safetensors.torch import load_file
-from test_trainer import _poison, make_trainer
 from transformers import Trainer, TrainerCallback
 
 from distill_trainer.checkpoints import (
@@ -42,7 +42,7 @@ def weights(output_dir):
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(tmp_path, tokenizer, student, teacher,
                                                                     monkeypatch):
-    from conftest import build_model
+    from distill_trainer.testing import build_model
 
     out = tmp_path / "out"
     settings = {"save_strategy": "steps", "save_steps": 1, "max_steps": 3}
@@ -80,7 +80,7 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path, tokenizer, stu
 
 
 def test_the_best_checkpoint_is_named_by_its_final_path(tmp_path, tokenizer, student, teacher):
-    from test_trainer import make_args, make_dataset
+    from helpers import make_args, make_dataset
 
     from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 
@@ -113,7 +113,7 @@ def test_resume_settings(tmp_path):
 def test_a_skipped_nonfinite_batch_changes_no_weight(tmp_path, tokenizer, student, teacher):
     """Adam keeps momentum: a zero gradient would still move the weights. A skipped batch leaves every
     gradient None, so the optimizer leaves every weight (and its state) alone."""
-    _poison(student, from_call=3)  # the student's 3rd forward (step 3) onwards gives NaN logits
+    poison(student, from_call=3)  # the student's 3rd forward (step 3) onwards gives NaN logits
     snapshots = {}
 
     class Snapshot(TrainerCallback):
@@ -138,7 +138,7 @@ def test_overwrite_output_dir_removes_an_earlier_runs_checkpoints(tmp_path, toke
 
 
 def test_resuming_from_an_earlier_checkpoint_replaces_the_later_ones(tmp_path, tokenizer, teacher):
-    from conftest import build_model
+    from distill_trainer.testing import build_model
 
     out, settings = tmp_path / "out", {"save_strategy": "steps", "save_steps": 1, "max_steps": 2}
     make_trainer(tmp_path, build_model(len(tokenizer), seed=0), teacher, tokenizer, **settings).train()

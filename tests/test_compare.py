@@ -1,6 +1,6 @@
 """recipes/compare.py end to end on tiny models (2 steps per method), its per-method configs, and the report."""
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -9,20 +9,13 @@ import yaml
 
 from distill_trainer import UsageError, parse_config
 from distill_trainer.report import add_teacher_agreement, agreement, format_table
+from recipes import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = str(Path(__file__).parent / "data")
 EMBEDDED_YAML = ROOT / "recipes" / "configs" / "embedded" / "compare.yaml"
 
 
-def load_module(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load_module(ROOT / "recipes" / "compare.py", "recipe_compare")
 
 
 def write_config(tmp_path, tiny_dirs, **overrides):
@@ -73,7 +66,7 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
         assert row["peak_memory_mib"] >= 0 and row["wall_seconds"] > 0
         # the method's config is a complete config of its recipe
         recipe, _ = compare.METHODS[name]
-        module = load_module(ROOT / "recipes" / f"{recipe}.py", f"recipe_{recipe}")
+        module = importlib.import_module(f"recipes.{recipe}")
         parse_config(module.CONFIG_TYPES, ["--config", str(method_dir / "method.yaml")])
 
     assert rows["icl_teacher"]["eval"]["mnli"]["teacher_agreement"] == 1.0

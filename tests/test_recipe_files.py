@@ -1,7 +1,7 @@
 """Every YAML under recipes/configs starts with the command that runs it, and every recipe YAML loads
 into the dataclasses of the recipe that command names (its CONFIG_TYPES)."""
 
-import importlib.util
+import importlib
 import shlex
 from pathlib import Path
 
@@ -29,9 +29,7 @@ def option(argv: list[str], name: str) -> str:
 
 
 def recipe_types(script: Path):
-    spec = importlib.util.spec_from_file_location(f"recipe_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"recipes.{script.stem}")
     return getattr(module, "CONFIG_TYPES", DEFAULT_TYPES)
 
 

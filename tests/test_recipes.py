@@ -1,41 +1,15 @@
 """The three recipes end to end on tiny models: through `accelerate launch` (one subprocess each, 2 steps),
 in process for variants. The bad inputs are catalogued in test_bad_inputs.py."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from helpers import CPU, ROOT, load_recipe, write_recipe
 
 from distill_trainer import parse_config
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = str(Path(__file__).parent / "data")
-CPU = "recipes/configs/accelerate/cpu.yaml"
-
-
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_recipe(tmp_path, tiny_dirs, name="recipe", **overrides):
-    values = {
-        "model_name_or_path": tiny_dirs["student"], "task": "mnli", "eval_tasks": ["mnli", "hans"],
-        "data_source": "local", "data_dir": DATA, "k": 2, "num_train_examples": 8, "hans_per_subcase": 1,
-        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "per_device_eval_batch_size": 16,
-        "max_steps": 2, "learning_rate": 1e-3, "save_strategy": "no", "logging_steps": 1, "use_cpu": True,
-        "disable_tqdm": True, "report_to": "none",
-    }
-    values.update(overrides)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return str(path)
 
 
 def launch(recipe, config, *extra):
@@ -120,7 +94,7 @@ def test_context_distill_lora_student_with_self_teacher(tmp_path, tiny_dirs, cap
 
 
 def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_dirs):
-    from distill_trainer.recipe_utils import prepare_data
+    from distill_trainer.run_data import prepare_data
 
     pbft = load_recipe("pattern_finetune").CONFIG_TYPES
     _, data_args, _ = parse_config(pbft, ["--config", write_recipe(tmp_path, tiny_dirs)])

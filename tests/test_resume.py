@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import torch
+from helpers import ROOT, load_recipe, write_recipe
 from safetensors.torch import load_file
-from test_recipes import ROOT, load_recipe, write_recipe
 from transformers import TrainerCallback
 
 from distill_trainer import parse_config
@@ -25,13 +25,9 @@ KILL_AFTER_STEP = 3  # checkpoint-2 is on disk, step 3 is done but not saved: th
 # the killed run: the recipe with a callback that reports step 3 and then waits to be killed
 KILLED_RUN = """
 import pathlib, sys, time
-import importlib.util
 from transformers import TrainerCallback
 from distill_trainer import parse_config
-
-spec = importlib.util.spec_from_file_location("recipe", "recipes/context_distill.py")
-recipe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recipe)
+from recipes import context_distill as recipe
 config, step, marker = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
 
 class WaitForTheKill(TrainerCallback):

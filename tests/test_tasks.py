@@ -6,7 +6,7 @@ import pytest
 
 from distill_trainer import tasks
 from distill_trainer.errors import UsageError
-from distill_trainer.recipe_utils import prepare_data
+from distill_trainer.run_data import prepare_data
 from distill_trainer.tasks import (
     DataArguments,
     DemonstrationSampler,
@@ -218,7 +218,7 @@ def test_two_view_dataset_for_a_teacher_with_another_tokenizer(tokenizer):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from distill_trainer.recipe_utils import build_view_dataset
+    from distill_trainer.run_data import build_view_dataset
 
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

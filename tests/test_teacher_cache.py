@@ -7,12 +7,12 @@ import torch
 from datasets import Dataset
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
+from distill_trainer.answer_logits import answer_logits
 from distill_trainer.errors import UsageError
 from distill_trainer.losses import LOSS_KINDS, distillation_loss, sparse_distillation_loss
 from distill_trainer.models import load_causal_lm, prepare_student
 from distill_trainer.output_cache import load_or_build_teacher_outputs, teacher_output_cache_key
 from distill_trainer.prefix_cache import PrefixCachedTeacher
-from distill_trainer.trainer import answer_logits
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes\n\n" \
         "A man is playing a guitar question: Nobody plays music. Yes or No? answer: No"

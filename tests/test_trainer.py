@@ -2,39 +2,12 @@ import copy
 
 import pytest
 import torch
-from datasets import Dataset
+from helpers import DEMOS, ROWS, make_args, make_dataset, make_trainer, poison
 
-from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
+from distill_trainer import ContextDistillationTrainer, TwoViewCollator, build_views
+from distill_trainer.answer_logits import answer_logits
 from distill_trainer.errors import UsageError
 from distill_trainer.models import prepare_student
-from distill_trainer.trainer import answer_logits
-
-DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
-ROWS = [
-    ("A man is playing a guitar question: Nobody plays music. Yes or No? answer:", " No"),
-    ("The doctor saw the lawyer question: The lawyer saw the doctor. Yes or No? answer:", " Yes"),
-    ("Two dogs run in the park question: Dogs run. Yes or No? answer:", " Yes"),
-    ("The senator thanked the artist question: Nobody was thanked. Yes or No? answer:", " No question: Yes"),
-]
-
-
-def make_dataset(tokenizer, n=8):
-    rows = [ROWS[i % len(ROWS)] for i in range(n)]
-    return Dataset.from_list([build_views(tokenizer, q, a, DEMOS) for q, a in rows])
-
-
-def make_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
-                  logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
-    values.update(overrides)
-    return DistillationConfig(**values)
-
-
-def make_trainer(tmp_path, student, teacher, tokenizer, **overrides):
-    return ContextDistillationTrainer(
-        model=student, teacher=teacher, args=make_args(tmp_path, **overrides), train_dataset=make_dataset(tokenizer),
-        data_collator=TwoViewCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-    )
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -130,7 +103,7 @@ def test_label_words_distillation_trains(tmp_path, tokenizer, student, teacher):
 
 
 def test_vocabulary_mismatch_is_rejected(tmp_path, tokenizer, student):
-    from conftest import build_model
+    from distill_trainer.testing import build_model
 
     other = build_model(len(tokenizer) + 10, seed=3)
     with pytest.raises(UsageError, match="vocabularies differ.*label_words"):
@@ -159,29 +132,17 @@ def test_teacher_by_path_loads(tmp_path, tokenizer, tiny_dirs, student):
     trainer.train()
 
 
-def _poison(model, from_call):
-    calls = {"n": 0}
-
-    def hook(module, args, output):
-        calls["n"] += 1
-        if calls["n"] >= from_call:
-            output.logits = output.logits * float("nan")
-        return output
-
-    model.register_forward_hook(hook)
-
-
 def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, tokenizer, student, teacher):
     from distill_trainer.errors import NonFiniteLossError
 
-    _poison(student, from_call=3)
+    poison(student, from_call=3)
     trainer = make_trainer(tmp_path, student, teacher, tokenizer, save_strategy="steps", save_steps=1)
     with pytest.raises(NonFiniteLossError, match="at step 3.*checkpoint-2.*skip_nonfinite_loss"):
         trainer.train()
 
 
 def test_nonfinite_loss_can_skip_batches(tmp_path, tokenizer, student, teacher):
-    _poison(student, from_call=3)
+    poison(student, from_call=3)
     before = {k: v.clone() for k, v in student.named_parameters()}
     trainer = make_trainer(tmp_path, student, teacher, tokenizer, skip_nonfinite_loss=True, max_steps=3)
     trainer.train()
@@ -191,7 +152,7 @@ def test_nonfinite_loss_can_skip_batches(tmp_path, tokenizer, student, teacher):
 
 
 def test_self_teacher_runs_without_dropout(tmp_path, tokenizer):
-    from conftest import build_model
+    from distill_trainer.testing import build_model
 
     model = build_model(len(tokenizer), seed=0)
     model.config.attention_dropout = 0.5  # dropout that would make a train-mode teacher random

@@ -1,8 +1,7 @@
-"""Plumbing the recipes share: data preparation, two-view datasets, evaluation over tasks, outputs, the
-one-screen summary, and turning a `UsageError` into one line on stderr with exit status 2.
+"""Running a recipe: the student it trains, evaluation over every task, the files it writes (metrics,
+predictions, resolved config), the one-screen summary, and a `UsageError` turned into one line on stderr
+with exit status 2. The rows it reads come from `run_data.py`.
 
-    data = prepare_data(data_args)                     # eval sets, demonstrations, training queries
-    train = build_view_dataset(tokenizer, data.train_rows, data.pattern, data.sampler, max_length=2048)
     results = evaluate_on_tasks(model, tokenizer, data, config, data_args, demonstrations=None)
     write_outputs(config.output_dir, metrics, results.predictions, [student_args, data_args, config], "icl_eval")
 """
@@ -20,27 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from datasets import Dataset
 
 from .checkpoints import run_results
 from .errors import UsageError
-from .evaluation import evaluate_task, label_token_ids
+from .evaluation import evaluate_task
 from .models import count_parameters, load_causal_lm, prepare_student
-from .tasks import (
-    SEPARATOR,
-    TASKS,
-    DataArguments,
-    DemonstrationSampler,
-    NLITask,
-    Pattern,
-    balanced_subset,
-    fit_demonstrations,
-    get_task,
-    load_split,
-    per_subcase_subset,
-    row_key,
-)
-from .views import build_views
+from .run_data import NLIData
+from .tasks import DataArguments, get_task
 
 # training settings worth recording in a resolved config even when the recipe left them at their default
 TRAINING_KEYS = (
@@ -66,91 +51,6 @@ def is_main_process() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
-
-
-# ---------------------------------------------------------------- data
-
-
-@dataclass
-class NLIData:
-    """Everything a recipe reads: the training task's pool, its training queries, the evaluation sets."""
-
-    task: NLITask
-    pattern: Pattern
-    pool: Dataset
-    sampler: DemonstrationSampler
-    eval_sets: dict[str, Dataset]
-    train_rows: Dataset | None = None
-
-
-def load_eval_set(name: str, data_args: DataArguments) -> Dataset:
-    task = get_task(name)
-    rows = load_split(task, task.eval_split, data_args.data_source, data_args.data_dir)
-    if "subcase" in task.extra_columns:
-        return per_subcase_subset(rows, data_args.hans_per_subcase, data_args.subset_seed)
-    return balanced_subset(rows, data_args.num_eval_examples, task.num_labels, data_args.subset_seed,
-                           what=f"{name} evaluation rows (num_eval_examples)")
-
-
-def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
-    """Evaluation sets, then the fixed demonstrations (never an evaluation query), then the training
-    queries (never a fixed demonstration). The same arguments give the same rows in every recipe, so
-    pattern-based fine-tuning and context distillation train on the same queries."""
-    task, pattern = get_task(data_args.task), data_args.get_pattern()
-    if task.train_split is None:
-        trainable = ", ".join(name for name, t in TASKS.items() if t.train_split)
-        raise UsageError(f"task {task.name!r} has no training split for demonstrations or training; "
-                         f"use it in eval_tasks and set task to one of: {trainable}")
-    eval_sets = {name: load_eval_set(name, data_args) for name in data_args.eval_tasks}
-    eval_keys = {row_key(row) for rows in eval_sets.values() for row in rows}
-    pool = load_split(task, task.train_split, data_args.data_source, data_args.data_dir,
-                      keep_idx=data_args.demonstration_ids is not None)
-    sampler = DemonstrationSampler(pool, pattern, task.num_labels, data_args.k, data_args.demonstration_seed,
-                                   data_args.resample_demonstrations, exclude_keys=eval_keys,
-                                   demonstration_ids=data_args.demonstration_ids)
-    train_rows = None
-    if with_train:
-        train_rows = balanced_subset(pool, data_args.num_train_examples, task.num_labels, data_args.subset_seed,
-                                     exclude_keys=sampler.fixed_keys | eval_keys,
-                                     what="training examples (num_train_examples)")
-    return NLIData(task, pattern, pool, sampler, eval_sets, train_rows)
-
-
-def model_max_length(model_config, data_args: DataArguments) -> int | None:
-    """The longest prompt allowed: `max_length` if set, else the model's position limit."""
-    if data_args.max_length is not None:
-        return data_args.max_length
-    return getattr(model_config, "max_position_embeddings", None)
-
-
-def build_view_dataset(tokenizer, rows, pattern: Pattern, sampler: DemonstrationSampler | None = None,
-                       max_length: int | None = None, drop_demonstrations_to_fit: bool = False,
-                       teacher_tokenizer=None) -> Dataset:
-    """Two views per row (`build_views`); without a sampler, the student view only (pattern-based
-    fine-tuning). A teacher with another tokenizer gets its view built with its own tokenizer."""
-    other = teacher_tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab()
-    features = []
-    for index, row in enumerate(rows):
-        query, answer = pattern.query(row), pattern.answer(row["label"])
-        if sampler is None:
-            views = build_views(tokenizer, query, answer)
-            views = {k: v for k, v in views.items() if not k.startswith("teacher_")}
-        else:
-            demos = fit_demonstrations(teacher_tokenizer if other else tokenizer, sampler.for_query(row), query,
-                                       answer, max_length, drop_demonstrations_to_fit)
-            views = build_views(tokenizer, query, answer, SEPARATOR.join(demos), SEPARATOR)
-            if other:
-                teacher = build_views(teacher_tokenizer, query, answer, SEPARATOR.join(demos), SEPARATOR)
-                views["teacher_input_ids"] = teacher["teacher_input_ids"]
-                views["teacher_answer_positions"] = teacher["teacher_answer_positions"]
-                views["teacher_prefix_length"] = teacher["teacher_prefix_length"]  # for the prefix KV cache
-        features.append({**views, "label": int(row["label"]), "example_index": index})
-    return Dataset.from_list(features)
-
-
-def first_token_ids(tokenizer, pattern: Pattern) -> list[int]:
-    """The verbalizer's first token per label (checked for collisions), as the trainer wants them."""
-    return [ids[0] for ids in label_token_ids(tokenizer, pattern.label_words)]
 
 
 # ---------------------------------------------------------------- student and training
