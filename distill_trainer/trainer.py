@@ -213,6 +213,7 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
                 if cached is not None:
                     done[name] = cached
                     self.teacher_output_cache_info[name] = {"path": str(path), "reused": True, "seconds": 0.0}
+                    logger.info("teacher output cache reused: %s (the teacher is not loaded)", path)
             if len(done) < len(datasets):
                 self.teacher = load_teacher()
         if len(done) < len(datasets):
