@@ -231,11 +231,22 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
     for name, seed in (("student", 0), ("teacher", 1)):
         build_model(len(tokenizer), seed=seed, hidden_size=width, layers=layers).save_pretrained(models / name)
         tokenizer.save_pretrained(models / name)
+    # count the prefix-cached teacher forwards, so "same losses" cannot come from the cache never running
+    import distill_trainer.prefix_cache as prefix_cache_module
+
+    cached_calls = {"n": 0}
+    original = prefix_cache_module.PrefixCachedTeacher.answer_logits
+
+    def counted(self, *args, **kwargs):
+        cached_calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    prefix_cache_module.PrefixCachedTeacher.answer_logits = counted
     spec = importlib.util.spec_from_file_location("context_distill", REPO / "recipes" / "context_distill.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     steps = 3
-    losses = {}
+    losses, cached_forwards = {}, {}
     for prefix_cache in (True, False):
         name = "prefix-cache" if prefix_cache else "no-prefix-cache"
         config = {
@@ -249,10 +260,13 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
         }
         path = out / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
+        cached_calls["n"] = 0
         metrics = recipe.main(["--config", str(path)])
+        cached_forwards[name] = cached_calls["n"]
         losses[name] = [log["kd_loss"] for log in metrics["log_history"] if "kd_loss" in log]
     with_cache, without = losses["prefix-cache"], losses["no-prefix-cache"]
-    rows, same = [], len(with_cache) == len(without) == steps
+    cache_ran = cached_forwards["prefix-cache"] > 0 and cached_forwards["no-prefix-cache"] == 0
+    rows, same = [], len(with_cache) == len(without) == steps and cache_ran
     for step, (a, b) in enumerate(zip(with_cache, without), 1):
         ok = abs(a - b) <= LOSS_ATOL + LOSS_RTOL * abs(b)
         same &= ok
@@ -262,9 +276,12 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
         f"device `{device}`; random-init Llama student and teacher ({layers} layers x {width}), k=4 "
         f"demonstrations; tolerance |diff| <= {LOSS_ATOL:g} + {LOSS_RTOL:g} |loss|.", "",
         "| step | KD loss, prefix cache | KD loss, no prefix cache | abs diff | |", "|---:|---:|---:|---:|---|",
-        *rows, "", f"Same losses within bf16 tolerance: {'yes' if same else 'NO'}.",
+        *rows, "", f"Prefix-cached teacher forwards: {cached_forwards['prefix-cache']} with the cache, "
+        f"{cached_forwards['no-prefix-cache']} without.",
+        f"Same losses within bf16 tolerance: {'yes' if same else 'NO'}.",
     ])
-    (out / "recipe.json").write_text(json.dumps({"losses": losses, "same_losses": same, "markdown": markdown},
+    (out / "recipe.json").write_text(json.dumps({"losses": losses, "cached_forwards": cached_forwards,
+                                                 "same_losses": same, "markdown": markdown},
                                                 indent=1))
     shutil.rmtree(models, ignore_errors=True)
     print(markdown)
