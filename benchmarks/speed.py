@@ -373,7 +373,8 @@ def run_pair(name, options, shared, meter):
 
     print(f"[speed] == {name} ==", flush=True)
     device = options.device
-    teacher, student, tokenizer, description = model_pair(name, shared)
+    with torch.device(device):  # random init straight on the GPU: a 1.3B init on the CPU takes a while
+        teacher, student, tokenizer, description = model_pair(name, shared)
     teacher.eval().requires_grad_(False)
     teacher, student = teacher.to(device), student.to(device)
     demonstrations, rows, pattern, data_dir = load_rows(
