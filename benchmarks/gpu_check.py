@@ -272,12 +272,12 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
         same &= ok
         rows.append(f"| {step} | {a:.5f} | {b:.5f} | {abs(a - b):.2e} | {'ok' if ok else 'DIFFERENT'} |")
     markdown = "\n".join([
-        f"`recipes/context_distill.py`, {steps} steps, bf16 (teacher loaded in bf16, student under bf16 autocast), "
-        f"device `{device}`; random-init Llama student and teacher ({layers} layers x {width}), k=4 "
-        f"demonstrations; tolerance |diff| <= {LOSS_ATOL:g} + {LOSS_RTOL:g} |loss|.", "",
+        (f"`recipes/context_distill.py`, {steps} steps, bf16 (teacher loaded in bf16, student under bf16 "
+         f"autocast), device `{device}`; random-init Llama student and teacher ({layers} layers x {width}), k=4 "
+         f"demonstrations; tolerance |diff| <= {LOSS_ATOL:g} + {LOSS_RTOL:g} |loss|."), "",
         "| step | KD loss, prefix cache | KD loss, no prefix cache | abs diff | |", "|---:|---:|---:|---:|---|",
-        *rows, "", f"Prefix-cached teacher forwards: {cached_forwards['prefix-cache']} with the cache, "
-        f"{cached_forwards['no-prefix-cache']} without.",
+        *rows, "", (f"Prefix-cached teacher forwards: {cached_forwards['prefix-cache']} with the cache, "
+                    f"{cached_forwards['no-prefix-cache']} without."),
         f"Same losses within bf16 tolerance: {'yes' if same else 'NO'}.",
     ])
     (out / "recipe.json").write_text(json.dumps({"losses": losses, "cached_forwards": cached_forwards,
@@ -306,8 +306,8 @@ def write_report(results: Path, options, records: dict, started: float) -> None:
         f"- device: `{options.device}`; GPU: {env.get('gpu') or 'none'}",
         f"- torch {versions.get('torch')}, CUDA {env.get('cuda')}, Python {env.get('python')}; "
         + ", ".join(f"{k} {versions.get(k)}" for k in PACKAGES if k not in ("torch",)),
-        f"- date: {env.get('date') or time.strftime('%Y-%m-%d')}; host {platform.node()}; "
-        f"{time.perf_counter() - started:.0f} s so far of a {options.budget_s:.0f} s budget",
+        (f"- date: {env.get('date') or time.strftime('%Y-%m-%d')}; host {platform.node()}; "
+         f"{time.perf_counter() - started:.0f} s so far of a {options.budget_s:.0f} s budget"),
         f"- command: `python3 benchmarks/gpu_check.py {' '.join(options.argv)}`", "",
         "| step | status | seconds | note |", "|---|---|---:|---|",
     ]

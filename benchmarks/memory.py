@@ -560,8 +560,8 @@ def environment(device: str = "cpu") -> dict:
             versions[package] = None
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {psutil.virtual_memory().total / GIB:.1f} GiB RAM"
     if device.startswith("cuda"):  # asked from a short-lived process, like available_bytes
-        probe = ("import torch; p = torch.cuda.get_device_properties(torch.device(%r)); "
-                 "print(f'{p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}')" % device)
+        probe = (f"import torch; p = torch.cuda.get_device_properties(torch.device({device!r})); "
+                 "print(f'{p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}')")
         gpu = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False).stdout.strip()
         machine += f"; {gpu or 'GPU not identified'}"
     return {"machine": machine, "python": platform.python_version(), "versions": versions,

@@ -473,9 +473,9 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}` ({report['total_seconds'] / 60:.1f} min)  ",
         f"Machine: {report['machine']}, load average {report['load_average']} at the start; torch "
         f"{report['torch']}, transformers {report['transformers']}, trl {report['trl'] or 'not installed'}  ",
-        f"Device `{o.get('device', 'cpu')}`{' (' + report['gpu'] + ')' if report.get('gpu') else ''}; memory "
-        f"columns: {'CUDA allocated bytes' if report.get('memory_method') == 'cuda_allocated' else 'resident bytes'}."
-        "  ",
+        (f"Device `{o.get('device', 'cpu')}`{' (' + report['gpu'] + ')' if report.get('gpu') else ''}; memory "
+         f"columns: {'CUDA allocated bytes' if report.get('memory_method') == 'cuda_allocated' else 'resident bytes'}."
+         "  "),
         f"Batch {o['batch_size']}, {o['demonstrations']} demonstrations ({PATTERN} pattern, MNLI rows), fp32, "
         f"AdamW on the whole student; median of {o['steps']} steps after {o['warmup']} warm-up, the variants "
         "interleaved step by step.", "",
