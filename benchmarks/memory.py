@@ -116,8 +116,14 @@ def _scenarios() -> list[Scenario]:
 
 SCENARIOS = {s.name: s for s in _scenarios()}
 REFERENCE = "pbft-opt-1.3b"
-# The teacher that builds the cached outputs (any would do: training never sees it).
-CACHE_TEACHER = {"teacher": "opt-1.3b", "teacher_dtype": "float32", "teacher_quantization": "8bit"}
+# The teacher that builds the cached outputs (any would do: training never sees it); --cache-teacher bf16
+# where bitsandbytes is missing.
+CACHE_TEACHERS = {
+    "8bit": {"teacher": "opt-1.3b", "teacher_dtype": "float32", "teacher_quantization": "8bit"},
+    "bf16": {"teacher": "opt-1.3b", "teacher_dtype": "bfloat16", "teacher_quantization": "none"},
+    "fp32": {"teacher": "opt-1.3b", "teacher_dtype": "float32", "teacher_quantization": "none"},
+}
+CACHE_TEACHER = CACHE_TEACHERS["8bit"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,7 +249,8 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     on_cuda = tracker.cuda is not None
     runtime = 0 if on_cuda else tracker.baseline_cpu_rss
     batch, accumulation = scenario_batch(scenario, settings)
-    teacher_spec = CACHE_TEACHER if scenario.teacher_outputs_cached else dataclasses.asdict(scenario)
+    cache_teacher = CACHE_TEACHERS[settings.get("cache_teacher", "8bit")]
+    teacher_spec = cache_teacher if scenario.teacher_outputs_cached else dataclasses.asdict(scenario)
 
     with tracker.phase("model_load"):
         student = build_student(scenario, settings["tiny"])
@@ -297,6 +304,8 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return {
         "scenario": scenario.name, "status": "measured", "peak_bytes": peak, "runtime_bytes": runtime,
+        # what the caching allocator held from the driver at its peak (allocated + cached free blocks)
+        "peak_reserved_bytes": peaks.get("cuda_reserved"),
         "breakdown": breakdown.as_dict(), "memory": tracker.as_dict(), "seconds": round(seconds, 1),
         "trainable_parameters": trainable, "total_parameters": total, "batch_size": batch,
         "gradient_accumulation_steps": accumulation, "losses": losses,
@@ -307,8 +316,9 @@ def _directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def run_disk(settings: dict, checkpoint: str, workdir: str) -> dict:
-    """Save the random-initialised teacher (kept: the CD scenarios load it) and students; measure the files."""
+def run_disk(settings: dict, checkpoint: str, workdir: str, sizes_too: bool = True) -> dict:
+    """Save the random-initialised teacher (kept: the CD scenarios load it) and students; measure the files.
+    `sizes_too=False`: the teacher checkpoint only (the sizes are not asked for, and cost a minute at 1.3B)."""
     _import_runtime()
     import torch
     from safetensors.torch import save_file
@@ -322,6 +332,8 @@ def run_disk(settings: dict, checkpoint: str, workdir: str) -> dict:
     teacher.save_pretrained(checkpoint)  # fp16, as facebook/opt-1.3b is published
     sizes["teacher OPT-1.3B fp16"] = _directory_bytes(checkpoint)
     del teacher
+    if not sizes_too:
+        return {"scenario": "checkpoint", "status": "measured", "sizes_bytes": sizes, "notes": notes}
     scratch = Path(workdir) / "disk"
     for label, dtype, quantization in (("fp32", "float32", "none"), ("8-bit", "float32", "8bit")):
         try:
@@ -359,8 +371,8 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True)
     ns = parser.parse_args(argv)
     spec = json.loads(ns.spec)
-    if ns.worker == "disk":
-        result = run_disk(spec["settings"], spec["checkpoint"], spec["workdir"])
+    if ns.worker in ("disk", "checkpoint"):
+        result = run_disk(spec["settings"], spec["checkpoint"], spec["workdir"], sizes_too=ns.worker == "disk")
     else:
         result = run_scenario(SCENARIOS[ns.worker], spec["settings"], spec["checkpoint"], spec["workdir"])
     Path(ns.out).write_text(json.dumps(result, indent=1))
@@ -385,8 +397,8 @@ def launch(name: str, spec: dict, in_process: bool, timeout: float) -> dict:
     """Run one worker in a fresh interpreter (or here, for tests) and return its result or the failure."""
     if in_process:
         try:
-            if name == "disk":
-                return run_disk(spec["settings"], spec["checkpoint"], spec["workdir"])
+            if name in ("disk", "checkpoint"):
+                return run_disk(spec["settings"], spec["checkpoint"], spec["workdir"], sizes_too=name == "disk")
             return run_scenario(SCENARIOS[name], spec["settings"], spec["checkpoint"], spec["workdir"])
         except Exception as error:  # noqa: BLE001 - recorded in the table like a crashed subprocess
             return {"scenario": name, "status": "failed", "error": f"{type(error).__name__}: {error}"}
@@ -421,9 +433,14 @@ def run_all(settings: dict, names: list[str], output_dir: Path, in_process: bool
     spec = {"settings": settings, "checkpoint": checkpoint, "workdir": workdir}
     try:
         needs_teacher = any(SCENARIOS[n].distills for n in names if n in SCENARIOS)
-        if "disk" in names or (needs_teacher and not Path(checkpoint, "config.json").is_file()):
+        if "disk" in names:
             _announce("disk", "saving the random-initialised models (the teacher checkpoint is reused)")
             _save(results_dir, "disk", launch("disk", spec, in_process, timeout), settings)
+        elif needs_teacher and not Path(checkpoint, "config.json").is_file():
+            _announce("checkpoint", "saving the random-initialised teacher")
+            result = launch("checkpoint", spec, in_process, timeout)
+            if result["status"] != "measured":
+                _announce("checkpoint", "failed: " + result.get("error", ""))
         for name in names:
             if name == "disk":
                 continue
@@ -489,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per scenario")
     parser.add_argument("--keep-checkpoint", default=None,
                         help="directory for the random teacher checkpoint, kept for later runs (default: temporary)")
+    parser.add_argument("--cache-teacher", choices=sorted(CACHE_TEACHERS), default="8bit",
+                        help="the teacher that builds the cached outputs of the cd-cached scenarios (bf16 where "
+                             "bitsandbytes is missing; training never sees it)")
     parser.add_argument("--glibc-default", action="store_true",
                         help="CPU: keep glibc's adaptive mmap threshold (RSS then includes freed heap memory)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from stored results")
@@ -503,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                 "gradient_accumulation_steps": ns.gradient_accumulation_steps, "steps": ns.steps,
                 "demonstration_tokens": shapes["demonstration_tokens"], "student_tokens": shapes["student_tokens"],
                 "paper_batch": shapes["paper_batch"], "glibc_default": ns.glibc_default}
+    if ns.cache_teacher != "8bit":  # recorded only when not the default, so earlier results still load
+        settings["cache_teacher"] = ns.cache_teacher
     names = ["disk", *SCENARIOS] if ns.scenarios == "all" else [n.strip() for n in ns.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n != "disk" and n not in SCENARIOS]
     if unknown:
@@ -520,12 +542,12 @@ def main(argv: list[str] | None = None) -> int:
         from memory_report import write_report
 
     write_report(load_results(output_dir, settings), settings, output_dir, estimate, SCENARIOS, REFERENCE,
-                 PAPER_CLAIMS, environment())
+                 PAPER_CLAIMS, environment(settings["device"]))
     print(f"[memory] wrote {output_dir}/memory.md, memory.json, memory.png", flush=True)
     return 0
 
 
-def environment() -> dict:
+def environment(device: str = "cpu") -> dict:
     from importlib import metadata
 
     import psutil
@@ -536,9 +558,14 @@ def environment() -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                       f"{psutil.virtual_memory().total / GIB:.1f} GiB RAM", "python": platform.python_version(),
-            "versions": versions, "date": time.strftime("%Y-%m-%d")}
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {psutil.virtual_memory().total / GIB:.1f} GiB RAM"
+    if device.startswith("cuda"):  # asked from a short-lived process, like available_bytes
+        probe = (f"import torch; p = torch.cuda.get_device_properties(torch.device({device!r})); "
+                 "print(f'{p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}')")
+        gpu = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False).stdout.strip()
+        machine += f"; {gpu or 'GPU not identified'}"
+    return {"machine": machine, "python": platform.python_version(), "versions": versions,
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def _code_version() -> str | None:

@@ -43,6 +43,7 @@ def _rows(results: dict, settings: dict, estimate, scenarios: dict, reference: s
             - predicted.optimizer_state - predicted.teacher_weights,
             "estimate_paper_batch_bytes": at_paper_batch.total,
             "error": None if measured is None else (measured - predicted.total) / predicted.total,
+            "reserved_bytes": result.get("peak_reserved_bytes") if measured is not None else None,
             "trainable_parameters": result.get("trainable_parameters") or predicted.gradients // 4,
             "breakdown": result.get("breakdown"),
             "phases": (result.get("memory") or {}).get("phases"), "seconds": result.get("seconds"),
@@ -88,6 +89,7 @@ def _goals(rows: list[dict]) -> dict:
 
 def _markdown(rows, reference, goals, disk, settings, claims, environment) -> str:
     batch, accumulation = settings["micro_batch_size"], settings["gradient_accumulation_steps"]
+    cuda = settings["device"].startswith("cuda")
     teacher_tokens = 1 + settings["demonstration_tokens"] + settings["student_tokens"] - 1
     lines = [
         "# Memory: context distillation vs pattern-based fine-tuning" + (" (tiny smoke run)" if settings["tiny"] else ""),
@@ -98,7 +100,8 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         f"teacher view {teacher_tokens} tokens ({settings['demonstration_tokens']} of them the 16 demonstrations, "
         f"shared: the teacher prefix KV cache is on unless a row says otherwise), AdamW, fp32 student, "
         f"device `{settings['device']}`. Peak = "
-        + ("CUDA peak allocated bytes" if settings["device"].startswith("cuda") else
+        + ("CUDA peak allocated bytes (reserved: the caching allocator's peak hold, allocated plus cached free "
+           "blocks)" if settings["device"].startswith("cuda") else
            "peak resident set size of the process") + " during `trainer.train()`, each scenario in a fresh process"
         + ("" if settings["device"].startswith("cuda") else
            (" with glibc's default malloc settings." if settings.get("glibc_default") else
@@ -116,9 +119,10 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         f"The last two columns are the analytic model at the paper's batch of {settings['paper_batch']} "
         "without accumulation (activations and the teacher's forward grow with it; the rest does not)."),
         "",
-        ("| scenario | trainable params | measured peak (GiB) | analytic (GiB) | error | reduction | "
-        f"analytic, batch {settings['paper_batch']} (GiB) | reduction, batch {settings['paper_batch']} |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ("| scenario | trainable params | measured peak (GiB) | " + ("reserved peak (GiB) | " if cuda else "")
+         + f"analytic (GiB) | error | reduction | analytic, batch {settings['paper_batch']} (GiB) | "
+         f"reduction, batch {settings['paper_batch']} |"),
+        "|---|---:|---:|" + ("---:|" if cuda else "") + "---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if row["status"] == "measured":
@@ -134,7 +138,8 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         if row["validation_only"] or row["scenario"] == (reference or {}).get("scenario"):
             reduction = paper_reduction = "-"  # the reference itself, or a check of the analytic model
         params = f"{row['trainable_parameters'] / 1e6:.2f} M" if row["trainable_parameters"] else "-"
-        lines.append(f"| {row['title']} | {params} | {measured} | {_gib(row['estimate_bytes'])} | "
+        reserved = f"{_gib(row['reserved_bytes'])} | " if cuda else ""
+        lines.append(f"| {row['title']} | {params} | {measured} | {reserved}{_gib(row['estimate_bytes'])} | "
                      f"{_pct(row['error']) if row['error'] is not None else '-'} | {reduction} | "
                      f"{_gib(row['estimate_paper_batch_bytes'])} | {paper_reduction} |")
     lines += [

@@ -3,6 +3,7 @@
     python benchmarks/speed.py                        # SmolLM2-135M (embedded), 16 demonstrations
     python benchmarks/speed.py --models smollm2-135m opt-125m opt-350m   # + OPT pairs (random init)
     python benchmarks/speed.py --quick                # tiny models, short prompts: a smoke test
+    python benchmarks/speed.py --device cuda --models opt-1.3b   # on a GPU, the paper's OPT-1.3B -> OPT-125M
 
 One process; per model pair one student, teacher, batch and set of 16 demonstrations. The variants run
 interleaved, one optimizer step each per round (warm-up rounds first); each reports the median step
@@ -17,8 +18,11 @@ and ICL evaluation of the teacher (label-word scoring of queries behind the demo
 without the prefix cache. Every step is forward + backward + AdamW update of the whole student, fp32.
 
 Models: the embedded SmolLM2-135M-Instruct (teacher = student = the real weights) when its package is
-installed, else a random-init model of its shape; OPT pairs are random-init from the published shapes.
-Memory is explained at the end of the report. Results: results/speed/speed.{md,json}.
+installed, else a random-init model of its shape; OPT pairs are random-init from the published shapes
+(`opt-1.3b`: the paper's OPT-1.3B teacher -> OPT-125M student, with a byte-level BPE trained on the query pool
+when no real tokenizer is at hand). On `--device cuda` steps are timed between CUDA synchronisations and the
+memory columns are CUDA allocated bytes. Memory is explained at the end of the report. Results:
+results/speed/speed.{md,json}.
 TRL is needed for (b) only: pip install -e ".[bench]".
 """
 
@@ -103,15 +107,15 @@ def build_features(tokenizer, pattern, demonstrations: list[str], rows) -> list[
     return [build_views(tokenizer, pattern.query(row), pattern.answer(row["label"]), block) for row in rows]
 
 
-def batches(features, batch_size, pad_token_id, count):
+def batches(features, batch_size, pad_token_id, count, device="cpu"):
     """`count` left-padded batches cycling through the features (left padding lines the answers up at the end,
-    which the naive full-sequence variant needs to slice teacher and student logits alike)."""
+    which the naive full-sequence variant needs to slice teacher and student logits alike), on `device`."""
     collate = TwoViewCollator(pad_token_id, padding_side="left")
     out = []
     for i in range(count):
         start = (i * batch_size) % len(features)
         chunk = (features + features)[start:start + batch_size]
-        out.append(collate(chunk))
+        out.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate(chunk).items()})
     return out
 
 
@@ -123,6 +127,23 @@ def fallback_tokenizer():
     from distill_trainer.testing import build_tokenizer
 
     return build_tokenizer()
+
+
+def data_tokenizer(vocab_size: int = 8192):
+    """A byte-level BPE trained on the MNLI pool's rendered rows: token counts near a real tokenizer's, for
+    random-init OPT pairs on a machine without one (the fixture BPE's 400 tokens split words into pieces)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    demonstrations, rows, pattern, _ = load_rows(16, 512)
+    texts = demonstrations + [pattern.query(row) + pattern.answer(row["label"]) for row in rows]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 def embedded_smollm2():
@@ -141,8 +162,8 @@ def random_model(kind: str, seed: int, vocab_size: int | None = None):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig
 
     torch.manual_seed(seed)
-    if kind == "opt-125m":
-        config = architecture_config("opt-125m")
+    if kind in ("opt-125m", "opt-1.3b"):
+        config = architecture_config(kind)
         config.dropout = 0.0  # timing only; and a teacher runs in eval mode anyway
         # fp32 like every other model here: the published config says float16, which CPUs run slowly
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -176,20 +197,25 @@ def model_pair(name: str, shared: dict):
             return teacher, copy.deepcopy(teacher), tokenizer, "SmolLM2-135M-Instruct (embedded, real weights); teacher = student"
         return (random_model("smollm2-135m", 1), random_model("smollm2-135m", 0), tokenizer,
                 f"SmolLM2-135M architecture (random init; {tokenizer_note})")
+    if name == "opt-1.3b":  # the paper's pair
+        if not embedded:
+            tokenizer, tokenizer_note = data_tokenizer(), "BPE trained on the query pool"
+        return (random_model("opt-1.3b", 1), random_model("opt-125m", 0), tokenizer,
+                f"OPT-1.3B teacher -> OPT-125M student, the paper's sizes (random init; {tokenizer_note})")
     if name == "opt-125m":
         return (random_model("opt-125m", 1), random_model("opt-125m", 0), tokenizer,
                 f"OPT-125M teacher and student (random init; {tokenizer_note})")
     if name == "opt-350m":
         return (random_model("opt-350m", 1), random_model("opt-125m", 0), tokenizer,
                 f"OPT-350M teacher -> OPT-125M student (random init; {tokenizer_note})")
-    raise SystemExit(f"unknown model pair {name!r}; choose from smollm2-135m, opt-125m, opt-350m, tiny")
+    raise SystemExit(f"unknown model pair {name!r}; choose from smollm2-135m, opt-125m, opt-350m, opt-1.3b, tiny")
 
 
 # ---------------------------------------------------------------------------- variants
 
 
-def make_trainer(student, teacher, tmp, train_dataset=None, tokenizer=None, **config):
-    args = DistillationConfig(output_dir=os.path.join(tmp, "out"), report_to="none", use_cpu=True,
+def make_trainer(student, teacher, tmp, train_dataset=None, tokenizer=None, device="cpu", **config):
+    args = DistillationConfig(output_dir=os.path.join(tmp, "out"), report_to="none", use_cpu=device == "cpu",
                               disable_tqdm=True, save_strategy="no", teacher_cache_dir=os.path.join(tmp, "cache"),
                               **config)
     return ContextDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=train_dataset,
@@ -237,13 +263,38 @@ def optimizer_step(loss_fn, batch, optimizer) -> float:
     return float(loss.detach())
 
 
+class CudaAllocatedMeter:
+    """CUDA allocated bytes behind the CPU meter's interface (current, reset, peak)."""
+
+    method = "cuda_allocated"
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def current(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+    def reset(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def synchronize(meter) -> None:
+    if isinstance(meter, CudaAllocatedMeter):  # kernels run asynchronously: wait for them before the clock
+        torch.cuda.synchronize(meter.device)
+
+
 def timed(meter, fn):
-    """(seconds, peak resident bytes above the start) of one call."""
+    """(seconds, peak memory above the start) of one call: resident bytes on CPU, allocated bytes on CUDA."""
     release_memory()
+    synchronize(meter)
     base = meter.current()
     meter.reset()
     start = time.perf_counter()
     out = fn()
+    synchronize(meter)
     return time.perf_counter() - start, meter.peak() - base, out
 
 
@@ -317,13 +368,16 @@ def run_pair(name, options, shared, meter):
     from datasets import Dataset
 
     print(f"[speed] == {name} ==", flush=True)
-    teacher, student, tokenizer, description = model_pair(name, shared)
+    device = options.device
+    with torch.device(device):  # random init straight on the GPU: a 1.3B init on the CPU takes a while
+        teacher, student, tokenizer, description = model_pair(name, shared)
     teacher.eval().requires_grad_(False)
+    teacher, student = teacher.to(device), student.to(device)
     demonstrations, rows, pattern, data_dir = load_rows(
         options.demonstrations, max(options.queries, options.icl_queries, options.icl_cached_queries))
     features = build_features(tokenizer, pattern, demonstrations, rows[: options.queries])
     rounds = options.warmup + options.steps
-    train = batches(features, options.batch_size, tokenizer.pad_token_id, rounds)
+    train = batches(features, options.batch_size, tokenizer.pad_token_id, rounds, device)
     student_bytes, teacher_bytes = model_bytes(student), model_bytes(teacher)
     result = {
         "pair": name, "models": description, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
@@ -333,16 +387,18 @@ def run_pair(name, options, shared, meter):
         "prefix_tokens": features[0]["teacher_prefix_length"], "data": str(data_dir.name),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        pbft = make_trainer(student, None, tmp, tokenizer=tokenizer, alpha=0.0)
-        answer_only = make_trainer(student, teacher, tmp, tokenizer=tokenizer, teacher_prefix_cache=False)
-        prefix = make_trainer(student, teacher, tmp, tokenizer=tokenizer, teacher_prefix_cache=True)
+        pbft = make_trainer(student, None, tmp, tokenizer=tokenizer, device=device, alpha=0.0)
+        answer_only = make_trainer(student, teacher, tmp, tokenizer=tokenizer, device=device,
+                                   teacher_prefix_cache=False)
+        prefix = make_trainer(student, teacher, tmp, tokenizer=tokenizer, device=device, teacher_prefix_cache=True)
         # (e): the one-off teacher pass (with the prefix cache) is timed apart; its steps never run the teacher
         build_seconds, _, cached = timed(meter, functools.partial(
-            make_trainer, student, teacher, tmp, tokenizer=tokenizer, train_dataset=Dataset.from_list(features),
+            make_trainer, student, teacher, tmp, tokenizer=tokenizer, device=device,
+            train_dataset=Dataset.from_list(features),
             teacher_output_cache=True, per_device_eval_batch_size=options.batch_size))
         assert cached.teacher is None
         train_cached = batches([cached.train_dataset[i] for i in range(len(features))], options.batch_size,
-                               tokenizer.pad_token_id, rounds)
+                               tokenizer.pad_token_id, rounds, device)
         variants = {"a": ("(a) fine-tuning", ours_step(pbft), train)}
         if shared["trl"]:
             variants["b"] = ("(b) naive TRL-style", naive_trl_step(student, teacher), train)
@@ -413,6 +469,9 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}` ({report['total_seconds'] / 60:.1f} min)  ",
         f"Machine: {report['machine']}, load average {report['load_average']} at the start; torch "
         f"{report['torch']}, transformers {report['transformers']}, trl {report['trl'] or 'not installed'}  ",
+        (f"Device `{o.get('device', 'cpu')}`{' (' + report['gpu'] + ')' if report.get('gpu') else ''}; memory "
+         f"columns: {'CUDA allocated bytes' if report.get('memory_method') == 'cuda_allocated' else 'resident bytes'}."
+         "  "),
         f"Batch {o['batch_size']}, {o['demonstrations']} demonstrations ({PATTERN} pattern, MNLI rows), fp32, "
         f"AdamW on the whole student; median of {o['steps']} steps after {o['warmup']} warm-up, the variants "
         "interleaved step by step.", "",
@@ -445,7 +504,8 @@ def markdown(report: dict) -> str:
         out += ["",
                 f"Label-word log-probs with vs without the prefix cache: max abs diff "
                 f"{icl['max_abs_logprob_diff']:.1e}.", "", "Goals:", "", *goals(pair), ""]
-    out += ["Extra memory: the largest rise of resident memory (kernel high-water mark) during one step "
+    out += ["Extra memory: the largest rise of resident memory (kernel high-water mark; on CUDA, of allocated "
+            "bytes) during one step "
             "of the variant: gradients, activations, logits, temporary KV caches. Peak memory: extra + what "
             "the variant keeps resident: student weights and AdamW state, the teacher's weights for (b), (c), "
             "(d), and the demonstrations' KV cache for (d).", ""]
@@ -456,7 +516,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models, 1 warm-up + 2 steps: a smoke test")
     parser.add_argument("--models", nargs="+", default=None,
-                        help="model pairs: smollm2-135m (default), opt-125m, opt-350m, tiny")
+                        help="model pairs: smollm2-135m (default), opt-125m, opt-350m, opt-1.3b, tiny")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--demonstrations", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=1)
@@ -484,7 +545,8 @@ def main(argv=None):
         print('[speed] trl is not installed: variant (b) is skipped (pip install -e ".[bench]")')
     torch.manual_seed(0)
     load_average = " / ".join(f"{x:.1f}" for x in os.getloadavg())  # the machine may be shared: say how busy
-    meter = CpuMemoryMeter()
+    meter = CudaAllocatedMeter(options.device) if options.device.startswith("cuda") else CpuMemoryMeter()
+    gpu = torch.cuda.get_device_name(torch.device(options.device)) if options.device.startswith("cuda") else None
     shared = {"trl": trl_version is not None}
     started = time.perf_counter()
     pairs = []
@@ -497,7 +559,8 @@ def main(argv=None):
         "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
         "settings": {k: getattr(options, k) for k in ("batch_size", "demonstrations", "warmup", "steps", "queries",
                                                       "icl_queries", "icl_cached_queries", "icl_repeats",
-                                                      "models")},
+                                                      "models", "device")},
+        "gpu": gpu, "cuda": torch.version.cuda if gpu else None,
         "memory_method": meter.method, "load_average": load_average, "total_seconds": time.perf_counter() - started, "pairs": pairs,
     }
     output = Path(options.output_dir)
