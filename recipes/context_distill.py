@@ -94,7 +94,7 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
         "loss": config.loss, "alpha": config.alpha, "temperature": config.temperature,
         "distill_vocab": config.distill_vocab,
         **training_metrics(trainer, train_result, len(train_dataset)),
-        "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+        "eval": results.metrics, "eval_seconds": round(results.seconds, 2), "data": data.data_report(),
     }
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)

@@ -76,7 +76,7 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
         "student_mode": student_args.student_mode, "task": data.task.name, "pattern": data.pattern.name,
         "label_words": list(data.pattern.label_words),
         **training_metrics(trainer, train_result, len(train_dataset)),
-        "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+        "eval": results.metrics, "eval_seconds": round(results.seconds, 2), "data": data.data_report(),
     }
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
