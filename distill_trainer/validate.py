@@ -8,7 +8,7 @@ Parsing (`config.parse_config`) has already rejected unknown or misspelled keys 
 name), values of the wrong type and out-of-range values. On top of that, in order of cost:
 1. the recipe's own rules (a teacher where one is needed, none where it would be ignored);
 2. training settings that would train nothing or diverge at once (learning rate, batch size, epochs);
-3. the output directory: writable, and not holding an earlier run's results or checkpoints unless
+3. the output directory: a folder of its own (not empty, /, home or the project's), writable, and not holding an earlier run's results or checkpoints unless
    `overwrite_output_dir` or `resume_from_checkpoint` says what to do with them (a resumed run must also
    use the settings the checkpoint was trained with);
 4. quantization without bitsandbytes;
@@ -22,7 +22,6 @@ Every problem is a `UsageError` whose message names the problem and the fix.
 from __future__ import annotations
 
 import importlib.util
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import yaml
 from .checkpoints import parse_resume_setting, resolve_resume, run_results
 from .errors import UsageError
 from .models import check_lora_target_modules, resolve_model_path
+from .output_dir import check_output_location
 from .recipe_utils import NLIData, first_token_ids, model_max_length, prepare_data, resolved_config
 from .tasks import fit_demonstrations
 
@@ -164,29 +164,12 @@ def check_training_settings(data_args, config) -> None:
 # ---------------------------------------------------------------- 3. output directory
 
 
-def check_writable(output_dir) -> None:
-    """The nearest existing ancestor of output_dir is a directory we can create files in."""
-    path = Path(output_dir).absolute()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"output_dir {output_dir} cannot be created: {existing} is a file, not a directory; "
-                         "choose another output_dir")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise UsageError(f"output_dir {output_dir} is not writable ({error.strerror or error} in {existing}); "
-                         "choose a directory you can write to") from None
-
-
 def check_output_dir(recipe: str, rules: RecipeRules, configs) -> str | None:
     """Writable, and either fresh, or resumed / overwritten as the settings say. Returns the checkpoint a
     resumed run starts from."""
     config = configs[-1]
     output_dir = config.output_dir
-    check_writable(output_dir)
+    check_output_location(output_dir)
     resume = parse_resume_setting(config.resume_from_checkpoint)
     overwrite = getattr(config, "overwrite_output_dir", False)
     if resume is not None and overwrite:
