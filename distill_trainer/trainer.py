@@ -28,6 +28,7 @@ from .losses import answer_cross_entropy, distillation_loss, sparse_distillation
 from .models import check_same_vocabulary, load_causal_lm
 from .output_cache import has_teacher_outputs, load_or_build_teacher_outputs
 from .prefix_cache import TeacherAnswerLogits
+from .train_loss import ResumableTrainLossMixin
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def prepare_teacher_for_deepspeed(teacher, accelerator):
     return engine
 
 
-class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
+class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin, Trainer):
     """Trainer for context distillation (and, with `alpha=0` and no teacher, pattern-based fine-tuning).
 
     Args:
