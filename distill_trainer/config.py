@@ -238,7 +238,8 @@ def _to_argv(values: dict) -> list[str]:
 
 
 def _cli_keys(argv: list[str]) -> list[str]:
-    return [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
+    # --help is argparse's own flag: it prints every setting with its help and exits
+    return [key for a in argv if a.startswith("--") and (key := a[2:].split("=", 1)[0]) != "help"]
 
 
 def _raise_value_error(message: str):

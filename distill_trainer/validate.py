@@ -341,6 +341,24 @@ def check_prompt_fits(tokenizer, data: NLIData, rows, max_length, drop: bool) ->
     fit_demonstrations(tokenizer, data.sampler.for_query(row), query, answer, max_length, drop)
 
 
+def check_rows_fit(tokenizer, rows, pattern, max_length, what: str, role: str) -> None:
+    """Every row's query and longest label word, as `role` reads it without demonstrations, fits its
+    `max_length` positions; the first row that does not is named. Queries are never truncated."""
+    if max_length is None or rows is None or len(rows) == 0:
+        return
+    rows = list(rows)
+    ids = tokenizer([pattern.query(row) for row in rows], add_special_tokens=False)["input_ids"]
+    answer = max(len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in pattern.label_words)
+    extra = len(tokenizer("", add_special_tokens=True)["input_ids"])  # a BOS token the views may add
+    for index, query in enumerate(ids):
+        length = len(query) + answer + extra
+        if length > max_length:
+            premise = " ".join(str(rows[index]["premise"]).split())[:50]
+            raise UsageError(f"{what} row {index + 1} is {length} tokens with its answer, more than the {role}'s "
+                             f"{max_length} positions (premise starts {premise!r}); shorten or remove that row "
+                             "(queries are never truncated)")
+
+
 def check_models_and_prompts(recipe, student_args, data_args, config, result: ValidatedRecipe, tokenizer,
                              check_models: bool) -> None:
     name = student_args.model_name_or_path
@@ -354,13 +372,18 @@ def check_models_and_prompts(recipe, student_args, data_args, config, result: Va
     student_config = load_config_checked(role, name)
     if recipe == "icl_eval":
         max_length = model_max_length(student_config, data_args)
-        if data_args.k:
-            for rows in result.data.eval_sets.values():
+        for task, rows in result.data.eval_sets.items():
+            if data_args.k:
                 check_prompt_fits(student_tokenizer, result.data, rows, max_length, data_args.drop_demonstrations_to_fit)
+            check_rows_fit(student_tokenizer, rows, result.data.pattern, max_length, f"{task} evaluation", role)
         result.checks.append((role, (f"{name}: {student_config.model_type}, label words {words}, prompts fit "
                                      f"{max_length} positions")))
         return
     check_student_mode(student_args, student_config)
+    positions = getattr(student_config, "max_position_embeddings", None)
+    check_rows_fit(student_tokenizer, result.data.train_rows, result.data.pattern, positions, "training", role)
+    for task, rows in result.data.eval_sets.items():
+        check_rows_fit(student_tokenizer, rows, result.data.pattern, positions, f"{task} evaluation", role)
     result.checks.append((role, f"{name}: {student_config.model_type}, {student_args.student_mode}, label words {words}"))
     teacher = config.teacher_model_name_or_path
     if recipe != "context_distill":
@@ -374,6 +397,7 @@ def check_models_and_prompts(recipe, student_args, data_args, config, result: Va
         if config.distill_vocab == "full":
             check_vocabularies(student_tokenizer, teacher_tokenizer, student_config, teacher_config)
     max_length = model_max_length(teacher_config, data_args)
+    check_rows_fit(teacher_tokenizer, result.data.train_rows, result.data.pattern, max_length, "training", "teacher")
     check_prompt_fits(teacher_tokenizer, result.data, result.data.train_rows, max_length,
                       data_args.drop_demonstrations_to_fit)
     result.checks.append(("teacher", (f"{teacher}: {teacher_config.model_type}, {config.distill_vocab} vocabulary, "
