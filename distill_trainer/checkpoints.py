@@ -43,6 +43,7 @@ WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model
                 "pytorch_model.bin.index.json")
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0", "none", "")
+_WARNED: set = set()
 
 
 def parse_resume_setting(value) -> bool | str | None:
@@ -138,7 +139,9 @@ def last_complete_checkpoint(output_dir) -> Path | None:
         problem = checkpoint_problem(path)
         if problem is None:
             return path
-        logger.warning("skipping checkpoint %s: %s; using the previous complete one", path, problem)
+        if (str(path), problem) not in _WARNED:  # validation and training both look: say it once
+            _WARNED.add((str(path), problem))
+            logger.warning("skipping checkpoint %s: %s; using the previous complete one", path, problem)
     return None
 
 
