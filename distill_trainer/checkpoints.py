@@ -167,8 +167,8 @@ def resolve_resume(value, output_dir) -> str | None:
         )
     problem = checkpoint_problem(setting)
     if problem is not None:
-        raise UsageError(f"resume_from_checkpoint {setting} is damaged: {problem}; give an earlier checkpoint, or "
-                         "true for the last complete one in output_dir")
+        raise UsageError(f"resume_from_checkpoint {setting} is not a complete checkpoint: {problem}; give an earlier "
+                         "checkpoint, or true for the last complete one in output_dir")
     return setting
 
 

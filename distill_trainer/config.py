@@ -172,8 +172,12 @@ def _check_minimums(config) -> None:
 
 
 def _is_text_field(annotation) -> bool:
-    text = str(annotation).replace(" ", "")
-    return text in ("str", "list[str]")
+    # a string annotation, or the type itself once HfArgumentParser has resolved it
+    if annotation is str:
+        return True
+    text = str(annotation).replace(" ", "").replace("typing.", "")
+    return text in ("str", "list[str]", "List[str]", "Optional[str]", "Optional[list[str]]", "Optional[List[str]]",
+                    "str|None", "list[str]|None")
 
 
 def check_yaml_types(values: dict, dataclass_types) -> None:

@@ -410,7 +410,7 @@ CASES = [
     # ---- damaged checkpoints (class 5)
     Case("resume-from-a-checkpoint-without-weights", "pattern_finetune",
          {"resume_from_checkpoint": "{out}/checkpoint-2"}, setup=damaged_checkpoint("weights deleted"),
-         problem="checkpoint-2 is damaged: model.safetensors is missing", fix="give an earlier checkpoint",
+         problem="checkpoint-2 is not a complete checkpoint: model.safetensors is missing", fix="give an earlier checkpoint",
          leaves="untouched"),
     Case("resume-with-only-a-truncated-checkpoint", "pattern_finetune", {"resume_from_checkpoint": True},
          setup=damaged_checkpoint("optimizer truncated"),
