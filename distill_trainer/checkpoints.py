@@ -11,12 +11,18 @@ every process) are on disk; a rename within one filesystem is atomic, so a crash
 previous checkpoint as the newest one. Older checkpoints are rotated out (`save_total_limit`) only after
 the new one is in place.
 
+Each published checkpoint holds `checkpoint_manifest.json`: the size and sha256 of every file in it.
+A checkpoint counts as complete only when every listed file is there unchanged (one without a manifest,
+from the stock Trainer, needs a readable trainer state and its weights); resuming with `true` passes
+over a damaged checkpoint with one warning and takes the previous complete one.
+
 `resume_from_checkpoint` is read from the arguments when `train()` is not given one, so a recipe file
 can say `resume_from_checkpoint: true` (the last complete checkpoint) or give a checkpoint's path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,8 +38,12 @@ logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".checkpoint-staging"  # inside output_dir; never matches the checkpoint-N pattern
 TRAINER_STATE = "trainer_state.json"  # written last by the Trainer: a checkpoint without it is incomplete
+MANIFEST = "checkpoint_manifest.json"  # written by us once every file is on disk: sizes and checksums
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0", "none", "")
+_WARNED: set = set()
 
 
 def parse_resume_setting(value) -> bool | str | None:
@@ -51,13 +61,52 @@ def parse_resume_setting(value) -> bool | str | None:
     return text
 
 
-def is_complete_checkpoint(path) -> bool:
-    """A checkpoint directory whose trainer state (written last) is there and readable."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(path) -> None:
+    """Record the size and sha256 of every file of a fully written checkpoint directory."""
+    path = Path(path)
+    files = {str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(path.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (path / MANIFEST).write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
+
+
+def checkpoint_problem(path) -> str | None:
+    """What makes a checkpoint directory unusable (None: complete): a file its manifest lists that is
+    missing, of another size or with another checksum; without a manifest, no readable trainer state or
+    no weights."""
+    path = Path(path)
     try:
-        json.loads((Path(path) / TRAINER_STATE).read_text(encoding="utf-8"))
+        json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return True
+        return f"it has no readable {TRAINER_STATE} (its save was interrupted)"
+    try:
+        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:  # written by a tool that keeps no manifest
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            return "it holds no model weights"
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} is unreadable"
+    for name, record in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != record["size"]:
+            return f"{name} is {file.stat().st_size} bytes, {record['size']} when saved (truncated or replaced)"
+        if _sha256(file) != record["sha256"]:
+            return f"{name} has changed since it was saved (checksum mismatch)"
+    return None
+
+
+def is_complete_checkpoint(path) -> bool:
+    return checkpoint_problem(path) is None
 
 
 def checkpoint_dirs(output_dir) -> list[Path]:
@@ -87,9 +136,12 @@ def last_complete_checkpoint(output_dir) -> Path | None:
     """The newest checkpoint that can be resumed from; incomplete ones (written by a tool that saves in
     place, then killed) are passed over with a warning."""
     for path in reversed(checkpoint_dirs(output_dir)):
-        if is_complete_checkpoint(path):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return path
-        logger.warning("skipping %s: it has no readable %s (its save was interrupted)", path, TRAINER_STATE)
+        if (str(path), problem) not in _WARNED:  # validation and training both look: say it once
+            _WARNED.add((str(path), problem))
+            logger.warning("skipping checkpoint %s: %s; using the previous complete one", path, problem)
     return None
 
 
@@ -101,16 +153,22 @@ def resolve_resume(value, output_dir) -> str | None:
     if setting is True:
         last = last_complete_checkpoint(output_dir)
         if last is None:
+            damaged = checkpoint_dirs(output_dir)
+            found = f" ({damaged[-1].name}: {checkpoint_problem(damaged[-1])})" if damaged else ""
             raise UsageError(
-                f"resume_from_checkpoint: true, but output_dir {output_dir} holds no complete checkpoint-N; "
+                f"resume_from_checkpoint: true, but output_dir {output_dir} holds no complete checkpoint-N{found}; "
                 "remove resume_from_checkpoint to start afresh, or point output_dir at the run to continue"
             )
         return str(last)
-    if not Path(setting).is_dir() or not is_complete_checkpoint(setting):
+    if not Path(setting).is_dir():
         raise UsageError(
             f"resume_from_checkpoint {setting} is not a complete checkpoint (a checkpoint-N directory with "
             f"{TRAINER_STATE}); give one, or true for the last one in output_dir"
         )
+    problem = checkpoint_problem(setting)
+    if problem is not None:
+        raise UsageError(f"resume_from_checkpoint {setting} is not a complete checkpoint: {problem}; give an earlier "
+                         "checkpoint, or true for the last complete one in output_dir")
     return setting
 
 
@@ -171,6 +229,7 @@ class AtomicCheckpointMixin:
         self.accelerator.wait_for_everyone()  # every process has written its files
         if self.args.should_save:
             self._point_best_checkpoint_at(run_dir, staged)
+            write_manifest(staged)
             _publish(staged, final, staging_root)
             rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)

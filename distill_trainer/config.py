@@ -60,6 +60,8 @@ class StudentArguments:
         _choice("dtype", self.dtype, DTYPES)
         if self.lora_r < 1:
             raise UsageError(f"lora_r must be >= 1, got {self.lora_r}")
+        if not self.lora_alpha > 0:
+            raise UsageError(f"lora_alpha must be > 0, got {self.lora_alpha}; the LoRA scale is lora_alpha / lora_r")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise UsageError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
@@ -147,9 +149,49 @@ class DistillationConfig(TrainingArguments):
                 f"teacher_cache_top_k must be >= 1, got {self.teacher_cache_top_k}; a value >= the vocabulary "
                 "size keeps the full distribution"
             )
+        _check_minimums(self)
         # our collator produces exactly what compute_loss reads; the Trainer must not prune it
         self.remove_unused_columns = False
         super().__post_init__()
+
+
+# TrainingArguments values that parse but crash later (numpy seeds must be >= 0; a batch needs a row)
+# (the training batch size and accumulation steps are checked by validate, for the recipes that train)
+MINIMUMS = {"seed": 0, "data_seed": 0, "per_device_eval_batch_size": 1, "dataloader_num_workers": 0,
+            "save_total_limit": 1, "logging_steps": 0, "save_steps": 0, "eval_steps": 0}
+
+
+def _check_minimums(config) -> None:
+    for name, minimum in MINIMUMS.items():
+        value = getattr(config, name, None)
+        if value is None or isinstance(value, str):
+            continue
+        if value < minimum or (minimum == 0 and name.endswith("_steps") and value <= 0):
+            bound = "> 0" if minimum == 0 and name.endswith("_steps") else f">= {minimum}"
+            raise UsageError(f"{name} must be {bound}, got {value}; fix it in the recipe file or on the command line")
+
+
+def _is_text_field(annotation) -> bool:
+    # a string annotation, or the type itself once HfArgumentParser has resolved it
+    if annotation is str:
+        return True
+    text = str(annotation).replace(" ", "").replace("typing.", "")
+    return text in ("str", "list[str]", "List[str]", "Optional[str]", "Optional[list[str]]", "Optional[List[str]]",
+                    "str|None", "list[str]|None")
+
+
+def check_yaml_types(values: dict, dataclass_types) -> None:
+    """YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans: a text setting (a label word, a
+    pattern name) given one would pass as the string 'True'. Reject it and say how to quote it."""
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    text_fields = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)
+                   if f.init and f.name not in inherited and _is_text_field(f.type)}
+    for key, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        if key in text_fields and any(isinstance(item, bool) for item in items):
+            example = "[' Yes', ' No']" if isinstance(value, list) else "'no'"
+            raise UsageError(f"{key}: YAML read an unquoted yes/no/on/off/true/false as a boolean ({value!r}); quote "
+                             f"the text, e.g. {key}: {example}")
 
 
 def _field_names(dataclass_types) -> dict[str, type]:
@@ -200,7 +242,8 @@ def _to_argv(values: dict) -> list[str]:
 
 
 def _cli_keys(argv: list[str]) -> list[str]:
-    return [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
+    # --help is argparse's own flag: it prints every setting with its help and exits
+    return [key for a in argv if a.startswith("--") and (key := a[2:].split("=", 1)[0]) != "help"]
 
 
 def _raise_value_error(message: str):
@@ -226,6 +269,7 @@ def parse_config(dataclass_types, argv: list[str] | None = None, config_path: st
         argv = argv[:i] + argv[i + 2 :]
     values = load_yaml(config_path) if config_path else {}
     check_keys(values, dataclass_types, f"recipe file {config_path}")
+    check_yaml_types(values, dataclass_types)
     check_keys(_cli_keys(argv), dataclass_types, "the command line")
     parser = HfArgumentParser(dataclass_types)
     parser.error = _raise_value_error  # one line naming the setting, not argparse's usage block and exit

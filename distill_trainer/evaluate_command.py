@@ -26,7 +26,20 @@ RECIPE_CONFIG = "resolved_config.yaml"
 PATTERN_KEYS = ("pattern", "template", "label_words")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of rows, a batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import DTYPES
+
     parser.add_argument("--model", required=True, help="A saved student folder (full or LoRA adapter), a Hub id "
                         "or an embedded alias such as embedded:smollm2-135m.")
     parser.add_argument("--task", default="mnli", help="Task whose labels the file uses: mnli, mnli_3way or hans.")
@@ -40,9 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="idx values of training-pool rows to use as the k demonstrations.")
     parser.add_argument("--demonstration_seed", type=int, default=0, help="Seed for drawing demonstrations.")
     parser.add_argument("--data_dir", default=None, help="Local data directory holding the demonstration pool.")
-    parser.add_argument("--num_examples", type=int, default=None, help="Evaluate only this many rows (balanced).")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--dtype", default="float32", help="auto, float32, bfloat16 or float16.")
+    parser.add_argument("--num_examples", type=positive_int, default=None,
+                        help="Evaluate only this many rows (balanced).")
+    parser.add_argument("--batch_size", type=positive_int, default=16)
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="Weights dtype.")
+    parser.add_argument("--drop_invalid_rows", action="store_true", help="Drop rows the task cannot use (empty "
+                        "text, unknown labels, repeats) and count them, instead of stopping at the first one.")
     parser.add_argument("--output_dir", default=None, help="Write metrics.json and predictions_<task>.jsonl here.")
     parser.add_argument("--no_progress", action="store_true", help="No progress bar.")
 
@@ -54,6 +70,29 @@ def saved_pattern_settings(model: str) -> dict:
         return {}
     values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     return {key: values[key] for key in PATTERN_KEYS if values.get(key) is not None}
+
+
+def check_model_folder(model: str):
+    """Before any weights load: the model (or a LoRA adapter's base model) has a loadable tokenizer and
+    a causal-LM config. Returns (tokenizer, config) of the model that will be scored."""
+    from .validate import load_config_checked, load_tokenizer_checked
+
+    folder = Path(model)
+    if folder.is_dir() and not (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
+        raise UsageError(f"--model {model} is a folder without config.json or {ADAPTER_CONFIG}, so it holds no "
+                         "model; give a folder written by a recipe (a saved student), a Hub id or an embedded alias")
+    if (folder / ADAPTER_CONFIG).is_file():
+        try:
+            base = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except ValueError:
+            raise UsageError(f"{folder / ADAPTER_CONFIG} is not valid JSON; save the adapter again") from None
+        if not base:
+            raise UsageError(f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
+                             "or path there")
+        config = load_config_checked(f"LoRA adapter {model}'s base model", base)
+        has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        return load_tokenizer_checked("model", str(folder) if has_tokenizer else base), config
+    return load_tokenizer_checked("model", model), load_config_checked("model", model)
 
 
 def load_model_and_tokenizer(model: str, dtype: str = "float32"):
@@ -77,11 +116,17 @@ def load_model_and_tokenizer(model: str, dtype: str = "float32"):
 
 def evaluate_file(args) -> dict:
     """Run the evaluation `args` describe; returns {"metrics": ..., "predictions": ...}."""
+    from .data_report import print_reports
     from .evaluation import evaluate_task
+    from .output_dir import check_output_location
     from .run_data import model_max_length
     from .runner import format_summary
-    from .tasks import DataArguments, DemonstrationSampler, balanced_subset, get_task, load_split, row_key
+    from .tasks import (DataArguments, DemonstrationSampler, balanced_subset, fit_demonstrations, get_task,
+                        load_split, row_key)
+    from .validate import check_rows_fit
 
+    if args.output_dir is not None:  # before any scoring: a bad output_dir must not waste the run
+        check_output_location(args.output_dir)
     task = get_task(args.task)
     pattern_settings = saved_pattern_settings(args.model)
     for key in PATTERN_KEYS:
@@ -92,7 +137,8 @@ def evaluate_file(args) -> dict:
                               demonstration_seed=args.demonstration_seed, data_dir=args.data_dir,
                               data_source="local" if args.data_dir else "auto", **pattern_settings)
     pattern = data_args.get_pattern()
-    rows = load_split(task, "file", data_file=args.data)
+    reports = []
+    rows = load_split(task, "file", data_file=args.data, drop_invalid_rows=args.drop_invalid_rows, reports=reports)
     if args.num_examples is not None:
         rows = balanced_subset(rows, args.num_examples, task.num_labels, seed=0, what="rows (--num_examples)")
     demonstrations = None
@@ -104,11 +150,21 @@ def evaluate_file(args) -> dict:
                                        exclude_keys={row_key(row) for row in rows},
                                        demonstration_ids=args.demonstration_ids)
         demonstrations = sampler.fixed
+    print_reports(reports)
 
+    # every row must fit the model's positions before any weights load or any scoring starts
+    tokenizer, model_config = check_model_folder(args.model)
+    max_length = model_max_length(model_config, data_args)
+    check_rows_fit(tokenizer, rows, pattern, max_length, f"{args.data}", "model")
+    if demonstrations:
+        longest = max(rows, key=lambda row: len(pattern.query(row)))
+        fit_demonstrations(tokenizer, demonstrations, pattern.query(longest), max(pattern.label_words, key=len),
+                           max_length)
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
     metrics, predictions = evaluate_task(model, tokenizer, rows, task, pattern, demonstrations,
-                                         batch_size=args.batch_size, max_length=model_max_length(model.config, data_args),
+                                         batch_size=args.batch_size, max_length=max_length,
                                          progress=not args.no_progress)
+    metrics.update(data_report={r.where: r.as_dict() for r in reports})
     metrics.update(model=args.model, data=args.data, pattern=pattern.name, label_words=list(pattern.label_words),
                    k=args.k, demonstration_ids=args.demonstration_ids)
     paths = []

@@ -14,12 +14,17 @@ The result is saved with the dataset (`datasets` Arrow, `save_to_disk`) under a 
 (config and weights), the examples' teacher-view tokens (which spell out the demonstrations, the
 pattern and the answers), the temperature, k, the distillation vocabulary and its label words. A later
 run with the same key loads it; any change gives a new key and a fresh pass.
+
+The key file also records the size and sha256 of every file of the saved dataset, and the values obey
+cheap invariants (log-probabilities <= 0, each distribution's mass summing to 1). A cache that fails
+either check on load (truncated, edited, corrupted) is rebuilt, with one warning naming its path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -42,6 +47,9 @@ _EXAMPLE_ID_COLUMNS = ("idx", "example_index", "id")
 # bump when the stored layout or the way outputs are computed changes: old caches then stop matching
 CACHE_FORMAT = 1
 KEY_FILE = "teacher_cache_key.json"
+MASS_TOLERANCE = 1e-3  # |log(total mass)| allowed: float32 rounding of top-k log-probs and the tail
+
+logger = logging.getLogger(__name__)
 
 
 def default_teacher_cache_dir() -> Path:
@@ -255,7 +263,10 @@ def load_or_build_teacher_outputs(teacher, dataset, collator, *, distill_vocab: 
                                                teacher_id=teacher_id)
     path = Path(cache_dir or default_teacher_cache_dir()) / f"teacher-outputs-{key[:20]}"
     if _stored_key(path) == key:
-        return load_from_disk(str(path)), path, True
+        loaded, problem = _load_verified(path)
+        if problem is None:
+            return loaded, path, True
+        logger.warning("teacher output cache %s is damaged (%s); rebuilding it", path, problem)
     if logits_fn is None:
         from .prefix_cache import TeacherAnswerLogits
 
@@ -298,12 +309,91 @@ def _stored_key(path: Path) -> str | None:
         return None
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_records(path: Path) -> dict:
+    return {str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name != KEY_FILE}
+
+
+def _files_problem(path: Path) -> str | None:
+    """A file the key record lists that is missing or changed (a cache without the record: None)."""
+    try:
+        files = json.loads((path / KEY_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for name, record in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != record["size"]:
+            return f"{name} is {file.stat().st_size} bytes, {record['size']} when saved"
+        if _sha256(file) != record["sha256"]:
+            return f"{name} has changed since it was saved (checksum mismatch)"
+    return None
+
+
+def values_problem(dataset) -> str | None:
+    """The stored distributions' invariants: finite log-probabilities <= 0 whose mass sums to 1."""
+    columns = dataset.column_names
+    if "teacher_label_logprobs" in columns:
+        rows = dataset.with_format("arrow")["teacher_label_logprobs"].combine_chunks()
+        width = len(rows[0]) if len(rows) else 0
+        logprobs = np.asarray(rows.flatten().to_numpy(zero_copy_only=False), dtype=np.float64).reshape(-1, width)
+        tail = np.full(len(logprobs), -np.inf)
+    elif "teacher_topk_logprobs" in columns:
+        table = dataset.with_format("arrow")
+        tokens = table["teacher_topk_logprobs"].combine_chunks().flatten()
+        width = len(tokens[0]) if len(tokens) else 0
+        logprobs = np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+        if width == 0 or logprobs.size % width:
+            return "the top-k log-probabilities have uneven lengths"
+        logprobs = logprobs.reshape(-1, width)
+        tail = np.asarray(table["teacher_tail_logprob"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                          dtype=np.float64)
+        if len(tail) != len(logprobs):
+            return "the tail masses do not match the answer tokens"
+    else:
+        return "it holds no teacher outputs"
+    if logprobs.size == 0:
+        return None
+    if not np.isfinite(logprobs).all() or (logprobs > MASS_TOLERANCE).any() or (tail > MASS_TOLERANCE).any():
+        return "log-probabilities above 0 or not finite"
+    mass = np.logaddexp(np.logaddexp.reduce(logprobs, axis=-1), tail)
+    worst = float(np.abs(mass).max())
+    if worst > MASS_TOLERANCE:
+        return f"a distribution's mass is {np.exp(mass[np.abs(mass).argmax()]):.4g}, not 1"
+    return None
+
+
+def _load_verified(path: Path):
+    """(the cached dataset, None) or (None, what is wrong with it)."""
+    from datasets import load_from_disk
+
+    problem = _files_problem(path)
+    if problem is not None:
+        return None, problem
+    try:
+        dataset = load_from_disk(str(path))
+    except Exception as error:  # noqa: BLE001 -- truncated Arrow files fail in many ways; all mean "rebuild"
+        return None, f"it cannot be read: {type(error).__name__}"
+    problem = values_problem(dataset)
+    return (None, problem) if problem else (dataset, None)
+
+
 def _save_atomically(dataset, path: Path, key_record: dict) -> None:
     """Write to a temporary directory, then rename: a crash never leaves a half-written cache that matches."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
+    key_record = {**key_record, "files": _file_records(tmp)}
     (tmp / KEY_FILE).write_text(json.dumps(key_record, indent=1, sort_keys=True))
     if path.exists():  # a stale or corrupt cache under the same name (or another process won the race)
         shutil.rmtree(path, ignore_errors=True)

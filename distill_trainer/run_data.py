@@ -7,10 +7,11 @@ evaluation query), training queries (never a fixed demonstration), and their two
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from datasets import Dataset
 
+from .data_report import print_reports
 from .errors import UsageError
 from .evaluation import label_token_ids
 from .tasks import (
@@ -40,11 +41,17 @@ class NLIData:
     sampler: DemonstrationSampler
     eval_sets: dict[str, Dataset]
     train_rows: Dataset | None = None
+    reports: list = field(default_factory=list)  # data_report.DataReport per file read
+
+    def data_report(self) -> dict:
+        """What each data file gave (rows read, kept, dropped by reason), for metrics.json."""
+        return {report.where: report.as_dict() for report in self.reports}
 
 
-def load_eval_set(name: str, data_args: DataArguments) -> Dataset:
+def load_eval_set(name: str, data_args: DataArguments, reports: list | None = None) -> Dataset:
     task = get_task(name)
-    rows = load_split(task, task.eval_split, data_args.data_source, data_args.data_dir)
+    rows = load_split(task, task.eval_split, data_args.data_source, data_args.data_dir,
+                      drop_invalid_rows=data_args.drop_invalid_rows, reports=reports)
     if "subcase" in task.extra_columns:
         return per_subcase_subset(rows, data_args.hans_per_subcase, data_args.subset_seed)
     return balanced_subset(rows, data_args.num_eval_examples, task.num_labels, data_args.subset_seed,
@@ -60,10 +67,16 @@ def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
         trainable = ", ".join(name for name, t in TASKS.items() if t.train_split)
         raise UsageError(f"task {task.name!r} has no training split for demonstrations or training; "
                          f"use it in eval_tasks and set task to one of: {trainable}")
-    eval_sets = {name: load_eval_set(name, data_args) for name in data_args.eval_tasks}
+    reports = []
+    eval_sets = {name: load_eval_set(name, data_args, reports) for name in data_args.eval_tasks}
     eval_keys = {row_key(row) for rows in eval_sets.values() for row in rows}
     pool = load_split(task, task.train_split, data_args.data_source, data_args.data_dir,
-                      keep_idx=data_args.demonstration_ids is not None)
+                      keep_idx=data_args.demonstration_ids is not None,
+                      drop_invalid_rows=data_args.drop_invalid_rows, reports=reports)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one report, not one per process
+        print_reports(reports)
     sampler = DemonstrationSampler(pool, pattern, task.num_labels, data_args.k, data_args.demonstration_seed,
                                    data_args.resample_demonstrations, exclude_keys=eval_keys,
                                    demonstration_ids=data_args.demonstration_ids)
@@ -72,7 +85,7 @@ def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
         train_rows = balanced_subset(pool, data_args.num_train_examples, task.num_labels, data_args.subset_seed,
                                      exclude_keys=sampler.fixed_keys | eval_keys,
                                      what="training examples (num_train_examples)")
-    return NLIData(task, pattern, pool, sampler, eval_sets, train_rows)
+    return NLIData(task, pattern, pool, sampler, eval_sets, train_rows, reports)
 
 
 def model_max_length(model_config, data_args: DataArguments) -> int | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoints import run_results
+from .output_dir import OutputLock, check_output_location
 from .errors import UsageError
 from .evaluation import evaluate_task
 from .models import count_parameters, load_causal_lm, prepare_student
@@ -154,16 +155,22 @@ def write_resolved_config(output_dir, configs, recipe: str) -> Path:
 
 @contextlib.contextmanager
 def no_partial_output_dir(output_dir):
-    """A run that fails before it has results leaves no output_dir it created behind; one that fails later
-    keeps what it made (a checkpoint to resume from, the saved student); an output_dir that existed
-    before is left as it is."""
+    """The whole run, in an output_dir that is safe to write (`output_dir.check_output_location`) and
+    locked against a second run (`OutputLock`, main process). A run that fails before it has results
+    leaves no output_dir it created behind; one that fails later keeps what it made (a checkpoint to
+    resume from, the saved student); an output_dir that existed before is left as it is."""
+    check_output_location(output_dir)
     existed = Path(output_dir).exists()
+    lock = OutputLock(output_dir).acquire() if is_main_process() else None  # fails at once when held
     try:
         yield
     except BaseException:
-        if not existed and is_main_process() and Path(output_dir).is_dir() and not run_results(output_dir):
+        if not existed and lock is not None and Path(output_dir).is_dir() and not run_results(output_dir):
             shutil.rmtree(output_dir, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def write_outputs(output_dir, metrics: dict, predictions: dict[str, list[dict]], configs,

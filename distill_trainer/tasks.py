@@ -47,6 +47,8 @@ class NLITask:
     eval_split: str = "validation"
     label_map: dict | None = None  # source label -> task label; rows whose label is absent are dropped (-1: test)
     extra_columns: tuple[str, ...] = ()
+    source_labels: tuple[int, ...] = (0, 1, 2)  # the label ids the source dataset uses; others are errors
+    source_label_names: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 
     @property
     def num_labels(self) -> int:
@@ -63,7 +65,8 @@ TASKS = {
     # conversion of it has the same columns
     "hans": NLITask("hans", ("entailment", "non_entailment"), "hans", "jhu-cogsci/hans",
                     hub_revision="refs/convert/parquet", eval_split="validation", label_map={0: 0, 1: 1},
-                    extra_columns=("heuristic", "subcase", "template")),
+                    extra_columns=("heuristic", "subcase", "template"), source_labels=(0, 1),
+                    source_label_names=("entailment", "non-entailment")),
 }
 
 
@@ -217,6 +220,11 @@ class DataArguments:
         default=False,
         metadata={"help": "Drop trailing demonstrations of a prompt that exceeds max_length instead of failing."},
     )
+    drop_invalid_rows: bool = field(
+        default=False,
+        metadata={"help": "Drop data rows the task cannot use (empty or null text, unknown label ids, repeated rows) "
+                          "and count them in metrics.json, instead of stopping at the first one."},
+    )
 
     def __post_init__(self):
         task = get_task(self.task)
@@ -232,7 +240,7 @@ class DataArguments:
                 f"data_source={self.data_source!r} is not valid; choose one of: {', '.join(DATA_SOURCES)}"
             )
         get_pattern(self.pattern, task.num_labels, self.template, self.label_words)
-        for name in ("k", "num_train_examples"):
+        for name in ("k", "num_train_examples", "demonstration_seed", "subset_seed"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.demonstration_ids is not None:
@@ -284,15 +292,21 @@ def resolve_data_dir(data_source: str = "auto", data_dir: str | None = None) -> 
     return None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+    """The rows of a JSONL file and their line numbers (blank lines skipped)."""
     if not path.is_file():
         raise UsageError(
             f"data file {path} does not exist; a local data dir holds mnli/train.jsonl, "
             "mnli/validation_matched.jsonl and hans/validation.jsonl"
         )
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    rows, lines = [], []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UsageError(f"{path} line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                                 f"{error.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -304,7 +318,8 @@ def _read_jsonl(path: Path) -> list[dict]:
                 raise UsageError(f"{path} line {number} is a {type(row).__name__}, not a JSON object; a data file "
                                  "holds one object per line with premise, hypothesis and label")
             rows.append(row)
-    return rows
+            lines.append(number)
+    return rows, lines
 
 
 def _load_hub(task: NLITask, split: str, data_source: str) -> Dataset:
@@ -322,32 +337,23 @@ def _load_hub(task: NLITask, split: str, data_source: str) -> Dataset:
         raise UsageError(f"cannot load {task.hub_path} split {split!r} from the Hub ({reason}); {hint}") from None
 
 
-def _relabel(dataset: Dataset, label_map: dict) -> Dataset:
-    """Keep the rows whose label is in `label_map` and map their labels, quietly (no cache files, no bars)."""
-    import datasets
-
-    quiet = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        dataset = dataset.select([i for i, label in enumerate(dataset["label"]) if label in label_map])
-        labels = [label_map[label] for label in dataset["label"]]
-        return dataset.remove_columns("label").add_column("label", labels)
-    finally:
-        if not quiet:
-            datasets.enable_progress_bars()
-
-
 def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: str | None = None,
-               keep_idx: bool = False, data_file: str | None = None) -> Dataset:
+               keep_idx: bool = False, data_file: str | None = None, drop_invalid_rows: bool = False,
+               reports: list | None = None) -> Dataset:
     """One split of a task with columns premise, hypothesis, label (task label ids) and the task's extras;
     with `keep_idx`, also the source's row id `idx` where it has one (to pin demonstrations by id).
-    `data_file` reads that JSONL file (same columns and label ids) instead of the split."""
+    `data_file` reads that JSONL file (same columns and label ids) instead of the split. Rows the task
+    cannot use are errors unless `drop_invalid_rows` (see `data_report.check_rows`); what was read, kept
+    and dropped is appended to `reports` (a `DataReport`)."""
+    from .data_report import check_rows
+
     directory = None if data_file else resolve_data_dir(data_source, data_dir)
+    lines = None
     if directory is None and not data_file:
         dataset, where = _load_hub(task, split, data_source), f"{task.hub_path} ({split})"
     else:
         path = Path(data_file) if data_file else directory / task.local_dir / f"{split}.jsonl"
-        rows, where = _read_jsonl(path), str(path)
+        (rows, lines), where = _read_jsonl(path), str(path)
         try:
             dataset = Dataset.from_list(rows)
         except ValueError as error:  # pyarrow: one column holding values of different types
@@ -363,12 +369,9 @@ def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: s
     if keep_idx and "idx" in dataset.column_names:
         columns = ("idx", *columns)
     dataset = dataset.select_columns(list(columns))
-    if task.label_map is not None:
-        dataset = _relabel(dataset, task.label_map)
-    if len(dataset) == 0:
-        expected = sorted(task.label_map) if task.label_map else "its label ids"
-        raise UsageError(f"{where} has no rows with the labels of task {task.name}; its label column must hold "
-                         f"the integer ids {expected} of the Hub dataset")
+    dataset, report = check_rows(dataset, task, where, lines, drop_invalid_rows)
+    if reports is not None:
+        reports.append(report)
     return dataset
 
 

@@ -36,6 +36,7 @@ from .output_cache import (
     teacher_source_fingerprint,
 )
 from .prefix_cache import TeacherAnswerLogits
+from .train_loss import ResumableTrainLossMixin
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def prepare_teacher_for_deepspeed(teacher, accelerator):
     return engine
 
 
-class ContextDistillationTrainer(AtomicCheckpointMixin, Trainer):
+class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin, Trainer):
     """Trainer for context distillation (and, with `alpha=0` and no teacher, pattern-based fine-tuning).
 
     Args:

@@ -8,7 +8,7 @@ Parsing (`config.parse_config`) has already rejected unknown or misspelled keys 
 name), values of the wrong type and out-of-range values. On top of that, in order of cost:
 1. the recipe's own rules (a teacher where one is needed, none where it would be ignored);
 2. training settings that would train nothing or diverge at once (learning rate, batch size, epochs);
-3. the output directory: writable, and not holding an earlier run's results or checkpoints unless
+3. the output directory: a folder of its own (not empty, /, home or the project's), writable, and not holding an earlier run's results or checkpoints unless
    `overwrite_output_dir` or `resume_from_checkpoint` says what to do with them (a resumed run must also
    use the settings the checkpoint was trained with);
 4. quantization without bitsandbytes;
@@ -22,7 +22,6 @@ Every problem is a `UsageError` whose message names the problem and the fix.
 from __future__ import annotations
 
 import importlib.util
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import yaml
 from .checkpoints import parse_resume_setting, resolve_resume, run_results
 from .errors import UsageError
 from .models import check_lora_target_modules, resolve_model_path
+from .output_dir import check_output_location
 from .run_data import NLIData, first_token_ids, model_max_length, prepare_data
 from .runner import resolved_config
 from .tasks import fit_demonstrations
@@ -165,29 +165,12 @@ def check_training_settings(data_args, config) -> None:
 # ---------------------------------------------------------------- 3. output directory
 
 
-def check_writable(output_dir) -> None:
-    """The nearest existing ancestor of output_dir is a directory we can create files in."""
-    path = Path(output_dir).absolute()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"output_dir {output_dir} cannot be created: {existing} is a file, not a directory; "
-                         "choose another output_dir")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise UsageError(f"output_dir {output_dir} is not writable ({error.strerror or error} in {existing}); "
-                         "choose a directory you can write to") from None
-
-
 def check_output_dir(recipe: str, rules: RecipeRules, configs) -> str | None:
     """Writable, and either fresh, or resumed / overwritten as the settings say. Returns the checkpoint a
     resumed run starts from."""
     config = configs[-1]
     output_dir = config.output_dir
-    check_writable(output_dir)
+    check_output_location(output_dir)
     resume = parse_resume_setting(config.resume_from_checkpoint)
     overwrite = getattr(config, "overwrite_output_dir", False)
     if resume is not None and overwrite:
@@ -359,6 +342,24 @@ def check_prompt_fits(tokenizer, data: NLIData, rows, max_length, drop: bool) ->
     fit_demonstrations(tokenizer, data.sampler.for_query(row), query, answer, max_length, drop)
 
 
+def check_rows_fit(tokenizer, rows, pattern, max_length, what: str, role: str) -> None:
+    """Every row's query and longest label word, as `role` reads it without demonstrations, fits its
+    `max_length` positions; the first row that does not is named. Queries are never truncated."""
+    if max_length is None or rows is None or len(rows) == 0:
+        return
+    rows = list(rows)
+    ids = tokenizer([pattern.query(row) for row in rows], add_special_tokens=False)["input_ids"]
+    answer = max(len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in pattern.label_words)
+    extra = len(tokenizer("", add_special_tokens=True)["input_ids"])  # a BOS token the views may add
+    for index, query in enumerate(ids):
+        length = len(query) + answer + extra
+        if length > max_length:
+            premise = " ".join(str(rows[index]["premise"]).split())[:50]
+            raise UsageError(f"{what} row {index + 1} is {length} tokens with its answer, more than the {role}'s "
+                             f"{max_length} positions (premise starts {premise!r}); shorten or remove that row "
+                             "(queries are never truncated)")
+
+
 def check_models_and_prompts(recipe, student_args, data_args, config, result: ValidatedRecipe, tokenizer,
                              check_models: bool) -> None:
     name = student_args.model_name_or_path
@@ -372,13 +373,18 @@ def check_models_and_prompts(recipe, student_args, data_args, config, result: Va
     student_config = load_config_checked(role, name)
     if recipe == "icl_eval":
         max_length = model_max_length(student_config, data_args)
-        if data_args.k:
-            for rows in result.data.eval_sets.values():
+        for task, rows in result.data.eval_sets.items():
+            if data_args.k:
                 check_prompt_fits(student_tokenizer, result.data, rows, max_length, data_args.drop_demonstrations_to_fit)
+            check_rows_fit(student_tokenizer, rows, result.data.pattern, max_length, f"{task} evaluation", role)
         result.checks.append((role, (f"{name}: {student_config.model_type}, label words {words}, prompts fit "
                                      f"{max_length} positions")))
         return
     check_student_mode(student_args, student_config)
+    positions = getattr(student_config, "max_position_embeddings", None)
+    check_rows_fit(student_tokenizer, result.data.train_rows, result.data.pattern, positions, "training", role)
+    for task, rows in result.data.eval_sets.items():
+        check_rows_fit(student_tokenizer, rows, result.data.pattern, positions, f"{task} evaluation", role)
     result.checks.append((role, f"{name}: {student_config.model_type}, {student_args.student_mode}, label words {words}"))
     teacher = config.teacher_model_name_or_path
     if recipe != "context_distill":
@@ -392,6 +398,7 @@ def check_models_and_prompts(recipe, student_args, data_args, config, result: Va
         if config.distill_vocab == "full":
             check_vocabularies(student_tokenizer, teacher_tokenizer, student_config, teacher_config)
     max_length = model_max_length(teacher_config, data_args)
+    check_rows_fit(teacher_tokenizer, result.data.train_rows, result.data.pattern, max_length, "training", "teacher")
     check_prompt_fits(teacher_tokenizer, result.data, result.data.train_rows, max_length,
                       data_args.drop_demonstrations_to_fit)
     result.checks.append(("teacher", (f"{teacher}: {teacher_config.model_type}, {config.distill_vocab} vocabulary, "

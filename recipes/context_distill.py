@@ -102,7 +102,7 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
         "distill_vocab": config.distill_vocab,
         **training_metrics(trainer, train_result, len(train_dataset)),
         "teacher_output_cache": trainer.teacher_output_cache_info,
-        "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+        "eval": results.metrics, "eval_seconds": round(results.seconds, 2), "data": data.data_report(),
         "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)

@@ -57,7 +57,7 @@ def run_icl_eval(student_args: StudentArguments, data_args: DataArguments, confi
         "k": data_args.k, "demonstration_seed": data_args.demonstration_seed,
         "resample_demonstrations": data_args.resample_demonstrations,
         "parameters": {"total": total},
-        "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+        "eval": results.metrics, "eval_seconds": round(results.seconds, 2), "data": data.data_report(),
         "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)

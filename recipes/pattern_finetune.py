@@ -81,7 +81,7 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
         "student_mode": student_args.student_mode, "task": data.task.name, "pattern": data.pattern.name,
         "label_words": list(data.pattern.label_words),
         **training_metrics(trainer, train_result, len(train_dataset)),
-        "eval": results.metrics, "eval_seconds": round(results.seconds, 2),
+        "eval": results.metrics, "eval_seconds": round(results.seconds, 2), "data": data.data_report(),
         "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)

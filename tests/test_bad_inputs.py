@@ -49,6 +49,8 @@ class Context:
     values: dict
     monkeypatch: pytest.MonkeyPatch
     config: str | None = None  # a hand-written recipe file instead of the YAML of `values`
+    watch: Path | None = None  # what must be left as it was, when not output_dir
+    keep: list = field(default_factory=list)  # objects held for the case's duration (a lock)
 
     @property
     def out(self) -> Path:
@@ -98,6 +100,7 @@ def earlier_run(*files, resolved=None):
             if name.startswith("checkpoint-"):
                 (ctx.out / name).mkdir()
                 (ctx.out / name / "trainer_state.json").write_text('{"global_step": 2}')
+                (ctx.out / name / "model.safetensors").write_text("weights")
             else:
                 (ctx.out / name).write_text(f"earlier {name}\n")
         if resolved is not None:  # the earlier run's settings: this recipe file's, with `resolved` changed
@@ -144,6 +147,96 @@ def recipe_without_header(ctx):
     path = ctx.tmp_path / "no-header.yaml"
     path.write_text(yaml.safe_dump(ctx.values))
     ctx.config = str(path)
+
+
+def damaged_checkpoint(damage):
+    """An unfinished run whose only checkpoint (with its manifest) was then damaged."""
+    def setup(ctx):
+        from distill_trainer.checkpoints import write_manifest
+
+        checkpoint = ctx.out / "checkpoint-2"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
+        (checkpoint / "model.safetensors").write_bytes(b"w" * 64)
+        (checkpoint / "optimizer.pt").write_bytes(b"o" * 64)
+        write_manifest(checkpoint)
+        if damage == "weights deleted":
+            (checkpoint / "model.safetensors").unlink()
+        else:
+            (checkpoint / "optimizer.pt").write_bytes(b"o" * 10)
+    return setup
+
+
+def with_line(task, split, number, line: bytes):
+    """A copy of the test data with raw bytes as line `number` of one file."""
+    def setup(ctx):
+        data_copy(ctx, task, split, lambda rows: rows)
+        path = Path(ctx.values["data_dir"]) / task / f"{split}.jsonl"
+        lines = path.read_bytes().splitlines()
+        path.write_bytes(b"\n".join(lines[: number - 1] + [line] + lines[number - 1:]) + b"\n")
+    return setup
+
+
+def change_field(name, value, which=lambda i: True):
+    return lambda rows: [json.dumps({**json.loads(r), name: value(json.loads(r)) if callable(value) else value})
+                         if which(i) else r for i, r in enumerate(rows)]
+
+
+LONG = "the cat sat on the mat and " * 700  # about 19,000 characters: far more than 1,024 positions
+
+
+def output_dir_is(path_of):
+    """output_dir set to `path_of(ctx)`; the folder watched is tmp_path (nothing may appear there)."""
+    def setup(ctx):
+        ctx.values["output_dir"] = str(path_of(ctx))
+        ctx.watch = ctx.tmp_path / "watched"
+        ctx.watch.mkdir()
+        ctx.monkeypatch.chdir(ctx.watch)  # output_dir "" would be the current directory
+    return setup
+
+
+def home_dir(ctx):
+    home = ctx.tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine\n")
+    ctx.monkeypatch.setenv("HOME", str(home))
+    ctx.values["output_dir"] = str(home)
+
+
+def output_dir_in_use(ctx):
+    from distill_trainer.output_dir import OutputLock
+
+    ctx.keep.append(OutputLock(ctx.out).acquire())  # the first run, still running
+
+
+def file_at(name, text):
+    def setup(ctx):
+        (ctx.tmp_path / name).write_text(text)
+        ctx.watch = ctx.tmp_path / name
+    return setup
+
+
+def folder_without_model(ctx):
+    (ctx.tmp_path / "not-a-model").mkdir()
+    (ctx.tmp_path / "not-a-model" / "README.md").write_text("notes\n")
+
+
+def adapter_without_base(ctx):
+    (ctx.tmp_path / "adapter").mkdir()
+    (ctx.tmp_path / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(ctx.tmp_path / "deleted-base"), "peft_type": "LORA"}))
+
+
+def evaluation_file(change):
+    def setup(ctx):
+        rows = (Path(DATA) / "hans" / "validation.jsonl").read_text().splitlines()
+        (ctx.tmp_path / "eval.jsonl").write_text("\n".join(change(rows)) + "\n")
+    return setup
+
+
+def evaluate(*extra, data="{tmp}/eval.jsonl", model="{student}"):
+    return ("evaluate", "--model", model, "--task", "hans", "--data", data, "--output_dir", "{tmp}/out",
+            "--no_progress", *extra)
 
 
 TEACHER = {"teacher_model_name_or_path": "{teacher}"}
@@ -250,6 +343,103 @@ CASES = [
     Case("labels-of-mixed-types", "icl_eval",
          setup=data_setup("mnli", "train", lambda rows: relabel(rows, lambda i, label: "no" if i == 5 else label)),
          problem="mixes value types in a column", fix="label an integer id"),
+    # ---- data rows the task cannot use (issue 12, class 1)
+    Case("mnli-file-already-binary", "icl_eval",
+         setup=data_setup("mnli", "train", lambda rows: relabel(rows, lambda i, label: min(label, 1))),
+         problem=r"has no rows of task label 1 \(contradiction, source id 2\)", fix="write its labels with the Hub"),
+    Case("hans-row-with-label-2", "icl_eval",
+         setup=data_setup("hans", "validation", lambda rows: relabel(rows, lambda i, label: 2 if i == 3 else label)),
+         problem=r"hans/validation\.jsonl line 4: label 2 is not a label id of hans \(0 entailment, 1 non-entailment",
+         fix="set drop_invalid_rows: true"),
+    Case("mnli-row-with-label-7", "icl_eval",
+         setup=data_setup("mnli", "validation_matched", lambda rows: relabel(rows, lambda i, lab: 7 if i == 0 else lab)),
+         problem=r"validation_matched\.jsonl line 1: label 7 is not a label id of mnli", fix="fix or remove the row"),
+    Case("empty-premise", "pattern_finetune",
+         setup=data_setup("mnli", "train", change_field("premise", "  ", lambda i: i == 1)),
+         problem=r"train\.jsonl line 2: premise is empty", fix="drop_invalid_rows: true to drop such rows"),
+    Case("null-hypothesis", "pattern_finetune",
+         setup=data_setup("mnli", "train", change_field("hypothesis", None, lambda i: i == 4)),
+         problem=r"train\.jsonl line 5: hypothesis is missing \(null\)", fix="counted in metrics.json"),
+    Case("empty-hypothesis-in-an-eval-file", "icl_eval",
+         setup=data_setup("hans", "validation", change_field("hypothesis", "", lambda i: i == 9)),
+         problem=r"hans/validation\.jsonl line 10: hypothesis is empty", fix="fix or remove the row, or set"),
+    Case("bytes-that-are-not-utf8", "icl_eval",
+         setup=with_line("mnli", "train", 3, b'{"premise": "caf\xe9", "hypothesis": "x", "label": 0}'),
+         problem=r"train\.jsonl line 3 is not UTF-8 text \(byte 0xe9 at column 17\)", fix="save the file as UTF-8"),
+    Case("repeated-row", "pattern_finetune", setup=data_setup("mnli", "train", lambda rows: rows + rows[:1]),
+         problem=r"train\.jsonl line 37: repeats line 1 \(same premise and hypothesis\)", fix="drop such rows"),
+    # ---- rows longer than the model's positions (class 2)
+    Case("long-premise-in-training-rows", "pattern_finetune",
+         setup=data_setup("mnli", "train", change_field("premise", lambda row: LONG + row["premise"])),
+         problem=r"training row \d+ is \d+ tokens with its answer, more than the student's 1024 positions",
+         fix="shorten or remove that row"),
+    Case("long-premise-in-evaluation-rows", "pattern_finetune",
+         setup=data_setup("mnli", "validation_matched", change_field("premise", LONG, lambda i: i == 5)),
+         problem=r"mnli evaluation row \d+ is \d+ tokens .* student's 1024 positions \(premise starts 'the cat",
+         fix="queries are never truncated"),
+    Case("long-premise-zero-shot", "icl_eval", {"k": 0},
+         setup=data_setup("hans", "validation", change_field("premise", LONG, lambda i: i == 7)),
+         problem=r"hans evaluation row \d+ is \d+ tokens with its answer, more than the model's 1024 positions",
+         fix="shorten or remove"),
+    # ---- values that parse but are wrong (class 3)
+    Case("label-words-read-as-booleans", "icl_eval", {"label_words": [True, False]},
+         problem=r"label_words: YAML read an unquoted yes/no.*\(\[True, False\]\)", fix=r"quote the text, e\.g\."),
+    Case("pattern-read-as-a-boolean", "icl_eval", {"pattern": False}, problem=r"pattern: YAML read .*\(False\)",
+         fix="pattern: 'no'"),
+    Case("negative-seed", "pattern_finetune", {"seed": -1}, problem="seed must be >= 0, got -1",
+         fix="fix it in the recipe file"),
+    Case("negative-data-seed", "pattern_finetune", {"data_seed": -3}, problem="data_seed must be >= 0, got -3",
+         fix="or on the command line"),
+    Case("eval-batch-size-0", "icl_eval", {"per_device_eval_batch_size": 0},
+         problem="per_device_eval_batch_size must be >= 1, got 0", fix="fix it in the recipe"),
+    Case("negative-demonstration-seed", "icl_eval", {"demonstration_seed": -1},
+         problem="demonstration_seed must be >= 0", fix="got -1"),
+    Case("lora-alpha-0", "pattern_finetune", {"student_mode": "lora", "lora_alpha": 0},
+         problem="lora_alpha must be > 0", fix="lora_alpha / lora_r"),
+    # ---- unsafe output folders (class 4)
+    Case("output-dir-empty", "icl_eval", setup=output_dir_is(lambda ctx: ""),
+         problem="output_dir is empty, which means the current directory", fix="a folder of its own"),
+    Case("output-dir-root", "pattern_finetune", setup=output_dir_is(lambda ctx: "/"),
+         problem="output_dir / is the file system root", fix="such as results/my-run"),
+    Case("output-dir-home", "icl_eval", setup=home_dir, problem="is your home directory, which holds other files",
+         fix="set output_dir to a folder", leaves="untouched"),
+    Case("output-dir-in-the-project", "pattern_finetune", setup=output_dir_is(lambda ctx: ROOT / "recipes"),
+         problem="is inside the project's own folders", fix="set output_dir to a folder of its own"),
+    Case("output-dir-in-use", "pattern_finetune", setup=output_dir_in_use,
+         problem=r"is in use by another run \(pid \d+ on .*started", fix="wait for it to finish", leaves="untouched"),
+    # ---- damaged checkpoints (class 5)
+    Case("resume-from-a-checkpoint-without-weights", "pattern_finetune",
+         {"resume_from_checkpoint": "{out}/checkpoint-2"}, setup=damaged_checkpoint("weights deleted"),
+         problem="checkpoint-2 is not a complete checkpoint: model.safetensors is missing", fix="give an earlier checkpoint",
+         leaves="untouched"),
+    Case("resume-with-only-a-truncated-checkpoint", "pattern_finetune", {"resume_from_checkpoint": True},
+         setup=damaged_checkpoint("optimizer truncated"),
+         problem=r"no complete checkpoint-N \(checkpoint-2: optimizer\.pt is 10 bytes, 64 when saved",
+         fix="remove resume_from_checkpoint to start afresh", leaves="untouched"),
+    # ---- distill-trainer evaluate (class 7)
+    Case("evaluate-a-folder-that-is-no-model", "cli", argv=evaluate(model="{tmp}/not-a-model", data="{hans}"),
+         setup=folder_without_model, problem="is a folder without config.json or adapter_config.json",
+         fix="give a folder written by a recipe"),
+    Case("evaluate-an-adapter-whose-base-is-gone", "cli", argv=evaluate(model="{tmp}/adapter", data="{hans}"),
+         setup=adapter_without_base, problem=r"cannot load the config of LoRA adapter .*base model .*deleted-base",
+         fix="give a local model directory"),
+    Case("evaluate-zero-examples", "cli", argv=evaluate("--num_examples", "0", data="{hans}"),
+         problem="argument --num_examples: must be >= 1, got 0", fix="see distill-trainer evaluate --help"),
+    Case("evaluate-negative-batch-size", "cli", argv=evaluate("--batch_size", "-2", data="{hans}"),
+         problem="argument --batch_size: must be >= 1, got -2", fix="evaluate --help"),
+    Case("evaluate-unknown-dtype", "cli", argv=evaluate("--dtype", "float8", data="{hans}"),
+         problem="argument --dtype: invalid choice: 'float8'", fix="--help"),
+    Case("evaluate-output-dir-is-a-file", "cli",
+         argv=("evaluate", "--model", "{student}", "--task", "hans", "--data", "{hans}", "--output_dir", "{tmp}/a-file"),
+         setup=file_at("a-file", "mine\n"), problem=r"a-file/? is a file, not a directory|a-file is a file",
+         fix="choose another output_dir"),
+    Case("evaluate-a-row-too-long", "cli", argv=evaluate(),
+         setup=evaluation_file(change_field("premise", LONG, lambda i: i == 2)),
+         problem=r"eval\.jsonl row 3 is \d+ tokens with its answer, more than the model's 1024 positions",
+         fix="shorten or remove that row"),
+    Case("evaluate-a-file-with-label-2", "cli", argv=evaluate(),
+         setup=evaluation_file(lambda rows: relabel(rows, lambda i, label: 2 if i == 0 else label)),
+         problem=r"eval\.jsonl line 1: label 2 is not a label id of hans", fix="or remove the row"),
     # ---- models
     Case("no-model", "icl_eval", {"model_name_or_path": None}, problem="no model given",
          fix="set model_name_or_path"),
@@ -310,19 +500,20 @@ def snapshot(directory: Path):
 
 
 def test_the_catalogue_has_25_distinct_cases():
-    assert len(CASES) >= 25 and len({case.id for case in CASES}) == len(CASES)
+    assert len(CASES) >= 25 + 30 and len({case.id for case in CASES}) == len(CASES)
     assert len({(case.problem, case.fix) for case in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input(case, tmp_path, tiny_dirs, capsys, monkeypatch):
-    names = {"student": tiny_dirs["student"], "teacher": tiny_dirs["teacher"]}
+    names = {"student": tiny_dirs["student"], "teacher": tiny_dirs["teacher"], "tmp": str(tmp_path),
+             "out": str(tmp_path / "out"), "hans": str(Path(DATA) / "hans" / "validation.jsonl")}
     values = {"output_dir": str(tmp_path / "out"), **{k: fill(v, names) for k, v in case.values.items()}}
     ctx = Context(tmp_path, tiny_dirs, values, monkeypatch)
     if case.setup is not None:
         case.setup(ctx)
     config = ctx.config or write_recipe(tmp_path, tiny_dirs, **ctx.values)
-    watched = ctx.out if case.id != "output-dir-under-a-file" else tmp_path / "a-file"
+    watched = ctx.watch or (ctx.out if case.id != "output-dir-under-a-file" else tmp_path / "a-file")
     before = snapshot(watched)
 
     if case.recipe == "cli":

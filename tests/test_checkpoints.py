@@ -107,6 +107,9 @@ def test_resume_settings(tmp_path):
         resolve_resume(str(tmp_path / "checkpoint-7"), tmp_path)
     (tmp_path / "checkpoint-5").mkdir()
     (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"checkpoint-7: it has no readable trainer_state\.json"):
+        resolve_resume("true", tmp_path)  # a checkpoint without a manifest needs its weights too
+    (tmp_path / "checkpoint-5" / "model.safetensors").write_bytes(b"weights")
     assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-5")
 
 

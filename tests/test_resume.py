@@ -116,3 +116,5 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_dirs, caplog):
         got, want = torch.tensor(predictions[task]), torch.tensor(expected_predictions[task])
         assert torch.allclose(got, want, rtol=0, atol=1e-5), task  # log-probs are stored rounded to 1e-6
     assert metrics["train"]["global_step"] == 6
+    # the mean loss over all six steps, not over the four after the resume
+    assert metrics["train"]["train_loss"] == expected_metrics["train"]["train_loss"]

@@ -290,3 +290,74 @@ def test_output_cache_rejects_what_it_cannot_use(tmp_path, tokenizer, teacher):
                                       distill_vocab="label_words", cache_dir=tmp_path)
     with pytest.raises(UsageError, match="teacher_cache_top_k"):
         DistillationConfig(output_dir=str(tmp_path), teacher_cache_top_k=0)
+
+
+# ---- a damaged teacher output cache is rebuilt, with one warning naming it ----
+
+
+def _corrupt_values(path, column):
+    """Rewrite the cache's Arrow data with log-probabilities shifted above 0, and make its key record's
+    file sizes and checksums match again: only the value invariants can tell."""
+    import json
+
+    from datasets import load_from_disk
+
+    from distill_trainer.output_cache import KEY_FILE, _file_records
+
+    dataset = load_from_disk(str(path))
+    shifted = [[[x + 5.0 for x in token] for token in row] if isinstance(row[0], list) else [x + 5.0 for x in row]
+               for row in dataset[column]]
+    damaged = dataset.remove_columns(column).add_column(column, shifted, feature=dataset.features[column])
+    record = json.loads((path / KEY_FILE).read_text())
+    tmp = path.with_name(path.name + "-rewritten")
+    damaged.save_to_disk(str(tmp))
+    for name in [p for p in path.iterdir() if p.name != KEY_FILE]:
+        name.unlink()
+    for name in tmp.iterdir():
+        name.rename(path / name.name)
+    tmp.rmdir()
+    record["files"] = _file_records(path)
+    (path / KEY_FILE).write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "values"])
+def test_a_damaged_output_cache_is_rebuilt_with_one_warning(tmp_path, tokenizer, teacher, damage, caplog):
+    collator = TwoViewCollator(tokenizer.pad_token_id)
+    dataset = Dataset.from_list(views(tokenizer))
+    options = dict(distill_vocab="full", temperature=1.0, top_k=8, cache_dir=tmp_path / "cache", batch_size=4)
+    built, path, _ = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
+    expected = built["teacher_topk_logprobs"]
+    del built  # memory-mapped: this process must not read a file cut under it
+    if damage == "truncated":  # a copy cut in half replaces the file, as a full disk or a killed copy leaves it
+        arrow = next(path.glob("*.arrow"))
+        cut = arrow.with_suffix(".cut")
+        cut.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+        cut.replace(arrow)
+    else:
+        _corrupt_values(path, "teacher_topk_logprobs")
+    caplog.set_level("WARNING", logger="distill_trainer")
+    rebuilt, again_path, reused = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "rebuilding it" in warnings[0], warnings
+    assert ("bytes" in warnings[0]) if damage == "truncated" else ("not 1" in warnings[0] or "above 0" in warnings[0])
+    assert not reused and again_path == path
+    assert rebuilt["teacher_topk_logprobs"] == expected  # the teacher's numbers again
+    _, _, reused = load_or_build_teacher_outputs(teacher, dataset, collator, **options)  # and now trusted
+    assert reused
+
+
+def test_label_word_cache_with_mass_not_one_is_rebuilt(tmp_path, tokenizer, teacher, caplog):
+    collator = TwoViewCollator(tokenizer.pad_token_id)
+    dataset = Dataset.from_list(views(tokenizer))
+    options = dict(distill_vocab="label_words", temperature=1.0, label_token_ids=label_ids(tokenizer),
+                   cache_dir=tmp_path / "cache", batch_size=4)
+    _, path, _ = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
+    from datasets import load_from_disk
+
+    from distill_trainer.output_cache import values_problem
+
+    assert values_problem(load_from_disk(str(path))) is None
+    _corrupt_values(path, "teacher_label_logprobs")
+    caplog.set_level("WARNING", logger="distill_trainer")
+    _, _, reused = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
+    assert not reused and "damaged" in caplog.text and str(path) in caplog.text

@@ -1,0 +1,71 @@
+"""The mean training loss of a resumed run, over all of its steps.
+
+The stock `Trainer` starts its running loss sum at zero in every `train()` call, so a run resumed from a
+checkpoint reports the mean over the steps after the resume only. Here each checkpoint also stores the
+sum so far (`train_loss_state.json`: the sum already logged and the part not yet logged), and a resumed
+run starts from it: its `train_loss` is then the same number, bitwise, as an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+LOSS_STATE = "train_loss_state.json"
+
+
+class _RestoreLossSum(TrainerCallback):
+    """Sets the trainer's running sums right after `train()` has zeroed them (on_train_begin)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved, self.trainer._loss_state_to_restore = self.trainer._loss_state_to_restore, None
+        if saved is not None:
+            self.trainer._total_loss_scalar = float(saved["logged"])
+            self.trainer._tr_loss.fill_(float(saved["pending"]))
+
+
+class ResumableTrainLossMixin:
+    """`Trainer` mixin (after `AtomicCheckpointMixin`, before `Trainer` in the bases)."""
+
+    _loss_state_to_restore: dict | None = None
+    _loss_callback_added = False
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            state = {"logged": self._total_loss_scalar, "pending": float(self._tr_loss.item()),
+                     "global_step": self.state.global_step}
+            (folder / LOSS_STATE).write_text(json.dumps(state), encoding="utf-8")
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        self._loss_state_to_restore = None
+        if resume_from_checkpoint and isinstance(resume_from_checkpoint, (str, Path)):
+            try:
+                self._loss_state_to_restore = json.loads((Path(resume_from_checkpoint) / LOSS_STATE).read_text())
+            except (OSError, ValueError):
+                logger.warning("%s has no %s: train_loss will average the steps after the resume only",
+                               resume_from_checkpoint, LOSS_STATE)
+        if not self._loss_callback_added:
+            self.add_callback(_RestoreLossSum(self))
+            self._loss_callback_added = True
+        restored = self._loss_state_to_restore is not None
+        result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if not restored:  # a fresh run: the Trainer's own mean is already over every step
+            return result
+        mean = self._total_loss_scalar / max(self.state.global_step, 0.001)
+        result.metrics["train_loss"] = mean
+        for log in reversed(self.state.log_history):
+            if "train_loss" in log:
+                log["train_loss"] = mean
+                break
+        return type(result)(result.global_step, mean, result.metrics)
