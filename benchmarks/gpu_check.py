@@ -40,16 +40,38 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WHEELS = REPO / "gpu-wheels"
 
 # The paper's scenarios, most telling first, so a step cut short still has the headline rows.
-MEMORY_SCENARIOS = ["pbft-opt-1.3b", "cd-8bit-lora", "cd-cached-lora", "pbft-opt-125m", "cd-bf16-lora",
-                    "cd-bf16-full", "cd-8bit-full", "cd-bf16-bitfit", "cd-8bit-bitfit", "cd-cached-full",
-                    "cd-cached-bitfit"]
+MEMORY_SCENARIOS = [
+    "pbft-opt-1.3b",
+    "cd-8bit-lora",
+    "cd-cached-lora",
+    "pbft-opt-125m",
+    "cd-bf16-lora",
+    "cd-bf16-full",
+    "cd-8bit-full",
+    "cd-bf16-bitfit",
+    "cd-8bit-bitfit",
+    "cd-cached-full",
+    "cd-cached-bitfit",
+]
 # Per-step time caps (s) and what each later step keeps in reserve, for the GPU run and for --tiny.
 CAPS = {"install": 90, "environment": 60, "memory": 270, "recipe": 90, "speed": 150}
 RESERVE = {"memory": 15, "recipe": 60, "speed": 90}
 # bf16 keeps 8 bits of mantissa: the prefix-cached and the plain teacher agree to ~1e-2 relative
 LOSS_RTOL, LOSS_ATOL = 3e-2, 1e-2
-PACKAGES = ("torch", "transformers", "tokenizers", "peft", "datasets", "accelerate", "evaluate", "bitsandbytes",
-            "trl", "huggingface_hub", "safetensors", "pyarrow")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "datasets",
+    "accelerate",
+    "evaluate",
+    "bitsandbytes",
+    "trl",
+    "huggingface_hub",
+    "safetensors",
+    "pyarrow",
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -64,8 +86,9 @@ def run_step(command: list[str], log: Path, timeout: float, env: dict) -> dict:
     with open(log, "w") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
+        )
         try:
             code = process.wait(timeout=max(timeout, 1))
             status = "passed" if code == 0 else "failed"
@@ -104,14 +127,33 @@ def install_wheels(wheels: Path, results: Path, timeout: float) -> tuple[dict, s
     """pip-install every wheel of `wheels` into a fresh folder; (record, that folder or None)."""
     found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
     if not found:
-        return {"status": "skipped", "seconds": 0, "error": None,
-                "note": f"no wheels in {wheels.name}/: the interpreter's own packages are used"}, None
+        return {
+            "status": "skipped",
+            "seconds": 0,
+            "error": None,
+            "note": f"no wheels in {wheels.name}/: the interpreter's own packages are used",
+        }, None
     site = tempfile.mkdtemp(prefix="distill-trainer-site-")
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-               "--no-cache-dir", "--disable-pip-version-check", "--target", site, *map(str, found)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--target",
+        site,
+        *map(str, found),
+    ]
     record = run_step(command, results / "logs" / "install.log", timeout, dict(os.environ))
-    record["note"] = f"{len(found)} wheels ({sum(w.stat().st_size for w in found) / 2**20:.1f} MiB): " + ", ".join(
-        w.name.split("-")[0] + " " + w.name.split("-")[1] for w in found)
+    record["note"] = (
+        f"{len(found)} wheels ({sum(w.stat().st_size for w in found) / 2**20:.1f} MiB): "
+        + ", ".join(w.name.split("-")[0] + " " + w.name.split("-")[1] for w in found)
+    )
     return record, site if record["status"] == "passed" else None
 
 
@@ -156,7 +198,7 @@ def probe_environment(device: str, results: Path, timeout: float, env: dict) -> 
     log = results / "logs" / "environment.log"
     record = run_step([sys.executable, "-c", ENVIRONMENT_PROBE, device, *PACKAGES], log, timeout, env)
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("ENVIRONMENT ")]
-    record["info"] = json.loads(lines[-1][len("ENVIRONMENT "):]) if lines else {}
+    record["info"] = json.loads(lines[-1][len("ENVIRONMENT ") :]) if lines else {}
     return record
 
 
@@ -165,20 +207,38 @@ def memory_step(options, results: Path, timeout: float, env: dict, has_8bit: boo
     skipped = [s for s in scenarios if "8bit" in s] if not has_8bit else []
     scenarios = [s for s in scenarios if s not in skipped]
     out = results / "memory"
-    common = [sys.executable, "benchmarks/memory.py", "--device", options.device, "--output-dir", str(out),
-              "--scenarios", ",".join(scenarios), "--cache-teacher", "8bit" if has_8bit else "bf16"]
+    common = [
+        sys.executable,
+        "benchmarks/memory.py",
+        "--device",
+        options.device,
+        "--output-dir",
+        str(out),
+        "--scenarios",
+        ",".join(scenarios),
+        "--cache-teacher",
+        "8bit" if has_8bit else "bf16",
+    ]
     if options.tiny:
         common.append("--tiny")
     command = common + ["--timeout", str(CAPS["memory"] * options.scale * 0.5)]
-    record = run_step(command, results / "logs" / "memory.log", timeout - RESERVE["memory"] * options.scale, env)
+    record = run_step(
+        command, results / "logs" / "memory.log", timeout - RESERVE["memory"] * options.scale, env
+    )
     if record["status"] != "passed":
         # the scenarios measured so far are on disk: write their report anyway
-        report = run_step(common + ["--report-only"], results / "logs" / "memory-report.log",
-                          RESERVE["memory"] * options.scale, env)
+        report = run_step(
+            common + ["--report-only"],
+            results / "logs" / "memory-report.log",
+            RESERVE["memory"] * options.scale,
+            env,
+        )
         record["report"] = report["status"]
     if skipped:
-        record["skipped"] = (f"8-bit rows skipped ({', '.join(skipped)}): bitsandbytes is not installed or its "
-                             "kernels do not load here (see the environment step)")
+        record["skipped"] = (
+            f"8-bit rows skipped ({', '.join(skipped)}): bitsandbytes is not installed or its "
+            "kernels do not load here (see the environment step)"
+        )
     table = out / "memory.md"
     record["markdown"] = table.read_text() if table.is_file() else None
     return record
@@ -196,7 +256,14 @@ def speed_step(options, results: Path, timeout: float, env: dict) -> dict:
 
 def recipe_step(options, results: Path, timeout: float, env: dict) -> dict:
     out = results / "recipe"
-    command = [sys.executable, str(Path(__file__).resolve()), "--recipe-worker", str(out), "--device", options.device]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--recipe-worker",
+        str(out),
+        "--device",
+        options.device,
+    ]
     if options.tiny:
         command.append("--tiny")
     record = run_step(command, results / "logs" / "recipe.log", timeout, env)
@@ -229,7 +296,9 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
     # on a GPU a model big enough for bf16 rounding to show; on CPU the tests' tiny size
     width, layers = (64, 2) if tiny else (512, 4)
     for name, seed in (("student", 0), ("teacher", 1)):
-        build_model(len(tokenizer), seed=seed, hidden_size=width, layers=layers).save_pretrained(models / name)
+        build_model(len(tokenizer), seed=seed, hidden_size=width, layers=layers).save_pretrained(
+            models / name
+        )
         tokenizer.save_pretrained(models / name)
     # count the prefix-cached teacher forwards, so "same losses" cannot come from the cache never running
     import distill_trainer.prefix_cache as prefix_cache_module
@@ -250,13 +319,29 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
     for prefix_cache in (True, False):
         name = "prefix-cache" if prefix_cache else "no-prefix-cache"
         config = {
-            "model_name_or_path": str(models / "student"), "teacher_model_name_or_path": str(models / "teacher"),
-            "teacher_dtype": "bfloat16", "bf16": True, "use_cpu": device == "cpu",
-            "teacher_prefix_cache": prefix_cache, "task": "mnli", "eval_tasks": ["mnli"], "data_source": "local",
-            "data_dir": str(REPO / "tests" / "data"), "k": 4, "num_train_examples": 16,
-            "per_device_train_batch_size": 4, "per_device_eval_batch_size": 16, "max_steps": steps,
-            "learning_rate": 1e-4, "lr_scheduler_type": "constant", "save_strategy": "no", "logging_steps": 1,
-            "disable_tqdm": True, "report_to": "none", "seed": 0, "output_dir": str(out / name),
+            "model_name_or_path": str(models / "student"),
+            "teacher_model_name_or_path": str(models / "teacher"),
+            "teacher_dtype": "bfloat16",
+            "bf16": True,
+            "use_cpu": device == "cpu",
+            "teacher_prefix_cache": prefix_cache,
+            "task": "mnli",
+            "eval_tasks": ["mnli"],
+            "data_source": "local",
+            "data_dir": str(REPO / "tests" / "data"),
+            "k": 4,
+            "num_train_examples": 16,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 16,
+            "max_steps": steps,
+            "learning_rate": 1e-4,
+            "lr_scheduler_type": "constant",
+            "save_strategy": "no",
+            "logging_steps": 1,
+            "disable_tqdm": True,
+            "report_to": "none",
+            "seed": 0,
+            "output_dir": str(out / name),
         }
         path = out / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -271,18 +356,31 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
         ok = abs(a - b) <= LOSS_ATOL + LOSS_RTOL * abs(b)
         same &= ok
         rows.append(f"| {step} | {a:.5f} | {b:.5f} | {abs(a - b):.2e} | {'ok' if ok else 'DIFFERENT'} |")
-    markdown = "\n".join([
-        (f"`recipes/context_distill.py`, {steps} steps, bf16 (teacher loaded in bf16, student under bf16 "
-         f"autocast), device `{device}`; random-init Llama student and teacher ({layers} layers x {width}), k=4 "
-         f"demonstrations; tolerance |diff| <= {LOSS_ATOL:g} + {LOSS_RTOL:g} |loss|."), "",
-        "| step | KD loss, prefix cache | KD loss, no prefix cache | abs diff | |", "|---:|---:|---:|---:|---|",
-        *rows, "", (f"Prefix-cached teacher forwards: {cached_forwards['prefix-cache']} with the cache, "
-                    f"{cached_forwards['no-prefix-cache']} without."),
-        f"Same losses within bf16 tolerance: {'yes' if same else 'NO'}.",
-    ])
-    (out / "recipe.json").write_text(json.dumps({"losses": losses, "cached_forwards": cached_forwards,
-                                                 "same_losses": same, "markdown": markdown},
-                                                indent=1))
+    markdown = "\n".join(
+        [
+            (
+                f"`recipes/context_distill.py`, {steps} steps, bf16 (teacher loaded in bf16, student under bf16 "
+                f"autocast), device `{device}`; random-init Llama student and teacher ({layers} layers x {width}), k=4 "
+                f"demonstrations; tolerance |diff| <= {LOSS_ATOL:g} + {LOSS_RTOL:g} |loss|."
+            ),
+            "",
+            "| step | KD loss, prefix cache | KD loss, no prefix cache | abs diff | |",
+            "|---:|---:|---:|---:|---|",
+            *rows,
+            "",
+            (
+                f"Prefix-cached teacher forwards: {cached_forwards['prefix-cache']} with the cache, "
+                f"{cached_forwards['no-prefix-cache']} without."
+            ),
+            f"Same losses within bf16 tolerance: {'yes' if same else 'NO'}.",
+        ]
+    )
+    (out / "recipe.json").write_text(
+        json.dumps(
+            {"losses": losses, "cached_forwards": cached_forwards, "same_losses": same, "markdown": markdown},
+            indent=1,
+        )
+    )
     shutil.rmtree(models, ignore_errors=True)
     print(markdown)
     return 0 if same else 1
@@ -302,23 +400,33 @@ def write_report(results: Path, options, records: dict, started: float) -> None:
     env = (records.get("environment") or {}).get("info", {})
     versions = env.get("versions", {})
     header = [
-        "# GPU check" + (" (CPU dry run, tiny sizes)" if options.tiny else ""), "",
+        "# GPU check" + (" (CPU dry run, tiny sizes)" if options.tiny else ""),
+        "",
         f"- device: `{options.device}`; GPU: {env.get('gpu') or 'none'}",
         f"- torch {versions.get('torch')}, CUDA {env.get('cuda')}, Python {env.get('python')}; "
         + ", ".join(f"{k} {versions.get(k)}" for k in PACKAGES if k not in ("torch",)),
-        (f"- date: {env.get('date') or time.strftime('%Y-%m-%d')}; host {platform.node()}; "
-         f"{time.perf_counter() - started:.0f} s so far of a {options.budget_s:.0f} s budget"),
-        f"- command: `python3 benchmarks/gpu_check.py {' '.join(options.argv)}`", "",
-        "| step | status | seconds | note |", "|---|---|---:|---|",
+        (
+            f"- date: {env.get('date') or time.strftime('%Y-%m-%d')}; host {platform.node()}; "
+            f"{time.perf_counter() - started:.0f} s so far of a {options.budget_s:.0f} s budget"
+        ),
+        f"- command: `python3 benchmarks/gpu_check.py {' '.join(options.argv)}`",
+        "",
+        "| step | status | seconds | note |",
+        "|---|---|---:|---|",
     ]
     for name, record in records.items():
         note = record.get("error") or record.get("note") or record.get("skipped") or ""
-        header.append(f"| {name} | {record['status']} | {record.get('seconds', '')} | {note.replace('|', '/')[:300]} |")
+        header.append(
+            f"| {name} | {record['status']} | {record.get('seconds', '')} | {note.replace('|', '/')[:300]} |"
+        )
     if env.get("errors"):
         header += ["", "Environment problems: " + "; ".join(f"{k}: {v}" for k, v in env["errors"].items())]
     body = []
-    titles = {"memory": "Memory at the paper's sizes", "recipe": "bf16 recipe steps, prefix cache on and off",
-              "speed": "Speed ratios (a)-(e)"}
+    titles = {
+        "memory": "Memory at the paper's sizes",
+        "recipe": "bf16 recipe steps, prefix cache on and off",
+        "speed": "Speed ratios (a)-(e)",
+    }
     for name, title in titles.items():
         record = records.get(name)
         if record is None:
@@ -332,8 +440,9 @@ def write_report(results: Path, options, records: dict, started: float) -> None:
             body.append(f"No table: {record['status']} ({record.get('error') or 'not run'}); see its log.")
     (results / "gpu_check.md").write_text("\n".join(header + body) + "\n")
     slim = {k: {kk: vv for kk, vv in v.items() if kk != "markdown"} for k, v in records.items()}
-    (results / "gpu_check.json").write_text(json.dumps({"device": options.device, "tiny": options.tiny,
-                                                        "steps": slim}, indent=1))
+    (results / "gpu_check.json").write_text(
+        json.dumps({"device": options.device, "tiny": options.tiny, "steps": slim}, indent=1)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,13 +452,16 @@ def write_report(results: Path, options, records: dict, started: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results", nargs="?", help="results folder (created)")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for the dry run")
     parser.add_argument("--tiny", action="store_true", help="tiny models and sequences (the CPU dry run)")
     parser.add_argument("--wheels", default=str(DEFAULT_WHEELS), help="folder of wheels to install first")
-    parser.add_argument("--budget-s", type=float, default=None, help="whole-run budget (default 470; --tiny 600)")
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="whole-run budget (default 470; --tiny 600)"
+    )
     parser.add_argument("--steps", default="memory,recipe,speed", help="comma-separated subset to run")
     parser.add_argument("--memory-scenarios", default=",".join(MEMORY_SCENARIOS))
     parser.add_argument("--recipe-worker", default=None, help=argparse.SUPPRESS)
@@ -370,22 +482,33 @@ def main(argv: list[str] | None = None) -> int:
 
     def announce(name):
         record = records[name]
-        print(f"[gpu_check] {name}: {record['status']} in {record.get('seconds', 0)} s"
-              + (f" ({record['error']})" if record.get("error") else ""), flush=True)
+        print(
+            f"[gpu_check] {name}: {record['status']} in {record.get('seconds', 0)} s"
+            + (f" ({record['error']})" if record.get("error") else ""),
+            flush=True,
+        )
         write_report(results, options, records, started)
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONUNBUFFERED="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    records["install"], site = install_wheels(Path(options.wheels), results,
-                                              budget.for_step("install", steps, options.scale))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    )
+    records["install"], site = install_wheels(
+        Path(options.wheels), results, budget.for_step("install", steps, options.scale)
+    )
     announce("install")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (site, str(REPO), os.environ.get("PYTHONPATH")) if p)
-    records["environment"] = probe_environment(options.device, results,
-                                               budget.for_step("environment", steps, options.scale), env)
+    records["environment"] = probe_environment(
+        options.device, results, budget.for_step("environment", steps, options.scale), env
+    )
     announce("environment")
     has_8bit = bool(records["environment"]["info"].get("bitsandbytes_works"))
     for i, name in enumerate(steps):
-        timeout = budget.for_step(name, steps[i + 1:], options.scale)
+        timeout = budget.for_step(name, steps[i + 1 :], options.scale)
         if timeout < 10:
             records[name] = {"status": "not run", "seconds": 0, "error": "no time left in the budget"}
         elif name == "memory":
@@ -399,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         announce(name)
     if site:
         shutil.rmtree(site, ignore_errors=True)
-    print(f"[gpu_check] wrote {results / 'gpu_check.md'} in {time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"[gpu_check] wrote {results / 'gpu_check.md'} in {time.perf_counter() - started:.0f} s", flush=True
+    )
     return 0 if all(r["status"] in ("passed", "skipped") for r in records.values()) else 1
 
 

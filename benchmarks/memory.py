@@ -53,10 +53,20 @@ TINY_SHAPES = {"demonstration_tokens": 24, "student_tokens": 10, "paper_batch": 
 # Tiny stand-ins for the two architectures (same family, shapes that run in a second; multiples of 64,
 # which bitsandbytes' 4-bit CPU kernel needs).
 TINY_ARCHITECTURES = {
-    "opt-1.3b": {"hidden_size": 128, "ffn_dim": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "word_embed_proj_dim": 128},
-    "opt-125m": {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "word_embed_proj_dim": 64},
+    "opt-1.3b": {
+        "hidden_size": 128,
+        "ffn_dim": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "word_embed_proj_dim": 128,
+    },
+    "opt-125m": {
+        "hidden_size": 64,
+        "ffn_dim": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "word_embed_proj_dim": 64,
+    },
 }
 TINY_VOCAB = 512
 
@@ -93,23 +103,58 @@ def _scenarios() -> list[Scenario]:
         Scenario("pbft-opt-1.3b", "PBFT OPT-1.3B, full, AdamW (reference)", student="opt-1.3b"),
         Scenario("pbft-opt-125m", "PBFT OPT-125M, full, AdamW"),
     ]
-    teachers = [("fp32", "float32", "none"), ("bf16", "bfloat16", "none"), ("8bit", "float32", "8bit"),
-                ("4bit", "float32", "4bit")]
+    teachers = [
+        ("fp32", "float32", "none"),
+        ("bf16", "bfloat16", "none"),
+        ("8bit", "float32", "8bit"),
+        ("4bit", "float32", "4bit"),
+    ]
     for short, dtype, quantization in teachers:
         for mode in ("full", "lora", "bitfit"):
-            items.append(Scenario(f"cd-{short}-{mode}", f"CD, OPT-1.3B {short} teacher -> OPT-125M {mode}",
-                                  student_mode=mode, teacher="opt-1.3b", teacher_dtype=dtype,
-                                  teacher_quantization=quantization))
-    items.append(Scenario("cd-8bit-lora-no-prefix-cache", "CD, 8-bit teacher -> LoRA, without the prefix KV cache",
-                          student_mode="lora", teacher="opt-1.3b", teacher_quantization="8bit", prefix_cache=False))
+            items.append(
+                Scenario(
+                    f"cd-{short}-{mode}",
+                    f"CD, OPT-1.3B {short} teacher -> OPT-125M {mode}",
+                    student_mode=mode,
+                    teacher="opt-1.3b",
+                    teacher_dtype=dtype,
+                    teacher_quantization=quantization,
+                )
+            )
+    items.append(
+        Scenario(
+            "cd-8bit-lora-no-prefix-cache",
+            "CD, 8-bit teacher -> LoRA, without the prefix KV cache",
+            student_mode="lora",
+            teacher="opt-1.3b",
+            teacher_quantization="8bit",
+            prefix_cache=False,
+        )
+    )
     for mode in ("full", "lora", "bitfit"):
-        items.append(Scenario(f"cd-cached-{mode}", f"CD, cached teacher outputs -> OPT-125M {mode}",
-                              student_mode=mode, teacher_outputs_cached=True))
+        items.append(
+            Scenario(
+                f"cd-cached-{mode}",
+                f"CD, cached teacher outputs -> OPT-125M {mode}",
+                student_mode=mode,
+                teacher_outputs_cached=True,
+            )
+        )
     items += [
-        Scenario("check-opt-1.3b-sgd", "check: OPT-1.3B full, plain SGD (no optimizer state)", student="opt-1.3b",
-                 optimizer="sgd", validation_only=True),
-        Scenario("check-opt-125m-batch32", "check: PBFT OPT-125M at batch 32, no accumulation", batch_size=32,
-                 accumulation=1, validation_only=True),
+        Scenario(
+            "check-opt-1.3b-sgd",
+            "check: OPT-1.3B full, plain SGD (no optimizer state)",
+            student="opt-1.3b",
+            optimizer="sgd",
+            validation_only=True,
+        ),
+        Scenario(
+            "check-opt-125m-batch32",
+            "check: PBFT OPT-125M at batch 32, no accumulation",
+            batch_size=32,
+            accumulation=1,
+            validation_only=True,
+        ),
     ]
     return items
 
@@ -154,7 +199,9 @@ def build_student(scenario: Scenario, tiny: bool):
     return prepare_student(model, scenario.student_mode)
 
 
-def synthetic_views(n: int, vocab: int, student_tokens: int, demonstration_tokens: int, seed: int = 0) -> list[dict]:
+def synthetic_views(
+    n: int, vocab: int, student_tokens: int, demonstration_tokens: int, seed: int = 0
+) -> list[dict]:
     """`build_views` rows of the paper's shapes from random token ids: BOS + demonstrations (shared) + query +
     a one-token answer for the teacher, BOS + query + answer for the student."""
     import random
@@ -169,14 +216,16 @@ def synthetic_views(n: int, vocab: int, student_tokens: int, demonstration_token
         query = [rng.randrange(4, vocab) for _ in range(student_tokens - 2)]
         answer = [rng.randrange(4, vocab)]
         student_prefix, teacher_prefix = [bos] + query, [bos] + demonstrations + query
-        rows.append({
-            "input_ids": student_prefix + answer,
-            "answer_positions": answer_positions(len(student_prefix), 1),
-            "teacher_input_ids": teacher_prefix + answer,
-            "teacher_answer_positions": answer_positions(len(teacher_prefix), 1),
-            "answer_ids": answer,
-            "teacher_prefix_length": 1 + demonstration_tokens,
-        })
+        rows.append(
+            {
+                "input_ids": student_prefix + answer,
+                "answer_positions": answer_positions(len(student_prefix), 1),
+                "teacher_input_ids": teacher_prefix + answer,
+                "teacher_answer_positions": answer_positions(len(teacher_prefix), 1),
+                "answer_ids": answer,
+                "teacher_prefix_length": 1 + demonstration_tokens,
+            }
+        )
     return rows
 
 
@@ -194,23 +243,34 @@ def estimate(scenario: Scenario, settings: dict, batch_size: int | None = None, 
 
     with torch.device("meta"):
         student = build_student(scenario, settings["tiny"])
-        teacher = AutoModelForCausalLM.from_config(model_config(scenario.teacher, settings["tiny"])) \
-            if scenario.teacher else None
+        teacher = (
+            AutoModelForCausalLM.from_config(model_config(scenario.teacher, settings["tiny"]))
+            if scenario.teacher
+            else None
+        )
     demonstrations = settings["demonstration_tokens"]
     student_tokens = settings["student_tokens"]
     batch, accumulation = (batch_size, 1) if batch_size else scenario_batch(scenario, settings)
     return estimate_peak_memory(
-        student, teacher, batch_size=batch, gradient_accumulation_steps=accumulation,
-        student_tokens=student_tokens, teacher_tokens=1 + demonstrations + student_tokens - 1,
-        teacher_prefix_tokens=(1 + demonstrations) if scenario.prefix_cache else 0, optimizer=scenario.optimizer,
-        teacher_dtype=scenario.teacher_dtype, teacher_quantization=scenario.teacher_quantization,
+        student,
+        teacher,
+        batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        student_tokens=student_tokens,
+        teacher_tokens=1 + demonstrations + student_tokens - 1,
+        teacher_prefix_tokens=(1 + demonstrations) if scenario.prefix_cache else 0,
+        optimizer=scenario.optimizer,
+        teacher_dtype=scenario.teacher_dtype,
+        teacher_quantization=scenario.teacher_quantization,
         runtime_bytes=runtime_bytes,
     )
 
 
 def scenario_batch(scenario: Scenario, settings: dict) -> tuple[int, int]:
-    return (scenario.batch_size or settings["micro_batch_size"],
-            scenario.accumulation or settings["gradient_accumulation_steps"])
+    return (
+        scenario.batch_size or settings["micro_batch_size"],
+        scenario.accumulation or settings["gradient_accumulation_steps"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -256,12 +316,19 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
         student = build_student(scenario, settings["tiny"])
         teacher = None
         if scenario.distills:
-            teacher = load_causal_lm(checkpoint, dtype=teacher_spec["teacher_dtype"],
-                                     quantization=teacher_spec["teacher_quantization"])
+            teacher = load_causal_lm(
+                checkpoint,
+                dtype=teacher_spec["teacher_dtype"],
+                quantization=teacher_spec["teacher_quantization"],
+            )
     trainable, total = count_parameters(student)
 
-    rows = synthetic_views(batch * accumulation * settings["steps"], student.config.vocab_size,
-                           settings["student_tokens"], settings["demonstration_tokens"])
+    rows = synthetic_views(
+        batch * accumulation * settings["steps"],
+        student.config.vocab_size,
+        settings["student_tokens"],
+        settings["demonstration_tokens"],
+    )
     if not scenario.distills:  # pattern-based fine-tuning sees the student view only
         rows = [{k: v for k, v in row.items() if not k.startswith("teacher_")} for row in rows]
     options = {"teacher_prefix_cache": scenario.prefix_cache}
@@ -272,11 +339,22 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     if missing:
         raise RuntimeError(f"DistillationConfig has no {missing}: this scenario needs the teacher caches")
     args = DistillationConfig(
-        output_dir=str(Path(workdir) / "trainer"), per_device_train_batch_size=batch,
-        per_device_eval_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=settings["steps"],
-        learning_rate=1e-5, optim="adamw_torch" if scenario.optimizer == "adamw" else "sgd",
-        lr_scheduler_type="constant", save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=True,
-        use_cpu=not on_cuda, seed=0, alpha=1.0 if scenario.distills else 0.0, dataloader_num_workers=0,
+        output_dir=str(Path(workdir) / "trainer"),
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=settings["steps"],
+        learning_rate=1e-5,
+        optim="adamw_torch" if scenario.optimizer == "adamw" else "sgd",
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        use_cpu=not on_cuda,
+        seed=0,
+        alpha=1.0 if scenario.distills else 0.0,
+        dataloader_num_workers=0,
         **{k: v for k, v in options.items() if k in known},
     )
 
@@ -290,8 +368,14 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     started = time.perf_counter()
     phase = "teacher_output_cache" if scenario.teacher_outputs_cached else "trainer_init"
     with tracker.phase(phase):
-        trainer = TrackedTrainer(model=student, teacher=teacher, args=args, train_dataset=Dataset.from_list(rows),
-                                 data_collator=TwoViewCollator(pad_token_id=1), callbacks=[MemoryCallback(tracker)])
+        trainer = TrackedTrainer(
+            model=student,
+            teacher=teacher,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            data_collator=TwoViewCollator(pad_token_id=1),
+            callbacks=[MemoryCallback(tracker)],
+        )
     del teacher, student  # with cached outputs the trainer has dropped the teacher: let it go
     gc.collect()
     trainer.train()
@@ -299,16 +383,29 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
 
     peaks = tracker.peak("train")
     peak = peaks["cuda_allocated"] if on_cuda else peaks["cpu_rss"]
-    breakdown = memory_breakdown(peak, student=trainer.model, optimizer=trainer.optimizer, teacher=trainer.teacher,
-                                 runtime_bytes=runtime)
+    breakdown = memory_breakdown(
+        peak,
+        student=trainer.model,
+        optimizer=trainer.optimizer,
+        teacher=trainer.teacher,
+        runtime_bytes=runtime,
+    )
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return {
-        "scenario": scenario.name, "status": "measured", "peak_bytes": peak, "runtime_bytes": runtime,
+        "scenario": scenario.name,
+        "status": "measured",
+        "peak_bytes": peak,
+        "runtime_bytes": runtime,
         # what the caching allocator held from the driver at its peak (allocated + cached free blocks)
         "peak_reserved_bytes": peaks.get("cuda_reserved"),
-        "breakdown": breakdown.as_dict(), "memory": tracker.as_dict(), "seconds": round(seconds, 1),
-        "trainable_parameters": trainable, "total_parameters": total, "batch_size": batch,
-        "gradient_accumulation_steps": accumulation, "losses": losses,
+        "breakdown": breakdown.as_dict(),
+        "memory": tracker.as_dict(),
+        "seconds": round(seconds, 1),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "batch_size": batch,
+        "gradient_accumulation_steps": accumulation,
+        "losses": losses,
     }
 
 
@@ -351,12 +448,16 @@ def run_disk(settings: dict, checkpoint: str, workdir: str, sizes_too: bool = Tr
     student.half().save_pretrained(scratch / "s16")
     sizes["student OPT-125M fp16"] = _directory_bytes(scratch / "s16")
     student = student.float()
-    biases = {n: p.detach().clone() for n, p in prepare_student(student, "bitfit").named_parameters()
-              if p.requires_grad}
+    biases = {
+        n: p.detach().clone()
+        for n, p in prepare_student(student, "bitfit").named_parameters()
+        if p.requires_grad
+    }
     save_file(biases, str(scratch / "bitfit-biases.safetensors"))
     sizes["student BitFit, biases only (fp32)"] = (scratch / "bitfit-biases.safetensors").stat().st_size
-    lora = prepare_student(AutoModelForCausalLM.from_config(model_config("opt-125m", tiny), dtype=torch.float32),
-                           "lora")
+    lora = prepare_student(
+        AutoModelForCausalLM.from_config(model_config("opt-125m", tiny), dtype=torch.float32), "lora"
+    )
     lora.save_pretrained(scratch / "lora")  # peft writes the adapters only
     sizes["student LoRA r=16 adapters only (fp32)"] = _directory_bytes(scratch / "lora")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -372,7 +473,9 @@ def worker_main(argv: list[str]) -> None:
     ns = parser.parse_args(argv)
     spec = json.loads(ns.spec)
     if ns.worker in ("disk", "checkpoint"):
-        result = run_disk(spec["settings"], spec["checkpoint"], spec["workdir"], sizes_too=ns.worker == "disk")
+        result = run_disk(
+            spec["settings"], spec["checkpoint"], spec["workdir"], sizes_too=ns.worker == "disk"
+        )
     else:
         result = run_scenario(SCENARIOS[ns.worker], spec["settings"], spec["checkpoint"], spec["workdir"])
     Path(ns.out).write_text(json.dumps(result, indent=1))
@@ -387,7 +490,9 @@ def available_bytes(settings: dict) -> int:
     if settings["device"].startswith("cuda"):
         # asked from a short-lived process: a CUDA context opened here would hold memory for the whole run
         probe = f"import torch; print(torch.cuda.mem_get_info(torch.device({settings['device']!r}))[0])"
-        return int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+        return int(
+            subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        )
     import psutil
 
     return psutil.virtual_memory().available
@@ -398,34 +503,56 @@ def launch(name: str, spec: dict, in_process: bool, timeout: float) -> dict:
     if in_process:
         try:
             if name in ("disk", "checkpoint"):
-                return run_disk(spec["settings"], spec["checkpoint"], spec["workdir"], sizes_too=name == "disk")
+                return run_disk(
+                    spec["settings"], spec["checkpoint"], spec["workdir"], sizes_too=name == "disk"
+                )
             return run_scenario(SCENARIOS[name], spec["settings"], spec["checkpoint"], spec["workdir"])
         except Exception as error:  # noqa: BLE001 - recorded in the table like a crashed subprocess
             return {"scenario": name, "status": "failed", "error": f"{type(error).__name__}: {error}"}
         finally:
             gc.collect()
     out = Path(spec["workdir"]) / f"{name}.result.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--spec", json.dumps(spec),
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--spec",
+        json.dumps(spec),
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if not spec["settings"]["glibc_default"]:
         env.update(FIXED_MMAP_THRESHOLD)
     try:
-        process = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT,
-                                 check=False)
+        process = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"scenario": name, "status": "failed", "error": f"timed out after {timeout:.0f} s"}
     if process.returncode != 0 or not out.is_file():
         tail = (process.stderr or process.stdout).strip().splitlines()[-3:]
         killed = process.returncode in (-9, 137)
-        return {"scenario": name, "status": "failed",
-                "error": ("killed (out of memory?)" if killed else f"exit code {process.returncode}") + ": "
-                + " | ".join(tail)}
+        return {
+            "scenario": name,
+            "status": "failed",
+            "error": ("killed (out of memory?)" if killed else f"exit code {process.returncode}")
+            + ": "
+            + " | ".join(tail),
+        }
     return json.loads(out.read_text())
 
 
-def run_all(settings: dict, names: list[str], output_dir: Path, in_process: bool, budget: float | None,
-            timeout: float, keep_checkpoint: str | None) -> None:
+def run_all(
+    settings: dict,
+    names: list[str],
+    output_dir: Path,
+    in_process: bool,
+    budget: float | None,
+    timeout: float,
+    keep_checkpoint: str | None,
+) -> None:
     results_dir = output_dir / "scenarios"
     results_dir.mkdir(parents=True, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="memory-bench-")
@@ -448,9 +575,16 @@ def run_all(settings: dict, names: list[str], output_dir: Path, in_process: bool
             predicted = estimate(scenario, settings).total + RUNTIME_ALLOWANCE
             room = budget if budget is not None else available_bytes(settings) - SAFETY_MARGIN
             if predicted > room:
-                result = {"scenario": name, "status": "does_not_fit", "estimate_bytes": predicted,
-                          "available_bytes": room, "budget_given": budget is not None}
-                _announce(name, f"does not fit: needs ~{predicted / GIB:.1f} GiB, {room / GIB:.1f} GiB available")
+                result = {
+                    "scenario": name,
+                    "status": "does_not_fit",
+                    "estimate_bytes": predicted,
+                    "available_bytes": room,
+                    "budget_given": budget is not None,
+                }
+                _announce(
+                    name, f"does not fit: needs ~{predicted / GIB:.1f} GiB, {room / GIB:.1f} GiB available"
+                )
             else:
                 _announce(name, f"running (estimate {predicted / GIB:.1f} GiB)")
                 result = launch(name, spec, in_process, timeout)
@@ -488,44 +622,88 @@ def main(argv: list[str] | None = None) -> int:
     if "--worker" in argv:
         worker_main(argv)
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="all",
-                        help=f"comma-separated names or 'all'; names: disk, {', '.join(SCENARIOS)}")
-    parser.add_argument("--output-dir", default=None, help="default results/memory (results/memory-tiny with --tiny)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models and sequences: a smoke run in seconds")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (the peak is then CUDA memory)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scenarios",
+        default="all",
+        help=f"comma-separated names or 'all'; names: disk, {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--output-dir", default=None, help="default results/memory (results/memory-tiny with --tiny)"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny models and sequences: a smoke run in seconds"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or cuda / cuda:N (the peak is then CUDA memory)"
+    )
     parser.add_argument("--micro-batch-size", type=int, default=8)
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=2,
-                        help="2 already reaches the peak of any larger value: gradients are held from the second "
-                             "micro-batch on")
-    parser.add_argument("--steps", type=int, default=2, help="optimizer steps (the optimizer state exists from step 1)")
-    parser.add_argument("--memory-budget-gb", type=float, default=None,
-                        help="run a scenario only if its estimate fits this many GiB (default: available memory "
-                             f"minus {SAFETY_MARGIN / GIB:.1f} GiB, checked before each scenario)")
+    parser.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=2,
+        help="2 already reaches the peak of any larger value: gradients are held from the second "
+        "micro-batch on",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=2, help="optimizer steps (the optimizer state exists from step 1)"
+    )
+    parser.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        default=None,
+        help="run a scenario only if its estimate fits this many GiB (default: available memory "
+        f"minus {SAFETY_MARGIN / GIB:.1f} GiB, checked before each scenario)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per scenario")
-    parser.add_argument("--keep-checkpoint", default=None,
-                        help="directory for the random teacher checkpoint, kept for later runs (default: temporary)")
-    parser.add_argument("--cache-teacher", choices=sorted(CACHE_TEACHERS), default="8bit",
-                        help="the teacher that builds the cached outputs of the cd-cached scenarios (bf16 where "
-                             "bitsandbytes is missing; training never sees it)")
-    parser.add_argument("--glibc-default", action="store_true",
-                        help="CPU: keep glibc's adaptive mmap threshold (RSS then includes freed heap memory)")
+    parser.add_argument(
+        "--keep-checkpoint",
+        default=None,
+        help="directory for the random teacher checkpoint, kept for later runs (default: temporary)",
+    )
+    parser.add_argument(
+        "--cache-teacher",
+        choices=sorted(CACHE_TEACHERS),
+        default="8bit",
+        help="the teacher that builds the cached outputs of the cd-cached scenarios (bf16 where "
+        "bitsandbytes is missing; training never sees it)",
+    )
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="CPU: keep glibc's adaptive mmap threshold (RSS then includes freed heap memory)",
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from stored results")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run scenarios in this process (tests only: peaks then include earlier scenarios)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run scenarios in this process (tests only: peaks then include earlier scenarios)",
+    )
     ns = parser.parse_args(argv)
 
     from distill_trainer.errors import UsageError
 
     shapes = TINY_SHAPES if ns.tiny else PAPER_SHAPES
-    settings = {"tiny": ns.tiny, "device": ns.device, "micro_batch_size": ns.micro_batch_size,
-                "gradient_accumulation_steps": ns.gradient_accumulation_steps, "steps": ns.steps,
-                "demonstration_tokens": shapes["demonstration_tokens"], "student_tokens": shapes["student_tokens"],
-                "paper_batch": shapes["paper_batch"], "glibc_default": ns.glibc_default}
+    settings = {
+        "tiny": ns.tiny,
+        "device": ns.device,
+        "micro_batch_size": ns.micro_batch_size,
+        "gradient_accumulation_steps": ns.gradient_accumulation_steps,
+        "steps": ns.steps,
+        "demonstration_tokens": shapes["demonstration_tokens"],
+        "student_tokens": shapes["student_tokens"],
+        "paper_batch": shapes["paper_batch"],
+        "glibc_default": ns.glibc_default,
+    }
     if ns.cache_teacher != "8bit":  # recorded only when not the default, so earlier results still load
         settings["cache_teacher"] = ns.cache_teacher
-    names = ["disk", *SCENARIOS] if ns.scenarios == "all" else [n.strip() for n in ns.scenarios.split(",") if n.strip()]
+    names = (
+        ["disk", *SCENARIOS]
+        if ns.scenarios == "all"
+        else [n.strip() for n in ns.scenarios.split(",") if n.strip()]
+    )
     unknown = [n for n in names if n != "disk" and n not in SCENARIOS]
     if unknown:
         raise UsageError(f"unknown scenario(s) {unknown}; choose from: disk, {', '.join(SCENARIOS)}")
@@ -541,8 +719,16 @@ def main(argv: list[str] | None = None) -> int:
     else:  # run as a script: its folder is on the path
         from memory_report import write_report
 
-    write_report(load_results(output_dir, settings), settings, output_dir, estimate, SCENARIOS, REFERENCE,
-                 PAPER_CLAIMS, environment(settings["device"]))
+    write_report(
+        load_results(output_dir, settings),
+        settings,
+        output_dir,
+        estimate,
+        SCENARIOS,
+        REFERENCE,
+        PAPER_CLAIMS,
+        environment(settings["device"]),
+    )
     print(f"[memory] wrote {output_dir}/memory.md, memory.json, memory.png", flush=True)
     return 0
 
@@ -558,25 +744,40 @@ def environment(device: str = "cpu") -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {psutil.virtual_memory().total / GIB:.1f} GiB RAM"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {psutil.virtual_memory().total / GIB:.1f} GiB RAM"
+    )
     if device.startswith("cuda"):  # asked from a short-lived process, like available_bytes
-        probe = (f"import torch; p = torch.cuda.get_device_properties(torch.device({device!r})); "
-                 "print(f'{p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}')")
-        gpu = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False).stdout.strip()
+        probe = (
+            f"import torch; p = torch.cuda.get_device_properties(torch.device({device!r})); "
+            "print(f'{p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}')"
+        )
+        gpu = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+        ).stdout.strip()
         machine += f"; {gpu or 'GPU not identified'}"
-    return {"machine": machine, "python": platform.python_version(), "versions": versions,
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "machine": machine,
+        "python": platform.python_version(),
+        "versions": versions,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def _code_version() -> str | None:
     """The commit the numbers were measured on (results move when the trainer or its caches change)."""
+
     def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO_ROOT, check=False).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=REPO_ROOT, check=False
+        ).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
         return None
-    return commit + (" with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + (
+        " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def _rows(results: dict, settings: dict, estimate, scenarios: dict, reference: str) -> tuple[list[dict], dict]:
+def _rows(
+    results: dict, settings: dict, estimate, scenarios: dict, reference: str
+) -> tuple[list[dict], dict]:
     """One row per scenario: measured peak, analytic estimate (with the measured runtime), reductions."""
-    runtimes = [r["runtime_bytes"] for r in results.values() if r.get("status") == "measured" and "runtime_bytes" in r]
+    runtimes = [
+        r["runtime_bytes"] for r in results.values() if r.get("status") == "measured" and "runtime_bytes" in r
+    ]
     typical_runtime = int(statistics.median(runtimes)) if runtimes else 0
     rows = []
     for name, scenario in scenarios.items():
@@ -32,36 +36,56 @@ def _rows(results: dict, settings: dict, estimate, scenarios: dict, reference: s
             continue
         runtime = result.get("runtime_bytes", typical_runtime)
         predicted = estimate(scenario, settings, runtime_bytes=runtime)
-        at_paper_batch = estimate(scenario, settings, batch_size=settings["paper_batch"], runtime_bytes=runtime)
+        at_paper_batch = estimate(
+            scenario, settings, batch_size=settings["paper_batch"], runtime_bytes=runtime
+        )
         measured = result.get("peak_bytes") if result["status"] == "measured" else None
-        rows.append({
-            "scenario": name, "title": scenario.title, "status": result["status"],
-            "validation_only": scenario.validation_only, "measured_bytes": measured,
-            "estimate_bytes": predicted.total, "estimate": predicted.as_dict(),
-            # peak minus the exactly countable terms, defined like the measured breakdown's rest
-            "estimate_rest_bytes": predicted.total - predicted.runtime - predicted.parameters - predicted.gradients
-            - predicted.optimizer_state - predicted.teacher_weights,
-            "estimate_paper_batch_bytes": at_paper_batch.total,
-            "error": None if measured is None else (measured - predicted.total) / predicted.total,
-            "reserved_bytes": result.get("peak_reserved_bytes") if measured is not None else None,
-            "trainable_parameters": result.get("trainable_parameters") or predicted.gradients // 4,
-            "breakdown": result.get("breakdown"),
-            "phases": (result.get("memory") or {}).get("phases"), "seconds": result.get("seconds"),
-            "available_bytes": result.get("available_bytes"), "error_message": result.get("error"),
-            "code": result.get("code"),
-        })
+        rows.append(
+            {
+                "scenario": name,
+                "title": scenario.title,
+                "status": result["status"],
+                "validation_only": scenario.validation_only,
+                "measured_bytes": measured,
+                "estimate_bytes": predicted.total,
+                "estimate": predicted.as_dict(),
+                # peak minus the exactly countable terms, defined like the measured breakdown's rest
+                "estimate_rest_bytes": predicted.total
+                - predicted.runtime
+                - predicted.parameters
+                - predicted.gradients
+                - predicted.optimizer_state
+                - predicted.teacher_weights,
+                "estimate_paper_batch_bytes": at_paper_batch.total,
+                "error": None if measured is None else (measured - predicted.total) / predicted.total,
+                "reserved_bytes": result.get("peak_reserved_bytes") if measured is not None else None,
+                "trainable_parameters": result.get("trainable_parameters") or predicted.gradients // 4,
+                "breakdown": result.get("breakdown"),
+                "phases": (result.get("memory") or {}).get("phases"),
+                "seconds": result.get("seconds"),
+                "available_bytes": result.get("available_bytes"),
+                "error_message": result.get("error"),
+                "code": result.get("code"),
+            }
+        )
     by_name = {row["scenario"]: row for row in rows}
     ref = by_name.get(reference)
     reference_info = None
     if ref is not None:
         value = ref["measured_bytes"] if ref["measured_bytes"] is not None else ref["estimate_bytes"]
-        reference_info = {"scenario": reference, "bytes": value, "paper_batch_bytes": ref["estimate_paper_batch_bytes"],
-                          "source": "measured" if ref["measured_bytes"] is not None else "analytic estimate"}
+        reference_info = {
+            "scenario": reference,
+            "bytes": value,
+            "paper_batch_bytes": ref["estimate_paper_batch_bytes"],
+            "source": "measured" if ref["measured_bytes"] is not None else "analytic estimate",
+        }
         for row in rows:
             peak = row["measured_bytes"] if row["measured_bytes"] is not None else row["estimate_bytes"]
             row["reduction"] = 1 - peak / value
             row["reduction_source"] = "measured" if row["measured_bytes"] is not None else "analytic"
-            row["reduction_paper_batch"] = 1 - row["estimate_paper_batch_bytes"] / reference_info["paper_batch_bytes"]
+            row["reduction_paper_batch"] = (
+                1 - row["estimate_paper_batch_bytes"] / reference_info["paper_batch_bytes"]
+            )
     return rows, reference_info
 
 
@@ -76,14 +100,23 @@ def _goals(rows: list[dict]) -> dict:
     worst = max(errors.items(), key=lambda item: abs(item[1])) if errors else None
     cd8, cached = reduction("cd-8bit-lora"), reduction("cd-cached-lora")
     return {
-        "cd_8bit_lora_reduction": {"value": cd8, "goal": GOAL_CD_8BIT_LORA,
-                                   "met": None if cd8 is None else cd8 >= GOAL_CD_8BIT_LORA},
-        "cached_lora_reduction": {"value": cached, "goal": GOAL_CACHED,
-                                  "met": None if cached is None else cached >= GOAL_CACHED},
-        "analytic_error": {"worst_scenario": worst[0] if worst else None, "worst": worst[1] if worst else None,
-                           "mean_abs": statistics.mean(abs(e) for e in errors.values()) if errors else None,
-                           "goal": GOAL_ANALYTIC_ERROR,
-                           "met": None if worst is None else abs(worst[1]) <= GOAL_ANALYTIC_ERROR},
+        "cd_8bit_lora_reduction": {
+            "value": cd8,
+            "goal": GOAL_CD_8BIT_LORA,
+            "met": None if cd8 is None else cd8 >= GOAL_CD_8BIT_LORA,
+        },
+        "cached_lora_reduction": {
+            "value": cached,
+            "goal": GOAL_CACHED,
+            "met": None if cached is None else cached >= GOAL_CACHED,
+        },
+        "analytic_error": {
+            "worst_scenario": worst[0] if worst else None,
+            "worst": worst[1] if worst else None,
+            "mean_abs": statistics.mean(abs(e) for e in errors.values()) if errors else None,
+            "goal": GOAL_ANALYTIC_ERROR,
+            "met": None if worst is None else abs(worst[1]) <= GOAL_ANALYTIC_ERROR,
+        },
     }
 
 
@@ -92,7 +125,8 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
     cuda = settings["device"].startswith("cuda")
     teacher_tokens = 1 + settings["demonstration_tokens"] + settings["student_tokens"] - 1
     lines = [
-        "# Memory: context distillation vs pattern-based fine-tuning" + (" (tiny smoke run)" if settings["tiny"] else ""),
+        "# Memory: context distillation vs pattern-based fine-tuning"
+        + (" (tiny smoke run)" if settings["tiny"] else ""),
         "",
         f"Random-initialised {'tiny stand-ins for ' if settings['tiny'] else ''}OPT-1.3B / OPT-125M (published "
         f"configs), `ContextDistillationTrainer` on `TwoViewCollator` batches, {settings['steps']} optimizer steps "
@@ -100,28 +134,45 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         f"teacher view {teacher_tokens} tokens ({settings['demonstration_tokens']} of them the 16 demonstrations, "
         f"shared: the teacher prefix KV cache is on unless a row says otherwise), AdamW, fp32 student, "
         f"device `{settings['device']}`. Peak = "
-        + ("CUDA peak allocated bytes (reserved: the caching allocator's peak hold, allocated plus cached free "
-           "blocks)" if settings["device"].startswith("cuda") else
-           "peak resident set size of the process") + " during `trainer.train()`, each scenario in a fresh process"
-        + ("" if settings["device"].startswith("cuda") else
-           (" with glibc's default malloc settings." if settings.get("glibc_default") else
-            " with glibc's mmap threshold fixed at 128 KiB, so freed tensors leave the RSS as they would leave "
-            "CUDA's allocated bytes (`--glibc-default` measures without it).")),
-        (f"{environment['machine']}; torch {environment['versions'].get('torch')}, transformers "
-        f"{environment['versions'].get('transformers')}, bitsandbytes {environment['versions'].get('bitsandbytes')}; "
-        f"{environment['date']}; code {_code_versions(rows)}."),
+        + (
+            "CUDA peak allocated bytes (reserved: the caching allocator's peak hold, allocated plus cached free "
+            "blocks)"
+            if settings["device"].startswith("cuda")
+            else "peak resident set size of the process"
+        )
+        + " during `trainer.train()`, each scenario in a fresh process"
+        + (
+            ""
+            if settings["device"].startswith("cuda")
+            else (
+                " with glibc's default malloc settings."
+                if settings.get("glibc_default")
+                else " with glibc's mmap threshold fixed at 128 KiB, so freed tensors leave the RSS as they would leave "
+                "CUDA's allocated bytes (`--glibc-default` measures without it)."
+            )
+        ),
+        (
+            f"{environment['machine']}; torch {environment['versions'].get('torch')}, transformers "
+            f"{environment['versions'].get('transformers')}, bitsandbytes {environment['versions'].get('bitsandbytes')}; "
+            f"{environment['date']}; code {_code_versions(rows)}."
+        ),
         "",
         "Command: `python benchmarks/memory.py" + (" --tiny" if settings["tiny"] else "") + "`",
         "",
         "## Peak memory while training",
         "",
-        (f"Reduction is against pattern-based fine-tuning of OPT-1.3B ({reference['source'] if reference else 'n/a'}). "
-        f"The last two columns are the analytic model at the paper's batch of {settings['paper_batch']} "
-        "without accumulation (activations and the teacher's forward grow with it; the rest does not)."),
+        (
+            f"Reduction is against pattern-based fine-tuning of OPT-1.3B ({reference['source'] if reference else 'n/a'}). "
+            f"The last two columns are the analytic model at the paper's batch of {settings['paper_batch']} "
+            "without accumulation (activations and the teacher's forward grow with it; the rest does not)."
+        ),
         "",
-        ("| scenario | trainable params | measured peak (GiB) | " + ("reserved peak (GiB) | " if cuda else "")
-         + f"analytic (GiB) | error | reduction | analytic, batch {settings['paper_batch']} (GiB) | "
-         f"reduction, batch {settings['paper_batch']} |"),
+        (
+            "| scenario | trainable params | measured peak (GiB) | "
+            + ("reserved peak (GiB) | " if cuda else "")
+            + f"analytic (GiB) | error | reduction | analytic, batch {settings['paper_batch']} (GiB) | "
+            f"reduction, batch {settings['paper_batch']} |"
+        ),
         "|---|---:|---:|" + ("---:|" if cuda else "") + "---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -139,21 +190,27 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
             reduction = paper_reduction = "-"  # the reference itself, or a check of the analytic model
         params = f"{row['trainable_parameters'] / 1e6:.2f} M" if row["trainable_parameters"] else "-"
         reserved = f"{_gib(row['reserved_bytes'])} | " if cuda else ""
-        lines.append(f"| {row['title']} | {params} | {measured} | {reserved}{_gib(row['estimate_bytes'])} | "
-                     f"{_pct(row['error']) if row['error'] is not None else '-'} | {reduction} | "
-                     f"{_gib(row['estimate_paper_batch_bytes'])} | {paper_reduction} |")
+        lines.append(
+            f"| {row['title']} | {params} | {measured} | {reserved}{_gib(row['estimate_bytes'])} | "
+            f"{_pct(row['error']) if row['error'] is not None else '-'} | {reduction} | "
+            f"{_gib(row['estimate_paper_batch_bytes'])} | {paper_reduction} |"
+        )
     lines += [
         "",
         "## Where the peak goes (measured, MiB)",
         "",
-        ("Runtime is the process before any model exists (interpreter, torch, transformers); parameters, "
-        "gradients, optimizer state and teacher weights are exact byte counts of the tensors; rest = peak minus "
-        "all of those (activations, the teacher's forward and prefix KV cache, gradient temporaries, allocator "
-        "slack), beside the analytic model's rest, defined the same way. Load peak: the `model_load` phase "
-        "(building the student, loading the teacher checkpoint); teacher fwd peak: the worst teacher forward."),
+        (
+            "Runtime is the process before any model exists (interpreter, torch, transformers); parameters, "
+            "gradients, optimizer state and teacher weights are exact byte counts of the tensors; rest = peak minus "
+            "all of those (activations, the teacher's forward and prefix KV cache, gradient temporaries, allocator "
+            "slack), beside the analytic model's rest, defined the same way. Load peak: the `model_load` phase "
+            "(building the student, loading the teacher checkpoint); teacher fwd peak: the worst teacher forward."
+        ),
         "",
-        ("| scenario | runtime | parameters | gradients | optimizer | teacher weights | rest | rest, analytic | "
-        "load peak | teacher fwd peak | time (s) |"),
+        (
+            "| scenario | runtime | parameters | gradients | optimizer | teacher weights | rest | rest, analytic | "
+            "load peak | teacher fwd peak | time (s) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -165,25 +222,40 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         load = phases.get("model_load", {}).get(key, "-")
         teacher_forward = phases.get("teacher_forward", {}).get(key, "-")
         analytic_rest = row["estimate_rest_bytes"] / MIB
-        lines.append(f"| {row['scenario']} | {b['runtime']:.0f} | {b['parameters']:.0f} | {b['gradients']:.0f} | "
-                     f"{b['optimizer_state']:.0f} | {b['teacher_weights']:.0f} | {b['rest']:.0f} | "
-                     f"{analytic_rest:.0f} | {load} | {teacher_forward} | {row['seconds']} |")
+        lines.append(
+            f"| {row['scenario']} | {b['runtime']:.0f} | {b['parameters']:.0f} | {b['gradients']:.0f} | "
+            f"{b['optimizer_state']:.0f} | {b['teacher_weights']:.0f} | {b['rest']:.0f} | "
+            f"{analytic_rest:.0f} | {load} | {teacher_forward} | {row['seconds']} |"
+        )
     lines += ["", "## Goals", ""]
     g = goals["cd_8bit_lora_reduction"]
-    lines.append(f"- 8-bit OPT-1.3B teacher + LoRA OPT-125M student: {_pct(g['value'])} less peak memory than PBFT "
-                 f"of OPT-1.3B (goal >= {_pct(g['goal'])}; paper: {claims['memory_reduction']}): "
-                 f"{_verdict(g['met'])}.")
+    lines.append(
+        f"- 8-bit OPT-1.3B teacher + LoRA OPT-125M student: {_pct(g['value'])} less peak memory than PBFT "
+        f"of OPT-1.3B (goal >= {_pct(g['goal'])}; paper: {claims['memory_reduction']}): "
+        f"{_verdict(g['met'])}."
+    )
     g = goals["cached_lora_reduction"]
-    lines.append(f"- Cached teacher outputs + LoRA student: {_pct(g['value'])} less (goal >= {_pct(g['goal'])}): "
-                 f"{_verdict(g['met'])}.")
+    lines.append(
+        f"- Cached teacher outputs + LoRA student: {_pct(g['value'])} less (goal >= {_pct(g['goal'])}): "
+        f"{_verdict(g['met'])}."
+    )
     g = goals["analytic_error"]
     if g["worst"] is not None:
-        lines.append(f"- Analytic model vs measured peaks: mean |error| {_pct(g['mean_abs'])}, worst "
-                     f"{_pct(g['worst'])} ({g['worst_scenario']}) (goal within {_pct(g['goal'])}): "
-                     f"{_verdict(g['met'])}.")
+        lines.append(
+            f"- Analytic model vs measured peaks: mean |error| {_pct(g['mean_abs'])}, worst "
+            f"{_pct(g['worst'])} ({g['worst_scenario']}) (goal within {_pct(g['goal'])}): "
+            f"{_verdict(g['met'])}."
+        )
     if disk:
-        lines += ["", "## Size on disk", "", f"Paper: {claims['model_size']}.", "", "| file | size (MB) |",
-                  "|---|---:|"]
+        lines += [
+            "",
+            "## Size on disk",
+            "",
+            f"Paper: {claims['model_size']}.",
+            "",
+            "| file | size (MB) |",
+            "|---|---:|",
+        ]
         lines += [f"| {label} | {size / 1e6:,.1f} |" for label, size in disk.get("sizes_bytes", {}).items()]
         lines += [f"- {note}" for note in disk.get("notes", [])]
     return "\n".join(lines) + "\n"
@@ -204,11 +276,21 @@ def _chart(rows, reference, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    terms = [("runtime", "runtime", "#bbbbbb"), ("parameters", "parameters", "#4c72b0"),
-             ("gradients", "gradients", "#55a868"), ("optimizer_state", "optimizer state", "#c44e52"),
-             ("teacher_weights", "teacher weights", "#8172b2"), ("rest", "activations and rest", "#ccb974")]
-    estimate_terms = {"runtime": "runtime", "parameters": "parameters", "gradients": "gradients",
-                      "optimizer_state": "optimizer_state", "teacher_weights": "teacher_weights"}
+    terms = [
+        ("runtime", "runtime", "#bbbbbb"),
+        ("parameters", "parameters", "#4c72b0"),
+        ("gradients", "gradients", "#55a868"),
+        ("optimizer_state", "optimizer state", "#c44e52"),
+        ("teacher_weights", "teacher weights", "#8172b2"),
+        ("rest", "activations and rest", "#ccb974"),
+    ]
+    estimate_terms = {
+        "runtime": "runtime",
+        "parameters": "parameters",
+        "gradients": "gradients",
+        "optimizer_state": "optimizer_state",
+        "teacher_weights": "teacher_weights",
+    }
     shown = [row for row in rows if row["breakdown"] or row["status"] == "does_not_fit"]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(shown) + 1.8))
     for y, row in enumerate(shown):
@@ -221,8 +303,15 @@ def _chart(rows, reference, path: Path) -> None:
                 value = row["estimate_rest_bytes"] / GIB
             else:
                 value = row["estimate"][estimate_terms[key]] / 1024
-            ax.barh(y, value, left=left, color=color, hatch=None if measured else "//",
-                    edgecolor="white" if measured else "black", linewidth=0.3)
+            ax.barh(
+                y,
+                value,
+                left=left,
+                color=color,
+                hatch=None if measured else "//",
+                edgecolor="white" if measured else "black",
+                linewidth=0.3,
+            )
             left += value
         if not measured:
             note = "does not fit here: analytic estimate"
@@ -245,15 +334,32 @@ def _chart(rows, reference, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: dict, settings: dict, output_dir: Path, estimate, scenarios: dict, reference: str,
-                 claims: dict, environment: dict) -> dict:
+def write_report(
+    results: dict,
+    settings: dict,
+    output_dir: Path,
+    estimate,
+    scenarios: dict,
+    reference: str,
+    claims: dict,
+    environment: dict,
+) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, reference_info = _rows(results, settings, estimate, scenarios, reference)
     goals = _goals(rows)
     disk = results.get("disk")
-    report = {"settings": settings, "environment": environment, "paper_claims": claims, "reference": reference_info,
-              "goals": goals, "scenarios": rows, "disk": disk}
+    report = {
+        "settings": settings,
+        "environment": environment,
+        "paper_claims": claims,
+        "reference": reference_info,
+        "goals": goals,
+        "scenarios": rows,
+        "disk": disk,
+    }
     (output_dir / "memory.json").write_text(json.dumps(report, indent=1))
-    (output_dir / "memory.md").write_text(_markdown(rows, reference_info, goals, disk, settings, claims, environment))
+    (output_dir / "memory.md").write_text(
+        _markdown(rows, reference_info, goals, disk, settings, claims, environment)
+    )
     _chart(rows, reference_info, output_dir / "memory.png")
     return report

@@ -66,13 +66,36 @@ from distill_trainer.views import SEPARATOR  # noqa: E402
 PATTERN = "gpt3"
 LABEL_WORDS = (" Yes", " No")
 # OPT-350M's published shape (not shipped in distill_trainer/architectures)
-OPT_350M = dict(vocab_size=50272, hidden_size=1024, num_hidden_layers=24, ffn_dim=4096, num_attention_heads=16,
-                word_embed_proj_dim=512, do_layer_norm_before=False, max_position_embeddings=2048, dropout=0.0,
-                pad_token_id=1, bos_token_id=2, eos_token_id=2)
+OPT_350M = dict(
+    vocab_size=50272,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    ffn_dim=4096,
+    num_attention_heads=16,
+    word_embed_proj_dim=512,
+    do_layer_norm_before=False,
+    max_position_embeddings=2048,
+    dropout=0.0,
+    pad_token_id=1,
+    bos_token_id=2,
+    eos_token_id=2,
+)
 # SmolLM2-135M's published shape, for a random-init stand-in when the embedded model is not installed
-SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
-                    tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=8192,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+)
 
 
 # ---------------------------------------------------------------------------- data
@@ -114,7 +137,7 @@ def batches(features, batch_size, pad_token_id, count, device="cpu"):
     out = []
     for i in range(count):
         start = (i * batch_size) % len(features)
-        chunk = (features + features)[start:start + batch_size]
+        chunk = (features + features)[start : start + batch_size]
         out.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate(chunk).items()})
     return out
 
@@ -140,8 +163,11 @@ def data_tokenizer(vocab_size: int = 8192):
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
@@ -154,7 +180,9 @@ def embedded_smollm2():
         path = resolve_model_path("embedded:smollm2-135m")
         return path, load_tokenizer(path)
     except (ImportError, OSError, UsageError) as error:  # the package (or the embedded loader) is missing
-        print(f"[speed] embedded SmolLM2-135M unavailable ({type(error).__name__}: {error}); using random init")
+        print(
+            f"[speed] embedded SmolLM2-135M unavailable ({type(error).__name__}: {error}); using random init"
+        )
         return None
 
 
@@ -172,9 +200,18 @@ def random_model(kind: str, seed: int, vocab_size: int | None = None):
     if kind == "smollm2-135m":
         return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M))
     if kind == "tiny":
-        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                            max_position_embeddings=4096, pad_token_id=0))
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=4096,
+                pad_token_id=0,
+            )
+        )
     raise ValueError(kind)
 
 
@@ -184,8 +221,12 @@ def model_pair(name: str, shared: dict):
 
     if name == "tiny":
         tokenizer = fallback_tokenizer()
-        return (random_model("tiny", 1, len(tokenizer)), random_model("tiny", 0, len(tokenizer)), tokenizer,
-                "tiny Llama (random init, 2 layers x 64)")
+        return (
+            random_model("tiny", 1, len(tokenizer)),
+            random_model("tiny", 0, len(tokenizer)),
+            tokenizer,
+            "tiny Llama (random init, 2 layers x 64)",
+        )
     if "embedded" not in shared:
         shared["embedded"] = embedded_smollm2()
     embedded = shared["embedded"]
@@ -194,39 +235,73 @@ def model_pair(name: str, shared: dict):
     if name == "smollm2-135m":
         if embedded:
             teacher = AutoModelForCausalLM.from_pretrained(embedded[0], dtype=torch.float32)
-            return teacher, copy.deepcopy(teacher), tokenizer, "SmolLM2-135M-Instruct (embedded, real weights); teacher = student"
-        return (random_model("smollm2-135m", 1), random_model("smollm2-135m", 0), tokenizer,
-                f"SmolLM2-135M architecture (random init; {tokenizer_note})")
+            return (
+                teacher,
+                copy.deepcopy(teacher),
+                tokenizer,
+                "SmolLM2-135M-Instruct (embedded, real weights); teacher = student",
+            )
+        return (
+            random_model("smollm2-135m", 1),
+            random_model("smollm2-135m", 0),
+            tokenizer,
+            f"SmolLM2-135M architecture (random init; {tokenizer_note})",
+        )
     if name == "opt-1.3b":  # the paper's pair
         if not embedded:
             tokenizer, tokenizer_note = data_tokenizer(), "BPE trained on the query pool"
-        return (random_model("opt-1.3b", 1), random_model("opt-125m", 0), tokenizer,
-                f"OPT-1.3B teacher -> OPT-125M student, the paper's sizes (random init; {tokenizer_note})")
+        return (
+            random_model("opt-1.3b", 1),
+            random_model("opt-125m", 0),
+            tokenizer,
+            f"OPT-1.3B teacher -> OPT-125M student, the paper's sizes (random init; {tokenizer_note})",
+        )
     if name == "opt-125m":
-        return (random_model("opt-125m", 1), random_model("opt-125m", 0), tokenizer,
-                f"OPT-125M teacher and student (random init; {tokenizer_note})")
+        return (
+            random_model("opt-125m", 1),
+            random_model("opt-125m", 0),
+            tokenizer,
+            f"OPT-125M teacher and student (random init; {tokenizer_note})",
+        )
     if name == "opt-350m":
-        return (random_model("opt-350m", 1), random_model("opt-125m", 0), tokenizer,
-                f"OPT-350M teacher -> OPT-125M student (random init; {tokenizer_note})")
-    raise SystemExit(f"unknown model pair {name!r}; choose from smollm2-135m, opt-125m, opt-350m, opt-1.3b, tiny")
+        return (
+            random_model("opt-350m", 1),
+            random_model("opt-125m", 0),
+            tokenizer,
+            f"OPT-350M teacher -> OPT-125M student (random init; {tokenizer_note})",
+        )
+    raise SystemExit(
+        f"unknown model pair {name!r}; choose from smollm2-135m, opt-125m, opt-350m, opt-1.3b, tiny"
+    )
 
 
 # ---------------------------------------------------------------------------- variants
 
 
 def make_trainer(student, teacher, tmp, train_dataset=None, tokenizer=None, device="cpu", **config):
-    args = DistillationConfig(output_dir=os.path.join(tmp, "out"), report_to="none", use_cpu=device == "cpu",
-                              disable_tqdm=True, save_strategy="no", teacher_cache_dir=os.path.join(tmp, "cache"),
-                              **config)
-    return ContextDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=train_dataset,
-                                      data_collator=TwoViewCollator(tokenizer.pad_token_id, padding_side="left"),
-                                      label_token_ids=[tokenizer(w, add_special_tokens=False)["input_ids"][0]
-                                                       for w in LABEL_WORDS])
+    args = DistillationConfig(
+        output_dir=os.path.join(tmp, "out"),
+        report_to="none",
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+        save_strategy="no",
+        teacher_cache_dir=os.path.join(tmp, "cache"),
+        **config,
+    )
+    return ContextDistillationTrainer(
+        model=student,
+        teacher=teacher,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=TwoViewCollator(tokenizer.pad_token_id, padding_side="left"),
+        label_token_ids=[tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in LABEL_WORDS],
+    )
 
 
 def ours_step(trainer):
     def step(batch):
         return trainer.compute_loss(trainer.model, batch)
+
     return step
 
 
@@ -236,14 +311,17 @@ def naive_trl_step(student, teacher):
 
     def step(batch):
         with torch.no_grad():
-            teacher_logits = teacher(input_ids=batch["teacher_input_ids"],
-                                     attention_mask=batch["teacher_attention_mask"]).logits
+            teacher_logits = teacher(
+                input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+            ).logits
         student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         length = student_logits.shape[1]
         # left padding: the views end alike, so the teacher's last `length` positions match the student's;
         # logits at position p predict token p + 1, hence the shift (as GKDTrainer does)
-        return GKDTrainer.generalized_jsd_loss(student_logits[:, :-1], teacher_logits[:, -length:-1],
-                                               labels=batch["labels"][:, 1:], beta=0.0)
+        return GKDTrainer.generalized_jsd_loss(
+            student_logits[:, :-1], teacher_logits[:, -length:-1], labels=batch["labels"][:, 1:], beta=0.0
+        )
+
     return step
 
 
@@ -322,9 +400,13 @@ def run_interleaved(variants: dict, student, rounds: int, warmup: int, meter) ->
     adam_bytes = optimizer_state_bytes(optimizer)
     out = {}
     for key, record in records.items():
-        out[key] = {"median_s": statistics.median(record["times_s"]), "times_s": record["times_s"],
-                    "warmup_s": record["warmup_s"], "extra_mib": max(record["extra"]) / MIB,
-                    "optimizer_state_mib": adam_bytes / MIB}
+        out[key] = {
+            "median_s": statistics.median(record["times_s"]),
+            "times_s": record["times_s"],
+            "warmup_s": record["warmup_s"],
+            "extra_mib": max(record["extra"]) / MIB,
+            "optimizer_state_mib": adam_bytes / MIB,
+        }
     return out
 
 
@@ -337,27 +419,48 @@ def run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter) -
 
     texts = [pattern.query(row) for row in rows]
     block = SEPARATOR.join(demonstrations)
-    runs = {"no_prefix_cache": (False, options.icl_queries), "prefix_cache": (True, options.icl_queries),
-            "prefix_cache_many": (True, options.icl_cached_queries)}
+    runs = {
+        "no_prefix_cache": (False, options.icl_queries),
+        "prefix_cache": (True, options.icl_queries),
+        "prefix_cache_many": (True, options.icl_cached_queries),
+    }
     records = {name: {"times_s": [], "extra": []} for name in runs}
     scores = {}
     for _ in range(options.icl_repeats):
         for name, (prefix_cache, count) in runs.items():
-            score = functools.partial(score_label_words, teacher, tokenizer, texts[:count], list(LABEL_WORDS),
-                                      demonstrations=block, batch_size=options.batch_size, progress=False,
-                                      prefix_cache=prefix_cache)
+            score = functools.partial(
+                score_label_words,
+                teacher,
+                tokenizer,
+                texts[:count],
+                list(LABEL_WORDS),
+                demonstrations=block,
+                batch_size=options.batch_size,
+                progress=False,
+                prefix_cache=prefix_cache,
+            )
             seconds, extra, scores[name] = timed(meter, score)
             records[name]["times_s"].append(seconds)
             records[name]["extra"].append(extra)
             print(f"[speed]   ICL {name}, {count} queries: {seconds:.2f}s", flush=True)
     first = options.icl_queries
-    result = {"max_abs_logprob_diff": float(max(
-        (scores["no_prefix_cache"].logprobs - scores[name].logprobs[:first]).abs().max()
-        for name in ("prefix_cache", "prefix_cache_many")))}
+    result = {
+        "max_abs_logprob_diff": float(
+            max(
+                (scores["no_prefix_cache"].logprobs - scores[name].logprobs[:first]).abs().max()
+                for name in ("prefix_cache", "prefix_cache_many")
+            )
+        )
+    }
     for name, (_, count) in runs.items():
         median = statistics.median(records[name]["times_s"])
-        result[name] = {"queries": count, "median_s": median, "times_s": records[name]["times_s"],
-                        "per_query_s": median / count, "extra_mib": max(records[name]["extra"]) / MIB}
+        result[name] = {
+            "queries": count,
+            "median_s": median,
+            "times_s": records[name]["times_s"],
+            "per_query_s": median / count,
+            "extra_mib": max(records[name]["extra"]) / MIB,
+        }
     return result
 
 
@@ -374,46 +477,78 @@ def run_pair(name, options, shared, meter):
     teacher.eval().requires_grad_(False)
     teacher, student = teacher.to(device), student.to(device)
     demonstrations, rows, pattern, data_dir = load_rows(
-        options.demonstrations, max(options.queries, options.icl_queries, options.icl_cached_queries))
+        options.demonstrations, max(options.queries, options.icl_queries, options.icl_cached_queries)
+    )
     features = build_features(tokenizer, pattern, demonstrations, rows[: options.queries])
     rounds = options.warmup + options.steps
     train = batches(features, options.batch_size, tokenizer.pad_token_id, rounds, device)
     student_bytes, teacher_bytes = model_bytes(student), model_bytes(teacher)
     result = {
-        "pair": name, "models": description, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+        "pair": name,
+        "models": description,
+        "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "teacher_tokens": statistics.mean(len(f["teacher_input_ids"]) for f in features),
         "student_tokens": statistics.mean(len(f["input_ids"]) for f in features),
-        "prefix_tokens": features[0]["teacher_prefix_length"], "data": str(data_dir.name),
+        "prefix_tokens": features[0]["teacher_prefix_length"],
+        "data": str(data_dir.name),
     }
     with tempfile.TemporaryDirectory() as tmp:
         pbft = make_trainer(student, None, tmp, tokenizer=tokenizer, device=device, alpha=0.0)
-        answer_only = make_trainer(student, teacher, tmp, tokenizer=tokenizer, device=device,
-                                   teacher_prefix_cache=False)
-        prefix = make_trainer(student, teacher, tmp, tokenizer=tokenizer, device=device, teacher_prefix_cache=True)
+        answer_only = make_trainer(
+            student, teacher, tmp, tokenizer=tokenizer, device=device, teacher_prefix_cache=False
+        )
+        prefix = make_trainer(
+            student, teacher, tmp, tokenizer=tokenizer, device=device, teacher_prefix_cache=True
+        )
         # (e): the one-off teacher pass (with the prefix cache) is timed apart; its steps never run the teacher
-        build_seconds, _, cached = timed(meter, functools.partial(
-            make_trainer, student, teacher, tmp, tokenizer=tokenizer, device=device,
-            train_dataset=Dataset.from_list(features),
-            teacher_output_cache=True, per_device_eval_batch_size=options.batch_size))
+        build_seconds, _, cached = timed(
+            meter,
+            functools.partial(
+                make_trainer,
+                student,
+                teacher,
+                tmp,
+                tokenizer=tokenizer,
+                device=device,
+                train_dataset=Dataset.from_list(features),
+                teacher_output_cache=True,
+                per_device_eval_batch_size=options.batch_size,
+            ),
+        )
         assert cached.teacher is None
-        train_cached = batches([cached.train_dataset[i] for i in range(len(features))], options.batch_size,
-                               tokenizer.pad_token_id, rounds, device)
+        train_cached = batches(
+            [cached.train_dataset[i] for i in range(len(features))],
+            options.batch_size,
+            tokenizer.pad_token_id,
+            rounds,
+            device,
+        )
         variants = {"a": ("(a) fine-tuning", ours_step(pbft), train)}
         if shared["trl"]:
             variants["b"] = ("(b) naive TRL-style", naive_trl_step(student, teacher), train)
-        variants |= {"c": ("(c) answer-only", ours_step(answer_only), train),
-                     "d": ("(d) + prefix cache", ours_step(prefix), train),
-                     "e": ("(e) + output cache", ours_step(cached), train_cached)}
+        variants |= {
+            "c": ("(c) answer-only", ours_step(answer_only), train),
+            "d": ("(d) + prefix cache", ours_step(prefix), train),
+            "e": ("(e) + output cache", ours_step(cached), train_cached),
+        }
         measured = run_interleaved(variants, student, rounds, options.warmup, meter)
         prefix_teacher = prefix._teacher_runner.prefix_teacher
-        prefix_cache_bytes = sum(t.numel() * t.element_size() for layer in prefix_teacher._prefix_cache.layers
-                                 for t in (layer.keys, layer.values))
+        prefix_cache_bytes = sum(
+            t.numel() * t.element_size()
+            for layer in prefix_teacher._prefix_cache.layers
+            for t in (layer.keys, layer.values)
+        )
         del pbft, answer_only, prefix, cached
     # resident besides a step's own allocations: the weights the variant needs, the optimizer state, and
     # for (d) the demonstrations' KV cache
-    resident = {"a": student_bytes, "b": student_bytes + teacher_bytes, "c": student_bytes + teacher_bytes,
-                "d": student_bytes + teacher_bytes + prefix_cache_bytes, "e": student_bytes}
+    resident = {
+        "a": student_bytes,
+        "b": student_bytes + teacher_bytes,
+        "c": student_bytes + teacher_bytes,
+        "d": student_bytes + teacher_bytes + prefix_cache_bytes,
+        "e": student_bytes,
+    }
     floor = measured["a"]["median_s"]
     for key, v in measured.items():
         v["ratio_to_a"] = v["median_s"] / floor
@@ -451,79 +586,121 @@ def goals(pair: dict) -> list[str]:
     if "b" in v:
         speedup = v["b"]["median_s"] / v["c"]["median_s"]
         check("(c) >= 2x faster than (b)", speedup >= 2, f"{speedup:.2f}x")
-        check("(c) peak <= half of (b)'s", v["c"]["peak_mib"] <= 0.5 * v["b"]["peak_mib"],
-              f"{v['c']['peak_mib']:.0f} vs {v['b']['peak_mib']:.0f} MiB; extra {v['c']['extra_mib']:.0f} vs "
-              f"{v['b']['extra_mib']:.0f} MiB")
+        check(
+            "(c) peak <= half of (b)'s",
+            v["c"]["peak_mib"] <= 0.5 * v["b"]["peak_mib"],
+            f"{v['c']['peak_mib']:.0f} vs {v['b']['peak_mib']:.0f} MiB; extra {v['c']['extra_mib']:.0f} vs "
+            f"{v['b']['extra_mib']:.0f} MiB",
+        )
     plain, few, many = icl["no_prefix_cache"], icl["prefix_cache"], icl["prefix_cache_many"]
     speedup = plain["per_query_s"] / many["per_query_s"]
-    check("ICL eval with prefix cache >= 5x faster", speedup >= 5,
-          f"{speedup:.1f}x per query over {many['queries']} queries; {plain['median_s'] / few['median_s']:.1f}x "
-          f"over {few['queries']}, where the one-off prefix pass weighs more")
+    check(
+        "ICL eval with prefix cache >= 5x faster",
+        speedup >= 5,
+        f"{speedup:.1f}x per query over {many['queries']} queries; {plain['median_s'] / few['median_s']:.1f}x "
+        f"over {few['queries']}, where the one-off prefix pass weighs more",
+    )
     return lines
 
 
 def markdown(report: dict) -> str:
     o = report["settings"]
     out = [
-        "# Speed benchmark", "",
+        "# Speed benchmark",
+        "",
         f"Command: `{report['command']}` ({report['total_seconds'] / 60:.1f} min)  ",
         f"Machine: {report['machine']}, load average {report['load_average']} at the start; torch "
         f"{report['torch']}, transformers {report['transformers']}, trl {report['trl'] or 'not installed'}  ",
-        (f"Device `{o.get('device', 'cpu')}`{' (' + report['gpu'] + ')' if report.get('gpu') else ''}; memory "
-         f"columns: {'CUDA allocated bytes' if report.get('memory_method') == 'cuda_allocated' else 'resident bytes'}."
-         "  "),
+        (
+            f"Device `{o.get('device', 'cpu')}`{' (' + report['gpu'] + ')' if report.get('gpu') else ''}; memory "
+            f"columns: {'CUDA allocated bytes' if report.get('memory_method') == 'cuda_allocated' else 'resident bytes'}."
+            "  "
+        ),
         f"Batch {o['batch_size']}, {o['demonstrations']} demonstrations ({PATTERN} pattern, MNLI rows), fp32, "
         f"AdamW on the whole student; median of {o['steps']} steps after {o['warmup']} warm-up, the variants "
-        "interleaved step by step.", "",
+        "interleaved step by step.",
+        "",
     ]
     for pair in report["pairs"]:
-        out += [f"## {pair['models']}", "",
-                f"Teacher {pair['teacher_parameters'] / 1e6:.0f}M parameters, student "
-                f"{pair['student_parameters'] / 1e6:.0f}M; tokens per example: teacher view "
-                f"{pair['teacher_tokens']:.0f} (shared prefix {pair['prefix_tokens']}), student view "
-                f"{pair['student_tokens']:.0f}.", "",
-                "| variant | step (s) | x (a) | extra memory (MiB) | peak memory (MiB) |",
-                "| --- | ---: | ---: | ---: | ---: |"]
+        out += [
+            f"## {pair['models']}",
+            "",
+            f"Teacher {pair['teacher_parameters'] / 1e6:.0f}M parameters, student "
+            f"{pair['student_parameters'] / 1e6:.0f}M; tokens per example: teacher view "
+            f"{pair['teacher_tokens']:.0f} (shared prefix {pair['prefix_tokens']}), student view "
+            f"{pair['student_tokens']:.0f}.",
+            "",
+            "| variant | step (s) | x (a) | extra memory (MiB) | peak memory (MiB) |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for key, v in pair["variants"].items():
-            out.append(f"| {VARIANT_NAMES[key]} | {v['median_s']:.2f} | {v['ratio_to_a']:.2f} | "
-                       f"{v['extra_mib']:.0f} | {v['peak_mib']:.0f} |")
+            out.append(
+                f"| {VARIANT_NAMES[key]} | {v['median_s']:.2f} | {v['ratio_to_a']:.2f} | "
+                f"{v['extra_mib']:.0f} | {v['peak_mib']:.0f} |"
+            )
         e, icl = pair["variants"]["e"], pair["icl"]
         plain = icl["no_prefix_cache"]
-        out += ["", f"Output cache, one-off teacher pass (with the prefix cache) before training: "
-                f"{e['cache_build_s']:.1f} s for {e['cache_build_examples']} examples. Prefix KV cache of "
-                f"(d): {pair['prefix_cache_mib']:.0f} MiB.", "",
-                "ICL evaluation of the teacher (label-word scoring; the prefix-cached runs include their "
-                "one-off pass over the demonstrations):", "",
-                "| ICL evaluation | queries | total (s) | per query (s) | speed-up per query | extra memory (MiB) |",
-                "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for name, label in (("no_prefix_cache", "without prefix cache"), ("prefix_cache", "with prefix cache"),
-                            ("prefix_cache_many", "with prefix cache")):
+        out += [
+            "",
+            f"Output cache, one-off teacher pass (with the prefix cache) before training: "
+            f"{e['cache_build_s']:.1f} s for {e['cache_build_examples']} examples. Prefix KV cache of "
+            f"(d): {pair['prefix_cache_mib']:.0f} MiB.",
+            "",
+            "ICL evaluation of the teacher (label-word scoring; the prefix-cached runs include their "
+            "one-off pass over the demonstrations):",
+            "",
+            "| ICL evaluation | queries | total (s) | per query (s) | speed-up per query | extra memory (MiB) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, label in (
+            ("no_prefix_cache", "without prefix cache"),
+            ("prefix_cache", "with prefix cache"),
+            ("prefix_cache_many", "with prefix cache"),
+        ):
             run = icl[name]
-            out.append(f"| {label} | {run['queries']} | {run['median_s']:.2f} | {run['per_query_s']:.3f} | "
-                       f"{plain['per_query_s'] / run['per_query_s']:.1f} | {run['extra_mib']:.0f} |")
-        out += ["",
-                f"Label-word log-probs with vs without the prefix cache: max abs diff "
-                f"{icl['max_abs_logprob_diff']:.1e}.", "", "Goals:", "", *goals(pair), ""]
-    out += ["Extra memory: the largest rise of resident memory (kernel high-water mark; on CUDA, of allocated "
-            "bytes) during one step "
-            "of the variant: gradients, activations, logits, temporary KV caches. Peak memory: extra + what "
-            "the variant keeps resident: student weights and AdamW state, the teacher's weights for (b), (c), "
-            "(d), and the demonstrations' KV cache for (d).", ""]
+            out.append(
+                f"| {label} | {run['queries']} | {run['median_s']:.2f} | {run['per_query_s']:.3f} | "
+                f"{plain['per_query_s'] / run['per_query_s']:.1f} | {run['extra_mib']:.0f} |"
+            )
+        out += [
+            "",
+            f"Label-word log-probs with vs without the prefix cache: max abs diff "
+            f"{icl['max_abs_logprob_diff']:.1e}.",
+            "",
+            "Goals:",
+            "",
+            *goals(pair),
+            "",
+        ]
+    out += [
+        "Extra memory: the largest rise of resident memory (kernel high-water mark; on CUDA, of allocated "
+        "bytes) during one step "
+        "of the variant: gradients, activations, logits, temporary KV caches. Peak memory: extra + what "
+        "the variant keeps resident: student weights and AdamW state, the teacher's weights for (b), (c), "
+        "(d), and the demonstrations' KV cache for (d).",
+        "",
+    ]
     return "\n".join(out)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models, 1 warm-up + 2 steps: a smoke test")
-    parser.add_argument("--models", nargs="+", default=None,
-                        help="model pairs: smollm2-135m (default), opt-125m, opt-350m, opt-1.3b, tiny")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="model pairs: smollm2-135m (default), opt-125m, opt-350m, opt-1.3b, tiny",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--demonstrations", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--queries", type=int, default=16, help="distinct training examples (cycled)")
-    parser.add_argument("--icl-queries", type=int, default=8, help="ICL rows scored without and with the cache")
+    parser.add_argument(
+        "--icl-queries", type=int, default=8, help="ICL rows scored without and with the cache"
+    )
     parser.add_argument("--icl-cached-queries", type=int, default=64, help="ICL rows scored with the cache")
     parser.add_argument("--icl-repeats", type=int, default=2)
     parser.add_argument("--output-dir", default=str(REPO / "results" / "speed"))
@@ -546,7 +723,11 @@ def main(argv=None):
     torch.manual_seed(0)
     load_average = " / ".join(f"{x:.1f}" for x in os.getloadavg())  # the machine may be shared: say how busy
     meter = CudaAllocatedMeter(options.device) if options.device.startswith("cuda") else CpuMemoryMeter()
-    gpu = torch.cuda.get_device_name(torch.device(options.device)) if options.device.startswith("cuda") else None
+    gpu = (
+        torch.cuda.get_device_name(torch.device(options.device))
+        if options.device.startswith("cuda")
+        else None
+    )
     shared = {"trl": trl_version is not None}
     started = time.perf_counter()
     pairs = []
@@ -556,12 +737,30 @@ def main(argv=None):
     report = {
         "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
-        "settings": {k: getattr(options, k) for k in ("batch_size", "demonstrations", "warmup", "steps", "queries",
-                                                      "icl_queries", "icl_cached_queries", "icl_repeats",
-                                                      "models", "device")},
-        "gpu": gpu, "cuda": torch.version.cuda if gpu else None,
-        "memory_method": meter.method, "load_average": load_average, "total_seconds": time.perf_counter() - started, "pairs": pairs,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl_version,
+        "settings": {
+            k: getattr(options, k)
+            for k in (
+                "batch_size",
+                "demonstrations",
+                "warmup",
+                "steps",
+                "queries",
+                "icl_queries",
+                "icl_cached_queries",
+                "icl_repeats",
+                "models",
+                "device",
+            )
+        },
+        "gpu": gpu,
+        "cuda": torch.version.cuda if gpu else None,
+        "memory_method": meter.method,
+        "load_average": load_average,
+        "total_seconds": time.perf_counter() - started,
+        "pairs": pairs,
     }
     output = Path(options.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,13 @@ logger = logging.getLogger(__name__)
 STAGING_DIR = ".checkpoint-staging"  # inside output_dir; never matches the checkpoint-N pattern
 TRAINER_STATE = "trainer_state.json"  # written last by the Trainer: a checkpoint without it is incomplete
 MANIFEST = "checkpoint_manifest.json"  # written by us once every file is on disk: sizes and checksums
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "adapter_model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0", "none", "")
 _WARNED: set = set()
@@ -72,8 +77,11 @@ def _sha256(path: Path) -> str:
 def write_manifest(path) -> None:
     """Record the size and sha256 of every file of a fully written checkpoint directory."""
     path = Path(path)
-    files = {str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(path.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    files = {
+        str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
     (path / MANIFEST).write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
 
 
@@ -99,7 +107,9 @@ def checkpoint_problem(path) -> str | None:
         if not file.is_file():
             return f"{name} is missing"
         if file.stat().st_size != record["size"]:
-            return f"{name} is {file.stat().st_size} bytes, {record['size']} when saved (truncated or replaced)"
+            return (
+                f"{name} is {file.stat().st_size} bytes, {record['size']} when saved (truncated or replaced)"
+            )
         if _sha256(file) != record["sha256"]:
             return f"{name} has changed since it was saved (checksum mismatch)"
     return None
@@ -114,7 +124,9 @@ def checkpoint_dirs(output_dir) -> list[Path]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -167,8 +179,10 @@ def resolve_resume(value, output_dir) -> str | None:
         )
     problem = checkpoint_problem(setting)
     if problem is not None:
-        raise UsageError(f"resume_from_checkpoint {setting} is not a complete checkpoint: {problem}; give an earlier "
-                         "checkpoint, or true for the last complete one in output_dir")
+        raise UsageError(
+            f"resume_from_checkpoint {setting} is not a complete checkpoint: {problem}; give an earlier "
+            "checkpoint, or true for the last complete one in output_dir"
+        )
     return setting
 
 
@@ -231,8 +245,12 @@ class AtomicCheckpointMixin:
             self._point_best_checkpoint_at(run_dir, staged)
             write_manifest(staged)
             _publish(staged, final, staging_root)
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
         self.accelerator.wait_for_everyone()
 
     def _point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:

@@ -51,27 +51,39 @@ def run_validate(args, overrides: list[str]) -> int:
 
     recipe = args.recipe or recipe_of(args.config)
     if recipe not in RECIPES:
-        found = f"it names recipes/{recipe}.py, which validate does not know" if recipe else \
-            "its header names no recipes/<name>.py"
-        raise UsageError(f"cannot tell which recipe {args.config} is for ({found}); pass --recipe "
-                         f"{' | '.join(RECIPES)}")
-    student_args, data_args, config = parse_config((StudentArguments, DataArguments, DistillationConfig),
-                                                   ["--config", args.config, *overrides])
+        found = (
+            f"it names recipes/{recipe}.py, which validate does not know"
+            if recipe
+            else "its header names no recipes/<name>.py"
+        )
+        raise UsageError(
+            f"cannot tell which recipe {args.config} is for ({found}); pass --recipe {' | '.join(RECIPES)}"
+        )
+    student_args, data_args, config = parse_config(
+        (StudentArguments, DataArguments, DistillationConfig), ["--config", args.config, *overrides]
+    )
     result = validate_recipe(recipe, student_args, data_args, config)
-    print(f"ok: recipes/{recipe}.py --config {args.config}" + (f" {' '.join(overrides)}" if overrides else ""))
+    print(
+        f"ok: recipes/{recipe}.py --config {args.config}" + (f" {' '.join(overrides)}" if overrides else "")
+    )
     print(describe(result))
     return 0
 
 
 def add_validate_command(subcommands) -> None:
     parser = subcommands.add_parser(
-        "validate", help="check a recipe file before running it (no model weights are loaded)",
+        "validate",
+        help="check a recipe file before running it (no model weights are loaded)",
         description="Check a recipe file (and --key value overrides) the way the recipe does before it loads "
-                    "any model: keys, types and ranges, the data, label words and templates, tokenizer "
-                    "compatibility, LoRA targets, quantization support and the output directory.")
+        "any model: keys, types and ranges, the data, label words and templates, tokenizer "
+        "compatibility, LoRA targets, quantization support and the output directory.",
+    )
     parser.add_argument("--config", required=True, help="the recipe YAML")
-    parser.add_argument("--recipe", help="icl_eval, pattern_finetune or context_distill; default: the recipe named "
-                                         "in the file's header comment")
+    parser.add_argument(
+        "--recipe",
+        help="icl_eval, pattern_finetune or context_distill; default: the recipe named "
+        "in the file's header comment",
+    )
     parser.set_defaults(run=run_validate, takes_overrides=True)
 
 
@@ -89,8 +101,10 @@ def add_evaluate_command(subcommands) -> None:
     from .evaluate_command import add_arguments
 
     parser = subcommands.add_parser(
-        "evaluate", help="score a causal LM (a saved student, a Hub id, an alias) on an NLI JSONL file",
-        description="Score a model on an NLI JSONL file with the recipes' label-word metrics.")
+        "evaluate",
+        help="score a causal LM (a saved student, a Hub id, an alias) on an NLI JSONL file",
+        description="Score a model on an NLI JSONL file with the recipes' label-word metrics.",
+    )
     add_arguments(parser)
     parser.set_defaults(run=run_evaluate, takes_overrides=False)
 
@@ -114,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, rest = build_parser().parse_known_args(argv)
         if rest and not getattr(args, "takes_overrides", False):
-            raise UsageError(f"unrecognized arguments: {' '.join(rest)}; see distill-trainer {args.command} --help")
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(rest)}; see distill-trainer {args.command} --help"
+            )
         return args.run(args, rest)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

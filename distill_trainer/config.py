@@ -61,7 +61,9 @@ class StudentArguments:
         if self.lora_r < 1:
             raise UsageError(f"lora_r must be >= 1, got {self.lora_r}")
         if not self.lora_alpha > 0:
-            raise UsageError(f"lora_alpha must be > 0, got {self.lora_alpha}; the LoRA scale is lora_alpha / lora_r")
+            raise UsageError(
+                f"lora_alpha must be > 0, got {self.lora_alpha}; the LoRA scale is lora_alpha / lora_r"
+            )
         if not 0.0 <= self.lora_dropout < 1.0:
             raise UsageError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
@@ -89,7 +91,9 @@ class DistillationConfig(TrainingArguments):
     )
     teacher_model_name_or_path: str = field(
         default=None,
-        metadata={"help": "Teacher: a Hub id, a local directory, an embedded alias, or 'self' (LoRA students)."},
+        metadata={
+            "help": "Teacher: a Hub id, a local directory, an embedded alias, or 'self' (LoRA students)."
+        },
     )
     teacher_dtype: str = field(default="float32", metadata={"help": f"Teacher dtype: {', '.join(DTYPES)}."})
     teacher_quantization: str = field(
@@ -119,25 +123,35 @@ class DistillationConfig(TrainingArguments):
     )
     teacher_cache_dir: str = field(
         default=None,
-        metadata={"help": "Where teacher output caches live; default: teacher_outputs in the library's cache "
-                  "($DISTILL_TRAINER_CACHE, else $HF_HOME/distill-trainer)."},
+        metadata={
+            "help": "Where teacher output caches live; default: teacher_outputs in the library's cache "
+            "($DISTILL_TRAINER_CACHE, else $HF_HOME/distill-trainer)."
+        },
     )
     skip_nonfinite_loss: bool = field(
         default=False,
-        metadata={"help": "On a NaN/inf loss, skip the batch instead of stopping (default: stop with a message)."},
+        metadata={
+            "help": "On a NaN/inf loss, skip the batch instead of stopping (default: stop with a message)."
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start over in an output_dir that holds an earlier run's results or checkpoints (its "
-                  "checkpoints are removed when training starts); without it such a directory is an error, "
-                  "unless resume_from_checkpoint continues that run."},
+        metadata={
+            "help": "Start over in an output_dir that holds an earlier run's results or checkpoints (its "
+            "checkpoints are removed when training starts); without it such a directory is an error, "
+            "unless resume_from_checkpoint continues that run."
+        },
     )
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
-            raise UsageError(f"alpha must be in [0, 1], got {self.alpha}; 1 = distillation only, 0 = gold labels only")
+            raise UsageError(
+                f"alpha must be in [0, 1], got {self.alpha}; 1 = distillation only, 0 = gold labels only"
+            )
         if not self.temperature > 0:
-            raise UsageError(f"temperature must be > 0, got {self.temperature}; 1.0 leaves the logits as they are")
+            raise UsageError(
+                f"temperature must be > 0, got {self.temperature}; 1.0 leaves the logits as they are"
+            )
         if not 0.0 <= self.beta <= 1.0:
             raise UsageError(f"beta must be in [0, 1], got {self.beta}")
         _choice("loss", self.loss, LOSS_KINDS)
@@ -157,8 +171,16 @@ class DistillationConfig(TrainingArguments):
 
 # TrainingArguments values that parse but crash later (numpy seeds must be >= 0; a batch needs a row)
 # (the training batch size and accumulation steps are checked by validate, for the recipes that train)
-MINIMUMS = {"seed": 0, "data_seed": 0, "per_device_eval_batch_size": 1, "dataloader_num_workers": 0,
-            "save_total_limit": 1, "logging_steps": 0, "save_steps": 0, "eval_steps": 0}
+MINIMUMS = {
+    "seed": 0,
+    "data_seed": 0,
+    "per_device_eval_batch_size": 1,
+    "dataloader_num_workers": 0,
+    "save_total_limit": 1,
+    "logging_steps": 0,
+    "save_steps": 0,
+    "eval_steps": 0,
+}
 
 
 def _check_minimums(config) -> None:
@@ -168,7 +190,9 @@ def _check_minimums(config) -> None:
             continue
         if value < minimum or (minimum == 0 and name.endswith("_steps") and value <= 0):
             bound = "> 0" if minimum == 0 and name.endswith("_steps") else f">= {minimum}"
-            raise UsageError(f"{name} must be {bound}, got {value}; fix it in the recipe file or on the command line")
+            raise UsageError(
+                f"{name} must be {bound}, got {value}; fix it in the recipe file or on the command line"
+            )
 
 
 def _is_text_field(annotation) -> bool:
@@ -176,22 +200,36 @@ def _is_text_field(annotation) -> bool:
     if annotation is str:
         return True
     text = str(annotation).replace(" ", "").replace("typing.", "")
-    return text in ("str", "list[str]", "List[str]", "Optional[str]", "Optional[list[str]]", "Optional[List[str]]",
-                    "str|None", "list[str]|None")
+    return text in (
+        "str",
+        "list[str]",
+        "List[str]",
+        "Optional[str]",
+        "Optional[list[str]]",
+        "Optional[List[str]]",
+        "str|None",
+        "list[str]|None",
+    )
 
 
 def check_yaml_types(values: dict, dataclass_types) -> None:
     """YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans: a text setting (a label word, a
     pattern name) given one would pass as the string 'True'. Reject it and say how to quote it."""
     inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
-    text_fields = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)
-                   if f.init and f.name not in inherited and _is_text_field(f.type)}
+    text_fields = {
+        f.name
+        for dc in dataclass_types
+        for f in dataclasses.fields(dc)
+        if f.init and f.name not in inherited and _is_text_field(f.type)
+    }
     for key, value in values.items():
         items = value if isinstance(value, list) else [value]
         if key in text_fields and any(isinstance(item, bool) for item in items):
             example = "[' Yes', ' No']" if isinstance(value, list) else "'no'"
-            raise UsageError(f"{key}: YAML read an unquoted yes/no/on/off/true/false as a boolean ({value!r}); quote "
-                             f"the text, e.g. {key}: {example}")
+            raise UsageError(
+                f"{key}: YAML read an unquoted yes/no/on/off/true/false as a boolean ({value!r}); quote "
+                f"the text, e.g. {key}: {example}"
+            )
 
 
 def _field_names(dataclass_types) -> dict[str, type]:
@@ -274,7 +312,9 @@ def parse_config(dataclass_types, argv: list[str] | None = None, config_path: st
     parser = HfArgumentParser(dataclass_types)
     parser.error = _raise_value_error  # one line naming the setting, not argparse's usage block and exit
     try:
-        parsed = parser.parse_args_into_dataclasses(args=_to_argv(values) + argv, return_remaining_strings=False)
+        parsed = parser.parse_args_into_dataclasses(
+            args=_to_argv(values) + argv, return_remaining_strings=False
+        )
     except UsageError:
         raise
     except ValueError as error:  # TrainingArguments' own checks of a value or a combination of values

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 
-DROP_HINT = "fix or remove the row, or set drop_invalid_rows: true to drop such rows (counted in metrics.json)"
+DROP_HINT = (
+    "fix or remove the row, or set drop_invalid_rows: true to drop such rows (counted in metrics.json)"
+)
 
 
 @dataclass
@@ -62,13 +64,18 @@ def check_rows(dataset, task, where: str, lines: list[int] | None = None, drop: 
     premises, hypotheses, labels = dataset["premise"], dataset["hypothesis"], dataset["label"]
     label_map = task.label_map or {i: i for i in task.source_labels}
     if not any(not isinstance(label, bool) and label in label_map for label in labels):
-        raise UsageError(f"{where} has no rows with the labels of task {task.name}; its label column must hold "
-                         f"the integer ids {sorted(label_map)} of the Hub dataset")
+        raise UsageError(
+            f"{where} has no rows with the labels of task {task.name}; its label column must hold "
+            f"the integer ids {sorted(label_map)} of the Hub dataset"
+        )
     report, keep, seen = DataReport(where, read=len(dataset)), [], {}
     dropped: Counter = Counter()
     for index, (premise, hypothesis, label) in enumerate(zip(premises, hypotheses, labels)):
-        problem = _text_problem("premise", premise) or _text_problem("hypothesis", hypothesis) \
+        problem = (
+            _text_problem("premise", premise)
+            or _text_problem("hypothesis", hypothesis)
             or _label_problem(label, task)
+        )
         reason = problem.split(" (")[0] if problem else None
         if problem is None and (premise, hypothesis) in seen:
             problem = f"repeats line {seen[(premise, hypothesis)]} (same premise and hypothesis)"

@@ -154,8 +154,12 @@ def materialize_embedded_model(name: str) -> Path:
         state = _cache_state(target, source)  # another process may have finished while we waited
         if state != "ready":
             if state.startswith("damaged"):
-                logger.warning("%s: the cache in %s is damaged (%s); rebuilding it", source["alias"], target,
-                               state.removeprefix("damaged: "))
+                logger.warning(
+                    "%s: the cache in %s is damaged (%s); rebuilding it",
+                    source["alias"],
+                    target,
+                    state.removeprefix("damaged: "),
+                )
             _build(spec, sources, source, target)
     return target
 
@@ -195,7 +199,7 @@ def _installed_version(distribution: str) -> str | None:
 
 
 def _cache_state(directory: Path, source: dict) -> str:
-    """"ready", "missing" (never built, or built from other package files) or "damaged: <why>"."""
+    """ "ready", "missing" (never built, or built from other package files) or "damaged: <why>"."""
     try:
         marker = json.loads((directory / MARKER).read_text())
     except (OSError, ValueError):

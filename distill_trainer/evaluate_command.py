@@ -1,8 +1,8 @@
 """`distill-trainer evaluate`: score any causal LM on an NLI JSONL file and print/write the recipes' metrics.
 
     distill-trainer evaluate --model results/latest/cd_lora --task mnli --data dev.jsonl
-    distill-trainer evaluate --model embedded:smollm2-135m --task mnli --data dev.jsonl --k 2 \
-        --demonstration_ids 6990 5756 --pattern gpt3 --output_dir results/eval-teacher
+    distill-trainer evaluate --model embedded:qwen2.5-coder-1.5b --task mnli --data dev.jsonl --k 4 \
+        --demonstration_seed 2 --pattern gpt3 --output_dir results/eval-teacher
 
 `--model` is a saved student (a full model folder, or a LoRA adapter folder: its base model is loaded and
 the adapter put on top), a Hub id or an embedded alias. The file has the shared data's columns (premise,
@@ -40,26 +40,56 @@ def positive_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .config import DTYPES
 
-    parser.add_argument("--model", required=True, help="A saved student folder (full or LoRA adapter), a Hub id "
-                        "or an embedded alias such as embedded:smollm2-135m.")
-    parser.add_argument("--task", default="mnli", help="Task whose labels the file uses: mnli, mnli_3way or hans.")
-    parser.add_argument("--data", required=True, help="NLI JSONL file with premise, hypothesis, label columns.")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="A saved student folder (full or LoRA adapter), a Hub id "
+        "or an embedded alias such as embedded:smollm2-135m.",
+    )
+    parser.add_argument(
+        "--task", default="mnli", help="Task whose labels the file uses: mnli, mnli_3way or hans."
+    )
+    parser.add_argument(
+        "--data", required=True, help="NLI JSONL file with premise, hypothesis, label columns."
+    )
     parser.add_argument("--k", type=int, default=0, help="Demonstrations before each query (0: zero-shot).")
-    parser.add_argument("--pattern", default=None, help="Pattern name; default: the one in the model folder's "
-                        f"{RECIPE_CONFIG}, else DataArguments' default.")
-    parser.add_argument("--label_words", nargs="+", default=None, help="One word per label, e.g. ' Yes' ' No'.")
-    parser.add_argument("--template", default=None, help="With --pattern custom: text with {premise}, {hypothesis}.")
-    parser.add_argument("--demonstration_ids", type=int, nargs="+", default=None,
-                        help="idx values of training-pool rows to use as the k demonstrations.")
+    parser.add_argument(
+        "--pattern",
+        default=None,
+        help="Pattern name; default: the one in the model folder's "
+        f"{RECIPE_CONFIG}, else DataArguments' default.",
+    )
+    parser.add_argument(
+        "--label_words", nargs="+", default=None, help="One word per label, e.g. ' Yes' ' No'."
+    )
+    parser.add_argument(
+        "--template", default=None, help="With --pattern custom: text with {premise}, {hypothesis}."
+    )
+    parser.add_argument(
+        "--demonstration_ids",
+        type=int,
+        nargs="+",
+        default=None,
+        help="idx values of training-pool rows to use as the k demonstrations.",
+    )
     parser.add_argument("--demonstration_seed", type=int, default=0, help="Seed for drawing demonstrations.")
-    parser.add_argument("--data_dir", default=None, help="Local data directory holding the demonstration pool.")
-    parser.add_argument("--num_examples", type=positive_int, default=None,
-                        help="Evaluate only this many rows (balanced).")
+    parser.add_argument(
+        "--data_dir", default=None, help="Local data directory holding the demonstration pool."
+    )
+    parser.add_argument(
+        "--num_examples", type=positive_int, default=None, help="Evaluate only this many rows (balanced)."
+    )
     parser.add_argument("--batch_size", type=positive_int, default=16)
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="Weights dtype.")
-    parser.add_argument("--drop_invalid_rows", action="store_true", help="Drop rows the task cannot use (empty "
-                        "text, unknown labels, repeats) and count them, instead of stopping at the first one.")
-    parser.add_argument("--output_dir", default=None, help="Write metrics.json and predictions_<task>.jsonl here.")
+    parser.add_argument(
+        "--drop_invalid_rows",
+        action="store_true",
+        help="Drop rows the task cannot use (empty "
+        "text, unknown labels, repeats) and count them, instead of stopping at the first one.",
+    )
+    parser.add_argument(
+        "--output_dir", default=None, help="Write metrics.json and predictions_<task>.jsonl here."
+    )
     parser.add_argument("--no_progress", action="store_true", help="No progress bar.")
 
 
@@ -75,20 +105,26 @@ def saved_pattern_settings(model: str) -> dict:
 def check_model_folder(model: str):
     """Before any weights load: the model (or a LoRA adapter's base model) has a loadable tokenizer and
     a causal-LM config. Returns (tokenizer, config) of the model that will be scored."""
-    from .validate import load_config_checked, load_tokenizer_checked
+    from .validate_models import load_config_checked, load_tokenizer_checked
 
     folder = Path(model)
     if folder.is_dir() and not (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
-        raise UsageError(f"--model {model} is a folder without config.json or {ADAPTER_CONFIG}, so it holds no "
-                         "model; give a folder written by a recipe (a saved student), a Hub id or an embedded alias")
+        raise UsageError(
+            f"--model {model} is a folder without config.json or {ADAPTER_CONFIG}, so it holds no "
+            "model; give a folder written by a recipe (a saved student), a Hub id or an embedded alias"
+        )
     if (folder / ADAPTER_CONFIG).is_file():
         try:
-            base = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+            base = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get(
+                "base_model_name_or_path"
+            )
         except ValueError:
             raise UsageError(f"{folder / ADAPTER_CONFIG} is not valid JSON; save the adapter again") from None
         if not base:
-            raise UsageError(f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
-                             "or path there")
+            raise UsageError(
+                f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
+                "or path there"
+            )
         config = load_config_checked(f"LoRA adapter {model}'s base model", base)
         has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         return load_tokenizer_checked("model", str(folder) if has_tokenizer else base), config
@@ -104,10 +140,14 @@ def load_model_and_tokenizer(model: str, dtype: str = "float32"):
         return load_causal_lm(model, dtype=dtype), load_tokenizer(model)
     from peft import PeftModel
 
-    base_name = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    base_name = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get(
+        "base_model_name_or_path"
+    )
     if not base_name:
-        raise UsageError(f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
-                         "or path there")
+        raise UsageError(
+            f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
+            "or path there"
+        )
     base = load_causal_lm(base_name, dtype=dtype)
     has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = load_tokenizer(str(folder) if has_tokenizer else base_name)
@@ -121,9 +161,16 @@ def evaluate_file(args) -> dict:
     from .output_dir import check_output_location
     from .run_data import model_max_length
     from .runner import format_summary
-    from .tasks import (DataArguments, DemonstrationSampler, balanced_subset, fit_demonstrations, get_task,
-                        load_split, row_key)
-    from .validate import check_rows_fit
+    from .tasks import (
+        DataArguments,
+        DemonstrationSampler,
+        balanced_subset,
+        fit_demonstrations,
+        get_task,
+        load_split,
+        row_key,
+    )
+    from .validate_models import check_rows_fit
 
     if args.output_dir is not None:  # before any scoring: a bad output_dir must not waste the run
         check_output_location(args.output_dir)
@@ -133,22 +180,41 @@ def evaluate_file(args) -> dict:
         if getattr(args, key) is not None:
             pattern_settings[key] = getattr(args, key)
     # DataArguments checks the pattern, k and demonstration ids as the recipes do
-    data_args = DataArguments(task=task.name, k=args.k, demonstration_ids=args.demonstration_ids,
-                              demonstration_seed=args.demonstration_seed, data_dir=args.data_dir,
-                              data_source="local" if args.data_dir else "auto", **pattern_settings)
+    data_args = DataArguments(
+        task=task.name,
+        k=args.k,
+        demonstration_ids=args.demonstration_ids,
+        demonstration_seed=args.demonstration_seed,
+        data_dir=args.data_dir,
+        data_source="local" if args.data_dir else "auto",
+        **pattern_settings,
+    )
     pattern = data_args.get_pattern()
     reports = []
-    rows = load_split(task, "file", data_file=args.data, drop_invalid_rows=args.drop_invalid_rows, reports=reports)
+    rows = load_split(
+        task, "file", data_file=args.data, drop_invalid_rows=args.drop_invalid_rows, reports=reports
+    )
     if args.num_examples is not None:
         rows = balanced_subset(rows, args.num_examples, task.num_labels, seed=0, what="rows (--num_examples)")
     demonstrations = None
     if args.k:
         source = task if task.train_split else get_task("mnli")
-        pool = load_split(source, source.train_split, data_args.data_source, data_args.data_dir,
-                          keep_idx=args.demonstration_ids is not None)
-        sampler = DemonstrationSampler(pool, pattern, task.num_labels, args.k, args.demonstration_seed,
-                                       exclude_keys={row_key(row) for row in rows},
-                                       demonstration_ids=args.demonstration_ids)
+        pool = load_split(
+            source,
+            source.train_split,
+            data_args.data_source,
+            data_args.data_dir,
+            keep_idx=args.demonstration_ids is not None,
+        )
+        sampler = DemonstrationSampler(
+            pool,
+            pattern,
+            task.num_labels,
+            args.k,
+            args.demonstration_seed,
+            exclude_keys={row_key(row) for row in rows},
+            demonstration_ids=args.demonstration_ids,
+        )
         demonstrations = sampler.fixed
     print_reports(reports)
 
@@ -158,15 +224,30 @@ def evaluate_file(args) -> dict:
     check_rows_fit(tokenizer, rows, pattern, max_length, f"{args.data}", "model")
     if demonstrations:
         longest = max(rows, key=lambda row: len(pattern.query(row)))
-        fit_demonstrations(tokenizer, demonstrations, pattern.query(longest), max(pattern.label_words, key=len),
-                           max_length)
+        fit_demonstrations(
+            tokenizer, demonstrations, pattern.query(longest), max(pattern.label_words, key=len), max_length
+        )
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
-    metrics, predictions = evaluate_task(model, tokenizer, rows, task, pattern, demonstrations,
-                                         batch_size=args.batch_size, max_length=max_length,
-                                         progress=not args.no_progress)
+    metrics, predictions = evaluate_task(
+        model,
+        tokenizer,
+        rows,
+        task,
+        pattern,
+        demonstrations,
+        batch_size=args.batch_size,
+        max_length=max_length,
+        progress=not args.no_progress,
+    )
     metrics.update(data_report={r.where: r.as_dict() for r in reports})
-    metrics.update(model=args.model, data=args.data, pattern=pattern.name, label_words=list(pattern.label_words),
-                   k=args.k, demonstration_ids=args.demonstration_ids)
+    metrics.update(
+        model=args.model,
+        data=args.data,
+        pattern=pattern.name,
+        label_words=list(pattern.label_words),
+        k=args.k,
+        demonstration_ids=args.demonstration_ids,
+    )
     paths = []
     if args.output_dir:
         output_dir = Path(args.output_dir)
@@ -174,8 +255,16 @@ def evaluate_file(args) -> dict:
         paths = [output_dir / "metrics.json", output_dir / f"predictions_{task.name}.jsonl"]
         paths[0].write_text(json.dumps({"eval": {task.name: metrics}}, indent=2) + "\n", encoding="utf-8")
         paths[1].write_text("".join(json.dumps(r) + "\n" for r in predictions), encoding="utf-8")
-    print(format_summary(f"evaluate: {args.model}", {
-        "data": f"{args.data} ({len(rows)} rows, task {task.name})",
-        "prompt": f"pattern {pattern.name}, k={args.k} demonstrations",
-    }, {task.name: metrics}, paths or ["(not written; pass --output_dir)"]), flush=True)
+    print(
+        format_summary(
+            f"evaluate: {args.model}",
+            {
+                "data": f"{args.data} ({len(rows)} rows, task {task.name})",
+                "prompt": f"pattern {pattern.name}, k={args.k} demonstrations",
+            },
+            {task.name: metrics},
+            paths or ["(not written; pass --output_dir)"],
+        ),
+        flush=True,
+    )
     return {"metrics": metrics, "predictions": predictions}

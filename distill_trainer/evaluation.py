@@ -39,7 +39,9 @@ def label_token_ids(tokenizer, label_words) -> list[list[int]]:
     ids = [list(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in label_words]
     for word, word_ids in zip(label_words, ids):
         if not word_ids:
-            raise UsageError(f"label word {word!r} is empty after tokenization; choose a word with text in it")
+            raise UsageError(
+                f"label word {word!r} is empty after tokenization; choose a word with text in it"
+            )
     firsts = {}
     for word, word_ids in zip(label_words, ids):
         if word_ids[0] in firsts:
@@ -73,8 +75,17 @@ class LabelWordScores:
 
 
 @torch.no_grad()
-def score_label_words(model, tokenizer, queries: list[str], label_words, demonstrations="", batch_size: int = 8,
-                      progress: bool = True, desc: str = "scoring", prefix_cache: bool = True) -> LabelWordScores:
+def score_label_words(
+    model,
+    tokenizer,
+    queries: list[str],
+    label_words,
+    demonstrations="",
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "scoring",
+    prefix_cache: bool = True,
+) -> LabelWordScores:
     """Score every label word after every query, optionally behind few-shot demonstrations.
 
     Args:
@@ -86,7 +97,9 @@ def score_label_words(model, tokenizer, queries: list[str], label_words, demonst
     label_ids = label_token_ids(tokenizer, label_words)
     demos = [demonstrations] * len(queries) if isinstance(demonstrations, str) else list(demonstrations)
     if len(demos) != len(queries):
-        raise UsageError(f"got {len(demos)} demonstration blocks for {len(queries)} queries; give one per query")
+        raise UsageError(
+            f"got {len(demos)} demonstration blocks for {len(queries)} queries; give one per query"
+        )
     # with one-token label words every label is read at the same position: one forward per query
     single = all(len(ids) == 1 for ids in label_ids)
     answers = [0] if single else list(range(len(label_words)))
@@ -113,8 +126,11 @@ def score_label_words(model, tokenizer, queries: list[str], label_words, demonst
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
             chunk = order[start : start + batch_size]
             batch = collator([features[j] for j in chunk])
-            inputs = (batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                      batch["answer_positions"].to(device))
+            inputs = (
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                batch["answer_positions"].to(device),
+            )
             logits = cached.answer_logits(*inputs) if cached is not None else answer_logits(model, *inputs)
             logp = torch.log_softmax(logits.float(), dim=-1).cpu()
             for row, j in enumerate(chunk):
@@ -144,12 +160,21 @@ def nli_metric():
 
 def classification_metrics(predictions, references, margins=None, num_labels: int = 2) -> dict:
     """Accuracy (+ standard error), macro-F1, per-label accuracy, label balance and margin AUC."""
-    return nli_metric().compute(predictions=list(predictions), references=list(references),
-                                scores=None if margins is None else list(margins), num_labels=num_labels)
+    return nli_metric().compute(
+        predictions=list(predictions),
+        references=list(references),
+        scores=None if margins is None else list(margins),
+        num_labels=num_labels,
+    )
 
 
-def task_metrics(scores: LabelWordScores, labels: list[int], task: NLITask, groups: list[str] | None = None,
-                 group_name: str = "group") -> dict:
+def task_metrics(
+    scores: LabelWordScores,
+    labels: list[int],
+    task: NLITask,
+    groups: list[str] | None = None,
+    group_name: str = "group",
+) -> dict:
     """All metrics of one task; `groups` (e.g. HANS heuristics, one per row) adds the same per group."""
     predictions, margins = scores.predictions.tolist(), None
     if task.num_labels == 2:
@@ -161,11 +186,18 @@ def task_metrics(scores: LabelWordScores, labels: list[int], task: NLITask, grou
         per_group = metrics[f"per_{group_name}"] = {}
         for group in sorted(set(groups)):
             rows = [i for i, g in enumerate(groups) if g == group]
-            per_group[group] = _named(classification_metrics(
-                [predictions[i] for i in rows], [labels[i] for i in rows],
-                None if margins is None else [margins[i] for i in rows], task.num_labels), task)
-            per_group[group]["vocab_accuracy"] = _accuracy([vocab_predictions[i] for i in rows],
-                                                           [labels[i] for i in rows], task)
+            per_group[group] = _named(
+                classification_metrics(
+                    [predictions[i] for i in rows],
+                    [labels[i] for i in rows],
+                    None if margins is None else [margins[i] for i in rows],
+                    task.num_labels,
+                ),
+                task,
+            )
+            per_group[group]["vocab_accuracy"] = _accuracy(
+                [vocab_predictions[i] for i in rows], [labels[i] for i in rows], task
+            )
     return metrics
 
 
@@ -183,9 +215,18 @@ def _named(metrics: dict, task: NLITask) -> dict:
 # ---------------------------------------------------------------- one task, end to end
 
 
-def evaluate_task(model, tokenizer, rows, task: NLITask, pattern: Pattern, demonstrations=None,
-                  batch_size: int = 8, max_length: int | None = None, drop_demonstrations_to_fit: bool = False,
-                  progress: bool = True) -> tuple[dict, list[dict]]:
+def evaluate_task(
+    model,
+    tokenizer,
+    rows,
+    task: NLITask,
+    pattern: Pattern,
+    demonstrations=None,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    drop_demonstrations_to_fit: bool = False,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
     """Score `rows` (a Dataset or list of dicts) and return (metrics, predictions).
 
     Args:
@@ -196,18 +237,32 @@ def evaluate_task(model, tokenizer, rows, task: NLITask, pattern: Pattern, demon
     rows = list(rows)
     queries = [pattern.query(row) for row in rows]
     # the length guard checks the longest label word: every label word must fit behind the prompt
-    longest_answer = max(pattern.label_words,
-                         key=lambda word: len(tokenizer(word, add_special_tokens=False)["input_ids"]))
+    longest_answer = max(
+        pattern.label_words, key=lambda word: len(tokenizer(word, add_special_tokens=False)["input_ids"])
+    )
     blocks, counts = [], []
     for row, query in zip(rows, queries):
-        demos = [] if demonstrations is None else (
-            demonstrations(row) if callable(demonstrations) else demonstrations)
-        demos = fit_demonstrations(tokenizer, demos, query, longest_answer, max_length, drop_demonstrations_to_fit)
+        demos = (
+            []
+            if demonstrations is None
+            else (demonstrations(row) if callable(demonstrations) else demonstrations)
+        )
+        demos = fit_demonstrations(
+            tokenizer, demos, query, longest_answer, max_length, drop_demonstrations_to_fit
+        )
         blocks.append(SEPARATOR.join(demos))
         counts.append(len(demos))
     shared = len(set(blocks)) == 1
-    scores = score_label_words(model, tokenizer, queries, pattern.label_words, blocks[0] if shared else blocks,
-                               batch_size=batch_size, progress=progress, desc=f"eval {task.name}")
+    scores = score_label_words(
+        model,
+        tokenizer,
+        queries,
+        pattern.label_words,
+        blocks[0] if shared else blocks,
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"eval {task.name}",
+    )
     labels = [int(row["label"]) for row in rows]
     groups = [row["heuristic"] for row in rows] if "heuristic" in task.extra_columns else None
     metrics = task_metrics(scores, labels, task, groups, group_name="heuristic")
@@ -222,8 +277,12 @@ def prediction_records(rows, scores: LabelWordScores, task: NLITask, tokenizer, 
     for i, row in enumerate(rows):
         logprobs = scores.logprobs[i].tolist()
         record = {
-            "index": i, "premise": row["premise"], "hypothesis": row["hypothesis"], "label": int(row["label"]),
-            "prediction": int(scores.predictions[i]), "logprobs": [round(x, 6) for x in logprobs],
+            "index": i,
+            "premise": row["premise"],
+            "hypothesis": row["hypothesis"],
+            "label": int(row["label"]),
+            "prediction": int(scores.predictions[i]),
+            "logprobs": [round(x, 6) for x in logprobs],
             "vocab_prediction": vocab_predictions[i],
             "vocab_token": tokenizer.decode([int(scores.vocab_argmax[i])]),
             "num_demonstrations": counts[i],

@@ -42,8 +42,11 @@ def _task(row: dict, task: str) -> dict | None:
     if not records:
         return None
     labels = [r["label"] for r in records]
-    return {"correct": [r["prediction"] == r["label"] for r in records], "labels": labels,
-            "margins": [r.get("margin", 0.0) for r in records]}
+    return {
+        "correct": [r["prediction"] == r["label"] for r in records],
+        "labels": labels,
+        "margins": [r.get("margin", 0.0) for r in records],
+    }
 
 
 def recovered_gain(cd: dict, teacher: dict, zero_shot: dict) -> tuple[float, tuple[float, float]] | None:
@@ -89,12 +92,16 @@ def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str
         for row in cd_rows:
             result = recovered_gain(row, teacher, zero_shot)
             if result is None:
-                sentences.append(f"{row['method']}: the teacher is not above the zero-shot student on MNLI, so no "
-                                 "share of its gain can be recovered.")
+                sentences.append(
+                    f"{row['method']}: the teacher is not above the zero-shot student on MNLI, so no "
+                    "share of its gain can be recovered."
+                )
                 continue
             point, (low, high) = result
-            sentences.append(f"{row['method']} recovers {point:.0%} (95% interval {low:.0%} to {high:.0%}) of the "
-                             "teacher's MNLI gain over the zero-shot student.")
+            sentences.append(
+                f"{row['method']} recovers {point:.0%} (95% interval {low:.0%} to {high:.0%}) of the "
+                "teacher's MNLI gain over the zero-shot student."
+            )
     for cd_name, pbft_name in (("cd_full", "pbft_full"), ("cd_lora", "pbft_lora")):
         cd, pbft = by_name.get(cd_name), by_name.get(pbft_name)
         if not (cd and pbft and cd.get("records") and pbft.get("records")):
@@ -109,8 +116,10 @@ def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str
                 scale, digits = (100, 1) if figure == "accuracy" else (1, 3)
                 unit = " points" if figure == "accuracy" else ""
                 verdict = "CD better" if low > 0 else "PBFT better" if high < 0 else "no clear difference"
-                parts.append(f"{name} {scale * point:+.{digits}f}{unit} (95% interval {scale * low:+.{digits}f} to "
-                             f"{scale * high:+.{digits}f}: {verdict})")
+                parts.append(
+                    f"{name} {scale * point:+.{digits}f}{unit} (95% interval {scale * low:+.{digits}f} to "
+                    f"{scale * high:+.{digits}f}: {verdict})"
+                )
             if parts:
                 sentences.append(f"On {label}, {cd_name} against {pbft_name}: " + "; ".join(parts) + ".")
     if memory_reference:
@@ -118,7 +127,9 @@ def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str
         for row in cd_rows:
             peak = row.get("peak_memory_mib")
             if peak:
-                sentences.append(f"{row['method']} peaks at {peak / 1024:.2f} GiB, {1 - peak / reference:.0%} below "
-                                 f"{memory_reference['name']} ({reference / 1024:.2f} GiB, "
-                                 f"{memory_reference['source']}).")
+                sentences.append(
+                    f"{row['method']} peaks at {peak / 1024:.2f} GiB, {1 - peak / reference:.0%} below "
+                    f"{memory_reference['name']} ({reference / 1024:.2f} GiB, "
+                    f"{memory_reference['source']})."
+                )
     return sentences

@@ -21,7 +21,10 @@ LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
 
 
 def token_divergence(
-    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str = "forward_kl", beta: float = 0.5
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
 ) -> torch.Tensor:
     """Divergence per position between two log-distributions over the last axis; returns shape [...].
 
@@ -175,7 +178,9 @@ def sparse_distillation_loss(
     teacher = teacher_topk_logprobs.float()
     if k < vocab:
         if teacher_tail_logprob is None:
-            raise UsageError("teacher_tail_logprob is needed when the top-k does not cover the whole vocabulary")
+            raise UsageError(
+                "teacher_tail_logprob is needed when the top-k does not cover the whole vocabulary"
+            )
         student_tail = student_logprobs.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
         # a tail that underflowed to zero mass is floored, not -inf, so no inf - inf can reach a gradient
         teacher_tail = teacher_tail_logprob.float().unsqueeze(-1).clamp(min=_LOG_FLOOR)
@@ -190,7 +195,10 @@ _LOG_FLOOR = -1.0e4
 
 
 def answer_cross_entropy(
-    student_logits: torch.Tensor, answer_ids: torch.Tensor, mask: torch.Tensor | None = None, num_items_in_batch=None
+    student_logits: torch.Tensor,
+    answer_ids: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    num_items_in_batch=None,
 ) -> torch.Tensor:
     """Cross-entropy of the gold answer tokens, same reduction as `distillation_loss`."""
     per_token = F.cross_entropy(

@@ -1,6 +1,7 @@
 """Peak memory per phase (CPU and CUDA), recorded while a recipe or a benchmark runs.
 
-Recording peaks (the memory benchmark and compare.py's in-process mode do; the recipes do not):
+Recording peaks (every recipe does, into metrics.json's "memory"; so do the memory benchmark and
+compare.py's in-process mode):
 
     tracker = MemoryTracker()                 # CUDA device memory when available, host RSS always
     with tracker.phase("model_load"):
@@ -22,6 +23,9 @@ Recording peaks (the memory benchmark and compare.py's in-process mode do; the r
   - `MemoryCallback` also adds the running peak of "train" to every log (`mem_cpu_peak_rss_mib`, ...)
     and the evaluation peak to the metrics `evaluate()` returns (`eval_mem_...`).
   - `tracker.peak("train")` gives bytes: {"cpu_rss": ...} plus "cuda_allocated"/"cuda_reserved" on GPU.
+  - Resetting the kernel's high-water mark also resets what the process's rusage reports as its peak, so
+    a parent reading a child's rusage should take the larger of that and the tracker's lifetime peak
+    (`as_dict()["peak"]`), as `report.load_method_result` does.
   - CPU RSS also counts checkpoint files mapped while loading (page cache, reclaimable) and freed
     memory glibc keeps in its heap; run with MALLOC_MMAP_THRESHOLD_=131072 in the environment for an
     RSS that tracks live tensors (benchmarks/memory.py does).
@@ -74,7 +78,9 @@ class CpuMemoryMeter:
 
     def __init__(self, method: str = "auto", interval: float = 0.005):
         if method not in ("auto", "kernel_hwm", "sampling"):
-            raise UsageError(f"cpu memory method {method!r} is not valid; choose auto, kernel_hwm or sampling")
+            raise UsageError(
+                f"cpu memory method {method!r} is not valid; choose auto, kernel_hwm or sampling"
+            )
         if method == "auto":
             method = "kernel_hwm" if _kernel_peak_reset_works() else "sampling"
         elif method == "kernel_hwm" and not _kernel_peak_reset_works():
@@ -228,8 +234,10 @@ class MemoryTracker:
     def end(self, name: str) -> None:
         if not self._open or self._open[-1][0] != name:
             running = self._open[-1][0] if self._open else "none"
-            raise UsageError(f"memory phase {name!r} ended while {running!r} is the innermost open phase; "
-                             "end phases in the reverse order of begin()")
+            raise UsageError(
+                f"memory phase {name!r} ended while {running!r} is the innermost open phase; "
+                "end phases in the reverse order of begin()"
+            )
         self._fold()
         self._store(*self._open.pop())
 
@@ -306,7 +314,9 @@ class MemoryCallback(TrainerCallback):
         self.tracker = tracker if tracker is not None else MemoryTracker()
 
     def on_init_end(self, args, state, control, **kwargs):
-        self.tracker.mark(None)  # an evaluate() before any training measures from here, not from model loading
+        self.tracker.mark(
+            None
+        )  # an evaluate() before any training measures from here, not from model loading
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.tracker.mark(None)  # the first "train_step" interval starts here
@@ -338,5 +348,8 @@ class MemoryCallback(TrainerCallback):
 
 def peak_mib_by_phase(memory: dict) -> dict[str, float]:
     """{phase: peak resident MiB} from `MemoryTracker.as_dict()` (the model card's memory table)."""
-    return {name: entry["cpu_peak_rss_mib"] for name, entry in (memory.get("phases") or {}).items()
-            if "cpu_peak_rss_mib" in entry}
+    return {
+        name: entry["cpu_peak_rss_mib"]
+        for name, entry in (memory.get("phases") or {}).items()
+        if "cpu_peak_rss_mib" in entry
+    }

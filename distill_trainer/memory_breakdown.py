@@ -1,13 +1,13 @@
 """Where a measured peak goes: exact byte counts of the tensors training keeps resident.
 
-    breakdown = memory_breakdown(tracker.peak("train")["cpu_rss"], student=trainer.model,
-                                 optimizer=trainer.optimizer, teacher=trainer.teacher,
-                                 runtime_bytes=tracker.baseline_cpu_rss)   # on GPU: cuda_allocated, 0
-    breakdown.as_dict()   # runtime, parameters, gradients, optimizer_state, teacher_weights, rest
+  breakdown = memory_breakdown(tracker.peak("train")["cpu_rss"], student=trainer.model,
+                               optimizer=trainer.optimizer, teacher=trainer.teacher,
+                               runtime_bytes=tracker.baseline_cpu_rss)   # on GPU: cuda_allocated, 0
+  breakdown.as_dict()   # runtime, parameters, gradients, optimizer_state, teacher_weights, rest
 
-  Parameters, gradients, optimizer state and teacher weights are exact byte counts of the tensors
-  (quantization statistics of 8/4-bit teachers included, tied weights counted once); `rest` is what the
-  peak holds beyond them: activations, temporary buffers and allocator slack.
+Parameters, gradients, optimizer state and teacher weights are exact byte counts of the tensors
+(quantization statistics of 8/4-bit teachers included, tied weights counted once); `rest` is what the
+peak holds beyond them: activations, temporary buffers and allocator slack.
 """
 
 from __future__ import annotations
@@ -27,8 +27,15 @@ def _quantization_stats(param) -> list[torch.Tensor]:
         stats.append(scb)
     state = getattr(param, "quant_state", None)
     while state is not None:
-        stats += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None),
-                              getattr(state, "offset", None)) if isinstance(t, torch.Tensor)]
+        stats += [
+            t
+            for t in (
+                getattr(state, "absmax", None),
+                getattr(state, "code", None),
+                getattr(state, "offset", None),
+            )
+            if isinstance(t, torch.Tensor)
+        ]
         state = getattr(state, "state2", None)
     return stats
 
@@ -91,7 +98,14 @@ class MemoryBreakdown:
 
     @property
     def rest(self) -> int:
-        return self.peak - self.runtime - self.parameters - self.gradients - self.optimizer_state - self.teacher_weights
+        return (
+            self.peak
+            - self.runtime
+            - self.parameters
+            - self.gradients
+            - self.optimizer_state
+            - self.teacher_weights
+        )
 
     def as_dict(self, unit: int = MIB) -> dict[str, float]:
         values = asdict(self)
@@ -99,11 +113,16 @@ class MemoryBreakdown:
         return {key: round(value / unit, 1) for key, value in values.items()}
 
 
-def memory_breakdown(peak_bytes: int, student=None, optimizer=None, teacher=None, runtime_bytes: int = 0) -> MemoryBreakdown:
+def memory_breakdown(
+    peak_bytes: int, student=None, optimizer=None, teacher=None, runtime_bytes: int = 0
+) -> MemoryBreakdown:
     """Split a measured peak into runtime (interpreter and libraries: the RSS before any model existed),
     the student's parameters, its gradients, the optimizer state, the teacher's weights and the rest."""
     return MemoryBreakdown(
-        peak=int(peak_bytes), runtime=int(runtime_bytes), parameters=model_bytes(student),
+        peak=int(peak_bytes),
+        runtime=int(runtime_bytes),
+        parameters=model_bytes(student),
         gradients=gradient_bytes(student) if student is not None else 0,
-        optimizer_state=optimizer_state_bytes(optimizer), teacher_weights=model_bytes(teacher),
+        optimizer_state=optimizer_state_bytes(optimizer),
+        teacher_weights=model_bytes(teacher),
     )

@@ -97,8 +97,14 @@ def _kv_width(config) -> int:
     return (getattr(config, "num_key_value_heads", None) or heads) * head_dim
 
 
-def teacher_forward_bytes(config, batch_size: int, teacher_tokens: int, prefix_tokens: int = 0,
-                          dtype: str = "float32", quantization: str = "none") -> tuple[int, int]:
+def teacher_forward_bytes(
+    config,
+    batch_size: int,
+    teacher_tokens: int,
+    prefix_tokens: int = 0,
+    dtype: str = "float32",
+    quantization: str = "none",
+) -> tuple[int, int]:
     """(resident, transient) bytes of the teacher's no-grad forward beyond its weights.
 
     Only one layer's tensors live at a time. Its MLP is the widest point: the block input and the
@@ -144,9 +150,17 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        static = self.runtime + self.parameters + self.optimizer_state + self.teacher_weights + self.teacher_prefix_cache
+        static = (
+            self.runtime
+            + self.parameters
+            + self.optimizer_state
+            + self.teacher_weights
+            + self.teacher_prefix_cache
+        )
         held = self.gradients if self.gradients_held_in_forward else 0
-        dynamic = max(held + self.activations + max(self.teacher_forward, self.backward_workspace), self.gradients)
+        dynamic = max(
+            held + self.activations + max(self.teacher_forward, self.backward_workspace), self.gradients
+        )
         return static + dynamic
 
     def as_dict(self, unit: int = MIB) -> dict[str, float]:
@@ -155,10 +169,21 @@ class MemoryEstimate:
         return {key: round(value / unit, 1) for key, value in values.items()}
 
 
-def estimate_peak_memory(student, teacher=None, *, batch_size: int, student_tokens: int, teacher_tokens: int = 0,
-                         teacher_prefix_tokens: int = 0, gradient_accumulation_steps: int = 1,
-                         optimizer: str = "adamw", student_dtype: str = "float32", teacher_dtype: str = "float32",
-                         teacher_quantization: str = "none", runtime_bytes: int = 0) -> MemoryEstimate:
+def estimate_peak_memory(
+    student,
+    teacher=None,
+    *,
+    batch_size: int,
+    student_tokens: int,
+    teacher_tokens: int = 0,
+    teacher_prefix_tokens: int = 0,
+    gradient_accumulation_steps: int = 1,
+    optimizer: str = "adamw",
+    student_dtype: str = "float32",
+    teacher_dtype: str = "float32",
+    teacher_quantization: str = "none",
+    runtime_bytes: int = 0,
+) -> MemoryEstimate:
     """Predicted peak of a training step with `ContextDistillationTrainer`, for models that may sit on the
     meta device (nothing is allocated).
 
@@ -189,10 +214,24 @@ def estimate_peak_memory(student, teacher=None, *, batch_size: int, student_toke
     teacher_weights = prefix_cache = teacher_forward = 0
     if teacher is not None and not isinstance(teacher, str):
         teacher_weights = quantized_teacher_bytes(teacher, teacher_quantization, teacher_dtype)
-        prefix_cache, teacher_forward = teacher_forward_bytes(teacher.config, batch_size, teacher_tokens,
-                                                              teacher_prefix_tokens, teacher_dtype, teacher_quantization)
+        prefix_cache, teacher_forward = teacher_forward_bytes(
+            teacher.config,
+            batch_size,
+            teacher_tokens,
+            teacher_prefix_tokens,
+            teacher_dtype,
+            teacher_quantization,
+        )
     activations = student_activation_bytes(student.config, batch_size * student_tokens, student_dtype)
-    return MemoryEstimate(runtime=int(runtime_bytes), parameters=params, gradients=grads, optimizer_state=states,
-                          teacher_weights=teacher_weights, activations=activations, teacher_prefix_cache=prefix_cache,
-                          teacher_forward=teacher_forward, backward_workspace=workspace,
-                          gradients_held_in_forward=gradient_accumulation_steps > 1)
+    return MemoryEstimate(
+        runtime=int(runtime_bytes),
+        parameters=params,
+        gradients=grads,
+        optimizer_state=states,
+        teacher_weights=teacher_weights,
+        activations=activations,
+        teacher_prefix_cache=prefix_cache,
+        teacher_forward=teacher_forward,
+        backward_workspace=workspace,
+        gradients_held_in_forward=gradient_accumulation_steps > 1,
+    )

@@ -1,7 +1,7 @@
 """Loading teachers and students: dtype, 8/4-bit teachers, LoRA and BitFit students, embedded aliases.
 
-    student = prepare_student(load_causal_lm("facebook/opt-125m"), mode="lora", lora_r=16)
-    teacher = load_causal_lm("facebook/opt-1.3b", quantization="8bit")
+student = prepare_student(load_causal_lm("facebook/opt-125m"), mode="lora", lora_r=16)
+teacher = load_causal_lm("facebook/opt-1.3b", quantization="8bit")
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ EMBEDDED_PREFIX = "embedded:"
 def resolve_model_path(name_or_path: str) -> str:
     """An `embedded:` alias becomes a local directory (materialised once); anything else is returned as is."""
     if not name_or_path:
-        raise UsageError("no model given; set model_name_or_path (a Hub id, a local directory or an embedded alias)")
+        raise UsageError(
+            "no model given; set model_name_or_path (a Hub id, a local directory or an embedded alias)"
+        )
     if name_or_path.startswith(EMBEDDED_PREFIX):
         from .embedded import materialize_embedded_model
 
@@ -53,18 +55,55 @@ def quantization_config(quantization: str, compute_dtype=torch.float32):
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
+        )
     raise UsageError(f"quantization={quantization!r} is not valid; choose {', '.join(QUANTIZATIONS)}")
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", quantization: str = "none", device_map=None):
+# configuration switches that give a bias-free architecture (Llama, SmolLM2, ...) bias terms
+BIAS_SWITCHES = ("attention_bias", "mlp_bias")
+
+
+def bias_switches_to_add(model_config) -> list[str]:
+    """The switches that are off in `model_config` (BitFit turns them on: see `load_causal_lm(add_biases=)`)."""
+    return [name for name in BIAS_SWITCHES if getattr(model_config, name, None) is False]
+
+
+def load_causal_lm(
+    name_or_path: str,
+    dtype: str = "float32",
+    quantization: str = "none",
+    device_map=None,
+    add_biases: bool = False,
+):
     """A causal LM from the Hub, a local directory or an embedded alias.
 
     Quantized models are placed with `device_map`; under accelerate pass
     `{"": accelerator.local_process_index}` so each process holds its own copy (never "auto" there).
+    `add_biases` (for BitFit on an architecture without biases): turn on the config's bias switches and
+    start the added biases at zero, so the model computes exactly what it did; the saved model keeps them.
     """
     kwargs = {"dtype": torch_dtype(dtype)}
-    qconfig = quantization_config(quantization, compute_dtype=torch.float32 if dtype in ("auto", "float32") else torch_dtype(dtype))
+    if add_biases:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+        switches = bias_switches_to_add(config)
+        if switches:
+            for name in switches:
+                setattr(config, name, True)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                resolve_model_path(name_or_path), config=config, output_loading_info=True, **kwargs
+            )
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if name in info["missing_keys"] and name.endswith(".bias"):
+                        parameter.zero_()
+            return model
+    qconfig = quantization_config(
+        quantization, compute_dtype=torch.float32 if dtype in ("auto", "float32") else torch_dtype(dtype)
+    )
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         # bitsandbytes logs "inputs will be cast to float16" on every 8-bit matmul of a float32 input
@@ -86,8 +125,14 @@ def _default_device():
     return 0 if torch.cuda.is_available() else "cpu"
 
 
-def prepare_student(model, mode: str = "full", lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0,
-                    lora_target_modules=None):
+def prepare_student(
+    model,
+    mode: str = "full",
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.0,
+    lora_target_modules=None,
+):
     """Make the student trainable as asked: all weights, LoRA adapters (peft), or biases only (BitFit)."""
     if mode == "full":
         model.requires_grad_(True)
@@ -96,8 +141,13 @@ def prepare_student(model, mode: str = "full", lora_r: int = 16, lora_alpha: int
         from peft import LoraConfig, get_peft_model
 
         check_lora_target_modules(model, lora_target_modules)
-        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type="CAUSAL_LM",
-                            target_modules=lora_target_modules)
+        config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            task_type="CAUSAL_LM",
+            target_modules=lora_target_modules,
+        )
         return get_peft_model(model, config)
     if mode == "bitfit":
         model.requires_grad_(False)
@@ -121,11 +171,20 @@ def check_lora_target_modules(model, lora_target_modules) -> None:
     full_names = [name for name, _ in model.named_modules()]
     names = {name.rsplit(".", 1)[-1] for name in full_names}
     # peft matches a module by its last name or by a dotted suffix of its full name
-    missing = [m for m in lora_target_modules
-               if m not in names and not any(full == m or full.endswith("." + m) for full in full_names)]
+    missing = [
+        m
+        for m in lora_target_modules
+        if m not in names and not any(full == m or full.endswith("." + m) for full in full_names)
+    ]
     if missing:
-        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+        linear = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            }
+            - {"lm_head"}
+        )
         raise UsageError(
             f"lora_target_modules {missing} are not modules of this model; set lora_target_modules to some of "
             f"its linear layers: {', '.join(linear[:10])}"
@@ -147,12 +206,14 @@ def output_vocab_size(model) -> int:
 
 def check_same_vocabulary(student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> None:
     """Full-vocabulary KL compares logit i of one model with logit i of the other: both must mean the same token."""
-    check_vocabulary_sizes_and_tokens(output_vocab_size(student), output_vocab_size(teacher), student_tokenizer,
-                                      teacher_tokenizer)
+    check_vocabulary_sizes_and_tokens(
+        output_vocab_size(student), output_vocab_size(teacher), student_tokenizer, teacher_tokenizer
+    )
 
 
-def check_vocabulary_sizes_and_tokens(student_size, teacher_size, student_tokenizer=None,
-                                      teacher_tokenizer=None) -> None:
+def check_vocabulary_sizes_and_tokens(
+    student_size, teacher_size, student_tokenizer=None, teacher_tokenizer=None
+) -> None:
     """The check behind `check_same_vocabulary`, from logit counts (a model's, or its config's vocab_size) and
     the tokenizers' token tables when both are given."""
     s, t = student_size, teacher_size

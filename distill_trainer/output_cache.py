@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 
 from .cache_paths import cache_home
 from .errors import UsageError
+from .teacher_cache_store import load_verified, save_atomically, stored_key
 from .teacher_columns import (
     PER_ANSWER_TOKEN_TEACHER_COLUMNS,
     PER_EXAMPLE_TEACHER_COLUMNS,
@@ -46,8 +45,6 @@ _TEACHER_VIEW_COLUMNS = ("teacher_input_ids", "teacher_answer_positions", "answe
 _EXAMPLE_ID_COLUMNS = ("idx", "example_index", "id")
 # bump when the stored layout or the way outputs are computed changes: old caches then stop matching
 CACHE_FORMAT = 1
-KEY_FILE = "teacher_cache_key.json"
-MASS_TOLERANCE = 1e-3  # |log(total mass)| allowed: float32 rounding of top-k log-probs and the tail
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +84,9 @@ def teacher_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def teacher_source_fingerprint(name_or_path: str, dtype: str = "float32", quantization: str = "none") -> str | None:
+def teacher_source_fingerprint(
+    name_or_path: str, dtype: str = "float32", quantization: str = "none"
+) -> str | None:
     """A digest of a teacher on disk, taken without loading it (None if it is not a local directory).
 
     It hashes config.json and every weight file's name, size and modification time, plus the dtype and
@@ -125,9 +124,17 @@ def examples_fingerprint(dataset) -> str:
     return digest.hexdigest()
 
 
-def teacher_output_cache_key(teacher, dataset, *, distill_vocab: str, temperature: float, top_k: int | None,
-                             label_token_ids=None, extra: dict | None = None,
-                             teacher_id: str | None = None) -> tuple[str, dict]:
+def teacher_output_cache_key(
+    teacher,
+    dataset,
+    *,
+    distill_vocab: str,
+    temperature: float,
+    top_k: int | None,
+    label_token_ids=None,
+    extra: dict | None = None,
+    teacher_id: str | None = None,
+) -> tuple[str, dict]:
     """The key (a hex digest) and the components it hashes, which are saved next to the cache.
 
     `teacher_id` (e.g. `teacher_source_fingerprint`) identifies the teacher instead of its weights."""
@@ -157,7 +164,9 @@ def _check_dataset(dataset) -> None:
         )
     missing = [c for c in _TEACHER_VIEW_COLUMNS if c not in names]
     if missing:
-        raise UsageError(f"the dataset has no {', '.join(missing)} column(s); build its rows with build_views")
+        raise UsageError(
+            f"the dataset has no {', '.join(missing)} column(s); build its rows with build_views"
+        )
 
 
 def _check_options(distill_vocab, temperature, top_k, label_token_ids) -> None:
@@ -176,9 +185,19 @@ def _to_device(batch: dict, device) -> dict:
 
 
 @torch.no_grad()
-def compute_teacher_outputs(logits_fn, dataset, collator, *, distill_vocab: str, temperature: float,
-                            top_k: int | None = None, label_token_ids=None, batch_size: int = 8,
-                            device=None, show_progress: bool = False) -> dict[str, list]:
+def compute_teacher_outputs(
+    logits_fn,
+    dataset,
+    collator,
+    *,
+    distill_vocab: str,
+    temperature: float,
+    top_k: int | None = None,
+    label_token_ids=None,
+    batch_size: int = 8,
+    device=None,
+    show_progress: bool = False,
+) -> dict[str, list]:
     """One teacher pass over `dataset`; returns the new columns (lists, one entry per row).
 
     Args:
@@ -186,15 +205,21 @@ def compute_teacher_outputs(logits_fn, dataset, collator, *, distill_vocab: str,
             as in `TwoViewCollator` (e.g. `ContextDistillationTrainer.teacher_answer_logits`).
     """
     _check_options(distill_vocab, temperature, top_k, label_token_ids)
-    columns = {name: [] for name in (PER_EXAMPLE_TEACHER_COLUMNS if distill_vocab == "label_words"
-                                     else PER_ANSWER_TOKEN_TEACHER_COLUMNS)}
+    names = (
+        PER_EXAMPLE_TEACHER_COLUMNS if distill_vocab == "label_words" else PER_ANSWER_TOKEN_TEACHER_COLUMNS
+    )
+    columns = {name: [None] * len(dataset) for name in names}
+    # longest first: rows of similar length share a batch, so little of the teacher's work is padding
+    lengths = [len(ids) for ids in dataset["teacher_input_ids"]]
+    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
     starts = range(0, len(dataset), batch_size)
     if show_progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="teacher output cache", unit="batch")
     for start in starts:
-        features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        indices = order[start : start + batch_size]
+        features = [dataset[i] for i in indices]
         batch = collator(features)
         if device is not None:
             batch = _to_device(batch, device)
@@ -202,8 +227,11 @@ def compute_teacher_outputs(logits_fn, dataset, collator, *, distill_vocab: str,
         if distill_vocab == "label_words":
             # column 0 holds every row's first answer position (see TwoViewCollator), where the label is decided
             ids = torch.as_tensor(label_token_ids, device=logits.device)
-            label_logprobs = F.log_softmax(logits[:, 0].index_select(-1, ids) / temperature, dim=-1)
-            columns["teacher_label_logprobs"] += label_logprobs.cpu().tolist()
+            label_logprobs = (
+                F.log_softmax(logits[:, 0].index_select(-1, ids) / temperature, dim=-1).cpu().tolist()
+            )
+            for row, index in enumerate(indices):
+                columns["teacher_label_logprobs"][index] = label_logprobs[row]
             continue
         logprobs = F.log_softmax(logits / temperature, dim=-1)
         k = min(int(top_k), logprobs.shape[-1])
@@ -212,11 +240,11 @@ def compute_teacher_outputs(logits_fn, dataset, collator, *, distill_vocab: str,
             tail = logprobs.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
         else:
             tail = torch.full(logprobs.shape[:-1], float("-inf"), device=logprobs.device)
-        for row, feature in enumerate(features):
+        for row, (index, feature) in enumerate(zip(indices, features)):
             n = len(feature["answer_ids"])  # answers are right-aligned: the last n columns are this row's
-            columns["teacher_topk_ids"].append(top_ids[row, -n:].cpu().tolist())
-            columns["teacher_topk_logprobs"].append(top_logprobs[row, -n:].cpu().tolist())
-            columns["teacher_tail_logprob"].append(tail[row, -n:].cpu().tolist())
+            columns["teacher_topk_ids"][index] = top_ids[row, -n:].cpu().tolist()
+            columns["teacher_topk_logprobs"][index] = top_logprobs[row, -n:].cpu().tolist()
+            columns["teacher_tail_logprob"][index] = tail[row, -n:].cpu().tolist()
     return columns
 
 
@@ -234,10 +262,22 @@ def _add_columns(dataset, columns: dict[str, list]):
     return dataset
 
 
-def load_or_build_teacher_outputs(teacher, dataset, collator, *, distill_vocab: str = "full",
-                                  temperature: float = 1.0, top_k: int | None = 64, label_token_ids=None,
-                                  cache_dir=None, batch_size: int = 8, logits_fn=None, extra_key: dict | None = None,
-                                  show_progress: bool = False, teacher_id: str | None = None):
+def load_or_build_teacher_outputs(
+    teacher,
+    dataset,
+    collator,
+    *,
+    distill_vocab: str = "full",
+    temperature: float = 1.0,
+    top_k: int | None = 64,
+    label_token_ids=None,
+    cache_dir=None,
+    batch_size: int = 8,
+    logits_fn=None,
+    extra_key: dict | None = None,
+    show_progress: bool = False,
+    teacher_id: str | None = None,
+):
     """`dataset` with the teacher's outputs as extra columns: loaded from `cache_dir` when a cache with the
     same key exists there, otherwise computed (one teacher pass) and saved.
 
@@ -258,12 +298,19 @@ def load_or_build_teacher_outputs(teacher, dataset, collator, *, distill_vocab: 
     stale = [c for c in TEACHER_OUTPUT_COLUMNS if c in dataset.column_names]
     if stale:  # outputs of some earlier teacher: never let them mix with the new ones
         dataset = dataset.remove_columns(stale)
-    key, components = teacher_output_cache_key(teacher, dataset, distill_vocab=distill_vocab, temperature=temperature,
-                                               top_k=top_k, label_token_ids=label_token_ids, extra=extra_key,
-                                               teacher_id=teacher_id)
+    key, components = teacher_output_cache_key(
+        teacher,
+        dataset,
+        distill_vocab=distill_vocab,
+        temperature=temperature,
+        top_k=top_k,
+        label_token_ids=label_token_ids,
+        extra=extra_key,
+        teacher_id=teacher_id,
+    )
     path = Path(cache_dir or default_teacher_cache_dir()) / f"teacher-outputs-{key[:20]}"
-    if _stored_key(path) == key:
-        loaded, problem = _load_verified(path)
+    if stored_key(path) == key:
+        loaded, problem = load_verified(path)
         if problem is None:
             return loaded, path, True
         logger.warning("teacher output cache %s is damaged (%s); rebuilding it", path, problem)
@@ -272,134 +319,65 @@ def load_or_build_teacher_outputs(teacher, dataset, collator, *, distill_vocab: 
 
         runner = TeacherAnswerLogits()
         device = next(teacher.parameters()).device
-        columns = compute_teacher_outputs(lambda batch: runner(teacher, _to_device(batch, device)), dataset, collator,
-                                          distill_vocab=distill_vocab, temperature=temperature, top_k=top_k,
-                                          label_token_ids=label_token_ids, batch_size=batch_size,
-                                          show_progress=show_progress)
+        columns = compute_teacher_outputs(
+            lambda batch: runner(teacher, _to_device(batch, device)),
+            dataset,
+            collator,
+            distill_vocab=distill_vocab,
+            temperature=temperature,
+            top_k=top_k,
+            label_token_ids=label_token_ids,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
     else:
-        columns = compute_teacher_outputs(logits_fn, dataset, collator, distill_vocab=distill_vocab,
-                                          temperature=temperature, top_k=top_k, label_token_ids=label_token_ids,
-                                          batch_size=batch_size, show_progress=show_progress)
+        columns = compute_teacher_outputs(
+            logits_fn,
+            dataset,
+            collator,
+            distill_vocab=distill_vocab,
+            temperature=temperature,
+            top_k=top_k,
+            label_token_ids=label_token_ids,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
     with_outputs = _add_columns(dataset, columns)
-    _save_atomically(with_outputs, path, {"key": key, **components})
+    save_atomically(with_outputs, path, {"key": key, **components})
     return load_from_disk(str(path)), path, False
 
 
-def cached_teacher_outputs(dataset, *, teacher_id: str, distill_vocab: str = "full", temperature: float = 1.0,
-                           top_k: int | None = 64, label_token_ids=None, cache_dir=None,
-                           extra_key: dict | None = None):
+def cached_teacher_outputs(
+    dataset,
+    *,
+    teacher_id: str,
+    distill_vocab: str = "full",
+    temperature: float = 1.0,
+    top_k: int | None = 64,
+    label_token_ids=None,
+    cache_dir=None,
+    extra_key: dict | None = None,
+):
     """(dataset with the teacher's outputs, cache path) when a cache keyed on `teacher_id` exists, else
     (None, path): lets a caller skip loading the teacher when nothing has to be computed."""
-    from datasets import load_from_disk
-
     _check_dataset(dataset)
     stale = [c for c in TEACHER_OUTPUT_COLUMNS if c in dataset.column_names]
     if stale:
         dataset = dataset.remove_columns(stale)
-    key, _ = teacher_output_cache_key(None, dataset, distill_vocab=distill_vocab, temperature=temperature, top_k=top_k,
-                                      label_token_ids=label_token_ids, extra=extra_key, teacher_id=teacher_id)
+    key, _ = teacher_output_cache_key(
+        None,
+        dataset,
+        distill_vocab=distill_vocab,
+        temperature=temperature,
+        top_k=top_k,
+        label_token_ids=label_token_ids,
+        extra=extra_key,
+        teacher_id=teacher_id,
+    )
     path = Path(cache_dir or default_teacher_cache_dir()) / f"teacher-outputs-{key[:20]}"
-    return (load_from_disk(str(path)) if _stored_key(path) == key else None), path
-
-
-def _stored_key(path: Path) -> str | None:
-    try:
-        return json.loads((path / KEY_FILE).read_text())["key"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_records(path: Path) -> dict:
-    return {str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != KEY_FILE}
-
-
-def _files_problem(path: Path) -> str | None:
-    """A file the key record lists that is missing or changed (a cache without the record: None)."""
-    try:
-        files = json.loads((path / KEY_FILE).read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return None
-    for name, record in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != record["size"]:
-            return f"{name} is {file.stat().st_size} bytes, {record['size']} when saved"
-        if _sha256(file) != record["sha256"]:
-            return f"{name} has changed since it was saved (checksum mismatch)"
-    return None
-
-
-def values_problem(dataset) -> str | None:
-    """The stored distributions' invariants: finite log-probabilities <= 0 whose mass sums to 1."""
-    columns = dataset.column_names
-    if "teacher_label_logprobs" in columns:
-        rows = dataset.with_format("arrow")["teacher_label_logprobs"].combine_chunks()
-        width = len(rows[0]) if len(rows) else 0
-        logprobs = np.asarray(rows.flatten().to_numpy(zero_copy_only=False), dtype=np.float64).reshape(-1, width)
-        tail = np.full(len(logprobs), -np.inf)
-    elif "teacher_topk_logprobs" in columns:
-        table = dataset.with_format("arrow")
-        tokens = table["teacher_topk_logprobs"].combine_chunks().flatten()
-        width = len(tokens[0]) if len(tokens) else 0
-        logprobs = np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
-        if width == 0 or logprobs.size % width:
-            return "the top-k log-probabilities have uneven lengths"
-        logprobs = logprobs.reshape(-1, width)
-        tail = np.asarray(table["teacher_tail_logprob"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                          dtype=np.float64)
-        if len(tail) != len(logprobs):
-            return "the tail masses do not match the answer tokens"
-    else:
-        return "it holds no teacher outputs"
-    if logprobs.size == 0:
-        return None
-    if not np.isfinite(logprobs).all() or (logprobs > MASS_TOLERANCE).any() or (tail > MASS_TOLERANCE).any():
-        return "log-probabilities above 0 or not finite"
-    mass = np.logaddexp(np.logaddexp.reduce(logprobs, axis=-1), tail)
-    worst = float(np.abs(mass).max())
-    if worst > MASS_TOLERANCE:
-        return f"a distribution's mass is {np.exp(mass[np.abs(mass).argmax()]):.4g}, not 1"
-    return None
-
-
-def _load_verified(path: Path):
-    """(the cached dataset, None) or (None, what is wrong with it)."""
-    from datasets import load_from_disk
-
-    problem = _files_problem(path)
+    if stored_key(path) != key:
+        return None, path
+    loaded, problem = load_verified(path)
     if problem is not None:
-        return None, problem
-    try:
-        dataset = load_from_disk(str(path))
-    except Exception as error:  # noqa: BLE001 -- truncated Arrow files fail in many ways; all mean "rebuild"
-        return None, f"it cannot be read: {type(error).__name__}"
-    problem = values_problem(dataset)
-    return (None, problem) if problem else (dataset, None)
-
-
-def _save_atomically(dataset, path: Path, key_record: dict) -> None:
-    """Write to a temporary directory, then rename: a crash never leaves a half-written cache that matches."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    key_record = {**key_record, "files": _file_records(tmp)}
-    (tmp / KEY_FILE).write_text(json.dumps(key_record, indent=1, sort_keys=True))
-    if path.exists():  # a stale or corrupt cache under the same name (or another process won the race)
-        shutil.rmtree(path, ignore_errors=True)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _stored_key(path) != key_record["key"]:
-            raise
+        logger.warning("teacher output cache %s is damaged (%s); rebuilding it", path, problem)
+    return loaded, path

@@ -41,8 +41,10 @@ def check_safe_output_dir(output_dir) -> None:
     if path == Path(path.anchor):
         raise UsageError(f"output_dir {text} is the file system root; {fix}")
     if path == home or path in home.parents:
-        raise UsageError(f"output_dir {text} is {'your home directory' if path == home else 'above your home directory'}"
-                         f", which holds other files; {fix}")
+        raise UsageError(
+            f"output_dir {text} is {'your home directory' if path == home else 'above your home directory'}"
+            f", which holds other files; {fix}"
+        )
     own = [PROJECT_ROOT / name for name in PROJECT_FOLDERS]
     if path == PROJECT_ROOT or any(path == folder or folder in path.parents for folder in own):
         raise UsageError(f"output_dir {text} is inside the project's own folders ({path}); {fix}")
@@ -55,14 +57,18 @@ def check_writable(output_dir) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"output_dir {output_dir} cannot be created: {existing} is a file, not a directory; "
-                         "choose another output_dir")
+        raise UsageError(
+            f"output_dir {output_dir} cannot be created: {existing} is a file, not a directory; "
+            "choose another output_dir"
+        )
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as error:
-        raise UsageError(f"output_dir {output_dir} is not writable ({error.strerror or error} in {existing}); "
-                         "choose a directory you can write to") from None
+        raise UsageError(
+            f"output_dir {output_dir} is not writable ({error.strerror or error} in {existing}); "
+            "choose a directory you can write to"
+        ) from None
 
 
 def check_output_location(output_dir) -> None:
@@ -91,8 +97,10 @@ class OutputLock:
                 handle.seek(0)
                 holder = " ".join(handle.read().split()) or "holder unknown"
                 handle.close()
-                raise UsageError(f"output_dir {self.path.parent} is in use by another run ({holder}); wait for it "
-                                 "to finish, or choose another output_dir") from None
+                raise UsageError(
+                    f"output_dir {self.path.parent} is in use by another run ({holder}); wait for it "
+                    "to finish, or choose another output_dir"
+                ) from None
             try:  # the previous holder may have removed the file between our open and our lock: retry
                 same = os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
             except OSError:
@@ -103,8 +111,10 @@ class OutputLock:
         handle.seek(0)
         handle.truncate()
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] if sys.argv else ""
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                     f"{command}\n")
+        handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{command}\n"
+        )
         handle.flush()
         self._handle = handle
         return self

@@ -76,8 +76,14 @@ class PrefixCachedTeacher:
         # the config tells sliding-window layers apart; a DeepSpeed engine or DDP wrapper holds it on .module
         cache = DynamicCache(config=getattr(self.model, "module", self.model).config)
         # logits_to_keep=1: the prefix's own logits are not needed; building them would cost P x vocab
-        self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1],
-                   device=device)[None], cache=cache, use_cache=True, logits_to_keep=1)
+        self.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=torch.arange(ids.shape[1], device=device)[None],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         self._prefix_cache = cache
 
     def _batch_cache(self, batch_size: int):
@@ -168,8 +174,13 @@ class TeacherAnswerLogits:
             if self.prefix_teacher is None or not self.prefix_teacher.matches(model, prefix):
                 self.prefix_teacher = PrefixCachedTeacher(model, prefix)
             return self.prefix_teacher.answer_logits(
-                batch["teacher_suffix_input_ids"], batch["teacher_suffix_attention_mask"],
+                batch["teacher_suffix_input_ids"],
+                batch["teacher_suffix_attention_mask"],
                 batch["teacher_suffix_answer_positions"],
             )
-        return answer_logits(model, batch["teacher_input_ids"], batch["teacher_attention_mask"],
-                             batch["teacher_answer_positions"])
+        return answer_logits(
+            model,
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            batch["teacher_answer_positions"],
+        )

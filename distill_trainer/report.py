@@ -30,8 +30,10 @@ COST_PLOT = "memory_time.png"
 def _read_records(path: Path) -> list[dict]:
     """label, prediction and label-word margin of every scored row (for agreement and paired intervals)."""
     keep = ("label", "prediction", "margin")
-    return [{k: record.get(k) for k in keep} for record in
-            (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)]
+    return [
+        {k: record.get(k) for k in keep}
+        for record in (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)
+    ]
 
 
 def _phase_peaks(memory: dict | None) -> dict:
@@ -39,21 +41,37 @@ def _phase_peaks(memory: dict | None) -> dict:
     phases = (memory or {}).get("phases") or {}
 
     def peak(*names):
-        values = [phases[n]["cpu_peak_rss_mib"] for n in names if n in phases and "cpu_peak_rss_mib" in phases[n]]
+        values = [
+            phases[n]["cpu_peak_rss_mib"] for n in names if n in phases and "cpu_peak_rss_mib" in phases[n]
+        ]
         return max(values) if values else None
 
-    return {"load": peak("student_load", "model_load", "teacher_load"), "teacher_pass": peak("teacher_pass"),
-            "train": peak("train"), "eval": peak("eval")}
+    return {
+        "load": peak("student_load", "model_load", "teacher_load"),
+        "teacher_pass": peak("teacher_pass"),
+        "train": peak("train"),
+        "eval": peak("eval"),
+    }
 
 
 def _task_summary(metrics: dict) -> dict:
     """The figures a row keeps of one task's metrics (per heuristic for HANS)."""
-    keep = ("n", "accuracy", "accuracy_stderr", "auc", "macro_f1", "per_label_accuracy", "predicted_label_balance")
+    keep = (
+        "n",
+        "accuracy",
+        "accuracy_stderr",
+        "auc",
+        "macro_f1",
+        "per_label_accuracy",
+        "predicted_label_balance",
+    )
     summary = {key: metrics.get(key) for key in keep}
     if "per_heuristic" in metrics:
         summary["per_heuristic"] = {
-            name: {key: group.get(key) for key in ("n", "accuracy", "accuracy_stderr", "auc",
-                                                   "per_label_accuracy")}
+            name: {
+                key: group.get(key)
+                for key in ("n", "accuracy", "accuracy_stderr", "auc", "per_label_accuracy")
+            }
             for name, group in metrics["per_heuristic"].items()
         }
     return summary
@@ -87,9 +105,12 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
         "eval_seconds": round(metrics.get("eval_seconds", 0.0), 1),
         "wall_seconds": round(wall_seconds, 3),  # tiny runs can take well under 0.1 s
         "phase_peak_mib": _phase_peaks(metrics.get("memory")),
+        "runtime_mib": (metrics.get("memory") or {}).get("baseline_cpu_rss_mib"),
         "teacher_output_cache": metrics.get("teacher_output_cache"),
         "eval": {task: _task_summary(task_metrics) for task, task_metrics in metrics["eval"].items()},
-        "records": {task: _read_records(method_dir / f"predictions_{task}.jsonl") for task in metrics["eval"]},
+        "records": {
+            task: _read_records(method_dir / f"predictions_{task}.jsonl") for task in metrics["eval"]
+        },
         "output_dir": str(method_dir),
     }
 
@@ -97,7 +118,9 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
 def agreement(predictions: list[int], reference: list[int]) -> dict:
     """Share of rows with the same prediction, and its standard error."""
     if len(predictions) != len(reference):
-        raise ValueError(f"cannot compare {len(predictions)} predictions with {len(reference)}: different rows")
+        raise ValueError(
+            f"cannot compare {len(predictions)} predictions with {len(reference)}: different rows"
+        )
     n = len(predictions)
     share = sum(a == b for a, b in zip(predictions, reference)) / n if n else float("nan")
     return {"agreement": share, "agreement_stderr": math.sqrt(share * (1 - share) / n) if n else float("nan")}
@@ -111,8 +134,10 @@ def add_teacher_agreement(rows: list[dict]) -> None:
             if teacher is None or task not in teacher["records"]:
                 task_summary["teacher_agreement"] = task_summary["teacher_agreement_stderr"] = None
                 continue
-            shares = agreement([r["prediction"] for r in row["records"][task]],
-                               [r["prediction"] for r in teacher["records"][task]])
+            shares = agreement(
+                [r["prediction"] for r in row["records"][task]],
+                [r["prediction"] for r in teacher["records"][task]],
+            )
             task_summary["teacher_agreement"] = shares["agreement"]
             task_summary["teacher_agreement_stderr"] = shares["agreement_stderr"]
 
@@ -130,16 +155,32 @@ def _num(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-COLUMNS = ("method", "trainable", "peak MiB", "load/teacher/train MiB", "train s", "eval s", "MNLI acc", "MNLI AUC", "MNLI agree",
-           "MNLI pred. 0", "HANS acc", "HANS AUC", "HANS ent/non", "HANS agree")
+COLUMNS = (
+    "method",
+    "trainable",
+    "peak MiB",
+    "load/teacher/train MiB",
+    "train s",
+    "eval s",
+    "MNLI acc",
+    "MNLI AUC",
+    "MNLI agree",
+    "MNLI pred. 0",
+    "HANS acc",
+    "HANS AUC",
+    "HANS ent/non",
+    "HANS agree",
+)
 
 
-LEGEND = ("Accuracies and agreements in %, ± one standard error. *agree*: share of rows where the method predicts "
-          "what the ICL teacher predicts. *pred. 0*: share of rows predicted as label 0 (entailment). *HANS "
-          "ent/non*: accuracy on HANS entailment / non-entailment rows. AUC: of the label-word margin (0.5 = the "
-          "classes are not told apart). Peak MiB: peak resident memory of the method's process (runtime included); "
-          "load/teacher/train: the peak while loading models (the 8-bit teacher's quantization spike shows here), "
-          "during the teacher's output pass (- when its cached outputs were reused) and during training.")
+LEGEND = (
+    "Accuracies and agreements in %, ± one standard error. *agree*: share of rows where the method predicts "
+    "what the ICL teacher predicts. *pred. 0*: share of rows predicted as label 0 (entailment). *HANS "
+    "ent/non*: accuracy on HANS entailment / non-entailment rows. AUC: of the label-word margin (0.5 = the "
+    "classes are not told apart). Peak MiB: peak resident memory of the method's process (runtime included); "
+    "load/teacher/train: the peak while loading models (the 8-bit teacher's quantization spike shows here), "
+    "during the teacher's output pass (- when its cached outputs were reused) and during training."
+)
 
 
 def table_rows(summary: dict) -> list[list[str]]:
@@ -147,17 +188,27 @@ def table_rows(summary: dict) -> list[list[str]]:
     for row in summary["methods"]:
         mnli, hans = row["eval"].get("mnli", {}), row["eval"].get("hans", {})
         hans_labels = hans.get("per_label_accuracy") or {}
-        rows.append([
-            row["method"], f"{row['trainable_parameters']:,}", _num(row["peak_memory_mib"], ".0f"),
-            "/".join(_num((row.get("phase_peak_mib") or {}).get(k), ".0f")
-                     for k in ("load", "teacher_pass", "train")),
-            _num(row["train_seconds"], ".0f"), _num(row["eval_seconds"], ".0f"),
-            _pct(mnli.get("accuracy"), mnli.get("accuracy_stderr")), _num(mnli.get("auc"), ".2f"),
-            _pct(mnli.get("teacher_agreement")),
-            _pct(next(iter((mnli.get("predicted_label_balance") or {None: None}).values()))),
-            _pct(hans.get("accuracy"), hans.get("accuracy_stderr")), _num(hans.get("auc"), ".2f"),
-            "/".join(_pct(v) for v in hans_labels.values()) or "-", _pct(hans.get("teacher_agreement")),
-        ])
+        rows.append(
+            [
+                row["method"],
+                f"{row['trainable_parameters']:,}",
+                _num(row["peak_memory_mib"], ".0f"),
+                "/".join(
+                    _num((row.get("phase_peak_mib") or {}).get(k), ".0f")
+                    for k in ("load", "teacher_pass", "train")
+                ),
+                _num(row["train_seconds"], ".0f"),
+                _num(row["eval_seconds"], ".0f"),
+                _pct(mnli.get("accuracy"), mnli.get("accuracy_stderr")),
+                _num(mnli.get("auc"), ".2f"),
+                _pct(mnli.get("teacher_agreement")),
+                _pct(next(iter((mnli.get("predicted_label_balance") or {None: None}).values()))),
+                _pct(hans.get("accuracy"), hans.get("accuracy_stderr")),
+                _num(hans.get("auc"), ".2f"),
+                "/".join(_pct(v) for v in hans_labels.values()) or "-",
+                _pct(hans.get("teacher_agreement")),
+            ]
+        )
     return rows
 
 
@@ -165,37 +216,59 @@ def format_table(summary: dict) -> str:
     """A fixed-width console table."""
     rows = [list(COLUMNS), *table_rows(summary)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
 
 def format_markdown(summary: dict) -> str:
     rows = table_rows(summary)
-    lines = [f"# Method comparison: {summary['settings'].get('student')}", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"# Method comparison: {summary['settings'].get('student')}",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     heuristics = _heuristics(summary)
-    lines += ["", LEGEND, "", "## HANS per heuristic (accuracy %, AUC)", "",
-              "| method | " + " | ".join(heuristics) + " |", "|---|" + "---|" * len(heuristics)]
+    lines += [
+        "",
+        LEGEND,
+        "",
+        "## HANS per heuristic (accuracy %, AUC)",
+        "",
+        "| method | " + " | ".join(heuristics) + " |",
+        "|---|" + "---|" * len(heuristics),
+    ]
     for row in summary["methods"]:
         groups = row["eval"].get("hans", {}).get("per_heuristic", {})
-        cells = [f"{_pct(groups[h]['accuracy'])} ({_num(groups[h]['auc'], '.2f')})" if h in groups else "-"
-                 for h in heuristics]
+        cells = [
+            f"{_pct(groups[h]['accuracy'])} ({_num(groups[h]['auc'], '.2f')})" if h in groups else "-"
+            for h in heuristics
+        ]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     if summary.get("findings"):
         lines += ["", "## Findings", "", *(f"- {sentence}" for sentence in summary["findings"])]
     reference = summary["settings"].get("memory_reference")
     if reference:
-        lines += ["", "## Memory against fine-tuning the teacher", "",
-                  f"Reference: {reference['name']}, {reference['peak_mib'] / 1024:.2f} GiB ({reference['source']}).",
-                  *(f"- {line}" for line in reference.get("notes", []))]
+        lines += [
+            "",
+            "## Memory against fine-tuning the teacher",
+            "",
+            f"Reference: {reference['name']}, {reference['peak_mib'] / 1024:.2f} GiB ({reference['source']}).",
+            *(f"- {line}" for line in reference.get("notes", [])),
+        ]
     disk = summary["settings"].get("disk_mb")
     if disk:
         lines += ["", "## Size on disk (MB)", "", *(f"- {name}: {size:,.1f}" for name, size in disk.items())]
-    lines += ["", "## Settings", ""] + [f"- {key}: {value}" for key, value in summary["settings"].items()
-                                       if key not in ("memory_reference", "disk_mb")]
+    lines += ["", "## Settings", ""] + [
+        f"- {key}: {value}"
+        for key, value in summary["settings"].items()
+        if key not in ("memory_reference", "disk_mb")
+    ]
     lines += ["", f"![accuracy]({ACCURACY_PLOT})", f"![memory and time]({COST_PLOT})", ""]
     return "\n".join(lines)
 
@@ -258,9 +331,11 @@ def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
     """summary.json, summary.md and the plots; returns the summary (rows without their raw predictions)."""
     run_dir = Path(run_dir)
     add_teacher_agreement(rows)
-    summary = {"settings": settings,
-               "methods": [{k: v for k, v in row.items() if k != "records"} for row in rows],
-               "findings": findings(rows, settings.get("memory_reference"))}
+    summary = {
+        "settings": settings,
+        "methods": [{k: v for k, v in row.items() if k != "records"} for row in rows],
+        "findings": findings(rows, settings.get("memory_reference")),
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (run_dir / "summary.md").write_text(format_markdown(summary), encoding="utf-8")
     write_plots(summary, run_dir)
@@ -270,10 +345,15 @@ def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
 def print_table(summary: dict, run_dir) -> None:
     settings = summary["settings"]
     print("\n==== comparison " + "=" * 80)
-    print(f"student {settings.get('student')}, teacher {settings.get('teacher')}, pattern {settings.get('pattern')}, "
-          f"k={settings.get('k')}; {settings.get('num_train_examples')} training queries; "
-          f"total {settings.get('total_seconds')} s")
+    print(
+        f"student {settings.get('student')}, teacher {settings.get('teacher')}, pattern {settings.get('pattern')}, "
+        f"k={settings.get('k')}; {settings.get('num_train_examples')} training queries; "
+        f"total {settings.get('total_seconds')} s"
+    )
     print(format_table(summary))
-    print(f"accuracies/agreements in % ± standard error; agree = same prediction as the ICL teacher; "
-          f"pred. 0 = share predicted 'entailment'\noutputs: {run_dir}/summary.md, summary.json, "
-          f"{ACCURACY_PLOT}, {COST_PLOT}", flush=True)
+    print(
+        f"accuracies/agreements in % ± standard error; agree = same prediction as the ICL teacher; "
+        f"pred. 0 = share predicted 'entailment'\noutputs: {run_dir}/summary.md, summary.json, "
+        f"{ACCURACY_PLOT}, {COST_PLOT}",
+        flush=True,
+    )

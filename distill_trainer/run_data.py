@@ -50,12 +50,23 @@ class NLIData:
 
 def load_eval_set(name: str, data_args: DataArguments, reports: list | None = None) -> Dataset:
     task = get_task(name)
-    rows = load_split(task, task.eval_split, data_args.data_source, data_args.data_dir,
-                      drop_invalid_rows=data_args.drop_invalid_rows, reports=reports)
+    rows = load_split(
+        task,
+        task.eval_split,
+        data_args.data_source,
+        data_args.data_dir,
+        drop_invalid_rows=data_args.drop_invalid_rows,
+        reports=reports,
+    )
     if "subcase" in task.extra_columns:
         return per_subcase_subset(rows, data_args.hans_per_subcase, data_args.subset_seed)
-    return balanced_subset(rows, data_args.num_eval_examples, task.num_labels, data_args.subset_seed,
-                           what=f"{name} evaluation rows (num_eval_examples)")
+    return balanced_subset(
+        rows,
+        data_args.num_eval_examples,
+        task.num_labels,
+        data_args.subset_seed,
+        what=f"{name} evaluation rows (num_eval_examples)",
+    )
 
 
 def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
@@ -65,26 +76,46 @@ def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
     task, pattern = get_task(data_args.task), data_args.get_pattern()
     if task.train_split is None:
         trainable = ", ".join(name for name, t in TASKS.items() if t.train_split)
-        raise UsageError(f"task {task.name!r} has no training split for demonstrations or training; "
-                         f"use it in eval_tasks and set task to one of: {trainable}")
+        raise UsageError(
+            f"task {task.name!r} has no training split for demonstrations or training; "
+            f"use it in eval_tasks and set task to one of: {trainable}"
+        )
     reports = []
     eval_sets = {name: load_eval_set(name, data_args, reports) for name in data_args.eval_tasks}
     eval_keys = {row_key(row) for rows in eval_sets.values() for row in rows}
-    pool = load_split(task, task.train_split, data_args.data_source, data_args.data_dir,
-                      keep_idx=data_args.demonstration_ids is not None,
-                      drop_invalid_rows=data_args.drop_invalid_rows, reports=reports)
+    pool = load_split(
+        task,
+        task.train_split,
+        data_args.data_source,
+        data_args.data_dir,
+        keep_idx=data_args.demonstration_ids is not None,
+        drop_invalid_rows=data_args.drop_invalid_rows,
+        reports=reports,
+    )
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one report, not one per process
         print_reports(reports)
-    sampler = DemonstrationSampler(pool, pattern, task.num_labels, data_args.k, data_args.demonstration_seed,
-                                   data_args.resample_demonstrations, exclude_keys=eval_keys,
-                                   demonstration_ids=data_args.demonstration_ids)
+    sampler = DemonstrationSampler(
+        pool,
+        pattern,
+        task.num_labels,
+        data_args.k,
+        data_args.demonstration_seed,
+        data_args.resample_demonstrations,
+        exclude_keys=eval_keys,
+        demonstration_ids=data_args.demonstration_ids,
+    )
     train_rows = None
     if with_train:
-        train_rows = balanced_subset(pool, data_args.num_train_examples, task.num_labels, data_args.subset_seed,
-                                     exclude_keys=sampler.fixed_keys | eval_keys,
-                                     what="training examples (num_train_examples)")
+        train_rows = balanced_subset(
+            pool,
+            data_args.num_train_examples,
+            task.num_labels,
+            data_args.subset_seed,
+            exclude_keys=sampler.fixed_keys | eval_keys,
+            what="training examples (num_train_examples)",
+        )
     return NLIData(task, pattern, pool, sampler, eval_sets, train_rows, reports)
 
 
@@ -95,9 +126,15 @@ def model_max_length(model_config, data_args: DataArguments) -> int | None:
     return getattr(model_config, "max_position_embeddings", None)
 
 
-def build_view_dataset(tokenizer, rows, pattern: Pattern, sampler: DemonstrationSampler | None = None,
-                       max_length: int | None = None, drop_demonstrations_to_fit: bool = False,
-                       teacher_tokenizer=None) -> Dataset:
+def build_view_dataset(
+    tokenizer,
+    rows,
+    pattern: Pattern,
+    sampler: DemonstrationSampler | None = None,
+    max_length: int | None = None,
+    drop_demonstrations_to_fit: bool = False,
+    teacher_tokenizer=None,
+) -> Dataset:
     """Two views per row (`build_views`); without a sampler, the student view only (pattern-based
     fine-tuning). A teacher with another tokenizer gets its view built with its own tokenizer."""
     other = teacher_tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab()
@@ -108,8 +145,14 @@ def build_view_dataset(tokenizer, rows, pattern: Pattern, sampler: Demonstration
             views = build_views(tokenizer, query, answer)
             views = {k: v for k, v in views.items() if not k.startswith("teacher_")}
         else:
-            demos = fit_demonstrations(teacher_tokenizer if other else tokenizer, sampler.for_query(row), query,
-                                       answer, max_length, drop_demonstrations_to_fit)
+            demos = fit_demonstrations(
+                teacher_tokenizer if other else tokenizer,
+                sampler.for_query(row),
+                query,
+                answer,
+                max_length,
+                drop_demonstrations_to_fit,
+            )
             views = build_views(tokenizer, query, answer, SEPARATOR.join(demos), SEPARATOR)
             if other:
                 teacher = build_views(teacher_tokenizer, query, answer, SEPARATOR.join(demos), SEPARATOR)

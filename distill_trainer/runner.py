@@ -18,22 +18,45 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from .checkpoints import run_results
-from .output_dir import OutputLock, check_output_location
 from .errors import UsageError
+from .eval_cache import evaluation_key, load_evaluation, store_evaluation
 from .evaluation import evaluate_task
 from .models import count_parameters, load_causal_lm, prepare_student
+from .output_dir import OutputLock, check_output_location
 from .run_data import NLIData
 from .tasks import DataArguments, get_task
 
 # training settings worth recording in a resolved config even when the recipe left them at their default
 TRAINING_KEYS = (
-    "output_dir", "seed", "data_seed", "full_determinism", "learning_rate", "num_train_epochs", "max_steps",
-    "warmup_steps", "lr_scheduler_type", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay",
-    "max_grad_norm", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "dataloader_drop_last", "bf16", "fp16", "use_cpu", "save_strategy", "save_steps", "save_total_limit",
+    "output_dir",
+    "seed",
+    "data_seed",
+    "full_determinism",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "weight_decay",
+    "max_grad_norm",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "dataloader_drop_last",
+    "bf16",
+    "fp16",
+    "use_cpu",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
 )
 # how one invocation treats output_dir, not a setting of the run: a rerun from the resolved config starts afresh
 INVOCATION_KEYS = ("resume_from_checkpoint", "overwrite_output_dir")
@@ -59,10 +82,20 @@ def is_main_process() -> bool:
 
 def load_student(student_args):
     """The student model, made trainable as `student_mode` asks (full, LoRA or BitFit)."""
-    model = load_causal_lm(student_args.model_name_or_path, dtype=student_args.dtype)
-    return prepare_student(model, student_args.student_mode, lora_r=student_args.lora_r,
-                           lora_alpha=student_args.lora_alpha, lora_dropout=student_args.lora_dropout,
-                           lora_target_modules=student_args.lora_target_modules)
+    # BitFit on an architecture without biases trains added, zero-initialised ones (see load_causal_lm)
+    model = load_causal_lm(
+        student_args.model_name_or_path,
+        dtype=student_args.dtype,
+        add_biases=student_args.student_mode == "bitfit",
+    )
+    return prepare_student(
+        model,
+        student_args.student_mode,
+        lora_r=student_args.lora_r,
+        lora_alpha=student_args.lora_alpha,
+        lora_dropout=student_args.lora_dropout,
+        lora_target_modules=student_args.lora_target_modules,
+    )
 
 
 def training_metrics(trainer, train_result, num_examples: int) -> dict:
@@ -70,8 +103,12 @@ def training_metrics(trainer, train_result, num_examples: int) -> dict:
     trainable, total = count_parameters(trainer.model)
     return {
         "parameters": {"trainable": trainable, "total": total},
-        "train": {"num_examples": num_examples, "global_step": train_result.global_step,
-                  "train_loss": train_result.training_loss, **train_result.metrics},
+        "train": {
+            "num_examples": num_examples,
+            "global_step": train_result.global_step,
+            "train_loss": train_result.training_loss,
+            **train_result.metrics,
+        },
         "log_history": trainer.state.log_history,
     }
 
@@ -86,17 +123,58 @@ class EvalResults:
     seconds: float = 0.0
 
 
-def evaluate_on_tasks(model, tokenizer, data: NLIData, config, data_args: DataArguments, demonstrations=None,
-                      max_length: int | None = None) -> EvalResults:
-    """Evaluate on every evaluation set; `demonstrations` as in `evaluate_task` (None: zero-shot)."""
+def evaluate_on_tasks(
+    model,
+    tokenizer,
+    data: NLIData,
+    config,
+    data_args: DataArguments,
+    demonstrations=None,
+    max_length: int | None = None,
+    model_id: str | None = None,
+) -> EvalResults:
+    """Evaluate on every evaluation set; `demonstrations` as in `evaluate_task` (None: zero-shot); `model`
+    may be a function that loads it, called only when something has to be scored.
+
+    With `model_id` (see `eval_cache`), results of the same model files, prompt and rows are read back
+    instead of recomputed, and stored when they are not there yet."""
     results, start = EvalResults(), time.perf_counter()
+    if not data_args.evaluate_after_training:
+        return results
     for name, rows in data.eval_sets.items():
-        metrics, predictions = evaluate_task(
-            model, tokenizer, rows, get_task(name), data.pattern, demonstrations,
-            batch_size=config.per_device_eval_batch_size, max_length=max_length,
-            drop_demonstrations_to_fit=data_args.drop_demonstrations_to_fit, progress=not config.disable_tqdm,
-        )
-        results.metrics[name], results.predictions[name] = metrics, predictions
+        key = found = None
+        if model_id is not None:
+            blocks = [demonstrations(row) if callable(demonstrations) else demonstrations for row in rows]
+            key = evaluation_key(
+                model_id,
+                task=name,
+                rows=[dict(row) for row in rows],
+                demonstrations=blocks,
+                pattern=[data.pattern.template, list(data.pattern.label_words)],
+                max_length=max_length,
+                drop=data_args.drop_demonstrations_to_fit,
+            )
+            found = load_evaluation(key)
+        if found is None:
+            found = evaluate_task(
+                model() if callable(model) and not isinstance(model, torch.nn.Module) else model,
+                tokenizer,
+                rows,
+                get_task(name),
+                data.pattern,
+                demonstrations,
+                batch_size=config.per_device_eval_batch_size,
+                max_length=max_length,
+                drop_demonstrations_to_fit=data_args.drop_demonstrations_to_fit,
+                progress=not config.disable_tqdm,
+            )
+            if key is not None and is_main_process():
+                store_evaluation(key, *found)
+        elif is_main_process():
+            print(
+                f"{name}: evaluation of these model files on these rows and prompt read back from the cache"
+            )
+        results.metrics[name], results.predictions[name] = found
     results.seconds = time.perf_counter() - start
     return results
 
@@ -145,11 +223,15 @@ def write_resolved_config(output_dir, configs, recipe: str) -> Path:
     if not is_main_process():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# resolved configuration of recipes/{recipe}.py (torch {torch.__version__}, transformers "
-              f"{transformers.__version__}); rerun with:\n"
-              f"# accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/{recipe}.py "
-              f"--config {path}\n")
-    _write_atomically(path, header + yaml.safe_dump(resolved_config(configs), sort_keys=False, allow_unicode=True))
+    header = (
+        f"# resolved configuration of recipes/{recipe}.py (torch {torch.__version__}, transformers "
+        f"{transformers.__version__}); rerun with:\n"
+        f"# accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/{recipe}.py "
+        f"--config {path}\n"
+    )
+    _write_atomically(
+        path, header + yaml.safe_dump(resolved_config(configs), sort_keys=False, allow_unicode=True)
+    )
     return path
 
 
@@ -173,17 +255,23 @@ def no_partial_output_dir(output_dir):
             lock.release()
 
 
-def write_outputs(output_dir, metrics: dict, predictions: dict[str, list[dict]], configs,
-                  recipe: str) -> list[Path]:
+def write_outputs(
+    output_dir, metrics: dict, predictions: dict[str, list[dict]], configs, recipe: str
+) -> list[Path]:
     """metrics.json, predictions_<task>.jsonl and resolved_config.yaml (main process only)."""
     output_dir = Path(output_dir)
-    paths = [output_dir / "metrics.json", *(output_dir / f"predictions_{name}.jsonl" for name in predictions),
-             output_dir / "resolved_config.yaml"]
+    paths = [
+        output_dir / "metrics.json",
+        *(output_dir / f"predictions_{name}.jsonl" for name in predictions),
+        output_dir / "resolved_config.yaml",
+    ]
     if not is_main_process():
         return paths
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, records in predictions.items():
-        _write_atomically(output_dir / f"predictions_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        _write_atomically(
+            output_dir / f"predictions_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records)
+        )
     write_resolved_config(output_dir, configs, recipe)
     # metrics last: its presence means the run finished
     _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -201,15 +289,19 @@ def _row(name: str, m: dict) -> str:
     per_label = "/".join(_fmt(v, ".2f") for v in m["per_label_accuracy"].values())
     first_label = next(iter(m["predicted_label_balance"].values()))
     accuracy = f"{_fmt(m['accuracy'])}±{_fmt(m['accuracy_stderr'])}"
-    return (f"{name:<22}{m['n']:>6}  {accuracy:<13}{per_label:<12}{_fmt(m.get('vocab_accuracy')):<10}"
-            f"{_fmt(m['macro_f1']):<9}{_fmt(m['auc']):<7}{first_label:>6.0%}")
+    return (
+        f"{name:<22}{m['n']:>6}  {accuracy:<13}{per_label:<12}{_fmt(m.get('vocab_accuracy')):<10}"
+        f"{_fmt(m['macro_f1']):<9}{_fmt(m['auc']):<7}{first_label:>6.0%}"
+    )
 
 
 def format_summary(title: str, header: dict[str, str], eval_metrics: dict[str, dict], paths) -> str:
     """One screen: what ran, the metrics per task (and per HANS heuristic), where the files are."""
     lines = [f"==== {title} " + "=" * max(0, 92 - len(title)), *(f"{k:<10}{v}" for k, v in header.items())]
-    lines.append(f"{'task':<22}{'n':>6}  {'accuracy':<13}{'per label':<12}{'vocab acc':<10}{'macro-F1':<9}"
-                 f"{'AUC':<7}{'pred. label 0':>13}")
+    lines.append(
+        f"{'task':<22}{'n':>6}  {'accuracy':<13}{'per label':<12}{'vocab acc':<10}{'macro-F1':<9}"
+        f"{'AUC':<7}{'pred. label 0':>13}"
+    )
     for name, m in eval_metrics.items():
         lines.append(_row(name, m))
         for group, gm in m.get("per_heuristic", {}).items():
@@ -220,14 +312,18 @@ def format_summary(title: str, header: dict[str, str], eval_metrics: dict[str, d
 
 def describe_student(student_args, metrics: dict) -> str:
     parameters = metrics["parameters"]
-    return (f"{student_args.model_name_or_path} ({student_args.student_mode}; {parameters['trainable']:,} of "
-            f"{parameters['total']:,} parameters trainable)")
+    return (
+        f"{student_args.model_name_or_path} ({student_args.student_mode}; {parameters['trainable']:,} of "
+        f"{parameters['total']:,} parameters trainable)"
+    )
 
 
 def describe_training(metrics: dict) -> str:
     train = metrics["train"]
-    return (f"{train['num_examples']} examples, {train['global_step']} steps, {train['train_runtime']:.1f} s, "
-            f"mean loss {train['train_loss']:.4f}")
+    return (
+        f"{train['num_examples']} examples, {train['global_step']} steps, {train['train_runtime']:.1f} s, "
+        f"mean loss {train['train_loss']:.4f}"
+    )
 
 
 def print_summary(title: str, header: dict[str, str], eval_metrics: dict[str, dict], paths) -> None:

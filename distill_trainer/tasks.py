@@ -1,4 +1,5 @@
-"""NLI tasks: loading MNLI and HANS (from the Hub or a local directory), patterns, demonstrations.
+"""NLI tasks: their registry, the data arguments, and loading MNLI and HANS (Hub or local directory).
+Patterns live in patterns.py, subsets and demonstrations in demonstrations.py.
 
     task = get_task("mnli")                               # binary MNLI, Mosbach et al. (2023)
     pattern = get_pattern("gpt3", task.num_labels)
@@ -15,17 +16,30 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
 
+from .demonstrations import (  # noqa: F401  (re-exported: the data flow's names, importable from tasks)
+    DemonstrationSampler,
+    balanced_indices,
+    balanced_subset,
+    fit_demonstrations,
+    per_subcase_subset,
+    pinned_demonstrations,
+    render_demonstrations,
+    row_key,
+    sample_demonstrations,
+)
 from .errors import UsageError
+from .patterns import CUSTOM, PATTERNS, Pattern, check_template, get_pattern  # noqa: F401  (re-exported)
 from .views import SEPARATOR  # noqa: F401  (re-exported)
 
 DATA_ENV = "DISTILL_TRAINER_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout; data/ or ../shared/data may sit next to it
+REPO_ROOT = (
+    Path(__file__).resolve().parent.parent
+)  # a source checkout; data/ or ../shared/data may sit next to it
 DATA_SOURCES = ("auto", "hub", "local")
 REQUIRED_COLUMNS = ("premise", "hypothesis", "label")
 
@@ -45,7 +59,9 @@ class NLITask:
     hub_revision: str | None = None
     train_split: str | None = None  # the pool for demonstrations and training examples
     eval_split: str = "validation"
-    label_map: dict | None = None  # source label -> task label; rows whose label is absent are dropped (-1: test)
+    label_map: dict | None = (
+        None  # source label -> task label; rows whose label is absent are dropped (-1: test)
+    )
     extra_columns: tuple[str, ...] = ()
     source_labels: tuple[int, ...] = (0, 1, 2)  # the label ids the source dataset uses; others are errors
     source_label_names: tuple[str, ...] = ("entailment", "neutral", "contradiction")
@@ -57,16 +73,40 @@ class NLITask:
 
 TASKS = {
     # Mosbach et al. (2023): neutral dropped, contradiction becomes label 1
-    "mnli": NLITask("mnli", ("entailment", "contradiction"), "mnli", "nyu-mll/glue", "mnli",
-                    train_split="train", eval_split="validation_matched", label_map={0: 0, 2: 1}),
-    "mnli_3way": NLITask("mnli_3way", ("entailment", "neutral", "contradiction"), "mnli", "nyu-mll/glue", "mnli",
-                         train_split="train", eval_split="validation_matched", label_map={0: 0, 1: 1, 2: 2}),
+    "mnli": NLITask(
+        "mnli",
+        ("entailment", "contradiction"),
+        "mnli",
+        "nyu-mll/glue",
+        "mnli",
+        train_split="train",
+        eval_split="validation_matched",
+        label_map={0: 0, 2: 1},
+    ),
+    "mnli_3way": NLITask(
+        "mnli_3way",
+        ("entailment", "neutral", "contradiction"),
+        "mnli",
+        "nyu-mll/glue",
+        "mnli",
+        train_split="train",
+        eval_split="validation_matched",
+        label_map={0: 0, 1: 1, 2: 2},
+    ),
     # the Hub's `hans` is a loading script, which recent `datasets` no longer runs; the Hub's own parquet
     # conversion of it has the same columns
-    "hans": NLITask("hans", ("entailment", "non_entailment"), "hans", "jhu-cogsci/hans",
-                    hub_revision="refs/convert/parquet", eval_split="validation", label_map={0: 0, 1: 1},
-                    extra_columns=("heuristic", "subcase", "template"), source_labels=(0, 1),
-                    source_label_names=("entailment", "non-entailment")),
+    "hans": NLITask(
+        "hans",
+        ("entailment", "non_entailment"),
+        "hans",
+        "jhu-cogsci/hans",
+        hub_revision="refs/convert/parquet",
+        eval_split="validation",
+        label_map={0: 0, 1: 1},
+        extra_columns=("heuristic", "subcase", "template"),
+        source_labels=(0, 1),
+        source_label_names=("entailment", "non-entailment"),
+    ),
 }
 
 
@@ -74,89 +114,6 @@ def get_task(name: str) -> NLITask:
     if name not in TASKS:
         raise UsageError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[name]
-
-
-# ---------------------------------------------------------------- patterns
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """A template with `{premise}` and `{hypothesis}`, and one label word per label (the verbalizer)."""
-
-    name: str
-    template: str
-    label_words: tuple[str, ...]
-
-    def query(self, row) -> str:
-        # plain replacement rather than str.format, so a custom template may contain other braces
-        return self.template.replace("{premise}", row["premise"].strip()).replace(
-            "{hypothesis}", row["hypothesis"].strip()
-        )
-
-    def answer(self, label: int) -> str:
-        return self.label_words[label]
-
-    def demonstration(self, row) -> str:
-        return self.query(row) + self.answer(row["label"])
-
-
-# by number of labels; the 3-way words follow lm-evaluation-harness's MNLI task
-PATTERNS = {
-    "minimal": {
-        2: Pattern("minimal", "{premise} {hypothesis} ?", (" Yes", " No")),
-        3: Pattern("minimal", "{premise} {hypothesis} ?", (" Yes", " Maybe", " No")),
-    },
-    "gpt3": {
-        2: Pattern("gpt3", "{premise} question: {hypothesis} Yes or No? answer:", (" Yes", " No")),
-        3: Pattern("gpt3", "{premise} question: {hypothesis} Yes, No, or Maybe? answer:",
-                   (" Yes", " Maybe", " No")),
-    },
-    "eval_harness": {
-        2: Pattern("eval_harness", "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:",
-                   (" True", " False")),
-        3: Pattern("eval_harness", "{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:",
-                   (" True", " Neither", " False")),
-    },
-}
-CUSTOM = "custom"
-
-
-def check_template(template: str) -> None:
-    missing = [p for p in ("{premise}", "{hypothesis}") if p not in template]
-    if missing:
-        raise UsageError(
-            f"template {template!r} lacks {' and '.join(missing)}; a template must contain both "
-            "{premise} and {hypothesis}"
-        )
-
-
-def get_pattern(name: str, num_labels: int, template: str | None = None, label_words=None) -> Pattern:
-    """A named pattern (label words may be overridden) or `custom` with a template and label words."""
-    if name == CUSTOM:
-        if not template or not label_words:
-            raise UsageError(
-                "pattern: custom needs both template (with {premise} and {hypothesis}) and label_words"
-            )
-        check_template(template)
-        pattern = Pattern(CUSTOM, template, tuple(label_words))
-    elif name not in PATTERNS:
-        raise UsageError(f"unknown pattern {name!r}; choose one of: {', '.join([*PATTERNS, CUSTOM])}")
-    elif template:
-        raise UsageError(
-            f"template is only read with pattern: custom (the pattern is {name!r}); set pattern: custom"
-        )
-    else:
-        pattern = PATTERNS[name][num_labels]
-        if label_words:
-            pattern = Pattern(name, pattern.template, tuple(label_words))
-    if len(pattern.label_words) != num_labels:
-        raise UsageError(
-            f"label_words has {len(pattern.label_words)} words {list(pattern.label_words)} but the task has "
-            f"{num_labels} labels; give one word per label, in label order"
-        )
-    if len(set(pattern.label_words)) != num_labels:
-        raise UsageError(f"label_words {list(pattern.label_words)} repeat a word; each label needs its own word")
-    return pattern
 
 
 # ---------------------------------------------------------------- arguments
@@ -179,8 +136,10 @@ class DataArguments:
     )
     data_dir: str = field(
         default=None,
-        metadata={"help": f"Local data directory (mnli/*.jsonl, hans/*.jsonl); default: ${DATA_ENV}, then "
-                          "data/ or ../shared/data next to the repository."},
+        metadata={
+            "help": f"Local data directory (mnli/*.jsonl, hans/*.jsonl); default: ${DATA_ENV}, then "
+            "data/ or ../shared/data next to the repository."
+        },
     )
     pattern: str = field(default="minimal", metadata={"help": f"{', '.join(PATTERNS)} or {CUSTOM}."})
     template: str = field(
@@ -193,14 +152,19 @@ class DataArguments:
     k: int = field(
         default=16, metadata={"help": "Demonstrations in the teacher's (or ICL model's) prompt; 0 = none."}
     )
-    demonstration_seed: int = field(default=0, metadata={"help": "Seed for choosing and ordering demonstrations."})
+    demonstration_seed: int = field(
+        default=0, metadata={"help": "Seed for choosing and ordering demonstrations."}
+    )
     demonstration_ids: list[int] = field(
         default=None,
-        metadata={"help": "Pin the fixed demonstrations: the `idx` values of training-pool rows, in prompt order "
-                          "(k of them); default: k rows drawn with demonstration_seed."},
+        metadata={
+            "help": "Pin the fixed demonstrations: the `idx` values of training-pool rows, in prompt order "
+            "(k of them); default: k rows drawn with demonstration_seed."
+        },
     )
     resample_demonstrations: bool = field(
-        default=False, metadata={"help": "Draw new demonstrations for every example instead of one fixed set."}
+        default=False,
+        metadata={"help": "Draw new demonstrations for every example instead of one fixed set."},
     )
     num_train_examples: int = field(
         default=128, metadata={"help": "Training examples, class-balanced, disjoint from the demonstrations."}
@@ -211,19 +175,40 @@ class DataArguments:
     hans_per_subcase: int = field(
         default=None, metadata={"help": "HANS rows per subcase (30 subcases); default: all."}
     )
-    subset_seed: int = field(default=0, metadata={"help": "Seed for choosing training and evaluation subsets."})
+    subset_seed: int = field(
+        default=0, metadata={"help": "Seed for choosing training and evaluation subsets."}
+    )
     max_length: int = field(
         default=None,
-        metadata={"help": "Longest prompt (tokens) the teacher/ICL model reads; default: its position limit."},
+        metadata={
+            "help": "Longest prompt (tokens) the teacher/ICL model reads; default: its position limit."
+        },
     )
     drop_demonstrations_to_fit: bool = field(
         default=False,
-        metadata={"help": "Drop trailing demonstrations of a prompt that exceeds max_length instead of failing."},
+        metadata={
+            "help": "Drop trailing demonstrations of a prompt that exceeds max_length instead of failing."
+        },
+    )
+    reuse_evaluations: bool = field(
+        default=True,
+        metadata={
+            "help": "In-context-learning evaluation of a model on disk: read back the results of an earlier "
+            "run with the same model files, prompt and rows instead of scoring again."
+        },
+    )
+    evaluate_after_training: bool = field(
+        default=True,
+        metadata={
+            "help": "Evaluate the trained student on eval_tasks; false: train only (e.g. to measure memory)."
+        },
     )
     drop_invalid_rows: bool = field(
         default=False,
-        metadata={"help": "Drop data rows the task cannot use (empty or null text, unknown label ids, repeated rows) "
-                          "and count them in metrics.json, instead of stopping at the first one."},
+        metadata={
+            "help": "Drop data rows the task cannot use (empty or null text, unknown label ids, repeated rows) "
+            "and count them in metrics.json, instead of stopping at the first one."
+        },
     )
 
     def __post_init__(self):
@@ -245,11 +230,15 @@ class DataArguments:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.demonstration_ids is not None:
             if self.resample_demonstrations:
-                raise UsageError("demonstration_ids pins one fixed set of demonstrations, but "
-                                 "resample_demonstrations draws new ones per query; set only one of them")
+                raise UsageError(
+                    "demonstration_ids pins one fixed set of demonstrations, but "
+                    "resample_demonstrations draws new ones per query; set only one of them"
+                )
             if len(self.demonstration_ids) != self.k:
-                raise UsageError(f"demonstration_ids has {len(self.demonstration_ids)} ids but k={self.k}; "
-                                 "give exactly k ids (or set k to their number)")
+                raise UsageError(
+                    f"demonstration_ids has {len(self.demonstration_ids)} ids but k={self.k}; "
+                    "give exactly k ids (or set k to their number)"
+                )
         for name in ("num_eval_examples", "hans_per_subcase", "max_length"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1 (or unset for the default), got {getattr(self, name)}")
@@ -305,18 +294,24 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise UsageError(f"{path} line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at column "
-                                 f"{error.start + 1}); save the file as UTF-8") from None
+                raise UsageError(
+                    f"{path} line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                    f"{error.start + 1}); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError as error:
-                raise UsageError(f"{path} line {number} is not valid JSON ({error}); a data file holds one JSON "
-                                 "object per line") from None
+                raise UsageError(
+                    f"{path} line {number} is not valid JSON ({error}); a data file holds one JSON "
+                    "object per line"
+                ) from None
             if not isinstance(row, dict):
-                raise UsageError(f"{path} line {number} is a {type(row).__name__}, not a JSON object; a data file "
-                                 "holds one object per line with premise, hypothesis and label")
+                raise UsageError(
+                    f"{path} line {number} is a {type(row).__name__}, not a JSON object; a data file "
+                    "holds one object per line with premise, hypothesis and label"
+                )
             rows.append(row)
             lines.append(number)
     return rows, lines
@@ -334,12 +329,21 @@ def _load_hub(task: NLITask, split: str, data_source: str) -> Dataset:
         else:
             looked = ", ".join(str(c) for c in candidate_data_dirs())
             hint = f"no local copy was found (looked in: {looked}); set data_dir or ${DATA_ENV} to one"
-        raise UsageError(f"cannot load {task.hub_path} split {split!r} from the Hub ({reason}); {hint}") from None
+        raise UsageError(
+            f"cannot load {task.hub_path} split {split!r} from the Hub ({reason}); {hint}"
+        ) from None
 
 
-def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: str | None = None,
-               keep_idx: bool = False, data_file: str | None = None, drop_invalid_rows: bool = False,
-               reports: list | None = None) -> Dataset:
+def load_split(
+    task: NLITask,
+    split: str,
+    data_source: str = "auto",
+    data_dir: str | None = None,
+    keep_idx: bool = False,
+    data_file: str | None = None,
+    drop_invalid_rows: bool = False,
+    reports: list | None = None,
+) -> Dataset:
     """One split of a task with columns premise, hypothesis, label (task label ids) and the task's extras;
     with `keep_idx`, also the source's row id `idx` where it has one (to pin demonstrations by id).
     `data_file` reads that JSONL file (same columns and label ids) instead of the split. Rows the task
@@ -357,8 +361,10 @@ def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: s
         try:
             dataset = Dataset.from_list(rows)
         except ValueError as error:  # pyarrow: one column holding values of different types
-            raise UsageError(f"{path} mixes value types in a column ({' '.join(str(error).split())}); every row "
-                             "needs the same types (premise and hypothesis text, label an integer id)") from None
+            raise UsageError(
+                f"{path} mixes value types in a column ({' '.join(str(error).split())}); every row "
+                "needs the same types (premise and hypothesis text, label an integer id)"
+            ) from None
     columns = (*REQUIRED_COLUMNS, *task.extra_columns)
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
@@ -373,168 +379,3 @@ def load_split(task: NLITask, split: str, data_source: str = "auto", data_dir: s
     if reports is not None:
         reports.append(report)
     return dataset
-
-
-# ---------------------------------------------------------------- subsets and demonstrations
-
-
-def row_key(row) -> tuple[str, str]:
-    return (row["premise"], row["hypothesis"])
-
-
-def _per_label_counts(total: int, labels, rng: random.Random) -> dict[int, int]:
-    """`total` split as evenly as possible over `labels`; the remainder goes to randomly chosen labels."""
-    labels = list(labels)
-    counts = {label: total // len(labels) for label in labels}
-    for label in rng.sample(labels, total % len(labels)):
-        counts[label] += 1
-    return counts
-
-
-def balanced_indices(labels: list[int], total: int, num_labels: int, seed: int, exclude: set[int] = frozenset(),
-                     what: str = "examples") -> list[int]:
-    """`total` indices, class-balanced, shuffled, seeded, never one of `exclude`."""
-    rng = random.Random(seed)
-    by_label = {label: [] for label in range(num_labels)}
-    for index, label in enumerate(labels):
-        if index not in exclude:
-            by_label[label].append(index)
-    chosen = []
-    for label, count in _per_label_counts(total, range(num_labels), rng).items():
-        if count > len(by_label[label]):
-            raise UsageError(
-                f"{total} {what} need {count} of label {label} but only {len(by_label[label])} are available; "
-                "ask for fewer or use a larger pool"
-            )
-        chosen += rng.sample(by_label[label], count)
-    rng.shuffle(chosen)
-    return chosen
-
-
-def balanced_subset(dataset: Dataset, total: int | None, num_labels: int, seed: int, exclude_keys=frozenset(),
-                    what: str = "rows") -> Dataset:
-    """`total` class-balanced rows (None: all), none whose (premise, hypothesis) is in `exclude_keys`."""
-    exclude = {i for i, key in enumerate(zip(dataset["premise"], dataset["hypothesis"])) if key in exclude_keys}
-    if total is None:
-        return dataset.select([i for i in range(len(dataset)) if i not in exclude]) if exclude else dataset
-    if total > len(dataset) - len(exclude):
-        raise UsageError(
-            f"asked for {total} {what} but the data has only {len(dataset) - len(exclude)}; ask for fewer"
-        )
-    return dataset.select(sorted(balanced_indices(dataset["label"], total, num_labels, seed, exclude, what=what)))
-
-
-def per_subcase_subset(dataset: Dataset, per_subcase: int | None, seed: int) -> Dataset:
-    """Up to `per_subcase` rows of each HANS subcase, seeded, keeping the file's order."""
-    if per_subcase is None:
-        return dataset
-    rng = random.Random(seed)
-    by_subcase: dict[str, list[int]] = {}
-    for index, subcase in enumerate(dataset["subcase"]):
-        by_subcase.setdefault(subcase, []).append(index)
-    chosen = [i for rows in by_subcase.values() for i in rng.sample(rows, min(per_subcase, len(rows)))]
-    return dataset.select(sorted(chosen))
-
-
-def sample_demonstrations(pool: Dataset, num_labels: int, k: int, seed: int,
-                          exclude_keys=frozenset()) -> list[dict]:
-    """k class-balanced, shuffled pool rows; none whose (premise, hypothesis) is in `exclude_keys`."""
-    if k == 0:
-        return []
-    exclude = {i for i, key in enumerate(zip(pool["premise"], pool["hypothesis"])) if key in exclude_keys}
-    indices = balanced_indices(pool["label"], k, num_labels, seed, exclude, what=f"demonstrations (k={k})")
-    return [pool[i] for i in indices]
-
-
-def pinned_demonstrations(pool: Dataset, ids, exclude_keys=frozenset()) -> list[dict]:
-    """The pool rows whose `idx` is in `ids`, in the order of `ids`."""
-    if "idx" not in pool.column_names:
-        raise UsageError("demonstration_ids needs a pool with an idx column (MNLI has one; load it with "
-                         "keep_idx=True); remove demonstration_ids to draw demonstrations with a seed")
-    position = {int(i): n for n, i in enumerate(pool["idx"])}
-    missing = [i for i in ids if int(i) not in position]
-    if missing:
-        raise UsageError(f"demonstration_ids {missing} are not idx values of the training pool; "
-                         "choose ids of rows of the task's training split")
-    rows = [pool[position[int(i)]] for i in ids]
-    clashing = [row["idx"] for row in rows if row_key(row) in exclude_keys]
-    if clashing:
-        raise UsageError(f"demonstration_ids {clashing} are also evaluation rows; choose other ids")
-    return rows
-
-
-def render_demonstrations(rows: list[dict], pattern: Pattern) -> list[str]:
-    """Each demonstration as query + its gold label word; joined with SEPARATOR to form the prompt."""
-    return [pattern.demonstration(row) for row in rows]
-
-
-class DemonstrationSampler:
-    """Demonstrations for any query: one fixed set per run, or a fresh draw per query (`resample`).
-
-    A per-query draw is seeded by (seed, query) so the same run gives the same prompts, and never holds
-    the query itself.
-    """
-
-    def __init__(self, pool: Dataset, pattern: Pattern, num_labels: int, k: int, seed: int, resample: bool = False,
-                 exclude_keys=frozenset(), demonstration_ids=None):
-        self.pool, self.pattern, self.num_labels, self.k, self.seed = pool, pattern, num_labels, k, seed
-        self.resample = resample
-        self._labels = pool["label"]
-        self._index_of = {key: i for i, key in enumerate(zip(pool["premise"], pool["hypothesis"]))}
-        if demonstration_ids is not None:
-            rows = pinned_demonstrations(pool, demonstration_ids, exclude_keys)
-        else:
-            rows = [] if resample else sample_demonstrations(pool, num_labels, k, seed, exclude_keys)
-        self.rows = rows  # the fixed demonstrations, in prompt order
-        self.fixed = None if resample else render_demonstrations(rows, pattern)
-        self.fixed_keys = {row_key(row) for row in rows}  # training queries are drawn from outside these
-
-    def for_query(self, row) -> list[str]:
-        if not self.resample:
-            return self.fixed
-        if self.k == 0:
-            return []
-        own = self._index_of.get(row_key(row))
-        exclude = {own} if own is not None else set()
-        indices = balanced_indices(self._labels, self.k, self.num_labels, self._seed_for(row), exclude,
-                                   what=f"demonstrations (k={self.k})")
-        return [self.pattern.demonstration(self.pool[i]) for i in indices]
-
-    def _seed_for(self, row) -> int:
-        # str seeds are hashed deterministically by random.Random (unlike hash(), which is salted per process)
-        return random.Random(f"{self.seed}|{row['premise']}|{row['hypothesis']}").getrandbits(63)
-
-
-# ---------------------------------------------------------------- length guard
-
-
-def fit_demonstrations(tokenizer, demonstrations: list[str], query: str, answer: str, max_length: int | None,
-                       drop: bool = False) -> list[str]:
-    """The demonstrations to put before `query`, checked against the teacher's `max_length`.
-
-    The query and answer are never truncated. When the prompt is too long this fails with the lengths,
-    or, with `drop`, leaves out trailing demonstrations until it fits.
-    """
-    from .views import build_views
-
-    if max_length is None:
-        return demonstrations
-    bare = len(build_views(tokenizer, query, answer)["teacher_input_ids"])
-    if bare > max_length:
-        raise UsageError(
-            f"a query with its answer is {bare} tokens, more than max_length={max_length}; queries are never "
-            f"truncated: raise max_length (query starts {query[:60]!r})"
-        )
-    kept = list(demonstrations)
-    while kept:
-        length = len(build_views(tokenizer, query, answer, SEPARATOR.join(kept), SEPARATOR)["teacher_input_ids"])
-        if length <= max_length:
-            return kept
-        if not drop:
-            raise UsageError(
-                f"the prompt is {length} tokens ({len(kept)} demonstrations: {length - bare} tokens; query and "
-                f"answer: {bare}) but max_length={max_length}; lower k, raise max_length, or set "
-                "drop_demonstrations_to_fit: true"
-            )
-        kept.pop()
-    return kept

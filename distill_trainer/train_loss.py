@@ -42,19 +42,29 @@ class ResumableTrainLossMixin:
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            state = {"logged": self._total_loss_scalar, "pending": float(self._tr_loss.item()),
-                     "global_step": self.state.global_step}
+            folder = (
+                Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            state = {
+                "logged": self._total_loss_scalar,
+                "pending": float(self._tr_loss.item()),
+                "global_step": self.state.global_step,
+            }
             (folder / LOSS_STATE).write_text(json.dumps(state), encoding="utf-8")
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         self._loss_state_to_restore = None
         if resume_from_checkpoint and isinstance(resume_from_checkpoint, (str, Path)):
             try:
-                self._loss_state_to_restore = json.loads((Path(resume_from_checkpoint) / LOSS_STATE).read_text())
+                self._loss_state_to_restore = json.loads(
+                    (Path(resume_from_checkpoint) / LOSS_STATE).read_text()
+                )
             except (OSError, ValueError):
-                logger.warning("%s has no %s: train_loss will average the steps after the resume only",
-                               resume_from_checkpoint, LOSS_STATE)
+                logger.warning(
+                    "%s has no %s: train_loss will average the steps after the resume only",
+                    resume_from_checkpoint,
+                    LOSS_STATE,
+                )
         if not self._loss_callback_added:
             self.add_callback(_RestoreLossSum(self))
             self._loss_callback_added = True

@@ -13,11 +13,11 @@ own `logits_to_keep` gathers the hidden states before the LM head), so a step ne
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedType
@@ -26,6 +26,7 @@ from transformers import Trainer
 from .answer_logits import answer_logits
 from .checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from .config import DistillationConfig
+from .deepspeed_teacher import prepare_teacher_for_deepspeed
 from .errors import NonFiniteLossError, UsageError
 from .losses import answer_cross_entropy, distillation_loss, restrict_to_label_words, sparse_distillation_loss
 from .models import check_same_vocabulary, load_causal_lm
@@ -36,41 +37,10 @@ from .output_cache import (
     teacher_source_fingerprint,
 )
 from .prefix_cache import TeacherAnswerLogits
+from .teacher_cache_store import build_record, record_build
 from .train_loss import ResumableTrainLossMixin
 
 logger = logging.getLogger(__name__)
-
-
-def prepare_teacher_for_deepspeed(teacher, accelerator):
-    """Wrap a frozen teacher in a DeepSpeed engine built from the run's own DeepSpeed config.
-
-    Under ZeRO-3 the teacher's weights are then partitioned across ranks like the student's (a rank
-    gathers a layer only while it runs it) instead of every rank holding the whole teacher. ZeRO-1/2
-    partition gradients and optimizer state, which a frozen teacher has none of, so there the teacher
-    runs at stage 0: a plain replica, in the run's precision.
-    """
-    import deepspeed
-
-    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
-    for unused in ("optimizer", "scheduler"):  # nothing to optimize
-        config.pop(unused, None)
-    zero = config.setdefault("zero_optimization", {})
-    # values left "auto" are sized by the Trainer for the student at train time; let DeepSpeed pick
-    # its defaults for the teacher, and size the stage-3 buckets for the teacher when we know its width
-    for key in [k for k, v in zero.items() if v == "auto"]:
-        del zero[key]
-    if zero.get("stage") == 3:
-        hidden = getattr(getattr(teacher, "config", None), "hidden_size", None)
-        if hidden:
-            zero["reduce_bucket_size"] = hidden * hidden
-            zero["stage3_param_persistence_threshold"] = 10 * hidden
-            zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden * hidden)
-    else:
-        zero["stage"] = 0
-        zero.pop("offload_optimizer", None)
-    engine, *_ = deepspeed.initialize(model=teacher, config=config)
-    engine.eval()
-    return engine
 
 
 class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin, Trainer):
@@ -88,8 +58,17 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
     # compute_loss divides by the answer-token count of the whole accumulated batch itself
     loss_is_scaled_for_ga = True
 
-    def __init__(self, model=None, args: DistillationConfig | None = None, teacher=None, label_token_ids=None,
-                 teacher_label_token_ids=None, teacher_tokenizer=None, memory_tracker=None, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        args: DistillationConfig | None = None,
+        teacher=None,
+        label_token_ids=None,
+        teacher_label_token_ids=None,
+        teacher_tokenizer=None,
+        memory_tracker=None,
+        **kwargs,
+    ):
         if args is None or not isinstance(args, DistillationConfig):
             raise UsageError("ContextDistillationTrainer needs args=DistillationConfig(...)")
         teacher = teacher if teacher is not None else args.teacher_model_name_or_path
@@ -107,9 +86,14 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
         # makes the Trainer count answer tokens over the accumulated batch (num_items_in_batch)
         self.model_accepts_loss_kwargs = True
         self.label_token_ids = label_token_ids
-        self.teacher_label_token_ids = teacher_label_token_ids if teacher_label_token_ids is not None else label_token_ids
+        self.teacher_label_token_ids = (
+            teacher_label_token_ids if teacher_label_token_ids is not None else label_token_ids
+        )
         # phases "teacher_load" and "teacher_pass" are recorded here when a memory.MemoryTracker is given
-        self._phase = memory_tracker.phase if memory_tracker is not None else lambda name: contextlib.nullcontext()
+        self._phase_tracker = memory_tracker
+        self._phase = (
+            memory_tracker.phase if memory_tracker is not None else lambda name: contextlib.nullcontext()
+        )
         self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=args.teacher_prefix_cache)
         self.teacher_from_cache = cached_outputs and args.alpha > 0
         # what the teacher output cache did: {"path", "reused", "seconds"} per dataset (None without it)
@@ -118,6 +102,7 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
         if args.teacher_output_cache and isinstance(teacher, str) and teacher != "self" and args.alpha > 0:
             # a teacher on disk is identified by its files: a cache built before is found without loading it
             teacher_id = teacher_source_fingerprint(teacher, args.teacher_dtype, args.teacher_quantization)
+
         def load_teacher():
             with self._phase("teacher_load"):
                 return self._setup_teacher(teacher, teacher_tokenizer)
@@ -159,8 +144,12 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
             # a quantized teacher is placed at load time: one copy per process, on that process's GPU
             # (never device_map="auto" in a multi-process run, which would spread one copy over all GPUs)
             device_map = {"": self.accelerator.local_process_index} if torch.cuda.is_available() else None
-            teacher = load_causal_lm(teacher, dtype=self.args.teacher_dtype,
-                                     quantization=self.args.teacher_quantization, device_map=device_map)
+            teacher = load_causal_lm(
+                teacher,
+                dtype=self.args.teacher_dtype,
+                quantization=self.args.teacher_quantization,
+                device_map=device_map,
+            )
         if self.args.distill_vocab == "full":
             check_same_vocabulary(self.model, teacher, self.processing_class, teacher_tokenizer)
         # the teacher is never given to the optimizer or wrapped in DDP: it only runs forward, in eval mode
@@ -199,8 +188,13 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
         the teacher: training reads those outputs and never runs it again. With `teacher_id`, the teacher
         is loaded (`load_teacher()`) only if some dataset's outputs are not cached yet."""
         args = self.args
-        options = dict(distill_vocab=args.distill_vocab, temperature=args.temperature, top_k=args.teacher_cache_top_k,
-                       label_token_ids=self.teacher_label_token_ids, cache_dir=args.teacher_cache_dir)
+        options = dict(
+            distill_vocab=args.distill_vocab,
+            temperature=args.temperature,
+            top_k=args.teacher_cache_top_k,
+            label_token_ids=self.teacher_label_token_ids,
+            cache_dir=args.teacher_cache_dir,
+        )
         datasets = {"train": self.train_dataset}
         if isinstance(self.eval_dataset, dict):
             datasets.update({f"eval_{name}": dataset for name, dataset in self.eval_dataset.items()})
@@ -213,16 +207,25 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
                 cached, path = cached_teacher_outputs(dataset, teacher_id=teacher_id, **options)
                 if cached is not None:
                     done[name] = cached
-                    self.teacher_output_cache_info[name] = {"path": str(path), "reused": True, "seconds": 0.0}
+                    self.teacher_output_cache_info[name] = {
+                        "path": str(path),
+                        "reused": True,
+                        "seconds": 0.0,
+                        "when_built": build_record(path),
+                    }
                     logger.info("teacher output cache reused: %s (the teacher is not loaded)", path)
             if len(done) < len(datasets):
                 self.teacher = load_teacher()
         if len(done) < len(datasets):
             teacher = self.accelerator.unwrap_model(self.model) if self.teacher == "self" else self.teacher
             teacher = getattr(teacher, "module", teacher)  # a DeepSpeed engine's model
-            build = dict(options, batch_size=args.per_device_eval_batch_size, show_progress=not args.disable_tqdm,
-                         teacher_id=teacher_id,
-                         logits_fn=lambda batch: self.teacher_answer_logits(self.model, self._prepare_inputs(batch)))
+            build = dict(
+                options,
+                batch_size=args.per_device_eval_batch_size,
+                show_progress=not args.disable_tqdm,
+                teacher_id=teacher_id,
+                logits_fn=lambda batch: self.teacher_answer_logits(self.model, self._prepare_inputs(batch)),
+            )
             was_training = self.model.training
             self.model.eval()  # a "self" teacher runs without dropout, like a loaded one
             try:
@@ -232,6 +235,7 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
                             done[name] = self._build_teacher_outputs(teacher, dataset, build, name)
             finally:
                 self.model.train(was_training)
+            self._record_builds()
         self.train_dataset = done["train"]
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {name: done[f"eval_{name}"] for name in self.eval_dataset}
@@ -242,11 +246,32 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
         self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=False)  # frees the prefix cache too
         self.teacher_from_cache = True
 
+    def _record_builds(self) -> None:
+        """Beside each cache built here: its time and the teacher's peak memory (load, pass), so that the
+        runs which reuse it can report what the teacher cost."""
+        phases = self._phase_tracker.as_dict()["phases"] if self._phase_tracker is not None else {}
+        for entry in self.teacher_output_cache_info.values():
+            if entry["reused"] or not self.is_world_process_zero():
+                continue
+            entry["when_built"] = {
+                "seconds": entry["seconds"],
+                "teacher_quantization": self.args.teacher_quantization,
+                **{
+                    f"{phase}_peak_mib": phases[phase].get("cpu_peak_rss_mib")
+                    for phase in ("teacher_load", "teacher_pass")
+                    if phase in phases
+                },
+            }
+            record_build(Path(entry["path"]), entry["when_built"])
+
     def _build_teacher_outputs(self, teacher, dataset, options, name: str):
         start = time.perf_counter()
         dataset, path, reused = load_or_build_teacher_outputs(teacher, dataset, self.data_collator, **options)
-        self.teacher_output_cache_info[name] = {"path": str(path), "reused": reused,
-                                                "seconds": round(time.perf_counter() - start, 2)}
+        self.teacher_output_cache_info[name] = {
+            "path": str(path),
+            "reused": reused,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
         logger.info("teacher output cache %s: %s", "reused" if reused else "built", path)
         return dataset
 
@@ -257,7 +282,9 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
         n_local = int(mask.sum())
         if n_local == 0:
             raise UsageError("a batch has no answer tokens; every example needs a non-empty answer")
-        student_logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"])
+        student_logits = answer_logits(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
+        )
         # num_items_in_batch counts answer tokens over the accumulated batch and, when averaging across
         # devices, over all processes: DDP then averages gradients, so scale back by the process count
         scale = 1.0
@@ -291,30 +318,57 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
             return distillation_loss(
                 restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
                 restrict_to_label_words(teacher_logits[:, :1], self.teacher_label_token_ids),
-                first, kind=self.args.loss, temperature=self.args.temperature, beta=self.args.beta,
+                first,
+                kind=self.args.loss,
+                temperature=self.args.temperature,
+                beta=self.args.beta,
                 num_items_in_batch=num_items_in_batch,
             )
-        return distillation_loss(student_logits, teacher_logits, mask, kind=self.args.loss,
-                                 temperature=self.args.temperature, beta=self.args.beta,
-                                 num_items_in_batch=num_items_in_batch)
+        return distillation_loss(
+            student_logits,
+            teacher_logits,
+            mask,
+            kind=self.args.loss,
+            temperature=self.args.temperature,
+            beta=self.args.beta,
+            num_items_in_batch=num_items_in_batch,
+        )
 
     def _cached_distillation_term(self, inputs, student_logits, mask, num_items_in_batch):
         """The distillation term against teacher outputs read from the dataset (teacher output cache); they
         are log-probabilities at the temperature the cache was built with (part of its key)."""
-        options = dict(kind=self.args.loss, temperature=self.args.temperature, beta=self.args.beta,
-                       num_items_in_batch=num_items_in_batch)
+        options = dict(
+            kind=self.args.loss,
+            temperature=self.args.temperature,
+            beta=self.args.beta,
+            num_items_in_batch=num_items_in_batch,
+        )
         if self.args.distill_vocab == "label_words":
             if "teacher_label_logprobs" not in inputs:
-                raise UsageError("the cached teacher outputs are top-k ones (distill_vocab=full); rebuild the cache "
-                                 "with distill_vocab=label_words")
-            return distillation_loss(restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
-                                     inputs["teacher_label_logprobs"][:, None], torch.ones_like(mask[:, :1]),
-                                     teacher_is_logprobs=True, **options)
+                raise UsageError(
+                    "the cached teacher outputs are top-k ones (distill_vocab=full); rebuild the cache "
+                    "with distill_vocab=label_words"
+                )
+            return distillation_loss(
+                restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
+                inputs["teacher_label_logprobs"][:, None],
+                torch.ones_like(mask[:, :1]),
+                teacher_is_logprobs=True,
+                **options,
+            )
         if "teacher_topk_ids" not in inputs:
-            raise UsageError("the cached teacher outputs are label-word ones (distill_vocab=label_words); rebuild "
-                             "the cache with distill_vocab=full")
-        return sparse_distillation_loss(student_logits, inputs["teacher_topk_logprobs"], inputs["teacher_topk_ids"],
-                                        inputs["teacher_tail_logprob"], mask, **options)
+            raise UsageError(
+                "the cached teacher outputs are label-word ones (distill_vocab=label_words); rebuild "
+                "the cache with distill_vocab=full"
+            )
+        return sparse_distillation_loss(
+            student_logits,
+            inputs["teacher_topk_logprobs"],
+            inputs["teacher_topk_ids"],
+            inputs["teacher_tail_logprob"],
+            mask,
+            **options,
+        )
 
     def _guard_finite(self, loss):
         """Stop (or skip the batch) on a NaN/inf loss: one bad step would poison every weight after it."""
@@ -351,8 +405,10 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
         # a 1-process run with the same global batch logs (rank 0's share alone would be noisier and biased).
         denominator = n_local if num_items_in_batch is None else float(num_items_in_batch)
         terms = {"ce_loss": ce} if kd is None else {"ce_loss": ce, "kd_loss": kd}
-        sums = torch.tensor([float(t.detach()) * denominator for t in terms.values()] + [float(n_local)],
-                            device=self.accelerator.device)
+        sums = torch.tensor(
+            [float(t.detach()) * denominator for t in terms.values()] + [float(n_local)],
+            device=self.accelerator.device,
+        )
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
         for name, total in zip(terms, sums[:-1].tolist()):
@@ -378,14 +434,25 @@ class ContextDistillationTrainer(AtomicCheckpointMixin, ResumableTrainLossMixin,
     def _push_from_checkpoint(self, checkpoint_folder) -> None:
         return None
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
-                    revision=None, **kwargs):
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token=None,
+        revision=None,
+        **kwargs,
+    ):
         """Push `args.output_dir`, which must hold a student saved by `distill_trainer.hub.save_student`."""
         if not self.is_world_process_zero():
             return None
         from .hub import push_student
 
         repo_id = self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
-        return push_student(self.args.output_dir, repo_id,
-                            token=token or self.args.hub_token, private=self.args.hub_private_repo,
-                            revision=revision or self.args.hub_revision, commit_message=commit_message)
+        return push_student(
+            self.args.output_dir,
+            repo_id,
+            token=token or self.args.hub_token,
+            private=self.args.hub_private_repo,
+            revision=revision or self.args.hub_revision,
+            commit_message=commit_message,
+        )

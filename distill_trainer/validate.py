@@ -29,20 +29,32 @@ import yaml
 
 from .checkpoints import parse_resume_setting, resolve_resume, run_results
 from .errors import UsageError
-from .models import check_lora_target_modules, resolve_model_path
 from .output_dir import check_output_location
-from .run_data import NLIData, first_token_ids, model_max_length, prepare_data
+from .run_data import NLIData, prepare_data
 from .runner import resolved_config
-from .tasks import fit_demonstrations
+from .validate_models import check_models_and_prompts
 
-EMBEDDED_HINT = "give a local model directory, an embedded alias such as embedded:smollm2-135m, or a Hub id " \
-                "with network access"
 # settings a resumed run may change: where and how often it logs, saves and reports, not what it computes
 RESUME_MAY_CHANGE = {
-    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "logging_steps", "logging_strategy",
-    "save_steps", "save_strategy", "save_total_limit", "per_device_eval_batch_size", "disable_tqdm", "report_to",
-    "dataloader_num_workers", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_revision", "run_name",
-    "eval_strategy", "eval_steps",
+    "output_dir",
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "logging_steps",
+    "logging_strategy",
+    "save_steps",
+    "save_strategy",
+    "save_total_limit",
+    "per_device_eval_batch_size",
+    "disable_tqdm",
+    "report_to",
+    "dataloader_num_workers",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "hub_revision",
+    "run_name",
+    "eval_strategy",
+    "eval_steps",
 }
 
 
@@ -70,8 +82,9 @@ class ValidatedRecipe:
     checks: list[tuple[str, str]] = field(default_factory=list)
 
 
-def validate_recipe(recipe: str, student_args, data_args, config, *, tokenizer=None,
-                    check_models: bool = True) -> ValidatedRecipe:
+def validate_recipe(
+    recipe: str, student_args, data_args, config, *, tokenizer=None, check_models: bool = True
+) -> ValidatedRecipe:
     """Run every check for `recipe` (see the module docstring); with `check_models=False` (a caller that
     passes its own loaded model) the model checks are left out."""
     if recipe not in RECIPES:
@@ -103,25 +116,35 @@ def check_teacher(student_args, config) -> str:
     """context_distill: a teacher is required; `self` needs a LoRA student."""
     teacher = config.teacher_model_name_or_path
     if not teacher:
-        raise UsageError("context_distill needs teacher_model_name_or_path: a model id or path, or 'self' with "
-                         "student_mode: lora; for gold labels only run recipes/pattern_finetune.py")
+        raise UsageError(
+            "context_distill needs teacher_model_name_or_path: a model id or path, or 'self' with "
+            "student_mode: lora; for gold labels only run recipes/pattern_finetune.py"
+        )
     if teacher == "self" and student_args.student_mode != "lora":
-        raise UsageError(f"teacher 'self' is the student's base model with its LoRA adapters off, so it needs "
-                         f"student_mode: lora (got {student_args.student_mode})")
+        raise UsageError(
+            f"teacher 'self' is the student's base model with its LoRA adapters off, so it needs "
+            f"student_mode: lora (got {student_args.student_mode})"
+        )
     if config.alpha == 0:
-        raise UsageError("alpha: 0 trains on the gold labels only and never reads the teacher; set alpha > 0, "
-                         "or run recipes/pattern_finetune.py")
+        raise UsageError(
+            "alpha: 0 trains on the gold labels only and never reads the teacher; set alpha > 0, "
+            "or run recipes/pattern_finetune.py"
+        )
     return teacher
 
 
 def check_gold_labels_only(config) -> None:
     """pattern_finetune: no teacher, alpha 0 (set here when the recipe does not say)."""
     if config.teacher_model_name_or_path:
-        raise UsageError("pattern_finetune trains on gold labels and reads no teacher; remove "
-                         "teacher_model_name_or_path, or run recipes/context_distill.py")
+        raise UsageError(
+            "pattern_finetune trains on gold labels and reads no teacher; remove "
+            "teacher_model_name_or_path, or run recipes/context_distill.py"
+        )
     if "alpha" in _given(config) and config.alpha != 0:
-        raise UsageError(f"pattern_finetune uses alpha=0 (gold labels only), got alpha={config.alpha}; "
-                         "remove alpha, or run recipes/context_distill.py")
+        raise UsageError(
+            f"pattern_finetune uses alpha=0 (gold labels only), got alpha={config.alpha}; "
+            "remove alpha, or run recipes/context_distill.py"
+        )
     config.alpha = 0.0
 
 
@@ -134,32 +157,46 @@ def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config) ->
     # a teacher setting given to a recipe without a teacher would be silently ignored
     ignored = sorted(key for key in _given(config) if key.startswith("teacher_"))
     if ignored:
-        hint = ("to evaluate the teacher, set model_name_or_path to it" if recipe == "icl_eval"
-                else "or run recipes/context_distill.py")
-        raise UsageError(f"{recipe} reads no teacher, so {', '.join(ignored)} would be ignored; remove "
-                         f"{'them' if len(ignored) > 1 else 'it'} ({hint})")
+        hint = (
+            "to evaluate the teacher, set model_name_or_path to it"
+            if recipe == "icl_eval"
+            else "or run recipes/context_distill.py"
+        )
+        raise UsageError(
+            f"{recipe} reads no teacher, so {', '.join(ignored)} would be ignored; remove "
+            f"{'them' if len(ignored) > 1 else 'it'} ({hint})"
+        )
     if recipe == "icl_eval" and parse_resume_setting(config.resume_from_checkpoint) is not None:
-        raise UsageError("icl_eval trains nothing, so there is no checkpoint to resume; remove resume_from_checkpoint")
+        raise UsageError(
+            "icl_eval trains nothing, so there is no checkpoint to resume; remove resume_from_checkpoint"
+        )
 
 
 def check_training_settings(data_args, config) -> None:
     """Settings that parse but would train nothing, or diverge from the first step."""
-    positive = {"learning_rate": config.learning_rate, "per_device_train_batch_size": config.per_device_train_batch_size,
-                "gradient_accumulation_steps": config.gradient_accumulation_steps,
-                "num_train_examples": data_args.num_train_examples}
+    positive = {
+        "learning_rate": config.learning_rate,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "num_train_examples": data_args.num_train_examples,
+    }
     for name, value in positive.items():
         if not value > 0:
             raise UsageError(f"{name} must be > 0 to train, got {value}; set a positive value")
     if config.max_steps <= 0 and not config.num_train_epochs > 0:
-        raise UsageError(f"num_train_epochs={config.num_train_epochs} with no max_steps trains nothing; set "
-                         "num_train_epochs > 0 or max_steps >= 1")
+        raise UsageError(
+            f"num_train_epochs={config.num_train_epochs} with no max_steps trains nothing; set "
+            "num_train_epochs > 0 or max_steps >= 1"
+        )
     for name in ("warmup_steps", "weight_decay", "max_grad_norm"):
         value = getattr(config, name, 0) or 0
         if value < 0:
             raise UsageError(f"{name} must be >= 0, got {value}")
     if config.learning_rate >= 1.0 and "adam" in str(getattr(config.optim, "value", config.optim)):
-        raise UsageError(f"learning_rate={config.learning_rate} makes Adam move every weight by about that much "
-                         "per step and diverges at once; use a value like 1e-5 (full) or 1e-4 (LoRA)")
+        raise UsageError(
+            f"learning_rate={config.learning_rate} makes Adam move every weight by about that much "
+            "per step and diverges at once; use a value like 1e-5 (full) or 1e-4 (LoRA)"
+        )
 
 
 # ---------------------------------------------------------------- 3. output directory
@@ -174,8 +211,10 @@ def check_output_dir(recipe: str, rules: RecipeRules, configs) -> str | None:
     resume = parse_resume_setting(config.resume_from_checkpoint)
     overwrite = getattr(config, "overwrite_output_dir", False)
     if resume is not None and overwrite:
-        raise UsageError("resume_from_checkpoint continues the run in output_dir and overwrite_output_dir starts it "
-                         "over; set only one of them")
+        raise UsageError(
+            "resume_from_checkpoint continues the run in output_dir and overwrite_output_dir starts it "
+            "over; set only one of them"
+        )
     if resume is not None:
         checkpoint = resolve_resume(resume, output_dir)
         check_resume_settings(output_dir, configs, recipe)
@@ -216,9 +255,13 @@ def check_resume_settings(output_dir, configs, recipe: str) -> None:
         return
     now, given = resolved_config(configs), _given(configs[-1])
     # a key the earlier file lacks was at its default then: a change only if this invocation sets it
-    changed = [key for key in sorted(set(before) | set(now))
-               if key not in RESUME_MAY_CHANGE and (key in before or key in given)
-               and not _same(before.get(key), now.get(key))]
+    changed = [
+        key
+        for key in sorted(set(before) | set(now))
+        if key not in RESUME_MAY_CHANGE
+        and (key in before or key in given)
+        and not _same(before.get(key), now.get(key))
+    ]
     if changed:
         shown = ", ".join(f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in changed[:3])
         raise UsageError(
@@ -243,11 +286,15 @@ def check_quantization(config) -> None:
     if quantization == "none":
         return
     if config.teacher_model_name_or_path == "self":
-        raise UsageError(f"teacher_quantization: {quantization} cannot apply to teacher 'self' (the student's own "
-                         "base model, trained in its own dtype); remove teacher_quantization or name a teacher")
+        raise UsageError(
+            f"teacher_quantization: {quantization} cannot apply to teacher 'self' (the student's own "
+            "base model, trained in its own dtype); remove teacher_quantization or name a teacher"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UsageError(f"teacher_quantization: {quantization} needs bitsandbytes, which is not installed; "
-                         "pip install 'distill-trainer[quant]', or set teacher_quantization: none")
+        raise UsageError(
+            f"teacher_quantization: {quantization} needs bitsandbytes, which is not installed; "
+            "pip install 'distill-trainer[quant]', or set teacher_quantization: none"
+        )
 
 
 # ---------------------------------------------------------------- 5. data
@@ -261,149 +308,6 @@ def _describe_data(data: NLIData) -> str:
         parts.append(f"{len(data.train_rows)} training queries")
     parts += [f"{name} {len(rows)} eval rows" for name, rows in data.eval_sets.items()]
     return ", ".join(parts)
-
-
-# ---------------------------------------------------------------- 6. models, from tokenizers and configs
-
-
-def _load(what: str, role: str, name: str, loader):
-    try:
-        return loader(resolve_model_path(name))
-    except UsageError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        reason = " ".join(str(error).split()).split(". ")[0][:200]  # the first sentence says what went wrong
-        raise UsageError(f"cannot load the {what} of {role} {name!r} ({type(error).__name__}: {reason}); "
-                         f"{EMBEDDED_HINT}") from None
-
-
-def load_tokenizer_checked(role: str, name: str):
-    from .models import load_tokenizer
-
-    return _load("tokenizer", role, name, lambda _: load_tokenizer(name))
-
-
-def load_config_checked(role: str, name: str):
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    model_config = _load("config", role, name, AutoConfig.from_pretrained)
-    if type(model_config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-        raise UsageError(f"{role} {name!r} is a {model_config.model_type} model, not a causal language model; "
-                         "give a decoder-only LM (Llama, OPT, SmolLM2, Gemma, ...)")
-    return model_config
-
-
-def weightless_model(model_config):
-    """The model built on the `meta` device: its modules and parameter names, no memory for weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(model_config)
-
-
-def check_student_mode(student_args, model_config) -> None:
-    if student_args.student_mode == "lora":
-        check_lora_target_modules(weightless_model(model_config), student_args.lora_target_modules)
-    elif student_args.student_mode == "bitfit" and not any(
-            name.endswith(".bias") for name, _ in weightless_model(model_config).named_parameters()):
-        raise UsageError(f"student_mode: bitfit trains biases only, and this {model_config.model_type} model has "
-                         "none; use student_mode: lora or full")
-
-
-def check_vocabularies(student_tokenizer, teacher_tokenizer, student_config, teacher_config) -> None:
-    """distill_vocab: full compares logit i of one model with logit i of the other."""
-    same_tokens = student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
-    s, t = getattr(student_config, "vocab_size", None), getattr(teacher_config, "vocab_size", None)
-    if not same_tokens or s != t:
-        raise UsageError(
-            f"teacher and student vocabularies differ (teacher {t} logits, student {s}"
-            f"{'' if same_tokens else ', different token tables'}); distill_vocab: full needs a shared tokenizer: "
-            "set distill_vocab: label_words, or use a teacher from the student's model family"
-        )
-
-
-def _longest(tokenizer, rows, pattern):
-    """The row with the longest query (in tokens): the one most likely to exceed the position limit."""
-    queries = [pattern.query(row) for row in rows]
-    lengths = [len(ids) for ids in tokenizer(queries, add_special_tokens=False)["input_ids"]]
-    index = max(range(len(rows)), key=lengths.__getitem__)
-    return rows[index], queries[index]
-
-
-def check_prompt_fits(tokenizer, data: NLIData, rows, max_length, drop: bool) -> None:
-    """The longest query with its demonstrations and longest label word fits the model's positions."""
-    if max_length is None or rows is None or len(rows) == 0:
-        return
-    rows = list(rows)
-    row, query = _longest(tokenizer, rows, data.pattern)
-    answer = max(data.pattern.label_words, key=lambda w: len(tokenizer(w, add_special_tokens=False)["input_ids"]))
-    fit_demonstrations(tokenizer, data.sampler.for_query(row), query, answer, max_length, drop)
-
-
-def check_rows_fit(tokenizer, rows, pattern, max_length, what: str, role: str) -> None:
-    """Every row's query and longest label word, as `role` reads it without demonstrations, fits its
-    `max_length` positions; the first row that does not is named. Queries are never truncated."""
-    if max_length is None or rows is None or len(rows) == 0:
-        return
-    rows = list(rows)
-    ids = tokenizer([pattern.query(row) for row in rows], add_special_tokens=False)["input_ids"]
-    answer = max(len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in pattern.label_words)
-    extra = len(tokenizer("", add_special_tokens=True)["input_ids"])  # a BOS token the views may add
-    for index, query in enumerate(ids):
-        length = len(query) + answer + extra
-        if length > max_length:
-            premise = " ".join(str(rows[index]["premise"]).split())[:50]
-            raise UsageError(f"{what} row {index + 1} is {length} tokens with its answer, more than the {role}'s "
-                             f"{max_length} positions (premise starts {premise!r}); shorten or remove that row "
-                             "(queries are never truncated)")
-
-
-def check_models_and_prompts(recipe, student_args, data_args, config, result: ValidatedRecipe, tokenizer,
-                             check_models: bool) -> None:
-    name = student_args.model_name_or_path
-    role = "model" if recipe == "icl_eval" else "student"
-    student_tokenizer = tokenizer or load_tokenizer_checked(role, name)
-    label_ids = first_token_ids(student_tokenizer, result.data.pattern)
-    words = ", ".join(f"{w!r}->{i}" for w, i in zip(result.data.pattern.label_words, label_ids))
-    if not check_models:
-        result.checks.append((role, f"label words {words}"))
-        return
-    student_config = load_config_checked(role, name)
-    if recipe == "icl_eval":
-        max_length = model_max_length(student_config, data_args)
-        for task, rows in result.data.eval_sets.items():
-            if data_args.k:
-                check_prompt_fits(student_tokenizer, result.data, rows, max_length, data_args.drop_demonstrations_to_fit)
-            check_rows_fit(student_tokenizer, rows, result.data.pattern, max_length, f"{task} evaluation", role)
-        result.checks.append((role, (f"{name}: {student_config.model_type}, label words {words}, prompts fit "
-                                     f"{max_length} positions")))
-        return
-    check_student_mode(student_args, student_config)
-    positions = getattr(student_config, "max_position_embeddings", None)
-    check_rows_fit(student_tokenizer, result.data.train_rows, result.data.pattern, positions, "training", role)
-    for task, rows in result.data.eval_sets.items():
-        check_rows_fit(student_tokenizer, rows, result.data.pattern, positions, f"{task} evaluation", role)
-    result.checks.append((role, f"{name}: {student_config.model_type}, {student_args.student_mode}, label words {words}"))
-    teacher = config.teacher_model_name_or_path
-    if recipe != "context_distill":
-        return
-    if teacher == "self":
-        teacher_tokenizer, teacher_config = student_tokenizer, student_config
-    else:
-        teacher_tokenizer = load_tokenizer_checked("teacher", teacher)
-        teacher_config = load_config_checked("teacher", teacher)
-        first_token_ids(teacher_tokenizer, result.data.pattern)
-        if config.distill_vocab == "full":
-            check_vocabularies(student_tokenizer, teacher_tokenizer, student_config, teacher_config)
-    max_length = model_max_length(teacher_config, data_args)
-    check_rows_fit(teacher_tokenizer, result.data.train_rows, result.data.pattern, max_length, "training", "teacher")
-    check_prompt_fits(teacher_tokenizer, result.data, result.data.train_rows, max_length,
-                      data_args.drop_demonstrations_to_fit)
-    result.checks.append(("teacher", (f"{teacher}: {teacher_config.model_type}, {config.distill_vocab} vocabulary, "
-                                      f"quantization {config.teacher_quantization}, prompts fit {max_length} "
-                                      "positions")))
 
 
 def describe(result: ValidatedRecipe) -> str:

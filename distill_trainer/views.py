@@ -36,7 +36,9 @@ def answer_positions(prefix_length: int, answer_length: int) -> list[int]:
     return [prefix_length - 1 + i for i in range(answer_length)]
 
 
-def build_views(tokenizer, query: str, answer: str, demonstrations: str = "", separator: str = SEPARATOR) -> dict:
+def build_views(
+    tokenizer, query: str, answer: str, demonstrations: str = "", separator: str = SEPARATOR
+) -> dict:
     """Token ids of both views of one example and the answer positions in each.
 
     `demonstrations` is the rendered few-shot block without a trailing separator; the teacher reads
@@ -96,7 +98,9 @@ class TwoViewCollator:
             teacher = self._pad(
                 [f["teacher_input_ids"] for f in features], [f["teacher_answer_positions"] for f in features]
             )
-            batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"] = teacher
+            batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"] = (
+                teacher
+            )
         width = max(len(f["answer_ids"]) for f in features)
         answer_ids = torch.zeros(len(features), width, dtype=torch.long)
         answer_mask = torch.zeros(len(features), width, dtype=torch.bool)
@@ -124,16 +128,23 @@ class TwoViewCollator:
         # any split is exact (the prefix's keys/values do not depend on what follows it) as long as the rows
         # share the prefix and every answer position lies after it
         shared = length > 0 and all(
-            f["teacher_prefix_length"] == length and list(f["teacher_input_ids"][:length]) == prefix
-            and f["teacher_answer_positions"][0] >= length for f in features
+            f["teacher_prefix_length"] == length
+            and list(f["teacher_input_ids"][:length]) == prefix
+            and f["teacher_answer_positions"][0] >= length
+            for f in features
         )
         if not shared:  # demonstrations differ per example: only the full teacher view applies
             return
-        suffix = self._pad([f["teacher_input_ids"][length:] for f in features],
-                           [[p - length for p in f["teacher_answer_positions"]] for f in features])
+        suffix = self._pad(
+            [f["teacher_input_ids"][length:] for f in features],
+            [[p - length for p in f["teacher_answer_positions"]] for f in features],
+        )
         batch["teacher_prefix_ids"] = torch.tensor([prefix]).expand(len(features), -1).clone()
-        (batch["teacher_suffix_input_ids"], batch["teacher_suffix_attention_mask"],
-         batch["teacher_suffix_answer_positions"]) = suffix
+        (
+            batch["teacher_suffix_input_ids"],
+            batch["teacher_suffix_attention_mask"],
+            batch["teacher_suffix_answer_positions"],
+        ) = suffix
 
     def _pad(self, sequences: list[list[int]], positions: list[list[int]]):
         length = max(len(s) for s in sequences)

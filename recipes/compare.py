@@ -1,7 +1,14 @@
-"""Compare every method on one model and one data setting: in-context learning (the teacher with k
-demonstrations, the student zero-shot), pattern-based fine-tuning (full, LoRA) and context distillation
-(full, LoRA, LoRA with `teacher: self`, LoRA with an 8-bit teacher), on in-domain MNLI and out-of-domain
-HANS, with peak memory and time per method.
+"""Compare every method on one model pair and one data setting, on in-domain MNLI and out-of-domain HANS,
+with peak memory (per phase) and time per method:
+
+- in-context learning: the teacher with k demonstrations (icl_teacher), the student zero-shot (zero_shot)
+  and with the same k demonstrations (icl_student);
+- pattern-based fine-tuning of the student on gold labels: full, LoRA (pbft_full, pbft_lora);
+- context distillation from the teacher: full, LoRA, BitFit (cd_full, cd_lora, cd_bitfit), LoRA from an
+  8-bit (or 4-bit) teacher (cd_lora_8bit, cd_lora_4bit), LoRA with the student as its own teacher
+  (cd_lora_self);
+- the memory reference: LoRA fine-tuning of the teacher itself for a few steps (pbft_teacher_lora), beside
+  the analytic estimate of its full fine-tuning.
 
     ./run.sh                       # = python recipes/compare.py --config recipes/configs/embedded/compare.yaml
     ./run.sh --quick               # the same, smaller (see quick_* in CompareArguments)
@@ -9,10 +16,12 @@ HANS, with peak memory and time per method.
 
 Every method is one run of an existing recipe (icl_eval, pattern_finetune, context_distill) with a
 resolved config written to results/<run_name>/<method>/method.yaml, so any row can be rerun alone. By
-default each method runs in a fresh process: its peak memory (the process's peak resident set) is then
-its own, not mixed with the methods before it. All methods read the same training queries and the same
-evaluation rows (the data settings are shared). Writes summary.json, summary.md, plots and each method's
-predictions into results/<run_name>/, and points results/latest at it.
+default each method runs in a fresh process: its peak memory is then its own, not mixed with the
+methods before it. All methods read the same training queries and the same evaluation rows (the data
+settings are shared); with teacher_output_cache, the teacher's answers on the training queries are
+computed once and read by every CD method and by later runs. Writes summary.json, summary.md (table,
+HANS per heuristic, findings with 95% intervals, memory against fine-tuning the teacher, sizes on disk),
+plots and each method's predictions into results/<run_name>/, and points results/latest at it.
 """
 
 # no `from __future__ import annotations`: CompareArguments must be a dataclass even when this file is
@@ -49,7 +58,10 @@ METHODS = {
     "cd_lora_8bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "8bit"}),
     "cd_lora_4bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "4bit"}),
     # the paper's memory reference: fine-tuning the teacher itself (LoRA; a few steps, memory only)
-    "pbft_teacher_lora": ("pattern_finetune", {"student_mode": "lora", "model": "teacher", "memory_only": True}),
+    "pbft_teacher_lora": (
+        "pattern_finetune",
+        {"student_mode": "lora", "model": "teacher", "memory_only": True},
+    ),
 }
 DEFAULT_METHODS = [m for m in METHODS if m not in ("cd_lora_4bit", "pbft_teacher_lora")]
 
@@ -58,23 +70,45 @@ DEFAULT_METHODS = [m for m in METHODS if m not in ("cd_lora_4bit", "pbft_teacher
 class CompareArguments:
     """Which methods to compare, where the results go, and the per-mode learning rates."""
 
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS),
-                               metadata={"help": f"Methods to run, in order: {', '.join(METHODS)}."})
-    results_dir: str = field(default="results", metadata={
-        "help": "Runs go to results_dir/run_name (run_name default: a timestamp); `latest` links the newest."})
-    full_learning_rate: float = field(default=3e-5, metadata={"help": "Learning rate of full-weight students."})
+    methods: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METHODS),
+        metadata={"help": f"Methods to run, in order: {', '.join(METHODS)}."},
+    )
+    results_dir: str = field(
+        default="results",
+        metadata={
+            "help": "Runs go to results_dir/run_name (run_name default: a timestamp); `latest` links the newest."
+        },
+    )
+    full_learning_rate: float = field(
+        default=3e-5, metadata={"help": "Learning rate of full-weight students."}
+    )
     lora_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of LoRA students."})
     bitfit_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of BitFit students."})
-    memory_only_steps: int = field(default=3, metadata={
-        "help": "Training steps of memory-only methods (pbft_teacher_lora), which are not evaluated."})
+    memory_only_steps: int = field(
+        default=3,
+        metadata={
+            "help": "Training steps of memory-only methods (pbft_teacher_lora), which are not evaluated."
+        },
+    )
     fresh_process_per_method: bool = field(
-        default=True, metadata={"help": "Run each method in its own process (clean peak memory per method)."})
-    quick: bool = field(default=False, metadata={"help": "A few-minute version: the quick_* sizes below."})
+        default=True, metadata={"help": "Run each method in its own process (clean peak memory per method)."}
+    )
+    publish_dir: str = field(
+        default=None,
+        metadata={
+            "help": "Also copy summary.md, summary.json and the plots into publish_dir/<config name>[-quick] (a "
+            "folder kept in the repository, so the docs can link to the latest tables)."
+        },
+    )
+    quick: bool = field(default=False, metadata={"help": "A smaller version: the quick_* sizes below."})
     quick_num_train_examples: int = field(default=32, metadata={"help": "Training queries with --quick."})
     quick_num_eval_examples: int = field(default=100, metadata={"help": "MNLI evaluation rows with --quick."})
     quick_hans_per_subcase: int = field(default=2, metadata={"help": "HANS rows per subcase with --quick."})
     quick_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs with --quick."})
-    quick_methods: list[str] = field(default=None, metadata={"help": "Methods with --quick; default: methods."})
+    quick_methods: list[str] = field(
+        default=None, metadata={"help": "Methods with --quick; default: methods."}
+    )
 
     def __post_init__(self):
         unknown = [m for m in [*self.methods, *(self.quick_methods or [])] if m not in METHODS]
@@ -145,8 +179,10 @@ def run_in_fresh_process(recipe: str, config_path: Path) -> int:
     _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not all children's
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
-        raise UsageError(f"{recipe} failed (exit status {child.returncode}) with config {config_path}; "
-                         "its error is printed above")
+        raise UsageError(
+            f"{recipe} failed (exit status {child.returncode}) with config {config_path}; "
+            "its error is printed above"
+        )
     return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
@@ -159,6 +195,90 @@ def run_in_this_process(recipe: str, config_path: Path, tracker, name: str) -> i
     return tracker.peak(name)["cpu_rss"]
 
 
+# ---------------------------------------------------------------- the memory reference and sizes on disk
+
+
+def _mean_padded_tokens(tokenizer, data, batch_size: int) -> int:
+    """Mean padded length of the training batches' student view (query + answer) for this tokenizer."""
+    lengths = [
+        len(tokenizer(data.pattern.query(row) + data.pattern.answer(row["label"]))["input_ids"])
+        for row in data.train_rows
+    ]
+    batches = [max(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size)]
+    return round(sum(batches) / len(batches))
+
+
+def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict | None:
+    """The paper's memory reference: fine-tuning the teacher itself. Full fine-tuning with AdamW holds 16
+    bytes per parameter (fp32 weights, gradients and two moments) before any activation, more than a
+    CPU machine has for a 1.5B teacher, so it is the analytic estimate (memory_estimate.py) on the runtime
+    the measured runs had; LoRA fine-tuning of the teacher, when run (pbft_teacher_lora), is measured
+    and listed beside it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from distill_trainer.memory_estimate import estimate_peak_memory
+    from distill_trainer.models import load_tokenizer, prepare_student, resolve_model_path
+    from distill_trainer.run_data import prepare_data
+
+    teacher = config.teacher_model_name_or_path
+    if not teacher or teacher == "self":
+        return None
+    data = prepare_data(data_args)
+    tokens = _mean_padded_tokens(load_tokenizer(teacher), data, config.per_device_train_batch_size)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(teacher)))
+    model = prepare_student(model, "full")
+    runtimes = [row["runtime_mib"] for row in results if row.get("runtime_mib")]
+    runtime = int(min(runtimes) * 2**20) if runtimes else 0
+    estimate = estimate_peak_memory(
+        model,
+        None,
+        batch_size=config.per_device_train_batch_size,
+        student_tokens=tokens,
+        runtime_bytes=runtime,
+    )
+    import psutil
+
+    machine = psutil.virtual_memory().total
+    fits = "it would fit" if estimate.total < machine else "it does not fit"
+    notes = [
+        f"full fine-tuning of the teacher ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B "
+        f"parameters, AdamW, batch {config.per_device_train_batch_size} x {tokens} tokens): "
+        f"{estimate.total / 2**30:.2f} GiB, analytic ({fits} in this machine's {machine / 2**30:.0f} GiB)"
+    ]
+    lora = next((row for row in results if row["method"] == "pbft_teacher_lora"), None)
+    if lora and lora.get("peak_memory_mib"):
+        notes.append(
+            f"LoRA fine-tuning of the teacher (pbft_teacher_lora, measured over a few steps): "
+            f"{lora['peak_memory_mib'] / 1024:.2f} GiB"
+        )
+    return {
+        "name": "full fine-tuning (PBFT) of the teacher",
+        "peak_mib": round(estimate.total / 2**20, 1),
+        "source": "analytic estimate",
+        "notes": notes,
+    }
+
+
+def disk_sizes(results: list[dict], config) -> dict[str, float]:
+    """MB on disk of the teacher's weights and of each trained student's saved folder."""
+    from distill_trainer.models import resolve_model_path
+
+    def megabytes(folder) -> float:
+        files = [p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()]
+        return round(sum(p.stat().st_size for p in files) / 1e6, 1)
+
+    sizes = {}
+    teacher = config.teacher_model_name_or_path
+    if teacher and teacher != "self" and Path(resolve_model_path(teacher)).is_dir():
+        sizes[f"teacher {teacher} (float32)"] = megabytes(resolve_model_path(teacher))
+    for row in results:
+        if row["trainable_parameters"] and row["method"] != "pbft_teacher_lora":
+            sizes[f"{row['method']} ({row['student_mode']})"] = megabytes(row["output_dir"])
+    return sizes
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -167,6 +287,24 @@ def apply_quick(data_args, compare, config) -> None:
     data_args.num_eval_examples = compare.quick_num_eval_examples
     data_args.hans_per_subcase = compare.quick_hans_per_subcase
     config.recipe["num_train_epochs"] = compare.quick_num_train_epochs
+    if compare.quick_methods:
+        compare.methods = list(compare.quick_methods)
+
+
+def publish(run_dir: Path, target: Path) -> None:
+    """Copy the run's summary and plots to `target`, replacing what an earlier run put there."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.md", "summary.json", "accuracy.png", "memory_time.png"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, target / name)
+    print(f"published to {target}")
+
+
+def config_path_of(argv) -> str | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
 
 
 def link_latest(run_dir: Path) -> None:
@@ -181,7 +319,11 @@ def main(argv=None) -> dict:
     if compare.quick:
         apply_quick(data_args, compare, config)
     # run_name is TrainingArguments' own field: the name of the run, here its folder
-    run_name = config.recipe.get("run_name") or time.strftime("embedded-%Y%m%d-%H%M%S") + ("-quick" if compare.quick else "")
+    # run_name default: the config file's name and the time, e.g. compare-20260101-120000
+    stem = Path(config_path_of(argv)).stem if config_path_of(argv) else "compare"
+    run_name = config.recipe.get("run_name") or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}" + (
+        "-quick" if compare.quick else ""
+    )
     run_dir = Path(compare.results_dir) / run_name
 
     # ------------------------------------------------------------ one resolved config per method
@@ -210,20 +352,35 @@ def main(argv=None) -> dict:
 
     # ------------------------------------------------------------ report
     settings = {
-        "student": student_args.model_name_or_path, "teacher": config.teacher_model_name_or_path,
-        "pattern": data_args.pattern, "k": data_args.k, "demonstration_ids": data_args.demonstration_ids,
-        "demonstration_seed": data_args.demonstration_seed, "num_train_examples": data_args.num_train_examples,
+        "student": student_args.model_name_or_path,
+        "teacher": config.teacher_model_name_or_path,
+        "pattern": data_args.pattern,
+        "k": data_args.k,
+        "demonstration_ids": data_args.demonstration_ids,
+        "demonstration_seed": data_args.demonstration_seed,
+        "num_train_examples": data_args.num_train_examples,
         "num_train_epochs": config.recipe.get("num_train_epochs", config.num_train_epochs),
         "per_device_train_batch_size": config.per_device_train_batch_size,
-        "full_learning_rate": compare.full_learning_rate, "lora_learning_rate": compare.lora_learning_rate,
-        "lora_r": student_args.lora_r, "num_eval_examples": data_args.num_eval_examples,
-        "hans_per_subcase": data_args.hans_per_subcase, "quick": compare.quick,
-        "memory": "peak resident set of each method's own process" if compare.fresh_process_per_method
+        "full_learning_rate": compare.full_learning_rate,
+        "lora_learning_rate": compare.lora_learning_rate,
+        "bitfit_learning_rate": compare.bitfit_learning_rate,
+        "temperature": config.temperature,
+        "distill_vocab": config.distill_vocab,
+        "lora_r": student_args.lora_r,
+        "num_eval_examples": data_args.num_eval_examples,
+        "hans_per_subcase": data_args.hans_per_subcase,
+        "quick": compare.quick,
+        "memory": "peak resident set of each method's own process"
+        if compare.fresh_process_per_method
         else "peak resident set during each method, in one process (earlier methods' leftovers included)",
         "total_seconds": round(time.perf_counter() - start, 1),
     }
+    settings["memory_reference"] = teacher_finetuning_reference(results, data_args, config)
+    settings["disk_mb"] = disk_sizes(results, config)
     summary = write_report(run_dir, results, settings)
     link_latest(run_dir)
+    if compare.publish_dir:
+        publish(run_dir, Path(compare.publish_dir) / (stem + ("-quick" if compare.quick else "")))
     print_table(summary, run_dir)
     return summary
 

@@ -50,8 +50,9 @@ RECIPE = "context_distill"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 
 
-def run_context_distill(student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig,
-                        callbacks=None) -> dict:
+def run_context_distill(
+    student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig, callbacks=None
+) -> dict:
     # ------------------------------------------------------------ validate (no model loaded yet) and data
     data = validate_recipe(RECIPE, student_args, data_args, config).data
     teacher = config.teacher_model_name_or_path
@@ -64,8 +65,15 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
     label_ids = first_token_ids(tokenizer, data.pattern)
     teacher_label_ids = first_token_ids(teacher_tokenizer, data.pattern)
     max_length = model_max_length(AutoConfig.from_pretrained(resolve_model_path(teacher_path)), data_args)
-    train_dataset = build_view_dataset(tokenizer, data.train_rows, data.pattern, data.sampler, max_length,
-                                       data_args.drop_demonstrations_to_fit, teacher_tokenizer)
+    train_dataset = build_view_dataset(
+        tokenizer,
+        data.train_rows,
+        data.pattern,
+        data.sampler,
+        max_length,
+        data_args.drop_demonstrations_to_fit,
+        teacher_tokenizer,
+    )
 
     # ------------------------------------------------------------ student, and the teacher inside the trainer
     # peaks per phase: student load, teacher load and output-cache pass (when the cache has to be built),
@@ -74,9 +82,16 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
     with tracker.phase("student_load"):
         student = load_student(student_args)
     trainer = ContextDistillationTrainer(
-        model=student, args=config, teacher=teacher, train_dataset=train_dataset, processing_class=tokenizer,
-        data_collator=TwoViewCollator(tokenizer.pad_token_id), label_token_ids=label_ids,
-        teacher_label_token_ids=teacher_label_ids, teacher_tokenizer=teacher_tokenizer, callbacks=callbacks,
+        model=student,
+        args=config,
+        teacher=teacher,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        label_token_ids=label_ids,
+        teacher_label_token_ids=teacher_label_ids,
+        teacher_tokenizer=teacher_tokenizer,
+        callbacks=callbacks,
         memory_tracker=tracker,
     )
 
@@ -92,35 +107,56 @@ def run_context_distill(student_args: StudentArguments, data_args: DataArguments
 
     # ------------------------------------------------------------ report
     metrics = {
-        "recipe": RECIPE, "method": f"cd_{student_args.student_mode}", "model": student_args.model_name_or_path,
-        "student_mode": student_args.student_mode, "teacher": teacher,
+        "recipe": RECIPE,
+        "method": f"cd_{student_args.student_mode}",
+        "model": student_args.model_name_or_path,
+        "student_mode": student_args.student_mode,
+        "teacher": teacher,
         "teacher_quantization": "none" if is_self else config.teacher_quantization,
-        "task": data.task.name, "pattern": data.pattern.name, "label_words": list(data.pattern.label_words),
-        "k": data_args.k, "demonstration_seed": data_args.demonstration_seed,
+        "task": data.task.name,
+        "pattern": data.pattern.name,
+        "label_words": list(data.pattern.label_words),
+        "k": data_args.k,
+        "demonstration_seed": data_args.demonstration_seed,
         "resample_demonstrations": data_args.resample_demonstrations,
-        "loss": config.loss, "alpha": config.alpha, "temperature": config.temperature,
+        "loss": config.loss,
+        "alpha": config.alpha,
+        "temperature": config.temperature,
         "distill_vocab": config.distill_vocab,
         **training_metrics(trainer, train_result, len(train_dataset)),
         "teacher_output_cache": trainer.teacher_output_cache_info,
-        "eval": results.metrics, "eval_seconds": round(results.seconds, 2), "data": data.data_report(),
+        "eval": results.metrics,
+        "eval_seconds": round(results.seconds, 2),
+        "data": data.data_report(),
         "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
-    card = card_for_recipe(student_args, config, results.metrics, data.task.name,
-                           memory=peak_mib_by_phase(metrics["memory"]), pattern=data.pattern)
+    card = card_for_recipe(
+        student_args,
+        config,
+        results.metrics,
+        data.task.name,
+        memory=peak_mib_by_phase(metrics["memory"]),
+        pattern=data.pattern,
+    )
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
     resampled = " resampled per query" if data_args.resample_demonstrations else ""
-    print_summary(f"context distillation: {student_args.model_name_or_path} <- {teacher}", {
-        "student": describe_student(student_args, metrics),
-        "teacher": f"{teacher} (quantization {metrics['teacher_quantization']}), pattern {data.pattern.name}, "
-                   f"k={data_args.k} demonstrations{resampled}",
-        "loss": f"{config.alpha:g} x {config.loss} (T={config.temperature:g}, {config.distill_vocab} vocabulary)"
-                f" + {1 - config.alpha:g} x cross-entropy",
-        "training": describe_training(metrics),
-        "eval": f"{results.seconds:.1f} s, student without demonstrations",
-    }, results.metrics, paths)
+    print_summary(
+        f"context distillation: {student_args.model_name_or_path} <- {teacher}",
+        {
+            "student": describe_student(student_args, metrics),
+            "teacher": f"{teacher} (quantization {metrics['teacher_quantization']}), pattern {data.pattern.name}, "
+            f"k={data_args.k} demonstrations{resampled}",
+            "loss": f"{config.alpha:g} x {config.loss} (T={config.temperature:g}, {config.distill_vocab} vocabulary)"
+            f" + {1 - config.alpha:g} x cross-entropy",
+            "training": describe_training(metrics),
+            "eval": f"{results.seconds:.1f} s, student without demonstrations",
+        },
+        results.metrics,
+        paths,
+    )
     return metrics
 
 

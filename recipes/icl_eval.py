@@ -9,9 +9,13 @@ Writes metrics.json, predictions_<task>.jsonl and resolved_config.yaml into outp
 
 from __future__ import annotations
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
 from distill_trainer.memory import MemoryTracker
-from distill_trainer.models import count_parameters, load_causal_lm, load_tokenizer
+from distill_trainer.models import count_parameters, load_causal_lm, load_tokenizer, resolve_model_path
+from distill_trainer.output_cache import teacher_source_fingerprint
 from distill_trainer.run_data import first_token_ids, model_max_length
 from distill_trainer.runner import (
     evaluate_on_tasks,
@@ -26,12 +30,18 @@ RECIPE = "icl_eval"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 
 
-def run_icl_eval(student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig,
-                 model=None, tokenizer=None) -> dict:
+def run_icl_eval(
+    student_args: StudentArguments,
+    data_args: DataArguments,
+    config: DistillationConfig,
+    model=None,
+    tokenizer=None,
+) -> dict:
     """Evaluate `model_name_or_path` (or an already loaded `model` + `tokenizer`) with k demonstrations."""
     # ------------------------------------------------------------ validate (no model loaded yet) and data
-    data = validate_recipe(RECIPE, student_args, data_args, config, tokenizer=tokenizer,
-                           check_models=model is None).data
+    data = validate_recipe(
+        RECIPE, student_args, data_args, config, tokenizer=tokenizer, check_models=model is None
+    ).data
 
     # ------------------------------------------------------------ model
     name = student_args.model_name_or_path if model is None else getattr(model, "name_or_path", "model")
@@ -39,36 +49,75 @@ def run_icl_eval(student_args: StudentArguments, data_args: DataArguments, confi
         tokenizer = load_tokenizer(student_args.model_name_or_path)
     first_token_ids(tokenizer, data.pattern)  # label-word collisions fail here, before any loading
     tracker = MemoryTracker()  # peaks per phase: load, eval
-    if model is None:
-        with tracker.phase("model_load"):
-            model = load_causal_lm(student_args.model_name_or_path, dtype=student_args.dtype).to(config.device)
-    max_length = model_max_length(model.config, data_args)
+    # a model on disk is identified by its files: its results on the same rows and prompt are read back
+    model_id = None
+    if model is None and data_args.reuse_evaluations:
+        model_id = teacher_source_fingerprint(student_args.model_name_or_path, student_args.dtype)
+    model_config = (
+        model.config
+        if model is not None
+        else AutoConfig.from_pretrained(resolve_model_path(student_args.model_name_or_path))
+    )
+    max_length = model_max_length(model_config, data_args)
+
+    def loaded_model():  # loaded on first use: not at all when every result is read back
+        nonlocal model
+        if model is None:
+            with tracker.phase("model_load"):
+                model = load_causal_lm(student_args.model_name_or_path, dtype=student_args.dtype).to(
+                    config.device
+                )
+        return model
 
     # ------------------------------------------------------------ evaluate with k demonstrations
     demonstrations = data.sampler.for_query if data_args.k else None
     with tracker.phase("eval"):
-        results = evaluate_on_tasks(model, tokenizer, data, config, data_args, demonstrations, max_length=max_length)
+        results = evaluate_on_tasks(
+            loaded_model,
+            tokenizer,
+            data,
+            config,
+            data_args,
+            demonstrations,
+            max_length=max_length,
+            model_id=model_id,
+        )
 
     # ------------------------------------------------------------ report
+    if model is None:  # the parameter count without the weights
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config)
     _, total = count_parameters(model)
     metrics = {
-        "recipe": RECIPE, "method": "icl" if data_args.k else "zero_shot", "model": name,
-        "task": data.task.name, "pattern": data.pattern.name, "label_words": list(data.pattern.label_words),
-        "k": data_args.k, "demonstration_seed": data_args.demonstration_seed,
+        "recipe": RECIPE,
+        "method": "icl" if data_args.k else "zero_shot",
+        "model": name,
+        "task": data.task.name,
+        "pattern": data.pattern.name,
+        "label_words": list(data.pattern.label_words),
+        "k": data_args.k,
+        "demonstration_seed": data_args.demonstration_seed,
         "resample_demonstrations": data_args.resample_demonstrations,
         "parameters": {"total": total},
-        "eval": results.metrics, "eval_seconds": round(results.seconds, 2), "data": data.data_report(),
+        "eval": results.metrics,
+        "eval_seconds": round(results.seconds, 2),
+        "data": data.data_report(),
         "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
-    print_summary(f"in-context learning: {name}", {
-        "model": f"{name} ({total:,} parameters, {student_args.dtype})",
-        "prompt": f"pattern {data.pattern.name}, k={data_args.k} demonstrations"
-                  f"{' resampled per query' if data_args.resample_demonstrations else ''}, "
-                  f"seed {data_args.demonstration_seed}",
-        "eval": f"{results.seconds:.1f} s",
-    }, results.metrics, paths)
+    print_summary(
+        f"in-context learning: {name}",
+        {
+            "model": f"{name} ({total:,} parameters, {student_args.dtype})",
+            "prompt": f"pattern {data.pattern.name}, k={data_args.k} demonstrations"
+            f"{' resampled per query' if data_args.resample_demonstrations else ''}, "
+            f"seed {data_args.demonstration_seed}",
+            "eval": f"{results.seconds:.1f} s",
+        },
+        results.metrics,
+        paths,
+    )
     return metrics
 
 

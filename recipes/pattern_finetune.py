@@ -48,8 +48,9 @@ RECIPE = "pattern_finetune"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 
 
-def run_pattern_finetune(student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig,
-                         callbacks=None) -> dict:
+def run_pattern_finetune(
+    student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig, callbacks=None
+) -> dict:
     # ------------------------------------------------------------ validate (no model loaded yet; sets alpha=0) and data
     data = validate_recipe(RECIPE, student_args, data_args, config).data
 
@@ -63,8 +64,13 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
 
     # ------------------------------------------------------------ train on the gold label words
     trainer = ContextDistillationTrainer(
-        model=student, args=config, teacher=None, train_dataset=train_dataset, processing_class=tokenizer,
-        data_collator=TwoViewCollator(tokenizer.pad_token_id), callbacks=callbacks,
+        model=student,
+        args=config,
+        teacher=None,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        callbacks=callbacks,
     )
     write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
     with tracker.phase("train"):
@@ -77,24 +83,41 @@ def run_pattern_finetune(student_args: StudentArguments, data_args: DataArgument
 
     # ------------------------------------------------------------ report
     metrics = {
-        "recipe": RECIPE, "method": f"pbft_{student_args.student_mode}", "model": student_args.model_name_or_path,
-        "student_mode": student_args.student_mode, "task": data.task.name, "pattern": data.pattern.name,
+        "recipe": RECIPE,
+        "method": f"pbft_{student_args.student_mode}",
+        "model": student_args.model_name_or_path,
+        "student_mode": student_args.student_mode,
+        "task": data.task.name,
+        "pattern": data.pattern.name,
         "label_words": list(data.pattern.label_words),
         **training_metrics(trainer, train_result, len(train_dataset)),
-        "eval": results.metrics, "eval_seconds": round(results.seconds, 2), "data": data.data_report(),
+        "eval": results.metrics,
+        "eval_seconds": round(results.seconds, 2),
+        "data": data.data_report(),
         "memory": tracker.as_dict(),
     }
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
-    card = card_for_recipe(student_args, config, results.metrics, data.task.name,
-                           memory=peak_mib_by_phase(metrics["memory"]), pattern=data.pattern)
+    card = card_for_recipe(
+        student_args,
+        config,
+        results.metrics,
+        data.task.name,
+        memory=peak_mib_by_phase(metrics["memory"]),
+        pattern=data.pattern,
+    )
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
-    print_summary(f"pattern-based fine-tuning: {student_args.model_name_or_path}", {
-        "student": describe_student(student_args, metrics),
-        "training": f"{describe_training(metrics)}, gold label words of pattern {data.pattern.name}",
-        "eval": f"{results.seconds:.1f} s, student without demonstrations",
-    }, results.metrics, paths)
+    print_summary(
+        f"pattern-based fine-tuning: {student_args.model_name_or_path}",
+        {
+            "student": describe_student(student_args, metrics),
+            "training": f"{describe_training(metrics)}, gold label words of pattern {data.pattern.name}",
+            "eval": f"{results.seconds:.1f} s, student without demonstrations",
+        },
+        results.metrics,
+        paths,
+    )
     return metrics
 
 

@@ -1,14 +1,15 @@
 """Choose the teacher's in-context prompt (pattern, k, demonstration seed) on a dev split carved from the
 training pool, never on the evaluation rows.
 
-    python recipes/select_prompt.py --config recipes/configs/embedded/select-prompt.yaml
+    accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/select_prompt.py \
+        --config recipes/configs/embedded/select-prompt.yaml
 
 The dev rows are class-balanced rows of the training pool that are neither evaluation rows nor any
 candidate's demonstrations. Every candidate scores the same dev rows with the configured teacher (prefix
-KV cache on). Prints a table and writes selection.md / selection.json into output_dir: accuracy with its
+KV cache on). Prints a table and writes selection.md / selection.json (and the dev rows, dev.jsonl) into output_dir: accuracy with its
 standard error, margin AUC and the share of rows predicted as label 0 (a teacher that answers one label
 for nearly every row is degenerate, whatever its accuracy). Pin the winner in the main job's YAML
-(pattern, k, demonstration_ids) together with its dev numbers.
+(pattern, k, demonstration_ids) and say there which selection it came from.
 """
 
 from __future__ import annotations
@@ -31,11 +32,18 @@ from distill_trainer.tasks import balanced_subset, load_split, row_key
 class SelectionArguments:
     """The candidates, and the dev split they are scored on."""
 
-    candidate_patterns: list[str] = field(default_factory=lambda: ["gpt3"], metadata={"help": "Patterns to try."})
-    candidate_ks: list[int] = field(default_factory=lambda: [4], metadata={"help": "Demonstration counts to try."})
-    candidate_seeds: list[int] = field(default_factory=lambda: [0, 1, 2],
-                                       metadata={"help": "Demonstration seeds to try."})
-    dev_examples: int = field(default=100, metadata={"help": "Class-balanced dev rows from the training pool."})
+    candidate_patterns: list[str] = field(
+        default_factory=lambda: ["gpt3"], metadata={"help": "Patterns to try."}
+    )
+    candidate_ks: list[int] = field(
+        default_factory=lambda: [4], metadata={"help": "Demonstration counts to try."}
+    )
+    candidate_seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "Demonstration seeds to try."}
+    )
+    dev_examples: int = field(
+        default=100, metadata={"help": "Class-balanced dev rows from the training pool."}
+    )
     dev_seed: int = field(default=1234, metadata={"help": "Seed for carving the dev rows."})
 
     def __post_init__(self):
@@ -48,30 +56,72 @@ class SelectionArguments:
 CONFIG_TYPES = (StudentArguments, DataArguments, SelectionArguments, DistillationConfig)
 
 
-def main(argv=None) -> list[dict]:
-    student_args, data_args, selection, config = parse_config(CONFIG_TYPES, argv)
-    teacher = config.teacher_model_name_or_path or student_args.model_name_or_path
-
-    # ------------------------------------------------------------ candidates and their demonstrations
+def candidates_and_dev_rows(data_args, selection):
+    """Every candidate's data (its demonstrations drawn as the recipes draw them) and the dev rows."""
     candidates = []
     for pattern in selection.candidate_patterns:
         for k in selection.candidate_ks:
             for seed in selection.candidate_seeds:
-                args = dataclasses.replace(data_args, pattern=pattern, k=k, demonstration_seed=seed,
-                                           demonstration_ids=None, label_words=None)
-                data = prepare_data(args, with_train=False)
-                candidates.append({"pattern": pattern, "k": k, "seed": seed, "data": data})
-
-    # ------------------------------------------------------------ the dev rows: no eval row, no demonstration
+                args = dataclasses.replace(
+                    data_args,
+                    pattern=pattern,
+                    k=k,
+                    demonstration_seed=seed,
+                    demonstration_ids=None,
+                    label_words=None,
+                )
+                candidates.append(
+                    {"pattern": pattern, "k": k, "seed": seed, "data": prepare_data(args, with_train=False)}
+                )
+    # the dev rows: no evaluation row, no candidate's demonstration
     first = candidates[0]["data"]
     taken = {row_key(row) for rows in first.eval_sets.values() for row in rows}
     taken |= {key for c in candidates for key in c["data"].sampler.fixed_keys}
-    dev = balanced_subset(first.pool, selection.dev_examples, first.task.num_labels, selection.dev_seed,
-                          exclude_keys=taken, what="dev rows (dev_examples)")
+    dev = balanced_subset(
+        first.pool,
+        selection.dev_examples,
+        first.task.num_labels,
+        selection.dev_seed,
+        exclude_keys=taken,
+        what="dev rows (dev_examples)",
+    )
+    return candidates, dev
+
+
+def write_dev_rows(dev, task, path: Path) -> None:
+    """The dev rows as a JSONL file in the data's label ids (for `distill-trainer evaluate --data`)."""
+    inverse = {ours: theirs for theirs, ours in (task.label_map or {}).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "premise": row["premise"],
+                    "hypothesis": row["hypothesis"],
+                    "label": inverse.get(int(row["label"]), int(row["label"])),
+                }
+            )
+            + "\n"
+            for row in dev
+        ),
+        encoding="utf-8",
+    )
+
+
+def main(argv=None) -> list[dict]:
+    student_args, data_args, selection, config = parse_config(CONFIG_TYPES, argv)
+    teacher = config.teacher_model_name_or_path or student_args.model_name_or_path
+    output_dir = Path(config.output_dir)
+
+    # ------------------------------------------------------------ candidates, and dev rows none of them saw
+    candidates, dev = candidates_and_dev_rows(data_args, selection)
+    first = candidates[0]["data"]
+    write_dev_rows(dev, first.task, output_dir / "dev.jsonl")
 
     # the pool's own row ids, so that the winner can be pinned with demonstration_ids
-    with_idx = load_split(first.task, first.task.train_split, data_args.data_source, data_args.data_dir,
-                          keep_idx=True)
+    with_idx = load_split(
+        first.task, first.task.train_split, data_args.data_source, data_args.data_dir, keep_idx=True
+    )
     idx_of = {row_key(row): int(row["idx"]) for row in with_idx} if "idx" in with_idx.column_names else {}
 
     # ------------------------------------------------------------ score every candidate on the same rows
@@ -80,33 +130,62 @@ def main(argv=None) -> list[dict]:
     results = []
     for candidate in candidates:
         data, start = candidate.pop("data"), time.perf_counter()
-        metrics, _ = evaluate_task(model, tokenizer, dev, data.task, data.pattern, data.sampler.for_query,
-                                   batch_size=config.per_device_eval_batch_size, progress=not config.disable_tqdm)
+        metrics, _ = evaluate_task(
+            model,
+            tokenizer,
+            dev,
+            data.task,
+            data.pattern,
+            data.sampler.for_query,
+            batch_size=config.per_device_eval_batch_size,
+            progress=not config.disable_tqdm,
+        )
         demonstration_ids = [idx_of.get(row_key(row)) for row in data.sampler.rows]
-        results.append({**candidate, "demonstration_ids": demonstration_ids, "n": metrics["n"],
-                        "accuracy": metrics["accuracy"], "accuracy_stderr": metrics["accuracy_stderr"],
-                        "auc": metrics["auc"], "predicted_label_0": next(iter(metrics["predicted_label_balance"].values())),
-                        "seconds": round(time.perf_counter() - start, 1)})
+        results.append(
+            {
+                **candidate,
+                "demonstration_ids": demonstration_ids,
+                "n": metrics["n"],
+                "accuracy": metrics["accuracy"],
+                "accuracy_stderr": metrics["accuracy_stderr"],
+                "auc": metrics["auc"],
+                "predicted_label_0": next(iter(metrics["predicted_label_balance"].values())),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
         print(_line(results[-1]), flush=True)
 
     # ------------------------------------------------------------ report
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "selection.json").write_text(json.dumps({"teacher": teacher, "dev_examples": len(dev),
-                                                           "dev_seed": selection.dev_seed,
-                                                           "candidates": results}, indent=1))
-    table = ["| pattern | k | seed | demonstration_ids | dev acc | AUC | pred. label 0 | s |",
-             "|---|---:|---:|---|---|---:|---:|---:|", *(_line(r) for r in results)]
+    (output_dir / "selection.json").write_text(
+        json.dumps(
+            {
+                "teacher": teacher,
+                "dev_examples": len(dev),
+                "dev_seed": selection.dev_seed,
+                "candidates": results,
+            },
+            indent=1,
+        )
+    )
+    table = [
+        "| pattern | k | seed | demonstration_ids | dev acc | AUC | pred. label 0 | s |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
+        *(_line(r) for r in results),
+    ]
     (output_dir / "selection.md").write_text(
         f"Teacher `{teacher}`, {len(dev)} dev rows carved from the training pool (seed {selection.dev_seed}).\n\n"
-        + "\n".join(table) + "\n")
+        + "\n".join(table)
+        + "\n"
+    )
     print(f"wrote {output_dir / 'selection.md'}")
     return results
 
 
 def _line(r: dict) -> str:
-    return (f"| {r['pattern']} | {r['k']} | {r['seed']} | {r['demonstration_ids']} | {r['accuracy']:.3f} "
-            f"±{r['accuracy_stderr']:.3f} | {r['auc']:.3f} | {r['predicted_label_0']:.0%} | {r['seconds']} |")
+    return (
+        f"| {r['pattern']} | {r['k']} | {r['seed']} | {r['demonstration_ids']} | {r['accuracy']:.3f} "
+        f"±{r['accuracy_stderr']:.3f} | {r['auc']:.3f} | {r['predicted_label_0']:.0%} | {r['seconds']} |"
+    )
 
 
 if __name__ == "__main__":

@@ -23,16 +23,30 @@ def make_dataset(tokenizer, n=8):
 
 
 def make_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
-                  logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     values.update(overrides)
     return DistillationConfig(**values)
 
 
 def make_trainer(tmp_path, student, teacher, tokenizer, **overrides):
     return ContextDistillationTrainer(
-        model=student, teacher=teacher, args=make_args(tmp_path, **overrides), train_dataset=make_dataset(tokenizer),
-        data_collator=TwoViewCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        model=student,
+        teacher=teacher,
+        args=make_args(tmp_path, **overrides),
+        train_dataset=make_dataset(tokenizer),
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
     )
 
 
@@ -60,11 +74,24 @@ def load_recipe(name):
 
 def write_recipe(tmp_path, tiny_dirs, name="recipe", **overrides):
     values = {
-        "model_name_or_path": tiny_dirs["student"], "task": "mnli", "eval_tasks": ["mnli", "hans"],
-        "data_source": "local", "data_dir": DATA, "k": 2, "num_train_examples": 8, "hans_per_subcase": 1,
-        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "per_device_eval_batch_size": 16,
-        "max_steps": 2, "learning_rate": 1e-3, "save_strategy": "no", "logging_steps": 1, "use_cpu": True,
-        "disable_tqdm": True, "report_to": "none",
+        "model_name_or_path": tiny_dirs["student"],
+        "task": "mnli",
+        "eval_tasks": ["mnli", "hans"],
+        "data_source": "local",
+        "data_dir": DATA,
+        "k": 2,
+        "num_train_examples": 8,
+        "hans_per_subcase": 1,
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 16,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "report_to": "none",
     }
     values.update(overrides)
     path = tmp_path / f"{name}.yaml"

@@ -40,8 +40,9 @@ def weights(output_dir):
     return load_file(str(output_dir / "model.safetensors"))
 
 
-def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(tmp_path, tokenizer, student, teacher,
-                                                                    monkeypatch):
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(
+    tmp_path, tokenizer, student, teacher, monkeypatch
+):
     from distill_trainer.testing import build_model
 
     out = tmp_path / "out"
@@ -55,8 +56,14 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(tmp_path, to
     assert last_complete_checkpoint(out).name == "checkpoint-1"
     monkeypatch.undo()
 
-    resumed = make_trainer(tmp_path, build_model(len(tokenizer), seed=0), teacher, tokenizer,
-                           resume_from_checkpoint="true", **settings)
+    resumed = make_trainer(
+        tmp_path,
+        build_model(len(tokenizer), seed=0),
+        teacher,
+        tokenizer,
+        resume_from_checkpoint="true",
+        **settings,
+    )
     resumed.train()
     assert [p.name for p in checkpoint_dirs(out)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
     assert not (out / STAGING_DIR).exists()
@@ -64,15 +71,25 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(tmp_path, to
     assert steps == [1, 2, 3]  # step 1 comes from checkpoint-1's state, 2 and 3 were trained again
 
     # the same three steps without a crash give the same weights
-    reference = make_trainer(tmp_path / "ref", build_model(len(tokenizer), seed=0), teacher, tokenizer, **settings)
+    reference = make_trainer(
+        tmp_path / "ref", build_model(len(tokenizer), seed=0), teacher, tokenizer, **settings
+    )
     reference.train()
     got, expected = weights(out / "checkpoint-3"), weights(tmp_path / "ref" / "out" / "checkpoint-3")
     assert all(torch.equal(got[name], expected[name]) for name in expected)
 
 
 def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path, tokenizer, student, teacher):
-    trainer = make_trainer(tmp_path, student, teacher, tokenizer, save_strategy="steps", save_steps=1, max_steps=3,
-                           save_total_limit=2)
+    trainer = make_trainer(
+        tmp_path,
+        student,
+        teacher,
+        tokenizer,
+        save_strategy="steps",
+        save_steps=1,
+        max_steps=3,
+        save_total_limit=2,
+    )
     trainer.train()
     out = tmp_path / "out"
     assert [p.name for p in checkpoint_dirs(out)] == ["checkpoint-2", "checkpoint-3"]
@@ -84,12 +101,26 @@ def test_the_best_checkpoint_is_named_by_its_final_path(tmp_path, tokenizer, stu
 
     from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 
-    args = make_args(tmp_path, save_strategy="steps", save_steps=1, max_steps=3, eval_strategy="steps", eval_steps=1,
-                     load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False)
+    args = make_args(
+        tmp_path,
+        save_strategy="steps",
+        save_steps=1,
+        max_steps=3,
+        eval_strategy="steps",
+        eval_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=False,
+    )
     trainer = ContextDistillationTrainer(
-        model=student, teacher=teacher, args=args, train_dataset=make_dataset(tokenizer),
-        eval_dataset=make_dataset(tokenizer, n=4), data_collator=TwoViewCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer)
+        model=student,
+        teacher=teacher,
+        args=args,
+        train_dataset=make_dataset(tokenizer),
+        eval_dataset=make_dataset(tokenizer, n=4),
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
     trainer.train()
     best = trainer.state.best_model_checkpoint
     assert best.startswith(str(tmp_path / "out" / "checkpoint-")) and STAGING_DIR not in best
@@ -98,11 +129,14 @@ def test_the_best_checkpoint_is_named_by_its_final_path(tmp_path, tokenizer, stu
 
 def test_resume_settings(tmp_path):
     assert parse_resume_setting("True") is True and parse_resume_setting("false") is None
-    assert parse_resume_setting(None) is None and parse_resume_setting("runs/x/checkpoint-4") == "runs/x/checkpoint-4"
+    assert (
+        parse_resume_setting(None) is None
+        and parse_resume_setting("runs/x/checkpoint-4") == "runs/x/checkpoint-4"
+    )
     with pytest.raises(UsageError, match="holds no complete checkpoint"):
         resolve_resume("true", tmp_path)
     (tmp_path / "checkpoint-7").mkdir()  # e.g. written in place by another tool, then killed
-    (tmp_path / "checkpoint-7" / "trainer_state.json").write_text("{\"global_st")
+    (tmp_path / "checkpoint-7" / "trainer_state.json").write_text('{"global_st')
     with pytest.raises(UsageError, match="is not a complete checkpoint"):
         resolve_resume(str(tmp_path / "checkpoint-7"), tmp_path)
     (tmp_path / "checkpoint-5").mkdir()
@@ -129,7 +163,12 @@ def test_a_skipped_nonfinite_batch_changes_no_weight(tmp_path, tokenizer, studen
     assert any(not torch.equal(snapshots[2][k], snapshots[1][k]) for k in snapshots[1])  # finite steps train
     for step in (3, 4):
         assert all(torch.equal(snapshots[step][k], snapshots[2][k]) for k in snapshots[2]), step
-    assert [log.get("skipped_batches") for log in trainer.state.log_history if "loss" in log] == [None, None, 1.0, 1.0]
+    assert [log.get("skipped_batches") for log in trainer.state.log_history if "loss" in log] == [
+        None,
+        None,
+        1.0,
+        1.0,
+    ]
 
 
 def test_overwrite_output_dir_removes_an_earlier_runs_checkpoints(tmp_path, tokenizer, student, teacher):
@@ -146,8 +185,14 @@ def test_resuming_from_an_earlier_checkpoint_replaces_the_later_ones(tmp_path, t
     out, settings = tmp_path / "out", {"save_strategy": "steps", "save_steps": 1, "max_steps": 2}
     make_trainer(tmp_path, build_model(len(tokenizer), seed=0), teacher, tokenizer, **settings).train()
     first = weights(out / "checkpoint-2")
-    make_trainer(tmp_path, build_model(len(tokenizer), seed=0), teacher, tokenizer,
-                 resume_from_checkpoint=str(out / "checkpoint-1"), **settings).train()
+    make_trainer(
+        tmp_path,
+        build_model(len(tokenizer), seed=0),
+        teacher,
+        tokenizer,
+        resume_from_checkpoint=str(out / "checkpoint-1"),
+        **settings,
+    ).train()
     assert [p.name for p in checkpoint_dirs(out)] == ["checkpoint-1", "checkpoint-2"]
     assert not (out / STAGING_DIR).exists()
     again = weights(out / "checkpoint-2")  # written anew, over the old one, with the same numbers

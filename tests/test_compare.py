@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from distill_trainer import UsageError, parse_config
-from distill_trainer.report import add_teacher_agreement, agreement, format_table
 from recipes import compare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,17 +15,30 @@ DATA = str(Path(__file__).parent / "data")
 EMBEDDED_YAML = ROOT / "recipes" / "configs" / "embedded" / "compare.yaml"
 
 
-
-
 def write_config(tmp_path, tiny_dirs, **overrides):
     values = {
-        "model_name_or_path": tiny_dirs["student"], "teacher_model_name_or_path": tiny_dirs["teacher"],
-        "task": "mnli", "eval_tasks": ["mnli", "hans"], "data_source": "local", "data_dir": DATA,
-        "pattern": "gpt3", "k": 2, "demonstration_ids": [21, 57], "num_train_examples": 8, "hans_per_subcase": 1,
-        "max_steps": 2, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 16,
-        "save_strategy": "no", "report_to": "none", "use_cpu": True, "disable_tqdm": True,
-        "results_dir": str(tmp_path / "results"), "run_name": "tiny",
-        "full_learning_rate": 1e-3, "lora_learning_rate": 1e-2,
+        "model_name_or_path": tiny_dirs["student"],
+        "teacher_model_name_or_path": tiny_dirs["teacher"],
+        "task": "mnli",
+        "eval_tasks": ["mnli", "hans"],
+        "data_source": "local",
+        "data_dir": DATA,
+        "pattern": "gpt3",
+        "k": 2,
+        "demonstration_ids": [21, 57],
+        "num_train_examples": 8,
+        "hans_per_subcase": 1,
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 16,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "results_dir": str(tmp_path / "results"),
+        "run_name": "tiny",
+        "full_learning_rate": 1e-3,
+        "lora_learning_rate": 1e-2,
     }
     values.update(overrides)
     path = tmp_path / "compare.yaml"
@@ -58,8 +70,11 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
             teacher = read_jsonl(run_dir / "icl_teacher" / f"predictions_{task}.jsonl")
             # every method is scored on the very same rows
             assert [(r["premise"], r["hypothesis"]) for r in records] == [
-                (r["premise"], r["hypothesis"]) for r in teacher]
-            expected = sum(a["prediction"] == b["prediction"] for a, b in zip(records, teacher)) / len(records)
+                (r["premise"], r["hypothesis"]) for r in teacher
+            ]
+            expected = sum(a["prediction"] == b["prediction"] for a, b in zip(records, teacher)) / len(
+                records
+            )
             assert figures["teacher_agreement"] == pytest.approx(expected)
         assert set(row["eval"]["hans"]["per_heuristic"]) == {"lexical_overlap", "subsequence", "constituent"}
         # in one process the peak is the growth over what earlier methods left resident: may be 0
@@ -73,13 +88,27 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
     assert rows["icl_teacher"]["student"] == tiny_dirs["teacher"]
     assert rows["icl_teacher"]["trainable_parameters"] == rows["zero_shot"]["trainable_parameters"] == 0
     assert 0 < rows["cd_lora"]["trainable_parameters"] < rows["cd_full"]["trainable_parameters"]
-    assert rows["cd_lora_self"]["teacher"] == "self" and rows["cd_lora_8bit"]["teacher_quantization"] == "8bit"
+    assert (
+        rows["cd_lora_self"]["teacher"] == "self" and rows["cd_lora_8bit"]["teacher_quantization"] == "8bit"
+    )
     for name in ("pbft_full", "cd_full", "cd_lora", "cd_lora_8bit"):
-        assert rows[name]["train_seconds"] > 0 and json.loads(
-            (run_dir / name / "metrics.json").read_text())["train"]["global_step"] == 2
+        assert (
+            rows[name]["train_seconds"] > 0
+            and json.loads((run_dir / name / "metrics.json").read_text())["train"]["global_step"] == 2
+        )
+
+    # per-phase peaks of every trained method, the teacher's only where its outputs were computed
+    assert all(
+        rows[name]["phase_peak_mib"]["train"] > 0 for name in rows if rows[name]["trainable_parameters"]
+    )
+    assert rows["cd_bitfit"]["trainable_parameters"] > 0  # the tiny Llama has no biases: BitFit adds them
+    reference = summary["settings"]["memory_reference"]
+    assert reference["peak_mib"] > 0 and "analytic" in reference["source"]
+    assert any("recovers" in sentence or "no share" in sentence for sentence in summary["findings"])
 
     markdown = (run_dir / "summary.md").read_text()
     assert all(f"| {name} |" in markdown for name in rows)
+    assert "## Findings" in markdown and "## Memory against fine-tuning the teacher" in markdown
     for plot in ("accuracy.png", "memory_time.png"):
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("outputs:")
@@ -127,39 +156,28 @@ def test_unknown_method_is_a_usage_error(tmp_path, tiny_dirs):
         compare.main(["--config", write_config(tmp_path, tiny_dirs, methods=["cd_qlora"])])
 
 
-def test_the_embedded_preset_pins_its_demonstrations():
-    student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", str(EMBEDDED_YAML)])
-    assert student_args.model_name_or_path == training.teacher_model_name_or_path == "embedded:smollm2-135m"
-    assert (data_args.pattern, data_args.k, data_args.demonstration_ids) == ("gpt3", 2, [6990, 5756])
-    assert set(args.methods) >= {"icl_teacher", "zero_shot", "pbft_full", "pbft_lora", "cd_full", "cd_lora",
-                                 "cd_lora_self", "cd_lora_8bit"}
-
-
-def test_agreement_and_table():
-    assert agreement([0, 1, 1, 0], [0, 1, 0, 0]) == {"agreement": 0.75, "agreement_stderr": pytest.approx(0.2165, abs=1e-4)}
-    with pytest.raises(ValueError, match="different rows"):
-        agreement([0, 1], [0])
-    task = {"n": 2, "accuracy": 0.5, "accuracy_stderr": 0.35, "auc": 0.5, "per_label_accuracy": {"a": 1.0, "b": 0.0},
-            "predicted_label_balance": {"a": 1.0, "b": 0.0}}
-    rows = [{"method": m, "predictions": {"mnli": p}, "eval": {"mnli": dict(task)}, "trainable_parameters": 0,
-             "peak_memory_mib": 10.0, "train_seconds": 0.0, "eval_seconds": 1.0} for m, p in
-            (("icl_teacher", [0, 1]), ("zero_shot", [0, 0]))]
-    add_teacher_agreement(rows)
-    assert [r["eval"]["mnli"]["teacher_agreement"] for r in rows] == [1.0, 0.5]
-    table = format_table({"methods": rows})
-    assert "zero_shot" in table.splitlines()[3] and "50.0" in table
-
-
-def test_pinned_demonstrations_keep_their_order_and_are_checked():
-    from distill_trainer.tasks import DataArguments, DemonstrationSampler, get_pattern, get_task, load_split
-
-    task = get_task("mnli")
-    pool = load_split(task, "train", "local", DATA, keep_idx=True)
-    pattern = get_pattern("gpt3", 2)
-    sampler = DemonstrationSampler(pool, pattern, 2, k=2, seed=0, demonstration_ids=[57, 21])
-    by_idx = {row["idx"]: row for row in pool}
-    assert sampler.fixed == [pattern.demonstration(by_idx[57]), pattern.demonstration(by_idx[21])]
-    with pytest.raises(UsageError, match=r"demonstration_ids \[999\] are not idx values"):
-        DemonstrationSampler(pool, pattern, 2, k=2, seed=0, demonstration_ids=[21, 999])
-    with pytest.raises(UsageError, match="give exactly k ids"):
-        DataArguments(k=4, demonstration_ids=[21, 57])
+def test_the_embedded_preset_is_the_papers_shape_on_real_weights():
+    student_args, data_args, args, training = parse_config(
+        compare.CONFIG_TYPES, ["--config", str(EMBEDDED_YAML)]
+    )
+    assert student_args.model_name_or_path == "embedded:smollm2-135m"
+    assert training.teacher_model_name_or_path == "embedded:qwen2.5-coder-1.5b"
+    # different tokenizers: distillation over the label words, from the teacher's cached answers
+    assert training.distill_vocab == "label_words" and training.teacher_output_cache
+    assert (data_args.pattern, data_args.k, len(data_args.demonstration_ids)) == ("gpt3", 4, 4)
+    assert set(args.methods) >= {
+        "icl_teacher",
+        "zero_shot",
+        "icl_student",
+        "pbft_full",
+        "pbft_lora",
+        "cd_full",
+        "cd_lora",
+        "cd_bitfit",
+        "cd_lora_self",
+        "cd_lora_8bit",
+        "pbft_teacher_lora",
+    }
+    # the upstream Hub ids are named for users who have the Hub
+    text = EMBEDDED_YAML.read_text()
+    assert "Qwen/Qwen2.5-Coder-1.5B-Instruct" in text and "HuggingFaceTB/SmolLM2-135M-Instruct" in text

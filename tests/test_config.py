@@ -13,8 +13,11 @@ def write(tmp_path, text):
 
 
 def test_yaml_and_cli_overrides(tmp_path):
-    path = write(tmp_path, f"model_name_or_path: tiny\noutput_dir: {tmp_path}/o\nalpha: 0.5\nloss: jsd\n"
-                           "learning_rate: 3.0e-5\nlora_target_modules: [q_proj, v_proj]\n")
+    path = write(
+        tmp_path,
+        f"model_name_or_path: tiny\noutput_dir: {tmp_path}/o\nalpha: 0.5\nloss: jsd\n"
+        "learning_rate: 3.0e-5\nlora_target_modules: [q_proj, v_proj]\n",
+    )
     student, config = parse_config(TYPES, ["--config", path, "--learning_rate", "1e-4", "--temperature", "2"])
     assert student.model_name_or_path == "tiny" and student.lora_target_modules == ["q_proj", "v_proj"]
     assert config.alpha == 0.5 and config.loss == "jsd"
@@ -33,12 +36,18 @@ def test_unknown_cli_key_is_rejected(tmp_path):
         parse_config(TYPES, ["--alfa", "0.3"])
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("alpha", 1.5, "alpha must be in"), ("alpha", -0.1, "alpha must be in"),
-    ("temperature", 0.0, "temperature must be > 0"), ("loss", "kl", "loss='kl' is not valid"),
-    ("beta", 2.0, "beta must be in"), ("distill_vocab", "some", "distill_vocab='some' is not valid"),
-    ("teacher_quantization", "3bit", "teacher_quantization='3bit'"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("alpha", 1.5, "alpha must be in"),
+        ("alpha", -0.1, "alpha must be in"),
+        ("temperature", 0.0, "temperature must be > 0"),
+        ("loss", "kl", "loss='kl' is not valid"),
+        ("beta", 2.0, "beta must be in"),
+        ("distill_vocab", "some", "distill_vocab='some' is not valid"),
+        ("teacher_quantization", "3bit", "teacher_quantization='3bit'"),
+    ],
+)
 def test_range_checks(tmp_path, field, value, message):
     with pytest.raises(UsageError, match=message):
         DistillationConfig(output_dir=str(tmp_path), **{field: value})

@@ -34,19 +34,37 @@ def run(monkeypatch, config, *extra):
     module.run_context_distill(*configs)
     output_dir = Path(configs[-1].output_dir)
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    losses = [(log["step"], log["loss"], log["kd_loss"]) for log in metrics["log_history"] if "kd_loss" in log]
+    losses = [
+        (log["step"], log["loss"], log["kd_loss"]) for log in metrics["log_history"] if "kd_loss" in log
+    ]
     predictions = {task: (output_dir / f"predictions_{task}.jsonl").read_text() for task in metrics["eval"]}
-    return {"batches": list(BATCHES), "losses": losses, "eval": metrics["eval"],
-            "predictions": predictions, "weights": load_file(str(output_dir / "model.safetensors")),
-            "configs": configs}
+    return {
+        "batches": list(BATCHES),
+        "losses": losses,
+        "eval": metrics["eval"],
+        "predictions": predictions,
+        "weights": load_file(str(output_dir / "model.safetensors")),
+        "configs": configs,
+    }
 
 
 def test_the_same_seed_repeats_the_run_and_the_resolved_config_repeats_it(tmp_path, tiny_dirs, monkeypatch):
     # demonstrations drawn per query (they depend on the seeds), 2 epochs of shuffled batches
-    config = write_recipe(tmp_path, tiny_dirs, teacher_model_name_or_path=tiny_dirs["teacher"], num_train_examples=8,
-                          resample_demonstrations=True, max_steps=4, seed=3, demonstration_seed=5, subset_seed=7,
-                          learning_rate=1e-2, eval_tasks=["mnli"], num_eval_examples=8,
-                          output_dir=str(tmp_path / "first"))
+    config = write_recipe(
+        tmp_path,
+        tiny_dirs,
+        teacher_model_name_or_path=tiny_dirs["teacher"],
+        num_train_examples=8,
+        resample_demonstrations=True,
+        max_steps=4,
+        seed=3,
+        demonstration_seed=5,
+        subset_seed=7,
+        learning_rate=1e-2,
+        eval_tasks=["mnli"],
+        num_eval_examples=8,
+        output_dir=str(tmp_path / "first"),
+    )
     first = run(monkeypatch, config)
     # the second run reads nothing but the first run's resolved_config.yaml
     resolved = tmp_path / "first" / "resolved_config.yaml"

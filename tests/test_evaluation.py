@@ -26,7 +26,9 @@ QUERIES = ["Two dogs run in the park question: Dogs run. ?", "The senator thanke
 @torch.no_grad()
 def reference_logprobs(model, tokenizer, query, words, demonstrations):
     """Unbatched, unpadded full forward over the teacher's text: the sum of the words' token log-probs."""
-    prefix = tokenizer(demonstrations + SEPARATOR, add_special_tokens=False)["input_ids"] if demonstrations else []
+    prefix = (
+        tokenizer(demonstrations + SEPARATOR, add_special_tokens=False)["input_ids"] if demonstrations else []
+    )
     prefix = prefix + tokenizer(query, add_special_tokens=False)["input_ids"]
     scores, argmax = [], None
     for word in words:
@@ -41,7 +43,9 @@ def reference_logprobs(model, tokenizer, query, words, demonstrations):
 @pytest.mark.parametrize("demonstrations", ["", DEMOS])
 def test_label_word_scoring_equals_a_full_forward(student, tokenizer, words, demonstrations):
     student.eval()
-    scores = score_label_words(student, tokenizer, QUERIES, words, demonstrations, batch_size=2, progress=False)
+    scores = score_label_words(
+        student, tokenizer, QUERIES, words, demonstrations, batch_size=2, progress=False
+    )
     for i, query in enumerate(QUERIES):
         expected, argmax = reference_logprobs(student, tokenizer, query, words, demonstrations)
         assert torch.allclose(scores.logprobs[i], torch.tensor(expected), atol=1e-4)
@@ -126,8 +130,9 @@ def test_evaluate_hans_reports_per_heuristic_and_per_label(student, tokenizer):
     task, pattern = get_task("hans"), get_pattern("minimal", 2)
     rows = load_split(task, "validation", "local", DATA)
     demos = ["The cat sat on the mat ? Yes", "A man is playing a guitar ? No"]
-    metrics, predictions = evaluate_task(student, tokenizer, rows, task, pattern, demos, batch_size=16,
-                                         progress=False)
+    metrics, predictions = evaluate_task(
+        student, tokenizer, rows, task, pattern, demos, batch_size=16, progress=False
+    )
     assert metrics["n"] == len(rows) == len(predictions) and metrics["num_demonstrations"] == 2
     assert set(metrics["per_heuristic"]) == {"lexical_overlap", "subsequence", "constituent"}
     assert sum(m["n"] for m in metrics["per_heuristic"].values()) == len(rows)
@@ -139,7 +144,9 @@ def test_evaluate_hans_reports_per_heuristic_and_per_label(student, tokenizer):
         assert (p["margin"] > 0) == (p["prediction"] == 0) and p["heuristic"] and p["subcase"]
     # the margins in the predictions give the AUC reported in the metrics
     labels0 = [p["label"] == 0 for p in predictions]
-    assert metrics["auc"] == pytest.approx(pairwise_auc([p["margin"] for p in predictions], labels0), abs=1e-6)
+    assert metrics["auc"] == pytest.approx(
+        pairwise_auc([p["margin"] for p in predictions], labels0), abs=1e-6
+    )
 
 
 def test_evaluate_mnli_zero_shot_with_a_callable_sampler(student, tokenizer):
@@ -147,6 +154,7 @@ def test_evaluate_mnli_zero_shot_with_a_callable_sampler(student, tokenizer):
     rows = load_split(task, "validation_matched", "local", DATA)
     metrics, _ = evaluate_task(student, tokenizer, rows, task, pattern, None, progress=False)
     assert metrics["num_demonstrations"] == 0 and "per_heuristic" not in metrics
-    per_row, _ = evaluate_task(student, tokenizer, rows, task, pattern, lambda row: [row["premise"] + " ? Yes"],
-                               progress=False)
+    per_row, _ = evaluate_task(
+        student, tokenizer, rows, task, pattern, lambda row: [row["premise"] + " ? Yes"], progress=False
+    )
     assert per_row["num_demonstrations"] == 1

@@ -11,7 +11,6 @@ PACKAGE = ROOT / "distill_trainer"
 MAX_LINES = 400
 OUTSIDE = ("recipes", "tests", "benchmarks", "conftest", "helpers")
 # over the limit and waiting for their split (data loading, patterns and demonstrations; recipe checks)
-PENDING_SPLIT = {"tasks.py", "validate.py"}
 
 
 def library_modules() -> dict[str, Path]:
@@ -53,7 +52,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state:
                 found = visit(target)
                 if found:
@@ -89,14 +88,7 @@ def test_library_imports_no_recipe_test_or_benchmark():
     assert not offenders, f"library modules importing recipes/tests/benchmarks: {offenders}"
 
 
-def test_pending_splits_are_still_needed():
-    # once a pending module is split, drop it from PENDING_SPLIT so the limit guards it again
-    lengths = {name: len((PACKAGE / name).read_text(encoding="utf-8").splitlines()) for name in PENDING_SPLIT}
-    done = {name for name, n in lengths.items() if n <= MAX_LINES}
-    assert not done, f"split already, remove from PENDING_SPLIT: {sorted(done)}"
-
-
 def test_no_library_module_over_the_line_limit():
     lengths = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in PACKAGE.glob("*.py")}
-    over = {name: n for name, n in sorted(lengths.items()) if n > MAX_LINES and name not in PENDING_SPLIT}
+    over = {name: n for name, n in sorted(lengths.items()) if n > MAX_LINES}
     assert not over, f"library modules over {MAX_LINES} lines (split them by topic): {over}"

@@ -3,7 +3,12 @@ import torch
 import torch.nn.functional as F
 
 from distill_trainer.errors import UsageError
-from distill_trainer.losses import answer_cross_entropy, distillation_loss, restrict_to_label_words, token_divergence
+from distill_trainer.losses import (
+    answer_cross_entropy,
+    distillation_loss,
+    restrict_to_label_words,
+    token_divergence,
+)
 
 
 def _logits(seed, shape=(3, 2, 11)):
@@ -13,13 +18,17 @@ def _logits(seed, shape=(3, 2, 11)):
 
 def test_forward_kl_matches_torch_kl_div():
     s, t = _logits(0), _logits(1)
-    expected = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1).mean()
+    expected = (
+        F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1).mean()
+    )
     assert torch.allclose(distillation_loss(s, t, kind="forward_kl"), expected, atol=1e-6)
 
 
 def test_reverse_kl_swaps_the_arguments():
     s, t = _logits(0), _logits(1)
-    expected = F.kl_div(F.log_softmax(t, -1), F.log_softmax(s, -1), log_target=True, reduction="none").sum(-1).mean()
+    expected = (
+        F.kl_div(F.log_softmax(t, -1), F.log_softmax(s, -1), log_target=True, reduction="none").sum(-1).mean()
+    )
     assert torch.allclose(distillation_loss(s, t, kind="reverse_kl"), expected, atol=1e-6)
 
 
@@ -36,8 +45,12 @@ def test_jsd_direct_computation_and_endpoints():
     m = beta * pt + (1 - beta) * ps
     direct = beta * (pt * (pt / m).log()).sum(-1) + (1 - beta) * (ps * (ps / m).log()).sum(-1)
     assert torch.allclose(distillation_loss(s, t, kind="jsd", beta=beta), direct.mean(), atol=1e-5)
-    assert torch.allclose(distillation_loss(s, t, kind="jsd", beta=0.0), distillation_loss(s, t, kind="forward_kl"))
-    assert torch.allclose(distillation_loss(s, t, kind="jsd", beta=1.0), distillation_loss(s, t, kind="reverse_kl"))
+    assert torch.allclose(
+        distillation_loss(s, t, kind="jsd", beta=0.0), distillation_loss(s, t, kind="forward_kl")
+    )
+    assert torch.allclose(
+        distillation_loss(s, t, kind="jsd", beta=1.0), distillation_loss(s, t, kind="reverse_kl")
+    )
 
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "tvd"])
@@ -77,6 +90,7 @@ def test_label_words_renormalise_over_the_verbalizer():
     s, t = _logits(0), _logits(1)
     ids = [2, 7]
     expected = distillation_loss(s[..., ids], t[..., ids])
+
     def label_words(logits):
         return restrict_to_label_words(logits, ids)
 
@@ -90,7 +104,9 @@ def test_label_words_renormalise_over_the_verbalizer():
 def test_cross_entropy_matches_torch():
     s = _logits(0)
     ids = torch.randint(0, 11, (3, 2), generator=torch.Generator().manual_seed(2))
-    assert torch.allclose(answer_cross_entropy(s, ids), F.cross_entropy(s.flatten(0, 1), ids.flatten()), atol=1e-6)
+    assert torch.allclose(
+        answer_cross_entropy(s, ids), F.cross_entropy(s.flatten(0, 1), ids.flatten()), atol=1e-6
+    )
 
 
 def test_bad_inputs_raise_clear_errors():

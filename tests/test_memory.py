@@ -46,7 +46,10 @@ def test_phase_that_allocates_a_large_tensor_has_the_larger_peak(method):
         assert tracker.peak("outer")["cpu_rss"] >= large
         summary = tracker.as_dict()
         assert summary["cpu_method"] == method
-        assert summary["phases"]["large"]["cpu_peak_rss_mib"] > summary["phases"]["small"]["cpu_peak_rss_mib"] + 200
+        assert (
+            summary["phases"]["large"]["cpu_peak_rss_mib"]
+            > summary["phases"]["small"]["cpu_peak_rss_mib"] + 200
+        )
     finally:
         tracker.close()
 
@@ -85,8 +88,15 @@ def _tiny_opt(vocab_size=300, seed=0):
     from transformers import AutoModelForCausalLM, OPTConfig
 
     torch.manual_seed(seed)
-    config = OPTConfig(vocab_size=vocab_size, hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
-                       max_position_embeddings=32, word_embed_proj_dim=16)
+    config = OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        ffn_dim=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        word_embed_proj_dim=16,
+    )
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
@@ -97,19 +107,32 @@ def test_breakdown_terms_are_exact_counts(teacher, mode):
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
-    breakdown = memory_breakdown(10**9, student=model, optimizer=optimizer, teacher=teacher, runtime_bytes=10**6)
+    breakdown = memory_breakdown(
+        10**9, student=model, optimizer=optimizer, teacher=teacher, runtime_bytes=10**6
+    )
     assert breakdown.parameters == 4 * n_total
     assert breakdown.gradients == 4 * n_trainable
     # AdamW: exp_avg and exp_avg_sq per trainable weight, plus one fp32 step counter per tensor
     assert breakdown.optimizer_state == 2 * 4 * n_trainable + 4 * len(trainable)
     assert breakdown.teacher_weights == 4 * sum(p.numel() for p in teacher.parameters()) + 4 * sum(
-        b.numel() for b in teacher.buffers())
-    assert breakdown.rest == 10**9 - 10**6 - breakdown.parameters - breakdown.gradients - breakdown.optimizer_state \
+        b.numel() for b in teacher.buffers()
+    )
+    assert (
+        breakdown.rest
+        == 10**9
+        - 10**6
+        - breakdown.parameters
+        - breakdown.gradients
+        - breakdown.optimizer_state
         - breakdown.teacher_weights
+    )
     # the analytic model, given the same (meta-device) model, predicts the same exact terms
     estimate = estimate_peak_memory(model, teacher, batch_size=2, student_tokens=8, teacher_tokens=16)
     assert (estimate.parameters, estimate.gradients, estimate.optimizer_state) == (
-        breakdown.parameters, breakdown.gradients, breakdown.optimizer_state)
+        breakdown.parameters,
+        breakdown.gradients,
+        breakdown.optimizer_state,
+    )
 
 
 def test_tied_weights_count_once():
@@ -124,8 +147,15 @@ def test_quantized_teacher_bytes_match_a_loaded_teacher(tmp_path, quantization):
     from transformers import AutoModelForCausalLM, OPTConfig
 
     # dimensions in multiples of 64: bitsandbytes' 4-bit CPU kernel needs them
-    config = OPTConfig(vocab_size=256, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                       max_position_embeddings=64, word_embed_proj_dim=64)
+    config = OPTConfig(
+        vocab_size=256,
+        hidden_size=64,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        word_embed_proj_dim=64,
+    )
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(tmp_path)
     loaded = load_causal_lm(str(tmp_path), quantization=quantization)
     with torch.device("meta"):
@@ -139,8 +169,12 @@ def test_published_architectures_have_the_papers_sizes():
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        counts = {name: sum(p.numel() for p in AutoModelForCausalLM.from_config(architecture_config(name)).parameters())
-                  for name in ("opt-125m", "opt-1.3b")}
+        counts = {
+            name: sum(
+                p.numel() for p in AutoModelForCausalLM.from_config(architecture_config(name)).parameters()
+            )
+            for name in ("opt-125m", "opt-1.3b")
+        }
     assert 125e6 < counts["opt-125m"] < 126e6
     assert 1.31e9 < counts["opt-1.3b"] < 1.32e9
     with pytest.raises(UsageError, match="opt-1.3b"):
@@ -149,14 +183,31 @@ def test_published_architectures_have_the_papers_sizes():
 
 def test_callback_records_train_steps_and_evaluation(tmp_path, tokenizer, student, teacher):
     demos = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
-    rows = [build_views(tokenizer, "Two dogs run in the park question: Dogs run. Yes or No? answer:", " Yes", demos)] * 8
-    args = DistillationConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, logging_steps=1,
-                              save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True)
+    rows = [
+        build_views(
+            tokenizer, "Two dogs run in the park question: Dogs run. Yes or No? answer:", " Yes", demos
+        )
+    ] * 8
+    args = DistillationConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     tracker = MemoryTracker(device="cpu")
-    trainer = ContextDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=Dataset.from_list(rows),
-                                         eval_dataset=Dataset.from_list(rows),
-                                         data_collator=TwoViewCollator(tokenizer.pad_token_id),
-                                         callbacks=[MemoryCallback(tracker)])
+    trainer = ContextDistillationTrainer(
+        model=student,
+        teacher=teacher,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows),
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        callbacks=[MemoryCallback(tracker)],
+    )
     trainer.train()
     metrics = trainer.evaluate()
     phases = tracker.as_dict()["phases"]
@@ -193,8 +244,10 @@ def test_benchmark_runs_end_to_end_on_tiny_models(tmp_path):
     assert rows["cd-8bit-lora"]["breakdown"]["teacher_weights"] > 0
     assert rows["cd-cached-lora"]["breakdown"]["teacher_weights"] == 0  # the teacher is gone while training
     assert report["reference"]["source"] == "analytic estimate"
-    assert report["disk"]["sizes_bytes"]["student LoRA r=16 adapters only (fp32)"] < \
-        report["disk"]["sizes_bytes"]["student OPT-125M fp32 (full, or BitFit saved whole)"]
+    assert (
+        report["disk"]["sizes_bytes"]["student LoRA r=16 adapters only (fp32)"]
+        < report["disk"]["sizes_bytes"]["student OPT-125M fp32 (full, or BitFit saved whole)"]
+    )
     markdown = (out / "memory.md").read_text()
     assert "does not fit" in markdown and "## Goals" in markdown
     assert (out / "memory.png").stat().st_size > 1000
@@ -203,7 +256,9 @@ def test_benchmark_runs_end_to_end_on_tiny_models(tmp_path):
 def test_benchmark_scenario_runs_in_a_fresh_process(tmp_path):
     benchmark = _load_benchmark()
     out = tmp_path / "sub"
-    benchmark.main(["--tiny", "--output-dir", str(out), "--micro-batch-size", "2", "--scenarios", "pbft-opt-125m"])
+    benchmark.main(
+        ["--tiny", "--output-dir", str(out), "--micro-batch-size", "2", "--scenarios", "pbft-opt-125m"]
+    )
     result = json.loads((out / "scenarios" / "pbft-opt-125m.json").read_text())
     assert result["status"] == "measured", result
     phases = result["memory"]["phases"]

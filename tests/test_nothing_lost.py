@@ -32,13 +32,17 @@ def test_dropped_rows_are_printed_and_written_into_metrics(tmp_path, tiny_dirs, 
     train.write_text("\n".join(change_field("premise", "", lambda i: i == 0)(rows) + rows[1:2]) + "\n")
     config = write_recipe(tmp_path, tiny_dirs, data_dir=ctx.values["data_dir"], drop_invalid_rows=True)
     metrics = load_recipe("icl_eval").main(["--config", config])
-    data = {Path(where).parent.name + "/" + Path(where).name: report for where, report in metrics["data"].items()}
+    data = {
+        Path(where).parent.name + "/" + Path(where).name: report for where, report in metrics["data"].items()
+    }
     assert data["hans/validation.jsonl"]["dropped"] == {"label 2 is not a label id of hans": 2}
     assert data["hans/validation.jsonl"]["kept"] == 58
     train_report = data["mnli/train.jsonl"]
     assert train_report["read"] == 37 and train_report["dropped"]["premise is empty"] == 1
     assert train_report["dropped"]["repeated rows"] == 1
-    assert train_report["dropped"]["neutral (label 1, not in task mnli)"] >= 11  # MNLI's neutral rows, by design
+    assert (
+        train_report["dropped"]["neutral (label 1, not in task mnli)"] >= 11
+    )  # MNLI's neutral rows, by design
     assert train_report["kept"] + sum(train_report["dropped"].values()) == 37
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["data"] == metrics["data"]
@@ -64,12 +68,17 @@ def test_a_damaged_checkpoint_is_passed_over_for_the_previous_one(tmp_path, tiny
     optimizer.write_bytes(optimizer.read_bytes()[:100])  # a disk that filled up while it was copied
     caplog.set_level(logging.WARNING, logger="distill_trainer")
     recorder = StepRecorder()
-    metrics = recipe.run_pattern_finetune(*parse_config(recipe.CONFIG_TYPES, ["--config", config,
-                                                                             "--resume_from_checkpoint", "true"]),
-                                          callbacks=[recorder])
+    metrics = recipe.run_pattern_finetune(
+        *parse_config(recipe.CONFIG_TYPES, ["--config", config, "--resume_from_checkpoint", "true"]),
+        callbacks=[recorder],
+    )
     assert recorder.steps == [2]  # resumed from checkpoint-1, not from scratch and not from the damaged one
     warnings = [r.getMessage() for r in caplog.records if "skipping checkpoint" in r.getMessage()]
-    assert len(warnings) == 1 and str(out / "checkpoint-2") in warnings[0] and "optimizer.pt is 100 bytes" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and str(out / "checkpoint-2") in warnings[0]
+        and "optimizer.pt is 100 bytes" in warnings[0]
+    )
     assert metrics["train"]["global_step"] == 2
     assert (out / "checkpoint-2" / "optimizer.pt").stat().st_size > 100  # saved again, whole
 
@@ -105,8 +114,14 @@ def test_a_second_run_into_the_same_folder_fails_at_once_and_the_first_finishes(
     config = write_recipe(tmp_path, tiny_dirs)
     started, go = tmp_path / "started", tmp_path / "go"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    first = subprocess.Popen([sys.executable, "-c", FIRST_RUN, config, str(started), str(go)], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-c", FIRST_RUN, config, str(started), str(go)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not started.exists():
@@ -128,9 +143,17 @@ def test_a_second_run_into_the_same_folder_fails_at_once_and_the_first_finishes(
     assert not (tmp_path / "out" / ".run.lock").exists()  # released when the first run ended
 
 
-@pytest.mark.parametrize("command", [("recipe", "icl_eval"), ("recipe", "pattern_finetune"),
-                                     ("recipe", "context_distill"), ("cli",), ("cli", "validate"),
-                                     ("cli", "evaluate")])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("recipe", "icl_eval"),
+        ("recipe", "pattern_finetune"),
+        ("recipe", "context_distill"),
+        ("cli",),
+        ("cli", "validate"),
+        ("cli", "evaluate"),
+    ],
+)
 def test_help_prints_help_and_exits_0(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         if command[0] == "recipe":

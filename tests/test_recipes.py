@@ -14,10 +14,23 @@ from distill_trainer import parse_config
 
 def launch(recipe, config, *extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", CPU,
-               "--num_cpu_threads_per_process", "2", f"recipes/{recipe}.py", "--config", config, *extra]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                            check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--config_file",
+        CPU,
+        "--num_cpu_threads_per_process",
+        "2",
+        f"recipes/{recipe}.py",
+        "--config",
+        config,
+        *extra,
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -77,18 +90,30 @@ def test_context_distill_through_accelerate_launch(tmp_path, tiny_dirs):
     assert len([log for log in metrics["log_history"] if "kd_loss" in log]) == 2
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert "==== context distillation" in result.stdout
-    check_resolved_config("context_distill", tmp_path / "out", teacher_model_name_or_path=tiny_dirs["teacher"])
+    check_resolved_config(
+        "context_distill", tmp_path / "out", teacher_model_name_or_path=tiny_dirs["teacher"]
+    )
 
 
 # ---------------------------------------------------------------- in process
 
 
 def test_context_distill_lora_student_with_self_teacher(tmp_path, tiny_dirs, capsys):
-    config = write_recipe(tmp_path, tiny_dirs, teacher_model_name_or_path="self", student_mode="lora", lora_r=4,
-                          lora_target_modules=["q_proj", "v_proj"], distill_vocab="label_words",
-                          resample_demonstrations=True, learning_rate=1e-2)
+    config = write_recipe(
+        tmp_path,
+        tiny_dirs,
+        teacher_model_name_or_path="self",
+        student_mode="lora",
+        lora_r=4,
+        lora_target_modules=["q_proj", "v_proj"],
+        distill_vocab="label_words",
+        resample_demonstrations=True,
+        learning_rate=1e-2,
+    )
     metrics = load_recipe("context_distill").main(["--config", config])
-    assert metrics["method"] == "cd_lora" and metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+    assert (
+        metrics["method"] == "cd_lora" and metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+    )
     assert (tmp_path / "out" / "adapter_config.json").is_file()
     assert "student without demonstrations" in capsys.readouterr().out
 
@@ -98,8 +123,10 @@ def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_
 
     pbft = load_recipe("pattern_finetune").CONFIG_TYPES
     _, data_args, _ = parse_config(pbft, ["--config", write_recipe(tmp_path, tiny_dirs)])
-    _, cd_args, _ = parse_config(load_recipe("context_distill").CONFIG_TYPES,
-                                 ["--config", write_recipe(tmp_path, tiny_dirs, "cd", teacher_model_name_or_path="x")])
+    _, cd_args, _ = parse_config(
+        load_recipe("context_distill").CONFIG_TYPES,
+        ["--config", write_recipe(tmp_path, tiny_dirs, "cd", teacher_model_name_or_path="x")],
+    )
     assert prepare_data(data_args).train_rows["premise"] == prepare_data(cd_args).train_rows["premise"]
 
 

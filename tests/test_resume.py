@@ -51,16 +51,23 @@ class StepRecorder(TrainerCallback):
 def run_in_process(config, *extra):
     module = load_recipe("context_distill")
     recorder = StepRecorder()
-    module.run_context_distill(*parse_config(module.CONFIG_TYPES, ["--config", config, *extra]),
-                               callbacks=[recorder])
+    module.run_context_distill(
+        *parse_config(module.CONFIG_TYPES, ["--config", config, *extra]), callbacks=[recorder]
+    )
     return recorder.steps
 
 
 def kill_after_step(config, step, tmp_path):
     marker = tmp_path / "reached"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, config, str(step), str(marker)], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, config, str(step), str(marker)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert child.poll() is None, f"the run ended before step {step}: {child.stderr.read()[-3000:]}"
@@ -75,19 +82,34 @@ def kill_after_step(config, step, tmp_path):
 def outputs(output_dir):
     output_dir = Path(output_dir)
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    losses = {log["step"]: (log["loss"], log["kd_loss"]) for log in metrics["log_history"] if "kd_loss" in log}
-    predictions = {task: [json.loads(line)["logprobs"] for line in
-                          (output_dir / f"predictions_{task}.jsonl").read_text().splitlines()]
-                   for task in metrics["eval"]}
+    losses = {
+        log["step"]: (log["loss"], log["kd_loss"]) for log in metrics["log_history"] if "kd_loss" in log
+    }
+    predictions = {
+        task: [
+            json.loads(line)["logprobs"]
+            for line in (output_dir / f"predictions_{task}.jsonl").read_text().splitlines()
+        ]
+        for task in metrics["eval"]
+    }
     return metrics, losses, predictions, load_file(str(output_dir / "model.safetensors"))
 
 
 def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_dirs, caplog):
     # 16 queries in batches of 4: 4 steps per epoch, 6 steps = 1.5 epochs; a checkpoint every 2 steps
-    config = write_recipe(tmp_path, tiny_dirs, teacher_model_name_or_path=tiny_dirs["teacher"], num_train_examples=16,
-                          max_steps=6, save_strategy="steps", save_steps=2, learning_rate=1e-2,
-                          teacher_output_cache=True, teacher_cache_dir=str(tmp_path / "teacher-cache"),
-                          output_dir=str(tmp_path / "killed"))
+    config = write_recipe(
+        tmp_path,
+        tiny_dirs,
+        teacher_model_name_or_path=tiny_dirs["teacher"],
+        num_train_examples=16,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        learning_rate=1e-2,
+        teacher_output_cache=True,
+        teacher_cache_dir=str(tmp_path / "teacher-cache"),
+        output_dir=str(tmp_path / "killed"),
+    )
 
     uninterrupted = tmp_path / "uninterrupted"
     assert run_in_process(config, "--output_dir", str(uninterrupted)) == [1, 2, 3, 4, 5, 6]

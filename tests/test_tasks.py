@@ -61,7 +61,9 @@ def test_data_dir_found_through_the_environment(monkeypatch, tmp_path):
 def test_missing_local_source_says_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.setattr(tasks, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.setenv(tasks.DATA_ENV, str(tmp_path / "nowhere"))
-    with pytest.raises(UsageError, match=r"no local data directory found \(looked in: .*nowhere.*shared/data"):
+    with pytest.raises(
+        UsageError, match=r"no local data directory found \(looked in: .*nowhere.*shared/data"
+    ):
         load_split(get_task("mnli"), "train", "local")
 
 
@@ -87,11 +89,14 @@ def test_hans_needs_its_heuristic_columns(tmp_path):
 # ---------------------------------------------------------------- patterns and arguments
 
 
-@pytest.mark.parametrize("name,query,words", [
-    ("minimal", "The cat sat. A cat sits. ?", (" Yes", " No")),
-    ("gpt3", "The cat sat. question: A cat sits. Yes or No? answer:", (" Yes", " No")),
-    ("eval_harness", "The cat sat.\nQuestion: A cat sits. True or False?\nAnswer:", (" True", " False")),
-])
+@pytest.mark.parametrize(
+    "name,query,words",
+    [
+        ("minimal", "The cat sat. A cat sits. ?", (" Yes", " No")),
+        ("gpt3", "The cat sat. question: A cat sits. Yes or No? answer:", (" Yes", " No")),
+        ("eval_harness", "The cat sat.\nQuestion: A cat sits. True or False?\nAnswer:", (" True", " False")),
+    ],
+)
 def test_named_patterns(name, query, words):
     pattern = get_pattern(name, 2)
     assert pattern.query(ROW) == query and pattern.label_words == words
@@ -105,21 +110,30 @@ def test_custom_template_and_label_words():
     assert get_pattern("gpt3", 2, label_words=[" true", " false"]).label_words == (" true", " false")
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"task": "snli"}, "unknown task 'snli'; choose one of: mnli, mnli_3way, hans"),
-    ({"pattern": "minimall"}, "unknown pattern 'minimall'"),
-    ({"pattern": "custom", "template": "{premise} ?", "label_words": [" Yes", " No"]}, "lacks {hypothesis}"),
-    ({"pattern": "custom", "template": "{hypothesis} ?", "label_words": [" Yes", " No"]}, "lacks {premise}"),
-    ({"pattern": "custom", "label_words": [" Yes", " No"]}, "needs both template"),
-    ({"template": "{premise} {hypothesis}"}, "only read with pattern: custom"),
-    ({"label_words": [" Yes", " No", " Maybe"]}, "3 words .* the task has 2 labels"),
-    ({"label_words": [" Yes", " Yes"]}, "repeat a word"),
-    ({"eval_tasks": ["mnli", "hanz"]}, "unknown task 'hanz'"),
-    ({"task": "mnli_3way", "eval_tasks": ["hans"]}, "has 2 labels but task 'mnli_3way' has 3"),
-    ({"data_source": "web"}, "data_source='web' is not valid"),
-    ({"k": -1}, "k must be >= 0"),
-    ({"hans_per_subcase": 0}, "hans_per_subcase must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"task": "snli"}, "unknown task 'snli'; choose one of: mnli, mnli_3way, hans"),
+        ({"pattern": "minimall"}, "unknown pattern 'minimall'"),
+        (
+            {"pattern": "custom", "template": "{premise} ?", "label_words": [" Yes", " No"]},
+            "lacks {hypothesis}",
+        ),
+        (
+            {"pattern": "custom", "template": "{hypothesis} ?", "label_words": [" Yes", " No"]},
+            "lacks {premise}",
+        ),
+        ({"pattern": "custom", "label_words": [" Yes", " No"]}, "needs both template"),
+        ({"template": "{premise} {hypothesis}"}, "only read with pattern: custom"),
+        ({"label_words": [" Yes", " No", " Maybe"]}, "3 words .* the task has 2 labels"),
+        ({"label_words": [" Yes", " Yes"]}, "repeat a word"),
+        ({"eval_tasks": ["mnli", "hanz"]}, "unknown task 'hanz'"),
+        ({"task": "mnli_3way", "eval_tasks": ["hans"]}, "has 2 labels but task 'mnli_3way' has 3"),
+        ({"data_source": "web"}, "data_source='web' is not valid"),
+        ({"k": -1}, "k must be >= 0"),
+        ({"hans_per_subcase": 0}, "hans_per_subcase must be >= 1"),
+    ],
+)
 def test_bad_data_arguments(overrides, message):
     with pytest.raises(UsageError, match=message):
         DataArguments(**overrides)
@@ -157,7 +171,9 @@ def test_same_seed_same_prompts_other_seed_other_prompts():
     assert DemonstrationSampler(pool, pattern, 2, k=4, seed=7).for_query(ROW) == first
     assert DemonstrationSampler(pool, pattern, 2, k=4, seed=8).for_query(ROW) != first
     resampled = DemonstrationSampler(pool, pattern, 2, k=4, seed=7, resample=True)
-    assert resampled.for_query(pool[0]) == DemonstrationSampler(pool, pattern, 2, 4, 7, True).for_query(pool[0])
+    assert resampled.for_query(pool[0]) == DemonstrationSampler(pool, pattern, 2, 4, 7, True).for_query(
+        pool[0]
+    )
     assert resampled.for_query(pool[0]) != resampled.for_query(pool[1])  # a fresh draw per query
 
 
@@ -179,8 +195,15 @@ def test_k_larger_than_the_pool_allows_per_class():
 
 
 def test_prepare_data_keeps_demonstrations_training_and_evaluation_apart():
-    args = DataArguments(task="mnli", eval_tasks=["mnli", "hans"], data_dir=DATA, k=4, num_train_examples=10,
-                         hans_per_subcase=1, num_eval_examples=8)
+    args = DataArguments(
+        task="mnli",
+        eval_tasks=["mnli", "hans"],
+        data_dir=DATA,
+        k=4,
+        num_train_examples=10,
+        hans_per_subcase=1,
+        num_eval_examples=8,
+    )
     data = prepare_data(args)
     train_keys = {row_key(r) for r in data.train_rows}
     eval_keys = {row_key(r) for rows in data.eval_sets.values() for r in rows}
@@ -223,8 +246,12 @@ def test_two_view_dataset_for_a_teacher_with_another_tokenizer(tokenizer):
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(["The cat sat ? Yes", "A dog ran ? No"] * 20, trainer=trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        ["The cat sat ? Yes", "A dog ran ? No"] * 20,
+        trainer=trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     other = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>")
     pool, pattern = mnli_pool(), get_pattern("minimal", 2)
     sampler = DemonstrationSampler(pool, pattern, 2, k=2, seed=0)

@@ -14,8 +14,10 @@ from distill_trainer.models import load_causal_lm, prepare_student
 from distill_trainer.output_cache import load_or_build_teacher_outputs, teacher_output_cache_key
 from distill_trainer.prefix_cache import PrefixCachedTeacher
 
-DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes\n\n" \
-        "A man is playing a guitar question: Nobody plays music. Yes or No? answer: No"
+DEMOS = (
+    "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes\n\n"
+    "A man is playing a guitar question: Nobody plays music. Yes or No? answer: No"
+)
 OTHER_DEMOS = "Two dogs run in the park question: Dogs run. Yes or No? answer: Yes"
 ROWS = [
     ("The doctor saw the lawyer question: The lawyer saw the doctor. Yes or No? answer:", " Yes"),
@@ -35,17 +37,30 @@ def tiny_opt(vocab_size):
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(2)  # OPT: learned positions with an offset, unlike Llama's rotary ones
-    config = OPTConfig(vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                       word_embed_proj_dim=32, max_position_embeddings=512, pad_token_id=0, dropout=0.0)
+    config = OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        dropout=0.0,
+    )
     return OPTForCausalLM(config).eval()
 
 
 def cached_vs_full(model, batch):
-    full = answer_logits(model, batch["teacher_input_ids"], batch["teacher_attention_mask"],
-                         batch["teacher_answer_positions"]).detach()
+    full = answer_logits(
+        model, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"]
+    ).detach()
     cached = PrefixCachedTeacher(model, batch["teacher_prefix_ids"])
-    got = cached.answer_logits(batch["teacher_suffix_input_ids"], batch["teacher_suffix_attention_mask"],
-                               batch["teacher_suffix_answer_positions"])
+    got = cached.answer_logits(
+        batch["teacher_suffix_input_ids"],
+        batch["teacher_suffix_attention_mask"],
+        batch["teacher_suffix_answer_positions"],
+    )
     return got, full, cached
 
 
@@ -65,8 +80,11 @@ def test_prefix_cached_logits_equal_full_teacher(tokenizer, teacher, side, archi
     # the stored prefix must survive a forward: a second batch (other rows, other size) is still exact
     before = [layer.keys.clone() for layer in cached._prefix_cache.layers]
     small = TwoViewCollator(tokenizer.pad_token_id, padding_side=side)(views(tokenizer)[2:])
-    again = cached.answer_logits(small["teacher_suffix_input_ids"], small["teacher_suffix_attention_mask"],
-                                 small["teacher_suffix_answer_positions"])
+    again = cached.answer_logits(
+        small["teacher_suffix_input_ids"],
+        small["teacher_suffix_attention_mask"],
+        small["teacher_suffix_answer_positions"],
+    )
     assert all(torch.equal(b, layer.keys) for b, layer in zip(before, cached._prefix_cache.layers))
     assert (again - full[2:])[mask[2:]].abs().max() <= 1e-4
 
@@ -85,13 +103,15 @@ def test_prefix_cache_scores_a_query_at_its_last_token(tokenizer, teacher):
     feats = views(tokenizer)
     prefix_length = feats[0]["teacher_prefix_length"]
     prefix = feats[0]["teacher_input_ids"][:prefix_length]
-    queries = [f["teacher_input_ids"][prefix_length: f["teacher_answer_positions"][0] + 1] for f in feats]
+    queries = [f["teacher_input_ids"][prefix_length : f["teacher_answer_positions"][0] + 1] for f in feats]
     width = max(map(len, queries))
     ids = torch.zeros(len(queries), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, q in enumerate(queries):  # left padding, as an evaluation loop would do
-        ids[row, width - len(q):], mask[row, width - len(q):] = torch.tensor(q), 1
-    got = PrefixCachedTeacher(teacher.eval(), prefix).answer_logits(ids, mask, torch.full((len(queries), 1), width - 1))
+        ids[row, width - len(q) :], mask[row, width - len(q) :] = torch.tensor(q), 1
+    got = PrefixCachedTeacher(teacher.eval(), prefix).answer_logits(
+        ids, mask, torch.full((len(queries), 1), width - 1)
+    )
     for row, q in enumerate(queries):
         full = teacher(torch.tensor([prefix + q])).logits[0, -1]
         assert (got[row, 0] - full).abs().max() <= 1e-4
@@ -116,7 +136,9 @@ def test_collator_shares_the_prefix_only_when_the_demonstrations_are_shared(toke
     assert (prefix == prefix[:1]).all() and prefix.shape[1] == views(tokenizer)[0]["teacher_prefix_length"]
     for row, f in enumerate(views(tokenizer)):
         n = int(batch["teacher_suffix_attention_mask"][row].sum())
-        assert batch["teacher_suffix_input_ids"][row, :n].tolist() == f["teacher_input_ids"][prefix.shape[1]:]
+        assert (
+            batch["teacher_suffix_input_ids"][row, :n].tolist() == f["teacher_input_ids"][prefix.shape[1] :]
+        )
     mixed = collate(views(tokenizer)[:2] + views(tokenizer, demos=OTHER_DEMOS)[2:])
     assert "teacher_prefix_ids" not in mixed and "teacher_input_ids" in mixed
     with pytest.raises(UsageError, match="rows of teacher_prefix_ids differ"):
@@ -124,9 +146,19 @@ def test_collator_shares_the_prefix_only_when_the_demonstrations_are_shared(toke
 
 
 def make_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
-                  logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
-                  teacher_cache_dir=str(tmp_path / "cache"))
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        teacher_cache_dir=str(tmp_path / "cache"),
+    )
     values.update(overrides)
     return DistillationConfig(**values)
 
@@ -137,15 +169,20 @@ def label_ids(tokenizer):
 
 def make_trainer(tmp_path, student, teacher, tokenizer, dataset=None, **overrides):
     return ContextDistillationTrainer(
-        model=student, teacher=teacher, args=make_args(tmp_path, **overrides),
+        model=student,
+        teacher=teacher,
+        args=make_args(tmp_path, **overrides),
         train_dataset=dataset if dataset is not None else Dataset.from_list(views(tokenizer) * 2),
-        data_collator=TwoViewCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
         label_token_ids=label_ids(tokenizer),
     )
 
 
 @pytest.mark.parametrize("self_teacher", [False, True])
-def test_trainer_uses_the_prefix_cache_with_the_same_logits(tmp_path, tokenizer, student, teacher, self_teacher):
+def test_trainer_uses_the_prefix_cache_with_the_same_logits(
+    tmp_path, tokenizer, student, teacher, self_teacher
+):
     if self_teacher:
         student = prepare_student(student, "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
         with torch.no_grad():  # adapters that change the outputs: the cached prefix must be the base model's
@@ -175,7 +212,9 @@ def test_sparse_loss_with_full_support_equals_dense(kind, temperature):
     mask = torch.tensor([[True, True], [False, True], [True, True]])
     logprobs = torch.log_softmax(teacher / temperature, -1)
     top, ids = logprobs.topk(50, -1)  # k = vocabulary: sorted order, no tail
-    sparse = sparse_distillation_loss(student, top, ids, None, mask, kind=kind, temperature=temperature, beta=0.3)
+    sparse = sparse_distillation_loss(
+        student, top, ids, None, mask, kind=kind, temperature=temperature, beta=0.3
+    )
     dense = distillation_loss(student, teacher, mask, kind=kind, temperature=temperature, beta=0.3)
     assert abs(float(sparse.detach()) - float(dense.detach())) <= 1e-5
     (grad_sparse,) = torch.autograd.grad(sparse, student)
@@ -213,13 +252,23 @@ def _kd_and_ce(trainer):
 
 
 @pytest.mark.parametrize("distill_vocab", ["label_words", "full"])
-def test_training_from_the_output_cache_matches_the_live_teacher(tmp_path, tokenizer, student, teacher, distill_vocab):
+def test_training_from_the_output_cache_matches_the_live_teacher(
+    tmp_path, tokenizer, student, teacher, distill_vocab
+):
     # k = all label words (label_words) or the whole vocabulary (full): the cache is exact
-    options = dict(distill_vocab=distill_vocab, alpha=0.5, temperature=2.0, teacher_cache_top_k=len(tokenizer) + 10)
+    options = dict(
+        distill_vocab=distill_vocab, alpha=0.5, temperature=2.0, teacher_cache_top_k=len(tokenizer) + 10
+    )
     live = make_trainer(tmp_path, copy.deepcopy(student), teacher, tokenizer, **options)
     live.train()
-    cached = make_trainer(tmp_path, copy.deepcopy(student), copy.deepcopy(teacher), tokenizer,
-                          teacher_output_cache=True, **options)
+    cached = make_trainer(
+        tmp_path,
+        copy.deepcopy(student),
+        copy.deepcopy(teacher),
+        tokenizer,
+        teacher_output_cache=True,
+        **options,
+    )
     assert cached.teacher is None  # trains without the teacher in memory
     assert "teacher_topk_ids" in cached.train_dataset.column_names or distill_vocab == "label_words"
     cached.train()
@@ -230,7 +279,9 @@ def test_training_from_the_output_cache_matches_the_live_teacher(tmp_path, token
     assert live_losses[0][0] != live_losses[-1][0]  # the losses moved, so matching them means something
 
 
-def test_output_cache_is_reused_when_the_key_matches_and_rebuilt_when_not(tmp_path, tokenizer, student, teacher):
+def test_output_cache_is_reused_when_the_key_matches_and_rebuilt_when_not(
+    tmp_path, tokenizer, student, teacher
+):
     collator = TwoViewCollator(tokenizer.pad_token_id)
     dataset = Dataset.from_list(views(tokenizer))
     options = dict(distill_vocab="full", temperature=1.0, top_k=8, cache_dir=tmp_path / "cache", batch_size=3)
@@ -242,14 +293,19 @@ def test_output_cache_is_reused_when_the_key_matches_and_rebuilt_when_not(tmp_pa
     def no_teacher(batch):
         raise AssertionError("the teacher ran although the cache matched")
 
-    again, again_path, reused = load_or_build_teacher_outputs(teacher, dataset, collator, logits_fn=no_teacher,
-                                                              **options)
+    again, again_path, reused = load_or_build_teacher_outputs(
+        teacher, dataset, collator, logits_fn=no_teacher, **options
+    )
     assert reused and again_path == path and again["teacher_topk_logprobs"] == built["teacher_topk_logprobs"]
     # the top-k + tail are a distribution: their masses sum to one
-    row = torch.tensor(built["teacher_topk_logprobs"][0]).exp().sum(-1) + torch.tensor(
-        built["teacher_tail_logprob"][0]).exp()
+    row = (
+        torch.tensor(built["teacher_topk_logprobs"][0]).exp().sum(-1)
+        + torch.tensor(built["teacher_tail_logprob"][0]).exp()
+    )
     assert torch.allclose(row, torch.ones_like(row), atol=1e-5)
-    _, other_path, reused = load_or_build_teacher_outputs(teacher, dataset, collator, **{**options, "temperature": 2.0})
+    _, other_path, reused = load_or_build_teacher_outputs(
+        teacher, dataset, collator, **{**options, "temperature": 2.0}
+    )
     assert not reused and other_path != path
     # a dataset carrying the outputs trains with no teacher at all
     trainer = make_trainer(tmp_path, student, None, tokenizer, dataset=built, max_steps=1)
@@ -263,8 +319,10 @@ def test_output_cache_is_reused_when_the_key_matches_and_rebuilt_when_not(tmp_pa
 
 def test_cache_key_changes_with_demonstrations_teacher_and_pattern(tokenizer, teacher):
     def key(model=teacher, demos=DEMOS, template=GPT3, **options):
-        rows = [(template.format(premise=p, hypothesis="It is so."), a) for p, a in
-                (("The cat sat on the mat", " Yes"), ("A man plays a guitar", " No"))]
+        rows = [
+            (template.format(premise=p, hypothesis="It is so."), a)
+            for p, a in (("The cat sat on the mat", " Yes"), ("A man plays a guitar", " No"))
+        ]
         dataset = Dataset.from_list(views(tokenizer, demos=demos, rows=rows))
         settings = dict(distill_vocab="full", temperature=1.0, top_k=8, label_token_ids=None) | options
         return teacher_output_cache_key(model, dataset, **settings)[0]
@@ -286,8 +344,13 @@ def test_output_cache_rejects_what_it_cannot_use(tmp_path, tokenizer, teacher):
     with pytest.raises(UsageError, match="datasets.Dataset"):
         load_or_build_teacher_outputs(teacher, views(tokenizer), collator, cache_dir=tmp_path)
     with pytest.raises(UsageError, match="needs label_token_ids"):
-        load_or_build_teacher_outputs(teacher, Dataset.from_list(views(tokenizer)), collator,
-                                      distill_vocab="label_words", cache_dir=tmp_path)
+        load_or_build_teacher_outputs(
+            teacher,
+            Dataset.from_list(views(tokenizer)),
+            collator,
+            distill_vocab="label_words",
+            cache_dir=tmp_path,
+        )
     with pytest.raises(UsageError, match="teacher_cache_top_k"):
         DistillationConfig(output_dir=str(tmp_path), teacher_cache_top_k=0)
 
@@ -302,11 +365,13 @@ def _corrupt_values(path, column):
 
     from datasets import load_from_disk
 
-    from distill_trainer.output_cache import KEY_FILE, _file_records
+    from distill_trainer.teacher_cache_store import KEY_FILE, _file_records
 
     dataset = load_from_disk(str(path))
-    shifted = [[[x + 5.0 for x in token] for token in row] if isinstance(row[0], list) else [x + 5.0 for x in row]
-               for row in dataset[column]]
+    shifted = [
+        [[x + 5.0 for x in token] for token in row] if isinstance(row[0], list) else [x + 5.0 for x in row]
+        for row in dataset[column]
+    ]
     damaged = dataset.remove_columns(column).add_column(column, shifted, feature=dataset.features[column])
     record = json.loads((path / KEY_FILE).read_text())
     tmp = path.with_name(path.name + "-rewritten")
@@ -328,7 +393,9 @@ def test_a_damaged_output_cache_is_rebuilt_with_one_warning(tmp_path, tokenizer,
     built, path, _ = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
     expected = built["teacher_topk_logprobs"]
     del built  # memory-mapped: this process must not read a file cut under it
-    if damage == "truncated":  # a copy cut in half replaces the file, as a full disk or a killed copy leaves it
+    if (
+        damage == "truncated"
+    ):  # a copy cut in half replaces the file, as a full disk or a killed copy leaves it
         arrow = next(path.glob("*.arrow"))
         cut = arrow.with_suffix(".cut")
         cut.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
@@ -339,7 +406,11 @@ def test_a_damaged_output_cache_is_rebuilt_with_one_warning(tmp_path, tokenizer,
     rebuilt, again_path, reused = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and str(path) in warnings[0] and "rebuilding it" in warnings[0], warnings
-    assert ("bytes" in warnings[0]) if damage == "truncated" else ("not 1" in warnings[0] or "above 0" in warnings[0])
+    assert (
+        ("bytes" in warnings[0])
+        if damage == "truncated"
+        else ("not 1" in warnings[0] or "above 0" in warnings[0])
+    )
     assert not reused and again_path == path
     assert rebuilt["teacher_topk_logprobs"] == expected  # the teacher's numbers again
     _, _, reused = load_or_build_teacher_outputs(teacher, dataset, collator, **options)  # and now trusted
@@ -349,12 +420,17 @@ def test_a_damaged_output_cache_is_rebuilt_with_one_warning(tmp_path, tokenizer,
 def test_label_word_cache_with_mass_not_one_is_rebuilt(tmp_path, tokenizer, teacher, caplog):
     collator = TwoViewCollator(tokenizer.pad_token_id)
     dataset = Dataset.from_list(views(tokenizer))
-    options = dict(distill_vocab="label_words", temperature=1.0, label_token_ids=label_ids(tokenizer),
-                   cache_dir=tmp_path / "cache", batch_size=4)
+    options = dict(
+        distill_vocab="label_words",
+        temperature=1.0,
+        label_token_ids=label_ids(tokenizer),
+        cache_dir=tmp_path / "cache",
+        batch_size=4,
+    )
     _, path, _ = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
     from datasets import load_from_disk
 
-    from distill_trainer.output_cache import values_problem
+    from distill_trainer.teacher_cache_store import values_problem
 
     assert values_problem(load_from_disk(str(path))) is None
     _corrupt_values(path, "teacher_label_logprobs")

@@ -15,8 +15,12 @@ def test_answer_only_logits_equal_full_forward(tokenizer, student, side):
     feats = [build_views(tokenizer, q, a, DEMOS) for q, a in ROWS]
     batch = TwoViewCollator(tokenizer.pad_token_id, padding_side=side)(feats)
     student.eval()
-    got = answer_logits(student, batch["teacher_input_ids"], batch["teacher_attention_mask"],
-                        batch["teacher_answer_positions"])
+    got = answer_logits(
+        student,
+        batch["teacher_input_ids"],
+        batch["teacher_attention_mask"],
+        batch["teacher_answer_positions"],
+    )
     for row, f in enumerate(feats):  # reference: each example alone, unpadded, full logits
         full = student(torch.tensor([f["teacher_input_ids"]])).logits[0]
         n = len(f["answer_ids"])
@@ -28,8 +32,12 @@ def test_answer_only_logits_equal_full_forward(tokenizer, student, side):
 def test_four_steps_reduce_the_distillation_loss(tmp_path, tokenizer, student, teacher):
     # one batch seen four times, so the steps are comparable and the KD loss must fall at each one
     trainer = ContextDistillationTrainer(
-        model=student, teacher=teacher, args=make_args(tmp_path, learning_rate=3e-3), train_dataset=make_dataset(tokenizer, n=4),
-        data_collator=TwoViewCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        model=student,
+        teacher=teacher,
+        args=make_args(tmp_path, learning_rate=3e-3),
+        train_dataset=make_dataset(tokenizer, n=4),
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
     )
     trainer.train()
     kd = [log["kd_loss"] for log in trainer.state.log_history if "kd_loss" in log]
@@ -63,26 +71,47 @@ def test_self_teacher_is_exactly_the_base_model(tmp_path, tokenizer, student):
     batch = TwoViewCollator(tokenizer.pad_token_id)([build_views(tokenizer, q, a, DEMOS) for q, a in ROWS])
     lora.eval()
     got = trainer.teacher_answer_logits(trainer.model, batch)
-    expected = answer_logits(base.eval(), batch["teacher_input_ids"], batch["teacher_attention_mask"],
-                             batch["teacher_answer_positions"])
+    expected = answer_logits(
+        base.eval(),
+        batch["teacher_input_ids"],
+        batch["teacher_attention_mask"],
+        batch["teacher_answer_positions"],
+    )
     assert torch.equal(got, expected)
-    adapted = answer_logits(lora, batch["teacher_input_ids"], batch["teacher_attention_mask"],
-                            batch["teacher_answer_positions"])
+    adapted = answer_logits(
+        lora, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"]
+    )
     assert not torch.allclose(adapted, expected)
 
 
 def _weights_after_one_step(tmp_path, tokenizer, student, teacher, batch, accumulation):
-    trainer = make_trainer(tmp_path, student, teacher, tokenizer, per_device_train_batch_size=batch,
-                           gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=1.0,
-                           max_grad_norm=0.0, warmup_steps=0, lr_scheduler_type="constant", alpha=0.5)
+    trainer = make_trainer(
+        tmp_path,
+        student,
+        teacher,
+        tokenizer,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=1.0,
+        max_grad_norm=0.0,
+        warmup_steps=0,
+        lr_scheduler_type="constant",
+        alpha=0.5,
+    )
     trainer.train()
     return {k: v.detach().clone() for k, v in student.named_parameters()}
 
 
 def test_gradient_accumulation_4x2_equals_1x8(tmp_path, tokenizer, student, teacher):
     initial = {k: v.detach().clone() for k, v in student.named_parameters()}
-    one = _weights_after_one_step(tmp_path, tokenizer, copy.deepcopy(student), teacher, batch=8, accumulation=1)
-    four = _weights_after_one_step(tmp_path, tokenizer, copy.deepcopy(student), teacher, batch=2, accumulation=4)
+    one = _weights_after_one_step(
+        tmp_path, tokenizer, copy.deepcopy(student), teacher, batch=8, accumulation=1
+    )
+    four = _weights_after_one_step(
+        tmp_path, tokenizer, copy.deepcopy(student), teacher, batch=2, accumulation=4
+    )
     # with SGD and lr=1 the weight change is the gradient; answers of 1 and 3 tokens make the counts differ
     worst = max((one[k] - four[k]).abs().max().item() for k in one)
     moved = max((one[k] - initial[k]).abs().max().item() for k in one)
@@ -93,8 +122,11 @@ def test_gradient_accumulation_4x2_equals_1x8(tmp_path, tokenizer, student, teac
 def test_label_words_distillation_trains(tmp_path, tokenizer, student, teacher):
     ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" Yes", " No")]
     trainer = ContextDistillationTrainer(
-        model=student, teacher=teacher, args=make_args(tmp_path, distill_vocab="label_words"),
-        train_dataset=make_dataset(tokenizer), data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        model=student,
+        teacher=teacher,
+        args=make_args(tmp_path, distill_vocab="label_words"),
+        train_dataset=make_dataset(tokenizer),
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
         label_token_ids=ids,
     )
     trainer.train()

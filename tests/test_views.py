@@ -13,17 +13,23 @@ def test_answer_ids_identical_and_positions_predict_them(tokenizer, answer):
     v = build_views(tokenizer, QUERY, answer, DEMOS)
     expected = tokenizer(answer, add_special_tokens=False)["input_ids"]
     assert v["answer_ids"] == expected
-    for ids_key, pos_key in (("input_ids", "answer_positions"), ("teacher_input_ids", "teacher_answer_positions")):
+    for ids_key, pos_key in (
+        ("input_ids", "answer_positions"),
+        ("teacher_input_ids", "teacher_answer_positions"),
+    ):
         ids, pos = v[ids_key], v[pos_key]
         assert [ids[p + 1] for p in pos] == expected
         assert pos[-1] == len(ids) - 2
-    assert v["teacher_input_ids"][-len(v["input_ids"]):] == v["input_ids"]
+    assert v["teacher_input_ids"][-len(v["input_ids"]) :] == v["input_ids"]
     assert len(v["teacher_input_ids"]) > len(v["input_ids"])
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_collator_pads_both_views_and_keeps_positions(tokenizer, side):
-    feats = [build_views(tokenizer, QUERY, " No", DEMOS), build_views(tokenizer, "Two dogs ?", " Yes or No", "")]
+    feats = [
+        build_views(tokenizer, QUERY, " No", DEMOS),
+        build_views(tokenizer, "Two dogs ?", " Yes or No", ""),
+    ]
     batch = TwoViewCollator(pad_token_id=tokenizer.pad_token_id, padding_side=side)(feats)
     for prefix in ("", "teacher_"):
         ids, pos = batch[f"{prefix}input_ids"], batch[f"{prefix}answer_positions"]

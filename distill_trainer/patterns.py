@@ -1,0 +1,98 @@
+"""Patterns: how an NLI row becomes a query and a label becomes its answer word (the verbalizer).
+
+pattern = get_pattern("gpt3", num_labels=2)
+query, answer = pattern.query(row), pattern.answer(row["label"])   # "P question: H Yes or No? answer:", " Yes"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A template with `{premise}` and `{hypothesis}`, and one label word per label (the verbalizer)."""
+
+    name: str
+    template: str
+    label_words: tuple[str, ...]
+
+    def query(self, row) -> str:
+        # plain replacement rather than str.format, so a custom template may contain other braces
+        return self.template.replace("{premise}", row["premise"].strip()).replace(
+            "{hypothesis}", row["hypothesis"].strip()
+        )
+
+    def answer(self, label: int) -> str:
+        return self.label_words[label]
+
+    def demonstration(self, row) -> str:
+        return self.query(row) + self.answer(row["label"])
+
+
+# by number of labels; the 3-way words follow lm-evaluation-harness's MNLI task
+PATTERNS = {
+    "minimal": {
+        2: Pattern("minimal", "{premise} {hypothesis} ?", (" Yes", " No")),
+        3: Pattern("minimal", "{premise} {hypothesis} ?", (" Yes", " Maybe", " No")),
+    },
+    "gpt3": {
+        2: Pattern("gpt3", "{premise} question: {hypothesis} Yes or No? answer:", (" Yes", " No")),
+        3: Pattern(
+            "gpt3", "{premise} question: {hypothesis} Yes, No, or Maybe? answer:", (" Yes", " Maybe", " No")
+        ),
+    },
+    "eval_harness": {
+        2: Pattern(
+            "eval_harness", "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:", (" True", " False")
+        ),
+        3: Pattern(
+            "eval_harness",
+            "{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:",
+            (" True", " Neither", " False"),
+        ),
+    },
+}
+CUSTOM = "custom"
+
+
+def check_template(template: str) -> None:
+    missing = [p for p in ("{premise}", "{hypothesis}") if p not in template]
+    if missing:
+        raise UsageError(
+            f"template {template!r} lacks {' and '.join(missing)}; a template must contain both "
+            "{premise} and {hypothesis}"
+        )
+
+
+def get_pattern(name: str, num_labels: int, template: str | None = None, label_words=None) -> Pattern:
+    """A named pattern (label words may be overridden) or `custom` with a template and label words."""
+    if name == CUSTOM:
+        if not template or not label_words:
+            raise UsageError(
+                "pattern: custom needs both template (with {premise} and {hypothesis}) and label_words"
+            )
+        check_template(template)
+        pattern = Pattern(CUSTOM, template, tuple(label_words))
+    elif name not in PATTERNS:
+        raise UsageError(f"unknown pattern {name!r}; choose one of: {', '.join([*PATTERNS, CUSTOM])}")
+    elif template:
+        raise UsageError(
+            f"template is only read with pattern: custom (the pattern is {name!r}); set pattern: custom"
+        )
+    else:
+        pattern = PATTERNS[name][num_labels]
+        if label_words:
+            pattern = Pattern(name, pattern.template, tuple(label_words))
+    if len(pattern.label_words) != num_labels:
+        raise UsageError(
+            f"label_words has {len(pattern.label_words)} words {list(pattern.label_words)} but the task has "
+            f"{num_labels} labels; give one word per label, in label order"
+        )
+    if len(set(pattern.label_words)) != num_labels:
+        raise UsageError(
+            f"label_words {list(pattern.label_words)} repeat a word; each label needs its own word"
+        )
+    return pattern
