@@ -93,9 +93,17 @@ def load_causal_lm(
         if switches:
             for name in switches:
                 setattr(config, name, True)
-            model, info = AutoModelForCausalLM.from_pretrained(
-                resolve_model_path(name_or_path), config=config, output_loading_info=True, **kwargs
-            )
+            # the added biases are reported as missing from the checkpoint: expected here, so not shown
+            from transformers.utils import logging as transformers_logging
+
+            verbosity = transformers_logging.get_verbosity()
+            transformers_logging.set_verbosity_error()
+            try:
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    resolve_model_path(name_or_path), config=config, output_loading_info=True, **kwargs
+                )
+            finally:
+                transformers_logging.set_verbosity(verbosity)
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
                     if name in info["missing_keys"] and name.endswith(".bias"):

@@ -899,13 +899,6 @@ CASES = [
         fix="set lora_target_modules to some of its linear layers: .*q_proj",
     ),
     Case(
-        "bitfit-without-biases",
-        "pattern_finetune",
-        {"student_mode": "bitfit"},
-        problem="bitfit trains biases only, and this llama model has none",
-        fix="use student_mode: lora or full",
-    ),
-    Case(
         "teacher-with-another-vocabulary",
         "context_distill",
         setup=teacher_with_other_vocabulary,
