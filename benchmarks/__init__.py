@@ -1,1 +1,2 @@
-"""Speed and memory benchmarks (not tests); run them as scripts or as modules (`python -m benchmarks.memory`)."""
+"""Speed and memory benchmarks (not tests); run them as scripts or as modules
+(`python -m benchmarks.memory`)."""

@@ -157,10 +157,11 @@ def install_wheels(wheels: Path, results: Path, timeout: float) -> tuple[dict, s
     return record, site if record["status"] == "passed" else None
 
 
-ENVIRONMENT_PROBE = r"""
+ENVIRONMENT_PROBE = """
 import json, sys, time, importlib, importlib.metadata as md
 device = sys.argv[1]
-info = {"python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M %Z"), "versions": {}, "errors": {}}
+info = {"python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M %Z"), \
+"versions": {}, "errors": {}}
 for name in sys.argv[2:]:
     try:
         info["versions"][name] = md.version(name)
@@ -185,7 +186,8 @@ for name in ("transformers", "peft", "datasets", "distill_trainer"):
 try:
     import bitsandbytes as bnb
     layer = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False).to(device)
-    layer(torch.randn(2, 64, device=device, dtype=torch.float16 if device.startswith("cuda") else torch.float32))
+    layer(torch.randn(2, 64, device=device, \
+dtype=torch.float16 if device.startswith("cuda") else torch.float32))
     info["bitsandbytes_works"] = True
 except Exception as e:
     info["bitsandbytes_works"] = False
@@ -359,9 +361,9 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
     markdown = "\n".join(
         [
             (
-                f"`recipes/context_distill.py`, {steps} steps, bf16 (teacher loaded in bf16, student under bf16 "
-                f"autocast), device `{device}`; random-init Llama student and teacher ({layers} layers x {width}), k=4 "
-                f"demonstrations; tolerance |diff| <= {LOSS_ATOL:g} + {LOSS_RTOL:g} |loss|."
+                f"`recipes/context_distill.py`, {steps} steps, bf16 (teacher loaded in bf16, student under "
+                f"bf16 autocast), device `{device}`; random-init Llama student and teacher ({layers} layers "
+                f"x {width}), k=4 demonstrations; tolerance |diff| <= {LOSS_ATOL:g} + {LOSS_RTOL:g} |loss|."
             ),
             "",
             "| step | KD loss, prefix cache | KD loss, no prefix cache | abs diff | |",

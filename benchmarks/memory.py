@@ -414,8 +414,9 @@ def _directory_bytes(path: Path) -> int:
 
 
 def run_disk(settings: dict, checkpoint: str, workdir: str, sizes_too: bool = True) -> dict:
-    """Save the random-initialised teacher (kept: the CD scenarios load it) and students; measure the files.
-    `sizes_too=False`: the teacher checkpoint only (the sizes are not asked for, and cost a minute at 1.3B)."""
+    """Save the random-initialised teacher (kept: the CD scenarios load it) and students; measure the
+    files. `sizes_too=False`: the teacher checkpoint only (the sizes are not asked for, and cost a minute
+    at 1.3B)."""
     _import_runtime()
     import torch
     from safetensors.torch import save_file

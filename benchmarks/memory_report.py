@@ -128,15 +128,16 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         "# Memory: context distillation vs pattern-based fine-tuning"
         + (" (tiny smoke run)" if settings["tiny"] else ""),
         "",
-        f"Random-initialised {'tiny stand-ins for ' if settings['tiny'] else ''}OPT-1.3B / OPT-125M (published "
-        f"configs), `ContextDistillationTrainer` on `TwoViewCollator` batches, {settings['steps']} optimizer steps "
-        f"of micro-batch {batch} x {accumulation} accumulation, student view {settings['student_tokens']} tokens, "
-        f"teacher view {teacher_tokens} tokens ({settings['demonstration_tokens']} of them the 16 demonstrations, "
-        f"shared: the teacher prefix KV cache is on unless a row says otherwise), AdamW, fp32 student, "
-        f"device `{settings['device']}`. Peak = "
+        f"Random-initialised {'tiny stand-ins for ' if settings['tiny'] else ''}OPT-1.3B / OPT-125M "
+        "(published configs), `ContextDistillationTrainer` on `TwoViewCollator` batches, "
+        f"{settings['steps']} optimizer steps of micro-batch {batch} x {accumulation} accumulation, student "
+        f"view {settings['student_tokens']} tokens, teacher view {teacher_tokens} tokens "
+        f"({settings['demonstration_tokens']} of them the 16 demonstrations, shared: the teacher prefix KV "
+        f"cache is on unless a row says otherwise), AdamW, fp32 student, device `{settings['device']}`. "
+        "Peak = "
         + (
-            "CUDA peak allocated bytes (reserved: the caching allocator's peak hold, allocated plus cached free "
-            "blocks)"
+            "CUDA peak allocated bytes (reserved: the caching allocator's peak hold, allocated plus cached "
+            "free blocks)"
             if settings["device"].startswith("cuda")
             else "peak resident set size of the process"
         )
@@ -147,14 +148,15 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
             else (
                 " with glibc's default malloc settings."
                 if settings.get("glibc_default")
-                else " with glibc's mmap threshold fixed at 128 KiB, so freed tensors leave the RSS as they would leave "
-                "CUDA's allocated bytes (`--glibc-default` measures without it)."
+                else " with glibc's mmap threshold fixed at 128 KiB, so freed tensors leave the RSS as they "
+                "would leave CUDA's allocated bytes (`--glibc-default` measures without it)."
             )
         ),
         (
             f"{environment['machine']}; torch {environment['versions'].get('torch')}, transformers "
-            f"{environment['versions'].get('transformers')}, bitsandbytes {environment['versions'].get('bitsandbytes')}; "
-            f"{environment['date']}; code {_code_versions(rows)}."
+            f"{environment['versions'].get('transformers')}, bitsandbytes "
+            f"{environment['versions'].get('bitsandbytes')}; {environment['date']}; code "
+            f"{_code_versions(rows)}."
         ),
         "",
         "Command: `python benchmarks/memory.py" + (" --tiny" if settings["tiny"] else "") + "`",
@@ -162,9 +164,10 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         "## Peak memory while training",
         "",
         (
-            f"Reduction is against pattern-based fine-tuning of OPT-1.3B ({reference['source'] if reference else 'n/a'}). "
-            f"The last two columns are the analytic model at the paper's batch of {settings['paper_batch']} "
-            "without accumulation (activations and the teacher's forward grow with it; the rest does not)."
+            "Reduction is against pattern-based fine-tuning of OPT-1.3B "
+            f"({reference['source'] if reference else 'n/a'}). The last two columns are the analytic model "
+            f"at the paper's batch of {settings['paper_batch']} without accumulation (activations and the "
+            "teacher's forward grow with it; the rest does not)."
         ),
         "",
         (
@@ -201,15 +204,16 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         "",
         (
             "Runtime is the process before any model exists (interpreter, torch, transformers); parameters, "
-            "gradients, optimizer state and teacher weights are exact byte counts of the tensors; rest = peak minus "
-            "all of those (activations, the teacher's forward and prefix KV cache, gradient temporaries, allocator "
-            "slack), beside the analytic model's rest, defined the same way. Load peak: the `model_load` phase "
-            "(building the student, loading the teacher checkpoint); teacher fwd peak: the worst teacher forward."
+            "gradients, optimizer state and teacher weights are exact byte counts of the tensors; rest = "
+            "peak minus all of those (activations, the teacher's forward and prefix KV cache, gradient "
+            "temporaries, allocator slack), beside the analytic model's rest, defined the same way. Load "
+            "peak: the `model_load` phase (building the student, loading the teacher checkpoint); teacher "
+            "fwd peak: the worst teacher forward."
         ),
         "",
         (
-            "| scenario | runtime | parameters | gradients | optimizer | teacher weights | rest | rest, analytic | "
-            "load peak | teacher fwd peak | time (s) |"
+            "| scenario | runtime | parameters | gradients | optimizer | teacher weights | rest | rest, "
+            "analytic | load peak | teacher fwd peak | time (s) |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -296,7 +300,7 @@ def _chart(rows, reference, path: Path) -> None:
     for y, row in enumerate(shown):
         measured = bool(row["breakdown"])
         left = 0.0
-        for key, label, color in terms:
+        for key, _label, color in terms:
             if measured:
                 value = max(row["breakdown"][key], 0.0) / 1024
             elif key == "rest":

@@ -501,7 +501,8 @@ def run_pair(name, options, shared, meter):
         prefix = make_trainer(
             student, teacher, tmp, tokenizer=tokenizer, device=device, teacher_prefix_cache=True
         )
-        # (e): the one-off teacher pass (with the prefix cache) is timed apart; its steps never run the teacher
+        # (e): the one-off teacher pass (with the prefix cache) is timed apart; its steps never run the
+        # teacher
         build_seconds, _, cached = timed(
             meter,
             functools.partial(
@@ -597,8 +598,9 @@ def goals(pair: dict) -> list[str]:
     check(
         "ICL eval with prefix cache >= 5x faster",
         speedup >= 5,
-        f"{speedup:.1f}x per query over {many['queries']} queries; {plain['median_s'] / few['median_s']:.1f}x "
-        f"over {few['queries']}, where the one-off prefix pass weighs more",
+        f"{speedup:.1f}x per query over {many['queries']} queries; "
+        f"{plain['median_s'] / few['median_s']:.1f}x over {few['queries']}, where the one-off prefix pass "
+        "weighs more",
     )
     return lines
 
@@ -611,14 +613,13 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}` ({report['total_seconds'] / 60:.1f} min)  ",
         f"Machine: {report['machine']}, load average {report['load_average']} at the start; torch "
         f"{report['torch']}, transformers {report['transformers']}, trl {report['trl'] or 'not installed'}  ",
-        (
-            f"Device `{o.get('device', 'cpu')}`{' (' + report['gpu'] + ')' if report.get('gpu') else ''}; memory "
-            f"columns: {'CUDA allocated bytes' if report.get('memory_method') == 'cuda_allocated' else 'resident bytes'}."
-            "  "
-        ),
-        f"Batch {o['batch_size']}, {o['demonstrations']} demonstrations ({PATTERN} pattern, MNLI rows), fp32, "
-        f"AdamW on the whole student; median of {o['steps']} steps after {o['warmup']} warm-up, the variants "
-        "interleaved step by step.",
+        f"Device `{o.get('device', 'cpu')}`{' (' + report['gpu'] + ')' if report.get('gpu') else ''}; "
+        "memory columns: "
+        f"{'CUDA allocated bytes' if report.get('memory_method') == 'cuda_allocated' else 'resident bytes'}"
+        ".  ",
+        f"Batch {o['batch_size']}, {o['demonstrations']} demonstrations ({PATTERN} pattern, MNLI rows), "
+        f"fp32, AdamW on the whole student; median of {o['steps']} steps after {o['warmup']} warm-up, the "
+        "variants interleaved step by step.",
         "",
     ]
     for pair in report["pairs"]:
@@ -649,7 +650,8 @@ def markdown(report: dict) -> str:
             "ICL evaluation of the teacher (label-word scoring; the prefix-cached runs include their "
             "one-off pass over the demonstrations):",
             "",
-            "| ICL evaluation | queries | total (s) | per query (s) | speed-up per query | extra memory (MiB) |",
+            "| ICL evaluation | queries | total (s) | per query (s) | speed-up per query | extra memory "
+            "(MiB) |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name, label in (
@@ -736,7 +738,8 @@ def main(argv=None):
         release_memory()  # the pair's models are gone once run_pair returns
     report = {
         "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
+        "threads",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl_version,

@@ -168,8 +168,9 @@ def resolve_resume(value, output_dir) -> str | None:
             damaged = checkpoint_dirs(output_dir)
             found = f" ({damaged[-1].name}: {checkpoint_problem(damaged[-1])})" if damaged else ""
             raise UsageError(
-                f"resume_from_checkpoint: true, but output_dir {output_dir} holds no complete checkpoint-N{found}; "
-                "remove resume_from_checkpoint to start afresh, or point output_dir at the run to continue"
+                f"resume_from_checkpoint: true, but output_dir {output_dir} holds no complete "
+                f"checkpoint-N{found}; remove resume_from_checkpoint to start afresh, or point output_dir at "
+                "the run to continue"
             )
         return str(last)
     if not Path(setting).is_dir():

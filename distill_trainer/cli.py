@@ -1,8 +1,10 @@
 """The `distill-trainer` command.
 
-    distill-trainer validate --config recipes/configs/paper/cd-full.yaml     # check a recipe file, load no model
+    # check a recipe file, load no model
+    distill-trainer validate --config recipes/configs/paper/cd-full.yaml
     distill-trainer validate --config my.yaml --recipe context_distill --learning_rate 1e-4
-    distill-trainer evaluate --model results/latest/cd_lora --task mnli --data dev.jsonl   # see evaluate_command
+    # see evaluate_command
+    distill-trainer evaluate --model results/latest/cd_lora --task mnli --data dev.jsonl
 
 Each subcommand is one `add_<name>_command(subcommands)` function, listed in `COMMANDS`, that adds its
 parser and sets `run` (a function of the parsed arguments and the arguments it left over, returning the

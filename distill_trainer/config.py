@@ -160,8 +160,8 @@ class DistillationConfig(TrainingArguments):
         _choice("teacher_dtype", self.teacher_dtype, DTYPES)
         if self.teacher_cache_top_k < 1:
             raise UsageError(
-                f"teacher_cache_top_k must be >= 1, got {self.teacher_cache_top_k}; a value >= the vocabulary "
-                "size keeps the full distribution"
+                f"teacher_cache_top_k must be >= 1, got {self.teacher_cache_top_k}; a value >= the "
+                "vocabulary size keeps the full distribution"
             )
         _check_minimums(self)
         # our collator produces exactly what compute_loss reads; the Trainer must not prune it

@@ -2,7 +2,8 @@
 
     rows = check_rows(dataset, task, where, lines, drop=False)   # a row the task cannot use is an error
     report = rows.report                                          # DataReport: read, kept, dropped by reason
-    print(report.line())   # data/mnli/train.jsonl: 36 rows read, 24 kept; dropped: 12 neutral (not in task mnli)
+    # data/mnli/train.jsonl: 36 rows read, 24 kept; dropped: 12 neutral (not in task mnli)
+    print(report.line())
 
 A row the task cannot use (empty or missing text, a label outside the source dataset's ids, a repeat of
 an earlier row) stops the run with the file, the line and the fix, unless the recipe sets
@@ -59,7 +60,8 @@ def _label_problem(label, task) -> str | None:
 
 
 def check_rows(dataset, task, where: str, lines: list[int] | None = None, drop: bool = False):
-    """(the rows the task uses with task labels, a DataReport); `lines` are the rows' line numbers in the file."""
+    """(the rows the task uses with task labels, a DataReport); `lines` are the rows' line numbers in
+    the file."""
     lines = lines or list(range(1, len(dataset) + 1))
     premises, hypotheses, labels = dataset["premise"], dataset["hypothesis"], dataset["label"]
     label_map = task.label_map or {i: i for i in task.source_labels}
@@ -120,9 +122,10 @@ def _check_every_label_present(dataset, task, where: str) -> None:
         if task_label not in present:
             sources = [s for s, t in label_map.items() if t == task_label]
             raise UsageError(
-                f"{where} has no rows of task label {task_label} ({name}, source id {' or '.join(map(str, sources))}) "
-                f"for task {task.name}; if the file is already relabelled, write its labels with the Hub dataset's "
-                f"ids ({', '.join(f'{i} {n}' for i, n in zip(task.source_labels, task.source_label_names))})"
+                f"{where} has no rows of task label {task_label} ({name}, source id "
+                f"{' or '.join(map(str, sources))}) for task {task.name}; if the file is already relabelled, "
+                "write its labels with the Hub dataset's ids "
+                f"({', '.join(f'{i} {n}' for i, n in zip(task.source_labels, task.source_label_names))})"
             )
 
 

@@ -48,8 +48,8 @@ def balanced_indices(
     for label, count in _per_label_counts(total, range(num_labels), rng).items():
         if count > len(by_label[label]):
             raise UsageError(
-                f"{total} {what} need {count} of label {label} but only {len(by_label[label])} are available; "
-                "ask for fewer or use a larger pool"
+                f"{total} {what} need {count} of label {label} but only {len(by_label[label])} are "
+                "available; ask for fewer or use a larger pool"
             )
         chosen += rng.sample(by_label[label], count)
     rng.shuffle(chosen)
@@ -210,8 +210,8 @@ def fit_demonstrations(
             return kept
         if not drop:
             raise UsageError(
-                f"the prompt is {length} tokens ({len(kept)} demonstrations: {length - bare} tokens; query and "
-                f"answer: {bare}) but max_length={max_length}; lower k, raise max_length, or set "
+                f"the prompt is {length} tokens ({len(kept)} demonstrations: {length - bare} tokens; query "
+                f"and answer: {bare}) but max_length={max_length}; lower k, raise max_length, or set "
                 "drop_demonstrations_to_fit: true"
             )
         kept.pop()

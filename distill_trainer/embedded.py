@@ -252,10 +252,11 @@ def _verify_gguf(path: Path, spec: EmbeddedModel, source: dict) -> None:
             digest.update(block)
     if size != spec.size or digest.hexdigest() != spec.sha256:
         raise UsageError(
-            f"{source['alias']}: the GGUF joined from {spec.distribution} {source['version']} is {size:,} bytes "
-            f"with sha256 {digest.hexdigest()[:16]}..., expected {spec.size:,} bytes with sha256 "
-            f"{spec.sha256[:16]}...; the installed files are corrupted or not the pinned release, so they were "
-            f"not loaded; reinstall with: {spec.install.replace('install', 'install --force-reinstall', 1)}"
+            f"{source['alias']}: the GGUF joined from {spec.distribution} {source['version']} is {size:,} "
+            f"bytes with sha256 {digest.hexdigest()[:16]}..., expected {spec.size:,} bytes with sha256 "
+            f"{spec.sha256[:16]}...; the installed files are corrupted or not the pinned release, so they "
+            "were not loaded; reinstall with: "
+            f"{spec.install.replace('install', 'install --force-reinstall', 1)}"
         )
 
 

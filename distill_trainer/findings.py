@@ -1,4 +1,5 @@
-"""The comparison's findings, as sentences computed from one run's per-row predictions, each with its interval.
+"""The comparison's findings, as sentences computed from one run's per-row predictions, each with its
+interval.
 
     sentences = findings(rows, memory_reference)   # rows as report.load_method_result gives them
 
@@ -82,8 +83,8 @@ def paired_difference(a: dict, b: dict, task: str, figure: str) -> tuple[float, 
 
 
 def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str]:
-    """One sentence per claim: gain recovered per CD method, CD against PBFT (MNLI and HANS, accuracy and AUC),
-    and the memory ratio against fine-tuning the teacher."""
+    """One sentence per claim: gain recovered per CD method, CD against PBFT (MNLI and HANS, accuracy and
+    AUC), and the memory ratio against fine-tuning the teacher."""
     by_name = {row["method"]: row for row in rows}
     teacher, zero_shot = by_name.get(TEACHER), by_name.get(ZERO_SHOT)
     sentences = []

@@ -169,8 +169,9 @@ def sparse_distillation_loss(
     vocab, k = student_logits.shape[-1], teacher_topk_ids.shape[-1]
     if int(teacher_topk_ids.max()) >= vocab:
         raise UsageError(
-            f"the cached teacher token ids go up to {int(teacher_topk_ids.max())} but the student has {vocab} "
-            "logits; the teacher output cache was built for another vocabulary: rebuild it for this student"
+            f"the cached teacher token ids go up to {int(teacher_topk_ids.max())} but the student has "
+            f"{vocab} logits; the teacher output cache was built for another vocabulary: rebuild it for this "
+            "student"
         )
     ids = teacher_topk_ids.long()
     student_logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)

@@ -250,7 +250,8 @@ class MemoryTracker:
             self.end(name)
 
     def mark(self, name: str | None) -> None:
-        """Record the peak since the previous mark under `name` (None: record nothing) and start a new interval."""
+        """Record the peak since the previous mark under `name` (None: record nothing) and start a new
+        interval."""
         self._fold()
         if name is not None:
             self._store(name, self._interval)
@@ -258,7 +259,8 @@ class MemoryTracker:
         self._interval = _PhaseRecord(self._current())
 
     def peak(self, name: str | None = None) -> dict[str, int]:
-        """Peak bytes of a phase (finished or still open), or of the tracker's whole life when name is None."""
+        """Peak bytes of a phase (finished or still open), or of the tracker's whole life when name is
+        None."""
         self._fold()
         if name is None:
             return dict(self._lifetime.peak)

@@ -77,7 +77,8 @@ def gradient_bytes(model) -> int:
 
 
 def optimizer_state_bytes(optimizer) -> int:
-    """Bytes of the tensors in an optimizer's state (AdamW: exp_avg, exp_avg_sq, step); 0 before the first step."""
+    """Bytes of the tensors in an optimizer's state (AdamW: exp_avg, exp_avg_sq, step); 0 before the first
+    step."""
     if optimizer is None:
         return 0
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer

@@ -48,7 +48,8 @@ def quantization_config(quantization: str, compute_dtype=torch.float32):
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UsageError(
-            f"quantization={quantization} needs bitsandbytes; install it with pip install 'distill-trainer[quant]'"
+            f"quantization={quantization} needs bitsandbytes; install it with pip install "
+            "'distill-trainer[quant]'"
         )
     from transformers import BitsAndBytesConfig
 
@@ -66,7 +67,8 @@ BIAS_SWITCHES = ("attention_bias", "mlp_bias")
 
 
 def bias_switches_to_add(model_config) -> list[str]:
-    """The switches that are off in `model_config` (BitFit turns them on: see `load_causal_lm(add_biases=)`)."""
+    """The switches that are off in `model_config` (BitFit turns them on: see
+    `load_causal_lm(add_biases=)`)."""
     return [name for name in BIAS_SWITCHES if getattr(model_config, name, None) is False]
 
 
@@ -194,8 +196,8 @@ def check_lora_target_modules(model, lora_target_modules) -> None:
             - {"lm_head"}
         )
         raise UsageError(
-            f"lora_target_modules {missing} are not modules of this model; set lora_target_modules to some of "
-            f"its linear layers: {', '.join(linear[:10])}"
+            f"lora_target_modules {missing} are not modules of this model; set lora_target_modules to some "
+            f"of its linear layers: {', '.join(linear[:10])}"
         )
 
 
@@ -213,7 +215,8 @@ def output_vocab_size(model) -> int:
 
 
 def check_same_vocabulary(student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> None:
-    """Full-vocabulary KL compares logit i of one model with logit i of the other: both must mean the same token."""
+    """Full-vocabulary KL compares logit i of one model with logit i of the other: both must mean the same
+    token."""
     check_vocabulary_sizes_and_tokens(
         output_vocab_size(student), output_vocab_size(teacher), student_tokenizer, teacher_tokenizer
     )
@@ -231,6 +234,6 @@ def check_vocabulary_sizes_and_tokens(
     if s != t or not same_tokens:
         raise UsageError(
             f"teacher and student vocabularies differ (teacher {t} logits, student {s}"
-            f"{'' if same_tokens else ', different token tables'}); distill_vocab='full' needs a shared tokenizer: "
-            "use distill_vocab='label_words' or a teacher from the student's model family"
+            f"{'' if same_tokens else ', different token tables'}); distill_vocab='full' needs a shared "
+            "tokenizer: use distill_vocab='label_words' or a teacher from the student's model family"
         )

@@ -159,8 +159,8 @@ def _check_dataset(dataset) -> None:
     names = getattr(dataset, "column_names", None)
     if names is None or not hasattr(dataset, "save_to_disk"):
         raise UsageError(
-            f"the teacher output cache needs a datasets.Dataset of build_views rows, got {type(dataset).__name__}; "
-            "build it with datasets.Dataset.from_list([...build_views(...)...])"
+            "the teacher output cache needs a datasets.Dataset of build_views rows, got "
+            f"{type(dataset).__name__}; build it with datasets.Dataset.from_list([...build_views(...)...])"
         )
     missing = [c for c in _TEACHER_VIEW_COLUMNS if c not in names]
     if missing:
@@ -225,7 +225,8 @@ def compute_teacher_outputs(
             batch = _to_device(batch, device)
         logits = logits_fn(batch).float()
         if distill_vocab == "label_words":
-            # column 0 holds every row's first answer position (see TwoViewCollator), where the label is decided
+            # column 0 holds every row's first answer position (see TwoViewCollator), where the label is
+            # decided
             ids = torch.as_tensor(label_token_ids, device=logits.device)
             label_logprobs = (
                 F.log_softmax(logits[:, 0].index_select(-1, ids) / temperature, dim=-1).cpu().tolist()
@@ -282,7 +283,8 @@ def load_or_build_teacher_outputs(
     same key exists there, otherwise computed (one teacher pass) and saved.
 
     Args:
-        teacher: the teacher model (hashed into the key unless `teacher_id` is given; run through `logits_fn`).
+        teacher: the teacher model (hashed into the key unless `teacher_id` is given; run through
+            `logits_fn`).
         teacher_id: identifies the teacher in the key instead of a digest of its weights (see
             `cached_teacher_outputs`, which needs no teacher at all).
         logits_fn: batch -> teacher answer logits; default: the teacher with the prefix KV cache when the

@@ -1,7 +1,8 @@
 """Patterns: how an NLI row becomes a query and a label becomes its answer word (the verbalizer).
 
 pattern = get_pattern("gpt3", num_labels=2)
-query, answer = pattern.query(row), pattern.answer(row["label"])   # "P question: H Yes or No? answer:", " Yes"
+# "P question: H Yes or No? answer:", " Yes"
+query, answer = pattern.query(row), pattern.answer(row["label"])
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from .errors import UsageError
 
 
 def prefix_token_ids(prefix_ids) -> torch.Tensor:
-    """A 1-D LongTensor of the prefix, from a list, a 1-D tensor, or a (batch, P) tensor whose rows are equal."""
+    """A 1-D LongTensor of the prefix, from a list, a 1-D tensor, or a (batch, P) tensor whose rows are
+    equal."""
     ids = torch.as_tensor(prefix_ids, dtype=torch.long).cpu()
     if ids.ndim == 2:
         if ids.shape[0] > 1 and not bool((ids == ids[:1]).all()):

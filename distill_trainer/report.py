@@ -78,7 +78,8 @@ def _task_summary(metrics: dict) -> dict:
 
 
 def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_seconds: float) -> dict:
-    """A summary row from a finished recipe's metrics.json and predictions (predictions kept for agreement)."""
+    """A summary row from a finished recipe's metrics.json and predictions (predictions kept for
+    agreement)."""
     method_dir = Path(method_dir)
     metrics = json.loads((method_dir / "metrics.json").read_text(encoding="utf-8"))
     parameters = metrics.get("parameters", {})
@@ -258,7 +259,8 @@ def format_markdown(summary: dict) -> str:
             "",
             "## Memory against fine-tuning the teacher",
             "",
-            f"Reference: {reference['name']}, {reference['peak_mib'] / 1024:.2f} GiB ({reference['source']}).",
+            f"Reference: {reference['name']}, {reference['peak_mib'] / 1024:.2f} GiB "
+            f"({reference['source']}).",
             *(f"- {line}" for line in reference.get("notes", [])),
         ]
     disk = summary["settings"].get("disk_mb")
@@ -346,9 +348,9 @@ def print_table(summary: dict, run_dir) -> None:
     settings = summary["settings"]
     print("\n==== comparison " + "=" * 80)
     print(
-        f"student {settings.get('student')}, teacher {settings.get('teacher')}, pattern {settings.get('pattern')}, "
-        f"k={settings.get('k')}; {settings.get('num_train_examples')} training queries; "
-        f"total {settings.get('total_seconds')} s"
+        f"student {settings.get('student')}, teacher {settings.get('teacher')}, pattern "
+        f"{settings.get('pattern')}, k={settings.get('k')}; {settings.get('num_train_examples')} training "
+        f"queries; total {settings.get('total_seconds')} s"
     )
     print(format_table(summary))
     print(

@@ -3,7 +3,9 @@ predictions, resolved config), the one-screen summary, and a `UsageError` turned
 with exit status 2. The rows it reads come from `run_data.py`.
 
     results = evaluate_on_tasks(model, tokenizer, data, config, data_args, demonstrations=None)
-    write_outputs(config.output_dir, metrics, results.predictions, [student_args, data_args, config], "icl_eval")
+    write_outputs(
+        config.output_dir, metrics, results.predictions, [student_args, data_args, config], "icl_eval"
+    )
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ TRAINING_KEYS = (
     "save_steps",
     "save_total_limit",
 )
-# how one invocation treats output_dir, not a setting of the run: a rerun from the resolved config starts afresh
+# how one invocation treats output_dir, not a setting of the run: a rerun from the resolved config starts
+# afresh
 INVOCATION_KEYS = ("resume_from_checkpoint", "overwrite_output_dir")
 
 

@@ -206,8 +206,8 @@ class DataArguments:
     drop_invalid_rows: bool = field(
         default=False,
         metadata={
-            "help": "Drop data rows the task cannot use (empty or null text, unknown label ids, repeated rows) "
-            "and count them in metrics.json, instead of stopping at the first one."
+            "help": "Drop data rows the task cannot use (empty or null text, unknown label ids, repeated "
+            "rows) and count them in metrics.json, instead of stopping at the first one."
         },
     )
 

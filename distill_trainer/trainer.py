@@ -74,8 +74,8 @@ class ContextDistillationTrainer(
         cached_outputs = has_teacher_outputs(kwargs.get("train_dataset"))
         if teacher is None and args.alpha > 0 and not cached_outputs:
             raise UsageError(
-                f"alpha={args.alpha} needs a teacher; pass teacher= (a model, a path or 'self'), or set alpha=0 "
-                "for pattern-based fine-tuning"
+                f"alpha={args.alpha} needs a teacher; pass teacher= (a model, a path or 'self'), or set "
+                "alpha=0 for pattern-based fine-tuning"
             )
         if args.distill_vocab == "label_words" and label_token_ids is None and args.alpha > 0:
             raise UsageError("distill_vocab='label_words' needs label_token_ids (the verbalizer's token ids)")
@@ -134,8 +134,8 @@ class ContextDistillationTrainer(
         if teacher == "self":
             if not hasattr(self.model, "disable_adapter"):
                 raise UsageError(
-                    "teacher='self' needs a LoRA student (student_mode=lora): the teacher is the base model with "
-                    "the adapters switched off"
+                    "teacher='self' needs a LoRA student (student_mode=lora): the teacher is the base model "
+                    "with the adapters switched off"
                 )
             return "self"
         if isinstance(teacher, str):
@@ -295,8 +295,8 @@ class ContextDistillationTrainer(
         output_dir = self.args.output_dir
         last = last_complete_checkpoint(output_dir) if output_dir else None
         raise NonFiniteLossError(
-            f"the loss is {float(loss.detach())} at step {step}; training stopped before updating the weights "
-            f"(last good checkpoint: {last or 'none'}). Lower the learning rate, use float32, or set "
+            f"the loss is {float(loss.detach())} at step {step}; training stopped before updating the "
+            f"weights (last good checkpoint: {last or 'none'}). Lower the learning rate, use float32, or set "
             "skip_nonfinite_loss: true to skip such batches"
         )
 

@@ -8,9 +8,10 @@ Parsing (`config.parse_config`) has already rejected unknown or misspelled keys 
 name), values of the wrong type and out-of-range values. On top of that, in order of cost:
 1. the recipe's own rules (a teacher where one is needed, none where it would be ignored);
 2. training settings that would train nothing or diverge at once (learning rate, batch size, epochs);
-3. the output directory: a folder of its own (not empty, /, home or the project's), writable, and not holding an earlier run's results or checkpoints unless
-   `overwrite_output_dir` or `resume_from_checkpoint` says what to do with them (a resumed run must also
-   use the settings the checkpoint was trained with);
+3. the output directory: a folder of its own (not empty, /, home or the project's), writable, and not
+   holding an earlier run's results or checkpoints unless `overwrite_output_dir` or
+   `resume_from_checkpoint` says what to do with them (a resumed run must also use the settings the
+   checkpoint was trained with);
 4. quantization without bitsandbytes;
 5. the data: files, columns, labels, enough rows for the demonstrations and the training queries;
 6. the models, from their tokenizers and configs only: label words (one first token each, no collisions),
@@ -226,8 +227,8 @@ def check_output_dir(recipe: str, rules: RecipeRules, configs) -> str | None:
     if rules.trains and checkpoints and "metrics.json" not in found:
         raise UsageError(
             f"output_dir {output_dir} holds checkpoints of an unfinished run (last: {checkpoints[-1]}); set "
-            "resume_from_checkpoint: true to continue it, overwrite_output_dir: true to start over, or choose "
-            "another output_dir"
+            "resume_from_checkpoint: true to continue it, overwrite_output_dir: true to start over, or "
+            "choose another output_dir"
         )
     raise UsageError(
         f"output_dir {output_dir} already holds a run's results ({', '.join(found[:4])}); set "
@@ -265,9 +266,9 @@ def check_resume_settings(output_dir, configs, recipe: str) -> None:
     if changed:
         shown = ", ".join(f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in changed[:3])
         raise UsageError(
-            f"resume_from_checkpoint: the run in {output_dir} was trained with other settings ({shown}); resume "
-            f"with its own settings (recipes/{recipe}.py --config {path} --resume_from_checkpoint true) or "
-            "choose another output_dir"
+            f"resume_from_checkpoint: the run in {output_dir} was trained with other settings ({shown}); "
+            f"resume with its own settings (recipes/{recipe}.py --config {path} --resume_from_checkpoint "
+            "true) or choose another output_dir"
         )
 
 

@@ -77,8 +77,8 @@ def check_vocabularies(student_tokenizer, teacher_tokenizer, student_config, tea
     if not same_tokens or s != t:
         raise UsageError(
             f"teacher and student vocabularies differ (teacher {t} logits, student {s}"
-            f"{'' if same_tokens else ', different token tables'}); distill_vocab: full needs a shared tokenizer: "
-            "set distill_vocab: label_words, or use a teacher from the student's model family"
+            f"{'' if same_tokens else ', different token tables'}); distill_vocab: full needs a shared "
+            "tokenizer: set distill_vocab: label_words, or use a teacher from the student's model family"
         )
 
 

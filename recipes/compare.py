@@ -10,8 +10,8 @@ with peak memory (per phase) and time per method:
 - the memory reference: LoRA fine-tuning of the teacher itself for a few steps (pbft_teacher_lora), beside
   the analytic estimate of its full fine-tuning.
 
-    ./run.sh                       # = python recipes/compare.py --config recipes/configs/embedded/compare.yaml
-    ./run.sh --quick               # the same, smaller (see quick_* in CompareArguments)
+    ./run.sh             # = python recipes/compare.py --config recipes/configs/embedded/compare.yaml
+    ./run.sh --quick     # the same, smaller (see quick_* in CompareArguments)
     python recipes/compare.py --config recipes/configs/embedded/compare.yaml --methods icl_teacher cd_lora
 
 Every method is one run of an existing recipe (icl_eval, pattern_finetune, context_distill) with a
@@ -77,7 +77,8 @@ class CompareArguments:
     results_dir: str = field(
         default="results",
         metadata={
-            "help": "Runs go to results_dir/run_name (run_name default: a timestamp); `latest` links the newest."
+            "help": "Runs go to results_dir/run_name (run_name default: a timestamp); `latest` links the "
+            "newest."
         },
     )
     full_learning_rate: float = field(
@@ -97,8 +98,8 @@ class CompareArguments:
     publish_dir: str = field(
         default=None,
         metadata={
-            "help": "Also copy summary.md, summary.json and the plots into publish_dir/<config name>[-quick] (a "
-            "folder kept in the repository, so the docs can link to the latest tables)."
+            "help": "Also copy summary.md, summary.json and the plots into publish_dir/<config name>[-quick] "
+            "(a folder kept in the repository, so the docs can link to the latest tables)."
         },
     )
     quick: bool = field(default=False, metadata={"help": "A smaller version: the quick_* sizes below."})
@@ -187,7 +188,8 @@ def run_in_fresh_process(recipe: str, config_path: Path) -> int:
 
 
 def run_in_this_process(recipe: str, config_path: Path, tracker, name: str) -> int:
-    """Run the recipe here; the peak is this process's during the method (earlier methods' leftovers count)."""
+    """Run the recipe here; the peak is this process's during the method (earlier methods' leftovers
+    count)."""
     # `recipes.<name>` when this module was imported as part of the package, the sibling script otherwise
     module = importlib.import_module(f"{__package__}.{recipe}" if __package__ else recipe)
     with tracker.phase(name):

@@ -95,7 +95,8 @@ def run_context_distill(
         memory_tracker=tracker,
     )
 
-    # ------------------------------------------------------------ distill (resume_from_checkpoint: true|path resumes)
+    # ------------------------------------------------------------ distill
+    # (resume_from_checkpoint: true|path resumes)
     write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
     with tracker.phase("train"):
         train_result = trainer.train()
@@ -147,10 +148,10 @@ def run_context_distill(
         f"context distillation: {student_args.model_name_or_path} <- {teacher}",
         {
             "student": describe_student(student_args, metrics),
-            "teacher": f"{teacher} (quantization {metrics['teacher_quantization']}), pattern {data.pattern.name}, "
-            f"k={data_args.k} demonstrations{resampled}",
-            "loss": f"{config.alpha:g} x {config.loss} (T={config.temperature:g}, {config.distill_vocab} vocabulary)"
-            f" + {1 - config.alpha:g} x cross-entropy",
+            "teacher": f"{teacher} (quantization {metrics['teacher_quantization']}), pattern "
+            f"{data.pattern.name}, k={data_args.k} demonstrations{resampled}",
+            "loss": f"{config.alpha:g} x {config.loss} (T={config.temperature:g}, {config.distill_vocab} "
+            f"vocabulary) + {1 - config.alpha:g} x cross-entropy",
             "training": describe_training(metrics),
             "eval": f"{results.seconds:.1f} s, student without demonstrations",
         },

@@ -51,7 +51,8 @@ CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 def run_pattern_finetune(
     student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig, callbacks=None
 ) -> dict:
-    # ------------------------------------------------------------ validate (no model loaded yet; sets alpha=0) and data
+    # ------------------------------------------------------------ validate (no model loaded yet) and data
+    # (validate_recipe sets alpha=0)
     data = validate_recipe(RECIPE, student_args, data_args, config).data
 
     # ------------------------------------------------------------ student

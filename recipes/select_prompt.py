@@ -6,10 +6,10 @@ training pool, never on the evaluation rows.
 
 The dev rows are class-balanced rows of the training pool that are neither evaluation rows nor any
 candidate's demonstrations. Every candidate scores the same dev rows with the configured teacher (prefix
-KV cache on). Prints a table and writes selection.md / selection.json (and the dev rows, dev.jsonl) into output_dir: accuracy with its
-standard error, margin AUC and the share of rows predicted as label 0 (a teacher that answers one label
-for nearly every row is degenerate, whatever its accuracy). Pin the winner in the main job's YAML
-(pattern, k, demonstration_ids) and say there which selection it came from.
+KV cache on). Prints a table and writes selection.md / selection.json (and the dev rows, dev.jsonl) into
+output_dir: accuracy with its standard error, margin AUC and the share of rows predicted as label 0 (a
+teacher that answers one label for nearly every row is degenerate, whatever its accuracy). Pin the winner
+in the main job's YAML (pattern, k, demonstration_ids) and say there which selection it came from.
 """
 
 from __future__ import annotations
@@ -173,9 +173,8 @@ def main(argv=None) -> list[dict]:
         *(_line(r) for r in results),
     ]
     (output_dir / "selection.md").write_text(
-        f"Teacher `{teacher}`, {len(dev)} dev rows carved from the training pool (seed {selection.dev_seed}).\n\n"
-        + "\n".join(table)
-        + "\n"
+        f"Teacher `{teacher}`, {len(dev)} dev rows carved from the training pool (seed "
+        f"{selection.dev_seed}).\n\n" + "\n".join(table) + "\n"
     )
     print(f"wrote {output_dir / 'selection.md'}")
     return results

@@ -613,7 +613,8 @@ CASES = [
         setup=data_setup(
             "hans", "validation", lambda rows: relabel(rows, lambda i, label: 2 if i == 3 else label)
         ),
-        problem=r"hans/validation\.jsonl line 4: label 2 is not a label id of hans \(0 entailment, 1 non-entailment",
+        problem=r"hans/validation\.jsonl line 4: label 2 is not a label id of hans "
+        r"\(0 entailment, 1 non-entailment",
         fix="set drop_invalid_rows: true",
     ),
     Case(
@@ -672,7 +673,8 @@ CASES = [
         "long-premise-in-evaluation-rows",
         "pattern_finetune",
         setup=data_setup("mnli", "validation_matched", change_field("premise", LONG, lambda i: i == 5)),
-        problem=r"mnli evaluation row \d+ is \d+ tokens .* student's 1024 positions \(premise starts 'the cat",
+        problem=r"mnli evaluation row \d+ is \d+ tokens .* student's 1024 positions "
+        r"\(premise starts 'the cat",
         fix="queries are never truncated",
     ),
     Case(
@@ -680,7 +682,8 @@ CASES = [
         "icl_eval",
         {"k": 0},
         setup=data_setup("hans", "validation", change_field("premise", LONG, lambda i: i == 7)),
-        problem=r"hans evaluation row \d+ is \d+ tokens with its answer, more than the model's 1024 positions",
+        problem=r"hans evaluation row \d+ is \d+ tokens with its answer, more than the model's "
+        r"1024 positions",
         fix="shorten or remove",
     ),
     # ---- values that parse but are wrong (class 3)
@@ -1099,7 +1102,8 @@ def test_under_accelerate_launch_quiet_the_error_line_is_the_last_word(tmp_path,
 
 
 def test_a_good_recipe_passes_validate_without_loading_weights(tmp_path, tiny_dirs, capsys, monkeypatch):
-    """The control for the catalogue: the same checks accept a good recipe, from tokenizers and configs alone."""
+    """The control for the catalogue: the same checks accept a good recipe, from tokenizers and configs
+    alone."""
     from transformers import AutoModelForCausalLM
 
     def no_weights(*args, **kwargs):

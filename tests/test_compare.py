@@ -1,4 +1,5 @@
-"""recipes/compare.py end to end on tiny models (2 steps per method), its per-method configs, and the report."""
+"""recipes/compare.py end to end on tiny models (2 steps per method), its per-method configs, and the
+report."""
 
 import importlib
 import json

@@ -45,7 +45,8 @@ class FixedDemonstrations:
 
 @pytest.fixture(scope="module")
 def other_tokenizer():
-    """A tokenizer with another vocabulary (size and merges), as a Qwen teacher has against a SmolLM2 student."""
+    """A tokenizer with another vocabulary (size and merges), as a Qwen teacher has against a SmolLM2
+    student."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

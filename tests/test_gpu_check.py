@@ -46,8 +46,8 @@ def test_a_step_past_its_timeout_is_killed_with_its_children_and_recorded(tmp_pa
     gpu_check = load_gpu_check()
     # the child starts a grandchild that would outlive a plain kill of the child
     code = (
-        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-        "print('started', flush=True); time.sleep(60)"
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+        "time.sleep(60)']); print('started', flush=True); time.sleep(60)"
     )
     record = gpu_check.run_step(
         [sys.executable, "-c", code], tmp_path / "logs" / "slow.log", 2, dict(os.environ)

@@ -76,7 +76,7 @@ def test_single_process_accelerate_configs(name):
 def test_paper_preset_is_the_papers_setting():
     files = {p.stem: p for p in RECIPE_CONFIGS if p.parent.name == "paper"}
     parsed = {name: parse_config(DEFAULT_TYPES, ["--config", str(path)]) for name, path in files.items()}
-    for name, (student, data, config) in parsed.items():
+    for name, (_student, data, config) in parsed.items():
         assert (data.task, data.eval_tasks, data.pattern, data.k) == (
             "mnli",
             ["mnli", "hans"],

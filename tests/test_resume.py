@@ -36,7 +36,8 @@ class WaitForTheKill(TrainerCallback):
             marker.write_text(str(step))
             time.sleep(600)
 
-recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, ["--config", config]), callbacks=[WaitForTheKill()])
+recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, ["--config", config]), \
+callbacks=[WaitForTheKill()])
 """
 
 

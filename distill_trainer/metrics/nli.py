@@ -13,9 +13,11 @@ import math
 import datasets
 import evaluate
 
-_DESCRIPTION = """Accuracy with its standard error, macro-F1, per-label accuracy, the predicted-label balance, and
-(binary tasks, given scores) the ROC AUC of a score that is high for label 0. A prediction of -1 (no
-label, e.g. the full-vocabulary argmax was not a label word) counts as wrong."""
+_DESCRIPTION = (
+    "Accuracy with its standard error, macro-F1, per-label accuracy, the predicted-label balance, and\n"
+    "(binary tasks, given scores) the ROC AUC of a score that is high for label 0. A prediction of -1 (no\n"
+    "label, e.g. the full-vocabulary argmax was not a label word) counts as wrong."
+)
 
 _KWARGS_DESCRIPTION = """
 Args:
