@@ -36,6 +36,14 @@ def _read_records(path: Path) -> list[dict]:
     ]
 
 
+def _cache_names(info: dict | None) -> dict | None:
+    """The teacher output cache per dataset, named by its folder (the summary is shareable; the full path
+    stays in the method's metrics.json)."""
+    if not info:
+        return info
+    return {name: {**entry, "path": Path(entry["path"]).name} for name, entry in info.items()}
+
+
 def _phase_peaks(memory: dict | None) -> dict:
     """Peak resident MiB per phase group: loading models, the teacher's output pass, training, evaluation."""
     phases = (memory or {}).get("phases") or {}
@@ -107,7 +115,7 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
         "wall_seconds": round(wall_seconds, 3),  # tiny runs can take well under 0.1 s
         "phase_peak_mib": _phase_peaks(metrics.get("memory")),
         "runtime_mib": (metrics.get("memory") or {}).get("baseline_cpu_rss_mib"),
-        "teacher_output_cache": metrics.get("teacher_output_cache"),
+        "teacher_output_cache": _cache_names(metrics.get("teacher_output_cache")),
         "eval": {task: _task_summary(task_metrics) for task, task_metrics in metrics["eval"].items()},
         "records": {
             task: _read_records(method_dir / f"predictions_{task}.jsonl") for task in metrics["eval"]
