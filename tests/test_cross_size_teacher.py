@@ -369,12 +369,42 @@ def test_select_prompt_scores_candidates_on_dev_rows_that_no_candidate_or_eval_s
     from recipes import select_prompt
 
     out = tmp_path / "selection"
-    results = select_prompt.main([
-        "--model_name_or_path", tiny_dirs["student"], "--teacher_model_name_or_path", tiny_dirs["teacher"],
-        "--task", "mnli", "--eval_tasks", "mnli", "hans", "--data_source", "local", "--data_dir", DATA,
-        "--num_eval_examples", "4", "--hans_per_subcase", "1", "--candidate_ks", "2",
-        "--candidate_seeds", "0", "1", "--dev_examples", "6", "--output_dir", str(out),
-        "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true"])
+    results = select_prompt.main(
+        [
+            "--model_name_or_path",
+            tiny_dirs["student"],
+            "--teacher_model_name_or_path",
+            tiny_dirs["teacher"],
+            "--task",
+            "mnli",
+            "--eval_tasks",
+            "mnli",
+            "hans",
+            "--data_source",
+            "local",
+            "--data_dir",
+            DATA,
+            "--num_eval_examples",
+            "4",
+            "--hans_per_subcase",
+            "1",
+            "--candidate_ks",
+            "2",
+            "--candidate_seeds",
+            "0",
+            "1",
+            "--dev_examples",
+            "6",
+            "--output_dir",
+            str(out),
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     assert [(r["k"], r["seed"]) for r in results] == [(2, 0), (2, 1)]
     dev = [json.loads(line) for line in (out / "dev.jsonl").read_text().splitlines()]
     assert len(dev) == 6 and all(r["n"] == 6 for r in results)
@@ -386,4 +416,5 @@ def test_select_prompt_scores_candidates_on_dev_rows_that_no_candidate_or_eval_s
         demos = [by_idx[i] for i in result["demonstration_ids"]]
         assert not dev_keys & {(d["premise"], d["hypothesis"]) for d in demos}
     table = (out / "selection.md").read_text()
-    assert table.count("| gpt3 | 2 |") == 2 and json.loads((out / "selection.json").read_text())["dev_examples"] == 6
+    assert table.count("| gpt3 | 2 |") == 2
+    assert json.loads((out / "selection.json").read_text())["dev_examples"] == 6
