@@ -112,7 +112,11 @@ def run_icl_eval(
             "model": f"{name} ({total:,} parameters, {student_args.dtype})",
             "prompt": f"pattern {data.pattern.name}, k={data_args.k} demonstrations"
             f"{' resampled per query' if data_args.resample_demonstrations else ''}, "
-            f"seed {data_args.demonstration_seed}",
+            + (
+                f"pinned ids {data_args.demonstration_ids}"
+                if data_args.demonstration_ids
+                else f"seed {data_args.demonstration_seed}"
+            ),
             "eval": f"{results.seconds:.1f} s",
         },
         results.metrics,
