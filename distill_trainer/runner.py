@@ -83,8 +83,16 @@ def is_main_process() -> bool:
 # ---------------------------------------------------------------- student and training
 
 
-def load_student(student_args):
-    """The student model, made trainable as `student_mode` asks (full, LoRA or BitFit)."""
+def load_student(student_args, seed: int | None = None):
+    """The student model, made trainable as `student_mode` asks (full, LoRA or BitFit).
+
+    `seed` seeds the random initialisation of what is added (LoRA's A matrices): the Trainer seeds only
+    when it is built, after the student, so without it two runs of one config start from different adapters.
+    """
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
     # BitFit on an architecture without biases trains added, zero-initialised ones (see load_causal_lm)
     model = load_causal_lm(
         student_args.model_name_or_path,

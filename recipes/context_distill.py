@@ -80,7 +80,7 @@ def run_context_distill(
     # training (with the teacher resident unless its outputs are cached), evaluation
     tracker = MemoryTracker()
     with tracker.phase("student_load"):
-        student = load_student(student_args)
+        student = load_student(student_args, seed=config.seed)
     trainer = ContextDistillationTrainer(
         model=student,
         args=config,

@@ -60,7 +60,7 @@ def run_pattern_finetune(
     first_token_ids(tokenizer, data.pattern)  # label-word collisions fail here, before the model loads
     tracker = MemoryTracker()  # peaks per phase: load, train, eval
     with tracker.phase("student_load"):
-        student = load_student(student_args)
+        student = load_student(student_args, seed=config.seed)
     train_dataset = build_view_dataset(tokenizer, data.train_rows, data.pattern)
 
     # ------------------------------------------------------------ train on the gold label words

@@ -418,3 +418,19 @@ def test_select_prompt_scores_candidates_on_dev_rows_that_no_candidate_or_eval_s
     table = (out / "selection.md").read_text()
     assert table.count("| gpt3 | 2 |") == 2
     assert json.loads((out / "selection.json").read_text())["dev_examples"] == 6
+
+
+def test_a_lora_student_starts_from_the_same_adapters_for_the_same_seed(tiny_dirs):
+    from distill_trainer import StudentArguments
+    from distill_trainer.runner import load_student
+
+    args = StudentArguments(model_name_or_path=tiny_dirs["student"], student_mode="lora", lora_r=4)
+
+    def adapters(seed, before):
+        torch.manual_seed(before)  # whatever ran earlier in the process left the generator here
+        model = load_student(args, seed=seed)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    first, again, other = adapters(0, before=1), adapters(0, before=2), adapters(1, before=1)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], other[n]) for n in first)
