@@ -297,12 +297,10 @@ def load_or_build_teacher_outputs(
 
     _check_dataset(dataset)
     _check_options(distill_vocab, temperature, top_k, label_token_ids)
-    stale = [c for c in TEACHER_OUTPUT_COLUMNS if c in dataset.column_names]
-    if stale:  # outputs of some earlier teacher: never let them mix with the new ones
-        dataset = dataset.remove_columns(stale)
-    key, components = teacher_output_cache_key(
+    dataset, key, components, path, loaded = _lookup(
         teacher,
         dataset,
+        cache_dir,
         distill_vocab=distill_vocab,
         temperature=temperature,
         top_k=top_k,
@@ -310,12 +308,8 @@ def load_or_build_teacher_outputs(
         extra=extra_key,
         teacher_id=teacher_id,
     )
-    path = Path(cache_dir or default_teacher_cache_dir()) / f"teacher-outputs-{key[:20]}"
-    if stored_key(path) == key:
-        loaded, problem = load_verified(path)
-        if problem is None:
-            return loaded, path, True
-        logger.warning("teacher output cache %s is damaged (%s); rebuilding it", path, problem)
+    if loaded is not None:
+        return loaded, path, True
     if logits_fn is None:
         from .prefix_cache import TeacherAnswerLogits
 
@@ -363,12 +357,10 @@ def cached_teacher_outputs(
     """(dataset with the teacher's outputs, cache path) when a cache keyed on `teacher_id` exists, else
     (None, path): lets a caller skip loading the teacher when nothing has to be computed."""
     _check_dataset(dataset)
-    stale = [c for c in TEACHER_OUTPUT_COLUMNS if c in dataset.column_names]
-    if stale:
-        dataset = dataset.remove_columns(stale)
-    key, _ = teacher_output_cache_key(
+    *_, path, loaded = _lookup(
         None,
         dataset,
+        cache_dir,
         distill_vocab=distill_vocab,
         temperature=temperature,
         top_k=top_k,
@@ -376,10 +368,20 @@ def cached_teacher_outputs(
         extra=extra_key,
         teacher_id=teacher_id,
     )
+    return loaded, path
+
+
+def _lookup(teacher, dataset, cache_dir, **key_options):
+    """(dataset without earlier teachers' outputs, key, its components, cache path, the verified cached
+    dataset or None): the one place a cache is keyed, found and checked."""
+    stale = [c for c in TEACHER_OUTPUT_COLUMNS if c in dataset.column_names]
+    if stale:  # outputs of some earlier teacher: never let them mix with the new ones
+        dataset = dataset.remove_columns(stale)
+    key, components = teacher_output_cache_key(teacher, dataset, **key_options)
     path = Path(cache_dir or default_teacher_cache_dir()) / f"teacher-outputs-{key[:20]}"
     if stored_key(path) != key:
-        return None, path
+        return dataset, key, components, path, None
     loaded, problem = load_verified(path)
     if problem is not None:
         logger.warning("teacher output cache %s is damaged (%s); rebuilding it", path, problem)
-    return loaded, path
+    return dataset, key, components, path, loaded
