@@ -102,6 +102,14 @@ def sample_demonstrations(
     return [pool[i] for i in indices]
 
 
+def member_seed(seed: int, member: int) -> int:
+    """The demonstration seed of set `member` in an ensemble drawn with `seed`: set 0 is the single set that
+    `seed` draws alone (so an ensemble of one is exactly today's teacher), the others are derived from it."""
+    if member == 0:
+        return seed
+    return random.Random(f"demonstration set {member} of seed {seed}").getrandbits(31)
+
+
 def pinned_demonstrations(pool: Dataset, ids, exclude_keys=frozenset()) -> list[dict]:
     """The pool rows whose `idx` is in `ids`, in the order of `ids`."""
     if "idx" not in pool.column_names:
