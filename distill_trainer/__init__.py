@@ -2,13 +2,14 @@
 
 from .answer_logits import answer_logits
 from .config import DistillationConfig, StudentArguments, parse_config
+from .data_arguments import DataArguments
 from .errors import UsageError
 from .evaluation import evaluate_task, score_label_words
 from .losses import answer_cross_entropy, distillation_loss, sparse_distillation_loss
 from .models import load_causal_lm, load_tokenizer, prepare_student
 from .output_cache import load_or_build_teacher_outputs
 from .prefix_cache import PrefixCachedTeacher
-from .tasks import DataArguments, get_pattern, get_task, load_split
+from .tasks import get_pattern, get_task, load_split
 from .trainer import ContextDistillationTrainer
 from .views import TwoViewCollator, build_views
 

@@ -48,7 +48,7 @@ def recipe_of(config_path: str) -> str | None:
 
 def run_validate(args, overrides: list[str]) -> int:
     from .config import DistillationConfig, StudentArguments, parse_config
-    from .tasks import DataArguments
+    from .data_arguments import DataArguments
     from .validate import RECIPES, describe, validate_recipe
 
     recipe = args.recipe or recipe_of(args.config)

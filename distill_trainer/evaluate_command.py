@@ -156,13 +156,13 @@ def load_model_and_tokenizer(model: str, dtype: str = "float32"):
 
 def evaluate_file(args) -> dict:
     """Run the evaluation `args` describe; returns {"metrics": ..., "predictions": ...}."""
+    from .data_arguments import DataArguments
     from .data_report import print_reports
     from .evaluation import evaluate_task
     from .output_dir import check_output_location
     from .run_data import model_max_length
     from .runner import format_summary
     from .tasks import (
-        DataArguments,
         DemonstrationSampler,
         balanced_subset,
         fit_demonstrations,

@@ -16,6 +16,15 @@ from .metrics.nli import roc_auc
 
 TEACHER, ZERO_SHOT = "icl_teacher", "zero_shot"
 BOOTSTRAP_SAMPLES = 1000
+# paired comparisons, when both methods ran: (method, against, what each is called in the verdict)
+PAIRS = (
+    ("cd_full", "pbft_full", "CD", "PBFT"),
+    ("cd_lora", "pbft_lora", "CD", "PBFT"),
+    ("icl_teacher_calibrated", "icl_teacher", "calibrated", "uncalibrated"),
+    ("cd_lora_calibrated", "cd_lora", "calibrated", "uncalibrated"),
+    ("icl_teacher_ensemble", "icl_teacher", "ensemble", "one set"),
+    ("cd_lora_ensemble", "cd_lora", "ensemble", "one set"),
+)
 
 
 def _accuracy(correct: list[bool], rows: list[int]) -> float:
@@ -83,8 +92,9 @@ def paired_difference(a: dict, b: dict, task: str, figure: str) -> tuple[float, 
 
 
 def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str]:
-    """One sentence per claim: gain recovered per CD method, CD against PBFT (MNLI and HANS, accuracy and
-    AUC), and the memory ratio against fine-tuning the teacher."""
+    """One sentence per claim: gain recovered per CD method, each of `PAIRS` (CD against PBFT, a calibrated
+    or ensembled teacher against the plain one: MNLI and HANS, accuracy and AUC), and the memory ratio
+    against fine-tuning the teacher."""
     by_name = {row["method"]: row for row in rows}
     teacher, zero_shot = by_name.get(TEACHER), by_name.get(ZERO_SHOT)
     sentences = []
@@ -103,7 +113,7 @@ def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str
                 f"{row['method']} recovers {point:.0%} (95% interval {low:.0%} to {high:.0%}) of the "
                 "teacher's MNLI gain over the zero-shot student."
             )
-    for cd_name, pbft_name in (("cd_full", "pbft_full"), ("cd_lora", "pbft_lora")):
+    for cd_name, pbft_name, better, worse in PAIRS:
         cd, pbft = by_name.get(cd_name), by_name.get(pbft_name)
         if not (cd and pbft and cd.get("records") and pbft.get("records")):
             continue
@@ -116,7 +126,13 @@ def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str
                 point, (low, high) = result
                 scale, digits = (100, 1) if figure == "accuracy" else (1, 3)
                 unit = " points" if figure == "accuracy" else ""
-                verdict = "CD better" if low > 0 else "PBFT better" if high < 0 else "no clear difference"
+                verdict = (
+                    f"{better} better"
+                    if low > 0
+                    else f"{worse} better"
+                    if high < 0
+                    else "no clear difference"
+                )
                 parts.append(
                     f"{name} {scale * point:+.{digits}f}{unit} (95% interval {scale * low:+.{digits}f} to "
                     f"{scale * high:+.{digits}f}: {verdict})"

@@ -146,15 +146,15 @@ def eval_summaries(metrics_by_task: dict, train_task: str) -> list[EvalSummary]:
 
 
 def card_for_recipe(
-    student_args, config, metrics_by_task: dict, train_task: str, memory=None, pattern=None
+    student_args, config, metrics_by_task: dict, train_task: str, memory=None, pattern=None, teacher=None
 ) -> StudentCard:
-    """The card of a student trained by a recipe: its settings, its evaluation ({task: metrics} as the
-    recipes record them), the datasets of the tasks involved, and its prompt (a `tasks.Pattern`)."""
+    """A recipe's student card: settings (plus `teacher`: its demonstration sets, calibration), evaluation
+    ({task: metrics} as recipes record them), the tasks' datasets and its prompt (a `tasks.Pattern`)."""
     from .tasks import TASKS
 
     tasks = [train_task, *(name for name in metrics_by_task if name != train_task)]
     datasets = _unique(TASKS[name].hub_path for name in tasks if name in TASKS)
-    return StudentCard.from_run(
+    card = StudentCard.from_run(
         student_args,
         config,
         results=eval_summaries(metrics_by_task, train_task),
@@ -166,6 +166,8 @@ def card_for_recipe(
             else {}
         ),
     )
+    card.settings.update((teacher or {}) if card.teacher else {})
+    return card
 
 
 def _headline(metrics: dict, per_label: bool = True) -> dict[str, float]:

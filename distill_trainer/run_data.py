@@ -7,17 +7,19 @@ evaluation query), training queries (never a fixed demonstration), and their two
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from datasets import Dataset
 
+from .data_arguments import DataArguments
 from .data_report import print_reports
+from .demonstrations import member_seed
 from .errors import UsageError
 from .evaluation import label_token_ids
 from .tasks import (
     SEPARATOR,
     TASKS,
-    DataArguments,
     DemonstrationSampler,
     NLITask,
     Pattern,
@@ -42,6 +44,8 @@ class NLIData:
     eval_sets: dict[str, Dataset]
     train_rows: Dataset | None = None
     reports: list = field(default_factory=list)  # data_report.DataReport per file read
+    # the teacher's demonstration sets: [sampler] alone, or the members of an ensemble (set 0 is `sampler`)
+    samplers: list[DemonstrationSampler] = field(default_factory=list)
 
     def data_report(self) -> dict:
         """What each data file gave (rows read, kept, dropped by reason), for metrics.json."""
@@ -96,16 +100,9 @@ def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
 
     if PartialState().is_main_process:  # one report, not one per process
         print_reports(reports)
-    sampler = DemonstrationSampler(
-        pool,
-        pattern,
-        task.num_labels,
-        data_args.k,
-        data_args.demonstration_seed,
-        data_args.resample_demonstrations,
-        exclude_keys=eval_keys,
-        demonstration_ids=data_args.demonstration_ids,
-    )
+    samplers = demonstration_samplers(pool, pattern, task, data_args, eval_keys)
+    sampler = samplers[0]
+    demonstration_keys = set().union(*(member.fixed_keys for member in samplers))
     train_rows = None
     if with_train:
         train_rows = balanced_subset(
@@ -113,10 +110,35 @@ def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
             data_args.num_train_examples,
             task.num_labels,
             data_args.subset_seed,
-            exclude_keys=sampler.fixed_keys | eval_keys,
+            exclude_keys=demonstration_keys | eval_keys,
             what="training examples (num_train_examples)",
         )
-    return NLIData(task, pattern, pool, sampler, eval_sets, train_rows, reports)
+    return NLIData(task, pattern, pool, sampler, eval_sets, train_rows, reports, samplers)
+
+
+def demonstration_samplers(pool, pattern, task, data_args, eval_keys, seed: int | None = None) -> list:
+    """The teacher's demonstration sets (one, or `demonstration_sets` members), never an evaluation row."""
+    seed = data_args.demonstration_seed if seed is None else seed
+    return [
+        DemonstrationSampler(
+            pool,
+            pattern,
+            task.num_labels,
+            data_args.k,
+            member_seed(seed, member),
+            data_args.resample_demonstrations,
+            exclude_keys=eval_keys,
+            demonstration_ids=data_args.demonstration_ids if member == 0 else None,
+        )
+        for member in range(data_args.demonstration_sets)
+    ]
+
+
+def reseeded(data: NLIData, data_args: DataArguments, seed: int) -> NLIData:
+    """`data` with the demonstration sets drawn with another seed (evaluation only: no training rows)."""
+    eval_keys = {row_key(row) for rows in data.eval_sets.values() for row in rows}
+    samplers = demonstration_samplers(data.pool, data.pattern, data.task, data_args, eval_keys, seed)
+    return dataclasses.replace(data, sampler=samplers[0], samplers=samplers, train_rows=None)
 
 
 def model_max_length(model_config, data_args: DataArguments) -> int | None:

@@ -16,8 +16,6 @@ import json
 import os
 import shutil
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,12 +23,9 @@ import yaml
 
 from .checkpoints import run_results
 from .errors import UsageError
-from .eval_cache import evaluation_key, load_evaluation, store_evaluation
-from .evaluation import evaluate_task
 from .models import count_parameters, load_causal_lm, prepare_student
 from .output_dir import OutputLock, check_output_location
-from .run_data import NLIData
-from .tasks import DataArguments, get_task
+from .task_evaluation import EvalResults, evaluate_on_tasks  # noqa: F401  (re-exported for recipes)
 
 # training settings worth recording in a resolved config even when the recipe left them at their default
 TRAINING_KEYS = (
@@ -124,72 +119,6 @@ def training_metrics(trainer, train_result, num_examples: int) -> dict:
     }
 
 
-# ---------------------------------------------------------------- evaluation
-
-
-@dataclass
-class EvalResults:
-    metrics: dict[str, dict] = field(default_factory=dict)
-    predictions: dict[str, list[dict]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-def evaluate_on_tasks(
-    model,
-    tokenizer,
-    data: NLIData,
-    config,
-    data_args: DataArguments,
-    demonstrations=None,
-    max_length: int | None = None,
-    model_id: str | None = None,
-) -> EvalResults:
-    """Evaluate on every evaluation set; `demonstrations` as in `evaluate_task` (None: zero-shot); `model`
-    may be a function that loads it, called only when something has to be scored.
-
-    With `model_id` (see `eval_cache`), results of the same model files, prompt and rows are read back
-    instead of recomputed, and stored when they are not there yet."""
-    results, start = EvalResults(), time.perf_counter()
-    if not data_args.evaluate_after_training:
-        return results
-    for name, rows in data.eval_sets.items():
-        key = found = None
-        if model_id is not None:
-            blocks = [demonstrations(row) if callable(demonstrations) else demonstrations for row in rows]
-            key = evaluation_key(
-                model_id,
-                task=name,
-                rows=[dict(row) for row in rows],
-                demonstrations=blocks,
-                pattern=[data.pattern.template, list(data.pattern.label_words)],
-                max_length=max_length,
-                drop=data_args.drop_demonstrations_to_fit,
-            )
-            found = load_evaluation(key)
-        if found is None:
-            found = evaluate_task(
-                model() if callable(model) and not isinstance(model, torch.nn.Module) else model,
-                tokenizer,
-                rows,
-                get_task(name),
-                data.pattern,
-                demonstrations,
-                batch_size=config.per_device_eval_batch_size,
-                max_length=max_length,
-                drop_demonstrations_to_fit=data_args.drop_demonstrations_to_fit,
-                progress=not config.disable_tqdm,
-            )
-            if key is not None and is_main_process():
-                store_evaluation(key, *found)
-        elif is_main_process():
-            print(
-                f"{name}: evaluation of these model files on these rows and prompt read back from the cache"
-            )
-        results.metrics[name], results.predictions[name] = found
-    results.seconds = time.perf_counter() - start
-    return results
-
-
 # ---------------------------------------------------------------- outputs
 
 
@@ -227,7 +156,6 @@ def write_resolved_config(output_dir, configs, recipe: str) -> Path:
 
     Recipes write it when training starts too, so an interrupted run's settings are on disk and its
     resumption can be checked against them."""
-    import torch
     import transformers
 
     path = Path(output_dir) / "resolved_config.yaml"

@@ -1,4 +1,4 @@
-"""NLI tasks: their registry, the data arguments, and loading MNLI and HANS (Hub or local directory).
+"""NLI tasks: their registry and loading MNLI and HANS (Hub or local directory).
 Patterns live in patterns.py, subsets and demonstrations in demonstrations.py.
 
     task = get_task("mnli")                               # binary MNLI, Mosbach et al. (2023)
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
@@ -117,134 +117,6 @@ def get_task(name: str) -> NLITask:
 
 
 # ---------------------------------------------------------------- arguments
-
-
-@dataclass
-class DataArguments:
-    """Which task, data, pattern and demonstrations a recipe uses."""
-
-    task: str = field(
-        default="mnli", metadata={"help": f"Training task and demonstration pool: {', '.join(TASKS)}."}
-    )
-    eval_tasks: list[str] = field(
-        default=None,
-        metadata={"help": "Tasks to evaluate on (their evaluation splits); default: the task itself."},
-    )
-    data_source: str = field(
-        default="auto",
-        metadata={"help": "hub, local, or auto: a local data directory if one is found, else the Hub."},
-    )
-    data_dir: str = field(
-        default=None,
-        metadata={
-            "help": f"Local data directory (mnli/*.jsonl, hans/*.jsonl); default: ${DATA_ENV}, then "
-            "data/ or ../shared/data next to the repository."
-        },
-    )
-    pattern: str = field(default="minimal", metadata={"help": f"{', '.join(PATTERNS)} or {CUSTOM}."})
-    template: str = field(
-        default=None, metadata={"help": "With pattern: custom; must hold {premise} and {hypothesis}."}
-    )
-    label_words: list[str] = field(
-        default=None,
-        metadata={"help": "One word per label in label order, e.g. [' Yes', ' No']; default: the pattern's."},
-    )
-    k: int = field(
-        default=16, metadata={"help": "Demonstrations in the teacher's (or ICL model's) prompt; 0 = none."}
-    )
-    demonstration_seed: int = field(
-        default=0, metadata={"help": "Seed for choosing and ordering demonstrations."}
-    )
-    demonstration_ids: list[int] = field(
-        default=None,
-        metadata={
-            "help": "Pin the fixed demonstrations: the `idx` values of training-pool rows, in prompt order "
-            "(k of them); default: k rows drawn with demonstration_seed."
-        },
-    )
-    resample_demonstrations: bool = field(
-        default=False,
-        metadata={"help": "Draw new demonstrations for every example instead of one fixed set."},
-    )
-    num_train_examples: int = field(
-        default=128, metadata={"help": "Training examples, class-balanced, disjoint from the demonstrations."}
-    )
-    num_eval_examples: int = field(
-        default=None, metadata={"help": "Class-balanced evaluation rows per non-HANS task; default: all."}
-    )
-    hans_per_subcase: int = field(
-        default=None, metadata={"help": "HANS rows per subcase (30 subcases); default: all."}
-    )
-    subset_seed: int = field(
-        default=0, metadata={"help": "Seed for choosing training and evaluation subsets."}
-    )
-    max_length: int = field(
-        default=None,
-        metadata={
-            "help": "Longest prompt (tokens) the teacher/ICL model reads; default: its position limit."
-        },
-    )
-    drop_demonstrations_to_fit: bool = field(
-        default=False,
-        metadata={
-            "help": "Drop trailing demonstrations of a prompt that exceeds max_length instead of failing."
-        },
-    )
-    reuse_evaluations: bool = field(
-        default=True,
-        metadata={
-            "help": "In-context-learning evaluation of a model on disk: read back the results of an earlier "
-            "run with the same model files, prompt and rows instead of scoring again."
-        },
-    )
-    evaluate_after_training: bool = field(
-        default=True,
-        metadata={
-            "help": "Evaluate the trained student on eval_tasks; false: train only (e.g. to measure memory)."
-        },
-    )
-    drop_invalid_rows: bool = field(
-        default=False,
-        metadata={
-            "help": "Drop data rows the task cannot use (empty or null text, unknown label ids, repeated "
-            "rows) and count them in metrics.json, instead of stopping at the first one."
-        },
-    )
-
-    def __post_init__(self):
-        task = get_task(self.task)
-        self.eval_tasks = list(self.eval_tasks or [self.task])
-        for name in self.eval_tasks:
-            if get_task(name).num_labels != task.num_labels:
-                raise UsageError(
-                    f"eval task {name!r} has {get_task(name).num_labels} labels but task {self.task!r} has "
-                    f"{task.num_labels}; evaluate on tasks with the same labels (binary mnli goes with hans)"
-                )
-        if self.data_source not in DATA_SOURCES:
-            raise UsageError(
-                f"data_source={self.data_source!r} is not valid; choose one of: {', '.join(DATA_SOURCES)}"
-            )
-        get_pattern(self.pattern, task.num_labels, self.template, self.label_words)
-        for name in ("k", "num_train_examples", "demonstration_seed", "subset_seed"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.demonstration_ids is not None:
-            if self.resample_demonstrations:
-                raise UsageError(
-                    "demonstration_ids pins one fixed set of demonstrations, but "
-                    "resample_demonstrations draws new ones per query; set only one of them"
-                )
-            if len(self.demonstration_ids) != self.k:
-                raise UsageError(
-                    f"demonstration_ids has {len(self.demonstration_ids)} ids but k={self.k}; "
-                    "give exactly k ids (or set k to their number)"
-                )
-        for name in ("num_eval_examples", "hans_per_subcase", "max_length"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1 (or unset for the default), got {getattr(self, name)}")
-
-    def get_pattern(self) -> Pattern:
-        return get_pattern(self.pattern, get_task(self.task).num_labels, self.template, self.label_words)
 
 
 # ---------------------------------------------------------------- loading

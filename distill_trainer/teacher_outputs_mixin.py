@@ -35,6 +35,9 @@ class TeacherOutputsMixin:
         elif self.eval_dataset is not None:
             datasets["eval"] = self.eval_dataset
         datasets = {name: dataset for name, dataset in datasets.items() if dataset is not None}
+        ensemble = getattr(self, "teacher_ensemble", None)
+        if ensemble is not None:  # the other demonstration sets' views and the content-free queries
+            datasets.update(ensemble.extra_datasets())
         done, self.teacher_output_cache_info = {}, {}
         if teacher_id is not None:
             for name, dataset in datasets.items():
@@ -70,6 +73,8 @@ class TeacherOutputsMixin:
             finally:
                 self.model.train(was_training)
             self._record_builds()
+        if ensemble is not None:
+            done["train"] = ensemble.combine(done, self.teacher_output_cache_info, args.temperature)
         self.train_dataset = done["train"]
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {name: done[f"eval_{name}"] for name in self.eval_dataset}

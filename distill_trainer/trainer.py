@@ -65,6 +65,7 @@ class ContextDistillationTrainer(
         teacher_label_token_ids=None,
         teacher_tokenizer=None,
         memory_tracker=None,
+        teacher_ensemble=None,
         **kwargs,
     ):
         if args is None or not isinstance(args, DistillationConfig):
@@ -76,6 +77,13 @@ class ContextDistillationTrainer(
             raise UsageError(
                 f"alpha={args.alpha} needs a teacher; pass teacher= (a model, a path or 'self'), or set "
                 "alpha=0 for pattern-based fine-tuning"
+            )
+        if teacher_ensemble is not None and not (
+            args.teacher_output_cache and args.distill_vocab == "label_words"
+        ):
+            raise UsageError(
+                "a teacher ensembled over demonstration sets or calibrated is built from cached label-word "
+                "outputs; set teacher_output_cache: true and distill_vocab: label_words"
             )
         if args.distill_vocab == "label_words" and label_token_ids is None and args.alpha > 0:
             raise UsageError("distill_vocab='label_words' needs label_token_ids (the verbalizer's token ids)")
@@ -96,6 +104,8 @@ class ContextDistillationTrainer(
         self.teacher_from_cache = cached_outputs and args.alpha > 0
         # what the teacher output cache did: {"path", "reused", "seconds"} per dataset (None without it)
         self.teacher_output_cache_info = None
+        # more demonstration sets and/or their calibration (teacher_ensemble.TeacherEnsembleViews)
+        self.teacher_ensemble = teacher_ensemble
         teacher_id = None
         if args.teacher_output_cache and isinstance(teacher, str) and teacher != "self" and args.alpha > 0:
             # a teacher on disk is identified by its files: a cache built before is found without loading it

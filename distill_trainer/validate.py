@@ -99,11 +99,25 @@ def validate_recipe(
     result.checks.append(("output_dir", _describe_output(config.output_dir, result.resume_from)))
     if recipe == "context_distill":
         check_quantization(config)
+        check_teacher_ensemble(data_args, config)
     result.data = prepare_data(data_args, with_train=rules.trains)
     result.checks.append(("data", _describe_data(result.data)))
     if check_models or tokenizer is not None:
         check_models_and_prompts(recipe, student_args, data_args, config, result, tokenizer, check_models)
     return result
+
+
+def check_teacher_ensemble(data_args, config) -> None:
+    """An ensembled or calibrated teacher is built from cached label-word outputs (teacher_ensemble.py)."""
+    if data_args.demonstration_sets == 1 and data_args.teacher_calibration == "none":
+        return
+    if not config.teacher_output_cache or config.distill_vocab != "label_words":
+        raise UsageError(
+            f"demonstration_sets={data_args.demonstration_sets} / teacher_calibration="
+            f"{data_args.teacher_calibration} build the teacher from cached label-word outputs; set "
+            "teacher_output_cache: true and distill_vocab: label_words (or demonstration_sets: 1 and "
+            "teacher_calibration: none)"
+        )
 
 
 def _given(config) -> dict:
@@ -156,7 +170,10 @@ def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config) ->
     if rules.teacher == "forbidden":
         check_gold_labels_only(config)
     # a teacher setting given to a recipe without a teacher would be silently ignored
-    ignored = sorted(key for key in _given(config) if key.startswith("teacher_"))
+    # (teacher_calibration is a data setting: icl_eval calibrates the model it evaluates with it)
+    ignored = sorted(
+        key for key in _given(config) if key.startswith("teacher_") and key != "teacher_calibration"
+    )
     if ignored:
         hint = (
             "to evaluate the teacher, set model_name_or_path to it"

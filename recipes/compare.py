@@ -57,13 +57,23 @@ METHODS = {
     "cd_lora_self": ("context_distill", {"student_mode": "lora", "teacher": "self"}),
     "cd_lora_8bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "8bit"}),
     "cd_lora_4bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "4bit"}),
+    # the teacher calibrated on content-free queries (Zhao et al. 2021), and a student distilled from it
+    "icl_teacher_calibrated": (
+        "icl_eval",
+        {"model": "teacher", "data": {"teacher_calibration": "content_free"}},
+    ),
+    "cd_lora_calibrated": (
+        "context_distill",
+        {"student_mode": "lora", "data": {"teacher_calibration": "content_free"}},
+    ),
     # the paper's memory reference: fine-tuning the teacher itself (LoRA; a few steps, memory only)
     "pbft_teacher_lora": (
         "pattern_finetune",
         {"student_mode": "lora", "model": "teacher", "memory_only": True},
     ),
 }
-DEFAULT_METHODS = [m for m in METHODS if m not in ("cd_lora_4bit", "pbft_teacher_lora")]
+OPTIONAL_METHODS = ("cd_lora_4bit", "pbft_teacher_lora", "icl_teacher_calibrated", "cd_lora_calibrated")
+DEFAULT_METHODS = [m for m in METHODS if m not in OPTIONAL_METHODS]
 
 
 @dataclass
@@ -143,6 +153,10 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
     if overrides.get("memory_only"):
         training.update(max_steps=compare.memory_only_steps, save_strategy="no")
         data["evaluate_after_training"] = False
+    data.update(overrides.get("data", {}))
+    if recipe == "icl_eval" and overrides.get("model") != "teacher":
+        # demonstration sets and calibration are the teacher's: a student is scored on the plain prompt
+        data.update(demonstration_sets=1, teacher_calibration="none")
     if recipe == "icl_eval":
         if overrides.get("k") == 0:
             data.update(k=0, demonstration_ids=None)

@@ -44,6 +44,8 @@ from distill_trainer.runner import (
     write_outputs,
     write_resolved_config,
 )
+from distill_trainer.task_evaluation import uses_ensemble
+from distill_trainer.teacher_ensemble import TeacherEnsembleViews, content_free_rows
 from distill_trainer.validate import validate_recipe
 
 RECIPE = "context_distill"
@@ -65,15 +67,28 @@ def run_context_distill(
     label_ids = first_token_ids(tokenizer, data.pattern)
     teacher_label_ids = first_token_ids(teacher_tokenizer, data.pattern)
     max_length = model_max_length(AutoConfig.from_pretrained(resolve_model_path(teacher_path)), data_args)
-    train_dataset = build_view_dataset(
-        tokenizer,
-        data.train_rows,
-        data.pattern,
-        data.sampler,
-        max_length,
-        data_args.drop_demonstrations_to_fit,
-        teacher_tokenizer,
-    )
+
+    def views(rows, sampler):
+        return build_view_dataset(
+            tokenizer,
+            rows,
+            data.pattern,
+            sampler,
+            max_length,
+            data_args.drop_demonstrations_to_fit,
+            teacher_tokenizer,
+        )
+
+    train_dataset = views(data.train_rows, data.sampler)
+    # a teacher averaged over more demonstration sets and/or calibrated: their views, for the output cache
+    ensemble = None
+    if uses_ensemble(data_args):
+        calibrated = data_args.teacher_calibration == "content_free"
+        ensemble = TeacherEnsembleViews(
+            members=[views(data.train_rows, sampler) for sampler in data.samplers[1:]],
+            content_free=[views(content_free_rows(), s) for s in data.samplers] if calibrated else None,
+            calibration=data_args.teacher_calibration,
+        )
 
     # ------------------------------------------------------------ student, and the teacher inside the trainer
     # peaks per phase: student load, teacher load and output-cache pass (when the cache has to be built),
@@ -93,6 +108,7 @@ def run_context_distill(
         teacher_tokenizer=teacher_tokenizer,
         callbacks=callbacks,
         memory_tracker=tracker,
+        teacher_ensemble=ensemble,
     )
 
     # ------------------------------------------------------------ distill
@@ -120,6 +136,8 @@ def run_context_distill(
         "k": data_args.k,
         "demonstration_seed": data_args.demonstration_seed,
         "resample_demonstrations": data_args.resample_demonstrations,
+        "demonstration_sets": data_args.demonstration_sets,
+        "teacher_calibration": data_args.teacher_calibration,
         "loss": config.loss,
         "alpha": config.alpha,
         "temperature": config.temperature,
@@ -141,6 +159,10 @@ def run_context_distill(
         data.task.name,
         memory=peak_mib_by_phase(metrics["memory"]),
         pattern=data.pattern,
+        teacher={
+            "demonstration_sets": data_args.demonstration_sets,
+            "teacher_calibration": data_args.teacher_calibration,
+        },
     )
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
     resampled = " resampled per query" if data_args.resample_demonstrations else ""
@@ -149,7 +171,8 @@ def run_context_distill(
         {
             "student": describe_student(student_args, metrics),
             "teacher": f"{teacher} (quantization {metrics['teacher_quantization']}), pattern "
-            f"{data.pattern.name}, k={data_args.k} demonstrations{resampled}",
+            f"{data.pattern.name}, k={data_args.k} demonstrations{resampled} x "
+            f"{data_args.demonstration_sets} set(s), calibration {data_args.teacher_calibration}",
             "loss": f"{config.alpha:g} x {config.loss} (T={config.temperature:g}, {config.distill_vocab} "
             f"vocabulary) + {1 - config.alpha:g} x cross-entropy",
             "training": describe_training(metrics),

@@ -4,7 +4,10 @@ the label words after k demonstrations, on every evaluation task.
     accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/icl_eval.py \
         --config recipes/configs/paper/icl.yaml [--k 0] [--model_name_or_path facebook/opt-125m]
 
-Writes metrics.json, predictions_<task>.jsonl and resolved_config.yaml into output_dir.
+Writes metrics.json, predictions_<task>.jsonl and resolved_config.yaml into output_dir. With
+`--demonstration_seeds 0 1 2 3 4`, once per seed (predictions_<task>_seed<s>.jsonl) and the spread over
+seeds (metrics.json "seed_spread", also printed). `--demonstration_sets 4` ensembles the model over 4
+demonstration sets; `--teacher_calibration content_free` calibrates each set (Zhao et al. 2021).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from distill_trainer import DataArguments, DistillationConfig, StudentArguments,
 from distill_trainer.memory import MemoryTracker
 from distill_trainer.models import count_parameters, load_causal_lm, load_tokenizer, resolve_model_path
 from distill_trainer.output_cache import teacher_source_fingerprint
-from distill_trainer.run_data import first_token_ids, model_max_length
+from distill_trainer.run_data import first_token_ids, model_max_length, reseeded
 from distill_trainer.runner import (
     evaluate_on_tasks,
     no_partial_output_dir,
@@ -24,6 +27,7 @@ from distill_trainer.runner import (
     run_recipe,
     write_outputs,
 )
+from distill_trainer.task_evaluation import format_spread, seed_spread
 from distill_trainer.validate import validate_recipe
 
 RECIPE = "icl_eval"
@@ -70,18 +74,24 @@ def run_icl_eval(
         return model
 
     # ------------------------------------------------------------ evaluate with k demonstrations
-    demonstrations = data.sampler.for_query if data_args.k else None
+    # (per demonstration seed when demonstration_seeds is set; the first seed's results are the "eval")
+    seeds = data_args.demonstration_seeds or [data_args.demonstration_seed]
+    per_seed = {}
     with tracker.phase("eval"):
-        results = evaluate_on_tasks(
-            loaded_model,
-            tokenizer,
-            data,
-            config,
-            data_args,
-            demonstrations,
-            max_length=max_length,
-            model_id=model_id,
-        )
+        for seed in seeds:
+            seeded = data if seed == data_args.demonstration_seed else reseeded(data, data_args, seed)
+            per_seed[seed] = evaluate_on_tasks(
+                loaded_model,
+                tokenizer,
+                seeded,
+                config,
+                data_args,
+                seeded.sampler.for_query if data_args.k else None,
+                max_length=max_length,
+                model_id=model_id,
+                teacher_ensemble=True,
+            )
+    results = per_seed[seeds[0]]
 
     # ------------------------------------------------------------ report
     if model is None:  # the parameter count without the weights
@@ -98,14 +108,25 @@ def run_icl_eval(
         "k": data_args.k,
         "demonstration_seed": data_args.demonstration_seed,
         "resample_demonstrations": data_args.resample_demonstrations,
+        "demonstration_sets": data_args.demonstration_sets,
+        "teacher_calibration": data_args.teacher_calibration,
         "parameters": {"total": total},
         "eval": results.metrics,
-        "eval_seconds": round(results.seconds, 2),
+        "eval_seconds": round(sum(r.seconds for r in per_seed.values()), 2),
         "data": data.data_report(),
         "memory": tracker.as_dict(),
     }
+    predictions = results.predictions
+    if data_args.demonstration_seeds:
+        metrics["demonstration_seeds"] = {str(seed): r.metrics for seed, r in per_seed.items()}
+        metrics["seed_spread"] = seed_spread({seed: r.metrics for seed, r in per_seed.items()})
+        predictions = {
+            f"{task}_seed{seed}": records
+            for seed, r in per_seed.items()
+            for task, records in r.predictions.items()
+        }
     configs = (student_args, data_args, config)
-    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
+    paths = write_outputs(config.output_dir, metrics, predictions, configs, RECIPE)
     print_summary(
         f"in-context learning: {name}",
         {
@@ -117,11 +138,17 @@ def run_icl_eval(
                 if data_args.demonstration_ids
                 else f"seed {data_args.demonstration_seed}"
             ),
-            "eval": f"{results.seconds:.1f} s",
+            "teacher": (
+                f"{data_args.demonstration_sets} demonstration set(s), calibration "
+                f"{data_args.teacher_calibration}"
+            ),
+            "eval": f"{metrics['eval_seconds']:.1f} s",
         },
         results.metrics,
         paths,
     )
+    if data_args.demonstration_seeds:
+        print(format_spread(metrics["seed_spread"], seeds))
     return metrics
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from distill_trainer import DistillationConfig, StudentArguments, parse_config
-from distill_trainer.tasks import DataArguments
+from distill_trainer.data_arguments import DataArguments
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "recipes" / "configs").rglob("*.yaml"))

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from distill_trainer import tasks
+from distill_trainer.data_arguments import DataArguments
 from distill_trainer.errors import UsageError
 from distill_trainer.run_data import prepare_data
 from distill_trainer.tasks import (
-    DataArguments,
     DemonstrationSampler,
     balanced_subset,
     fit_demonstrations,
