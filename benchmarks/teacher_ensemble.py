@@ -8,7 +8,8 @@ model is loaded only if one is missing) and then compares, on the same rows:
 - one set (set 0, the single-set teacher of that seed);
 - the ensemble averaged as probabilities (a mixture: what the library does);
 - the ensemble averaged as log-probabilities, renormalised (a product of experts);
-- each of those with content-free calibration.
+- one set and the mixture with content-free calibration, and with batch calibration (each set's mean
+  answer on the scored rows divided out).
 For each: accuracy, margin AUC and the share answered with label 0, mean / min / max over seeds. Writes
 results/teacher-ensemble/variants.{md,json} (the directory is --output-dir).
 """
@@ -28,15 +29,17 @@ from distill_trainer.models import load_causal_lm, load_tokenizer, resolve_model
 from distill_trainer.output_cache import teacher_source_fingerprint
 from distill_trainer.run_data import model_max_length, prepare_data, reseeded
 from distill_trainer.task_evaluation import content_free_scores, evaluate_set
-from distill_trainer.teacher_ensemble import combine_members
+from distill_trainer.teacher_ensemble import combine_members, content_free_distribution
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = {  # name -> (sets used, average, calibrated)
-    "one set": (1, "probabilities", False),
-    "ensemble, mean of probabilities": (None, "probabilities", False),
-    "ensemble, mean of log-probabilities": (None, "logprobs", False),
-    "one set, calibrated": (1, "probabilities", True),
-    "ensemble (probabilities), calibrated": (None, "probabilities", True),
+VARIANTS = {  # name -> (sets used, average, calibration)
+    "one set": (1, "probabilities", "none"),
+    "ensemble, mean of probabilities": (None, "probabilities", "none"),
+    "ensemble, mean of log-probabilities": (None, "logprobs", "none"),
+    "one set, content-free calibration": (1, "probabilities", "content_free"),
+    "ensemble (probabilities), content-free calibration": (None, "probabilities", "content_free"),
+    "one set, batch calibration": (1, "probabilities", "batch"),
+    "ensemble (probabilities), batch calibration": (None, "probabilities", "batch"),
 }
 
 
@@ -99,10 +102,14 @@ def main(argv=None) -> dict:
                 for s in seeded.samplers
             ]
             per_seed[str(seed)][task] = {}
-            for variant, (count, average, calibrated) in VARIANTS.items():
+            for variant, (count, average, calibration) in VARIANTS.items():
                 chosen = members[: count or len(members)]
-                content_free = free[: len(chosen)] if calibrated else None
-                if count == 1 and not calibrated:
+                content_free = {
+                    "none": None,
+                    "content_free": free[: len(chosen)],
+                    "batch": [content_free_distribution(scores) for scores in chosen],
+                }[calibration]
+                if count == 1 and calibration == "none":
                     scores = torch.log_softmax(chosen[0].double(), -1)
                 else:
                     scores = combine_members(chosen, content_free, average=average)

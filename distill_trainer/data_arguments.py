@@ -9,7 +9,7 @@ from .errors import UsageError
 from .patterns import PATTERNS, Pattern, get_pattern
 from .tasks import CUSTOM, DATA_ENV, DATA_SOURCES, TASKS, get_task
 
-CALIBRATIONS = ("none", "content_free")
+CALIBRATIONS = ("none", "content_free", "batch")
 
 
 @dataclass
@@ -67,8 +67,10 @@ class DataArguments:
     teacher_calibration: str = field(
         default="none",
         metadata={
-            "help": "none | content_free: divide each demonstration set's label-word distribution by its "
-            "distribution on content-free queries (Zhao et al. 2021) and renormalise."
+            "help": "none | content_free | batch: divide each demonstration set's label-word distribution "
+            "by its mean distribution on content-free queries (Zhao et al. 2021), or on the rows it scores "
+            "(batch: each evaluation set's rows, the training queries in the output cache; Zhou et al. "
+            "2024), and renormalise."
         },
     )
     demonstration_seeds: list[int] = field(

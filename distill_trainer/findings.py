@@ -20,8 +20,10 @@ BOOTSTRAP_SAMPLES = 1000
 PAIRS = (
     ("cd_full", "pbft_full", "CD", "PBFT"),
     ("cd_lora", "pbft_lora", "CD", "PBFT"),
-    ("icl_teacher_calibrated", "icl_teacher", "calibrated", "uncalibrated"),
-    ("cd_lora_calibrated", "cd_lora", "calibrated", "uncalibrated"),
+    ("icl_teacher_cf_calibrated", "icl_teacher", "calibrated", "uncalibrated"),
+    ("cd_lora_cf_calibrated", "cd_lora", "calibrated", "uncalibrated"),
+    ("icl_teacher_batch_calibrated", "icl_teacher", "calibrated", "uncalibrated"),
+    ("cd_lora_batch_calibrated", "cd_lora", "calibrated", "uncalibrated"),
     ("icl_teacher_ensemble", "icl_teacher", "ensemble", "one set"),
     ("cd_lora_ensemble", "cd_lora", "ensemble", "one set"),
 )

@@ -5,7 +5,7 @@ from the evaluation cache, and a teacher ensembled over demonstration sets and c
                                 model_id=fingerprint, teacher_ensemble=True)
     results.metrics["mnli"]["accuracy"], results.predictions["hans"]
 
-With `teacher_ensemble` and `demonstration_sets > 1` or `teacher_calibration: content_free`, each
+With `teacher_ensemble` and `demonstration_sets > 1` or a `teacher_calibration`, each
 demonstration set is evaluated (and cached) on its own, exactly as a single-set run would, and the
 ensemble's scores are combined from theirs (`teacher_ensemble.combine_members`): adding sets or
 calibration to a run whose sets were scored before costs only the content-free queries.
@@ -86,9 +86,10 @@ def evaluate_on_tasks(
             found = one_set(demonstrations)
         else:
             members = [one_set(sampler.for_query if data_args.k else None) for sampler in data.samplers]
-            found = combine_evaluations(
-                members, content_free, rows, get_task(name), tokenizer, data, data_args
-            )
+            bias = content_free
+            if data_args.teacher_calibration == "batch":  # each set's mean answer on these very rows
+                bias = [content_free_distribution(_scores(records)) for _, records in members]
+            found = combine_evaluations(members, bias, rows, get_task(name), tokenizer, data, data_args)
         results.metrics[name], results.predictions[name] = found
     results.seconds = time.perf_counter() - start
     return results
@@ -162,12 +163,14 @@ def content_free_scores(model, tokenizer, data, sampler, config, model_id) -> to
     return content_free_distribution(torch.tensor([row["logprobs"] for row in found[1]]))
 
 
+def _scores(records) -> torch.Tensor:
+    return torch.tensor([record["logprobs"] for record in records])
+
+
 def combine_evaluations(members, content_free, rows, task, tokenizer, data, data_args):
     """The ensemble's (metrics, predictions) from each set's; metrics also list each set alone."""
     first_ids = [ids[0] for ids in label_token_ids(tokenizer, data.pattern.label_words)]
-    logprobs = combine_members(
-        [torch.tensor([record["logprobs"] for record in records]) for _, records in members], content_free
-    )
+    logprobs = combine_members([_scores(records) for _, records in members], content_free)
     # the full-vocabulary argmax is set 0's: an ensemble has no single vocabulary distribution
     base = members[0][1]
     vocab_argmax = torch.tensor(
@@ -182,7 +185,8 @@ def combine_evaluations(members, content_free, rows, task, tokenizer, data, data
         "demonstration_sets": len(members),
         "calibration": data_args.teacher_calibration,
         "seeds": [sampler.seed for sampler in data.samplers],
-        "content_free": None if content_free is None else [c.exp().tolist() for c in content_free],
+        # per set: the label distribution that was divided out (content-free queries', or the rows' own)
+        "bias": None if content_free is None else [c.exp().tolist() for c in content_free],
         "members": [
             {key: member.get(key) for key in ("accuracy", "accuracy_stderr", "auc")} for member, _ in members
         ],

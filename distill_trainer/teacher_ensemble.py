@@ -35,7 +35,8 @@ def content_free_rows(label: int = 0) -> list[dict]:
 
 
 def content_free_distribution(logprobs: torch.Tensor) -> torch.Tensor:
-    """(labels,) log of the mean label distribution over content-free queries' (n, labels) scores."""
+    """(labels,) log of the mean label distribution of (n, labels) scores: of content-free queries, or
+    (batch calibration) of the rows being scored themselves."""
     probabilities = torch.log_softmax(logprobs.double(), dim=-1).exp().mean(0)
     return probabilities.log()
 
@@ -98,8 +99,9 @@ class TeacherEnsembleViews:
 
     `members`: the training rows' view datasets under demonstration sets 1.. (set 0's is the trainer's
     train_dataset), rows in the same order; `content_free`: one view dataset of `content_free_rows()` per
-    set (sets 0..), or None without calibration. Each is cached like any dataset (its own key), so a set
-    scored before is never scored again, and `combine` then builds the ensemble's label-word outputs.
+    set (sets 0..) for `calibration="content_free"`, else None (batch calibration reads the members).
+    Each is cached like any dataset (its own key), so a set scored before is never scored again, and
+    `combine` then builds the ensemble's label-word outputs.
     """
 
     members: list
@@ -127,6 +129,8 @@ class TeacherEnsembleViews:
         members = [self._at_one(done[name], temperature) for name in names]
         free_names = [f"content_free_set{j}" for j in range(len(names))] if self.content_free else []
         content_free = [content_free_distribution(self._at_one(done[n], temperature)) for n in free_names]
+        if self.calibration == "batch":  # each set's mean answer over the training queries
+            content_free = [content_free_distribution(scores) for scores in members]
         combined = at_temperature(combine_members(members, content_free or None), temperature)
         train = done["train"].remove_columns(["teacher_label_logprobs"])
         train = train.add_column(
@@ -143,7 +147,7 @@ class TeacherEnsembleViews:
             "calibration": self.calibration,
             "set_caches": paths,
             "content_free_caches": free_paths,
-            "content_free": [c.exp().tolist() for c in content_free] or None,
+            "bias": [c.exp().tolist() for c in content_free] or None,
         }
         return train
 

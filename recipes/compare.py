@@ -57,14 +57,22 @@ METHODS = {
     "cd_lora_self": ("context_distill", {"student_mode": "lora", "teacher": "self"}),
     "cd_lora_8bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "8bit"}),
     "cd_lora_4bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "4bit"}),
-    # the teacher calibrated on content-free queries (Zhao et al. 2021), and a student distilled from it
-    "icl_teacher_calibrated": (
+    # the teacher calibrated (on content-free queries / on the rows it scores) and students distilled from it
+    "icl_teacher_cf_calibrated": (
         "icl_eval",
         {"model": "teacher", "data": {"teacher_calibration": "content_free"}},
     ),
-    "cd_lora_calibrated": (
+    "cd_lora_cf_calibrated": (
         "context_distill",
         {"student_mode": "lora", "data": {"teacher_calibration": "content_free"}},
+    ),
+    "icl_teacher_batch_calibrated": (
+        "icl_eval",
+        {"model": "teacher", "data": {"teacher_calibration": "batch"}},
+    ),
+    "cd_lora_batch_calibrated": (
+        "context_distill",
+        {"student_mode": "lora", "data": {"teacher_calibration": "batch"}},
     ),
     # the paper's memory reference: fine-tuning the teacher itself (LoRA; a few steps, memory only)
     "pbft_teacher_lora": (
@@ -72,7 +80,7 @@ METHODS = {
         {"student_mode": "lora", "model": "teacher", "memory_only": True},
     ),
 }
-OPTIONAL_METHODS = ("cd_lora_4bit", "pbft_teacher_lora", "icl_teacher_calibrated", "cd_lora_calibrated")
+OPTIONAL_METHODS = ("cd_lora_4bit", "pbft_teacher_lora", *(m for m in METHODS if m.endswith("_calibrated")))
 DEFAULT_METHODS = [m for m in METHODS if m not in OPTIONAL_METHODS]
 
 

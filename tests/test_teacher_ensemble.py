@@ -1,6 +1,7 @@
 """A teacher averaged over demonstration sets and calibrated on content-free queries: the arithmetic, ICL
 evaluation with its spread over demonstration seeds, and the teacher output cache of such a teacher."""
 
+import json
 import math
 
 import pytest
@@ -127,8 +128,8 @@ def test_ensemble_evaluation_reuses_each_set_and_reports_the_seed_spread(tmp_pat
         assert report["members"][0]["accuracy"] == single["eval"][task]["accuracy"]
         assert report["members"][0]["auc"] == single["eval"][task]["auc"]
         assert report["demonstration_sets"] == 3 and report["calibration"] == "content_free"
-        assert len(report["content_free"]) == 3
-        assert all(math.isclose(sum(p), 1.0, abs_tol=1e-9) for p in report["content_free"])
+        assert len(report["bias"]) == 3
+        assert all(math.isclose(sum(p), 1.0, abs_tol=1e-9) for p in report["bias"])
         spread = ensemble["seed_spread"][task]
         for metric in ("accuracy", "set0_accuracy"):
             values = spread[metric]["values"]
@@ -213,7 +214,7 @@ def test_the_ensemble_teachers_outputs_are_keyed_on_sets_seeds_and_calibration(
     monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
     base = ("--demonstration_sets", "2", "--teacher_calibration", "content_free")
     first = _distill(tmp_path, tiny_dirs, "a", *base)
-    assert first["ensemble"]["demonstration_sets"] == 2 and len(first["ensemble"]["content_free"]) == 2
+    assert first["ensemble"]["demonstration_sets"] == 2 and len(first["ensemble"]["bias"]) == 2
     again = _distill(tmp_path, tiny_dirs, "b", *base)
     assert again["reused"] is True and again["ensemble"]["key"] == first["ensemble"]["key"]
     keys = {
@@ -223,8 +224,11 @@ def test_the_ensemble_teachers_outputs_are_keyed_on_sets_seeds_and_calibration(
         )["ensemble"]["key"],
         _distill(tmp_path, tiny_dirs, "d", *base, "--demonstration_seed", "5")["ensemble"]["key"],
         _distill(tmp_path, tiny_dirs, "e", "--demonstration_sets", "2")["ensemble"]["key"],
+        _distill(tmp_path, tiny_dirs, "g", "--demonstration_sets", "2", "--teacher_calibration", "batch")[
+            "ensemble"
+        ]["key"],
     }
-    assert len(keys) == 4
+    assert len(keys) == 5
     # one set, no calibration: today's teacher, no ensemble step at all
     assert "ensemble" not in _distill(tmp_path, tiny_dirs, "f")
 
@@ -277,5 +281,30 @@ def test_the_benchmark_compares_the_averages_on_the_sets_icl_eval_scored(tmp_pat
             icl = evaluated["demonstration_seeds"][seed][task]
             bench = report["seeds"][seed][task]
             assert bench["one set"]["accuracy"] == icl["teacher_ensemble"]["members"][0]["accuracy"]
-            assert bench["ensemble (probabilities), calibrated"]["accuracy"] == icl["accuracy"]
-    assert (tmp_path / "bench" / "variants.md").read_text().count("| mnli |") == 5
+            assert bench["ensemble (probabilities), content-free calibration"]["accuracy"] == icl["accuracy"]
+    assert (tmp_path / "bench" / "variants.md").read_text().count("| mnli |") == len(
+        teacher_ensemble.VARIANTS
+    )
+
+
+def test_batch_calibration_divides_out_each_sets_mean_answer_on_the_rows_it_scores(
+    tmp_path, tiny_dirs, monkeypatch
+):
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe("icl_eval")
+    model = tiny_dirs["teacher"]
+    plain = recipe.main(_icl_argv(model, tmp_path, "plain"))
+    batch = recipe.main(_icl_argv(model, tmp_path, "batch", "--teacher_calibration", "batch"))
+    for task in ("mnli", "hans"):
+        records = [
+            json.loads(line)
+            for line in (tmp_path / "plain" / f"predictions_{task}.jsonl").read_text().splitlines()
+        ]
+        probabilities = torch.softmax(torch.tensor([r["logprobs"] for r in records], dtype=torch.float64), -1)
+        (bias,) = batch["eval"][task]["teacher_ensemble"]["bias"]
+        assert bias == pytest.approx(probabilities.mean(0).tolist(), abs=1e-5)
+        # one set: the ranking of rows is untouched, only the threshold moves
+        assert batch["eval"][task]["auc"] == pytest.approx(plain["eval"][task]["auc"], abs=1e-6)
+        calibrated = (probabilities / torch.tensor(bias, dtype=torch.float64)).argmax(-1).tolist()
+        lines = (tmp_path / "batch" / f"predictions_{task}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["prediction"] for line in lines] == calibrated
