@@ -136,17 +136,15 @@ class TeacherEnsembleViews:
         train = train.add_column(
             "teacher_label_logprobs", combined.float().tolist(), feature=List(Value("float32"))
         )
-        paths = [cache_info[name]["path"] for name in names]
-        free_paths = [cache_info[name]["path"] for name in free_names]
+        # cache names, not paths: the same sets give the same key wherever the caches live
+        caches = [Path(cache_info[name]["path"]).name for name in names]
+        free_caches = [Path(cache_info[name]["path"]).name for name in free_names]
         cache_info["train"]["ensemble"] = {
-            # cache names, not paths: the same sets give the same key wherever the caches live
-            "key": ensemble_key(
-                [Path(p).name for p in paths], self.calibration, [Path(p).name for p in free_paths]
-            ),
+            "key": ensemble_key(caches, self.calibration, free_caches),
             "demonstration_sets": len(names),
             "calibration": self.calibration,
-            "set_caches": paths,
-            "content_free_caches": free_paths,
+            "set_caches": caches,
+            "content_free_caches": free_caches,
             "bias": [c.exp().tolist() for c in content_free] or None,
         }
         return train
