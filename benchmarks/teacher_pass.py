@@ -40,7 +40,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from benchmarks import flops  # noqa: E402
+if __package__:  # python -m benchmarks.teacher_pass, or imported
+    from benchmarks import flops  # noqa: E402
+else:  # run as a script: its own directory is on sys.path
+    import flops  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TEACHER = "embedded:qwen2.5-coder-1.5b"
@@ -48,6 +51,8 @@ TEACHER = "embedded:qwen2.5-coder-1.5b"
 DEFAULT_CONFIG = REPO / "recipes" / "configs" / "embedded" / "compare.yaml"
 MIN_AGREEMENT = 0.99
 MIN_SPEEDUP = 1.05  # faster than the baseline by more than run-to-run noise
+# --quick: the mechanics of each kind of change, on a model too small to time
+QUICK_SETTINGS = ("baseline", "batch 1", "unsorted", "bf16 autocast", "torch.compile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,9 +248,9 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}; load average {report['load_average']} at the start; torch "
         f"{report['torch']}, transformers {report['transformers']}  ",
         f"Teacher: {report['teacher']} ({report['parameters']['body'] / 1e6:.0f}M non-embedding parameters); "
-        f"{report['queries']} MNLI queries behind a {report['prefix_tokens']}-token prefix (k demonstrations, "
-        f"prefix KV cache), {report['suffix_tokens_mean']:.1f} query tokens on average; label-word pass "
-        f"(`distill_vocab: label_words`).  ",
+        f"{report['queries']} MNLI queries behind a {report['prefix_tokens']}-token prefix (the "
+        f"demonstrations, through the prefix KV cache), {report['suffix_tokens_mean']:.1f} query tokens on "
+        "average; label-word pass (`distill_vocab: label_words`).  ",
         f"FLOPs per query: {report['gflop_per_query']:.1f} GFLOP (2 x non-embedding parameters x tokens + "
         "attention over prefix and query + the LM head at the answer position; padding not counted); the "
         f"one-off prefix pass: {report['prefix_gflop']:.0f} GFLOP.",
@@ -274,11 +279,12 @@ def markdown(report: dict) -> str:
     out += ["", f"**Chosen**: {report['choice']}", ""]
     p = report.get("profile")
     if p:
+        rest = 1 - p["matmul_share"] - p["attention_share"]
         out += [
             f"Where the baseline's time goes (torch.profiler, one batch of {p['rows']}, self CPU time "
             f"{p['total_s']:.2f} s): dense matmuls (`mm`/`addmm`/`bmm`) {p['matmul_share']:.0%} at "
-            f"{p['matmul_gflops']:.0f} GFLOP/s ({p['matmul_gflops'] / report['peak_fp32']:.0%} of the probe's "
-            f"fp32 peak), attention {p['attention_share']:.0%}, the rest {1 - p['matmul_share'] - p['attention_share']:.0%}.",
+            f"{p['matmul_gflops']:.0f} GFLOP/s ({p['matmul_gflops'] / report['peak_fp32']:.0%} of the "
+            f"probe's fp32 peak), attention {p['attention_share']:.0%}, the rest {rest:.0%}.",
             "",
             "| operator | self (s) | share |",
             "| --- | ---: | ---: |",
@@ -358,8 +364,8 @@ def main(argv=None) -> dict:
         print(f"[teacher-pass] profile: matmuls {profile['matmul_share']:.0%} of the time", flush=True)
 
     settings = default_settings(threads, options.compile)
-    if options.quick:  # the mechanics of each kind of change, on a model too small to time
-        settings = [s for s in settings if s.name in ("baseline", "batch 1", "unsorted", "bf16 autocast", "torch.compile")]
+    if options.quick:
+        settings = [s for s in settings if s.name in QUICK_SETTINGS]
     if options.only:
         settings = [s for s in settings if s.name == "baseline" or s.name in options.only]
     results, reference = [], None
@@ -390,7 +396,7 @@ def main(argv=None) -> dict:
         )
     choice = choose(results, options.logprob_tolerance)
     report = {
-        "command": "python -m benchmarks.teacher_pass " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.teacher_pass", *(sys.argv[1:] if argv is None else argv)]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch threads",
         "load_average": load_average,
         "torch": torch.__version__,
