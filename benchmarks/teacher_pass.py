@@ -368,6 +368,40 @@ def main(argv=None) -> dict:
         settings = [s for s in settings if s.name in QUICK_SETTINGS]
     if options.only:
         settings = [s for s in settings if s.name == "baseline" or s.name in options.only]
+
+    def write(results) -> dict:
+        """The report so far: written after every setting, so an interrupted run keeps what it measured."""
+        choice = choose(results, options.logprob_tolerance)
+        report = {
+            "command": " ".join(["python -m benchmarks.teacher_pass", *arguments]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch threads",
+            "load_average": load_average,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "teacher": teacher_name,
+            "parameters": flops.parameter_split(model),
+            "threads": threads,
+            "queries": len(dataset),
+            "prefix_tokens": prefix,
+            "suffix_tokens_mean": statistics.mean(suffix_lengths),
+            "gflop_per_query": statistics.mean(query_flops) / 1e9,
+            "prefix_gflop": flops.forward_flops(model, prefix, 0, 0) / 1e9,
+            "probe": probes,
+            "peak_fp32": probes[str(threads)]["peak"]["fp32"],
+            "logprob_tolerance": options.logprob_tolerance,
+            "results": results,
+            "choice": choice,
+            "profile": profile,
+            "total_seconds": time.perf_counter() - started,
+        }
+        output = Path(options.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        stem = "teacher_pass-quick" if options.quick else "teacher_pass"
+        (output / f"{stem}.json").write_text(json.dumps(report, indent=1))
+        (output / f"{stem}.md").write_text(markdown(report))
+        return report
+
+    arguments = sys.argv[1:] if argv is None else argv
     results, reference = [], None
     for setting in settings:
         print(f"[teacher-pass] {setting.name}: {setting.describe()}", flush=True)
@@ -394,36 +428,9 @@ def main(argv=None) -> dict:
             f"{result['max_abs_logprob_diff']:.1e}",
             flush=True,
         )
-    choice = choose(results, options.logprob_tolerance)
-    report = {
-        "command": " ".join(["python -m benchmarks.teacher_pass", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch threads",
-        "load_average": load_average,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "teacher": teacher_name,
-        "parameters": flops.parameter_split(model),
-        "threads": threads,
-        "queries": len(dataset),
-        "prefix_tokens": prefix,
-        "suffix_tokens_mean": statistics.mean(suffix_lengths),
-        "gflop_per_query": statistics.mean(query_flops) / 1e9,
-        "prefix_gflop": flops.forward_flops(model, prefix, 0, 0) / 1e9,
-        "probe": probes,
-        "peak_fp32": probes[str(threads)]["peak"]["fp32"],
-        "logprob_tolerance": options.logprob_tolerance,
-        "results": results,
-        "choice": choice,
-        "profile": profile,
-        "total_seconds": time.perf_counter() - started,
-    }
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    stem = "teacher_pass-quick" if options.quick else "teacher_pass"
-    (output / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    (output / f"{stem}.md").write_text(markdown(report))
+        report = write(results)
     print(markdown(report))
-    print(f"[teacher-pass] wrote {output / stem}.md and .json in {report['total_seconds']:.0f} s")
+    print(f"[teacher-pass] wrote {options.output_dir} in {report['total_seconds']:.0f} s")
     return report
 
 
