@@ -52,7 +52,7 @@ DEFAULT_CONFIG = REPO / "recipes" / "configs" / "embedded" / "compare.yaml"
 MIN_AGREEMENT = 0.99
 MIN_SPEEDUP = 1.05  # faster than the baseline by more than run-to-run noise
 # --quick: the mechanics of each kind of change, on a model too small to time
-QUICK_SETTINGS = ("baseline", "batch 1", "unsorted", "bf16 autocast", "torch.compile")
+QUICK_SETTINGS = ("baseline", "packed", "batch 1", "unsorted", "bf16 autocast", "torch.compile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,21 +64,27 @@ class Setting:
     precision: str = "fp32"  # fp32 | bf16-autocast | bf16-weights
     attention: str = "sdpa"  # sdpa | eager
     compile: bool = False
+    pack: bool = True  # suffixes packed without padding (TeacherAnswerLogits' default)
 
     def describe(self) -> str:
         return (
             f"{self.precision}, {self.attention}, batch {self.batch_size}, "
+            f"{'packed' if self.pack else 'padded'}, "
             f"{'sorted' if self.sort else 'unsorted'}, {self.threads} thread{'s' * (self.threads > 1)}"
             + (", torch.compile" if self.compile else "")
         )
 
 
 def default_settings(threads: int, with_compile: bool) -> list[Setting]:
-    """The baseline (what `teacher_output_cache: true` does with the Trainer's default eval batch of 8),
-    then one change at a time. bf16 weights come last: they convert the model in place."""
-    base = Setting("baseline", threads)
+    """The baseline (the padded pass `teacher_output_cache: true` ran before packing, at the Trainer's
+    default eval batch of 8), then one change at a time. bf16 weights convert the model in place (it is
+    reloaded in fp32 for any setting after them)."""
+    base = Setting("baseline", threads, pack=False)
+    packed = dataclasses.replace(base, name="packed", pack=True)
     settings = [
         base,
+        packed,
+        dataclasses.replace(packed, name="packed, batch 16", batch_size=16),
         dataclasses.replace(base, name="batch 1", batch_size=1),
         dataclasses.replace(base, name="batch 4", batch_size=4),
         dataclasses.replace(base, name="batch 16", batch_size=16),
@@ -92,7 +98,7 @@ def default_settings(threads: int, with_compile: bool) -> list[Setting]:
         settings.append(dataclasses.replace(base, name="torch.compile", compile=True))
     settings += [
         dataclasses.replace(base, name="bf16 weights", precision="bf16-weights"),
-        dataclasses.replace(base, name="bf16 weights, batch 16", precision="bf16-weights", batch_size=16),
+        dataclasses.replace(packed, name="packed, bf16 weights", precision="bf16-weights"),
     ]
     return settings
 
@@ -160,7 +166,7 @@ def run_setting(model, dataset, collator, label_ids, setting: Setting) -> dict:
     if setting.precision == "bf16-weights" and model.dtype != torch.bfloat16:
         model.to(torch.bfloat16)
     model.set_attn_implementation(setting.attention)
-    runner, forward = TeacherAnswerLogits(), model
+    runner, forward = TeacherAnswerLogits(pack=setting.pack), model
     if setting.compile:
         forward = torch.compile(model, dynamic=True)
     autocast = (
@@ -211,7 +217,7 @@ def profile_batch(model, dataset, collator, label_ids, batch_size: int, top: int
     from distill_trainer.output_cache import compute_teacher_outputs
     from distill_trainer.prefix_cache import TeacherAnswerLogits
 
-    runner = TeacherAnswerLogits()
+    runner = TeacherAnswerLogits(pack=False)  # the baseline's padded batch
     rows = dataset.select(range(min(batch_size, len(dataset))))
     options = dict(distill_vocab="label_words", temperature=1.0, label_token_ids=label_ids)
     compute_teacher_outputs(lambda b: runner(model, b), rows.select([0]), collator, batch_size=1, **options)
@@ -405,6 +411,8 @@ def main(argv=None) -> dict:
     results, reference = [], None
     for setting in settings:
         print(f"[teacher-pass] {setting.name}: {setting.describe()}", flush=True)
+        if setting.precision != "bf16-weights" and model.dtype == torch.bfloat16:  # back to the fp32 weights
+            model = load_teacher(options.teacher, options.quick)[0].eval().requires_grad_(False)
         run = run_setting(model, dataset, collator, label_ids, setting)
         reference = reference if reference is not None else run["logprobs"]
         total_flops = sum(query_flops)

@@ -41,12 +41,15 @@ def test_forward_flops_counts_body_attention_and_head():
 def test_teacher_pass_quick_agrees_with_itself(tmp_path):
     from benchmarks import teacher_pass
 
-    report = teacher_pass.main(["--quick", "--only", "unsorted", "--output-dir", str(tmp_path)])
-    baseline, unsorted = report["results"]
+    report = teacher_pass.main(["--quick", "--only", "unsorted", "packed", "--output-dir", str(tmp_path)])
+    baseline, packed, unsorted = report["results"]
     assert baseline["name"] == "baseline" and baseline["agreement"] == 1.0
     assert baseline["max_abs_logprob_diff"] == 0.0
     # another batch order computes the same numbers (fp32, up to summation order)
     assert unsorted["agreement"] == 1.0 and unsorted["max_abs_logprob_diff"] < 1e-4
+    # so does packing the queries without their padding
+    assert packed["setting"]["pack"] and not baseline["setting"]["pack"]
+    assert packed["agreement"] == 1.0 and packed["max_abs_logprob_diff"] < 1e-4
     assert baseline["gflops"] > 0 and 0 < baseline["peak_share"]
     assert report["profile"]["matmul_share"] > 0
     saved = json.loads((tmp_path / "teacher_pass-quick.json").read_text())
