@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -148,8 +149,11 @@ def batch_plan(lengths: list[int], batch_size: int, sort: bool) -> list[list[int
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def padding_share(suffix_lengths: list[int], batch_size: int, sort: bool) -> float:
-    """Padded tokens / all tokens the teacher runs over (the suffixes; the prefix is never padded)."""
+def padding_share(suffix_lengths: list[int], batch_size: int, sort: bool, pack: bool = False) -> float:
+    """Padded tokens / all tokens the teacher runs over (the suffixes; the prefix is never padded).
+    Packed suffixes have none."""
+    if pack:
+        return 0.0
     total = real = 0
     for rows in batch_plan(suffix_lengths, batch_size, sort):
         total += len(rows) * max(suffix_lengths[i] for i in rows)
@@ -379,7 +383,7 @@ def main(argv=None) -> dict:
         """The report so far: written after every setting, so an interrupted run keeps what it measured."""
         choice = choose(results, options.logprob_tolerance)
         report = {
-            "command": " ".join(["python -m benchmarks.teacher_pass", *arguments]),
+            "command": shlex.join(["python", "-m", "benchmarks.teacher_pass", *arguments]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch threads",
             "load_average": load_average,
             "torch": torch.__version__,
@@ -426,7 +430,7 @@ def main(argv=None) -> dict:
             "per_query_s": run["seconds"] / len(dataset),
             "gflops": total_flops / run["seconds"] / 1e9,
             "peak_share": total_flops / run["seconds"] / 1e9 / peak,
-            "padding": padding_share(suffix_lengths, setting.batch_size, setting.sort),
+            "padding": padding_share(suffix_lengths, setting.batch_size, setting.sort, setting.pack),
             **compare(run["logprobs"], reference),
         }
         results.append(result)
