@@ -287,6 +287,8 @@ def markdown(report: dict) -> str:
             f"{r['one_off_s']:.1f} | {'yes' if r['kept'] else 'no'} |"
         )
     out += ["", f"**Chosen**: {report['choice']}", ""]
+    if report.get("note"):
+        out += [report["note"], ""]
     p = report.get("profile")
     if p:
         rest = 1 - p["matmul_share"] - p["attention_share"]
