@@ -14,14 +14,16 @@ prefix is never padded, since it is shared. Position ids continue from the prefi
 as in `answer_logits.answer_logits`. The cache goes in through `cache=` (transformers >= 5.24; the older
 `past_key_values=` is deprecated).
 
-Packing (`pack=True`, what `TeacherAnswerLogits` does by default): the batch's suffixes are laid end to
-end in one row, without their padding, under a mask that lets each token see the whole prefix and its
-own query up to itself; position ids restart after the prefix for every query. Each query's logits are
+Packing (`pack=True`, what `TeacherAnswerLogits` does by default on a CPU): the batch's suffixes are
+laid end to end in one row, without their padding, under a mask that lets each token see the whole
+prefix and its own query up to itself; position ids restart after the prefix for every query. Each query's logits are
 those of the padded batch (up to float summation order), but the matmuls, most of a CPU teacher's time,
 run over real tokens only. A packed row is capped at `PACK_TOKENS` tokens (more rows run one after the
 other): attention over a packed row also computes the masked pairs between different queries, which
 grows with the row's length squared. Packing needs plain full-attention cache layers and an attention
-that takes an explicit 4-D mask (SDPA, eager); otherwise the padded path runs.
+that takes an explicit 4-D mask (SDPA, eager); otherwise the padded path runs. It is measured on CPUs
+(benchmarks/teacher_pass.py); a GPU runs a padded batch in one forward, where the packed rows would run
+one after another, so there it stays off unless asked for.
 """
 
 from __future__ import annotations
@@ -180,9 +182,9 @@ class PrefixCachedTeacher:
             ],
             dim=1,
         )
-        # additive float mask: SDPA and eager both read it as is (a boolean one eager would add as 0/1)
-        dtype = next(self.model.parameters()).dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
+        # additive float mask in the attention's own dtype (the cached keys'): SDPA and eager both read it
+        # as is, where a boolean one eager would add as 0/1
+        dtype = self._prefix_cache.layers[0].keys.dtype
         attention_mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
         attention_mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         keep = (starts[:, None] + ranks).reshape(1, -1)
@@ -236,10 +238,11 @@ class TeacherAnswerLogits:
     `teacher_prefix_ids` and the `teacher_suffix_*` tensors when the demonstrations are fixed);
     otherwise the full teacher view runs. The prefix cache is rebuilt when the model or the prefix
     changes, so a run that switches demonstrations stays correct. `pack`: run the suffixes packed
-    (`PrefixCachedTeacher`'s docstring), which skips the padding's arithmetic.
+    (`PrefixCachedTeacher`'s docstring), which skips the padding's arithmetic; None (the default) packs
+    on a CPU only.
     """
 
-    def __init__(self, use_prefix_cache: bool = True, pack: bool = True):
+    def __init__(self, use_prefix_cache: bool = True, pack: bool | None = None):
         self.use_prefix_cache = use_prefix_cache
         self.pack = pack
         self.prefix_teacher: PrefixCachedTeacher | None = None
@@ -254,7 +257,7 @@ class TeacherAnswerLogits:
                 batch["teacher_suffix_input_ids"],
                 batch["teacher_suffix_attention_mask"],
                 batch["teacher_suffix_answer_positions"],
-                pack=self.pack,
+                pack=self.pack if self.pack is not None else batch["teacher_suffix_input_ids"].is_cpu,
             )
         return answer_logits(
             model,
