@@ -16,9 +16,9 @@ as in `answer_logits.answer_logits`. The cache goes in through `cache=` (transfo
 
 Packing (`pack=True`, what `TeacherAnswerLogits` does by default on a CPU): the batch's suffixes are
 laid end to end in one row, without their padding, under a mask that lets each token see the whole
-prefix and its own query up to itself; position ids restart after the prefix for every query. Each query's logits are
-those of the padded batch (up to float summation order), but the matmuls, most of a CPU teacher's time,
-run over real tokens only. A packed row is capped at `PACK_TOKENS` tokens (more rows run one after the
+prefix and its own query up to itself; position ids restart after the prefix for every query. Each
+query's logits are those of the padded batch (up to float summation order), but the matmuls, most of a
+CPU teacher's time, run over real tokens only. A packed row is capped at `PACK_TOKENS` tokens (more rows run one after the
 other): attention over a packed row also computes the masked pairs between different queries, which
 grows with the row's length squared. Packing needs plain full-attention cache layers and an attention
 that takes an explicit 4-D mask (SDPA, eager); otherwise the padded path runs. It is measured on CPUs
