@@ -14,14 +14,14 @@ prefix is never padded, since it is shared. Position ids continue from the prefi
 as in `answer_logits.answer_logits`. The cache goes in through `cache=` (transformers >= 5.24; the older
 `past_key_values=` is deprecated).
 
-Packing (`pack=True`, what `TeacherAnswerLogits` does by default on a CPU): the batch's suffixes are
-laid end to end in one row, without their padding, under a mask that lets each token see the whole
-prefix and its own query up to itself; position ids restart after the prefix for every query. Each
-query's logits are those of the padded batch (up to float summation order), but the matmuls, most of a
-CPU teacher's time, run over real tokens only. A packed row is capped at `PACK_TOKENS` tokens (more rows run one after the
-other): attention over a packed row also computes the masked pairs between different queries, which
-grows with the row's length squared. Packing needs plain full-attention cache layers and an attention
-that takes an explicit 4-D mask (SDPA, eager); otherwise the padded path runs. It is measured on CPUs
+Packing (`pack=True`, what `TeacherAnswerLogits` does by default on a CPU): the batch's suffixes are laid
+end to end in one row, without their padding, under a mask that lets each token see the whole prefix and
+its own query up to itself; position ids restart after the prefix for every query. Each query's logits are
+those of the padded batch (up to float summation order), but the matmuls, most of a CPU teacher's time,
+run over real tokens only. A packed row is capped at `PACK_TOKENS` tokens (more rows run one after the
+other): attention over a packed row also computes the masked pairs between different queries, which grows
+with the row's length squared. Packing needs plain full-attention cache layers and an attention that takes
+an explicit 4-D mask (SDPA, eager); otherwise the padded path runs. It is measured on CPUs
 (benchmarks/teacher_pass.py); a GPU runs a padded batch in one forward, where the packed rows would run
 one after another, so there it stays off unless asked for.
 """
