@@ -463,3 +463,24 @@ def test_label_word_cache_with_mass_not_one_is_rebuilt(tmp_path, tokenizer, teac
     caplog.set_level("WARNING", logger="distill_trainer")
     _, _, reused = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
     assert not reused and "damaged" in caplog.text and str(path) in caplog.text
+
+
+@pytest.mark.parametrize("pack, packs", [(None, True), (True, True), (False, False)])
+def test_teacher_runner_packs_on_cpu_by_default(tokenizer, teacher, monkeypatch, pack, packs):
+    from distill_trainer.prefix_cache import TeacherAnswerLogits
+
+    calls = []
+    original = PrefixCachedTeacher._packed_answer_logits
+
+    def spy(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(PrefixCachedTeacher, "_packed_answer_logits", spy)
+    batch = TwoViewCollator(tokenizer.pad_token_id)(views(tokenizer))
+    logits = TeacherAnswerLogits(pack=pack)(teacher.eval(), batch)
+    full = answer_logits(
+        teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"]
+    )
+    assert bool(calls) == packs
+    assert (logits - full)[batch["answer_mask"]].abs().max() <= 1e-4
