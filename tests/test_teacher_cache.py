@@ -479,8 +479,6 @@ def test_teacher_runner_packs_on_cpu_by_default(tokenizer, teacher, monkeypatch,
     monkeypatch.setattr(PrefixCachedTeacher, "_packed_answer_logits", spy)
     batch = TwoViewCollator(tokenizer.pad_token_id)(views(tokenizer))
     logits = TeacherAnswerLogits(pack=pack)(teacher.eval(), batch)
-    full = answer_logits(
-        teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"]
-    )
+    _, full, _ = cached_vs_full(teacher, batch)
     assert bool(calls) == packs
     assert (logits - full)[batch["answer_mask"]].abs().max() <= 1e-4
