@@ -4,6 +4,9 @@
     python benchmarks/speed.py --models smollm2-135m opt-125m opt-350m   # + OPT pairs (random init)
     python benchmarks/speed.py --quick                # tiny models, short prompts: a smoke test
     python benchmarks/speed.py --device cuda --models opt-1.3b   # on a GPU, the paper's OPT-1.3B -> OPT-125M
+    python benchmarks/speed.py --models qwen-1.5b-0.5b qwen-1.5b-smollm2 --batch-size 2 --demonstrations 4 \
+        --steps 2 --queries 4 --icl-queries 4 --icl-cached-queries 16 --icl-repeats 1 \
+        --output-dir results/speed/qwen       # the real 1.5B teacher (embedded), a few minutes a pair
 
 One process; per model pair one student, teacher, batch and set of 16 demonstrations. The variants run
 interleaved, one optimizer step each per round (warm-up rounds first); each reports the median step
@@ -20,7 +23,16 @@ without the prefix cache. Every step is forward + backward + AdamW update of the
 Models: the embedded SmolLM2-135M-Instruct (teacher = student = the real weights) when its package is
 installed, else a random-init model of its shape; OPT pairs are random-init from the published shapes
 (`opt-1.3b`: the paper's OPT-1.3B teacher -> OPT-125M student, with a byte-level BPE trained on the query pool
-when no real tokenizer is at hand). On `--device cuda` steps are timed between CUDA synchronisations and the
+when no real tokenizer is at hand). The real pairs load embedded checkpoints: `qwen-1.5b-0.5b` is the main
+job's Qwen2.5-Coder-1.5B-Instruct teacher -> Qwen2.5-Coder-0.5B-Instruct (one tokenizer: full-vocabulary
+KL), `qwen-1.5b-smollm2` the same teacher -> SmolLM2-135M-Instruct (different tokenizers: label-word KL,
+each view built with its model's tokenizer; variant (b) does not apply there, since full-sequence logits
+over two vocabularies and two tokenizations have no position-by-position match, and is skipped).
+
+On CPU the report starts with a matmul probe (`benchmarks/flops.py`: this machine's fp32 / bf16 / int8
+GFLOP/s) and, per pair, times the teacher's label-word output-cache pass (prefix cache built beforehand)
+and compares its achieved GFLOP/s with the probe's fp32 peak; `benchmarks/teacher_pass.py` explores the
+settings of that pass. On `--device cuda` steps are timed between CUDA synchronisations and the
 memory columns are CUDA allocated bytes. Memory is explained at the end of the report. Results:
 results/speed/speed.{md,json}.
 TRL is needed for (b) only: pip install -e ".[bench]".
@@ -62,6 +74,12 @@ from distill_trainer.memory_breakdown import model_bytes, optimizer_state_bytes 
 from distill_trainer.memory_estimate import architecture_config  # noqa: E402
 from distill_trainer.units import MIB  # noqa: E402
 from distill_trainer.views import SEPARATOR  # noqa: E402
+
+if __package__:  # imported as benchmarks.speed
+    from benchmarks import flops, teacher_pass  # noqa: E402
+else:  # run as a script: its own directory is on sys.path
+    import flops  # noqa: E402
+    import teacher_pass  # noqa: E402
 
 PATTERN = "gpt3"
 LABEL_WORDS = (" Yes", " No")
@@ -125,9 +143,20 @@ def load_rows(num_demonstrations: int, num_queries: int, seed: int = 0):
     return render_demonstrations(demos, pattern), queries, pattern, data_dir
 
 
-def build_features(tokenizer, pattern, demonstrations: list[str], rows) -> list[dict]:
+def build_features(tokenizer, pattern, demonstrations: list[str], rows, teacher_tokenizer=None) -> list[dict]:
+    """Two views per row; with a `teacher_tokenizer` (a teacher with another vocabulary) the teacher's
+    view is tokenized with it, as `run_data.build_view_dataset` does."""
     block = SEPARATOR.join(demonstrations)
-    return [build_views(tokenizer, pattern.query(row), pattern.answer(row["label"]), block) for row in rows]
+    features = []
+    for row in rows:
+        query, answer = pattern.query(row), pattern.answer(row["label"])
+        views = build_views(tokenizer, query, answer, block)
+        if teacher_tokenizer is not None:
+            teacher = build_views(teacher_tokenizer, query, answer, block)
+            for key in ("teacher_input_ids", "teacher_answer_positions", "teacher_prefix_length"):
+                views[key] = teacher[key]
+        features.append(views)
+    return features
 
 
 def batches(features, batch_size, pad_token_id, count, device="cpu"):
@@ -215,6 +244,53 @@ def random_model(kind: str, seed: int, vocab_size: int | None = None):
     raise ValueError(kind)
 
 
+# the real pairs: (teacher, student) embedded aliases
+REAL_PAIRS = {
+    "qwen-1.5b-0.5b": ("embedded:qwen2.5-coder-1.5b", "embedded:qwen2.5-coder-0.5b"),
+    "qwen-1.5b-smollm2": ("embedded:qwen2.5-coder-1.5b", "embedded:smollm2-135m"),
+}
+PAIR_NAMES = "smollm2-135m, opt-125m, opt-350m, opt-1.3b, tiny, tiny-two-tokenizers, " + ", ".join(REAL_PAIRS)
+
+
+def pair_with_tokenizers(name: str):
+    """(teacher, student, student tokenizer, teacher tokenizer or None when the vocabularies are equal,
+    description) of a pair that may tokenize differently; None for the other pairs (see `model_pair`)."""
+    if name in REAL_PAIRS:
+        return real_pair(name)
+    if name == "tiny-two-tokenizers":  # the cross-tokenizer path in seconds (used by the tests)
+        tokenizer, teacher_tokenizer = fallback_tokenizer(), data_tokenizer(1024)
+        return (
+            random_model("tiny", 1, len(teacher_tokenizer)),
+            random_model("tiny", 0, len(tokenizer)),
+            tokenizer,
+            teacher_tokenizer,
+            "tiny Llamas (random init) with two tokenizers, label-word KL",
+        )
+    return None
+
+
+def real_pair(name: str):
+    """(teacher, student, student tokenizer, teacher tokenizer or None when the vocabularies are equal,
+    description) of a pair of embedded checkpoints, fp32."""
+    from distill_trainer.models import load_causal_lm, load_tokenizer
+
+    teacher_name, student_name = REAL_PAIRS[name]
+    tokenizer, teacher_tokenizer = load_tokenizer(student_name), load_tokenizer(teacher_name)
+    same = teacher_tokenizer.get_vocab() == tokenizer.get_vocab()
+    kind = "one tokenizer, full-vocabulary KL" if same else "two tokenizers, label-word KL"
+    description = (
+        f"{teacher_name.split(':')[1]} teacher -> {student_name.split(':')[1]} student (embedded, real "
+        f"weights; {kind})"
+    )
+    return (
+        load_causal_lm(teacher_name),
+        load_causal_lm(student_name),
+        tokenizer,
+        None if same else teacher_tokenizer,
+        description,
+    )
+
+
 def model_pair(name: str, shared: dict):
     """(teacher, student, tokenizer, description) for one benchmark row group."""
     from transformers import AutoModelForCausalLM
@@ -270,15 +346,19 @@ def model_pair(name: str, shared: dict):
             tokenizer,
             f"OPT-350M teacher -> OPT-125M student (random init; {tokenizer_note})",
         )
-    raise SystemExit(
-        f"unknown model pair {name!r}; choose from smollm2-135m, opt-125m, opt-350m, opt-1.3b, tiny"
-    )
+    raise SystemExit(f"unknown model pair {name!r}; choose from {PAIR_NAMES}")
 
 
 # ---------------------------------------------------------------------------- variants
 
 
-def make_trainer(student, teacher, tmp, train_dataset=None, tokenizer=None, device="cpu", **config):
+def label_ids(tokenizer) -> list[int]:
+    return [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in LABEL_WORDS]
+
+
+def make_trainer(
+    student, teacher, tmp, train_dataset=None, tokenizer=None, device="cpu", teacher_tokenizer=None, **config
+):
     args = DistillationConfig(
         output_dir=os.path.join(tmp, "out"),
         report_to="none",
@@ -294,7 +374,8 @@ def make_trainer(student, teacher, tmp, train_dataset=None, tokenizer=None, devi
         args=args,
         train_dataset=train_dataset,
         data_collator=TwoViewCollator(tokenizer.pad_token_id, padding_side="left"),
-        label_token_ids=[tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in LABEL_WORDS],
+        label_token_ids=label_ids(tokenizer),
+        teacher_label_token_ids=label_ids(teacher_tokenizer) if teacher_tokenizer is not None else None,
     )
 
 
@@ -464,6 +545,31 @@ def run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter) -
     return result
 
 
+def time_teacher_pass(teacher, features, teacher_tokenizer, batch_size, probe) -> dict:
+    """The teacher's label-word output-cache pass over the features (prefix cache built first, untimed):
+    seconds per query and achieved GFLOP/s against the probe's fp32 peak."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(features)
+    setting = teacher_pass.Setting("speed", threads=torch.get_num_threads(), batch_size=batch_size)
+    collator = TwoViewCollator(teacher_tokenizer.pad_token_id)
+    run = teacher_pass.run_setting(teacher, dataset, collator, label_ids(teacher_tokenizer), setting)
+    prefix = features[0]["teacher_prefix_length"]
+    needed = sum(
+        flops.forward_flops(teacher, len(f["teacher_input_ids"]) - prefix, prefix, len(f["answer_ids"]))
+        for f in features
+    )
+    gflops = needed / run["seconds"] / 1e9
+    return {
+        "queries": len(features),
+        "batch_size": batch_size,
+        "per_query_s": run["seconds"] / len(features),
+        "gflop_per_query": needed / len(features) / 1e9,
+        "gflops": gflops,
+        "peak_share": gflops / probe["peak"]["fp32"],
+    }
+
+
 # ---------------------------------------------------------------------------- one model pair
 
 
@@ -472,14 +578,22 @@ def run_pair(name, options, shared, meter):
 
     print(f"[speed] == {name} ==", flush=True)
     device = options.device
-    with torch.device(device):  # random init straight on the GPU: a 1.3B init on the CPU takes a while
-        teacher, student, tokenizer, description = model_pair(name, shared)
+    teacher_tokenizer = None  # the student's tokenizer serves both, except for a real cross-tokenizer pair
+    with_tokenizers = pair_with_tokenizers(name)
+    if with_tokenizers is not None:
+        teacher, student, tokenizer, teacher_tokenizer, description = with_tokenizers
+        teacher, student = teacher.to(device), student.to(device)
+    else:
+        with torch.device(device):  # random init straight on the GPU: a 1.3B init on the CPU takes a while
+            teacher, student, tokenizer, description = model_pair(name, shared)
+    # two vocabularies: the distillation runs over the label words, each model's own first tokens
+    vocab = {"distill_vocab": "full" if teacher_tokenizer is None else "label_words"}
     teacher.eval().requires_grad_(False)
     teacher, student = teacher.to(device), student.to(device)
     demonstrations, rows, pattern, data_dir = load_rows(
         options.demonstrations, max(options.queries, options.icl_queries, options.icl_cached_queries)
     )
-    features = build_features(tokenizer, pattern, demonstrations, rows[: options.queries])
+    features = build_features(tokenizer, pattern, demonstrations, rows[: options.queries], teacher_tokenizer)
     rounds = options.warmup + options.steps
     train = batches(features, options.batch_size, tokenizer.pad_token_id, rounds, device)
     student_bytes, teacher_bytes = model_bytes(student), model_bytes(teacher)
@@ -492,15 +606,17 @@ def run_pair(name, options, shared, meter):
         "student_tokens": statistics.mean(len(f["input_ids"]) for f in features),
         "prefix_tokens": features[0]["teacher_prefix_length"],
         "data": str(data_dir.name),
+        "distill_vocab": vocab["distill_vocab"],
     }
+    if device == "cpu":
+        result["teacher_pass"] = time_teacher_pass(
+            teacher, features, teacher_tokenizer or tokenizer, options.batch_size, shared["probe"]
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        pbft = make_trainer(student, None, tmp, tokenizer=tokenizer, device=device, alpha=0.0)
-        answer_only = make_trainer(
-            student, teacher, tmp, tokenizer=tokenizer, device=device, teacher_prefix_cache=False
-        )
-        prefix = make_trainer(
-            student, teacher, tmp, tokenizer=tokenizer, device=device, teacher_prefix_cache=True
-        )
+        common = dict(tokenizer=tokenizer, device=device, teacher_tokenizer=teacher_tokenizer, **vocab)
+        pbft = make_trainer(student, None, tmp, alpha=0.0, **common)
+        answer_only = make_trainer(student, teacher, tmp, teacher_prefix_cache=False, **common)
+        prefix = make_trainer(student, teacher, tmp, teacher_prefix_cache=True, **common)
         # (e): the one-off teacher pass (with the prefix cache) is timed apart; its steps never run the
         # teacher
         build_seconds, _, cached = timed(
@@ -510,11 +626,10 @@ def run_pair(name, options, shared, meter):
                 student,
                 teacher,
                 tmp,
-                tokenizer=tokenizer,
-                device=device,
                 train_dataset=Dataset.from_list(features),
                 teacher_output_cache=True,
                 per_device_eval_batch_size=options.batch_size,
+                **common,
             ),
         )
         assert cached.teacher is None
@@ -526,8 +641,13 @@ def run_pair(name, options, shared, meter):
             device,
         )
         variants = {"a": ("(a) fine-tuning", ours_step(pbft), train)}
-        if shared["trl"]:
+        if shared["trl"] and teacher_tokenizer is None:
             variants["b"] = ("(b) naive TRL-style", naive_trl_step(student, teacher), train)
+        elif teacher_tokenizer is not None:
+            result["b_skipped"] = (
+                "(b) skipped: teacher and student tokenize differently, so their full-sequence logits have "
+                "neither the same positions nor the same vocabulary to compare"
+            )
         variants |= {
             "c": ("(c) answer-only", ours_step(answer_only), train),
             "d": ("(d) + prefix cache", ours_step(prefix), train),
@@ -559,7 +679,8 @@ def run_pair(name, options, shared, meter):
     measured["e"]["cache_build_examples"] = len(features)
     result["variants"] = measured
     result["prefix_cache_mib"] = prefix_cache_bytes / MIB
-    result["icl"] = run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter)
+    icl_tokenizer = teacher_tokenizer or tokenizer
+    result["icl"] = run_icl(teacher, icl_tokenizer, rows, pattern, demonstrations, options, meter)
     return result
 
 
@@ -588,6 +709,11 @@ def goals(pair: dict) -> list[str]:
         speedup = v["b"]["median_s"] / v["c"]["median_s"]
         check("(c) >= 2x faster than (b)", speedup >= 2, f"{speedup:.2f}x")
         check(
+            "(c) extra memory <= half of (b)'s",
+            v["c"]["extra_mib"] <= 0.5 * v["b"]["extra_mib"],
+            f"{v['c']['extra_mib']:.0f} vs {v['b']['extra_mib']:.0f} MiB",
+        )
+        check(
             "(c) peak <= half of (b)'s",
             v["c"]["peak_mib"] <= 0.5 * v["b"]["peak_mib"],
             f"{v['c']['peak_mib']:.0f} vs {v['b']['peak_mib']:.0f} MiB; extra {v['c']['extra_mib']:.0f} vs "
@@ -603,6 +729,18 @@ def goals(pair: dict) -> list[str]:
         "weighs more",
     )
     return lines
+
+
+def teacher_pass_lines(run: dict | None) -> list[str]:
+    if not run:
+        return []
+    return [
+        f"Teacher pass (label words, prefix cache, batch {run['batch_size']}, {run['queries']} queries): "
+        f"{run['per_query_s']:.3f} s per query for {run['gflop_per_query']:.1f} GFLOP, {run['gflops']:.0f} "
+        f"GFLOP/s = {run['peak_share']:.0%} of the probe's fp32 peak (`python -m benchmarks.teacher_pass` "
+        "shows where the rest goes).",
+        "",
+    ]
 
 
 def markdown(report: dict) -> str:
@@ -622,6 +760,8 @@ def markdown(report: dict) -> str:
         "variants interleaved step by step.",
         "",
     ]
+    if report.get("probe"):
+        out += [*flops.markdown(report["probe"]), ""]
     for pair in report["pairs"]:
         out += [
             f"## {pair['models']}",
@@ -641,12 +781,15 @@ def markdown(report: dict) -> str:
             )
         e, icl = pair["variants"]["e"], pair["icl"]
         plain = icl["no_prefix_cache"]
+        if pair.get("b_skipped"):
+            out += ["", pair["b_skipped"] + "."]
         out += [
             "",
             f"Output cache, one-off teacher pass (with the prefix cache) before training: "
             f"{e['cache_build_s']:.1f} s for {e['cache_build_examples']} examples. Prefix KV cache of "
             f"(d): {pair['prefix_cache_mib']:.0f} MiB.",
             "",
+            *teacher_pass_lines(pair.get("teacher_pass")),
             "ICL evaluation of the teacher (label-word scoring; the prefix-cached runs include their "
             "one-off pass over the demonstrations):",
             "",
@@ -692,7 +835,7 @@ def main(argv=None):
         "--models",
         nargs="+",
         default=None,
-        help="model pairs: smollm2-135m (default), opt-125m, opt-350m, opt-1.3b, tiny",
+        help=f"model pairs: {PAIR_NAMES} (default: smollm2-135m)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -730,7 +873,11 @@ def main(argv=None):
         if options.device.startswith("cuda")
         else None
     )
-    shared = {"trl": trl_version is not None}
+    probe = None
+    if not options.device.startswith("cuda"):  # the CPU's floor for the teacher's arithmetic
+        probe = flops.probe(flops.QUICK_SHAPES, 0.05) if options.quick else flops.probe()
+        print(f"[speed] matmul probe: peak GFLOP/s {probe['peak']}", flush=True)
+    shared = {"trl": trl_version is not None, "probe": probe}
     started = time.perf_counter()
     pairs = []
     for name in options.models:
@@ -762,6 +909,7 @@ def main(argv=None):
         "cuda": torch.version.cuda if gpu else None,
         "memory_method": meter.method,
         "load_average": load_average,
+        "probe": probe,
         "total_seconds": time.perf_counter() - started,
         "pairs": pairs,
     }

@@ -29,6 +29,8 @@ DISTILL_VOCABS = ("full", "label_words")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 STUDENT_MODES = ("full", "lora", "bitfit")
+# not on/off: YAML reads those as booleans
+PACKING = {"auto": None, "always": True, "never": False}
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -106,6 +108,14 @@ class DistillationConfig(TrainingArguments):
             "their key/value cache: the teacher then costs a forward over the query only (same logits)."
         },
     )
+    teacher_pack_queries: str = field(
+        default="auto",
+        metadata={
+            "help": "With the prefix cache: run a batch's queries end to end in one row without padding, so "
+            "the teacher's matmuls skip the pads (same logits up to rounding). auto: on CPU only, where it "
+            "was measured (benchmarks/teacher_pass.py); always; never."
+        },
+    )
     teacher_output_cache: bool = field(
         default=False,
         metadata={
@@ -158,6 +168,7 @@ class DistillationConfig(TrainingArguments):
         _choice("distill_vocab", self.distill_vocab, DISTILL_VOCABS)
         _choice("teacher_quantization", self.teacher_quantization, QUANTIZATIONS)
         _choice("teacher_dtype", self.teacher_dtype, DTYPES)
+        _choice("teacher_pack_queries", self.teacher_pack_queries, tuple(PACKING))
         if self.teacher_cache_top_k < 1:
             raise UsageError(
                 f"teacher_cache_top_k must be >= 1, got {self.teacher_cache_top_k}; a value >= the "

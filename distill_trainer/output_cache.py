@@ -197,12 +197,15 @@ def compute_teacher_outputs(
     batch_size: int = 8,
     device=None,
     show_progress: bool = False,
+    sort_by_length: bool = True,
 ) -> dict[str, list]:
     """One teacher pass over `dataset`; returns the new columns (lists, one entry per row).
 
     Args:
         logits_fn: batch -> teacher logits (batch, answer_len, vocab) at the answer positions, right-aligned
             as in `TwoViewCollator` (e.g. `ContextDistillationTrainer.teacher_answer_logits`).
+        sort_by_length: batch rows of similar length together (longest first); False keeps the dataset's
+            order (`benchmarks/teacher_pass.py` measures what the sorting saves).
     """
     _check_options(distill_vocab, temperature, top_k, label_token_ids)
     names = (
@@ -211,7 +214,7 @@ def compute_teacher_outputs(
     columns = {name: [None] * len(dataset) for name in names}
     # longest first: rows of similar length share a batch, so little of the teacher's work is padding
     lengths = [len(ids) for ids in dataset["teacher_input_ids"]]
-    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
+    order = sorted(range(len(dataset)), key=lambda i: -lengths[i]) if sort_by_length else range(len(dataset))
     starts = range(0, len(dataset), batch_size)
     if show_progress:
         from tqdm.auto import tqdm

@@ -13,6 +13,17 @@ Padding: the suffix may be left- or right-padded (pads masked out by `suffix_att
 prefix is never padded, since it is shared. Position ids continue from the prefix length and skip pads,
 as in `answer_logits.answer_logits`. The cache goes in through `cache=` (transformers >= 5.24; the older
 `past_key_values=` is deprecated).
+
+Packing (`pack=True`, what `TeacherAnswerLogits` does by default on a CPU): the batch's suffixes are laid
+end to end in one row, without their padding, under a mask that lets each token see the whole prefix and
+its own query up to itself; position ids restart after the prefix for every query. Each query's logits are
+those of the padded batch (up to float summation order), but the matmuls, most of a CPU teacher's time,
+run over real tokens only. A packed row is capped at `PACK_TOKENS` tokens (more rows run one after the
+other): attention over a packed row also computes the masked pairs between different queries, which grows
+with the row's length squared. Packing needs plain full-attention cache layers and an attention that takes
+an explicit 4-D mask (SDPA, eager); otherwise the padded path runs. It is measured on CPUs
+(benchmarks/teacher_pass.py); a GPU runs a padded batch in one forward, where the packed rows would run
+one after another, so there it stays off unless asked for.
 """
 
 from __future__ import annotations
@@ -25,6 +36,11 @@ from transformers.cache_utils import DynamicLayer
 
 from .answer_logits import answer_logits
 from .errors import UsageError
+
+# tokens per packed row: enough rows for the matmuls to run near their best on a CPU (see
+# benchmarks/flops.py), few enough that the cross-query attention pairs stay a small share of the work
+PACK_TOKENS = 512
+PACKABLE_ATTENTION = ("sdpa", "eager")
 
 
 def prefix_token_ids(prefix_ids) -> torch.Tensor:
@@ -93,8 +109,18 @@ class PrefixCachedTeacher:
         cache.layers = [_batch_layer(layer, batch_size) for layer in self._prefix_cache.layers]
         return cache
 
+    def can_pack(self) -> bool:
+        """Whether packed suffixes give the padded path's numbers here: every cache layer is plain full
+        attention (a sliding window would need its own mask) and the attention takes a 4-D mask."""
+        config = getattr(self.model, "module", self.model).config
+        return (
+            self._prefix_cache is not None
+            and all(type(layer) is DynamicLayer for layer in self._prefix_cache.layers)
+            and getattr(config, "_attn_implementation", None) in PACKABLE_ATTENTION
+        )
+
     @torch.no_grad()
-    def answer_logits(self, suffix_ids, suffix_attention_mask, positions) -> torch.Tensor:
+    def answer_logits(self, suffix_ids, suffix_attention_mask, positions, pack: bool = False) -> torch.Tensor:
         """Logits (batch, n_positions, vocab) at `positions`, counted within the suffix.
 
         Args:
@@ -102,10 +128,13 @@ class PrefixCachedTeacher:
             suffix_attention_mask: (batch, S) 1 for real tokens, 0 for padding.
             positions: (batch, n) per-row indices into the suffix whose logits are wanted (for scoring a
                 label word, the query's last token; for distillation, the answer positions).
+            pack: run the suffixes packed (see the module's docstring) where `can_pack()` allows it.
         """
         device = suffix_ids.device
         if self._prefix_cache is None:
             self._build_prefix_cache(device)
+        if pack and suffix_ids.shape[0] > 1 and self.can_pack():
+            return self._packed_answer_logits(suffix_ids, suffix_attention_mask, positions)
         batch, prefix = suffix_ids.shape[0], self.prefix_length
         suffix_attention_mask = suffix_attention_mask.long()
         attention_mask = torch.cat(
@@ -121,6 +150,53 @@ class PrefixCachedTeacher:
             logits_to_keep=positions,
         )
         return outputs.logits
+
+    def _packed_answer_logits(self, suffix_ids, suffix_attention_mask, positions) -> torch.Tensor:
+        mask = suffix_attention_mask.bool()
+        lengths = mask.sum(-1).tolist()
+        # padded position -> index among its row's real tokens (answer positions are always real tokens)
+        ranks = (mask.long().cumsum(-1) - 1).gather(1, positions)
+        out, start = [], 0
+        while start < len(lengths):
+            stop, tokens = start + 1, lengths[start]
+            while stop < len(lengths) and tokens + lengths[stop] <= PACK_TOKENS:
+                tokens += lengths[stop]
+                stop += 1
+            out.append(self._packed_row(suffix_ids[start:stop], mask[start:stop], ranks[start:stop]))
+            start = stop
+        return torch.cat(out)
+
+    def _packed_row(self, suffix_ids, mask, ranks) -> torch.Tensor:
+        """Logits (rows, n_positions, vocab) of `rows` suffixes run as one packed row."""
+        device, prefix = suffix_ids.device, self.prefix_length
+        lengths = mask.sum(-1)
+        ids = suffix_ids[mask][None]  # row-major: each query's tokens in order, one query after another
+        total = ids.shape[1]
+        query = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+        starts = lengths.cumsum(0) - lengths
+        within = torch.arange(total, device=device) - starts[query]
+        allowed = torch.cat(
+            [
+                torch.ones(total, prefix, dtype=torch.bool, device=device),
+                (query[:, None] == query[None, :]) & (within[:, None] >= within[None, :]),
+            ],
+            dim=1,
+        )
+        # additive float mask in the attention's own dtype (the cached keys'): SDPA and eager both read it
+        # as is, where a boolean one eager would add as 0/1
+        dtype = self._prefix_cache.layers[0].keys.dtype
+        attention_mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        attention_mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        keep = (starts[:, None] + ranks).reshape(1, -1)
+        outputs = self.model(
+            input_ids=ids,
+            attention_mask=attention_mask[None, None],
+            position_ids=(prefix + within)[None],
+            cache=self._batch_cache(1),
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        return outputs.logits.reshape(len(lengths), ranks.shape[1], -1)
 
 
 def _batch_layer(layer, batch_size: int):
@@ -161,11 +237,14 @@ class TeacherAnswerLogits:
     The cached path is taken when the batch carries a shared prefix (`TwoViewCollator` adds
     `teacher_prefix_ids` and the `teacher_suffix_*` tensors when the demonstrations are fixed);
     otherwise the full teacher view runs. The prefix cache is rebuilt when the model or the prefix
-    changes, so a run that switches demonstrations stays correct.
+    changes, so a run that switches demonstrations stays correct. `pack`: run the suffixes packed
+    (`PrefixCachedTeacher`'s docstring), which skips the padding's arithmetic; None (the default) packs
+    on a CPU only.
     """
 
-    def __init__(self, use_prefix_cache: bool = True):
+    def __init__(self, use_prefix_cache: bool = True, pack: bool | None = None):
         self.use_prefix_cache = use_prefix_cache
+        self.pack = pack
         self.prefix_teacher: PrefixCachedTeacher | None = None
 
     @torch.no_grad()
@@ -178,6 +257,7 @@ class TeacherAnswerLogits:
                 batch["teacher_suffix_input_ids"],
                 batch["teacher_suffix_attention_mask"],
                 batch["teacher_suffix_answer_positions"],
+                pack=self.pack if self.pack is not None else batch["teacher_suffix_input_ids"].is_cpu,
             )
         return answer_logits(
             model,

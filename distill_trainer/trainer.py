@@ -23,7 +23,7 @@ from transformers import Trainer
 
 from .answer_logits import answer_logits
 from .checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
-from .config import DistillationConfig
+from .config import PACKING, DistillationConfig
 from .deepspeed_teacher import prepare_teacher_for_deepspeed
 from .errors import NonFiniteLossError, UsageError
 from .losses import answer_cross_entropy, distillation_loss, restrict_to_label_words, sparse_distillation_loss
@@ -100,7 +100,9 @@ class ContextDistillationTrainer(
         self._phase = (
             memory_tracker.phase if memory_tracker is not None else lambda name: contextlib.nullcontext()
         )
-        self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=args.teacher_prefix_cache)
+        self._teacher_runner = TeacherAnswerLogits(
+            use_prefix_cache=args.teacher_prefix_cache, pack=PACKING[args.teacher_pack_queries]
+        )
         self.teacher_from_cache = cached_outputs and args.alpha > 0
         # what the teacher output cache did: {"path", "reused", "seconds"} per dataset (None without it)
         self.teacher_output_cache_info = None

@@ -89,6 +89,32 @@ def test_prefix_cached_logits_equal_full_teacher(tokenizer, teacher, side, archi
     assert (again - full[2:])[mask[2:]].abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("architecture", ["llama", "opt"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("pack_tokens", [512, 20])  # 20: one query per packed row or two, several rows
+def test_packed_suffixes_give_the_padded_logits(
+    tokenizer, teacher, side, architecture, attention, pack_tokens, monkeypatch
+):
+    from distill_trainer import prefix_cache
+
+    monkeypatch.setattr(prefix_cache, "PACK_TOKENS", pack_tokens)
+    model = teacher.eval() if architecture == "llama" else tiny_opt(len(tokenizer))
+    model.set_attn_implementation(attention)
+    batch = TwoViewCollator(tokenizer.pad_token_id, padding_side=side)(views(tokenizer))
+    _, full, cached = cached_vs_full(model, batch)
+    assert cached.can_pack()
+    packed = cached.answer_logits(
+        batch["teacher_suffix_input_ids"],
+        batch["teacher_suffix_attention_mask"],
+        batch["teacher_suffix_answer_positions"],
+        pack=True,
+    )
+    mask = batch["answer_mask"]
+    assert packed.shape == full.shape
+    assert (packed - full)[mask].abs().max() <= 1e-4
+
+
 def test_prefix_cached_logits_with_8bit_teacher(tokenizer, tiny_dirs):
     pytest.importorskip("bitsandbytes")
     model = load_causal_lm(tiny_dirs["teacher"], quantization="8bit")
@@ -437,3 +463,22 @@ def test_label_word_cache_with_mass_not_one_is_rebuilt(tmp_path, tokenizer, teac
     caplog.set_level("WARNING", logger="distill_trainer")
     _, _, reused = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
     assert not reused and "damaged" in caplog.text and str(path) in caplog.text
+
+
+@pytest.mark.parametrize("pack, packs", [(None, True), (True, True), (False, False)])
+def test_teacher_runner_packs_on_cpu_by_default(tokenizer, teacher, monkeypatch, pack, packs):
+    from distill_trainer.prefix_cache import TeacherAnswerLogits
+
+    calls = []
+    original = PrefixCachedTeacher._packed_answer_logits
+
+    def spy(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(PrefixCachedTeacher, "_packed_answer_logits", spy)
+    batch = TwoViewCollator(tokenizer.pad_token_id)(views(tokenizer))
+    logits = TeacherAnswerLogits(pack=pack)(teacher.eval(), batch)
+    _, full, _ = cached_vs_full(teacher, batch)
+    assert bool(calls) == packs
+    assert (logits - full)[batch["answer_mask"]].abs().max() <= 1e-4

@@ -198,3 +198,11 @@ def test_self_teacher_runs_without_dropout(tmp_path, tokenizer):
     second = trainer.teacher_answer_logits(trainer.model, batch)
     assert torch.equal(first, second)
     assert lora.training  # the student's own mode is left as it was
+
+
+def test_trainer_passes_teacher_pack_queries_to_its_runner(tmp_path, tokenizer, teacher, student):
+    for value, pack in (("auto", None), ("always", True), ("never", False)):
+        trainer = make_trainer(tmp_path, student, teacher, tokenizer, teacher_pack_queries=value)
+        assert trainer._teacher_runner.pack is pack
+    with pytest.raises(UsageError, match="teacher_pack_queries"):
+        make_args(tmp_path, teacher_pack_queries="on")
