@@ -113,7 +113,7 @@ def load_data(tokenizer, config_path, queries: int, quick: bool):
     import yaml
 
     from distill_trainer.run_data import build_view_dataset, first_token_ids, prepare_data
-    from distill_trainer.tasks import DataArguments
+    from distill_trainer.data_arguments import DataArguments
 
     if quick:
         fields = dict(task="mnli", pattern="gpt3", k=2, data_dir=str(REPO / "tests" / "data"))
