@@ -107,7 +107,9 @@ def teacher_completions(
     Returns info: {"path", "reused", "generated"} (rows found in the cache, rows generated now).
     """
     if not teacher_id:
-        raise UsageError("teacher_completions needs a teacher_id (teacher_source_fingerprint or teacher_fingerprint)")
+        raise UsageError(
+            "teacher_completions needs a teacher_id (teacher_source_fingerprint or teacher_fingerprint)"
+        )
     path, components = completion_cache_path(tokenizer, settings, teacher_id, placement, cache_dir)
     entries = read_entries(path, components)
     keys = [row_key(row["context"], row["prompt"]) for row in rows]

@@ -35,14 +35,18 @@ class ContextDataArguments:
     )
     messages_column: str = field(
         default=None,
-        metadata={"help": "Chat messages column (system = context, user = prompt, last assistant = completion)."},
+        metadata={
+            "help": "Chat messages column (system = context, user = prompt, last assistant = completion)."
+        },
     )
     context: str = field(
         default=None, metadata={"help": "The context of every row that has none (e.g. a system prompt)."}
     )
     context_placement: str = field(
         default="system",
-        metadata={"help": "Teacher prompt: the context as the system message, or before the prompt in the user turn."},
+        metadata={
+            "help": "Teacher prompt: the context as the system message, or before the prompt in the user turn."
+        },
     )
     num_train_examples: int = field(default=None, metadata={"help": "Use the first N training rows."})
     num_eval_examples: int = field(default=None, metadata={"help": "Use the first N held-out rows."})
@@ -58,7 +62,9 @@ class ContextDataArguments:
     generation_batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch."})
     completion_cache_dir: str = field(
         default=None,
-        metadata={"help": "Where teacher completions are kept; default: teacher_completions in the cache home."},
+        metadata={
+            "help": "Where teacher completions are kept; default: teacher_completions in the cache home."
+        },
     )
     checker: str = field(
         default=None, metadata={"help": f"Rule checked on held-out replies: {', '.join(CHECKERS)}."}
@@ -67,7 +73,9 @@ class ContextDataArguments:
 
     def __post_init__(self):
         if not self.data_file:
-            raise UsageError("data_file is not set; give a JSONL file, a save_to_disk folder or a Hub dataset id")
+            raise UsageError(
+                "data_file is not set; give a JSONL file, a save_to_disk folder or a Hub dataset id"
+            )
         if self.context_placement not in CONTEXT_PLACEMENTS:
             raise UsageError(
                 f"context_placement={self.context_placement!r} is not valid; choose one of: "

@@ -43,7 +43,9 @@ def read_records(source, split: str = "train") -> tuple[list[dict], str]:
             except ValueError as error:
                 raise UsageError(f"{path} is not valid JSON ({error}); fix the file") from None
             if not isinstance(records, list):
-                raise UsageError(f"{path} must hold a list of rows (objects); use JSON lines for one per line")
+                raise UsageError(
+                    f"{path} must hold a list of rows (objects); use JSON lines for one per line"
+                )
             return records, str(path)
         records = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

@@ -24,7 +24,9 @@ def _rate(rule: dict | None) -> str:
 def _kl(kl: dict | None) -> str:
     if not kl:
         return "-"
-    return f"{kl['kl_per_token']:.4f} (per example {kl['kl_example_mean']:.4f} ± {kl['kl_example_stderr']:.4f})"
+    return (
+        f"{kl['kl_per_token']:.4f} (per example {kl['kl_example_mean']:.4f} ± {kl['kl_example_stderr']:.4f})"
+    )
 
 
 def _failures(rule: dict | None) -> str:
@@ -53,7 +55,9 @@ def format_report(metrics: dict) -> str:
     ]
     for key, name in ROWS:
         result = evaluation.get(key, {})
-        lines.append(f"| {name} | {_rate(result.get('rule'))} | {_failures(result.get('rule'))} | {_kl(result.get('kl'))} |")
+        lines.append(
+            f"| {name} | {_rate(result.get('rule'))} | {_failures(result.get('rule'))} | {_kl(result.get('kl'))} |"
+        )
     lines += [
         "",
         "The KL is measured on the teacher's own completions of the held-out prompts, over the whole "

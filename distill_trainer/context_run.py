@@ -61,7 +61,9 @@ class ChatTeacher:
 
     def completions(self, tokenizer, rows, settings: GenerationSettings, **options):
         with self.active() as model:
-            return teacher_completions(model, tokenizer, rows, settings, teacher_id=self.teacher_id, **options)
+            return teacher_completions(
+                model, tokenizer, rows, settings, teacher_id=self.teacher_id, **options
+            )
 
     def logits_fn(self):
         """batch -> the teacher's logits at the answer positions of the teacher view (prefix KV cache on)."""

@@ -49,9 +49,13 @@ CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)
 
 def check_settings(student_args, config) -> None:
     if not config.teacher_model_name_or_path:
-        raise UsageError("teacher_model_name_or_path is not set; give a chat model, or 'self' with a LoRA student")
+        raise UsageError(
+            "teacher_model_name_or_path is not set; give a chat model, or 'self' with a LoRA student"
+        )
     if config.distill_vocab != "full":
-        raise UsageError("distill_context matches whole replies: set distill_vocab: full (a shared tokenizer)")
+        raise UsageError(
+            "distill_context matches whole replies: set distill_vocab: full (a shared tokenizer)"
+        )
     if config.teacher_model_name_or_path == "self" and student_args.student_mode != "lora":
         raise UsageError("teacher 'self' needs student_mode: lora (the base model with the adapters off)")
 
@@ -82,22 +86,42 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     placement = data_args.context_placement
     chat_prompt_ids(tokenizer, train_rows[0]["prompt"], train_rows[0]["context"], placement)  # template ok?
     if not is_self and load_tokenizer(config.teacher_model_name_or_path).get_vocab() != tokenizer.get_vocab():
-        raise UsageError("the teacher's tokenizer differs from the student's; full-vocabulary KL needs one tokenizer")
+        raise UsageError(
+            "the teacher's tokenizer differs from the student's; full-vocabulary KL needs one tokenizer"
+        )
 
     # ------------------------------------------------------------ student and teacher
     student = load_student(student_args, seed=config.seed)
     source = student_args.model_name_or_path if is_self else config.teacher_model_name_or_path
-    teacher_model = student if is_self else load_causal_lm(source, config.teacher_dtype, config.teacher_quantization)
+    teacher_model = (
+        student if is_self else load_causal_lm(source, config.teacher_dtype, config.teacher_quantization)
+    )
     teacher = ChatTeacher.for_model(
-        teacher_model, config.teacher_model_name_or_path, source, config.teacher_dtype, config.teacher_quantization
+        teacher_model,
+        config.teacher_model_name_or_path,
+        source,
+        config.teacher_dtype,
+        config.teacher_quantization,
     )
     settings = data_args.generation_settings()
-    cache = dict(placement=placement, cache_dir=data_args.completion_cache_dir, batch_size=data_args.generation_batch_size)
+    cache = dict(
+        placement=placement,
+        cache_dir=data_args.completion_cache_dir,
+        batch_size=data_args.generation_batch_size,
+    )
 
     # ------------------------------------------------------------ the teacher's completions (cached on disk)
-    to_write = [i for i, row in enumerate(train_rows) if row["completion"] is None or data_args.teacher_writes_completions]
+    to_write = [
+        i
+        for i, row in enumerate(train_rows)
+        if row["completion"] is None or data_args.teacher_writes_completions
+    ]
     replies, completions_info = teacher.completions(
-        tokenizer, [train_rows[i] for i in to_write] + eval_rows, settings, show_progress=not config.disable_tqdm, **cache
+        tokenizer,
+        [train_rows[i] for i in to_write] + eval_rows,
+        settings,
+        show_progress=not config.disable_tqdm,
+        **cache,
     )
     train_replies = [None] * len(train_rows)
     for index, reply in zip(to_write, replies):
@@ -121,10 +145,16 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
             rule, checks = rule_following(evaluation["teacher"]["replies"], data_args.checker)
             evaluation["teacher"].update(rule=rule, checks=checks)
         # the untrained student's replies are those of its base model: cached like the teacher's
-        base = ChatTeacher.for_model(student, "self" if student_args.student_mode == "lora" else "student",
-                                     student_args.model_name_or_path, student_args.dtype)
+        base = ChatTeacher.for_model(
+            student,
+            "self" if student_args.student_mode == "lora" else "student",
+            student_args.model_name_or_path,
+            student_args.dtype,
+        )
         bare_rows = [dict(row, context="") for row in eval_rows]
-        before, _ = base.completions(tokenizer, bare_rows, settings, show_progress=not config.disable_tqdm, **cache)
+        before, _ = base.completions(
+            tokenizer, bare_rows, settings, show_progress=not config.disable_tqdm, **cache
+        )
         evaluation["before"] = measure_student(
             student, tokenizer, eval_rows, eval_views, settings, label="before", replies=before, **measure
         )
@@ -146,7 +176,9 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
 
     # ------------------------------------------------------------ after: the student without the context
     if eval_rows:
-        evaluation["after"] = measure_student(trainer.model, tokenizer, eval_rows, eval_views, settings, label="after", **measure)
+        evaluation["after"] = measure_student(
+            trainer.model, tokenizer, eval_rows, eval_views, settings, label="after", **measure
+        )
 
     # ------------------------------------------------------------ report
     contexts = sorted({row["context"] for row in train_rows})
@@ -156,7 +188,9 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         "student_mode": student_args.student_mode,
         "teacher": config.teacher_model_name_or_path,
         "context_placement": placement,
-        "context_summary": repr(contexts[0][:160]) if len(contexts) == 1 else f"{len(contexts)} different contexts",
+        "context_summary": repr(contexts[0][:160])
+        if len(contexts) == 1
+        else f"{len(contexts)} different contexts",
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
         "teacher_completions": completions_info,
@@ -166,7 +200,9 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         "temperature": config.temperature,
         **training_metrics(trainer, train_result, len(train_views)),
         "teacher_output_cache": trainer.teacher_output_cache_info,
-        "eval": {key: {k: v for k, v in value.items() if k in ("rule", "kl")} for key, value in evaluation.items()},
+        "eval": {
+            key: {k: v for k, v in value.items() if k in ("rule", "kl")} for key, value in evaluation.items()
+        },
         "data": {report.where: report.as_dict() for report in reports},
     }
     metrics["seconds"] = round(time.perf_counter() - start, 1)

@@ -73,7 +73,10 @@ def test_completion_ids_are_identical_in_both_views(any_tokenizer, placement):
         assert row["input_ids"][-len(answer) :] == answer
         assert row["teacher_input_ids"][-len(answer) :] == answer
         # the positions predict exactly the answer tokens, in both views
-        for view, positions in (("input_ids", "answer_positions"), ("teacher_input_ids", "teacher_answer_positions")):
+        for view, positions in (
+            ("input_ids", "answer_positions"),
+            ("teacher_input_ids", "teacher_answer_positions"),
+        ):
             assert [row[view][p + 1] for p in row[positions]] == answer
         # the prompts are the template's, with the context only in the teacher's
         teacher_text = tok.decode(row["teacher_input_ids"][: -len(answer)])
