@@ -45,7 +45,8 @@ class ContextDataArguments:
     context_placement: str = field(
         default="system",
         metadata={
-            "help": "Teacher prompt: the context as the system message, or before the prompt in the user turn."
+            "help": "Teacher prompt: system (the context as the system message) or user (before the "
+            "prompt in the user turn)."
         },
     )
     num_train_examples: int = field(default=None, metadata={"help": "Use the first N training rows."})

@@ -56,7 +56,8 @@ def format_report(metrics: dict) -> str:
     for key, name in ROWS:
         result = evaluation.get(key, {})
         lines.append(
-            f"| {name} | {_rate(result.get('rule'))} | {_failures(result.get('rule'))} | {_kl(result.get('kl'))} |"
+            f"| {name} | {_rate(result.get('rule'))} | {_failures(result.get('rule'))} "
+            f"| {_kl(result.get('kl'))} |"
         )
     lines += [
         "",

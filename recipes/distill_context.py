@@ -130,7 +130,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     train_views = chat_view_dataset(tokenizer, train_rows, train_replies, placement)
     eval_views = chat_view_dataset(tokenizer, eval_rows, eval_replies, placement) if eval_rows else None
 
-    # ------------------------------------------------------------ before: the teacher with the context, the student without
+    # ---------------------------------------------- before: the teacher with the context, the student without
     evaluation = {}
     measure = dict(
         checker=data_args.checker,
@@ -159,7 +159,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
             student, tokenizer, eval_rows, eval_views, settings, label="before", replies=before, **measure
         )
 
-    # ------------------------------------------------------------ distil (the teacher's full distribution on every completion token)
+    # ---------------------------------------------- distil: the teacher's distribution on every reply token
     trainer = ContextDistillationTrainer(
         model=student,
         args=config,

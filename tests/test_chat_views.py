@@ -122,7 +122,8 @@ def test_a_tokenizer_without_a_template_is_one_error_line(tokenizer):
 def test_a_template_without_a_system_role_suggests_the_user_placement():
     tok = build_chat_tokenizer()
     tok.chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}"
         "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )

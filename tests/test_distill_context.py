@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
+from helpers import load_recipe, make_args
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 from distill_trainer.chat_views import build_chat_views
@@ -17,7 +18,6 @@ from distill_trainer.context_run import ChatTeacher, measure_student
 from distill_trainer.errors import UsageError
 from distill_trainer.generation import GenerationSettings
 from distill_trainer.testing import build_chat_tokenizer, build_model
-from helpers import load_recipe, make_args
 
 CONTEXT = "Answer with one Python function."
 PROMPTS = ["Write a cat.", "A dog runs in the park", "The doctor saw the lawyer", "Two dogs run"]

@@ -24,7 +24,8 @@ PASSING = {
     "no parameters": 'def answer() -> int:\n    """The answer."""\n    return 42',
     "star arguments": 'def f(*args: int, key: str = "", **kw: float) -> None:\n    """Do nothing."""',
     "async": 'async def f(x: int) -> int:\n    """Wait."""\n    return x',
-    "nested helper": 'def f(x: int) -> int:\n    """Outer."""\n    def g(y):\n        return y\n    return g(x)',
+    "nested helper": 'def f(x: int) -> int:\n    """Outer."""\n    def g(y):\n        return y\n'
+    "    return g(x)",
 }
 
 FAILING = {
