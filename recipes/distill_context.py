@@ -215,8 +215,9 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
                 record[f"{key}_check"] = value["checks"][i]
         records.append(record)
     configs = (student_args, data_args, config)
-    paths = write_outputs(config.output_dir, metrics, {"replies": records}, configs, RECIPE)
-    paths.append(write_report(config.output_dir, metrics))
+    # report.md first: metrics.json, written last, marks a finished run
+    report = write_report(config.output_dir, metrics)
+    paths = [report, *write_outputs(config.output_dir, metrics, {"replies": records}, configs, RECIPE)]
     print("\n" + format_report(metrics) + "outputs: " + "  ".join(map(str, paths)), flush=True)
     return metrics
 

@@ -163,6 +163,37 @@ def test_recipe_end_to_end_on_tiny_models(tmp_path, chat_dirs):
     assert "student before, without the context" in report and "±" in report
     records = [json.loads(line) for line in (out / "predictions_replies.jsonl").read_text().splitlines()]
     assert len(records) == 3 and {"teacher", "before", "after", "after_check"} <= set(records[0])
+    # the saved student, scored by the command line with the recipe's settings (context, checker)
+    from distill_trainer.cli import main as cli
+
+    heldout = recipe_config(tmp_path, chat_dirs)  # rewrites the same data files
+    data = yaml.safe_load(open(heldout[1]))["eval_data_file"]
+    assert (
+        cli(
+            [
+                "evaluate-replies",
+                "--model",
+                str(out),
+                "--data",
+                data,
+                "--teacher",
+                "self",
+                "--completion_cache_dir",
+                str(tmp_path / "completions"),
+                "--output_dir",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
+    scored = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert scored["checker"] == "python_function" and scored["decoding"]["max_new_tokens"] == 5
+    assert scored["teacher"]["rule"] == metrics["eval"]["teacher"]["rule"]  # the same cached completions
+    assert scored["model"]["rule"] == metrics["eval"]["after"]["rule"]
+    assert scored["model"]["kl"]["kl_per_token"] == pytest.approx(
+        metrics["eval"]["after"]["kl"]["kl_per_token"], rel=1e-4
+    )
+    assert len((tmp_path / "cli" / "replies.jsonl").read_text().splitlines()) == 3
     # a second run reads every completion from the cache
     again = recipe.main(recipe_config(tmp_path, chat_dirs, output_dir=str(tmp_path / "out2")))
     assert again["teacher_completions"]["generated"] == 0
