@@ -129,7 +129,8 @@ def teacher_completions(
                 settings,
                 stop_ids=stop,
                 pad_token_id=tokenizer.pad_token_id,
-                prefix_length=shared_prefix_length(tokenizer, context, placement) if context else 0,
+                # the context's part of the prompt (or, without one, the template's opening) runs once
+                prefix_length=shared_prefix_length(tokenizer, context, placement),
                 batch_size=batch_size,
                 progress="teacher completions" if show_progress else None,
             )
