@@ -123,7 +123,17 @@ def teacher_completions(
             by_context.setdefault(row["context"], []).append((key, row))
         for context, items in by_context.items():
             prompts = [chat_prompt_ids(tokenizer, row["prompt"], context, placement) for _, row in items]
-            replies = generate_replies(
+
+            def store(indices, batch_replies, items=items):
+                # stored after every batch: an interrupted run keeps what it generated
+                for index, ids in zip(indices, batch_replies):
+                    entries[items[index][0]] = {
+                        "ids": ids,
+                        "text": tokenizer.decode(ids, skip_special_tokens=True),
+                    }
+                write_entries(path, components, entries)
+
+            generate_replies(
                 model,
                 prompts,
                 settings,
@@ -133,9 +143,7 @@ def teacher_completions(
                 prefix_length=shared_prefix_length(tokenizer, context, placement),
                 batch_size=batch_size,
                 progress="teacher completions" if show_progress else None,
+                on_batch=store,
             )
-            for (key, _), ids in zip(items, replies):
-                entries[key] = {"ids": ids, "text": tokenizer.decode(ids, skip_special_tokens=True)}
-        write_entries(path, components, entries)
     info = {"path": str(path), "reused": len(rows) - len(missing), "generated": len(missing)}
     return [entries[key] for key in keys], info

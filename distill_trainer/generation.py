@@ -114,6 +114,7 @@ def generate_replies(
     prefix_length: int = 0,
     batch_size: int = 8,
     progress: str | None = None,
+    on_batch=None,
 ) -> list[list[int]]:
     """The reply's token ids for each prompt (ending with its stop token, or cut at max_new_tokens).
 
@@ -121,6 +122,7 @@ def generate_replies(
         prompts: templated prompts as token ids (`chat_views.chat_prompt_ids`).
         prefix_length: leading ids shared by every prompt; run once through the model and reused.
         progress: a tqdm description, or None for no progress bar.
+        on_batch: called with (prompt indices, their replies) after each batch, e.g. to store them.
     """
     from .prefix_cache import PrefixCachedTeacher
 
@@ -148,8 +150,9 @@ def generate_replies(
     for first in starts:
         indices = order[first : first + batch_size]
         batch = [prompts[i][start:] for i in indices]
-        for index, reply in zip(
-            indices, _generate_batch(model, batch, settings, stop_ids, pad_token_id, prefix, generator)
-        ):
+        done = _generate_batch(model, batch, settings, stop_ids, pad_token_id, prefix, generator)
+        for index, reply in zip(indices, done):
             replies[index] = reply
+        if on_batch is not None:
+            on_batch(indices, done)
     return replies

@@ -158,3 +158,23 @@ def test_bad_generation_settings_are_one_error_line():
         with pytest.raises(UsageError) as error:
             GenerationSettings(**bad)
         assert "\n" not in str(error.value)
+
+
+def test_an_interrupted_generation_keeps_the_finished_batches(model, chat_tokenizer, tmp_path, monkeypatch):
+    from distill_trainer import generation
+
+    real, calls = generation._generate_batch, {"n": 0}
+
+    def second_batch_fails(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "_generate_batch", second_batch_fails)
+    options = dict(teacher_id="t", cache_dir=tmp_path, batch_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_completions(model, chat_tokenizer, rows(), GREEDY, **options)
+    monkeypatch.setattr(generation, "_generate_batch", real)
+    _, info = teacher_completions(model, chat_tokenizer, rows(), GREEDY, **options)
+    assert (info["reused"], info["generated"]) == (3, 1)
