@@ -31,6 +31,8 @@ def python_source(reply: str) -> tuple[str | None, str]:
         return None, "empty reply"
     if "```" not in text:
         return text, ""
+    if text.startswith("```") and text.count("```") == 1:
+        return None, "unclosed code fence (cut off)"  # most often a reply cut at max_new_tokens
     match = _FENCE.match(text)
     if match is None or "```" in match.group(2):
         return None, "text outside one code fence"

@@ -51,6 +51,7 @@ FAILING = {
         "a parameter without a type hint",
     ),
     "no return hint": ('def add(a: int, b: int):\n    """Add."""\n    return a + b', "no return type hint"),
+    "cut off in a fence": (f"```python\n{GOOD[:40]}", "unclosed code fence (cut off)"),
     "cut off": ('def add(a: int, b: int) -> int:\n    """Add two', "not valid Python"),
     "empty": ("   ", "empty reply"),
 }
