@@ -112,8 +112,8 @@ def load_data(tokenizer, config_path, queries: int, quick: bool):
     of a recipe YAML; `--quick` reads the test fixture slice instead."""
     import yaml
 
-    from distill_trainer.run_data import build_view_dataset, first_token_ids, prepare_data
     from distill_trainer.data_arguments import DataArguments
+    from distill_trainer.run_data import build_view_dataset, first_token_ids, prepare_data
 
     if quick:
         fields = dict(task="mnli", pattern="gpt3", k=2, data_dir=str(REPO / "tests" / "data"))

@@ -1,6 +1,7 @@
 """distill-trainer: context distillation of causal LMs on top of the Hugging Face Trainer."""
 
 from .answer_logits import answer_logits
+from .chat_views import build_chat_views
 from .config import DistillationConfig, StudentArguments, parse_config
 from .data_arguments import DataArguments
 from .errors import UsageError
@@ -23,6 +24,7 @@ __all__ = [
     "UsageError",
     "answer_cross_entropy",
     "answer_logits",
+    "build_chat_views",
     "build_views",
     "distillation_loss",
     "evaluate_task",

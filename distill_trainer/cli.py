@@ -5,6 +5,8 @@
     distill-trainer validate --config my.yaml --recipe context_distill --learning_rate 1e-4
     # see evaluate_command
     distill-trainer evaluate --model results/latest/cd_lora --task mnli --data dev.jsonl
+    # see reply_command
+    distill-trainer evaluate-replies --model results/system-prompt --data heldout.jsonl --teacher self
 
 Each subcommand is one `add_<name>_command(subcommands)` function, listed in `COMMANDS`, that adds its
 parser and sets `run` (a function of the parsed arguments and the arguments it left over, returning the
@@ -111,9 +113,32 @@ def add_evaluate_command(subcommands) -> None:
     parser.set_defaults(run=run_evaluate, takes_overrides=False)
 
 
+# ---------------------------------------------------------------- evaluate-replies
+
+
+def run_evaluate_replies(args, overrides: list[str]) -> int:
+    from .reply_command import evaluate_replies
+
+    evaluate_replies(args)
+    return 0
+
+
+def add_evaluate_replies_command(subcommands) -> None:
+    from .reply_command import add_arguments
+
+    parser = subcommands.add_parser(
+        "evaluate-replies",
+        help="a chat model's replies without the context: rule-following rate and KL to a teacher with it",
+        description="Generate a model's replies to prompts without their context, check them with a rule "
+        "(--checker) and, with --teacher, measure the KL to the teacher that reads the context.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run_evaluate_replies, takes_overrides=False)
+
+
 # ---------------------------------------------------------------- the command
 
-COMMANDS = [add_validate_command, add_evaluate_command]
+COMMANDS = [add_validate_command, add_evaluate_command, add_evaluate_replies_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

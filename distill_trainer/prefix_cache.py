@@ -103,10 +103,11 @@ class PrefixCachedTeacher:
         )
         self._prefix_cache = cache
 
-    def _batch_cache(self, batch_size: int):
-        """A cache for one batch whose layers serve the stored prefix, expanded to the batch (views)."""
+    def _batch_cache(self, batch_size: int, keep_added: bool = False):
+        """A cache for one batch whose layers serve the stored prefix, expanded to the batch (views).
+        With `keep_added` the layers also store what each forward adds (generation needs it)."""
         cache = copy.copy(self._prefix_cache)
-        cache.layers = [_batch_layer(layer, batch_size) for layer in self._prefix_cache.layers]
+        cache.layers = [_batch_layer(layer, batch_size, keep_added) for layer in self._prefix_cache.layers]
         return cache
 
     def can_pack(self) -> bool:
@@ -118,6 +119,14 @@ class PrefixCachedTeacher:
             and all(type(layer) is DynamicLayer for layer in self._prefix_cache.layers)
             and getattr(config, "_attn_implementation", None) in PACKABLE_ATTENTION
         )
+
+    @torch.no_grad()
+    def generation_cache(self, batch_size: int, device):
+        """A cache holding the prefix for `batch_size` rows that grows as tokens are generated after it;
+        the stored prefix stays untouched (every update concatenates into new tensors)."""
+        if self._prefix_cache is None:
+            self._build_prefix_cache(device)
+        return self._batch_cache(batch_size, keep_added=True)
 
     @torch.no_grad()
     def answer_logits(self, suffix_ids, suffix_attention_mask, positions, pack: bool = False) -> torch.Tensor:
@@ -199,12 +208,12 @@ class PrefixCachedTeacher:
         return outputs.logits.reshape(len(lengths), ranks.shape[1], -1)
 
 
-def _batch_layer(layer, batch_size: int):
+def _batch_layer(layer, batch_size: int, keep_added: bool = False):
     if not getattr(layer, "is_initialized", False) or getattr(layer, "keys", None) is None:
         return copy.copy(layer)
     keys = layer.keys.expand(batch_size, *layer.keys.shape[1:])
     values = layer.values.expand(batch_size, *layer.values.shape[1:])
-    if type(layer) is DynamicLayer:
+    if type(layer) is DynamicLayer and not keep_added:
         return _PrefixLayer(keys, values)
     # other layer kinds (sliding windows) keep their own bookkeeping: a shallow copy whose update
     # replaces, never mutates, the shared tensors

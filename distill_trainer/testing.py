@@ -53,3 +53,21 @@ def build_model(vocab_size, seed=0, hidden_size=32, layers=2):
         eos_token_id=0,
     )
     return LlamaForCausalLM(config).float()
+
+
+# ChatML, as SmolLM2's and Qwen's templates write it, with a default system message like theirs
+CHATML_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a tiny model.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_chat_tokenizer(directory=None):
+    """`build_tokenizer` with ChatML's two special tokens and chat template (ids 400 and 401)."""
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    if directory is not None:
+        tokenizer.save_pretrained(directory)
+    return tokenizer

@@ -1,0 +1,232 @@
+"""Context distillation of any context on your own data: a chat teacher reads a context (a system
+prompt, a document, a hint) and a prompt; the student reads the prompt alone and learns the teacher's
+full next-token distribution over every token of the teacher's reply.
+
+    accelerate launch --config_file recipes/configs/accelerate/cpu.yaml recipes/distill_context.py \
+        --config recipes/configs/embedded/system-prompt.yaml [--num_train_epochs 3]
+
+Data (`ContextDataArguments`): any JSONL file or dataset with a prompt, a context (or one `context` for
+every row) and an optional completion; TRL's SDFT rows (prompt + privileged_context) and chat `messages`
+(system message = the context) are read as they are. Rows without a completion get the teacher's,
+generated once with the context and kept in the completion cache. Writes into output_dir: the student,
+metrics.json, report.md (held-out rule-following rates with standard errors, KL to the teacher before and
+after), predictions_replies.jsonl (every held-out reply and its check) and resolved_config.yaml.
+"""
+
+from __future__ import annotations
+
+import time
+
+from distill_trainer import (
+    ContextDistillationTrainer,
+    DistillationConfig,
+    StudentArguments,
+    TwoViewCollator,
+    parse_config,
+)
+from distill_trainer.chat_views import chat_prompt_ids
+from distill_trainer.context_config import ContextDataArguments
+from distill_trainer.context_data import load_context_rows
+from distill_trainer.context_report import format_report, write_report
+from distill_trainer.context_run import ChatTeacher, chat_view_dataset, measure_student
+from distill_trainer.data_report import print_reports
+from distill_trainer.errors import UsageError
+from distill_trainer.generation_eval import rule_following
+from distill_trainer.hub import save_student
+from distill_trainer.models import load_causal_lm, load_tokenizer
+from distill_trainer.runner import (
+    load_student,
+    no_partial_output_dir,
+    run_recipe,
+    training_metrics,
+    write_outputs,
+    write_resolved_config,
+)
+
+RECIPE = "distill_context"
+CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)
+
+
+def check_settings(student_args, config) -> None:
+    if not config.teacher_model_name_or_path:
+        raise UsageError(
+            "teacher_model_name_or_path is not set; give a chat model, or 'self' with a LoRA student"
+        )
+    if config.distill_vocab != "full":
+        raise UsageError(
+            "distill_context matches whole replies: set distill_vocab: full (a shared tokenizer)"
+        )
+    if config.teacher_model_name_or_path == "self" and student_args.student_mode != "lora":
+        raise UsageError("teacher 'self' needs student_mode: lora (the base model with the adapters off)")
+
+
+def load_rows(data_args: ContextDataArguments):
+    reports = []
+    train_rows, report = load_context_rows(
+        data_args.data_file, **data_args.column_settings(), limit=data_args.num_train_examples
+    )
+    reports.append(report)
+    eval_rows = []
+    if data_args.eval_data_file:
+        eval_rows, report = load_context_rows(
+            data_args.eval_data_file, **data_args.column_settings(), limit=data_args.num_eval_examples
+        )
+        reports.append(report)
+    print_reports(reports)
+    return train_rows, eval_rows, reports
+
+
+def run_distill_context(student_args, data_args, config, callbacks=None) -> dict:
+    start = time.perf_counter()
+    # ------------------------------------------------------------ checks, rows and tokenizer (no model yet)
+    check_settings(student_args, config)
+    train_rows, eval_rows, reports = load_rows(data_args)
+    is_self = config.teacher_model_name_or_path == "self"
+    tokenizer = load_tokenizer(student_args.model_name_or_path)
+    placement = data_args.context_placement
+    chat_prompt_ids(tokenizer, train_rows[0]["prompt"], train_rows[0]["context"], placement)  # template ok?
+    if not is_self and load_tokenizer(config.teacher_model_name_or_path).get_vocab() != tokenizer.get_vocab():
+        raise UsageError(
+            "the teacher's tokenizer differs from the student's; full-vocabulary KL needs one tokenizer"
+        )
+
+    # ------------------------------------------------------------ student and teacher
+    student = load_student(student_args, seed=config.seed)
+    source = student_args.model_name_or_path if is_self else config.teacher_model_name_or_path
+    teacher_model = (
+        student if is_self else load_causal_lm(source, config.teacher_dtype, config.teacher_quantization)
+    )
+    teacher = ChatTeacher.for_model(
+        teacher_model,
+        config.teacher_model_name_or_path,
+        source,
+        config.teacher_dtype,
+        config.teacher_quantization,
+    )
+    settings = data_args.generation_settings()
+    cache = dict(
+        placement=placement,
+        cache_dir=data_args.completion_cache_dir,
+        batch_size=data_args.generation_batch_size,
+    )
+
+    # ------------------------------------------------------------ the teacher's completions (cached on disk)
+    to_write = [
+        i
+        for i, row in enumerate(train_rows)
+        if row["completion"] is None or data_args.teacher_writes_completions
+    ]
+    replies, completions_info = teacher.completions(
+        tokenizer,
+        [train_rows[i] for i in to_write] + eval_rows,
+        settings,
+        show_progress=not config.disable_tqdm,
+        **cache,
+    )
+    train_replies = [None] * len(train_rows)
+    for index, reply in zip(to_write, replies):
+        train_replies[index] = reply
+    eval_replies = replies[len(to_write) :]
+    train_views = chat_view_dataset(tokenizer, train_rows, train_replies, placement)
+    eval_views = chat_view_dataset(tokenizer, eval_rows, eval_replies, placement) if eval_rows else None
+
+    # ---------------------------------------------- before: the teacher with the context, the student without
+    evaluation = {}
+    measure = dict(
+        checker=data_args.checker,
+        teacher=teacher,
+        placement=placement,
+        batch_size=data_args.generation_batch_size,
+        kl_batch_size=data_args.kl_batch_size,
+    )
+    if eval_rows:
+        evaluation["teacher"] = {"replies": [reply["text"] for reply in eval_replies]}
+        if data_args.checker:
+            rule, checks = rule_following(evaluation["teacher"]["replies"], data_args.checker)
+            evaluation["teacher"].update(rule=rule, checks=checks)
+        # the untrained student's replies are those of its base model: cached like the teacher's
+        base = ChatTeacher.for_model(
+            student,
+            "self" if student_args.student_mode == "lora" else "student",
+            student_args.model_name_or_path,
+            student_args.dtype,
+        )
+        bare_rows = [dict(row, context="") for row in eval_rows]
+        before, _ = base.completions(
+            tokenizer, bare_rows, settings, show_progress=not config.disable_tqdm, **cache
+        )
+        evaluation["before"] = measure_student(
+            student, tokenizer, eval_rows, eval_views, settings, label="before", replies=before, **measure
+        )
+
+    # ---------------------------------------------- distil: the teacher's distribution on every reply token
+    trainer = ContextDistillationTrainer(
+        model=student,
+        args=config,
+        teacher="self" if is_self else teacher_model,
+        train_dataset=train_views,
+        processing_class=tokenizer,
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        teacher_tokenizer=tokenizer,
+        callbacks=callbacks,
+    )
+    write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
+    train_result = trainer.train()
+    save_student(trainer, config.output_dir)
+
+    # ------------------------------------------------------------ after: the student without the context
+    if eval_rows:
+        evaluation["after"] = measure_student(
+            trainer.model, tokenizer, eval_rows, eval_views, settings, label="after", **measure
+        )
+
+    # ------------------------------------------------------------ report
+    contexts = sorted({row["context"] for row in train_rows})
+    metrics = {
+        "recipe": RECIPE,
+        "student": student_args.model_name_or_path,
+        "student_mode": student_args.student_mode,
+        "teacher": config.teacher_model_name_or_path,
+        "context_placement": placement,
+        "context_summary": repr(contexts[0][:160])
+        if len(contexts) == 1
+        else f"{len(contexts)} different contexts",
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "teacher_completions": completions_info,
+        "checker": data_args.checker,
+        "decoding": settings.as_dict(),
+        "loss": config.loss,
+        "temperature": config.temperature,
+        **training_metrics(trainer, train_result, len(train_views)),
+        "teacher_output_cache": trainer.teacher_output_cache_info,
+        "eval": {
+            key: {k: v for k, v in value.items() if k in ("rule", "kl")} for key, value in evaluation.items()
+        },
+        "data": {report.where: report.as_dict() for report in reports},
+    }
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    records = []
+    for i, row in enumerate(eval_rows):
+        record = {"prompt": row["prompt"], "context": row["context"]}
+        for key, value in evaluation.items():
+            record[key] = value["replies"][i]
+            if "checks" in value:
+                record[f"{key}_check"] = value["checks"][i]
+        records.append(record)
+    configs = (student_args, data_args, config)
+    # report.md first: metrics.json, written last, marks a finished run
+    report = write_report(config.output_dir, metrics)
+    paths = [report, *write_outputs(config.output_dir, metrics, {"replies": records}, configs, RECIPE)]
+    print("\n" + format_report(metrics) + "outputs: " + "  ".join(map(str, paths)), flush=True)
+    return metrics
+
+
+def main(argv=None) -> dict:
+    configs = parse_config(CONFIG_TYPES, argv)
+    with no_partial_output_dir(configs[-1].output_dir):
+        return run_distill_context(*configs)
+
+
+if __name__ == "__main__":
+    run_recipe(main)
