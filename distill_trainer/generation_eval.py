@@ -117,3 +117,16 @@ def completion_kl(student, teacher_logits_fn, views, collator, batch_size: int =
         "kl_example_mean": mean,
         "kl_example_stderr": math.sqrt(variance / n),
     }
+
+
+def reply_records(rows: list[dict], result: dict) -> list[dict]:
+    """One JSON-ready record per held-out row: prompt, context, each model's reply and its check."""
+    records = []
+    for i, row in enumerate(rows):
+        record = {"prompt": row["prompt"], "context": row["context"]}
+        for key, value in result.items():
+            record[key] = value["replies"][i]
+            if "checks" in value:
+                record[f"{key}_check"] = value["checks"][i]
+        records.append(record)
+    return records

@@ -155,17 +155,11 @@ def _print(summary: dict) -> None:
 
 
 def _write(output_dir: Path, summary: dict, rows: list[dict], result: dict) -> None:
+    from .generation_eval import reply_records
     from .runner import _write_atomically
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, row in enumerate(rows):
-        record = {"prompt": row["prompt"], "context": row["context"]}
-        for key, value in result.items():
-            record[key] = value["replies"][i]
-            if "checks" in value:
-                record[f"{key}_check"] = value["checks"][i]
-        lines.append(json.dumps(record) + "\n")
+    lines = [json.dumps(record) + "\n" for record in reply_records(rows, result)]
     _write_atomically(output_dir / "replies.jsonl", "".join(lines))
     _write_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
 

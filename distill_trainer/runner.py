@@ -25,7 +25,7 @@ from .checkpoints import run_results
 from .errors import UsageError
 from .models import count_parameters, load_causal_lm, prepare_student
 from .output_dir import OutputLock, check_output_location
-from .task_evaluation import EvalResults, evaluate_on_tasks  # noqa: F401  (re-exported for recipes)
+from .task_evaluation import EvalResults, evaluate_on_tasks, is_main_process  # noqa: F401  (re-exported)
 
 # training settings worth recording in a resolved config even when the recipe left them at their default
 TRAINING_KEYS = (
@@ -67,12 +67,6 @@ def run_recipe(main, argv=None) -> None:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-
-
-def is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
 
 
 # ---------------------------------------------------------------- student and training

@@ -33,7 +33,7 @@ class EvalResults:
     seconds: float = 0.0
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
@@ -111,7 +111,7 @@ def evaluate_set(model, tokenizer, data, config, data_args, name, rows, demonstr
         )
         found = load_evaluation(key)
     if found is not None:
-        if _is_main_process():
+        if is_main_process():
             print(
                 f"{name}: evaluation of these model files on these rows and prompt read back from the cache"
             )
@@ -128,7 +128,7 @@ def evaluate_set(model, tokenizer, data, config, data_args, name, rows, demonstr
         drop_demonstrations_to_fit=data_args.drop_demonstrations_to_fit,
         progress=not config.disable_tqdm,
     )
-    if key is not None and _is_main_process():
+    if key is not None and is_main_process():
         store_evaluation(key, *found)
     return found
 
@@ -158,7 +158,7 @@ def content_free_scores(model, tokenizer, data, sampler, config, model_id) -> to
             progress=False,
         )
         found = ({}, [{"logprobs": row} for row in scores.logprobs.tolist()])
-        if key is not None and _is_main_process():
+        if key is not None and is_main_process():
             store_evaluation(key, *found)
     return content_free_distribution(torch.tensor([row["logprobs"] for row in found[1]]))
 

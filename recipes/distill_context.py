@@ -31,7 +31,7 @@ from distill_trainer.context_report import format_report, write_report
 from distill_trainer.context_run import ChatTeacher, chat_view_dataset, measure_student
 from distill_trainer.data_report import print_reports
 from distill_trainer.errors import UsageError
-from distill_trainer.generation_eval import rule_following
+from distill_trainer.generation_eval import reply_records, rule_following
 from distill_trainer.hub import save_student
 from distill_trainer.models import load_causal_lm, load_tokenizer
 from distill_trainer.runner import (
@@ -206,14 +206,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         "data": {report.where: report.as_dict() for report in reports},
     }
     metrics["seconds"] = round(time.perf_counter() - start, 1)
-    records = []
-    for i, row in enumerate(eval_rows):
-        record = {"prompt": row["prompt"], "context": row["context"]}
-        for key, value in evaluation.items():
-            record[key] = value["replies"][i]
-            if "checks" in value:
-                record[f"{key}_check"] = value["checks"][i]
-        records.append(record)
+    records = reply_records(eval_rows, evaluation)
     configs = (student_args, data_args, config)
     # report.md first: metrics.json, written last, marks a finished run
     report = write_report(config.output_dir, metrics)
