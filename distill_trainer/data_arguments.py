@@ -87,6 +87,13 @@ class DataArguments:
     num_train_examples: int = field(
         default=128, metadata={"help": "Training examples, class-balanced, disjoint from the demonstrations."}
     )
+    holdout_rows: str = field(
+        default=None,
+        metadata={
+            "help": "A JSONL file of rows (premise, hypothesis, label) never used as training queries: the "
+            "dev rows that settings are chosen on (recipes/select_prompt.py writes them as dev.jsonl)."
+        },
+    )
     num_eval_examples: int = field(
         default=None, metadata={"help": "Class-balanced evaluation rows per non-HANS task; default: all."}
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import platform
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -16,6 +17,29 @@ from .config import QUANTIZATIONS
 from .errors import UsageError
 
 EMBEDDED_PREFIX = "embedded:"
+logger = logging.getLogger(__name__)
+
+
+def cpu_bf16_is_emulated() -> bool:
+    """True on an x86 CPU without AVX512-BF16 or AMX: its bfloat16 matmuls are emulated, about 4x slower
+    than float32 (measured on such cores), where with them they run ~2.5x faster (benchmarks/flops.py)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False  # not known: no warning
+    native = (
+        getattr(torch.cpu, name, lambda: False)()
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    return not any(native)
+
+
+def warn_if_bf16_is_slow(what: str) -> None:
+    """One warning when `what` (a setting) asks for bfloat16 matmuls on a CPU that emulates them."""
+    if not torch.cuda.is_available() and cpu_bf16_is_emulated():
+        logger.warning(
+            "%s: this CPU has no native bfloat16 matmuls (AVX512-BF16 or AMX), so bfloat16 runs several "
+            "times slower than float32 here; use float32 on this machine",
+            what,
+        )
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -87,6 +111,8 @@ def load_causal_lm(
     start the added biases at zero, so the model computes exactly what it did; the saved model keeps them.
     """
     kwargs = {"dtype": torch_dtype(dtype)}
+    if dtype == "bfloat16" and device_map is None:
+        warn_if_bf16_is_slow(f"{name_or_path} in bfloat16")
     if add_biases:
         from transformers import AutoConfig
 

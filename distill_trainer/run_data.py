@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datasets import Dataset
 
@@ -75,8 +76,9 @@ def load_eval_set(name: str, data_args: DataArguments, reports: list | None = No
 
 def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
     """Evaluation sets, then the fixed demonstrations (never an evaluation query), then the training
-    queries (never a fixed demonstration). The same arguments give the same rows in every recipe, so
-    pattern-based fine-tuning and context distillation train on the same queries."""
+    queries (never a fixed demonstration, an evaluation row or a `holdout_rows` row). The same arguments
+    give the same rows in every recipe, so pattern-based fine-tuning and context distillation train on the
+    same queries."""
     task, pattern = get_task(data_args.task), data_args.get_pattern()
     if task.train_split is None:
         trainable = ", ".join(name for name, t in TASKS.items() if t.train_split)
@@ -96,6 +98,15 @@ def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
         drop_invalid_rows=data_args.drop_invalid_rows,
         reports=reports,
     )
+    holdout_keys = set()
+    if with_train and data_args.holdout_rows:  # rows settings are chosen on: never trained on
+        if not Path(data_args.holdout_rows).is_file():
+            raise UsageError(
+                f"holdout_rows: {data_args.holdout_rows} does not exist; give the JSONL of dev rows "
+                "(recipes/select_prompt.py writes dev.jsonl) or remove holdout_rows"
+            )
+        holdout = load_split(task, "holdout", data_file=data_args.holdout_rows, reports=reports)
+        holdout_keys = {row_key(row) for row in holdout}
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one report, not one per process
@@ -110,7 +121,7 @@ def prepare_data(data_args: DataArguments, with_train: bool = True) -> NLIData:
             data_args.num_train_examples,
             task.num_labels,
             data_args.subset_seed,
-            exclude_keys=demonstration_keys | eval_keys,
+            exclude_keys=demonstration_keys | eval_keys | holdout_keys,
             what="training examples (num_train_examples)",
         )
     return NLIData(task, pattern, pool, sampler, eval_sets, train_rows, reports, samplers)

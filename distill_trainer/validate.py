@@ -30,6 +30,7 @@ import yaml
 
 from .checkpoints import parse_resume_setting, resolve_resume, run_results
 from .errors import UsageError
+from .models import warn_if_bf16_is_slow
 from .output_dir import check_output_location
 from .run_data import NLIData, prepare_data
 from .runner import resolved_config
@@ -215,6 +216,8 @@ def check_training_settings(data_args, config) -> None:
             f"learning_rate={config.learning_rate} makes Adam move every weight by about that much "
             "per step and diverges at once; use a value like 1e-5 (full) or 1e-4 (LoRA)"
         )
+    if config.bf16:
+        warn_if_bf16_is_slow("bf16: true (mixed-precision training)")
 
 
 # ---------------------------------------------------------------- 3. output directory

@@ -58,3 +58,35 @@ def test_missing_and_malformed_recipe_files(tmp_path):
         parse_config(TYPES, ["--config", str(tmp_path / "nope.yaml")])
     with pytest.raises(UsageError, match="must be a mapping"):
         parse_config(TYPES, ["--config", write(tmp_path, "- a\n- b\n")])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_warns_only_on_a_cpu_that_emulates_it(monkeypatch, caplog, tiny_dirs, native):
+    import torch
+
+    from distill_trainer import models
+
+    monkeypatch.setattr(models.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    with caplog.at_level("WARNING", logger=models.logger.name):
+        model = models.load_causal_lm(tiny_dirs["teacher"], dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    warned = [r.getMessage() for r in caplog.records if "no native bfloat16" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
+    if not native:
+        assert "in bfloat16" in warned[0] and "use float32" in warned[0]
+
+
+def test_bf16_training_warns_on_an_emulating_cpu(monkeypatch, caplog, tmp_path):
+    from distill_trainer import models
+    from distill_trainer.data_arguments import DataArguments
+    from distill_trainer.validate import check_training_settings
+
+    monkeypatch.setattr(models, "cpu_bf16_is_emulated", lambda: True)
+    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)
+    config = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True)
+    with caplog.at_level("WARNING", logger=models.logger.name):
+        check_training_settings(DataArguments(), config)
+    assert any("bf16: true (mixed-precision training)" in r.getMessage() for r in caplog.records)

@@ -1,15 +1,18 @@
 """The three recipes end to end on tiny models: through `accelerate launch` (one subprocess each, 2 steps),
 in process for variants. The bad inputs are catalogued in test_bad_inputs.py."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import CPU, ROOT, load_recipe, write_recipe
 
 from distill_trainer import parse_config
+from distill_trainer.errors import UsageError
 
 
 def launch(recipe, config, *extra):
@@ -134,3 +137,29 @@ def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_
 # The bad-input cases (unknown task and pattern, template fields, colliding label words, too few
 # rows for k, misspelled keys and flags, missing data dir or column, prompts over max_length, a
 # teacher where none is read, ...) and the script's exit status 2 are in test_bad_inputs.py.
+
+
+def test_holdout_rows_are_never_training_queries(tmp_path, tiny_dirs, capsys):
+    from distill_trainer.run_data import prepare_data
+
+    types = load_recipe("context_distill").CONFIG_TYPES
+    recipe = write_recipe(tmp_path, tiny_dirs, "cd", teacher_model_name_or_path="x")
+    _, data_args, _ = parse_config(types, ["--config", recipe])
+    chosen = prepare_data(data_args).train_rows
+    # hold out half of the queries the run would otherwise train on
+    holdout = tmp_path / "dev.jsonl"
+    held = [chosen[i] for i in range(0, len(chosen), 2)]
+    # written as a dev file is (select_prompt's dev.jsonl): the source's label ids (binary 1 = source 2)
+    source = [{**row, "label": 2 * row["label"]} for row in held]
+    holdout.write_text("".join(json.dumps(row) + "\n" for row in source))
+    _, held_args, _ = parse_config(types, ["--config", recipe, "--holdout_rows", str(holdout)])
+    capsys.readouterr()
+    data = prepare_data(held_args)
+    pairs = set(zip(data.train_rows["premise"], data.train_rows["hypothesis"]))
+    assert len(data.train_rows) == len(chosen)
+    assert not pairs & {(row["premise"], row["hypothesis"]) for row in held}
+    # the held-out file is read like any data file, and reported
+    assert f"{holdout}: {len(held)} rows read" in capsys.readouterr().err
+    missing = dataclasses.replace(held_args, holdout_rows=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UsageError, match="holdout_rows: .*missing.jsonl does not exist"):
+        prepare_data(missing)
