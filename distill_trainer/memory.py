@@ -28,7 +28,8 @@ compare.py's in-process mode):
     (`as_dict()["peak"]`), as `report.load_method_result` does.
   - CPU RSS also counts checkpoint files mapped while loading (page cache, reclaimable) and freed
     memory glibc keeps in its heap; run with MALLOC_MMAP_THRESHOLD_=131072 in the environment for an
-    RSS that tracks live tensors (benchmarks/memory.py does).
+    RSS that tracks live tensors (benchmarks/memory.py does). `release_freed_memory()` hands the heap's
+    free pages back after a large model is dropped (the teacher after its output-cache pass).
 
 Where a peak goes: `memory_breakdown.py`; predicting one without running it: `memory_estimate.py`.
 """
@@ -67,6 +68,26 @@ def _kernel_peak_reset_works() -> bool:
         return False
     # right after a reset the high-water mark equals the current RSS (a page or two of drift allowed)
     return "VmHWM" in status and status["VmHWM"] - status["VmRSS"] < 8 * MIB
+
+
+def release_freed_memory() -> bool:
+    """Collect garbage, then return the C heap's free pages to the OS (glibc's malloc_trim), so that a
+    model just dropped stops counting in RSS; without it a process that held a teacher keeps its freed
+    heap for the rest of its life. Returns whether the heap was trimmed (False where there is no glibc)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class CpuMemoryMeter:

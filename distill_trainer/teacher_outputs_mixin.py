@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 
+from .memory import release_freed_memory
 from .output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
 from .prefix_cache import TeacherAnswerLogits
 from .teacher_cache_store import build_record, record_build
@@ -80,10 +81,13 @@ class TeacherOutputsMixin:
             self.eval_dataset = {name: done[f"eval_{name}"] for name in self.eval_dataset}
         elif self.eval_dataset is not None:
             self.eval_dataset = done["eval"]
+        dropped_a_model = self.teacher is not None and not isinstance(self.teacher, str)  # not "self"
         self.teacher = None
         self._teacher_engine = None  # under DeepSpeed, the engine holding the teacher's weights goes too
         self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=False)  # frees the prefix cache too
         self.teacher_from_cache = True
+        if dropped_a_model:  # its weights are garbage now: training's peak should not include them
+            release_freed_memory()
 
     def _record_builds(self) -> None:
         """Beside each cache built here: its time and the teacher's peak memory (load, pass), so that the

@@ -1,6 +1,7 @@
 """Teacher prefix KV cache, teacher output cache, and the sparse (top-k) distillation loss."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -482,3 +483,21 @@ def test_teacher_runner_packs_on_cpu_by_default(tokenizer, teacher, monkeypatch,
     _, full, _ = cached_vs_full(teacher, batch)
     assert bool(calls) == packs
     assert (logits - full)[batch["answer_mask"]].abs().max() <= 1e-4
+
+
+def test_the_heap_is_trimmed_once_a_loaded_teacher_is_dropped(
+    tmp_path, tokenizer, student, teacher, monkeypatch
+):
+    from distill_trainer import memory, teacher_outputs_mixin
+
+    # on Linux (glibc) the trim really runs; elsewhere it reports that it could not
+    assert memory.release_freed_memory() is (sys.platform.startswith("linux"))
+    calls = []
+    monkeypatch.setattr(teacher_outputs_mixin, "release_freed_memory", lambda: calls.append(1))
+    options = dict(distill_vocab="label_words", teacher_output_cache=True)
+    make_trainer(tmp_path, copy.deepcopy(student), teacher, tokenizer, **options)
+    assert calls == [1]  # a teacher model was held and dropped
+    # a "self" teacher is the student itself: nothing was dropped, nothing to hand back
+    lora = prepare_student(copy.deepcopy(student), "lora", lora_r=2)
+    itself = make_trainer(tmp_path / "self", lora, "self", tokenizer, **options)
+    assert itself.teacher_from_cache and calls == [1]
