@@ -17,7 +17,7 @@ with the template's end-of-turn token, so the student also learns where the teac
 from __future__ import annotations
 
 from .errors import UsageError
-from .views import answer_positions
+from .views import two_view_row
 
 # where the teacher reads the context: as the system message, or before the prompt in the user turn
 # (for templates without a system role, or models that follow a system prompt poorly)
@@ -145,11 +145,4 @@ def build_chat_views(
     shared = shared_prefix_length(tokenizer, context, placement) if prefix_length is None else prefix_length
     # the collator uses the prefix cache only where every row's ids really start with the same prefix
     shared = min(shared, len(teacher) - 1) if context else 0
-    return {
-        "input_ids": student + answer,
-        "answer_positions": answer_positions(len(student), len(answer)),
-        "teacher_input_ids": teacher + answer,
-        "teacher_answer_positions": answer_positions(len(teacher), len(answer)),
-        "answer_ids": answer,
-        "teacher_prefix_length": max(shared, 0),
-    }
+    return two_view_row(student, teacher, answer, max(shared, 0))

@@ -55,15 +55,21 @@ def build_views(
     demo_ids = _ids(tokenizer, demonstrations + separator) if demonstrations else []
     student_prefix = start + query_ids
     teacher_prefix = start + demo_ids + query_ids
+    # the teacher view is this shared prefix (start + demonstrations) + a per-example suffix; the
+    # teacher prefix KV cache runs the prefix once (see prefix_cache.py)
+    return two_view_row(student_prefix, teacher_prefix, answer_ids, len(start + demo_ids))
+
+
+def two_view_row(student_prefix: list[int], teacher_prefix: list[int], answer: list[int], shared: int):
+    """One training row: both views end in the same answer tokens; `shared` leading teacher tokens are
+    the prefix that every row with the same context starts with (0: none)."""
     return {
-        "input_ids": student_prefix + answer_ids,
-        "answer_positions": answer_positions(len(student_prefix), len(answer_ids)),
-        "teacher_input_ids": teacher_prefix + answer_ids,
-        "teacher_answer_positions": answer_positions(len(teacher_prefix), len(answer_ids)),
-        "answer_ids": answer_ids,
-        # the teacher view is this shared prefix (start + demonstrations) + a per-example suffix; the
-        # teacher prefix KV cache runs the prefix once (see prefix_cache.py)
-        "teacher_prefix_length": len(start + demo_ids),
+        "input_ids": student_prefix + answer,
+        "answer_positions": answer_positions(len(student_prefix), len(answer)),
+        "teacher_input_ids": teacher_prefix + answer,
+        "teacher_answer_positions": answer_positions(len(teacher_prefix), len(answer)),
+        "answer_ids": answer,
+        "teacher_prefix_length": shared,
     }
 
 

@@ -72,6 +72,35 @@ def load_recipe(name):
     return importlib.import_module(f"recipes.{name}")
 
 
+OFFLINE_ARGS = {
+    "data_source": "local",
+    "data_dir": DATA,
+    "use_cpu": True,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
+
+
+# how every tiny test run trains: no checkpoints, a log per step, CPU, no progress bars or trackers
+TINY_RUN = {
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "use_cpu": True,
+    "disable_tqdm": True,
+    "report_to": "none",
+}
+
+
+def cli_args(**values) -> list[str]:
+    """A recipe's command line on the fixture data, offline: `OFFLINE_ARGS`, then `values` (a list gives
+    several values, a boolean true / false)."""
+    argv = []
+    for name, value in {**OFFLINE_ARGS, **values}.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        argv += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in items)]
+    return argv
+
+
 def write_recipe(tmp_path, tiny_dirs, name="recipe", **overrides):
     values = {
         "model_name_or_path": tiny_dirs["student"],
@@ -87,11 +116,7 @@ def write_recipe(tmp_path, tiny_dirs, name="recipe", **overrides):
         "per_device_eval_batch_size": 16,
         "max_steps": 2,
         "learning_rate": 1e-3,
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "report_to": "none",
+        **TINY_RUN,
     }
     values.update(overrides)
     path = tmp_path / f"{name}.yaml"

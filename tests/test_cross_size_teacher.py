@@ -181,33 +181,13 @@ def test_evaluation_cache_round_trip_and_checksum(tmp_path, caplog):
 
 
 def test_icl_eval_of_a_model_on_disk_is_read_back_without_loading_it(tmp_path, tiny_dirs, monkeypatch):
-    from helpers import DATA, load_recipe
+    from helpers import cli_args, load_recipe
 
     monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
     recipe = load_recipe("icl_eval")
-    argv = [
-        "--model_name_or_path",
-        tiny_dirs["teacher"],
-        "--task",
-        "mnli",
-        "--eval_tasks",
-        "mnli",
-        "hans",
-        "--data_source",
-        "local",
-        "--data_dir",
-        DATA,
-        "--pattern",
-        "gpt3",
-        "--k",
-        "2",
-        "--use_cpu",
-        "true",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-    ]
+    argv = cli_args(
+        model_name_or_path=tiny_dirs["teacher"], task="mnli", eval_tasks=["mnli", "hans"], pattern="gpt3", k=2
+    )
     first = recipe.main([*argv, "--output_dir", str(tmp_path / "first")])
     monkeypatch.setattr(
         recipe, "load_causal_lm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded"))
@@ -363,47 +343,25 @@ def test_bitfit_is_refused_where_no_bias_can_be_added():
 
 
 def test_select_prompt_scores_candidates_on_dev_rows_that_no_candidate_or_eval_set_uses(tmp_path, tiny_dirs):
-    from helpers import DATA
+    from helpers import DATA, cli_args
 
     from distill_trainer.tasks import get_task, load_split
     from recipes import select_prompt
 
     out = tmp_path / "selection"
     results = select_prompt.main(
-        [
-            "--model_name_or_path",
-            tiny_dirs["student"],
-            "--teacher_model_name_or_path",
-            tiny_dirs["teacher"],
-            "--task",
-            "mnli",
-            "--eval_tasks",
-            "mnli",
-            "hans",
-            "--data_source",
-            "local",
-            "--data_dir",
-            DATA,
-            "--num_eval_examples",
-            "4",
-            "--hans_per_subcase",
-            "1",
-            "--candidate_ks",
-            "2",
-            "--candidate_seeds",
-            "0",
-            "1",
-            "--dev_examples",
-            "6",
-            "--output_dir",
-            str(out),
-            "--use_cpu",
-            "true",
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-        ]
+        cli_args(
+            model_name_or_path=tiny_dirs["student"],
+            teacher_model_name_or_path=tiny_dirs["teacher"],
+            task="mnli",
+            eval_tasks=["mnli", "hans"],
+            num_eval_examples=4,
+            hans_per_subcase=1,
+            candidate_ks=2,
+            candidate_seeds=[0, 1],
+            dev_examples=6,
+            output_dir=out,
+        )
     )
     assert [(r["k"], r["seed"]) for r in results] == [(2, 0), (2, 1)]
     dev = [json.loads(line) for line in (out / "dev.jsonl").read_text().splitlines()]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from helpers import load_recipe, make_args
+from helpers import TINY_RUN, load_recipe, make_args
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 from distill_trainer.chat_views import build_chat_views
@@ -124,11 +124,7 @@ def recipe_config(tmp_path, chat_dirs, **overrides):
         "per_device_train_batch_size": 2,
         "max_steps": 2,
         "learning_rate": 1e-2,
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "report_to": "none",
+        **TINY_RUN,
     }
     values.update(overrides)
     path = tmp_path / "recipe.yaml"

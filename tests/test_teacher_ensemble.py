@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import DATA, load_recipe
+from helpers import cli_args, load_recipe
 
 from distill_trainer import DataArguments, UsageError
 from distill_trainer.teacher_ensemble import (
@@ -75,32 +75,8 @@ def test_bad_ensemble_settings_are_one_line_each():
 
 
 def _icl_argv(model, tmp_path, name, *extra):
-    return [
-        "--model_name_or_path",
-        model,
-        "--task",
-        "mnli",
-        "--eval_tasks",
-        "mnli",
-        "hans",
-        "--data_source",
-        "local",
-        "--data_dir",
-        DATA,
-        "--pattern",
-        "gpt3",
-        "--k",
-        "2",
-        "--use_cpu",
-        "true",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--output_dir",
-        str(tmp_path / name),
-        *extra,
-    ]
+    common = cli_args(model_name_or_path=model, task="mnli", eval_tasks=["mnli", "hans"], pattern="gpt3", k=2)
+    return [*common, "--output_dir", str(tmp_path / name), *extra]
 
 
 def test_ensemble_evaluation_reuses_each_set_and_reports_the_seed_spread(tmp_path, tiny_dirs, monkeypatch):
@@ -164,47 +140,23 @@ def test_ensemble_evaluation_reuses_each_set_and_reports_the_seed_spread(tmp_pat
 
 def _distill(tmp_path, tiny_dirs, name, *extra):
     recipe = load_recipe("context_distill")
-    argv = [
-        "--model_name_or_path",
-        tiny_dirs["student"],
-        "--teacher_model_name_or_path",
-        tiny_dirs["teacher"],
-        "--task",
-        "mnli",
-        "--eval_tasks",
-        "mnli",
-        "--num_eval_examples",
-        "4",
-        "--data_source",
-        "local",
-        "--data_dir",
-        DATA,
-        "--pattern",
-        "gpt3",
-        "--k",
-        "2",
-        "--num_train_examples",
-        "8",
-        "--distill_vocab",
-        "label_words",
-        "--teacher_output_cache",
-        "true",
-        "--max_steps",
-        "1",
-        "--per_device_train_batch_size",
-        "4",
-        "--save_strategy",
-        "no",
-        "--use_cpu",
-        "true",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--output_dir",
-        str(tmp_path / name),
-        *extra,
-    ]
+    argv = cli_args(
+        model_name_or_path=tiny_dirs["student"],
+        teacher_model_name_or_path=tiny_dirs["teacher"],
+        task="mnli",
+        eval_tasks="mnli",
+        num_eval_examples=4,
+        pattern="gpt3",
+        k=2,
+        num_train_examples=8,
+        distill_vocab="label_words",
+        teacher_output_cache=True,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        output_dir=tmp_path / name,
+    )
+    argv += extra
     return recipe.main(argv)["teacher_output_cache"]["train"]
 
 
@@ -237,24 +189,13 @@ def test_an_ensemble_without_the_label_word_output_cache_is_refused(tmp_path, ti
     recipe = load_recipe("context_distill")
     with pytest.raises(UsageError, match="teacher_output_cache: true and distill_vocab: label_words"):
         recipe.main(
-            [
-                "--model_name_or_path",
-                tiny_dirs["student"],
-                "--teacher_model_name_or_path",
-                tiny_dirs["teacher"],
-                "--data_source",
-                "local",
-                "--data_dir",
-                DATA,
-                "--k",
-                "2",
-                "--demonstration_sets",
-                "2",
-                "--use_cpu",
-                "true",
-                "--output_dir",
-                str(tmp_path / "refused"),
-            ]
+            cli_args(
+                model_name_or_path=tiny_dirs["student"],
+                teacher_model_name_or_path=tiny_dirs["teacher"],
+                k=2,
+                demonstration_sets=2,
+                output_dir=tmp_path / "refused",
+            )
         )
     assert not (tmp_path / "refused").exists()
 
