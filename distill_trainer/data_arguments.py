@@ -31,7 +31,7 @@ class DataArguments:
         default=None,
         metadata={
             "help": f"Local data directory (mnli/*.jsonl, hans/*.jsonl); default: ${DATA_ENV}, then "
-            "data/ or ../shared/data next to the repository."
+            "the data/ folder the repository ships."
         },
     )
     pattern: str = field(default="minimal", metadata={"help": f"{', '.join(PATTERNS)} or {CUSTOM}."})

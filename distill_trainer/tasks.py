@@ -37,9 +37,8 @@ from .patterns import CUSTOM, PATTERNS, Pattern, check_template, get_pattern  # 
 from .views import SEPARATOR  # noqa: F401  (re-exported)
 
 DATA_ENV = "DISTILL_TRAINER_DATA"
-REPO_ROOT = (
-    Path(__file__).resolve().parent.parent
-)  # a source checkout; data/ or ../shared/data may sit next to it
+# a source checkout ships the offline MNLI and HANS files in data/ (see data/README.md)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_SOURCES = ("auto", "hub", "local")
 REQUIRED_COLUMNS = ("premise", "hypothesis", "label")
 
@@ -127,7 +126,7 @@ def candidate_data_dirs() -> list[Path]:
     candidates = []
     if os.environ.get(DATA_ENV):
         candidates.append(Path(os.environ[DATA_ENV]))
-    return candidates + [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
+    return candidates + [REPO_ROOT / "data"]
 
 
 def resolve_data_dir(data_source: str = "auto", data_dir: str | None = None) -> Path | None:
@@ -189,21 +188,47 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
     return rows, lines
 
 
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached right now (offline mode set, or no connection within `timeout`
+    seconds), or None. Asked before a dataset download so that a machine without network fails at once,
+    not after the download's retry loop."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{name} is set"
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = (
+        endpoint.hostname or "huggingface.co",
+        endpoint.port or (80 if endpoint.scheme == "http" else 443),
+    )
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{host} cannot be reached ({type(error).__name__})"
+    return None
+
+
 def _load_hub(task: NLITask, split: str, data_source: str) -> Dataset:
     from datasets import load_dataset
 
-    try:
-        return load_dataset(task.hub_path, task.hub_name, split=split, revision=task.hub_revision)
-    except Exception as error:  # noqa: BLE001 -- offline, unknown split, no access: one message for all
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    def failure(reason: str) -> UsageError:
         if data_source == "hub":
             hint = "to read a local copy instead, set data_source: auto or local (with data_dir)"
         else:
             looked = ", ".join(str(c) for c in candidate_data_dirs())
             hint = f"no local copy was found (looked in: {looked}); set data_dir or ${DATA_ENV} to one"
-        raise UsageError(
-            f"cannot load {task.hub_path} split {split!r} from the Hub ({reason}); {hint}"
-        ) from None
+        return UsageError(f"cannot load {task.hub_path} split {split!r} from the Hub ({reason}); {hint}")
+
+    unreachable = hub_unreachable_reason()
+    if unreachable:
+        raise failure(unreachable)
+    try:
+        return load_dataset(task.hub_path, task.hub_name, split=split, revision=task.hub_revision)
+    except Exception as error:  # noqa: BLE001 -- offline, unknown split, no access: one message for all
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise failure(reason) from None
 
 
 def load_split(

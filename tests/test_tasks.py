@@ -62,9 +62,46 @@ def test_missing_local_source_says_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.setattr(tasks, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.setenv(tasks.DATA_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(
-        UsageError, match=r"no local data directory found \(looked in: .*nowhere.*shared/data"
+        UsageError, match=r"no local data directory found \(looked in: .*nowhere, .*repo/data;"
     ):
         load_split(get_task("mnli"), "train", "local")
+
+
+def test_the_repository_ships_its_data_and_auto_reads_it_without_the_hub(monkeypatch):
+    """A clone with nothing beside it: data/ in the checkout is found first, and the Hub is never asked."""
+    monkeypatch.delenv(tasks.DATA_ENV, raising=False)
+    assert tasks.resolve_data_dir("auto") == tasks.REPO_ROOT / "data"
+    monkeypatch.setattr(tasks, "_load_hub", lambda *a, **k: pytest.fail("the Hub was asked"))
+    hans = load_split(get_task("hans"), "validation", "auto")
+    assert len(hans) == 30_000 and len(set(hans["subcase"])) == 30
+    assert len(load_split(get_task("mnli"), "train", "auto")) > 2_000
+    assert len(load_split(get_task("mnli"), "validation_matched", "auto")) > 2_000
+
+
+def test_no_local_copy_and_no_hub_fails_at_once_naming_the_fix(monkeypatch, tmp_path):
+    import datasets
+
+    monkeypatch.setattr(tasks, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.delenv(tasks.DATA_ENV, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("a download was tried"))
+    with pytest.raises(UsageError, match=r"HF_DATASETS_OFFLINE is set\); no local copy .* set data_dir"):
+        load_split(get_task("mnli"), "train", "auto")
+
+
+def test_an_unreachable_hub_is_named_without_a_download(monkeypatch):
+    import socket
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid:9")
+
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    assert tasks.hub_unreachable_reason() == "hub.invalid cannot be reached (ConnectionRefusedError)"
 
 
 def test_data_dir_that_does_not_exist(tmp_path):
