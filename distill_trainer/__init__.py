@@ -1,5 +1,7 @@
 """distill-trainer: context distillation of causal LMs on top of the Hugging Face Trainer."""
 
+# first: it silences a notice that importing peft (below) would print
+from . import quiet_logs  # noqa: F401
 from .answer_logits import answer_logits
 from .chat_views import build_chat_views
 from .config import DistillationConfig, StudentArguments, parse_config

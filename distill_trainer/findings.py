@@ -143,7 +143,7 @@ def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str
                 sentences.append(f"On {label}, {cd_name} against {pbft_name}: " + "; ".join(parts) + ".")
     if memory_reference:
         reference = memory_reference["peak_mib"]
-        for row in cd_rows:
+        for row in (row for row in rows if row["method"].startswith("cd_")):  # memory probes included
             peak = row.get("peak_memory_mib")
             if peak:
                 sentences.append(
@@ -151,4 +151,108 @@ def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str
                     f"{memory_reference['name']} ({reference / 1024:.2f} GiB, "
                     f"{memory_reference['source']})."
                 )
+    return sentences
+
+
+# ---------------------------------------------------------------- the paper's claims, one verdict each
+
+SUPPORTS, CONTRADICTS, CANNOT_TELL = "supports", "contradicts", "cannot tell"
+# the paper's sizes: out-of-domain accuracy +20 points over PBFT, ~50% better (relative) than the student's
+# ICL, up to 60% less memory than fine-tuning the teacher
+PAPER_OOD_OVER_PBFT_POINTS = 20.0
+PAPER_OOD_OVER_ICL_RELATIVE = 0.5
+PAPER_MEMORY_SAVING = 0.6
+
+
+def _first(by_name: dict, names) -> dict | None:
+    return next((by_name[n] for n in names if n in by_name and by_name[n].get("records")), None)
+
+
+def _ood_verdict(cd: dict, other: dict, least_points: float) -> tuple[str, str] | None:
+    """Verdict on 'CD is better out of domain than `other`', by HANS margin AUC (the direction: threshold
+    free) and accuracy (the size the paper claims: `least_points`)."""
+    auc, accuracy = (
+        paired_difference(cd, other, "hans", "auc"),
+        paired_difference(cd, other, "hans", "accuracy"),
+    )
+    if auc is None or accuracy is None:
+        return None
+    (auc_point, (auc_low, auc_high)), (acc_point, (acc_low, acc_high)) = auc, accuracy
+    if auc_low > 0 and acc_low > 0:
+        verdict = SUPPORTS
+    elif auc_high < 0 or 100 * acc_high < least_points:
+        verdict = CONTRADICTS
+    else:
+        verdict = CANNOT_TELL
+    detail = (
+        f"HANS margin AUC {auc_point:+.3f} (95% interval {auc_low:+.3f} to {auc_high:+.3f}), accuracy "
+        f"{100 * acc_point:+.1f} points ({100 * acc_low:+.1f} to {100 * acc_high:+.1f}; the paper's size: "
+        f"at least {least_points:+.1f})"
+    )
+    return verdict, detail
+
+
+def paper_claims(rows: list[dict], memory_reference: dict | None = None) -> list[str]:
+    """One sentence per claim of the paper that this run can speak to, starting with its verdict: the run
+    supports it, contradicts it (its interval excludes the claim) or cannot tell (the interval is too
+    wide)."""
+    by_name = {row["method"]: row for row in rows}
+    teacher, zero_shot = by_name.get(TEACHER), by_name.get(ZERO_SHOT)
+    cd = _first(by_name, ("cd_lora", "cd_full", "cd_bitfit", "cd_lora_8bit"))
+    sentences = []
+    if cd and teacher and zero_shot:
+        result = recovered_gain(cd, teacher, zero_shot)
+        if result is None:
+            sentences.append(
+                f"In-domain recovery: {CANNOT_TELL}; the ICL teacher is not above the zero-shot student on "
+                "MNLI, so there is no gain to recover."
+            )
+        else:
+            point, (low, high) = result
+            verdict = SUPPORTS if low > 0 else CONTRADICTS if high < 0 else CANNOT_TELL
+            sentences.append(
+                f"In-domain recovery (a CD student gains on MNLI toward its ICL teacher): {verdict}; "
+                f"{cd['method']} recovers {point:.0%} (95% interval {low:.0%} to {high:.0%}) of the "
+                "teacher's gain over the zero-shot student."
+            )
+    if cd:
+        mode = cd["method"].removeprefix("cd_").split("_")[0]
+        pbft = _first(by_name, (f"pbft_{mode}",))
+        result = _ood_verdict(cd, pbft, PAPER_OOD_OVER_PBFT_POINTS) if pbft else None
+        if result:
+            sentences.append(
+                f"Out of domain, CD over PBFT (paper: +{PAPER_OOD_OVER_PBFT_POINTS:.0f} points on HANS): "
+                f"{result[0]}; {cd['method']} against {pbft['method']}: {result[1]}."
+            )
+        icl = _first(by_name, ("icl_student",))
+        icl_task = _task(icl, "hans") if icl else None
+        if icl_task:
+            least = (
+                100
+                * PAPER_OOD_OVER_ICL_RELATIVE
+                * _accuracy(icl_task["correct"], range(len(icl_task["correct"])))
+            )
+            result = _ood_verdict(cd, icl, least)
+            if result:
+                sentences.append(
+                    f"Out of domain, CD over the student's own ICL (paper: about "
+                    f"{PAPER_OOD_OVER_ICL_RELATIVE:.0%} better): {result[0]}; {cd['method']} against "
+                    f"{icl['method']}: {result[1]}."
+                )
+    if memory_reference:
+        reference = memory_reference["peak_mib"]
+        measured = [r for r in rows if r["method"].startswith("cd_") and r.get("peak_memory_mib")]
+        paper_setting = next((r for r in measured if r["method"] == "cd_lora_8bit"), None) or min(
+            measured, key=lambda r: r["peak_memory_mib"], default=None
+        )
+        if paper_setting:
+            saving = 1 - paper_setting["peak_memory_mib"] / reference
+            verdict = SUPPORTS if saving >= PAPER_MEMORY_SAVING else CONTRADICTS
+            sentences.append(
+                f"Memory (paper: up to {PAPER_MEMORY_SAVING:.0%} less than fine-tuning the teacher): "
+                f"{verdict}; "
+                f"{paper_setting['method']} peaks at {paper_setting['peak_memory_mib'] / 1024:.2f} GiB, "
+                f"{saving:.0%} below {memory_reference['name']} ({reference / 1024:.2f} GiB, "
+                f"{memory_reference['source']})."
+            )
     return sentences

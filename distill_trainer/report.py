@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from .findings import findings
+from .findings import findings, paper_claims
 from .units import MIB
 
 TEACHER_METHOD = "icl_teacher"
@@ -135,6 +135,29 @@ def agreement(predictions: list[int], reference: list[int]) -> dict:
     return {"agreement": share, "agreement_stderr": math.sqrt(share * (1 - share) / n) if n else float("nan")}
 
 
+def auc_stderr(auc: float | None, positives: int, negatives: int) -> float | None:
+    """Standard error of a ROC AUC (Hanley and McNeil, 1982): cheap, and close to a bootstrap's at the
+    hundreds of rows a comparison scores."""
+    if auc is None or not positives or not negatives:
+        return None
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
+        positives * negatives
+    )
+    return math.sqrt(max(variance, 0.0))
+
+
+def add_auc_stderr(rows: list[dict]) -> None:
+    """Each task summary's `auc_stderr`, from its rows' labels (label 0 is the positive class)."""
+    for row in rows:
+        for task, task_summary in row["eval"].items():
+            labels = [r["label"] for r in row["records"].get(task, [])]
+            positives = sum(1 for label in labels if label == 0)
+            task_summary["auc_stderr"] = auc_stderr(
+                task_summary.get("auc"), positives, len(labels) - positives
+            )
+
+
 def add_teacher_agreement(rows: list[dict]) -> None:
     """Each row's agreement with the ICL teacher's predictions, per task (None without an ICL teacher row)."""
     teacher = next((row for row in rows if row["method"] == TEACHER_METHOD), None)
@@ -192,6 +215,20 @@ LEGEND = (
 )
 
 
+def method_label(row: dict) -> str:
+    """The method's name, marked when it is a memory probe or was read back from an earlier run."""
+    notes = []
+    if row.get("memory_probe_steps"):
+        notes.append(f"memory probe, {row['memory_probe_steps']} steps")
+    if row.get("reused_from"):
+        notes.append("reused")
+    return row["method"] + (f" ({', '.join(notes)})" if notes else "")
+
+
+def evaluated(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if any((t.get("accuracy") is not None) for t in row["eval"].values())]
+
+
 def table_rows(summary: dict) -> list[list[str]]:
     rows = []
     for row in summary["methods"]:
@@ -199,7 +236,7 @@ def table_rows(summary: dict) -> list[list[str]]:
         hans_labels = hans.get("per_label_accuracy") or {}
         rows.append(
             [
-                row["method"],
+                method_label(row),
                 f"{row['trainable_parameters']:,}",
                 _num(row["peak_memory_mib"], ".0f"),
                 "/".join(
@@ -259,8 +296,18 @@ def format_markdown(summary: dict) -> str:
             for h in heuristics
         ]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    if summary.get("claims"):
+        lines += ["", "## The paper's claims", "", *(f"- {sentence}" for sentence in summary["claims"])]
     if summary.get("findings"):
         lines += ["", "## Findings", "", *(f"- {sentence}" for sentence in summary["findings"])]
+    reused = [row for row in summary["methods"] if row.get("reused_from")]
+    if reused:
+        lines += [
+            "",
+            "Read back from earlier runs (same config, data and model files): "
+            + ", ".join(f"{row['method']} ({row['reused_from']})" for row in reused)
+            + ".",
+        ]
     reference = summary["settings"].get("memory_reference")
     if reference:
         lines += [
@@ -299,23 +346,41 @@ def write_plots(summary: dict, run_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [row["method"] for row in summary["methods"]]
-    x = range(len(methods))
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods)), 4))
-    for offset, task, label in ((-0.2, "mnli", "MNLI (in-domain)"), (0.2, "hans", "HANS (out-of-domain)")):
-        values = [row["eval"].get(task, {}).get("accuracy") or 0 for row in summary["methods"]]
-        errors = [row["eval"].get(task, {}).get("accuracy_stderr") or 0 for row in summary["methods"]]
-        ax.bar([i + offset for i in x], values, width=0.4, yerr=errors, capsize=3, label=label)
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_xticks(list(x), methods, rotation=30, ha="right")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("Accuracy per method (± standard error)")
+    # accuracy and margin AUC, each with its interval (1.96 standard errors), for the evaluated rows only: a
+    # memory probe has no accuracy to show
+    scored = evaluated(summary["methods"])
+    names = [row["method"] for row in scored]
+    x = range(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 2.0 * len(names)), 4.2))
+    for ax, figure, error, title in (
+        (axes[0], "accuracy", "accuracy_stderr", "Accuracy"),
+        (axes[1], "auc", "auc_stderr", "Margin AUC (threshold-free)"),
+    ):
+        for offset, task, label in (
+            (-0.2, "mnli", "MNLI (in-domain)"),
+            (0.2, "hans", "HANS (out-of-domain)"),
+        ):
+            values = [row["eval"].get(task, {}).get(figure) for row in scored]
+            errors = [1.96 * (row["eval"].get(task, {}).get(error) or 0) for row in scored]
+            ax.bar(
+                [i + offset for i in x],
+                [v or 0 for v in values],
+                width=0.4,
+                yerr=errors,
+                capsize=3,
+                label=label,
+            )
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_xticks(list(x), names, rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title}, 95% interval")
+    axes[0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(run_dir / ACCURACY_PLOT, dpi=120)
     plt.close(fig)
 
+    methods = [method_label(row) for row in summary["methods"]]
+    x = range(len(methods))
     fig, (memory_ax, time_ax) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(methods)), 4))
     memory_ax.bar(list(x), [row["peak_memory_mib"] or 0 for row in summary["methods"]], color="tab:purple")
     memory_ax.set_ylabel("peak memory (MiB)")
@@ -341,9 +406,11 @@ def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
     """summary.json, summary.md and the plots; returns the summary (rows without their raw predictions)."""
     run_dir = Path(run_dir)
     add_teacher_agreement(rows)
+    add_auc_stderr(rows)
     summary = {
         "settings": settings,
         "methods": [{k: v for k, v in row.items() if k != "records"} for row in rows],
+        "claims": paper_claims(rows, settings.get("memory_reference")),
         "findings": findings(rows, settings.get("memory_reference")),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -361,9 +428,12 @@ def print_table(summary: dict, run_dir) -> None:
         f"queries; total {settings.get('total_seconds')} s"
     )
     print(format_table(summary))
+    for title, key in (("the paper's claims", "claims"), ("findings", "findings")):
+        if summary.get(key):
+            print(f"\n{title}:", *(f"- {sentence}" for sentence in summary[key]), sep="\n")
     print(
         f"accuracies/agreements in % ± standard error; agree = same prediction as the ICL teacher; "
-        f"pred. 0 = share predicted 'entailment'\noutputs: {run_dir}/summary.md, summary.json, "
+        f"pred. 0 = share predicted 'entailment'\n\noutputs: {run_dir}/summary.md, summary.json, "
         f"{ACCURACY_PLOT}, {COST_PLOT}",
         flush=True,
     )

@@ -38,7 +38,16 @@ from pathlib import Path
 import yaml
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
+from distill_trainer.config import DTYPES
+from distill_trainer.method_reuse import (
+    find_earlier_result,
+    method_fingerprint,
+    record_fingerprint,
+    recorded_costs,
+    reuse_result,
+)
 from distill_trainer.report import load_method_result, print_table, write_report
+from distill_trainer.run_progress import RunProgress, expected_seconds, format_duration
 from distill_trainer.runner import run_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent
@@ -104,6 +113,17 @@ class CompareArguments:
     )
     lora_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of LoRA students."})
     bitfit_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of BitFit students."})
+    lora_base_dtype: str = field(
+        default=None,
+        metadata={
+            "help": "dtype of a LoRA student's frozen base weights (its adapters stay float32); default: the "
+            "student's dtype. bfloat16 with bf16 autocast skips casting the frozen weights at every step."
+        },
+    )
+    teacher_eval_tasks: list[str] = field(
+        default=None,
+        metadata={"help": "Tasks icl_teacher is scored on; default: eval_tasks. --full scores it on all."},
+    )
     memory_only_steps: int = field(
         default=3,
         metadata={
@@ -120,6 +140,28 @@ class CompareArguments:
             "(a folder kept in the repository, so the docs can link to the latest tables)."
         },
     )
+    probe_methods: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Methods (among `methods`) run as memory probes: memory_only_steps training steps, no "
+            "evaluation, and a quantized teacher kept resident (no output cache), so the row measures the "
+            "memory of that student mode and teacher. Their rows are labelled as probes."
+        },
+    )
+    full: bool = field(
+        default=False,
+        metadata={"help": "Run full_methods, every one trained and evaluated (no probes)."},
+    )
+    full_methods: list[str] = field(
+        default=None, metadata={"help": "Methods with --full; default: DEFAULT_METHODS, all of them."}
+    )
+    reuse_results: bool = field(
+        default=True,
+        metadata={
+            "help": "Read a method back from an earlier run under results_dir when its resolved config, data "
+            "files and model files are unchanged (fingerprint.json), instead of running it again."
+        },
+    )
     quick: bool = field(default=False, metadata={"help": "A smaller version: the quick_* sizes below."})
     quick_num_train_examples: int = field(default=32, metadata={"help": "Training queries with --quick."})
     quick_num_eval_examples: int = field(default=100, metadata={"help": "MNLI evaluation rows with --quick."})
@@ -130,13 +172,20 @@ class CompareArguments:
     )
 
     def __post_init__(self):
-        unknown = [m for m in [*self.methods, *(self.quick_methods or [])] if m not in METHODS]
+        named = [*self.methods, *(self.quick_methods or []), *(self.full_methods or []), *self.probe_methods]
+        unknown = [m for m in named if m not in METHODS]
         if unknown:
             raise UsageError(f"unknown method(s) {unknown}; choose from: {', '.join(METHODS)}")
         if not self.methods:
             raise UsageError("methods is empty; name at least one method")
+        if self.lora_base_dtype is not None and self.lora_base_dtype not in DTYPES:
+            raise UsageError(f"lora_base_dtype {self.lora_base_dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.full and self.quick:
+            raise UsageError("--full and --quick contradict each other; pass one of them")
 
 
+# what a row read back from an earlier run keeps of that run's measurements
+REUSED_COSTS = ("peak_memory_mib", "wall_seconds", "phase_peak_mib", "runtime_mib")
 CONFIG_TYPES = (StudentArguments, DataArguments, CompareArguments, DistillationConfig)
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(DistillationConfig)}
 
@@ -158,7 +207,10 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
             raise UsageError(f"method {name} needs teacher_model_name_or_path; set it or drop the method")
         student["model_name_or_path"] = teacher
         student["dtype"] = config.teacher_dtype
-    if overrides.get("memory_only"):
+        if recipe == "icl_eval" and compare.teacher_eval_tasks:
+            data["eval_tasks"] = list(compare.teacher_eval_tasks)
+    probe = name in compare.probe_methods and recipe != "icl_eval"
+    if overrides.get("memory_only") or probe:
         training.update(max_steps=compare.memory_only_steps, save_strategy="no")
         data["evaluate_after_training"] = False
     data.update(overrides.get("data", {}))
@@ -172,6 +224,12 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
             training.pop(key)
     else:
         student["student_mode"] = overrides["student_mode"]
+        if (
+            overrides["student_mode"] == "lora"
+            and compare.lora_base_dtype
+            and overrides.get("model") != "teacher"
+        ):
+            student["dtype"] = compare.lora_base_dtype
         training["learning_rate"] = getattr(compare, f"{overrides['student_mode']}_learning_rate")
         if recipe == "pattern_finetune":  # gold labels only: no teacher, alpha 0
             for key in [k for k in training if k.startswith("teacher_") or k == "alpha"]:
@@ -181,6 +239,9 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
                 raise UsageError(f"method {name} needs teacher_model_name_or_path; set it or drop the method")
             training["teacher_model_name_or_path"] = overrides.get("teacher", teacher)
             training["teacher_quantization"] = overrides.get("teacher_quantization", "none")
+            if probe and training["teacher_quantization"] != "none":
+                # the probe measures a quantized teacher resident beside the student, as it trains
+                training["teacher_output_cache"] = False
     values = {**student, **data, **training}
     return recipe, {k: v for k, v in values.items() if v is not None}
 
@@ -306,6 +367,12 @@ def disk_sizes(results: list[dict], config) -> dict[str, float]:
 # ---------------------------------------------------------------- main
 
 
+def apply_full(compare) -> None:
+    compare.methods = list(compare.full_methods or DEFAULT_METHODS)
+    compare.probe_methods = []
+    compare.teacher_eval_tasks = None
+
+
 def apply_quick(data_args, compare, config) -> None:
     data_args.num_train_examples = compare.quick_num_train_examples
     data_args.num_eval_examples = compare.quick_num_eval_examples
@@ -340,39 +407,57 @@ def link_latest(run_dir: Path) -> None:
 
 def main(argv=None) -> dict:
     student_args, data_args, compare, config = parse_config(CONFIG_TYPES, argv)
+    if compare.full:
+        apply_full(compare)
     if compare.quick:
         apply_quick(data_args, compare, config)
     # run_name is TrainingArguments' own field: the name of the run, here its folder
     # run_name default: the config file's name and the time, e.g. compare-20260101-120000
     stem = Path(config_path_of(argv)).stem if config_path_of(argv) else "compare"
-    run_name = config.recipe.get("run_name") or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}" + (
-        "-quick" if compare.quick else ""
-    )
+    suffix = "-quick" if compare.quick else "-full" if compare.full else ""
+    run_name = config.recipe.get("run_name") or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
     run_dir = Path(compare.results_dir) / run_name
 
     # ------------------------------------------------------------ one resolved config per method
-    plan = {}
+    plan, earlier = {}, {}
     for name in compare.methods:
         recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name)
         write_method_yaml(recipe, values, run_dir / name / "method.yaml")
-        plan[name] = recipe
+        fingerprint = method_fingerprint(recipe, values)
+        plan[name] = (recipe, fingerprint)
+        if compare.reuse_results:
+            found = find_earlier_result(Path(compare.results_dir), name, fingerprint, exclude=run_dir)
+            if found is not None:
+                earlier[name] = found
 
-    # ------------------------------------------------------------ run them, one after another
+    # ------------------------------------------------------------ run them (or read them back), in order
     tracker = None
     if not compare.fresh_process_per_method:
         from distill_trainer.memory import MemoryTracker
 
         tracker = MemoryTracker(device="cpu")
+    progress = RunProgress(list(plan), expected_seconds(compare.results_dir), reused=set(earlier))
     results, start = [], time.perf_counter()
-    for number, (name, recipe) in enumerate(plan.items(), 1):
-        print(f"\n==== [{number}/{len(plan)}] {name} ({recipe}) " + "=" * 60, flush=True)
+    for name, (recipe, fingerprint) in plan.items():
+        progress.start(name)
         began = time.perf_counter()
-        config_path = run_dir / name / "method.yaml"
-        if compare.fresh_process_per_method:
-            peak = run_in_fresh_process(recipe, config_path)
+        method_dir = run_dir / name
+        if name in earlier:
+            reuse_result(earlier[name], method_dir)
+            row = load_method_result(name, method_dir, None, 0.0)
+            row.update(recorded_costs(method_dir))
+            row["reused_from"] = str(earlier[name].parent.name)
         else:
-            peak = run_in_this_process(recipe, config_path, tracker, name)
-        results.append(load_method_result(name, run_dir / name, peak, time.perf_counter() - began))
+            if compare.fresh_process_per_method:
+                peak = run_in_fresh_process(recipe, method_dir / "method.yaml")
+            else:
+                peak = run_in_this_process(recipe, method_dir / "method.yaml", tracker, name)
+            row = load_method_result(name, method_dir, peak, time.perf_counter() - began)
+            record_fingerprint(method_dir, fingerprint, {k: row[k] for k in REUSED_COSTS})
+        if name in compare.probe_methods:
+            row["memory_probe_steps"] = compare.memory_only_steps
+        results.append(row)
+        print(f"     {name} done in {format_duration(progress.done(name))}", flush=True)
 
     # ------------------------------------------------------------ report
     settings = {
@@ -394,6 +479,9 @@ def main(argv=None) -> dict:
         "num_eval_examples": data_args.num_eval_examples,
         "hans_per_subcase": data_args.hans_per_subcase,
         "quick": compare.quick,
+        "full": compare.full,
+        "memory_probes": list(compare.probe_methods),
+        "reused": sorted(earlier),
         "memory": "peak resident set of each method's own process"
         if compare.fresh_process_per_method
         else "peak resident set during each method, in one process (earlier methods' leftovers included)",
@@ -404,7 +492,7 @@ def main(argv=None) -> dict:
     summary = write_report(run_dir, results, settings)
     link_latest(run_dir)
     if compare.publish_dir:
-        publish(run_dir, Path(compare.publish_dir) / (stem + ("-quick" if compare.quick else "")))
+        publish(run_dir, Path(compare.publish_dir) / (stem + suffix))
     print_table(summary, run_dir)
     return summary
 

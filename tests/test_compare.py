@@ -166,7 +166,14 @@ def test_the_embedded_preset_is_the_papers_shape_on_real_weights():
     # different tokenizers: distillation over the label words, from the teacher's cached answers
     assert training.distill_vocab == "label_words" and training.teacher_output_cache
     assert (data_args.pattern, data_args.k, len(data_args.demonstration_ids)) == ("gpt3", 4, 4)
-    assert set(args.methods) >= {
+    # the default answers the paper's questions: ICL, zero-shot, PBFT and CD of one student mode, and
+    # memory probes of the other students and the 8-bit teacher
+    assert set(args.methods) >= {"icl_teacher", "zero_shot", "icl_student", "pbft_lora", "cd_lora"}
+    assert set(args.probe_methods) == {"cd_full", "cd_bitfit", "cd_lora_8bit"} <= set(args.methods)
+    # with power: MNLI standard error at most 2.5 points, 400+ HANS rows balanced over its 30 subcases
+    assert data_args.num_eval_examples >= 400 and 30 * data_args.hans_per_subcase >= 400
+    assert args.publish_dir is None  # a user's run writes under results/ only
+    assert set(args.full_methods) >= {
         "icl_teacher",
         "zero_shot",
         "icl_student",
@@ -182,3 +189,97 @@ def test_the_embedded_preset_is_the_papers_shape_on_real_weights():
     # the upstream Hub ids are named for users who have the Hub
     text = EMBEDDED_YAML.read_text()
     assert "Qwen/Qwen2.5-Coder-1.5B-Instruct" in text and "HuggingFaceTB/SmolLM2-135M-Instruct" in text
+
+
+# ---------------------------------------------------------------- default, --full, probes and reuse
+
+
+def test_probe_methods_train_a_few_steps_unscored_with_a_resident_quantized_teacher(tmp_path, tiny_dirs):
+    config = write_config(tmp_path, tiny_dirs, probe_methods=["cd_full", "cd_lora_8bit"], memory_only_steps=3)
+    student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config])
+    out = tmp_path / "m"
+    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out)
+    assert full["max_steps"] == 3 and full["evaluate_after_training"] is False
+    assert full.get("teacher_output_cache", True)  # the student's memory: the teacher's outputs are cached
+    _, eight_bit = compare.method_config("cd_lora_8bit", student_args, data_args, args, training, out)
+    assert eight_bit["max_steps"] == 3 and eight_bit["teacher_output_cache"] is False
+    _, lora = compare.method_config("cd_lora", student_args, data_args, args, training, out)
+    assert lora["max_steps"] == 2 and lora.get("evaluate_after_training", True)
+
+
+def test_full_runs_every_row_and_no_probe(tmp_path, tiny_dirs):
+    config = write_config(tmp_path, tiny_dirs, methods=["zero_shot", "cd_full"], probe_methods=["cd_full"])
+    _, _, args, _ = parse_config(compare.CONFIG_TYPES, ["--config", config, "--full"])
+    compare.apply_full(args)
+    assert args.methods == compare.DEFAULT_METHODS and args.probe_methods == []
+    with pytest.raises(UsageError, match="--full and --quick"):
+        compare.main(["--config", config, "--full", "--quick"])
+
+
+def test_a_probe_row_is_labelled_and_kept_out_of_the_scores(tmp_path, tiny_dirs):
+    config = write_config(
+        tmp_path,
+        tiny_dirs,
+        methods=["icl_teacher", "zero_shot", "cd_lora", "cd_full"],
+        probe_methods=["cd_full"],
+        memory_only_steps=2,
+        fresh_process_per_method=False,
+    )
+    summary = compare.main(["--config", config])
+    rows = {row["method"]: row for row in summary["methods"]}
+    assert rows["cd_full"]["memory_probe_steps"] == 2 and rows["cd_full"]["eval"] == {}
+    assert rows["cd_full"]["phase_peak_mib"]["train"] > 0
+    markdown = (tmp_path / "results" / "tiny" / "summary.md").read_text()
+    assert "| cd_full (memory probe, 2 steps) |" in markdown and "## The paper's claims" in markdown
+    # the probe has no predictions, so no recovery is claimed for it; its memory is reported
+    assert not any(s.startswith("cd_full recovers") for s in summary["findings"])
+    assert any(s.startswith("cd_full peaks at") for s in summary["findings"])
+    assert any(s.startswith("In-domain recovery") for s in summary["claims"])
+
+
+def test_an_unchanged_rerun_reads_every_method_back_and_a_change_reruns_only_what_it_touches(
+    tmp_path, tiny_dirs, monkeypatch, capsys
+):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    config = write_config(
+        tmp_path,
+        tiny_dirs,
+        methods=["zero_shot", "pbft_lora"],
+        fresh_process_per_method=False,
+        data_dir=str(data),
+    )
+    first = compare.main(["--config", config, "--run_name", "first"])
+    ran = []
+    real_run = compare.run_in_this_process
+
+    def counting_run(recipe, config_path, tracker, name):
+        ran.append(name)
+        return real_run(recipe, config_path, tracker, name)
+
+    monkeypatch.setattr(compare, "run_in_this_process", counting_run)
+    second = compare.main(["--config", config, "--run_name", "second"])
+    assert ran == [] and second["settings"]["reused"] == ["pbft_lora", "zero_shot"]
+    for a, b in zip(first["methods"], second["methods"]):
+        assert a["eval"]["mnli"]["accuracy"] == b["eval"]["mnli"]["accuracy"]
+        assert b["reused_from"] == "first" and b["peak_memory_mib"] == a["peak_memory_mib"]
+    second_dir = tmp_path / "results" / "second"
+    assert (second_dir / "pbft_lora" / "adapter_model.safetensors").is_file()
+    assert "Read back from earlier runs" in (second_dir / "summary.md").read_text()
+    assert "(read back from an earlier run)" in capsys.readouterr().out
+
+    # a learning rate touches the LoRA student only
+    compare.main(["--config", config, "--run_name", "third", "--lora_learning_rate", "0.02"])
+    assert ran == ["pbft_lora"]
+    # a changed data row touches both
+    rows = (data / "mnli" / "validation_matched.jsonl").read_text().splitlines()
+    rows[0] = rows[0].replace('"label": 0', '"label": 2') if '"label": 0' in rows[0] else rows[0] + " "
+    (data / "mnli" / "validation_matched.jsonl").write_text("\n".join(rows) + "\n")
+    compare.main(["--config", config, "--run_name", "fourth", "--lora_learning_rate", "0.02"])
+    assert ran == ["pbft_lora", "zero_shot", "pbft_lora"]
+    # an interrupted method (no fingerprint written) is never read back
+    (tmp_path / "results" / "fourth" / "zero_shot" / "fingerprint.json").unlink()
+    assert compare.main(["--config", config, "--run_name", "fifth", "--lora_learning_rate", "0.02"])
+    assert ran[-1] == "zero_shot"
