@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
+from helpers import DATA
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
@@ -183,7 +184,9 @@ def test_model_card_holds_metadata_results_memory_recipe_and_citations():
     index = data["model-index"][0]
     assert index["name"] == "me/tiny-student"
     values = {(r["dataset"]["name"], m["type"]): m["value"] for r in index["results"] for m in r["metrics"]}
-    assert values[("MNLI", "accuracy")] == 0.6133 and values[("HANS", "auc")] == 0.512
+    # each result names the rows evaluated: most often a subset of the split
+    assert values[("MNLI, 300 rows", "accuracy")] == 0.6133 and values[("HANS, 600 rows", "auc")] == 0.512
+    assert data["base_model_relation"] == "adapter"
 
     text = card.text
     assert "| in-domain | MNLI | validation_matched | 300 | 0.6133 | 0.661 |" in text
@@ -300,7 +303,7 @@ def test_push_to_hub_run_trains_offline_then_fails_once_after_saving(
 def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
     from distill_trainer.evaluation import LabelWordScores, task_metrics
     from distill_trainer.model_card import card_for_recipe
-    from distill_trainer.tasks import get_task
+    from distill_trainer.tasks import get_task, load_split
 
     def scores(logprobs):
         return LabelWordScores(torch.tensor(logprobs), torch.tensor([7] * len(logprobs)), [7, 9])
@@ -322,27 +325,51 @@ def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
         report_to="none",
         use_cpu=True,
     )
+    reports = []  # what a recipe's data loading records: the test copies of the offline files
+    for task, split in (("mnli", "validation_matched"), ("hans", "validation"), ("mnli", "train")):
+        load_split(get_task(task), split, "local", DATA, reports=reports)
     card = card_for_recipe(
         StudentArguments(model_name_or_path="my/student"),
         config,
         {"mnli": mnli, "hans": hans},
         train_task="mnli",
         memory={"train": 512.0},
+        data_reports=reports,
     )
-    assert card.datasets == ["nyu-mll/glue", "jhu-cogsci/hans"]
+    # the training rows are rows of GLUE's MNLI (its validation_matched split: see tests/data/README.md)
+    assert card.datasets == ["nyu-mll/glue"]
+    assert card.training_data == [
+        "MNLI validation_matched (local copy, rows apart from the evaluation file), 24 rows"
+    ]
     in_domain, out_of_domain = card.results
-    assert (in_domain.domain, in_domain.split, in_domain.num_examples) == (
+    assert (in_domain.domain, in_domain.dataset, in_domain.split, in_domain.num_examples) == (
         "in-domain",
+        "MNLI validation_matched (local copy)",
         "validation_matched",
         4,
     )
     assert in_domain.metrics["accuracy"] == 0.75 and in_domain.dataset_config == "mnli"
+    assert (in_domain.dataset_id, in_domain.source_rows) == ("nyu-mll/glue", 16)
     assert out_of_domain.domain == "out-of-domain" and out_of_domain.metrics["accuracy"] == 0.5
+    assert out_of_domain.dataset == "HANS, regenerated from the official templates"
+    assert out_of_domain.dataset_id is None  # not the Hub's HANS sample
     assert out_of_domain.breakdown["subsequence"]["accuracy on entailment"] == 1.0
     assert out_of_domain.breakdown["subsequence"]["accuracy on non_entailment"] == 0.0
-    text = build_model_card(card).text
-    assert "| out-of-domain | HANS | validation | 4 | 0.5 |" in text
+    built = build_model_card(card)
+    text = built.text
+    assert "| out-of-domain | HANS, regenerated from the official templates | validation | 4 | 0.5 |" in text
     assert "| lexical_overlap | 0.5 |" in text and "| train | 512 |" in text
+    assert "4 rows evaluated, drawn from the 60 usable rows read; not a Hub dataset's split" in text
+    assert {r.dataset_name for r in built.data.eval_results} == {
+        "MNLI validation_matched (local copy), 4 rows"
+    }
+
+    # without the data reports, nothing is claimed about where the rows came from
+    unnamed = card_for_recipe(
+        StudentArguments(model_name_or_path="my/student"), config, {"mnli": mnli}, train_task="mnli"
+    )
+    assert unnamed.datasets == [] and unnamed.results[0].dataset == "MNLI (data source not recorded)"
+    assert build_model_card(unnamed).data.eval_results is None
 
 
 def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
@@ -402,8 +429,16 @@ def test_recipe_with_push_to_hub_saves_a_complete_student_then_fails_once_offlin
     } <= set(fingerprint(folder))
     card = ModelCard.load(folder / "README.md")
     assert card.data.model_name == "me/tiny-cd"
-    assert [r.dataset_name for r in card.data.eval_results][:1] == ["MNLI"]
-    assert "### HANS by heuristic" in card.text and "context distillation" in card.text
+    # the fixture data: a local copy of MNLI rows (in the model-index), a regenerated HANS (named, not in it)
+    assert {r.dataset_name for r in card.data.eval_results} == {
+        "MNLI validation_matched (local copy), 16 rows"
+    }
+    assert {(r.dataset_type, r.dataset_split) for r in card.data.eval_results} == {
+        ("nyu-mll/glue", "validation_matched")
+    }
+    assert card.data.datasets == ["nyu-mll/glue"]
+    assert "### HANS, regenerated from the official templates by heuristic" in card.text
+    assert "context distillation" in card.text
     recipe_text = (folder / "recipe.yaml").read_text()
     assert "hf_secret_do_not_publish" not in recipe_text and "hf_secret_do_not_publish" not in card.text
     recipe = yaml.safe_load(recipe_text)
