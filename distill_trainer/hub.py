@@ -15,7 +15,9 @@ The card itself (`StudentCard`, `card_for_recipe`, `build_model_card`) is built 
 `config.push_to_hub` is set, by `push_student(folder, config.hub_model_id, ...)`. The folder holds the
 weights (a full model, or for LoRA students the adapter, or with `merge_lora=True` the merged model),
 the tokenizer, `README.md` (the card) and `recipe.yaml`, and loads back with `AutoModelForCausalLM` or
-`peft.AutoPeftModelForCausalLM`. A push that cannot happen (offline, no token, Hub unreachable) raises
+`peft.AutoPeftModelForCausalLM` anywhere: an adapter on an embedded alias records the alias's upstream
+Hub id as its base, and one on a local folder is refused by `push_student` (nobody else could load it;
+`merge_lora=True` is the fix). A push that cannot happen (offline, no token, Hub unreachable) raises
 one `UsageError` after the folder is complete, and leaves it as it was: push it later with
 `hf upload <repo id> <folder>`.
 """

@@ -373,7 +373,8 @@ def _results(results: list[EvalSummary]) -> str:
 
 def _data_line(r: EvalSummary) -> str:
     """Where a result's rows come from, and whether the card's metadata reports it."""
-    text = f"{r.dataset}, {r.split}: {_fmt(r.num_examples)} rows evaluated"
+    split = "" if r.split in r.dataset else f" ({r.split})"
+    text = f"{r.dataset}{split}: {_fmt(r.num_examples)} rows evaluated"
     if r.source_rows is not None:
         text += f", drawn from the {r.source_rows} usable rows read"
     if r.dataset_id:

@@ -538,7 +538,9 @@ def test_lora_student_of_an_embedded_alias_loads_where_the_trainers_cache_does_n
 def test_card_metadata_parses_with_the_hubs_own_parser(tmp_path):
     """base_model is the embedded alias's upstream checkpoint, datasets and model-index name only what the
     rows are; the body says the weights were a dequantized GGUF and which data each result is on."""
+    from distill_trainer.embedded import EMBEDDED_MODELS
     from distill_trainer.model_card import card_for_recipe
+    from distill_trainer.provenance import data_lines
     from distill_trainer.tasks import get_task, load_split
 
     reports = []
@@ -571,11 +573,15 @@ def test_card_metadata_parses_with_the_hubs_own_parser(tmp_path):
     assert {(r.metric_type, r.metric_value) for r in results} == {("accuracy", 0.6), ("auc", 0.65)}
 
     text = parsed.text
-    spec = __import__("distill_trainer.embedded", fromlist=["x"]).EMBEDDED_MODELS["smollm2-135m"]
+    spec = EMBEDDED_MODELS["smollm2-135m"]
     assert f"dequantized weights of a Q4_1 GGUF of `{spec.hub_id}`" in text and spec.sha256 in text
     assert "| out-of-domain | HANS, regenerated from the official templates | validation | 60 |" in text
     assert 'AutoPeftModelForCausalLM.from_pretrained("me/tiny-student")' in text
     assert "training data | MNLI validation_matched (local copy, rows apart from the evaluation file)" in text
+
+    # the same names for a run's summary, from what metrics.json records
+    lines = data_lines({r.where: r.as_dict() for r in reports})
+    assert lines[1].startswith("HANS, regenerated from the official templates: 60 rows kept (read from ")
 
     full = card_for_recipe(
         StudentArguments(model_name_or_path="embedded:smollm2-135m"),
