@@ -488,6 +488,7 @@ def test_lora_student_of_an_embedded_alias_loads_where_the_trainers_cache_does_n
 
     from distill_trainer import embedded
     from distill_trainer.embedded import materialize_embedded_model
+    from distill_trainer.evaluate_command import load_model_and_tokenizer
 
     spec = dataclasses.replace(embedded.EMBEDDED_MODELS["fake"], hub_id=STAND_IN)
     monkeypatch.setitem(embedded.EMBEDDED_MODELS, "fake", spec)
@@ -501,8 +502,14 @@ def test_lora_student_of_an_embedded_alias_loads_where_the_trainers_cache_does_n
     ids = tokenizer(ROWS[0][0]).input_ids
     with torch.no_grad():
         expected = lora(input_ids=torch.tensor([ids])).logits[0, -1]
-    folder = save_student(lora, tmp_path / "adapter", tokenizer=tokenizer)
+    folder = save_student(
+        lora, tmp_path / "adapter", tokenizer=tokenizer, recipe={"model_name_or_path": "embedded:fake"}
+    )
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == STAND_IN
+    # here, `evaluate` puts it back on the exact weights it was trained on: the alias, no download
+    here, _ = load_model_and_tokenizer(str(folder))
+    with torch.no_grad():
+        assert torch.allclose(here(input_ids=torch.tensor([ids])).logits[0, -1], expected, atol=1e-6)
 
     # elsewhere: no trainer cache at all, only a Hub cache that holds the base under its Hub id
     hub = _hub_cache_holding(tmp_path / "hub", STAND_IN, materialize_embedded_model("embedded:fake"))
