@@ -6,7 +6,7 @@
     trainer.train()
     save_student(trainer, config.output_dir)  # the weights are safe on disk before evaluating
     metrics = {"mnli": {...}, "hans": {...}}  # {task: metrics} as distill_trainer.evaluation computes them
-    card = card_for_recipe(student_args, config, metrics, train_task="mnli", memory={"train": 812.0})
+    card = card_for_recipe(student_args, config, metrics, "mnli", data_reports=data.reports)
     ship_student(trainer, config.output_dir, card=card, recipe=config.recipe, write_weights=False)
 
 The card itself (`StudentCard`, `card_for_recipe`, `build_model_card`) is built in `model_card.py`.

@@ -1,7 +1,8 @@
 """The model card of a distilled NLI student: training, in-domain (MNLI) and out-of-domain (HANS) results,
 memory, recipe, citations and versions (hub.py saves it with the weights and pushes it).
 
-    card = card_for_recipe(student_args, config, metrics, train_task="mnli", memory={"train": 812.0})
+    card = card_for_recipe(student_args, config, metrics, train_task="mnli", memory={"train": 812.0},
+                           data_reports=data.reports)   # what the rows are (run_data.NLIData)
     build_model_card(card, recipe_text, adapter=False)    # a huggingface_hub.ModelCard
 
 or by hand: `StudentCard(model_name=..., base_model=..., teacher=..., results=[EvalSummary("MNLI",

@@ -39,8 +39,8 @@ def describe_base(name_or_path: str | None) -> BaseModel:
     name = str(name_or_path or "")
     embedded = embedded_spec(name)
     if embedded is not None:
-        alias, spec = embedded
-        return BaseModel(spec.hub_id or name, spec.hub_id, _gguf_note(alias, spec))
+        spec = embedded[1]
+        return BaseModel(spec.hub_id or name, spec.hub_id, _gguf_note(spec))
     if name and Path(name).expanduser().exists():
         return BaseModel(
             name,
@@ -96,7 +96,7 @@ def gguf_quantization(gguf_name: str) -> str:
     return found.group(1).upper() if found else "unknown"
 
 
-def _gguf_note(alias: str, spec) -> str:
+def _gguf_note(spec) -> str:
     checkpoint = f"`{spec.hub_id}`" if spec.hub_id else spec.description
     digest = f", sha256 `{spec.sha256}`" if spec.sha256 else ""
     return (
