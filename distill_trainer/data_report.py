@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .errors import UsageError
+from .provenance import DataSource
 
 DROP_HINT = (
     "fix or remove the row, or set drop_invalid_rows: true to drop such rows (counted in metrics.json)"
@@ -31,6 +32,7 @@ class DataReport:
     read: int = 0
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    source: DataSource | None = None  # what the rows are (provenance.data_source), for cards and summaries
 
     def line(self) -> str:
         text = f"{self.where}: {self.read} rows read, {self.kept} kept"
@@ -39,7 +41,10 @@ class DataReport:
         return text
 
     def as_dict(self) -> dict:
-        return {"read": self.read, "kept": self.kept, "dropped": dict(self.dropped)}
+        values = {"read": self.read, "kept": self.kept, "dropped": dict(self.dropped)}
+        if self.source is not None:
+            values["source"] = self.source.as_dict()
+        return values
 
 
 def _text_problem(name: str, value) -> str | None:

@@ -105,6 +105,7 @@ def saved_pattern_settings(model: str) -> dict:
 def check_model_folder(model: str):
     """Before any weights load: the model (or a LoRA adapter's base model) has a loadable tokenizer and
     a causal-LM config. Returns (tokenizer, config) of the model that will be scored."""
+    from .provenance import trained_base
     from .validate_models import load_config_checked, load_tokenizer_checked
 
     folder = Path(model)
@@ -125,6 +126,7 @@ def check_model_folder(model: str):
                 f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
                 "or path there"
             )
+        base = trained_base(folder, base)
         config = load_config_checked(f"LoRA adapter {model}'s base model", base)
         has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         return load_tokenizer_checked("model", str(folder) if has_tokenizer else base), config
@@ -134,6 +136,7 @@ def check_model_folder(model: str):
 def load_model_and_tokenizer(model: str, dtype: str = "float32"):
     """A full model (folder, Hub id, alias), or a LoRA adapter folder on top of its base model."""
     from .models import load_causal_lm, load_tokenizer
+    from .provenance import trained_base
 
     folder = Path(model)
     if not (folder / ADAPTER_CONFIG).is_file():
@@ -148,6 +151,7 @@ def load_model_and_tokenizer(model: str, dtype: str = "float32"):
             f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
             "or path there"
         )
+    base_name = trained_base(folder, base_name)  # an embedded alias's Hub id loads the alias here
     base = load_causal_lm(base_name, dtype=dtype)
     has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = load_tokenizer(str(folder) if has_tokenizer else base_name)

@@ -6,7 +6,7 @@
     trainer.train()
     save_student(trainer, config.output_dir)  # the weights are safe on disk before evaluating
     metrics = {"mnli": {...}, "hans": {...}}  # {task: metrics} as distill_trainer.evaluation computes them
-    card = card_for_recipe(student_args, config, metrics, train_task="mnli", memory={"train": 812.0})
+    card = card_for_recipe(student_args, config, metrics, "mnli", data_reports=data.reports)
     ship_student(trainer, config.output_dir, card=card, recipe=config.recipe, write_weights=False)
 
 The card itself (`StudentCard`, `card_for_recipe`, `build_model_card`) is built in `model_card.py`.
@@ -15,7 +15,9 @@ The card itself (`StudentCard`, `card_for_recipe`, `build_model_card`) is built 
 `config.push_to_hub` is set, by `push_student(folder, config.hub_model_id, ...)`. The folder holds the
 weights (a full model, or for LoRA students the adapter, or with `merge_lora=True` the merged model),
 the tokenizer, `README.md` (the card) and `recipe.yaml`, and loads back with `AutoModelForCausalLM` or
-`peft.AutoPeftModelForCausalLM`. A push that cannot happen (offline, no token, Hub unreachable) raises
+`peft.AutoPeftModelForCausalLM` anywhere: an adapter on an embedded alias records the alias's upstream
+Hub id as its base, and one on a local folder is refused by `push_student` (nobody else could load it;
+`merge_lora=True` is the fix). A push that cannot happen (offline, no token, Hub unreachable) raises
 one `UsageError` after the folder is complete, and leaves it as it was: push it later with
 `hf upload <repo id> <folder>`.
 """
@@ -76,12 +78,19 @@ def save_student(
             "AutoPeftModelForCausalLM.from_pretrained(folder).merge_and_unload()"
         )
 
+    if is_adapter:
+        # a base in the local embedded cache is recorded by its upstream Hub id: the adapter must load
+        # on machines without that cache (the card says which GGUF the trained-on weights came from)
+        _record_hub_base(model)
     if write_weights:
         _save_weights(trainer, model, folder, merge_lora, is_writer)
     if is_writer:
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
-        card = card or StudentCard(model_name=folder.name, base_model=_base_model_name(model))
+        hub_model_id = getattr(getattr(trainer, "args", None), "hub_model_id", None)
+        card = card or StudentCard(
+            model_name=hub_model_id or folder.name, base_model=_base_model_name(model), repo_id=hub_model_id
+        )
         text = recipe_yaml(recipe)
         if text:
             _write_atomically(folder / RECIPE_FILE, text)
@@ -110,6 +119,15 @@ def _weights_are_sharded(trainer) -> bool:
         return True
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     return plugin is not None and plugin.zero_stage == 3
+
+
+def _record_hub_base(model) -> None:
+    from .provenance import describe_base
+
+    for config in model.peft_config.values():
+        base = describe_base(config.base_model_name_or_path)
+        if base.hub_id and base.hub_id != config.base_model_name_or_path:
+            config.base_model_name_or_path = base.hub_id
 
 
 def _base_model_name(model) -> str:
@@ -177,6 +195,7 @@ def push_student(
 
     folder = check_student_folder(folder)
     kept = f"The student is saved and intact in {folder}; push it later with `hf upload {repo_id} {folder}`"
+    _check_adapter_base(folder, repo_id)
     if not repo_id:
         raise UsageError(f"push_to_hub needs a repository: set hub_model_id (e.g. your-name/student). {kept}")
     if _hub_is_offline():
@@ -203,6 +222,28 @@ def push_student(
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UsageError(f"could not push to the Hub repository {repo_id} ({first_line}). {kept}") from None
     return commit.commit_url
+
+
+def _check_adapter_base(folder: Path, repo_id: str) -> None:
+    """An adapter loads only where its base model does: refuse to publish one whose base is a local folder."""
+    import json
+
+    from .provenance import describe_base
+
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        return
+    try:
+        base = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except ValueError:
+        raise UsageError(f"{path} is not valid JSON; save the student again before pushing it") from None
+    if describe_base(base).hub_id is None:
+        raise UsageError(
+            f"not pushing {folder} to {repo_id}: its LoRA adapter's base model {base!r} is a local folder "
+            "with no Hub id, so nobody who downloads the adapter could load it; save the student with "
+            "merge_lora=True (distill_trainer.hub.save_student or ship_student) to push a plain model, "
+            "or train on a Hub model id"
+        )
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

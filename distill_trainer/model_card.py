@@ -1,7 +1,8 @@
 """The model card of a distilled NLI student: training, in-domain (MNLI) and out-of-domain (HANS) results,
 memory, recipe, citations and versions (hub.py saves it with the weights and pushes it).
 
-    card = card_for_recipe(student_args, config, metrics, train_task="mnli", memory={"train": 812.0})
+    card = card_for_recipe(student_args, config, metrics, train_task="mnli", memory={"train": 812.0},
+                           data_reports=data.reports)   # what the rows are (run_data.NLIData)
     build_model_card(card, recipe_text, adapter=False)    # a huggingface_hub.ModelCard
 
 or by hand: `StudentCard(model_name=..., base_model=..., teacher=..., results=[EvalSummary("MNLI",
@@ -12,12 +13,13 @@ domain="out-of-domain", breakdown={"lexical_overlap": {...}})], memory=[{...}])`
 from __future__ import annotations
 
 import importlib.metadata
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .provenance import HUB_ID, describe_base
 
 RECIPE_FILE = "recipe.yaml"  # the recipe's file name next to the weights
 PAPER_CITATION = """@article{duan2024incontext,
@@ -33,21 +35,21 @@ PROJECT_CITATION = """@software{distill_trainer,
   year    = {2026}
 }"""
 
-# a Hub model id: owner/name, as the card's `base_model` metadata must be (the Hub rejects a local path)
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 @dataclass
 class EvalSummary:
     """One evaluation of the student, as the card's results table and `model-index` show it."""
 
-    dataset: str  # display name, e.g. "MNLI"
+    dataset: str  # what the rows are, e.g. "MNLI validation_matched (local copy)"
     split: str  # e.g. "validation_matched"
     metrics: dict[str, float]  # e.g. {"accuracy": 0.61, "auc": 0.66}
     domain: str = "in-domain"  # or "out-of-domain"
-    num_examples: int | None = None
-    dataset_id: str | None = None  # Hub dataset id for model-index, e.g. "nyu-mll/glue"
-    dataset_config: str | None = None  # its configuration, e.g. "mnli"
+    num_examples: int | None = None  # the rows evaluated
+    # the Hub dataset (and configuration) the rows are rows of, e.g. "nyu-mll/glue" "mnli"; only such
+    # results go into the model-index, which the Hub reads as results on that dataset
+    dataset_id: str | None = None
+    dataset_config: str | None = None
+    source_rows: int | None = None  # the rows the data read held (the evaluated rows are drawn from them)
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. per HANS heuristic
 
 
@@ -56,7 +58,7 @@ class StudentCard:
     """What the model card says about a trained student."""
 
     model_name: str
-    base_model: str
+    base_model: str  # a Hub id, an embedded alias (named by its upstream Hub id) or a local folder
     method: str = "context distillation"
     teacher: str | None = None
     student_mode: str = "full"
@@ -70,6 +72,8 @@ class StudentCard:
     license: str = "apache-2.0"
     language: str = "en"
     tags: list[str] = field(default_factory=list)
+    repo_id: str | None = None  # the Hub repository the student is pushed to (the usage example loads it)
+    training_data: list[str] = field(default_factory=list)  # what the training rows are, with their count
 
     @classmethod
     def from_run(
@@ -101,6 +105,7 @@ class StudentCard:
             settings.update(lora_r=student_args.lora_r, lora_alpha=student_args.lora_alpha)
         values = dict(
             model_name=config.hub_model_id or Path(config.output_dir).name,
+            repo_id=config.hub_model_id,
             base_model=student_args.model_name_or_path,
             method="context distillation" if distilled else "pattern-based fine-tuning",
             teacher=config.teacher_model_name_or_path if distilled else None,
@@ -114,12 +119,15 @@ class StudentCard:
         return cls(**values)
 
 
-def eval_summaries(metrics_by_task: dict, train_task: str) -> list[EvalSummary]:
+def eval_summaries(metrics_by_task: dict, train_task: str, data_reports=()) -> list[EvalSummary]:
     """The recipes' evaluation metrics ({task: metrics}, see `distill_trainer.evaluation.task_metrics`) as
     card results: the training task is in-domain, every other task out-of-domain; HANS gets its per-heuristic
-    breakdown (accuracy on each label matters there: at chance, accuracy alone hides a yes/no bias)."""
+    breakdown (accuracy on each label matters there: at chance, accuracy alone hides a yes/no bias).
+    `data_reports` (the `DataReport`s of the files read) name each task's rows by what they are; a task
+    without one is named by the task only, and is not claimed as a Hub dataset's result."""
     from .tasks import TASKS
 
+    read = _reports_by_split(data_reports)
     summaries = []
     for name, metrics in metrics_by_task.items():
         task = TASKS.get(name)
@@ -130,36 +138,63 @@ def eval_summaries(metrics_by_task: dict, train_task: str) -> list[EvalSummary]:
             for group, values in groups.items()
             if isinstance(values, dict)
         }
+        split = task.eval_split if task else "validation"
+        report = read.get((name, split))
+        source = report.source if report is not None else None
         summaries.append(
             EvalSummary(
-                dataset=name.upper(),
-                split=task.eval_split if task else "validation",
+                dataset=source.name if source else f"{name.upper()} (data source not recorded)",
+                split=(source.hub_split or source.split) if source else split,
                 metrics=_headline(metrics, per_label=False),
                 domain="in-domain" if name.split("_")[0] == train_task.split("_")[0] else "out-of-domain",
                 num_examples=metrics.get("n"),
-                dataset_id=task.hub_path if task else None,
-                dataset_config=task.hub_name if task else None,
+                dataset_id=source.hub_id if source else None,
+                dataset_config=source.hub_config if source else None,
+                source_rows=report.kept if report is not None else None,
                 breakdown=breakdown,
             )
         )
     return summaries
 
 
+def _reports_by_split(data_reports) -> dict:
+    """{(task, split): DataReport} of the reports that know their rows' source."""
+    return {
+        (r.source.task, r.source.split): r
+        for r in data_reports or ()
+        if getattr(r, "source", None) is not None
+    }
+
+
 def card_for_recipe(
-    student_args, config, metrics_by_task: dict, train_task: str, memory=None, pattern=None, teacher=None
+    student_args,
+    config,
+    metrics_by_task: dict,
+    train_task: str,
+    memory=None,
+    pattern=None,
+    teacher=None,
+    data_reports=(),
 ) -> StudentCard:
     """A recipe's student card: settings (plus `teacher`: its demonstration sets, calibration), evaluation
-    ({task: metrics} as recipes record them), the tasks' datasets and its prompt (a `tasks.Pattern`)."""
+    ({task: metrics} as recipes record them), its prompt (a `tasks.Pattern`), and, from `data_reports`
+    (`NLIData.reports`), what the training and evaluation rows are: the card's `datasets` lists the Hub
+    datasets the training rows are rows of, nothing it cannot name."""
     from .tasks import TASKS
 
-    tasks = [train_task, *(name for name in metrics_by_task if name != train_task)]
-    datasets = _unique(TASKS[name].hub_path for name in tasks if name in TASKS)
+    task = TASKS.get(train_task)
+    trained_on = [
+        r
+        for (name, split), r in _reports_by_split(data_reports).items()
+        if task is not None and name == train_task and split == task.train_split
+    ]
     card = StudentCard.from_run(
         student_args,
         config,
-        results=eval_summaries(metrics_by_task, train_task),
+        results=eval_summaries(metrics_by_task, train_task, data_reports),
         memory=memory,
-        datasets=datasets,
+        datasets=_unique(r.source.hub_id for r in trained_on if r.source.hub_id),
+        training_data=[f"{r.source.name}, {r.kept} rows" for r in trained_on],
         **(
             {"prompt_template": pattern.template, "label_words": tuple(pattern.label_words)}
             if pattern
@@ -182,9 +217,13 @@ def _headline(metrics: dict, per_label: bool = True) -> dict[str, float]:
 
 def build_model_card(card: StudentCard, recipe=None, adapter: bool = False) -> ModelCard:
     """The Hub model card: YAML metadata (with `model-index`) and a readable body."""
+    base = describe_base(card.base_model)
     data = ModelCardData(
         model_name=card.model_name,
-        base_model=card.base_model if HUB_ID.match(card.base_model or "") else None,
+        base_model=base.hub_id,
+        # a LoRA student ships as an adapter on its base; full, BitFit and merged students are the base's
+        # weights fine-tuned
+        base_model_relation=("adapter" if adapter else "finetune") if base.hub_id else None,
         datasets=[d for d in card.datasets if HUB_ID.match(d)] or None,
         license=card.license,
         language=card.language,
@@ -203,9 +242,9 @@ def build_model_card(card: StudentCard, recipe=None, adapter: bool = False) -> M
     )
     sections = [
         f"# {card.model_name}",
-        _summary(card),
+        _summary(card, base),
         _usage(card, adapter),
-        _training(card),
+        _training(card, base),
         _results(card.results),
         _memory(card.memory),
         _recipe(recipe),
@@ -225,8 +264,8 @@ def _model_index(results: list[EvalSummary]) -> list[EvalResult]:
         EvalResult(
             task_type="text-classification",
             task_name="Natural Language Inference",
-            dataset_type=r.dataset_id or r.dataset,
-            dataset_name=r.dataset,
+            dataset_type=r.dataset_id,
+            dataset_name=_name_with_size(r),
             dataset_split=r.split,
             dataset_config=r.dataset_config,
             metric_type=name,
@@ -234,16 +273,22 @@ def _model_index(results: list[EvalSummary]) -> list[EvalResult]:
             metric_value=round(float(value), 4),
         )
         for r in results
+        if r.dataset_id and r.split  # only results on a Hub dataset's named split
         for name, value in r.metrics.items()
         if not name.endswith("_stderr")
     ]
 
 
-def _summary(card: StudentCard) -> str:
+def _name_with_size(r: EvalSummary) -> str:
+    """The dataset's name with the number of rows evaluated, which is most often a subset of the split."""
+    return f"{r.dataset}, {r.num_examples} rows" if r.num_examples else r.dataset
+
+
+def _summary(card: StudentCard, base) -> str:
     student = {"full": "fully fine-tuned", "lora": "LoRA", "bitfit": "BitFit"}.get(
         card.student_mode, card.student_mode
     )
-    text = f"A {student} student of `{card.base_model}`, trained with **{card.method}**"
+    text = f"A {student} student of `{base.name}`, trained with **{card.method}**"
     if card.teacher == "self":
         text += (
             " from its own base model (self context distillation: the teacher is the student's base model "
@@ -258,11 +303,13 @@ def _summary(card: StudentCard) -> str:
         if card.teacher
         else "."
     )
+    if base.note:
+        text += f"\n\nBase model: `{base.name}`, {base.note}."
     return text
 
 
 def _usage(card: StudentCard, adapter: bool) -> str:
-    name = card.model_name
+    name = card.repo_id or card.model_name  # the repository it is pushed to, else the saved folder
     if adapter:
         load = (
             "from peft import AutoPeftModelForCausalLM\n\n"
@@ -293,10 +340,12 @@ def _usage(card: StudentCard, adapter: bool) -> str:
     )
 
 
-def _training(card: StudentCard) -> str:
-    rows = [("student", f"`{card.base_model}` ({card.student_mode})"), ("method", card.method)]
+def _training(card: StudentCard, base) -> str:
+    rows = [("student", f"`{base.name}` ({card.student_mode})"), ("method", card.method)]
     if card.teacher:
         rows.append(("teacher", f"`{card.teacher}`"))
+    if card.training_data:
+        rows.append(("training data", "; ".join(card.training_data)))
     if card.datasets:
         rows.append(("datasets", ", ".join(f"`{d}`" for d in card.datasets)))
     rows += [(k, _fmt(v)) for k, v in card.settings.items()]
@@ -312,6 +361,7 @@ def _results(results: list[EvalSummary]) -> str:
         for r in results
     ]
     text = "## Results\n\n" + _table(["domain", "dataset", "split", "examples", *metrics], rows)
+    text += "\n\n" + "\n".join(f"- {_data_line(r)}" for r in results)
     for r in results:
         if r.breakdown:
             columns = _unique(m for values in r.breakdown.values() for m in values)
@@ -320,6 +370,19 @@ def _results(results: list[EvalSummary]) -> str:
                 [(h, *(_fmt(v.get(c)) for c in columns)) for h, v in r.breakdown.items()],
             )
     return text
+
+
+def _data_line(r: EvalSummary) -> str:
+    """Where a result's rows come from, and whether the card's metadata reports it."""
+    split = "" if r.split in r.dataset else f" ({r.split})"
+    text = f"{r.dataset}{split}: {_fmt(r.num_examples)} rows evaluated"
+    if r.source_rows is not None:
+        text += f", drawn from the {r.source_rows} usable rows read"
+    if r.dataset_id:
+        config = f" ({r.dataset_config})" if r.dataset_config else ""
+        return text + f"; rows of the Hub dataset `{r.dataset_id}`{config}, split {r.split}"
+    # the Hub would show a model-index entry as a result on the official dataset
+    return text + "; not a Hub dataset's split, so this result is not in the card's model-index metadata"
 
 
 def _memory(memory) -> str:

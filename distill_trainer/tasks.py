@@ -247,6 +247,7 @@ def load_split(
     cannot use are errors unless `drop_invalid_rows` (see `data_report.check_rows`); what was read, kept
     and dropped is appended to `reports` (a `DataReport`)."""
     from .data_report import check_rows
+    from .provenance import data_source as rows_source  # `data_source` is an argument here
 
     directory = None if data_file else resolve_data_dir(data_source, data_dir)
     lines = None
@@ -273,6 +274,8 @@ def load_split(
         columns = ("idx", *columns)
     dataset = dataset.select_columns(list(columns))
     dataset, report = check_rows(dataset, task, where, lines, drop_invalid_rows)
+    # named by what the rows are, not by the split they stand in for (a card reports results under it)
+    report.source = rows_source(task, split, None if lines is None else path)
     if reports is not None:
         reports.append(report)
     return dataset

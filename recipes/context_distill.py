@@ -159,6 +159,7 @@ def run_context_distill(
         data.task.name,
         memory=peak_mib_by_phase(metrics["memory"]),
         pattern=data.pattern,
+        data_reports=data.reports,
         teacher={
             "demonstration_sets": data_args.demonstration_sets,
             "teacher_calibration": data_args.teacher_calibration,

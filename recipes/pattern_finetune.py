@@ -106,6 +106,7 @@ def run_pattern_finetune(
         results.metrics,
         data.task.name,
         memory=peak_mib_by_phase(metrics["memory"]),
+        data_reports=data.reports,
         pattern=data.pattern,
     )
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)

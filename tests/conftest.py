@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from distill_trainer import embedded
+from distill_trainer.embedded import EmbeddedModel
 from distill_trainer.testing import build_model, build_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,3 +41,35 @@ def student(tokenizer):
 @pytest.fixture
 def teacher(tokenizer):
     return build_model(len(tokenizer), seed=1, hidden_size=48)
+
+
+@pytest.fixture
+def fake_alias(tmp_path, monkeypatch, tokenizer):
+    """`embedded:fake`: a two-chunk 'GGUF' in an importable package; dequantizing gives the tiny model."""
+    package = tmp_path / "site" / "fake_gguf_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must never be imported')\n")
+    (package / "model.part0").write_bytes(b"GGUF" + b"\0" * 60)
+    (package / "model.part1").write_bytes(b"\1" * 64)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setitem(
+        embedded.EMBEDDED_MODELS,
+        "fake",
+        EmbeddedModel(
+            description="a fake",
+            distribution="fake-gguf-pkg",
+            install="pip install fake-gguf-pkg",
+            chunks=(("fake_gguf_pkg", "model.part0"), ("fake_gguf_pkg", "model.part1")),
+            gguf_name="fake.gguf",
+            expected_seconds=1,
+        ),
+    )
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_dequantize(gguf_path):
+        calls.append(gguf_path.read_bytes())
+        return build_model(len(tokenizer)), tokenizer
+
+    monkeypatch.setattr(embedded, "_dequantize", fake_dequantize)
+    return {"package": package, "cache": tmp_path / "cache" / "embedded", "calls": calls}

