@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Usage:
 #   ./run.sh                 set up .venv on first use, then the main job: a 1.5B few-shot teacher distilled
-#                            into a 135M prompt-stripped student, every method compared (embedded models, offline)
-#   ./run.sh --quick         the same comparison, smaller (a few minutes)
+#                            into a 135M prompt-stripped student, compared with ICL and fine-tuning on MNLI and
+#                            HANS (embedded models and data, offline); an unchanged rerun reads every method back
+#   ./run.sh --full          the same, with every method trained and scored (no memory probes)
+#   ./run.sh --quick         the same comparison, smaller (a few minutes; a smoke run)
 #   ./run.sh test [ARGS]     run the test suite (ARGS go to pytest)
 #   ./run.sh bench           run the speed and memory benchmarks
 set -euo pipefail

@@ -318,13 +318,15 @@ def format_markdown(summary: dict) -> str:
             f"({reference['source']}).",
             *(f"- {line}" for line in reference.get("notes", [])),
         ]
+    if summary["settings"].get("data"):
+        lines += ["", "## Data", "", *(f"- {line}" for line in summary["settings"]["data"])]
     disk = summary["settings"].get("disk_mb")
     if disk:
         lines += ["", "## Size on disk (MB)", "", *(f"- {name}: {size:,.1f}" for name, size in disk.items())]
     lines += ["", "## Settings", ""] + [
         f"- {key}: {value}"
         for key, value in summary["settings"].items()
-        if key not in ("memory_reference", "disk_mb")
+        if key not in ("memory_reference", "disk_mb", "data")
     ]
     lines += ["", f"![accuracy]({ACCURACY_PLOT})", f"![memory and time]({COST_PLOT})", ""]
     return "\n".join(lines)
@@ -425,7 +427,12 @@ def print_table(summary: dict, run_dir) -> None:
     print(
         f"student {settings.get('student')}, teacher {settings.get('teacher')}, pattern "
         f"{settings.get('pattern')}, k={settings.get('k')}; {settings.get('num_train_examples')} training "
-        f"queries; total {settings.get('total_seconds')} s"
+        f"queries; methods {settings.get('total_seconds')} s"
+        + "".join(
+            f"; set-up of {name} (dequantized once) {seconds:.0f} s"
+            for name, seconds in (settings.get("setup_seconds") or {}).items()
+            if seconds > 10
+        )
     )
     print(format_table(summary))
     for title, key in (("the paper's claims", "claims"), ("findings", "findings")):

@@ -28,6 +28,7 @@ plots and each method's predictions into results/<run_name>/, and points results
 # loaded by path (as the config tests do), and string annotations would need it registered in sys.modules
 import dataclasses
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -255,6 +256,22 @@ def write_method_yaml(recipe: str, values: dict, path: Path) -> None:
 # ---------------------------------------------------------------- running a method
 
 
+def prepare_embedded_models(names) -> dict[str, float]:
+    """Dequantize each embedded model that is not in the cache yet, in a child process (its peak memory is
+    not this process's), and return the seconds each took: a first run's set-up, reported apart from the
+    methods' time."""
+    seconds = {}
+    for name in dict.fromkeys(n for n in names if n and str(n).startswith("embedded:")):
+        began = time.perf_counter()
+        code = (
+            "import sys; from distill_trainer.embedded import materialize_embedded_model as m; m(sys.argv[1])"
+        )
+        if subprocess.run([sys.executable, "-c", code, name], check=False).returncode != 0:
+            raise UsageError(f"could not prepare {name}; its error is printed above")
+        seconds[name] = round(time.perf_counter() - began, 1)
+    return seconds
+
+
 def run_in_fresh_process(recipe: str, config_path: Path) -> int:
     """Run the recipe in a child process; returns its peak resident set in bytes (Linux/macOS rusage)."""
     command = [sys.executable, str(RECIPES_DIR / f"{recipe}.py"), "--config", str(config_path)]
@@ -346,6 +363,21 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
     }
 
 
+def data_read(results: list[dict]) -> list[str]:
+    """What the evaluated rows are, named truthfully (a local copy is not the Hub split it imitates), and
+    how many of each task every method scored."""
+    from distill_trainer.provenance import data_lines
+
+    lines = []
+    for row in results:
+        metrics = json.loads((Path(row["output_dir"]) / "metrics.json").read_text(encoding="utf-8"))
+        for line in data_lines(metrics.get("data") or {}):
+            if line not in lines:
+                lines.append(line)
+    scored = {task: summary.get("n") for row in results for task, summary in row["eval"].items()}
+    return lines + [f"scored per method: {', '.join(f'{n} {task} rows' for task, n in scored.items())}"]
+
+
 def disk_sizes(results: list[dict], config) -> dict[str, float]:
     """MB on disk of the teacher's weights and of each trained student's saved folder."""
     from distill_trainer.models import resolve_model_path
@@ -418,6 +450,11 @@ def main(argv=None) -> dict:
     run_name = config.recipe.get("run_name") or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
     run_dir = Path(compare.results_dir) / run_name
 
+    # ------------------------------------------------------------ embedded models ready (timed apart)
+    setup_seconds = prepare_embedded_models(
+        [student_args.model_name_or_path, config.teacher_model_name_or_path]
+    )
+
     # ------------------------------------------------------------ one resolved config per method
     plan, earlier = {}, {}
     for name in compare.methods:
@@ -486,7 +523,9 @@ def main(argv=None) -> dict:
         if compare.fresh_process_per_method
         else "peak resident set during each method, in one process (earlier methods' leftovers included)",
         "total_seconds": round(time.perf_counter() - start, 1),
+        "setup_seconds": setup_seconds,
     }
+    settings["data"] = data_read(results)
     settings["memory_reference"] = teacher_finetuning_reference(results, data_args, config)
     settings["disk_mb"] = disk_sizes(results, config)
     summary = write_report(run_dir, results, settings)

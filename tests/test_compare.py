@@ -110,6 +110,11 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
     markdown = (run_dir / "summary.md").read_text()
     assert all(f"| {name} |" in markdown for name in rows)
     assert "## Findings" in markdown and "## Memory against fine-tuning the teacher" in markdown
+    # the data named as what it is, with the rows every method scored
+    assert any(
+        "provenance not recorded" in line or "(local copy)" in line for line in summary["settings"]["data"]
+    )
+    assert summary["settings"]["data"][-1].startswith("scored per method: ")
     for plot in ("accuracy.png", "memory_time.png"):
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("outputs:")
