@@ -10,13 +10,14 @@ sums to 1), so a truncated or corrupted cache is rebuilt instead of training on 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from .integrity import file_records, files_problem
 
 KEY_FILE = "teacher_cache_key.json"
 BUILD_FILE = "teacher_cache_build.json"  # how the pass that built the cache went; not part of its contents
@@ -30,37 +31,13 @@ def stored_key(path: Path) -> str | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_records(path: Path) -> dict:
-    return {
-        str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name not in (KEY_FILE, BUILD_FILE)
-    }
-
-
 def _files_problem(path: Path) -> str | None:
     """A file the key record lists that is missing or changed (a cache without the record: None)."""
     try:
         files = json.loads((path / KEY_FILE).read_text())["files"]
     except (OSError, ValueError, KeyError):
         return None
-    for name, record in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != record["size"]:
-            return f"{name} is {file.stat().st_size} bytes, {record['size']} when saved"
-        if _sha256(file) != record["sha256"]:
-            return f"{name} has changed since it was saved (checksum mismatch)"
-    return None
+    return files_problem(path, files)
 
 
 def values_problem(dataset) -> str | None:
@@ -121,7 +98,7 @@ def save_atomically(dataset, path: Path, key_record: dict) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
-    key_record = {**key_record, "files": _file_records(tmp)}
+    key_record = {**key_record, "files": file_records(tmp, skip=(KEY_FILE, BUILD_FILE))}
     (tmp / KEY_FILE).write_text(json.dumps(key_record, indent=1, sort_keys=True))
     if path.exists():  # a stale or corrupt cache under the same name (or another process won the race)
         shutil.rmtree(path, ignore_errors=True)
