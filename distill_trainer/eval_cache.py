@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from .cache_paths import cache_home
+from .evaluation import nonfinite_rows
 from .integrity import write_text_atomically
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,17 @@ def load_evaluation(key: str, cache_dir=None):
     if record.get("key") != key or hashlib.sha256(payload.encode()).hexdigest() != record.get("sha256"):
         logger.warning("evaluation cache %s does not match its checksum; evaluating again", path)
         return None
-    return record["payload"]["metrics"], record["payload"]["predictions"]
+    predictions = record["payload"]["predictions"]
+    bad = nonfinite_rows(predictions)
+    if bad:  # stored before such scores were refused: evaluating again names the model at fault
+        logger.warning(
+            "evaluation cache %s holds NaN or infinite scores in %d of its %d rows; evaluating again",
+            path,
+            len(bad),
+            len(predictions),
+        )
+        return None
+    return record["payload"]["metrics"], predictions
 
 
 def store_evaluation(key: str, metrics: dict, predictions: list[dict], cache_dir=None) -> Path:

@@ -47,6 +47,7 @@ _EXAMPLE_ID_COLUMNS = ("idx", "example_index", "id")
 CACHE_FORMAT = 1
 
 logger = logging.getLogger(__name__)
+_REPORTED: set = set()  # (cache path, problem) pairs already warned about in this process
 
 
 def default_teacher_cache_dir() -> Path:
@@ -198,6 +199,7 @@ def compute_teacher_outputs(
     device=None,
     show_progress: bool = False,
     sort_by_length: bool = True,
+    source: str = "the teacher",
 ) -> dict[str, list]:
     """One teacher pass over `dataset`; returns the new columns (lists, one entry per row).
 
@@ -206,6 +208,7 @@ def compute_teacher_outputs(
             as in `TwoViewCollator` (e.g. `ContextDistillationTrainer.teacher_answer_logits`).
         sort_by_length: batch rows of similar length together (longest first); False keeps the dataset's
             order (`benchmarks/teacher_pass.py` measures what the sorting saves).
+        source: how an error names the teacher (NaN or infinite logits stop the pass: nothing is cached).
     """
     _check_options(distill_vocab, temperature, top_k, label_token_ids)
     names = (
@@ -227,6 +230,7 @@ def compute_teacher_outputs(
         if device is not None:
             batch = _to_device(batch, device)
         logits = logits_fn(batch).float()
+        _check_finite_logits(logits, features, indices, source, len(dataset))
         if distill_vocab == "label_words":
             # column 0 holds every row's first answer position (see TwoViewCollator), where the label is
             # decided
@@ -250,6 +254,24 @@ def compute_teacher_outputs(
             columns["teacher_topk_logprobs"][index] = top_logprobs[row, -n:].cpu().tolist()
             columns["teacher_tail_logprob"][index] = tail[row, -n:].cpu().tolist()
     return columns
+
+
+def _check_finite_logits(logits, features, indices, source: str, total: int) -> None:
+    """A teacher whose logits hold NaN or inf stops the pass at the first such batch: its outputs would
+    train the student on garbage, and a cache of them would be reused by every later run."""
+    bad = []
+    for row, (index, feature) in enumerate(zip(indices, features)):
+        n = len(feature["answer_ids"])  # right-aligned: padding columns of shorter answers are not read
+        if not torch.isfinite(logits[row, -n:]).all():
+            bad.append(index)
+    if bad:
+        rows = ", ".join(str(i) for i in sorted(bad)[:5]) + (", ..." if len(bad) > 5 else "")
+        raise UsageError(
+            f"teacher output cache: {source} gives NaN or infinite logits for {len(bad)} of the "
+            f"{len(indices)} rows of a batch (dataset rows {rows}; {total} rows in all), so nothing was "
+            "cached; its weights hold NaN/inf (a damaged or diverged checkpoint) or overflow in half "
+            "precision: re-save the teacher, or load it in float32 (teacher_dtype)"
+        )
 
 
 def _add_columns(dataset, columns: dict[str, list]):
@@ -313,6 +335,7 @@ def load_or_build_teacher_outputs(
     )
     if loaded is not None:
         return loaded, path, True
+    source = _teacher_label(teacher)
     if logits_fn is None:
         from .prefix_cache import TeacherAnswerLogits
 
@@ -328,6 +351,7 @@ def load_or_build_teacher_outputs(
             label_token_ids=label_token_ids,
             batch_size=batch_size,
             show_progress=show_progress,
+            source=source,
         )
     else:
         columns = compute_teacher_outputs(
@@ -340,9 +364,12 @@ def load_or_build_teacher_outputs(
             label_token_ids=label_token_ids,
             batch_size=batch_size,
             show_progress=show_progress,
+            source=source,
         )
     with_outputs = _add_columns(dataset, columns)
     save_atomically(with_outputs, path, {"key": key, **components})
+    # a fresh cache: should it be damaged again later, that is news worth a warning
+    _REPORTED.difference_update({entry for entry in _REPORTED if entry[0] == str(path)})
     return load_from_disk(str(path)), path, False
 
 
@@ -374,6 +401,11 @@ def cached_teacher_outputs(
     return loaded, path
 
 
+def _teacher_label(teacher) -> str:
+    name = getattr(teacher, "name_or_path", None)
+    return f"the teacher {name}" if name else "the teacher"
+
+
 def _lookup(teacher, dataset, cache_dir, **key_options):
     """(dataset without earlier teachers' outputs, key, its components, cache path, the verified cached
     dataset or None): the one place a cache is keyed, found and checked."""
@@ -385,6 +417,8 @@ def _lookup(teacher, dataset, cache_dir, **key_options):
     if stored_key(path) != key:
         return dataset, key, components, path, None
     loaded, problem = load_verified(path)
-    if problem is not None:
+    if problem is not None and (str(path), problem) not in _REPORTED:
+        # a run looks twice (without the teacher, then with it to rebuild): one warning is enough
+        _REPORTED.add((str(path), problem))
         logger.warning("teacher output cache %s is damaged (%s); rebuilding it", path, problem)
     return dataset, key, components, path, loaded

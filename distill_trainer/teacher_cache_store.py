@@ -50,9 +50,13 @@ def values_problem(dataset) -> str | None:
             -1, width
         )
         tail = np.full(len(logprobs), -np.inf)
+        row_of = np.arange(len(logprobs))
     elif "teacher_topk_logprobs" in columns:
         table = dataset.with_format("arrow")
-        tokens = table["teacher_topk_logprobs"].combine_chunks().flatten()
+        per_row = table["teacher_topk_logprobs"].combine_chunks()
+        tokens = per_row.flatten()
+        offsets = np.asarray(per_row.offsets, dtype=np.int64)
+        row_of = np.repeat(np.arange(len(per_row)), np.diff(offsets))  # the row of each answer token
         width = len(tokens[0]) if len(tokens) else 0
         logprobs = np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
         if width == 0 or logprobs.size % width:
@@ -68,6 +72,11 @@ def values_problem(dataset) -> str | None:
         return "it holds no teacher outputs"
     if logprobs.size == 0:
         return None
+    # NaN and +inf come from a broken teacher or damage: count the rows, so the warning says how much
+    invalid = np.isnan(logprobs).any(-1) | np.isposinf(logprobs).any(-1) | np.isnan(tail) | np.isposinf(tail)
+    if invalid.any():
+        bad_rows = np.unique(row_of[invalid])
+        return f"{len(bad_rows)} of its {len(dataset)} rows hold NaN or infinite log-probabilities"
     if not np.isfinite(logprobs).all() or (logprobs > MASS_TOLERANCE).any() or (tail > MASS_TOLERANCE).any():
         return "log-probabilities above 0 or not finite"
     mass = np.logaddexp(np.logaddexp.reduce(logprobs, axis=-1), tail)
