@@ -16,7 +16,7 @@ from datasets import Dataset
 from helpers import DATA, load_recipe, make_dataset, write_recipe
 from safetensors.torch import load_file, save_file
 
-from distill_trainer import TwoViewCollator
+from distill_trainer import TwoViewCollator, parse_config
 from distill_trainer.cli import main
 from distill_trainer.errors import UsageError
 from distill_trainer.eval_cache import load_evaluation, store_evaluation
@@ -161,3 +161,63 @@ def test_findings_refuse_a_method_whose_predictions_hold_nan():
     with pytest.raises(UsageError, match="pbft_full: predictions_mnli.jsonl holds NaN") as caught:
         findings(rows)
     assert "2 of its 8 rows" in str(caught.value)
+
+
+# ---- C: small ones ----
+
+
+def test_evaluate_given_a_folder_as_data_says_so(tiny_dirs, capsys):
+    code = main(["evaluate", "--model", tiny_dirs["student"], "--data", f"{DATA}/mnli"])
+    lines = error_lines(capsys)
+    assert code == 2 and len(lines) == 1
+    assert "is a folder, not a file" in lines[0] and "does not exist" not in lines[0]
+    assert "--data " in lines[0] and ".jsonl" in lines[0]
+
+
+def _train_loss_lines(text: str) -> list[float]:
+    """The `train_loss` the Trainer's closing log line printed (its dict, as PrinterCallback prints it)."""
+    import ast
+
+    found = []
+    for line in text.splitlines():
+        if "'train_loss'" in line:
+            found.append(float(ast.literal_eval(line[line.index("{") :])["train_loss"]))
+    return found
+
+
+def test_the_console_loss_of_a_resumed_run_is_the_uninterrupted_runs(tmp_path, tiny_dirs, capsys):
+    # a loss line every 3 steps and a checkpoint every 2: checkpoint-2 holds 2 steps not yet logged
+    config = write_recipe(
+        tmp_path,
+        tiny_dirs,
+        teacher_model_name_or_path=tiny_dirs["teacher"],
+        num_train_examples=8,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=3,
+        learning_rate=1e-2,
+        eval_tasks=["mnli"],
+        output_dir=str(tmp_path / "whole"),
+    )
+    recipe = load_recipe("context_distill")
+    recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, ["--config", config]))
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    printed_whole = _train_loss_lines(capsys.readouterr().out)
+
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    argv = ["--config", config, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"]
+    recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, argv))
+    resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    printed_resumed = _train_loss_lines(capsys.readouterr().out)
+
+    # the console rounds to 6 digits; the resumed steps' own mean (what it showed before) is far off
+    assert printed_whole == [pytest.approx(whole["train"]["train_loss"], abs=1e-6)]
+    assert printed_resumed == printed_whole  # the console line, not only metrics.json
+    assert resumed["train"]["train_loss"] == whole["train"]["train_loss"]
+    step3 = [
+        [log["loss"] for log in m["log_history"] if log.get("step") == 3 and "loss" in log]
+        for m in (whole, resumed)
+    ]
+    assert step3[0] and step3[1] == pytest.approx(step3[0], abs=1e-6)  # the mean over steps 1-3 both times
