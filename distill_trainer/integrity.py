@@ -6,9 +6,9 @@
 
 A store writes `file_records` once its files are complete and checks `files_problem` before trusting
 them: a file truncated, replaced, or damaged in place at the same size then shows as a checksum
-mismatch instead of loading silently. Hashing costs about 0.35 s per 540 MB on one CPU core with the
-file in the page cache (1.5 GB/s); from a cold disk the read dominates, and loading the file pays that
-read anyway.
+mismatch instead of loading silently. Hashing reads about 1 GB/s on one CPU core with the file in the
+page cache (0.35-0.7 s for 540 MB, depending on what else runs); from a cold disk the read dominates,
+and loading the file pays that read anyway.
 """
 
 from __future__ import annotations

@@ -323,6 +323,24 @@ def test_a_cache_damaged_in_place_at_the_same_size_is_rebuilt_with_one_warning(f
     assert len(fake_alias["calls"]) == 2 and not caplog.records
 
 
+def test_the_cache_is_hashed_once_per_process_until_a_file_is_replaced(fake_alias, monkeypatch):
+    path = materialize_embedded_model("embedded:fake")
+    checks = []
+    real_check = embedded.files_problem
+    monkeypatch.setattr(embedded, "files_problem", lambda *a: checks.append(a) or real_check(*a))
+    for _ in range(3):  # tokenizer, config, weights: each resolves the alias
+        assert materialize_embedded_model("embedded:fake") == path
+    assert len(checks) == 1
+    weights = path / "model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0xFF
+    replacement = path / "replacement.tmp"
+    replacement.write_bytes(bytes(damaged))
+    os.replace(replacement, weights)  # same size, another file: hashed again, found, rebuilt
+    materialize_embedded_model("embedded:fake")
+    assert len(checks) > 1 and len(fake_alias["calls"]) == 2  # (checked again under the build lock)
+
+
 def test_a_cache_without_checksums_is_rebuilt_once(fake_alias):
     path = materialize_embedded_model("embedded:fake")
     marker = json.loads((path / embedded.MARKER).read_text())
