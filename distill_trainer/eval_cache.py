@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from .cache_paths import cache_home
-from .evaluation import nonfinite_rows
+from .finite import nonfinite_records
 from .integrity import write_text_atomically
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def load_evaluation(key: str, cache_dir=None):
         logger.warning("evaluation cache %s does not match its checksum; evaluating again", path)
         return None
     predictions = record["payload"]["predictions"]
-    bad = nonfinite_rows(predictions)
+    bad = nonfinite_records(predictions)
     if bad:  # stored before such scores were refused: evaluating again names the model at fault
         logger.warning(
             "evaluation cache %s holds NaN or infinite scores in %d of its %d rows; evaluating again",

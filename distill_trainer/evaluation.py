@@ -11,7 +11,6 @@ through the `evaluate` module shipped in `metrics/nli.py`, loaded by path (the s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .answer_logits import answer_logits
 from .errors import UsageError
+from .finite import nonfinite_rows, refuse_nonfinite
 from .prefix_cache import PrefixCachedTeacher
 from .tasks import SEPARATOR, NLITask, Pattern, fit_demonstrations
 from .views import TwoViewCollator, build_views
@@ -146,27 +146,9 @@ def score_label_words(
                     vocab_argmax[q] = logp[row, first].argmax()
     finally:
         model.train(was_training)
-    check_finite_scores(logprobs, f"model {model_label(model)}", "queries")
+    source = f"model {getattr(model, 'name_or_path', None) or type(model).__name__}"
+    refuse_nonfinite(source, nonfinite_rows(logprobs), len(queries), "queries", "nothing was scored")
     return LabelWordScores(logprobs, vocab_argmax, [ids[0] for ids in label_ids])
-
-
-def model_label(model) -> str:
-    """How an error names a model: its path or Hub id when it has one."""
-    return getattr(model, "name_or_path", None) or type(model).__name__
-
-
-def check_finite_scores(values: torch.Tensor, source: str, rows: str = "rows") -> None:
-    """NaN or infinite scores are an error naming their source, never a prediction: an argmax over NaN
-    picks label 0 for every row, which reads as a plausible accuracy."""
-    flat = values.reshape(len(values), -1) if len(values) else values
-    bad = (~torch.isfinite(flat)).any(-1).nonzero().flatten().tolist() if len(values) else []
-    if bad:
-        first = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
-        raise UsageError(
-            f"{source} gives NaN or infinite logits for {len(bad)} of {len(values)} {rows} (rows {first}), "
-            "so nothing was scored; its weights hold NaN/inf (a diverged or damaged checkpoint) or overflow "
-            "in half precision: retrain or re-save it, or load it in float32"
-        )
 
 
 # ---------------------------------------------------------------- metrics
@@ -314,14 +296,3 @@ def prediction_records(rows, scores: LabelWordScores, task: NLITask, tokenizer, 
             record[column] = row[column]
         records.append(record)
     return records
-
-
-def nonfinite_rows(records) -> list[int]:
-    """Positions of prediction records (as `prediction_records` writes them) whose label-word
-    log-probabilities or margin are NaN or infinite: a reader must refuse them, not score them."""
-    bad = []
-    for position, record in enumerate(records):
-        values = [*record.get("logprobs", ()), record.get("margin", 0.0)]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            bad.append(position)
-    return bad

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 from .errors import UsageError
-from .evaluation import nonfinite_rows
+from .finite import nonfinite_records
 from .metrics.nli import roc_auc
 
 TEACHER, ZERO_SHOT = "icl_teacher", "zero_shot"
@@ -100,7 +100,7 @@ def check_finite_predictions(rows: list[dict]) -> None:
     argmax reads as label 0 and its margins sort anywhere, so every finding built on it would be noise."""
     for row in rows:
         for task, records in (row.get("records") or {}).items():
-            bad = nonfinite_rows(records or [])
+            bad = nonfinite_records(records or [])
             if bad:
                 raise UsageError(
                     f"method {row['method']}: predictions_{task}.jsonl holds NaN or infinite scores in "

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from .cache_paths import cache_home
 from .errors import UsageError
+from .finite import refuse_nonfinite
 from .teacher_cache_store import load_verified, save_atomically, stored_key
 from .teacher_columns import (
     PER_ANSWER_TOKEN_TEACHER_COLUMNS,
@@ -208,7 +209,8 @@ def compute_teacher_outputs(
             as in `TwoViewCollator` (e.g. `ContextDistillationTrainer.teacher_answer_logits`).
         sort_by_length: batch rows of similar length together (longest first); False keeps the dataset's
             order (`benchmarks/teacher_pass.py` measures what the sorting saves).
-        source: how an error names the teacher (NaN or infinite logits stop the pass: nothing is cached).
+        source: how an error names the teacher: the first batch with NaN or infinite logits stops the pass
+            (a cache of them would train every later run on garbage).
     """
     _check_options(distill_vocab, temperature, top_k, label_token_ids)
     names = (
@@ -230,7 +232,12 @@ def compute_teacher_outputs(
         if device is not None:
             batch = _to_device(batch, device)
         logits = logits_fn(batch).float()
-        _check_finite_logits(logits, features, indices, source, len(dataset))
+        # answers are right-aligned: a shorter answer's padding columns are not read, so not checked
+        finite = [
+            bool(torch.isfinite(logits[r, -len(f["answer_ids"]) :]).all()) for r, f in enumerate(features)
+        ]
+        bad = [index for index, ok in zip(indices, finite) if not ok]
+        refuse_nonfinite(source, bad, len(indices), "rows of a batch", "nothing was cached")
         if distill_vocab == "label_words":
             # column 0 holds every row's first answer position (see TwoViewCollator), where the label is
             # decided
@@ -254,24 +261,6 @@ def compute_teacher_outputs(
             columns["teacher_topk_logprobs"][index] = top_logprobs[row, -n:].cpu().tolist()
             columns["teacher_tail_logprob"][index] = tail[row, -n:].cpu().tolist()
     return columns
-
-
-def _check_finite_logits(logits, features, indices, source: str, total: int) -> None:
-    """A teacher whose logits hold NaN or inf stops the pass at the first such batch: its outputs would
-    train the student on garbage, and a cache of them would be reused by every later run."""
-    bad = []
-    for row, (index, feature) in enumerate(zip(indices, features)):
-        n = len(feature["answer_ids"])  # right-aligned: padding columns of shorter answers are not read
-        if not torch.isfinite(logits[row, -n:]).all():
-            bad.append(index)
-    if bad:
-        rows = ", ".join(str(i) for i in sorted(bad)[:5]) + (", ..." if len(bad) > 5 else "")
-        raise UsageError(
-            f"teacher output cache: {source} gives NaN or infinite logits for {len(bad)} of the "
-            f"{len(indices)} rows of a batch (dataset rows {rows}; {total} rows in all), so nothing was "
-            "cached; its weights hold NaN/inf (a damaged or diverged checkpoint) or overflow in half "
-            "precision: re-save the teacher, or load it in float32 (teacher_dtype)"
-        )
 
 
 def _add_columns(dataset, columns: dict[str, list]):
@@ -335,37 +324,27 @@ def load_or_build_teacher_outputs(
     )
     if loaded is not None:
         return loaded, path, True
-    source = _teacher_label(teacher)
     if logits_fn is None:
         from .prefix_cache import TeacherAnswerLogits
 
-        runner = TeacherAnswerLogits()
-        device = next(teacher.parameters()).device
-        columns = compute_teacher_outputs(
-            lambda batch: runner(teacher, _to_device(batch, device)),
-            dataset,
-            collator,
-            distill_vocab=distill_vocab,
-            temperature=temperature,
-            top_k=top_k,
-            label_token_ids=label_token_ids,
-            batch_size=batch_size,
-            show_progress=show_progress,
-            source=source,
-        )
-    else:
-        columns = compute_teacher_outputs(
-            logits_fn,
-            dataset,
-            collator,
-            distill_vocab=distill_vocab,
-            temperature=temperature,
-            top_k=top_k,
-            label_token_ids=label_token_ids,
-            batch_size=batch_size,
-            show_progress=show_progress,
-            source=source,
-        )
+        runner, device = TeacherAnswerLogits(), next(teacher.parameters()).device
+
+        def logits_fn(batch):
+            return runner(teacher, _to_device(batch, device))
+
+    name = getattr(teacher, "name_or_path", None)
+    columns = compute_teacher_outputs(
+        logits_fn,
+        dataset,
+        collator,
+        distill_vocab=distill_vocab,
+        temperature=temperature,
+        top_k=top_k,
+        label_token_ids=label_token_ids,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        source=f"the teacher {name}" if name else "the teacher",
+    )
     with_outputs = _add_columns(dataset, columns)
     save_atomically(with_outputs, path, {"key": key, **components})
     # a fresh cache: should it be damaged again later, that is news worth a warning
@@ -399,11 +378,6 @@ def cached_teacher_outputs(
         teacher_id=teacher_id,
     )
     return loaded, path
-
-
-def _teacher_label(teacher) -> str:
-    name = getattr(teacher, "name_or_path", None)
-    return f"the teacher {name}" if name else "the teacher"
 
 
 def _lookup(teacher, dataset, cache_dir, **key_options):
