@@ -49,7 +49,7 @@ def error_lines(capsys) -> list[str]:
 # ---- A: non-finite numbers are an error naming their source, never a score ----
 
 
-def test_evaluate_refuses_a_model_with_a_nan_weight(nan_model_dir, tmp_path, capsys):
+def test_evaluate_refuses_a_model_with_a_nan_weight(nan_model_dir, tmp_path, tiny_dirs, capsys):
     out = tmp_path / "eval"
     code = main(["evaluate", "--model", nan_model_dir, "--data", MNLI_FILE, "--output_dir", str(out)])
     lines = error_lines(capsys)
@@ -57,6 +57,12 @@ def test_evaluate_refuses_a_model_with_a_nan_weight(nan_model_dir, tmp_path, cap
     assert nan_model_dir in lines[0] and "NaN or infinite" in lines[0] and "float32" in lines[0]
     assert re.search(r"for (\d+) of \1 queries", lines[0])  # every query, counted
     assert not (out / "metrics.json").exists() and not list(out.glob("predictions_*"))
+    # nothing half-written stands in the way: the same command on a sound model completes
+    assert (
+        main(["evaluate", "--model", tiny_dirs["student"], "--data", MNLI_FILE, "--output_dir", str(out)])
+        == 0
+    )
+    assert json.loads((out / "metrics.json").read_text())["eval"]["mnli"]["accuracy"] >= 0
 
 
 def test_the_icl_recipe_refuses_a_model_with_a_nan_weight(nan_model_dir, tmp_path, tiny_dirs):
@@ -221,3 +227,31 @@ def test_the_console_loss_of_a_resumed_run_is_the_uninterrupted_runs(tmp_path, t
         for m in (whole, resumed)
     ]
     assert step3[0] and step3[1] == pytest.approx(step3[0], abs=1e-6)  # the mean over steps 1-3 both times
+
+
+def test_a_recipe_warns_once_about_a_damaged_teacher_cache_and_rebuilds_it(tmp_path, tiny_dirs, caplog):
+    recipe = load_recipe("context_distill")
+    config = write_recipe(
+        tmp_path,
+        tiny_dirs,
+        teacher_model_name_or_path=tiny_dirs["teacher"],
+        teacher_output_cache=True,
+        teacher_cache_dir=str(tmp_path / "teacher-cache"),
+        num_train_examples=8,
+        max_steps=1,
+        eval_tasks=["mnli"],
+    )
+
+    def run(name):
+        argv = ["--config", config, "--output_dir", str(tmp_path / name)]
+        recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, argv))
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    first = run("first")
+    arrow = next((tmp_path / "teacher-cache").glob("*/*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    caplog.set_level("WARNING", logger="distill_trainer")
+    second = run("second")  # looks for the cache without the teacher, then with it: one warning
+    damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(damaged) == 1 and str(arrow.parent) in damaged[0], damaged
+    assert second["train"]["train_loss"] == first["train"]["train_loss"]  # the same teacher outputs again
