@@ -22,7 +22,6 @@ can say `resume_from_checkpoint: true` (the last complete checkpoint) or give a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .errors import UsageError
+from .integrity import file_records, files_problem
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +66,10 @@ def parse_resume_setting(value) -> bool | str | None:
     return text
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(path) -> None:
     """Record the size and sha256 of every file of a fully written checkpoint directory."""
     path = Path(path)
-    files = {
-        str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    files = file_records(path, skip=(MANIFEST,))
     (path / MANIFEST).write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
 
 
@@ -102,17 +90,7 @@ def checkpoint_problem(path) -> str | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return f"its {MANIFEST} is unreadable"
-    for name, record in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != record["size"]:
-            return (
-                f"{name} is {file.stat().st_size} bytes, {record['size']} when saved (truncated or replaced)"
-            )
-        if _sha256(file) != record["sha256"]:
-            return f"{name} has changed since it was saved (checksum mismatch)"
-    return None
+    return files_problem(path, files)
 
 
 def is_complete_checkpoint(path) -> bool:

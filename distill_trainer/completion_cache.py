@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from .cache_paths import cache_home
 from .chat_views import chat_prompt_ids, shared_prefix_length, stop_token_ids
 from .errors import UsageError
 from .generation import GenerationSettings, generate_replies
+from .integrity import write_text_atomically
 
 logger = logging.getLogger(__name__)
 # bump when the stored layout or the way replies are produced changes: old files then stop matching
@@ -78,11 +78,8 @@ def read_entries(path: Path, components: dict) -> dict:
 
 
 def write_entries(path: Path, components: dict, entries: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"components": components, "sha256": _digest(entries), "entries": entries})
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_text_atomically(path, text)
 
 
 def teacher_completions(

@@ -5,8 +5,9 @@ the teacher on the teacher's completions; written as `report.md` beside `metrics
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from .integrity import write_text_atomically
 
 ROWS = (
     ("teacher", "teacher, with the context"),
@@ -71,7 +72,4 @@ def format_report(metrics: dict) -> str:
 
 def write_report(output_dir, metrics: dict) -> Path:
     path = Path(output_dir) / "report.md"
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(format_report(metrics), encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return write_text_atomically(path, format_report(metrics))

@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from .cache_paths import cache_home
+from .finite import nonfinite_records
+from .integrity import write_text_atomically
 
 logger = logging.getLogger(__name__)
 FORMAT = 1
@@ -50,18 +51,25 @@ def load_evaluation(key: str, cache_dir=None):
     if record.get("key") != key or hashlib.sha256(payload.encode()).hexdigest() != record.get("sha256"):
         logger.warning("evaluation cache %s does not match its checksum; evaluating again", path)
         return None
-    return record["payload"]["metrics"], record["payload"]["predictions"]
+    predictions = record["payload"]["predictions"]
+    bad = nonfinite_records(predictions)
+    if bad:  # stored before such scores were refused: evaluating again names the model at fault
+        logger.warning(
+            "evaluation cache %s holds NaN or infinite scores in %d of its %d rows; evaluating again",
+            path,
+            len(bad),
+            len(predictions),
+        )
+        return None
+    return record["payload"]["metrics"], predictions
 
 
 def store_evaluation(key: str, metrics: dict, predictions: list[dict], cache_dir=None) -> Path:
     """Write the entry under a temporary name, then rename it into place (never half-written)."""
     path = _path(key, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"metrics": metrics, "predictions": predictions}
     # round-trip through JSON first, so the checksum covers exactly what a later load reads back
     payload = json.loads(json.dumps(payload, default=float))
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "sha256": digest, "payload": payload}), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps({"key": key, "sha256": digest, "payload": payload}))
     return path

@@ -102,6 +102,20 @@ def saved_pattern_settings(model: str) -> dict:
     return {key: values[key] for key in PATTERN_KEYS if values.get(key) is not None}
 
 
+def check_data_file(data: str) -> None:
+    """--data names one JSONL file; a folder (a data dir, say) is told apart from a missing file, with
+    the files inside it that could be meant."""
+    folder = Path(data)
+    if not folder.is_dir():
+        return  # a missing or unreadable file is reported where it is read
+    found = sorted(str(p) for p in folder.rglob("*.jsonl"))
+    hint = f"e.g. --data {found[0]}" if found else "it holds no .jsonl file"
+    raise UsageError(
+        f"--data {data} is a folder, not a file; give one JSONL file with premise, hypothesis and label "
+        f"columns ({hint})"
+    )
+
+
 def check_model_folder(model: str):
     """Before any weights load: the model (or a LoRA adapter's base model) has a loadable tokenizer and
     a causal-LM config. Returns (tokenizer, config) of the model that will be scored."""
@@ -179,6 +193,7 @@ def evaluate_file(args) -> dict:
     if args.output_dir is not None:  # before any scoring: a bad output_dir must not waste the run
         check_output_location(args.output_dir)
     task = get_task(args.task)
+    check_data_file(args.data)
     pattern_settings = saved_pattern_settings(args.model)
     for key in PATTERN_KEYS:
         if getattr(args, key) is not None:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .answer_logits import answer_logits
 from .errors import UsageError
+from .finite import nonfinite_rows, refuse_nonfinite
 from .prefix_cache import PrefixCachedTeacher
 from .tasks import SEPARATOR, NLITask, Pattern, fit_demonstrations
 from .views import TwoViewCollator, build_views
@@ -145,6 +146,8 @@ def score_label_words(
                     vocab_argmax[q] = logp[row, first].argmax()
     finally:
         model.train(was_training)
+    source = f"model {getattr(model, 'name_or_path', None) or type(model).__name__}"
+    refuse_nonfinite(source, nonfinite_rows(logprobs), len(queries), "queries", "nothing was scored")
     return LabelWordScores(logprobs, vocab_argmax, [ids[0] for ids in label_ids])
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from .errors import UsageError
+from .finite import nonfinite_records
 from .metrics.nli import roc_auc
 
 TEACHER, ZERO_SHOT = "icl_teacher", "zero_shot"
@@ -93,10 +95,26 @@ def paired_difference(a: dict, b: dict, task: str, figure: str) -> tuple[float, 
     return None if point is None else (point, _bootstrap(difference, len(every)))
 
 
+def check_finite_predictions(rows: list[dict]) -> None:
+    """A method whose predictions hold NaN or infinite scores has no accuracy or AUC to compare: its
+    argmax reads as label 0 and its margins sort anywhere, so every finding built on it would be noise."""
+    for row in rows:
+        for task, records in (row.get("records") or {}).items():
+            bad = nonfinite_records(records or [])
+            if bad:
+                raise UsageError(
+                    f"method {row['method']}: predictions_{task}.jsonl holds NaN or infinite scores in "
+                    f"{len(bad)} of its {len(records)} rows (first: row {bad[0]}), so no findings were "
+                    f"computed; evaluate that method again (its model gives NaN/inf logits: see its log), "
+                    "or leave it out of the comparison"
+                )
+
+
 def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str]:
     """One sentence per claim: gain recovered per CD method, each of `PAIRS` (CD against PBFT, a calibrated
     or ensembled teacher against the plain one: MNLI and HANS, accuracy and AUC), and the memory ratio
     against fine-tuning the teacher."""
+    check_finite_predictions(rows)
     by_name = {row["method"]: row for row in rows}
     teacher, zero_shot = by_name.get(TEACHER), by_name.get(ZERO_SHOT)
     sentences = []

@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 
 from .errors import UsageError
+from .integrity import write_text_atomically as _write_atomically
 from .model_card import RECIPE_FILE, StudentCard, build_model_card, recipe_yaml
 
 CARD_FILE = "README.md"
@@ -135,14 +136,6 @@ def _base_model_name(model) -> str:
     if config is not None and config.base_model_name_or_path:
         return config.base_model_name_or_path
     return getattr(model, "name_or_path", "") or "unknown"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write then rename, so an interrupted save never leaves a half-written card or recipe."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def check_student_folder(folder) -> Path:

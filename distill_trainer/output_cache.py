@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from .cache_paths import cache_home
 from .errors import UsageError
+from .finite import refuse_nonfinite
 from .teacher_cache_store import load_verified, save_atomically, stored_key
 from .teacher_columns import (
     PER_ANSWER_TOKEN_TEACHER_COLUMNS,
@@ -47,6 +48,7 @@ _EXAMPLE_ID_COLUMNS = ("idx", "example_index", "id")
 CACHE_FORMAT = 1
 
 logger = logging.getLogger(__name__)
+_REPORTED: set = set()  # (cache path, problem) pairs already warned about in this process
 
 
 def default_teacher_cache_dir() -> Path:
@@ -198,6 +200,7 @@ def compute_teacher_outputs(
     device=None,
     show_progress: bool = False,
     sort_by_length: bool = True,
+    source: str = "the teacher",
 ) -> dict[str, list]:
     """One teacher pass over `dataset`; returns the new columns (lists, one entry per row).
 
@@ -206,6 +209,8 @@ def compute_teacher_outputs(
             as in `TwoViewCollator` (e.g. `ContextDistillationTrainer.teacher_answer_logits`).
         sort_by_length: batch rows of similar length together (longest first); False keeps the dataset's
             order (`benchmarks/teacher_pass.py` measures what the sorting saves).
+        source: how an error names the teacher: the first batch with NaN or infinite logits stops the pass
+            (a cache of them would train every later run on garbage).
     """
     _check_options(distill_vocab, temperature, top_k, label_token_ids)
     names = (
@@ -227,6 +232,12 @@ def compute_teacher_outputs(
         if device is not None:
             batch = _to_device(batch, device)
         logits = logits_fn(batch).float()
+        # answers are right-aligned: a shorter answer's padding columns are not read, so not checked
+        finite = [
+            bool(torch.isfinite(logits[r, -len(f["answer_ids"]) :]).all()) for r, f in enumerate(features)
+        ]
+        bad = [index for index, ok in zip(indices, finite) if not ok]
+        refuse_nonfinite(source, bad, len(indices), "rows of a batch", "nothing was cached")
         if distill_vocab == "label_words":
             # column 0 holds every row's first answer position (see TwoViewCollator), where the label is
             # decided
@@ -316,33 +327,28 @@ def load_or_build_teacher_outputs(
     if logits_fn is None:
         from .prefix_cache import TeacherAnswerLogits
 
-        runner = TeacherAnswerLogits()
-        device = next(teacher.parameters()).device
-        columns = compute_teacher_outputs(
-            lambda batch: runner(teacher, _to_device(batch, device)),
-            dataset,
-            collator,
-            distill_vocab=distill_vocab,
-            temperature=temperature,
-            top_k=top_k,
-            label_token_ids=label_token_ids,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-    else:
-        columns = compute_teacher_outputs(
-            logits_fn,
-            dataset,
-            collator,
-            distill_vocab=distill_vocab,
-            temperature=temperature,
-            top_k=top_k,
-            label_token_ids=label_token_ids,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
+        runner, device = TeacherAnswerLogits(), next(teacher.parameters()).device
+
+        def logits_fn(batch):
+            return runner(teacher, _to_device(batch, device))
+
+    name = getattr(teacher, "name_or_path", None)
+    columns = compute_teacher_outputs(
+        logits_fn,
+        dataset,
+        collator,
+        distill_vocab=distill_vocab,
+        temperature=temperature,
+        top_k=top_k,
+        label_token_ids=label_token_ids,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        source=f"the teacher {name}" if name else "the teacher",
+    )
     with_outputs = _add_columns(dataset, columns)
     save_atomically(with_outputs, path, {"key": key, **components})
+    # a fresh cache: should it be damaged again later, that is news worth a warning
+    _REPORTED.difference_update({entry for entry in _REPORTED if entry[0] == str(path)})
     return load_from_disk(str(path)), path, False
 
 
@@ -385,6 +391,8 @@ def _lookup(teacher, dataset, cache_dir, **key_options):
     if stored_key(path) != key:
         return dataset, key, components, path, None
     loaded, problem = load_verified(path)
-    if problem is not None:
+    if problem is not None and (str(path), problem) not in _REPORTED:
+        # a run looks twice (without the teacher, then with it to rebuild): one warning is enough
+        _REPORTED.add((str(path), problem))
         logger.warning("teacher output cache %s is damaged (%s); rebuilding it", path, problem)
     return dataset, key, components, path, loaded

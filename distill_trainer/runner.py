@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 
 from .checkpoints import run_results
 from .errors import UsageError
+from .integrity import write_text_atomically as _write_atomically
 from .models import count_parameters, load_causal_lm, prepare_student
 from .output_dir import OutputLock, check_output_location
 from .task_evaluation import EvalResults, evaluate_on_tasks, is_main_process  # noqa: F401  (re-exported)
@@ -137,12 +137,6 @@ def resolved_config(configs) -> dict:
         else:
             values.update({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init})
     return {k: v for k, v in values.items() if v is not None and k not in INVOCATION_KEYS}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_resolved_config(output_dir, configs, recipe: str) -> Path:

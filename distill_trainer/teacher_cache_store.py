@@ -10,13 +10,14 @@ sums to 1), so a truncated or corrupted cache is rebuilt instead of training on 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from .integrity import file_records, files_problem
 
 KEY_FILE = "teacher_cache_key.json"
 BUILD_FILE = "teacher_cache_build.json"  # how the pass that built the cache went; not part of its contents
@@ -30,37 +31,13 @@ def stored_key(path: Path) -> str | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_records(path: Path) -> dict:
-    return {
-        str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name not in (KEY_FILE, BUILD_FILE)
-    }
-
-
 def _files_problem(path: Path) -> str | None:
     """A file the key record lists that is missing or changed (a cache without the record: None)."""
     try:
         files = json.loads((path / KEY_FILE).read_text())["files"]
     except (OSError, ValueError, KeyError):
         return None
-    for name, record in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != record["size"]:
-            return f"{name} is {file.stat().st_size} bytes, {record['size']} when saved"
-        if _sha256(file) != record["sha256"]:
-            return f"{name} has changed since it was saved (checksum mismatch)"
-    return None
+    return files_problem(path, files)
 
 
 def values_problem(dataset) -> str | None:
@@ -73,9 +50,13 @@ def values_problem(dataset) -> str | None:
             -1, width
         )
         tail = np.full(len(logprobs), -np.inf)
+        row_of = np.arange(len(logprobs))
     elif "teacher_topk_logprobs" in columns:
         table = dataset.with_format("arrow")
-        tokens = table["teacher_topk_logprobs"].combine_chunks().flatten()
+        per_row = table["teacher_topk_logprobs"].combine_chunks()
+        tokens = per_row.flatten()
+        offsets = np.asarray(per_row.offsets, dtype=np.int64)
+        row_of = np.repeat(np.arange(len(per_row)), np.diff(offsets))  # the row of each answer token
         width = len(tokens[0]) if len(tokens) else 0
         logprobs = np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
         if width == 0 or logprobs.size % width:
@@ -91,6 +72,11 @@ def values_problem(dataset) -> str | None:
         return "it holds no teacher outputs"
     if logprobs.size == 0:
         return None
+    # NaN and +inf come from a broken teacher or damage: count the rows, so the warning says how much
+    invalid = np.isnan(logprobs).any(-1) | np.isposinf(logprobs).any(-1) | np.isnan(tail) | np.isposinf(tail)
+    if invalid.any():
+        bad_rows = np.unique(row_of[invalid])
+        return f"{len(bad_rows)} of its {len(dataset)} rows hold NaN or infinite log-probabilities"
     if not np.isfinite(logprobs).all() or (logprobs > MASS_TOLERANCE).any() or (tail > MASS_TOLERANCE).any():
         return "log-probabilities above 0 or not finite"
     mass = np.logaddexp(np.logaddexp.reduce(logprobs, axis=-1), tail)
@@ -121,7 +107,7 @@ def save_atomically(dataset, path: Path, key_record: dict) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
-    key_record = {**key_record, "files": _file_records(tmp)}
+    key_record = {**key_record, "files": file_records(tmp, skip=(KEY_FILE, BUILD_FILE))}
     (tmp / KEY_FILE).write_text(json.dumps(key_record, indent=1, sort_keys=True))
     if path.exists():  # a stale or corrupt cache under the same name (or another process won the race)
         shutil.rmtree(path, ignore_errors=True)

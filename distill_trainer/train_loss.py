@@ -2,8 +2,10 @@
 
 The stock `Trainer` starts its running loss sum at zero in every `train()` call, so a run resumed from a
 checkpoint reports the mean over the steps after the resume only. Here each checkpoint also stores the
-sum so far (`train_loss_state.json`: the sum already logged and the part not yet logged), and a resumed
-run starts from it: its `train_loss` is then the same number, bitwise, as an uninterrupted run's.
+sum so far (`train_loss_state.json`: the sum already logged, the part not yet logged and the step it was
+last logged at), and a resumed run starts from it: its `train_loss`, in the result and in the Trainer's
+own log line, is then the same number, bitwise, as an uninterrupted run's, and so is its first `loss`
+line after the resume.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class _RestoreLossSum(TrainerCallback):
         if saved is not None:
             self.trainer._total_loss_scalar = float(saved["logged"])
             self.trainer._tr_loss.fill_(float(saved["pending"]))
+            if "last_logged" in saved:  # the pending part spans the steps since then, not since the resume
+                self.trainer._globalstep_last_logged = int(saved["last_logged"])
 
 
 class ResumableTrainLossMixin:
@@ -38,6 +42,7 @@ class ResumableTrainLossMixin:
 
     _loss_state_to_restore: dict | None = None
     _loss_callback_added = False
+    _loss_restored = False  # this train() call resumed with the saved sums
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -49,6 +54,7 @@ class ResumableTrainLossMixin:
                 "logged": self._total_loss_scalar,
                 "pending": float(self._tr_loss.item()),
                 "global_step": self.state.global_step,
+                "last_logged": self._globalstep_last_logged,
             }
             (folder / LOSS_STATE).write_text(json.dumps(state), encoding="utf-8")
 
@@ -68,14 +74,20 @@ class ResumableTrainLossMixin:
         if not self._loss_callback_added:
             self.add_callback(_RestoreLossSum(self))
             self._loss_callback_added = True
-        restored = self._loss_state_to_restore is not None
-        result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        self._loss_restored = self._loss_state_to_restore is not None
+        try:
+            result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        finally:
+            restored, self._loss_restored = self._loss_restored, False
         if not restored:  # a fresh run: the Trainer's own mean is already over every step
             return result
-        mean = self._total_loss_scalar / max(self.state.global_step, 0.001)
-        result.metrics["train_loss"] = mean
-        for log in reversed(self.state.log_history):
-            if "train_loss" in log:
-                log["train_loss"] = mean
-                break
-        return type(result)(result.global_step, mean, result.metrics)
+        # `log` below already put the mean into the metrics and the log history; the result's own field
+        # was computed by the Trainer over the steps after the resume
+        return type(result)(result.global_step, result.metrics["train_loss"], result.metrics)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        # The Trainer's closing line divides the (restored) sum by the steps of this call only: print,
+        # record and return the mean over every step instead
+        if self._loss_restored and "train_loss" in logs:
+            logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step, 0.001)
+        super().log(logs, *args, **kwargs)

@@ -8,6 +8,7 @@ fixture model, so they take milliseconds. The round trip dequantizes the real Sm
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import time
@@ -267,6 +268,57 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(fake_alias, caplog):
     assert len(fake_alias["calls"]) == 2
     assert any("damaged" in r.message and "model.safetensors" in r.message for r in caplog.records)
     assert load_causal_lm("embedded:fake").config.hidden_size == 32
+
+
+def test_a_cache_damaged_in_place_at_the_same_size_is_rebuilt_with_one_warning(fake_alias, caplog):
+    path = materialize_embedded_model("embedded:fake")
+    weights = path / "model.safetensors"
+    good = weights.read_bytes()
+    flipped = bytearray(good)
+    flipped[-1] ^= 0xFF  # one byte of the last weight: the size, and every size check, still agree
+    weights.write_bytes(bytes(flipped))
+    with caplog.at_level("WARNING", logger="distill_trainer.embedded"):
+        materialize_embedded_model("embedded:fake")
+    damaged = [r for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(damaged) == 1 and "model.safetensors" in damaged[0].message
+    assert "checksum" in damaged[0].message
+    assert len(fake_alias["calls"]) == 2 and weights.read_bytes() == good
+    # the rebuilt cache verifies: the next use neither rebuilds nor warns
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="distill_trainer.embedded"):
+        materialize_embedded_model("embedded:fake")
+    assert len(fake_alias["calls"]) == 2 and not caplog.records
+
+
+def test_the_cache_is_hashed_once_per_process_until_a_file_is_replaced(fake_alias, monkeypatch):
+    path = materialize_embedded_model("embedded:fake")
+    checks = []
+    real_check = embedded.files_problem
+    monkeypatch.setattr(embedded, "files_problem", lambda *a: checks.append(a) or real_check(*a))
+    for _ in range(3):  # tokenizer, config, weights: each resolves the alias
+        assert materialize_embedded_model("embedded:fake") == path
+    assert len(checks) == 1
+    weights = path / "model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0xFF
+    replacement = path / "replacement.tmp"
+    replacement.write_bytes(bytes(damaged))
+    os.replace(replacement, weights)  # same size, another file: hashed again, found, rebuilt
+    materialize_embedded_model("embedded:fake")
+    assert len(checks) > 1 and len(fake_alias["calls"]) == 2  # (checked again under the build lock)
+
+
+def test_a_cache_without_checksums_is_rebuilt_once(fake_alias):
+    path = materialize_embedded_model("embedded:fake")
+    marker = json.loads((path / embedded.MARKER).read_text())
+    # the layout caches had before they kept checksums: sizes only, which cannot prove the content
+    marker["files"] = {name: record["size"] for name, record in marker["files"].items()}
+    (path / embedded.MARKER).write_text(json.dumps(marker))
+    materialize_embedded_model("embedded:fake")
+    materialize_embedded_model("embedded:fake")
+    assert len(fake_alias["calls"]) == 2
+    records = json.loads((path / embedded.MARKER).read_text())["files"]
+    assert all(len(record["sha256"]) == 64 for record in records.values())
 
 
 def test_every_embedded_package_with_a_pinned_digest_pins_its_size_too():

@@ -392,7 +392,8 @@ def _corrupt_values(path, column):
 
     from datasets import load_from_disk
 
-    from distill_trainer.teacher_cache_store import KEY_FILE, _file_records
+    from distill_trainer.integrity import file_records
+    from distill_trainer.teacher_cache_store import KEY_FILE
 
     dataset = load_from_disk(str(path))
     shifted = [
@@ -408,7 +409,7 @@ def _corrupt_values(path, column):
     for name in tmp.iterdir():
         name.rename(path / name.name)
     tmp.rmdir()
-    record["files"] = _file_records(path)
+    record["files"] = file_records(path, skip=(KEY_FILE,))
     (path / KEY_FILE).write_text(json.dumps(record))
 
 
