@@ -22,17 +22,12 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
+from .integrity import sha256_file, write_text_atomically
+
 FINGERPRINT_FILE = "fingerprint.json"
 MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
 # keys that name where results go, not what they are
 IGNORED_KEYS = ("output_dir", "run_name", "logging_dir")
-
-
-def _hash_file(digest, path: Path) -> None:
-    digest.update(f"{path.name}:{path.stat().st_size}:".encode())
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
 
 
 def _data_paths(values: dict) -> list[Path]:
@@ -67,17 +62,15 @@ def method_fingerprint(recipe: str, values: dict) -> str:
             # a Hub id without a local folder: the id (and any revision in the config) is all we know
             digest.update(f"{key}={model or name};".encode())
     for path in _data_paths(values):
-        _hash_file(digest, path)
+        digest.update(f"{path.name}:{sha256_file(path)};".encode())
     return digest.hexdigest()
 
 
 def record_fingerprint(method_dir: Path, fingerprint: str, measured: dict | None = None) -> None:
     """Mark a finished method's folder as reusable (written last, atomically), with what its run measured
     (peak memory, wall time), so that a row read back reports the costs of the run that made it."""
-    partial = Path(method_dir) / (FINGERPRINT_FILE + ".partial")
     record = {"fingerprint": fingerprint, "measured": measured or {}}
-    partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, Path(method_dir) / FINGERPRINT_FILE)
+    write_text_atomically(Path(method_dir) / FINGERPRINT_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def _read_record(method_dir: Path) -> dict:
