@@ -30,7 +30,8 @@ from pathlib import Path
 
 from .errors import UsageError
 from .integrity import write_text_atomically as _write_atomically
-from .model_card import RECIPE_FILE, StudentCard, build_model_card, recipe_yaml
+from .model_card import StudentCard, build_model_card
+from .model_card_body import RECIPE_FILE, recipe_yaml
 
 CARD_FILE = "README.md"
 WEIGHT_FILES = (
