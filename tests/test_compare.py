@@ -212,6 +212,21 @@ def test_probe_methods_train_a_few_steps_unscored_with_a_resident_quantized_teac
     assert lora["max_steps"] == 2 and lora.get("evaluate_after_training", True)
 
 
+def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
+    config = write_config(tmp_path, tiny_dirs, lora_base_dtype="bfloat16", student_eval_dtype="bfloat16")
+    student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config])
+    out = tmp_path / "m"
+
+    def dtype(name):
+        return compare.method_config(name, student_args, data_args, args, training, out)[1].get("dtype")
+
+    assert dtype("cd_lora") == dtype("pbft_lora") == dtype("zero_shot") == dtype("icl_student") == "bfloat16"
+    # full and BitFit students train their weights: float32, whatever the LoRA base is
+    assert dtype("cd_full") == dtype("cd_bitfit") == dtype("pbft_full") == "float32"
+    with pytest.raises(UsageError, match="lora_base_dtype 'int3'"):
+        compare.main(["--config", write_config(tmp_path, tiny_dirs, lora_base_dtype="int3")])
+
+
 def test_full_runs_every_row_and_no_probe(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, methods=["zero_shot", "cd_full"], probe_methods=["cd_full"])
     _, _, args, _ = parse_config(compare.CONFIG_TYPES, ["--config", config, "--full"])
