@@ -354,7 +354,6 @@ def print_table(summary: dict, run_dir) -> None:
         + "".join(
             f"; set-up of {name} (dequantized once) {seconds:.0f} s"
             for name, seconds in (settings.get("setup_seconds") or {}).items()
-            if seconds > 10
         )
     )
     print(format_table(summary))

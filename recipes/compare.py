@@ -272,8 +272,12 @@ def prepare_embedded_models(names) -> dict[str, float]:
     """Dequantize each embedded model that is not in the cache yet, in a child process (its peak memory is
     not this process's), and return the seconds each took: a first run's set-up, reported apart from the
     methods' time."""
+    from distill_trainer.embedded import embedded_model_dir
+
     seconds = {}
     for name in dict.fromkeys(n for n in names if n and str(n).startswith("embedded:")):
+        if embedded_model_dir(name).is_dir():
+            continue  # built before (each method still verifies it when it loads)
         began = time.perf_counter()
         code = (
             "import sys; from distill_trainer.embedded import materialize_embedded_model as m; m(sys.argv[1])"
