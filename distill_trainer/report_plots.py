@@ -44,11 +44,12 @@ def write_plots(summary: dict, run_dir: Path) -> list[Path]:
             (-0.2, "mnli", "MNLI (in-domain)"),
             (0.2, "hans", "HANS (out-of-domain)"),
         ):
+            # a task a method was not scored on gets no bar (NaN), not a bar at 0
             values = [row["eval"].get(task, {}).get(figure) for row in scored]
             errors = [1.96 * (row["eval"].get(task, {}).get(error) or 0) for row in scored]
             ax.bar(
                 [i + offset for i in x],
-                [v or 0 for v in values],
+                [float("nan") if v is None else v for v in values],
                 width=0.4,
                 yerr=errors,
                 capsize=3,
