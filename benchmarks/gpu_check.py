@@ -303,7 +303,7 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
         )
         tokenizer.save_pretrained(models / name)
     # count the prefix-cached teacher forwards, so "same losses" cannot come from the cache never running
-    import distill_trainer.prefix_cache as prefix_cache_module
+    import distill_trainer.teacher.prefix_cache as prefix_cache_module
 
     cached_calls = {"n": 0}
     original = prefix_cache_module.PrefixCachedTeacher.answer_logits

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill_trainer.units import GIB
+from distill_trainer.memory.units import GIB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Room left for the rest of the machine when deciding whether a scenario fits the available memory.
@@ -177,7 +177,7 @@ CACHE_TEACHER = CACHE_TEACHERS["8bit"]
 
 
 def model_config(architecture: str, tiny: bool):
-    from distill_trainer.memory_estimate import architecture_config
+    from distill_trainer.memory.estimate import architecture_config
 
     config = architecture_config(architecture)
     if tiny:
@@ -192,7 +192,7 @@ def build_student(scenario: Scenario, tiny: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distill_trainer.models import prepare_student
+    from distill_trainer.models.loading import prepare_student
 
     # fp32 explicitly: the published configs say float16 (the checkpoints' dtype), which from_config follows
     model = AutoModelForCausalLM.from_config(model_config(scenario.student, tiny), dtype=torch.float32)
@@ -206,7 +206,7 @@ def synthetic_views(
     a one-token answer for the teacher, BOS + query + answer for the student."""
     import random
 
-    from distill_trainer.views import answer_positions
+    from distill_trainer.views.text import answer_positions
 
     rng = random.Random(seed)
     bos = 2
@@ -239,7 +239,7 @@ def estimate(scenario: Scenario, settings: dict, batch_size: int | None = None, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distill_trainer.memory_estimate import estimate_peak_memory
+    from distill_trainer.memory.estimate import estimate_peak_memory
 
     with torch.device("meta"):
         student = build_student(scenario, settings["tiny"])
@@ -286,7 +286,7 @@ def _import_runtime():
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from distill_trainer import trainer  # noqa: F401
+    from distill_trainer.training import trainer  # noqa: F401
 
     if importlib.util.find_spec("bitsandbytes") is not None:
         import bitsandbytes  # noqa: F401
@@ -299,9 +299,9 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     from datasets import Dataset
 
     from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator
-    from distill_trainer.memory import MemoryCallback, MemoryTracker
-    from distill_trainer.memory_breakdown import memory_breakdown
-    from distill_trainer.models import count_parameters, load_causal_lm
+    from distill_trainer.memory.breakdown import memory_breakdown
+    from distill_trainer.memory.peak import MemoryCallback, MemoryTracker
+    from distill_trainer.models.loading import count_parameters, load_causal_lm
 
     torch.manual_seed(0)
     device = settings["device"]
@@ -422,7 +422,7 @@ def run_disk(settings: dict, checkpoint: str, workdir: str, sizes_too: bool = Tr
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from distill_trainer.models import load_causal_lm, prepare_student
+    from distill_trainer.models.loading import load_causal_lm, prepare_student
 
     tiny, sizes, notes = settings["tiny"], {}, []
     torch.manual_seed(0)

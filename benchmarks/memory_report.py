@@ -6,7 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
-from distill_trainer.units import GIB, MIB
+from distill_trainer.memory.units import GIB, MIB
 
 GOAL_CD_8BIT_LORA = 0.75  # peak reduction against PBFT of OPT-1.3B
 GOAL_CACHED = 0.90

@@ -69,11 +69,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views  # noqa: E402
 from distill_trainer.errors import UsageError  # noqa: E402
-from distill_trainer.memory import CpuMemoryMeter  # noqa: E402
-from distill_trainer.memory_breakdown import model_bytes, optimizer_state_bytes  # noqa: E402
-from distill_trainer.memory_estimate import architecture_config  # noqa: E402
-from distill_trainer.units import MIB  # noqa: E402
-from distill_trainer.views import SEPARATOR  # noqa: E402
+from distill_trainer.memory.breakdown import model_bytes, optimizer_state_bytes  # noqa: E402
+from distill_trainer.memory.estimate import architecture_config  # noqa: E402
+from distill_trainer.memory.peak import CpuMemoryMeter  # noqa: E402
+from distill_trainer.memory.units import MIB  # noqa: E402
+from distill_trainer.views.text import SEPARATOR  # noqa: E402
 
 if __package__:  # imported as benchmarks.speed
     from benchmarks import flops, teacher_pass  # noqa: E402
@@ -121,16 +121,14 @@ SMOLLM2_135M = dict(
 
 def load_rows(num_demonstrations: int, num_queries: int, seed: int = 0):
     """Demonstrations (rendered) and query rows: MNLI from the local data dir, else the test fixture slice."""
-    from distill_trainer.tasks import (
+    from distill_trainer.nli.demonstrations import (
         balanced_subset,
-        get_pattern,
-        get_task,
-        load_split,
         render_demonstrations,
-        resolve_data_dir,
         row_key,
         sample_demonstrations,
     )
+    from distill_trainer.nli.patterns import get_pattern
+    from distill_trainer.nli.tasks import get_task, load_split, resolve_data_dir
 
     task, pattern = get_task("mnli"), get_pattern(PATTERN, 2)
     data_dir = resolve_data_dir("auto") or REPO / "tests" / "data"
@@ -204,7 +202,7 @@ def data_tokenizer(vocab_size: int = 8192):
 def embedded_smollm2():
     """(directory, tokenizer) of the embedded SmolLM2-135M, or None when its package is not installed."""
     try:
-        from distill_trainer.models import load_tokenizer, resolve_model_path
+        from distill_trainer.models.loading import load_tokenizer, resolve_model_path
 
         path = resolve_model_path("embedded:smollm2-135m")
         return path, load_tokenizer(path)
@@ -272,7 +270,7 @@ def pair_with_tokenizers(name: str):
 def real_pair(name: str):
     """(teacher, student, student tokenizer, teacher tokenizer or None when the vocabularies are equal,
     description) of a pair of embedded checkpoints, fp32."""
-    from distill_trainer.models import load_causal_lm, load_tokenizer
+    from distill_trainer.models.loading import load_causal_lm, load_tokenizer
 
     teacher_name, student_name = REAL_PAIRS[name]
     tokenizer, teacher_tokenizer = load_tokenizer(student_name), load_tokenizer(teacher_name)
@@ -496,7 +494,7 @@ def run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter) -
     (alternating), and `icl_cached_queries` rows with it, where the one-off prefix pass is amortised as in
     a real evaluation set. Without the cache, time grows linearly with the rows, so its per-query time
     holds for any count."""
-    from distill_trainer.evaluation import score_label_words
+    from distill_trainer.nli.evaluation import score_label_words
 
     texts = [pattern.query(row) for row in rows]
     block = SEPARATOR.join(demonstrations)

@@ -24,12 +24,12 @@ import torch
 from transformers import AutoConfig
 
 from distill_trainer import parse_config
-from distill_trainer.metrics.nli import roc_auc
-from distill_trainer.models import load_causal_lm, load_tokenizer, resolve_model_path
-from distill_trainer.output_cache import teacher_source_fingerprint
-from distill_trainer.run_data import model_max_length, prepare_data, reseeded
-from distill_trainer.task_evaluation import content_free_scores, evaluate_set
-from distill_trainer.teacher_ensemble import combine_members, content_free_distribution
+from distill_trainer.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from distill_trainer.nli.data import model_max_length, prepare_data, reseeded
+from distill_trainer.nli.metrics.nli import roc_auc
+from distill_trainer.nli.task_evaluation import content_free_scores, evaluate_set
+from distill_trainer.teacher.ensemble import combine_members, content_free_distribution
+from distill_trainer.teacher.output_cache import teacher_source_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {  # name -> (sets used, average, calibration)

@@ -112,8 +112,8 @@ def load_data(tokenizer, config_path, queries: int, quick: bool):
     of a recipe YAML; `--quick` reads the test fixture slice instead."""
     import yaml
 
-    from distill_trainer.data_arguments import DataArguments
-    from distill_trainer.run_data import build_view_dataset, first_token_ids, prepare_data
+    from distill_trainer.nli.arguments import DataArguments
+    from distill_trainer.nli.data import build_view_dataset, first_token_ids, prepare_data
 
     if quick:
         fields = dict(task="mnli", pattern="gpt3", k=2, data_dir=str(REPO / "tests" / "data"))
@@ -135,7 +135,7 @@ def load_teacher(name: str, quick: bool):
 
         tokenizer = build_tokenizer()
         return build_model(len(tokenizer), seed=0, hidden_size=64), tokenizer, "tiny Llama (random init)"
-    from distill_trainer.models import load_causal_lm, load_tokenizer
+    from distill_trainer.models.loading import load_causal_lm, load_tokenizer
 
     return load_causal_lm(name), load_tokenizer(name), name
 
@@ -163,8 +163,8 @@ def padding_share(suffix_lengths: list[int], batch_size: int, sort: bool, pack: 
 
 def run_setting(model, dataset, collator, label_ids, setting: Setting) -> dict:
     """One full label-word pass under `setting`: (label log-probs per row, seconds, one-off seconds)."""
-    from distill_trainer.output_cache import compute_teacher_outputs
-    from distill_trainer.prefix_cache import TeacherAnswerLogits
+    from distill_trainer.teacher.output_cache import compute_teacher_outputs
+    from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 
     torch.set_num_threads(setting.threads)
     if setting.precision == "bf16-weights" and model.dtype != torch.bfloat16:
@@ -218,8 +218,8 @@ def profile_batch(model, dataset, collator, label_ids, batch_size: int, top: int
     """Self CPU time by operator over one baseline batch (prefix cache built beforehand, not profiled)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from distill_trainer.output_cache import compute_teacher_outputs
-    from distill_trainer.prefix_cache import TeacherAnswerLogits
+    from distill_trainer.teacher.output_cache import compute_teacher_outputs
+    from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 
     runner = TeacherAnswerLogits(pack=False)  # the baseline's padded batch
     rows = dataset.select(range(min(batch_size, len(dataset))))
@@ -344,7 +344,7 @@ def main(argv=None) -> dict:
 
     import transformers
 
-    from distill_trainer.views import TwoViewCollator
+    from distill_trainer.views.text import TwoViewCollator
 
     started = time.perf_counter()
     load_average = " / ".join(f"{x:.1f}" for x in os.getloadavg())

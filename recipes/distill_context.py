@@ -24,17 +24,16 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.chat_views import chat_prompt_ids
-from distill_trainer.context_config import ContextDataArguments
-from distill_trainer.context_data import load_context_rows
-from distill_trainer.context_report import format_report, write_report
-from distill_trainer.context_run import ChatTeacher, chat_view_dataset, measure_student
-from distill_trainer.data_report import print_reports
+from distill_trainer.context.config import ContextDataArguments
+from distill_trainer.context.data import load_context_rows
+from distill_trainer.context.generation_eval import reply_records, rule_following
+from distill_trainer.context.report import format_report, write_report
+from distill_trainer.context.steps import ChatTeacher, chat_view_dataset, measure_student
 from distill_trainer.errors import UsageError
-from distill_trainer.generation_eval import reply_records, rule_following
-from distill_trainer.hub import save_student
-from distill_trainer.models import load_causal_lm, load_tokenizer
-from distill_trainer.runner import (
+from distill_trainer.models.loading import load_causal_lm, load_tokenizer
+from distill_trainer.nli.row_checks import print_reports
+from distill_trainer.report.hub import save_student
+from distill_trainer.run.runner import (
     load_student,
     no_partial_output_dir,
     run_recipe,
@@ -42,6 +41,7 @@ from distill_trainer.runner import (
     write_outputs,
     write_resolved_config,
 )
+from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_context"
 CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)

@@ -16,19 +16,18 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
-from distill_trainer.memory import MemoryTracker
-from distill_trainer.models import count_parameters, load_causal_lm, load_tokenizer, resolve_model_path
-from distill_trainer.output_cache import teacher_source_fingerprint
-from distill_trainer.run_data import first_token_ids, model_max_length, reseeded
-from distill_trainer.runner import (
-    evaluate_on_tasks,
-    no_partial_output_dir,
-    print_summary,
-    run_recipe,
-    write_outputs,
+from distill_trainer.memory.peak import MemoryTracker
+from distill_trainer.models.loading import (
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_path,
 )
-from distill_trainer.task_evaluation import format_spread, seed_spread
-from distill_trainer.validate import validate_recipe
+from distill_trainer.nli.data import first_token_ids, model_max_length, reseeded
+from distill_trainer.nli.task_evaluation import evaluate_on_tasks, format_spread, seed_spread
+from distill_trainer.run.runner import no_partial_output_dir, print_summary, run_recipe, write_outputs
+from distill_trainer.run.validate import validate_recipe
+from distill_trainer.teacher.output_cache import teacher_source_fingerprint
 
 RECIPE = "icl_eval"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)

@@ -24,15 +24,15 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.hub import save_student, ship_student
-from distill_trainer.memory import MemoryTracker, peak_mib_by_phase
-from distill_trainer.model_card import card_for_recipe
-from distill_trainer.models import load_tokenizer
-from distill_trainer.run_data import build_view_dataset, first_token_ids
-from distill_trainer.runner import (
+from distill_trainer.memory.peak import MemoryTracker, peak_mib_by_phase
+from distill_trainer.models.loading import load_tokenizer
+from distill_trainer.nli.data import build_view_dataset, first_token_ids
+from distill_trainer.nli.task_evaluation import evaluate_on_tasks
+from distill_trainer.report.hub import save_student, ship_student
+from distill_trainer.report.model_card import card_for_recipe
+from distill_trainer.run.runner import (
     describe_student,
     describe_training,
-    evaluate_on_tasks,
     load_student,
     no_partial_output_dir,
     print_summary,
@@ -42,7 +42,7 @@ from distill_trainer.runner import (
     write_outputs,
     write_resolved_config,
 )
-from distill_trainer.validate import validate_recipe
+from distill_trainer.run.validate import validate_recipe
 
 RECIPE = "pattern_finetune"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)

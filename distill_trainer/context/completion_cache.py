@@ -20,11 +20,11 @@ import json
 import logging
 from pathlib import Path
 
-from .cache_paths import cache_home
-from .chat_views import chat_prompt_ids, shared_prefix_length, stop_token_ids
-from .errors import UsageError
-from .generation import GenerationSettings, generate_replies
-from .integrity import write_text_atomically
+from distill_trainer.cache_paths import cache_home
+from distill_trainer.context.generation import GenerationSettings, generate_replies
+from distill_trainer.errors import UsageError
+from distill_trainer.integrity import write_text_atomically
+from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
 
 logger = logging.getLogger(__name__)
 # bump when the stored layout or the way replies are produced changes: old files then stop matching

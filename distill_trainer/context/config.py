@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .chat_views import CONTEXT_PLACEMENTS
-from .errors import UsageError
-from .generation import GenerationSettings
-from .reply_checks import CHECKERS
+from distill_trainer.context.generation import GenerationSettings
+from distill_trainer.context.reply_checks import CHECKERS
+from distill_trainer.errors import UsageError
+from distill_trainer.views.chat import CONTEXT_PLACEMENTS
 
 
 @dataclass

@@ -23,8 +23,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .data_report import DataReport
-from .errors import UsageError
+from distill_trainer.errors import UsageError
+from distill_trainer.nli.row_checks import DataReport
 
 DEFAULT_PROMPT, DEFAULT_CONTEXT, SDFT_CONTEXT = "prompt", "context", "privileged_context"
 DEFAULT_COMPLETION, DEFAULT_MESSAGES = "completion", "messages"

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import UsageError
+from distill_trainer.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def generate_replies(
         progress: a tqdm description, or None for no progress bar.
         on_batch: called with (prompt indices, their replies) after each batch, e.g. to store them.
     """
-    from .prefix_cache import PrefixCachedTeacher
+    from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
 
     if not prompts:
         return []

@@ -14,11 +14,11 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from .answer_logits import answer_logits
-from .chat_views import chat_prompt_ids, shared_prefix_length, stop_token_ids
-from .generation import GenerationSettings, generate_replies
-from .losses import token_divergence
-from .reply_checks import get_checker
+from distill_trainer.context.generation import GenerationSettings, generate_replies
+from distill_trainer.context.reply_checks import get_checker
+from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.training.losses import token_divergence
+from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
 
 
 def generate_for_rows(

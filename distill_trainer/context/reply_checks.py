@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import re
 
-from .errors import UsageError
+from distill_trainer.errors import UsageError
 
 _FENCE = re.compile(r"^```[ \t]*(python|py)?[ \t]*\n(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .integrity import write_text_atomically
+from distill_trainer.integrity import write_text_atomically
 
 ROWS = (
     ("teacher", "teacher, with the context"),

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from .chat_views import build_chat_views, shared_prefix_length
-from .completion_cache import teacher_completions
-from .errors import UsageError
-from .generation import GenerationSettings
-from .generation_eval import completion_kl, generate_for_rows, rule_following
-from .output_cache import teacher_fingerprint, teacher_source_fingerprint
-from .prefix_cache import TeacherAnswerLogits
-from .views import TwoViewCollator
+from distill_trainer.context.completion_cache import teacher_completions
+from distill_trainer.context.generation import GenerationSettings
+from distill_trainer.context.generation_eval import completion_kl, generate_for_rows, rule_following
+from distill_trainer.errors import UsageError
+from distill_trainer.teacher.output_cache import teacher_fingerprint, teacher_source_fingerprint
+from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
+from distill_trainer.views.chat import build_chat_views, shared_prefix_length
+from distill_trainer.views.text import TwoViewCollator
 
 
 @dataclass

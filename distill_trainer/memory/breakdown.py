@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .units import MIB
+from distill_trainer.memory.units import MIB
 
 
 def _quantization_stats(param) -> list[torch.Tensor]:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .config import QUANTIZATIONS
-from .errors import UsageError
-from .memory_breakdown import unique_parameters
-from .units import MIB
+from distill_trainer.errors import UsageError
+from distill_trainer.memory.breakdown import unique_parameters
+from distill_trainer.memory.units import MIB
+from distill_trainer.training.config import QUANTIZATIONS
 
 ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
 

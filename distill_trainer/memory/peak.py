@@ -43,8 +43,8 @@ import threading
 import torch
 from transformers import TrainerCallback
 
-from .errors import UsageError
-from .units import MIB
+from distill_trainer.errors import UsageError
+from distill_trainer.memory.units import MIB
 
 # ---------------------------------------------------------------------------------------------------
 # meters: the current and peak memory of one kind, with a resettable peak

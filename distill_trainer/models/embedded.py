@@ -36,9 +36,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache_paths import CACHE_ENV, cache_home  # noqa: F401  (re-exported)
-from .errors import UsageError
-from .integrity import file_records, files_problem, sha256_file
+from distill_trainer.cache_paths import CACHE_ENV, cache_home  # noqa: F401  (re-exported)
+from distill_trainer.errors import UsageError
+from distill_trainer.integrity import file_records, files_problem, sha256_file
 
 logger = logging.getLogger(__name__)
 

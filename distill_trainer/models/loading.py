@@ -13,8 +13,8 @@ import platform
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .config import QUANTIZATIONS
-from .errors import UsageError
+from distill_trainer.errors import UsageError
+from distill_trainer.training.config import QUANTIZATIONS
 
 EMBEDDED_PREFIX = "embedded:"
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def resolve_model_path(name_or_path: str) -> str:
             "no model given; set model_name_or_path (a Hub id, a local directory or an embedded alias)"
         )
     if name_or_path.startswith(EMBEDDED_PREFIX):
-        from .embedded import materialize_embedded_model
+        from distill_trainer.models.embedded import materialize_embedded_model
 
         return str(materialize_embedded_model(name_or_path))
     return name_or_path

@@ -56,7 +56,7 @@ def describe_base(name_or_path: str | None) -> BaseModel:
 def embedded_spec(name_or_path: str):
     """(alias, EmbeddedModel) when `name_or_path` is an embedded alias or a folder materialised from one;
     else None. A folder is recognised by the marker its build writes, so any cache location works."""
-    from .embedded import EMBEDDED_MODELS, MARKER, PREFIX
+    from distill_trainer.models.embedded import EMBEDDED_MODELS, MARKER, PREFIX
 
     alias = None
     if name_or_path.startswith(PREFIX):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import UsageError
-from .patterns import PATTERNS, Pattern, get_pattern
-from .tasks import CUSTOM, DATA_ENV, DATA_SOURCES, TASKS, get_task
+from distill_trainer.errors import UsageError
+from distill_trainer.nli.patterns import CUSTOM, PATTERNS, Pattern, get_pattern
+from distill_trainer.nli.tasks import DATA_ENV, DATA_SOURCES, TASKS, get_task
 
 CALIBRATIONS = ("none", "content_free", "batch")
 

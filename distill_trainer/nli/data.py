@@ -13,25 +13,21 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .data_arguments import DataArguments
-from .data_report import print_reports
-from .demonstrations import member_seed
-from .errors import UsageError
-from .evaluation import label_token_ids
-from .tasks import (
-    SEPARATOR,
-    TASKS,
+from distill_trainer.errors import UsageError
+from distill_trainer.nli.arguments import DataArguments
+from distill_trainer.nli.demonstrations import (
     DemonstrationSampler,
-    NLITask,
-    Pattern,
     balanced_subset,
     fit_demonstrations,
-    get_task,
-    load_split,
+    member_seed,
     per_subcase_subset,
     row_key,
 )
-from .views import build_views
+from distill_trainer.nli.evaluation import label_token_ids
+from distill_trainer.nli.patterns import Pattern
+from distill_trainer.nli.row_checks import print_reports
+from distill_trainer.nli.tasks import TASKS, NLITask, get_task, load_split
+from distill_trainer.views.text import SEPARATOR, build_views
 
 
 @dataclass

@@ -12,9 +12,9 @@ import random
 
 from datasets import Dataset
 
-from .errors import UsageError
-from .patterns import Pattern
-from .views import SEPARATOR
+from distill_trainer.errors import UsageError
+from distill_trainer.nli.patterns import Pattern
+from distill_trainer.views.text import SEPARATOR
 
 
 def row_key(row) -> tuple[str, str]:
@@ -199,7 +199,7 @@ def fit_demonstrations(
     The query and answer are never truncated. When the prompt is too long this fails with the lengths,
     or, with `drop`, leaves out trailing demonstrations until it fits.
     """
-    from .views import build_views
+    from distill_trainer.views.text import build_views
 
     if max_length is None:
         return demonstrations

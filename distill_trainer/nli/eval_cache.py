@@ -17,9 +17,9 @@ import json
 import logging
 from pathlib import Path
 
-from .cache_paths import cache_home
-from .finite import nonfinite_records
-from .integrity import write_text_atomically
+from distill_trainer.cache_paths import cache_home
+from distill_trainer.finite import nonfinite_records
+from distill_trainer.integrity import write_text_atomically
 
 logger = logging.getLogger(__name__)
 FORMAT = 1

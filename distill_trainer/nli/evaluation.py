@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .answer_logits import answer_logits
-from .errors import UsageError
-from .finite import nonfinite_rows, refuse_nonfinite
-from .prefix_cache import PrefixCachedTeacher
-from .tasks import SEPARATOR, NLITask, Pattern, fit_demonstrations
-from .views import TwoViewCollator, build_views
+from distill_trainer.errors import UsageError
+from distill_trainer.finite import nonfinite_rows, refuse_nonfinite
+from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.nli.demonstrations import fit_demonstrations
+from distill_trainer.nli.patterns import Pattern
+from distill_trainer.nli.tasks import NLITask
+from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
+from distill_trainer.views.text import SEPARATOR, TwoViewCollator, build_views
 
 METRIC_PATH = Path(__file__).parent / "metrics" / "nli.py"
 

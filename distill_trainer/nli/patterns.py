@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UsageError
+from distill_trainer.errors import UsageError
 
 
 @dataclass(frozen=True)

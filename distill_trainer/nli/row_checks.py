@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .errors import UsageError
-from .provenance import DataSource
+from distill_trainer.errors import UsageError
+from distill_trainer.models.provenance import DataSource
 
 DROP_HINT = (
     "fix or remove the row, or set drop_invalid_rows: true to drop such rows (counted in metrics.json)"

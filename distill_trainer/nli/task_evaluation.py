@@ -18,12 +18,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .eval_cache import evaluation_key, load_evaluation, store_evaluation
-from .evaluation import LabelWordScores, evaluate_task, label_token_ids, score_label_words, task_metrics
-from .run_data import NLIData
-from .tasks import get_task
-from .teacher_ensemble import combine_members, content_free_distribution, content_free_rows
-from .views import SEPARATOR
+from distill_trainer.nli.data import NLIData
+from distill_trainer.nli.eval_cache import evaluation_key, load_evaluation, store_evaluation
+from distill_trainer.nli.evaluation import (
+    LabelWordScores,
+    evaluate_task,
+    label_token_ids,
+    score_label_words,
+    task_metrics,
+)
+from distill_trainer.nli.tasks import get_task
+from distill_trainer.teacher.ensemble import combine_members, content_free_distribution, content_free_rows
+from distill_trainer.views.text import SEPARATOR
 
 
 @dataclass

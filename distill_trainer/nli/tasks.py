@@ -21,20 +21,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .demonstrations import (  # noqa: F401  (re-exported: the data flow's names, importable from tasks)
-    DemonstrationSampler,
-    balanced_indices,
-    balanced_subset,
-    fit_demonstrations,
-    per_subcase_subset,
-    pinned_demonstrations,
-    render_demonstrations,
-    row_key,
-    sample_demonstrations,
-)
-from .errors import UsageError
-from .patterns import CUSTOM, PATTERNS, Pattern, check_template, get_pattern  # noqa: F401  (re-exported)
-from .views import SEPARATOR  # noqa: F401  (re-exported)
+from distill_trainer.errors import UsageError
+from distill_trainer.nli.patterns import CUSTOM, PATTERNS, Pattern, check_template, get_pattern  # noqa: F401  (re-exported)
+from distill_trainer.views.text import SEPARATOR  # noqa: F401  (re-exported)
 
 DATA_ENV = "DISTILL_TRAINER_DATA"
 # a source checkout ships the offline MNLI and HANS files in data/ (see data/README.md)
@@ -246,8 +235,10 @@ def load_split(
     `data_file` reads that JSONL file (same columns and label ids) instead of the split. Rows the task
     cannot use are errors unless `drop_invalid_rows` (see `data_report.check_rows`); what was read, kept
     and dropped is appended to `reports` (a `DataReport`)."""
-    from .data_report import check_rows
-    from .provenance import data_source as rows_source  # `data_source` is an argument here
+    from distill_trainer.models.provenance import (
+        data_source as rows_source,  # `data_source` is an argument here
+    )
+    from distill_trainer.nli.row_checks import check_rows
 
     directory = None if data_file else resolve_data_dir(data_source, data_dir)
     lines = None

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 
-from .errors import UsageError
-from .finite import nonfinite_records
-from .metrics.nli import roc_auc
+from distill_trainer.errors import UsageError
+from distill_trainer.finite import nonfinite_records
+from distill_trainer.nli.metrics.nli import roc_auc
 
 TEACHER, ZERO_SHOT = "icl_teacher", "zero_shot"
 BOOTSTRAP_SAMPLES = 1000

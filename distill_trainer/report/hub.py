@@ -1,11 +1,11 @@
 """Ship a trained student: a model card, one self-contained folder, and an optional Hub push.
 
-    from distill_trainer.hub import save_student, ship_student
-    from distill_trainer.model_card import card_for_recipe
+    from distill_trainer.report.hub import save_student, ship_student
+    from distill_trainer.report.model_card import card_for_recipe
 
     trainer.train()
     save_student(trainer, config.output_dir)  # the weights are safe on disk before evaluating
-    metrics = {"mnli": {...}, "hans": {...}}  # {task: metrics} as distill_trainer.evaluation computes them
+    metrics = {"mnli": {...}, "hans": {...}}  # {task: metrics} as nli.evaluation computes them
     card = card_for_recipe(student_args, config, metrics, "mnli", data_reports=data.reports)
     ship_student(trainer, config.output_dir, card=card, recipe=config.recipe, write_weights=False)
 
@@ -28,9 +28,9 @@ import copy
 import os
 from pathlib import Path
 
-from .errors import UsageError
-from .integrity import write_text_atomically as _write_atomically
-from .model_card import RECIPE_FILE, StudentCard, build_model_card, recipe_yaml
+from distill_trainer.errors import UsageError
+from distill_trainer.integrity import write_text_atomically as _write_atomically
+from distill_trainer.report.model_card import RECIPE_FILE, StudentCard, build_model_card, recipe_yaml
 
 CARD_FILE = "README.md"
 WEIGHT_FILES = (
@@ -123,7 +123,7 @@ def _weights_are_sharded(trainer) -> bool:
 
 
 def _record_hub_base(model) -> None:
-    from .provenance import describe_base
+    from distill_trainer.models.provenance import describe_base
 
     for config in model.peft_config.values():
         base = describe_base(config.base_model_name_or_path)
@@ -154,7 +154,7 @@ def check_student_folder(folder) -> Path:
     if missing:
         raise UsageError(
             f"{folder} is not a complete saved student (missing: {', '.join(missing)}); save it first with "
-            "distill_trainer.hub.save_student(trainer, folder, card=...)"
+            "distill_trainer.report.hub.save_student(trainer, folder, card=...)"
         )
     return folder
 
@@ -221,7 +221,7 @@ def _check_adapter_base(folder: Path, repo_id: str) -> None:
     """An adapter loads only where its base model does: refuse to publish one whose base is a local folder."""
     import json
 
-    from .provenance import describe_base
+    from distill_trainer.models.provenance import describe_base
 
     path = folder / "adapter_config.json"
     if not path.is_file():
@@ -234,8 +234,8 @@ def _check_adapter_base(folder: Path, repo_id: str) -> None:
         raise UsageError(
             f"not pushing {folder} to {repo_id}: its LoRA adapter's base model {base!r} is a local folder "
             "with no Hub id, so nobody who downloads the adapter could load it; save the student with "
-            "merge_lora=True (distill_trainer.hub.save_student or ship_student) to push a plain model, "
-            "or train on a Hub model id"
+            "merge_lora=True (distill_trainer.report.hub: save_student or ship_student) to push a plain "
+            "model, or train on a Hub model id"
         )
 
 

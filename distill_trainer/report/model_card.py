@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .provenance import HUB_ID, describe_base
+from distill_trainer.models.provenance import HUB_ID, describe_base
 
 RECIPE_FILE = "recipe.yaml"  # the recipe's file name next to the weights
 PAPER_CITATION = """@article{duan2024incontext,
@@ -120,12 +120,12 @@ class StudentCard:
 
 
 def eval_summaries(metrics_by_task: dict, train_task: str, data_reports=()) -> list[EvalSummary]:
-    """The recipes' evaluation metrics ({task: metrics}, see `distill_trainer.evaluation.task_metrics`) as
+    """The recipes' evaluation metrics ({task: metrics}, see `distill_trainer.nli.evaluation.task_metrics`) as
     card results: the training task is in-domain, every other task out-of-domain; HANS gets its per-heuristic
     breakdown (accuracy on each label matters there: at chance, accuracy alone hides a yes/no bias).
     `data_reports` (the `DataReport`s of the files read) name each task's rows by what they are; a task
     without one is named by the task only, and is not claimed as a Hub dataset's result."""
-    from .tasks import TASKS
+    from distill_trainer.nli.tasks import TASKS
 
     read = _reports_by_split(data_reports)
     summaries = []
@@ -180,7 +180,7 @@ def card_for_recipe(
     ({task: metrics} as recipes record them), its prompt (a `tasks.Pattern`), and, from `data_reports`
     (`NLIData.reports`), what the training and evaluation rows are: the card's `datasets` lists the Hub
     datasets the training rows are rows of, nothing it cannot name."""
-    from .tasks import TASKS
+    from distill_trainer.nli.tasks import TASKS
 
     task = TASKS.get(train_task)
     trained_on = [

@@ -16,8 +16,8 @@ import json
 import math
 from pathlib import Path
 
-from .findings import findings, paper_claims
-from .units import MIB
+from distill_trainer.memory.units import MIB
+from distill_trainer.report.findings import findings, paper_claims
 
 TEACHER_METHOD = "icl_teacher"
 ACCURACY_PLOT = "accuracy.png"

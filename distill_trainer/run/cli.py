@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from distill_trainer.errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,9 +49,9 @@ def recipe_of(config_path: str) -> str | None:
 
 
 def run_validate(args, overrides: list[str]) -> int:
-    from .config import DistillationConfig, StudentArguments, parse_config
-    from .data_arguments import DataArguments
-    from .validate import RECIPES, describe, validate_recipe
+    from distill_trainer.nli.arguments import DataArguments
+    from distill_trainer.run.validate import RECIPES, describe, validate_recipe
+    from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
 
     recipe = args.recipe or recipe_of(args.config)
     if recipe not in RECIPES:
@@ -95,14 +95,14 @@ def add_validate_command(subcommands) -> None:
 
 
 def run_evaluate(args, overrides: list[str]) -> int:
-    from .evaluate_command import evaluate_file
+    from distill_trainer.run.evaluate_command import evaluate_file
 
     evaluate_file(args)
     return 0
 
 
 def add_evaluate_command(subcommands) -> None:
-    from .evaluate_command import add_arguments
+    from distill_trainer.run.evaluate_command import add_arguments
 
     parser = subcommands.add_parser(
         "evaluate",
@@ -117,14 +117,14 @@ def add_evaluate_command(subcommands) -> None:
 
 
 def run_evaluate_replies(args, overrides: list[str]) -> int:
-    from .reply_command import evaluate_replies
+    from distill_trainer.run.reply_command import evaluate_replies
 
     evaluate_replies(args)
     return 0
 
 
 def add_evaluate_replies_command(subcommands) -> None:
-    from .reply_command import add_arguments
+    from distill_trainer.run.reply_command import add_arguments
 
     parser = subcommands.add_parser(
         "evaluate-replies",

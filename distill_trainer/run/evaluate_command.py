@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UsageError
+from distill_trainer.errors import UsageError
 
 ADAPTER_CONFIG = "adapter_config.json"
 RECIPE_CONFIG = "resolved_config.yaml"
@@ -38,7 +38,7 @@ def positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import DTYPES
+    from distill_trainer.training.config import DTYPES
 
     parser.add_argument(
         "--model",
@@ -119,8 +119,8 @@ def check_data_file(data: str) -> None:
 def check_model_folder(model: str):
     """Before any weights load: the model (or a LoRA adapter's base model) has a loadable tokenizer and
     a causal-LM config. Returns (tokenizer, config) of the model that will be scored."""
-    from .provenance import trained_base
-    from .validate_models import load_config_checked, load_tokenizer_checked
+    from distill_trainer.models.provenance import trained_base
+    from distill_trainer.run.validate_models import load_config_checked, load_tokenizer_checked
 
     folder = Path(model)
     if folder.is_dir() and not (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
@@ -149,8 +149,8 @@ def check_model_folder(model: str):
 
 def load_model_and_tokenizer(model: str, dtype: str = "float32"):
     """A full model (folder, Hub id, alias), or a LoRA adapter folder on top of its base model."""
-    from .models import load_causal_lm, load_tokenizer
-    from .provenance import trained_base
+    from distill_trainer.models.loading import load_causal_lm, load_tokenizer
+    from distill_trainer.models.provenance import trained_base
 
     folder = Path(model)
     if not (folder / ADAPTER_CONFIG).is_file():
@@ -174,21 +174,20 @@ def load_model_and_tokenizer(model: str, dtype: str = "float32"):
 
 def evaluate_file(args) -> dict:
     """Run the evaluation `args` describe; returns {"metrics": ..., "predictions": ...}."""
-    from .data_arguments import DataArguments
-    from .data_report import print_reports
-    from .evaluation import evaluate_task
-    from .output_dir import check_output_location
-    from .run_data import model_max_length
-    from .runner import format_summary
-    from .tasks import (
+    from distill_trainer.nli.arguments import DataArguments
+    from distill_trainer.nli.data import model_max_length
+    from distill_trainer.nli.demonstrations import (
         DemonstrationSampler,
         balanced_subset,
         fit_demonstrations,
-        get_task,
-        load_split,
         row_key,
     )
-    from .validate_models import check_rows_fit
+    from distill_trainer.nli.evaluation import evaluate_task
+    from distill_trainer.nli.row_checks import print_reports
+    from distill_trainer.nli.tasks import get_task, load_split
+    from distill_trainer.run.output_dir import check_output_location
+    from distill_trainer.run.runner import format_summary
+    from distill_trainer.run.validate_models import check_rows_fit
 
     if args.output_dir is not None:  # before any scoring: a bad output_dir must not waste the run
         check_output_location(args.output_dir)

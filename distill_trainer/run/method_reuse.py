@@ -22,7 +22,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from .integrity import sha256_file, write_text_atomically
+from distill_trainer.integrity import sha256_file, write_text_atomically
 
 FINGERPRINT_FILE = "fingerprint.json"
 MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
@@ -32,7 +32,7 @@ IGNORED_KEYS = ("output_dir", "run_name", "logging_dir")
 
 def _data_paths(values: dict) -> list[Path]:
     """Every data file the method reads: files its config names, and the JSONL files of its data folder."""
-    from .tasks import resolve_data_dir
+    from distill_trainer.nli.tasks import resolve_data_dir
 
     paths = []
     for key, value in sorted(values.items()):
@@ -49,8 +49,8 @@ def _data_paths(values: dict) -> list[Path]:
 
 def method_fingerprint(recipe: str, values: dict) -> str:
     """A digest of what a method's result depends on (see the module docstring)."""
-    from .models import resolve_model_path
-    from .output_cache import teacher_source_fingerprint
+    from distill_trainer.models.loading import resolve_model_path
+    from distill_trainer.teacher.output_cache import teacher_source_fingerprint
 
     digest = hashlib.sha256()
     config = {k: v for k, v in values.items() if k not in IGNORED_KEYS}

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import UsageError
+from distill_trainer.errors import UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # folders of a source checkout (or of site-packages) that hold the project itself, never a run's outputs

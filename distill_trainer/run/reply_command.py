@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UsageError
-from .evaluate_command import RECIPE_CONFIG, load_model_and_tokenizer, positive_int
+from distill_trainer.errors import UsageError
+from distill_trainer.run.evaluate_command import RECIPE_CONFIG, load_model_and_tokenizer, positive_int
 
 # settings read from a recipe's resolved config beside the model, unless given on the command line
 SAVED_KEYS = (
@@ -75,13 +75,13 @@ def _settings(args) -> dict:
 
 
 def evaluate_replies(args) -> dict:
-    from .context_config import ContextDataArguments
-    from .context_data import load_context_rows
-    from .context_run import ChatTeacher, chat_view_dataset, measure_student
-    from .data_report import print_reports
-    from .generation_eval import rule_following
-    from .models import load_causal_lm
-    from .output_dir import check_output_location
+    from distill_trainer.context.config import ContextDataArguments
+    from distill_trainer.context.data import load_context_rows
+    from distill_trainer.context.generation_eval import rule_following
+    from distill_trainer.context.steps import ChatTeacher, chat_view_dataset, measure_student
+    from distill_trainer.models.loading import load_causal_lm
+    from distill_trainer.nli.row_checks import print_reports
+    from distill_trainer.run.output_dir import check_output_location
 
     if args.output_dir is not None:  # before any generation: a bad output_dir must not waste the run
         check_output_location(args.output_dir)
@@ -155,8 +155,8 @@ def _print(summary: dict) -> None:
 
 
 def _write(output_dir: Path, summary: dict, rows: list[dict], result: dict) -> None:
-    from .generation_eval import reply_records
-    from .runner import _write_atomically
+    from distill_trainer.context.generation_eval import reply_records
+    from distill_trainer.integrity import _write_atomically
 
     output_dir.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(record) + "\n" for record in reply_records(rows, result)]

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoints import parse_resume_setting, resolve_resume, run_results
-from .errors import UsageError
-from .models import warn_if_bf16_is_slow
-from .output_dir import check_output_location
-from .run_data import NLIData, prepare_data
-from .runner import resolved_config
-from .validate_models import check_models_and_prompts
+from distill_trainer.errors import UsageError
+from distill_trainer.models.loading import warn_if_bf16_is_slow
+from distill_trainer.nli.data import NLIData, prepare_data
+from distill_trainer.run.output_dir import check_output_location
+from distill_trainer.run.runner import resolved_config
+from distill_trainer.run.validate_models import check_models_and_prompts
+from distill_trainer.training.checkpoints import parse_resume_setting, resolve_resume, run_results
 
 # settings a resumed run may change: where and how often it logs, saves and reports, not what it computes
 RESUME_MAY_CHANGE = {

@@ -5,10 +5,10 @@ every prompt against the model's position limit.
 
 from __future__ import annotations
 
-from .errors import UsageError
-from .models import bias_switches_to_add, check_lora_target_modules, resolve_model_path
-from .run_data import NLIData, first_token_ids, model_max_length
-from .tasks import fit_demonstrations
+from distill_trainer.errors import UsageError
+from distill_trainer.models.loading import bias_switches_to_add, check_lora_target_modules, resolve_model_path
+from distill_trainer.nli.data import NLIData, first_token_ids, model_max_length
+from distill_trainer.nli.demonstrations import fit_demonstrations
 
 EMBEDDED_HINT = (
     "give a local model directory, an embedded alias such as embedded:smollm2-135m, or a Hub id "
@@ -29,7 +29,7 @@ def _load(what: str, role: str, name: str, loader):
 
 
 def load_tokenizer_checked(role: str, name: str):
-    from .models import load_tokenizer
+    from distill_trainer.models.loading import load_tokenizer
 
     return _load("tokenizer", role, name, lambda _: load_tokenizer(name))
 

@@ -31,15 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cache_paths import cache_home
-from .errors import UsageError
-from .finite import refuse_nonfinite
-from .teacher_cache_store import load_verified, save_atomically, stored_key
-from .teacher_columns import (
+from distill_trainer.cache_paths import cache_home
+from distill_trainer.errors import UsageError
+from distill_trainer.finite import refuse_nonfinite
+from distill_trainer.teacher.columns import (
     PER_ANSWER_TOKEN_TEACHER_COLUMNS,
     PER_EXAMPLE_TEACHER_COLUMNS,
     TEACHER_OUTPUT_COLUMNS,
 )
+from distill_trainer.teacher.store import load_verified, save_atomically, stored_key
 
 # the columns whose content decides the teacher's outputs (plus example ids when the dataset has them)
 _TEACHER_VIEW_COLUMNS = ("teacher_input_ids", "teacher_answer_positions", "answer_ids")
@@ -96,7 +96,7 @@ def teacher_source_fingerprint(
     memory, so a rerun (or a second student) never loads the teacher at all; rewriting the weights in
     place gives a new digest and a fresh pass.
     """
-    from .models import resolve_model_path
+    from distill_trainer.models.loading import resolve_model_path
 
     directory = Path(resolve_model_path(name_or_path))
     if not (directory / "config.json").is_file():
@@ -325,7 +325,7 @@ def load_or_build_teacher_outputs(
     if loaded is not None:
         return loaded, path, True
     if logits_fn is None:
-        from .prefix_cache import TeacherAnswerLogits
+        from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 
         runner, device = TeacherAnswerLogits(), next(teacher.parameters()).device
 

@@ -34,8 +34,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .answer_logits import answer_logits
-from .errors import UsageError
+from distill_trainer.errors import UsageError
+from distill_trainer.models.answer_logits import answer_logits
 
 # tokens per packed row: enough rows for the matmuls to run near their best on a CPU (see
 # benchmarks/flops.py), few enough that the cross-query attention pairs stay a small share of the work

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .integrity import file_records, files_problem
+from distill_trainer.integrity import file_records, files_problem
 
 KEY_FILE = "teacher_cache_key.json"
 BUILD_FILE = "teacher_cache_build.json"  # how the pass that built the cache went; not part of its contents

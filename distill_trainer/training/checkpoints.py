@@ -31,8 +31,8 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .errors import UsageError
-from .integrity import file_records, files_problem
+from distill_trainer.errors import UsageError
+from distill_trainer.integrity import file_records, files_problem
 
 logger = logging.getLogger(__name__)
 

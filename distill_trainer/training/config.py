@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import UsageError
-from .losses import LOSS_KINDS
+from distill_trainer.errors import UsageError
+from distill_trainer.training.losses import LOSS_KINDS
 
 DISTILL_VOCABS = ("full", "label_words")
 QUANTIZATIONS = ("none", "8bit", "4bit")

@@ -1,6 +1,6 @@
 """Distillation losses: pure functions on tensors, no trainer needed.
 
-    from distill_trainer.losses import distillation_loss
+    from distill_trainer.training.losses import distillation_loss
     loss = distillation_loss(student_logits, teacher_logits, mask, kind="forward_kl", temperature=2.0)
 
 Inputs are logits over the answer positions only, shaped (batch, answer_len, vocab). Everything is
@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
+from distill_trainer.errors import UsageError
 
 LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
 

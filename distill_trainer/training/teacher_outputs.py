@@ -9,10 +9,10 @@ import logging
 import time
 from pathlib import Path
 
-from .memory import release_freed_memory
-from .output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
-from .prefix_cache import TeacherAnswerLogits
-from .teacher_cache_store import build_record, record_build
+from distill_trainer.memory.peak import release_freed_memory
+from distill_trainer.teacher.output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
+from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
+from distill_trainer.teacher.store import build_record, record_build
 
 logger = logging.getLogger(__name__)
 

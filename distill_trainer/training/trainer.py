@@ -21,20 +21,22 @@ import torch
 from accelerate.utils import DistributedType
 from transformers import Trainer
 
-from .answer_logits import answer_logits
-from .checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
-from .config import PACKING, DistillationConfig
-from .deepspeed_teacher import prepare_teacher_for_deepspeed
-from .errors import NonFiniteLossError, UsageError
-from .losses import answer_cross_entropy, distillation_loss, restrict_to_label_words, sparse_distillation_loss
-from .models import check_same_vocabulary, load_causal_lm
-from .output_cache import (
-    has_teacher_outputs,
-    teacher_source_fingerprint,
+from distill_trainer.errors import NonFiniteLossError, UsageError
+from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.models.loading import check_same_vocabulary, load_causal_lm
+from distill_trainer.teacher.deepspeed import prepare_teacher_for_deepspeed
+from distill_trainer.teacher.output_cache import has_teacher_outputs, teacher_source_fingerprint
+from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
+from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
+from distill_trainer.training.config import PACKING, DistillationConfig
+from distill_trainer.training.losses import (
+    answer_cross_entropy,
+    distillation_loss,
+    restrict_to_label_words,
+    sparse_distillation_loss,
 )
-from .prefix_cache import TeacherAnswerLogits
-from .teacher_outputs_mixin import TeacherOutputsMixin
-from .train_loss import ResumableTrainLossMixin
+from distill_trainer.training.resumable_loss import ResumableTrainLossMixin
+from distill_trainer.training.teacher_outputs import TeacherOutputsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -341,8 +343,9 @@ class ContextDistillationTrainer(
 
     # ---- Hub ----
     # The student goes to the Hub once, when training is done, as one folder: weights, model card and
-    # recipe (see `distill_trainer.hub`). The stock Trainer would create the repository in __init__, which
-    # fails an offline run before its first step, and push half-described checkpoints while training.
+    # recipe (see `distill_trainer.report.hub`). The stock Trainer would create the repository in
+    # __init__, which fails an offline run before its first step, and push half-described checkpoints
+    # while training.
 
     def init_hf_repo(self, token=None, private=None) -> None:
         self.hub_model_id = self.args.hub_model_id
@@ -358,10 +361,10 @@ class ContextDistillationTrainer(
         revision=None,
         **kwargs,
     ):
-        """Push `args.output_dir`, which must hold a student saved by `distill_trainer.hub.save_student`."""
+        """Push `args.output_dir`, which must hold a student saved by `report.hub.save_student`."""
         if not self.is_world_process_zero():
             return None
-        from .hub import push_student
+        from distill_trainer.report.hub import push_student
 
         repo_id = self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
         return push_student(

@@ -16,8 +16,8 @@ with the template's end-of-turn token, so the student also learns where the teac
 
 from __future__ import annotations
 
-from .errors import UsageError
-from .views import two_view_row
+from distill_trainer.errors import UsageError
+from distill_trainer.views.text import two_view_row
 
 # where the teacher reads the context: as the system message, or before the prompt in the user turn
 # (for templates without a system role, or models that follow a system prompt poorly)

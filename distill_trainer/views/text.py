@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
-from .teacher_columns import PER_ANSWER_TOKEN_TEACHER_COLUMNS, PER_EXAMPLE_TEACHER_COLUMNS
+from distill_trainer.errors import UsageError
+from distill_trainer.teacher.columns import PER_ANSWER_TOKEN_TEACHER_COLUMNS, PER_EXAMPLE_TEACHER_COLUMNS
 
 IGNORE_INDEX = -100
 # between demonstrations, and between the demonstrations and the query

@@ -8,7 +8,7 @@ import json
 import pytest
 from datasets import Dataset
 
-from distill_trainer.context_data import load_context_rows
+from distill_trainer.context.data import load_context_rows
 from distill_trainer.errors import UsageError
 
 

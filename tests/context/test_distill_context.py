@@ -13,11 +13,11 @@ from datasets import Dataset
 from helpers import TINY_RUN, load_recipe, make_args
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
-from distill_trainer.chat_views import build_chat_views
-from distill_trainer.context_run import ChatTeacher, measure_student
+from distill_trainer.context.generation import GenerationSettings
+from distill_trainer.context.steps import ChatTeacher, measure_student
 from distill_trainer.errors import UsageError
-from distill_trainer.generation import GenerationSettings
 from distill_trainer.testing import build_chat_tokenizer, build_model
+from distill_trainer.views.chat import build_chat_views
 
 CONTEXT = "Answer with one Python function."
 PROMPTS = ["Write a cat.", "A dog runs in the park", "The doctor saw the lawyer", "Two dogs run"]
@@ -160,7 +160,7 @@ def test_recipe_end_to_end_on_tiny_models(tmp_path, chat_dirs):
     records = [json.loads(line) for line in (out / "predictions_replies.jsonl").read_text().splitlines()]
     assert len(records) == 3 and {"teacher", "before", "after", "after_check"} <= set(records[0])
     # the saved student, scored by the command line with the recipe's settings (context, checker)
-    from distill_trainer.cli import main as cli
+    from distill_trainer.run.cli import main as cli
 
     heldout = recipe_config(tmp_path, chat_dirs)  # rewrites the same data files
     data = yaml.safe_load(open(heldout[1]))["eval_data_file"]

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from distill_trainer.context.generation_eval import rule_following
+from distill_trainer.context.reply_checks import check_python_function, get_checker
 from distill_trainer.errors import UsageError
-from distill_trainer.generation_eval import rule_following
-from distill_trainer.reply_checks import check_python_function, get_checker
 
 GOOD = '''def add(a: int, b: int) -> int:
     """Add two integers."""

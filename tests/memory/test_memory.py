@@ -9,13 +9,13 @@ from datasets import Dataset
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
 from distill_trainer.errors import UsageError
-from distill_trainer.memory import CpuMemoryMeter, MemoryCallback, MemoryTracker
-from distill_trainer.memory_breakdown import memory_breakdown, model_bytes
-from distill_trainer.memory_estimate import architecture_config, estimate_peak_memory, quantized_teacher_bytes
-from distill_trainer.models import load_causal_lm, prepare_student
-from distill_trainer.units import MIB
+from distill_trainer.memory.breakdown import memory_breakdown, model_bytes
+from distill_trainer.memory.estimate import architecture_config, estimate_peak_memory, quantized_teacher_bytes
+from distill_trainer.memory.peak import CpuMemoryMeter, MemoryCallback, MemoryTracker
+from distill_trainer.memory.units import MIB
+from distill_trainer.models.loading import load_causal_lm, prepare_student
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPU_METHODS = ["sampling"] + (["kernel_hwm"] if CpuMemoryMeter().method == "kernel_hwm" else [])
 
 

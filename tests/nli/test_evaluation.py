@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distill_trainer.errors import UsageError
-from distill_trainer.evaluation import (
+from distill_trainer.nli.evaluation import (
     METRIC_PATH,
     LabelWordScores,
     classification_metrics,
@@ -16,9 +16,11 @@ from distill_trainer.evaluation import (
     label_token_ids,
     score_label_words,
 )
-from distill_trainer.tasks import SEPARATOR, get_pattern, get_task, load_split
+from distill_trainer.nli.patterns import get_pattern
+from distill_trainer.nli.tasks import get_task, load_split
+from distill_trainer.views.text import SEPARATOR
 
-DATA = str(Path(__file__).parent / "data")
+DATA = str(Path(__file__).parents[1] / "data")
 DEMOS = "The cat sat on the mat ? Yes\n\nA man is playing a guitar ? No"
 QUERIES = ["Two dogs run in the park question: Dogs run. ?", "The senator thanked the artist ?", "premise ?"]
 

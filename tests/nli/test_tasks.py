@@ -4,23 +4,22 @@ from pathlib import Path
 
 import pytest
 
-from distill_trainer import tasks
-from distill_trainer.data_arguments import DataArguments
 from distill_trainer.errors import UsageError
-from distill_trainer.run_data import prepare_data
-from distill_trainer.tasks import (
+from distill_trainer.nli import tasks
+from distill_trainer.nli.arguments import DataArguments
+from distill_trainer.nli.data import prepare_data
+from distill_trainer.nli.demonstrations import (
     DemonstrationSampler,
     balanced_subset,
     fit_demonstrations,
-    get_pattern,
-    get_task,
-    load_split,
     per_subcase_subset,
     row_key,
     sample_demonstrations,
 )
+from distill_trainer.nli.patterns import get_pattern
+from distill_trainer.nli.tasks import get_task, load_split
 
-DATA = str(Path(__file__).parent / "data")
+DATA = str(Path(__file__).parents[1] / "data")
 ROW = {"premise": "The cat sat.", "hypothesis": "A cat sits.", "label": 0}
 
 
@@ -278,7 +277,7 @@ def test_two_view_dataset_for_a_teacher_with_another_tokenizer(tokenizer):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from distill_trainer.run_data import build_view_dataset
+    from distill_trainer.nli.data import build_view_dataset
 
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -11,8 +11,8 @@ import yaml
 from distill_trainer import UsageError, parse_config
 from recipes import compare
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = str(Path(__file__).parent / "data")
+ROOT = Path(__file__).resolve().parents[2]
+DATA = str(Path(__file__).parents[1] / "data")
 EMBEDDED_YAML = ROOT / "recipes" / "configs" / "embedded" / "compare.yaml"
 
 

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from distill_trainer.findings import CANNOT_TELL, CONTRADICTS, SUPPORTS, paper_claims
-from distill_trainer.report import auc_stderr
-from distill_trainer.run_progress import RunProgress, format_duration
+from distill_trainer.report.findings import CANNOT_TELL, CONTRADICTS, SUPPORTS, paper_claims
+from distill_trainer.report.tables import auc_stderr
+from distill_trainer.run.progress import RunProgress, format_duration
 
 
 def scored(name: str, accuracy: dict, separation: dict, n: int = 400, seed: int = 0) -> dict:
@@ -72,7 +72,7 @@ def test_claims_contradicted_or_undecided_when_the_data_say_so():
 
 
 def test_auc_stderr_matches_a_bootstrap_and_shrinks_with_rows():
-    from distill_trainer.metrics.nli import roc_auc
+    from distill_trainer.nli.metrics.nli import roc_auc
 
     rng = random.Random(0)
     labels = [i % 2 for i in range(400)]

@@ -19,9 +19,9 @@ from distill_trainer import (
     build_views,
 )
 from distill_trainer.errors import UsageError
-from distill_trainer.hub import push_student, save_student, ship_student
-from distill_trainer.model_card import EvalSummary, StudentCard, build_model_card
-from distill_trainer.models import load_causal_lm, prepare_student
+from distill_trainer.models.loading import load_causal_lm, prepare_student
+from distill_trainer.report.hub import push_student, save_student, ship_student
+from distill_trainer.report.model_card import EvalSummary, StudentCard, build_model_card
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
 ROWS = [
@@ -301,9 +301,9 @@ def test_push_to_hub_run_trains_offline_then_fails_once_after_saving(
 
 
 def test_card_for_recipe_reads_the_recipes_metrics(tmp_path):
-    from distill_trainer.evaluation import LabelWordScores, task_metrics
-    from distill_trainer.model_card import card_for_recipe
-    from distill_trainer.tasks import get_task, load_split
+    from distill_trainer.nli.evaluation import LabelWordScores, task_metrics
+    from distill_trainer.nli.tasks import get_task, load_split
+    from distill_trainer.report.model_card import card_for_recipe
 
     def scores(logprobs):
         return LabelWordScores(torch.tensor(logprobs), torch.tensor([7] * len(logprobs)), [7, 9])
@@ -383,7 +383,7 @@ def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
         "task": "mnli",
         "eval_tasks": ["mnli", "hans"],
         "data_source": "local",
-        "data_dir": str(Path(__file__).parent / "data"),
+        "data_dir": str(Path(__file__).parents[1] / "data"),
         "k": 2,
         "num_train_examples": 8,
         "hans_per_subcase": 1,
@@ -406,7 +406,7 @@ def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
 def test_recipe_with_push_to_hub_saves_a_complete_student_then_fails_once_offline(
     tmp_path, tiny_dirs, capsys, monkeypatch
 ):
-    from distill_trainer.runner import run_recipe
+    from distill_trainer.run.runner import run_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe, path = _context_distill_recipe(
@@ -444,7 +444,7 @@ def test_recipe_with_push_to_hub_saves_a_complete_student_then_fails_once_offlin
     recipe = yaml.safe_load(recipe_text)
     assert recipe["teacher_model_name_or_path"] == tiny_dirs["teacher"]
     # the usage snippet prompts the student the way it was trained
-    from distill_trainer.tasks import PATTERNS
+    from distill_trainer.nli.patterns import PATTERNS
 
     assert f"# the template {PATTERNS[recipe['pattern']][2].template!r}" in card.text
     AutoModelForCausalLM.from_pretrained(folder)
@@ -486,9 +486,9 @@ def test_lora_student_of_an_embedded_alias_loads_where_the_trainers_cache_does_n
     import subprocess
     import sys
 
-    from distill_trainer import embedded
-    from distill_trainer.embedded import materialize_embedded_model
-    from distill_trainer.evaluate_command import load_model_and_tokenizer
+    from distill_trainer.models import embedded
+    from distill_trainer.models.embedded import materialize_embedded_model
+    from distill_trainer.run.evaluate_command import load_model_and_tokenizer
 
     spec = dataclasses.replace(embedded.EMBEDDED_MODELS["fake"], hub_id=STAND_IN)
     monkeypatch.setitem(embedded.EMBEDDED_MODELS, "fake", spec)
@@ -545,10 +545,10 @@ def test_lora_student_of_an_embedded_alias_loads_where_the_trainers_cache_does_n
 def test_card_metadata_parses_with_the_hubs_own_parser(tmp_path):
     """base_model is the embedded alias's upstream checkpoint, datasets and model-index name only what the
     rows are; the body says the weights were a dequantized GGUF and which data each result is on."""
-    from distill_trainer.embedded import EMBEDDED_MODELS
-    from distill_trainer.model_card import card_for_recipe
-    from distill_trainer.provenance import data_lines
-    from distill_trainer.tasks import get_task, load_split
+    from distill_trainer.models.embedded import EMBEDDED_MODELS
+    from distill_trainer.models.provenance import data_lines
+    from distill_trainer.nli.tasks import get_task, load_split
+    from distill_trainer.report.model_card import card_for_recipe
 
     reports = []
     for task, split in (("mnli", "validation_matched"), ("hans", "validation"), ("mnli", "train")):

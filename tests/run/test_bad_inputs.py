@@ -26,8 +26,8 @@ import pytest
 import yaml
 from helpers import CPU, DATA, ROOT, load_recipe, write_recipe
 
-from distill_trainer import cli
-from distill_trainer.runner import run_recipe
+from distill_trainer.run import cli
+from distill_trainer.run.runner import run_recipe
 
 
 @dataclass
@@ -162,7 +162,7 @@ def damaged_checkpoint(damage):
     """An unfinished run whose only checkpoint (with its manifest) was then damaged."""
 
     def setup(ctx):
-        from distill_trainer.checkpoints import write_manifest
+        from distill_trainer.training.checkpoints import write_manifest
 
         checkpoint = ctx.out / "checkpoint-2"
         checkpoint.mkdir(parents=True)
@@ -223,7 +223,7 @@ def home_dir(ctx):
 
 
 def output_dir_in_use(ctx):
-    from distill_trainer.output_dir import OutputLock
+    from distill_trainer.run.output_dir import OutputLock
 
     ctx.keep.append(OutputLock(ctx.out).acquire())  # the first run, still running
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill_trainer.cli import main
-from distill_trainer.evaluation import evaluate_task
-from distill_trainer.models import load_causal_lm, load_tokenizer, prepare_student
-from distill_trainer.tasks import get_pattern, get_task, load_split
+from distill_trainer.models.loading import load_causal_lm, load_tokenizer, prepare_student
+from distill_trainer.nli.evaluation import evaluate_task
+from distill_trainer.nli.patterns import get_pattern
+from distill_trainer.nli.tasks import get_task, load_split
+from distill_trainer.run.cli import main
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 MNLI_FILE = str(DATA / "mnli" / "validation_matched.jsonl")
 HANS_FILE = str(DATA / "hans" / "validation.jsonl")
 

@@ -17,11 +17,11 @@ from helpers import DATA, load_recipe, make_dataset, write_recipe
 from safetensors.torch import load_file, save_file
 
 from distill_trainer import TwoViewCollator, parse_config
-from distill_trainer.cli import main
 from distill_trainer.errors import UsageError
-from distill_trainer.eval_cache import load_evaluation, store_evaluation
-from distill_trainer.findings import findings
-from distill_trainer.output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
+from distill_trainer.nli.eval_cache import load_evaluation, store_evaluation
+from distill_trainer.report.findings import findings
+from distill_trainer.run.cli import main
+from distill_trainer.teacher.output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
 
 MNLI_FILE = f"{DATA}/mnli/validation_matched.jsonl"
 
@@ -118,7 +118,7 @@ def _rewrite_with_nan(path, rows):
     from datasets import load_from_disk
 
     from distill_trainer.integrity import file_records
-    from distill_trainer.teacher_cache_store import KEY_FILE
+    from distill_trainer.teacher.store import KEY_FILE
 
     dataset = load_from_disk(str(path))
     column = "teacher_topk_logprobs"

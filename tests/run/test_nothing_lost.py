@@ -15,8 +15,9 @@ from test_bad_inputs import change_field, data_copy, relabel
 from test_recipes import ROOT, load_recipe, write_recipe
 from transformers import TrainerCallback
 
-from distill_trainer import cli, parse_config
-from distill_trainer.runner import run_recipe
+from distill_trainer import parse_config
+from distill_trainer.run import cli
+from distill_trainer.run.runner import run_recipe
 
 
 class _Values:
@@ -88,7 +89,7 @@ import pathlib, sys, time
 import importlib.util
 from transformers import TrainerCallback
 from distill_trainer import parse_config
-from distill_trainer.runner import no_partial_output_dir, run_recipe
+from distill_trainer.run.runner import no_partial_output_dir, run_recipe
 
 spec = importlib.util.spec_from_file_location("recipe", "recipes/pattern_finetune.py")
 recipe = importlib.util.module_from_spec(spec)

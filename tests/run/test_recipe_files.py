@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from distill_trainer import DistillationConfig, StudentArguments, parse_config
-from distill_trainer.data_arguments import DataArguments
+from distill_trainer.nli.arguments import DataArguments
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "recipes" / "configs").rglob("*.yaml"))
 RECIPE_CONFIGS = [p for p in CONFIGS if p.parent.name != "accelerate"]
 DEFAULT_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -104,7 +104,7 @@ def test_paper_preset_is_the_papers_setting():
     "path", RECIPE_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "recipes" / "configs"))
 )
 def test_a_preset_naming_an_embedded_qwen_model_names_its_upstream_hub_id(path):
-    from distill_trainer.embedded import EMBEDDED_MODELS
+    from distill_trainer.models.embedded import EMBEDDED_MODELS
 
     text = path.read_text()
     for alias, spec in EMBEDDED_MODELS.items():

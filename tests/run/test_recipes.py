@@ -122,7 +122,7 @@ def test_context_distill_lora_student_with_self_teacher(tmp_path, tiny_dirs, cap
 
 
 def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_dirs):
-    from distill_trainer.run_data import prepare_data
+    from distill_trainer.nli.data import prepare_data
 
     pbft = load_recipe("pattern_finetune").CONFIG_TYPES
     _, data_args, _ = parse_config(pbft, ["--config", write_recipe(tmp_path, tiny_dirs)])
@@ -140,7 +140,7 @@ def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_
 
 
 def test_holdout_rows_are_never_training_queries(tmp_path, tiny_dirs, capsys):
-    from distill_trainer.run_data import prepare_data
+    from distill_trainer.nli.data import prepare_data
 
     types = load_recipe("context_distill").CONFIG_TYPES
     recipe = write_recipe(tmp_path, tiny_dirs, "cd", teacher_model_name_or_path="x")

@@ -8,12 +8,13 @@ import os
 import pytest
 import torch
 
-from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, eval_cache
-from distill_trainer.evaluation import score_label_words
-from distill_trainer.findings import findings, paired_difference, recovered_gain
-from distill_trainer.output_cache import teacher_source_fingerprint
-from distill_trainer.run_data import build_view_dataset, first_token_ids
-from distill_trainer.tasks import Pattern
+from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator
+from distill_trainer.nli import eval_cache
+from distill_trainer.nli.data import build_view_dataset, first_token_ids
+from distill_trainer.nli.evaluation import score_label_words
+from distill_trainer.nli.patterns import Pattern
+from distill_trainer.report.findings import findings, paired_difference, recovered_gain
+from distill_trainer.teacher.output_cache import teacher_source_fingerprint
 from distill_trainer.testing import build_model
 
 PATTERN = Pattern("gpt3", "{premise} question: {hypothesis} Yes or No? answer:", (" Yes", " No"))
@@ -145,7 +146,7 @@ def test_a_cached_teacher_is_not_loaded_again(tmp_path, tokenizer, other_tokeniz
     def no_loading(*args, **kwargs):
         raise AssertionError("the teacher was loaded although its outputs are cached")
 
-    monkeypatch.setattr("distill_trainer.trainer.load_causal_lm", no_loading)
+    monkeypatch.setattr("distill_trainer.training.trainer.load_causal_lm", no_loading)
     second = _cross_trainer(tmp_path, tokenizer, other_tokenizer, str(teacher_dir), teacher_output_cache=True)
     assert second.teacher_output_cache_info["train"]["reused"] is True
     assert second.train_dataset["teacher_label_logprobs"] == first.train_dataset["teacher_label_logprobs"]
@@ -284,7 +285,7 @@ def test_compare_plans_the_new_methods(tmp_path):
 
 
 def test_bitfit_adds_zero_biases_that_alone_train_and_survive_a_save(tmp_path, tiny_dirs, tokenizer):
-    from distill_trainer.models import load_causal_lm, prepare_student
+    from distill_trainer.models.loading import load_causal_lm, prepare_student
 
     plain = load_causal_lm(tiny_dirs["student"]).eval()
     assert not any(name.endswith(".bias") for name, _ in plain.named_parameters())
@@ -311,7 +312,7 @@ def test_bitfit_is_refused_where_no_bias_can_be_added():
 
     from distill_trainer import StudentArguments
     from distill_trainer.errors import UsageError
-    from distill_trainer.validate_models import check_student_mode
+    from distill_trainer.run.validate_models import check_student_mode
 
     config = MistralConfig(
         vocab_size=64,
@@ -345,7 +346,7 @@ def test_bitfit_is_refused_where_no_bias_can_be_added():
 def test_select_prompt_scores_candidates_on_dev_rows_that_no_candidate_or_eval_set_uses(tmp_path, tiny_dirs):
     from helpers import DATA, cli_args
 
-    from distill_trainer.tasks import get_task, load_split
+    from distill_trainer.nli.tasks import get_task, load_split
     from recipes import select_prompt
 
     out = tmp_path / "selection"
@@ -380,7 +381,7 @@ def test_select_prompt_scores_candidates_on_dev_rows_that_no_candidate_or_eval_s
 
 def test_a_lora_student_starts_from_the_same_adapters_for_the_same_seed(tiny_dirs):
     from distill_trainer import StudentArguments
-    from distill_trainer.runner import load_student
+    from distill_trainer.run.runner import load_student
 
     args = StudentArguments(model_name_or_path=tiny_dirs["student"], student_mode="lora", lora_r=4)
 

@@ -9,7 +9,7 @@ import torch
 from helpers import cli_args, load_recipe
 
 from distill_trainer import DataArguments, UsageError
-from distill_trainer.teacher_ensemble import (
+from distill_trainer.teacher.ensemble import (
     at_temperature,
     at_temperature_one,
     calibrate,

@@ -8,12 +8,12 @@ import torch
 from datasets import Dataset
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
-from distill_trainer.answer_logits import answer_logits
 from distill_trainer.errors import UsageError
-from distill_trainer.losses import LOSS_KINDS, distillation_loss, sparse_distillation_loss
-from distill_trainer.models import load_causal_lm, prepare_student
-from distill_trainer.output_cache import load_or_build_teacher_outputs, teacher_output_cache_key
-from distill_trainer.prefix_cache import PrefixCachedTeacher
+from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.models.loading import load_causal_lm, prepare_student
+from distill_trainer.teacher.output_cache import load_or_build_teacher_outputs, teacher_output_cache_key
+from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
+from distill_trainer.training.losses import LOSS_KINDS, distillation_loss, sparse_distillation_loss
 
 DEMOS = (
     "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes\n\n"
@@ -97,7 +97,7 @@ def test_prefix_cached_logits_equal_full_teacher(tokenizer, teacher, side, archi
 def test_packed_suffixes_give_the_padded_logits(
     tokenizer, teacher, side, architecture, attention, pack_tokens, monkeypatch
 ):
-    from distill_trainer import prefix_cache
+    from distill_trainer.teacher import prefix_cache
 
     monkeypatch.setattr(prefix_cache, "PACK_TOKENS", pack_tokens)
     model = teacher.eval() if architecture == "llama" else tiny_opt(len(tokenizer))
@@ -145,7 +145,7 @@ def test_prefix_cache_scores_a_query_at_its_last_token(tokenizer, teacher):
 
 
 def test_icl_scoring_with_and_without_the_prefix_cache_agree(tokenizer, teacher):
-    from distill_trainer.evaluation import score_label_words
+    from distill_trainer.nli.evaluation import score_label_words
 
     queries = [q for q, _ in ROWS]
     kwargs = dict(demonstrations=DEMOS, batch_size=3, progress=False)
@@ -393,7 +393,7 @@ def _corrupt_values(path, column):
     from datasets import load_from_disk
 
     from distill_trainer.integrity import file_records
-    from distill_trainer.teacher_cache_store import KEY_FILE
+    from distill_trainer.teacher.store import KEY_FILE
 
     dataset = load_from_disk(str(path))
     shifted = [
@@ -458,7 +458,7 @@ def test_label_word_cache_with_mass_not_one_is_rebuilt(tmp_path, tokenizer, teac
     _, path, _ = load_or_build_teacher_outputs(teacher, dataset, collator, **options)
     from datasets import load_from_disk
 
-    from distill_trainer.teacher_cache_store import values_problem
+    from distill_trainer.teacher.store import values_problem
 
     assert values_problem(load_from_disk(str(path))) is None
     _corrupt_values(path, "teacher_label_logprobs")
@@ -469,7 +469,7 @@ def test_label_word_cache_with_mass_not_one_is_rebuilt(tmp_path, tokenizer, teac
 
 @pytest.mark.parametrize("pack, packs", [(None, True), (True, True), (False, False)])
 def test_teacher_runner_packs_on_cpu_by_default(tokenizer, teacher, monkeypatch, pack, packs):
-    from distill_trainer.prefix_cache import TeacherAnswerLogits
+    from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 
     calls = []
     original = PrefixCachedTeacher._packed_answer_logits
@@ -489,7 +489,8 @@ def test_teacher_runner_packs_on_cpu_by_default(tokenizer, teacher, monkeypatch,
 def test_the_heap_is_trimmed_once_a_loaded_teacher_is_dropped(
     tmp_path, tokenizer, student, teacher, monkeypatch
 ):
-    from distill_trainer import memory, teacher_outputs_mixin
+    from distill_trainer.memory import peak as memory
+    from distill_trainer.training import teacher_outputs as teacher_outputs_mixin
 
     # on Linux (glibc) the trim really runs; elsewhere it reports that it could not
     assert memory.release_freed_memory() is (sys.platform.startswith("linux"))

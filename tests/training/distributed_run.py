@@ -1,10 +1,10 @@
 """A few steps of context distillation on tiny models, run in one process or under a launcher.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_run.py \\
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/training/distributed_run.py \\
         --student DIR --output DIR --steps 3 --job full-4x1 full 4 1 TEACHER_DIR --job lora-2x2 lora 2 2 self
 
 Each `--job NAME MODE PER_DEVICE_BATCH ACCUMULATION TEACHER` trains a fresh student, one after the other
-in the same processes (one launch, several checks). `tests/test_distributed.py` launches it and compares
+in the same processes (one launch, several checks). `tests/training/test_distributed.py` launches it and compares
 with `run(...)` called in its own process. Every process trains with its own output_dir,
 `<output>/<name>/rank<r>`, and saves the student there through the library's API: what a non-main
 process writes is then visible, and must be nothing. Each process reports what it saw in
@@ -25,9 +25,9 @@ import torch
 from datasets import Dataset
 
 from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
-from distill_trainer.hub import save_student
-from distill_trainer.model_card import StudentCard
-from distill_trainer.models import load_causal_lm, load_tokenizer, prepare_student
+from distill_trainer.models.loading import load_causal_lm, load_tokenizer, prepare_student
+from distill_trainer.report.hub import save_student
+from distill_trainer.report.model_card import StudentCard
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
 ROWS = [  # answers of 1 and 3 tokens, so the two processes see different answer-token counts

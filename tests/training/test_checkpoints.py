@@ -7,14 +7,14 @@ from helpers import make_trainer, poison
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
-from distill_trainer.checkpoints import (
+from distill_trainer.errors import UsageError
+from distill_trainer.training.checkpoints import (
     STAGING_DIR,
     checkpoint_dirs,
     last_complete_checkpoint,
     parse_resume_setting,
     resolve_resume,
 )
-from distill_trainer.errors import UsageError
 
 
 class CrashWhileSaving(Exception):

@@ -1,7 +1,7 @@
 import pytest
 
-from distill_trainer.config import DistillationConfig, StudentArguments, parse_config
 from distill_trainer.errors import UsageError
+from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
 
 TYPES = [StudentArguments, DistillationConfig]
 
@@ -64,7 +64,7 @@ def test_missing_and_malformed_recipe_files(tmp_path):
 def test_bfloat16_warns_only_on_a_cpu_that_emulates_it(monkeypatch, caplog, tiny_dirs, native):
     import torch
 
-    from distill_trainer import models
+    from distill_trainer.models import loading as models
 
     monkeypatch.setattr(models.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)
@@ -80,9 +80,9 @@ def test_bfloat16_warns_only_on_a_cpu_that_emulates_it(monkeypatch, caplog, tiny
 
 
 def test_bf16_training_warns_on_an_emulating_cpu(monkeypatch, caplog, tmp_path):
-    from distill_trainer import models
-    from distill_trainer.data_arguments import DataArguments
-    from distill_trainer.validate import check_training_settings
+    from distill_trainer.models import loading as models
+    from distill_trainer.nli.arguments import DataArguments
+    from distill_trainer.run.validate import check_training_settings
 
     monkeypatch.setattr(models, "cpu_bf16_is_emulated", lambda: True)
     monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)

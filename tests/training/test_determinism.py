@@ -11,8 +11,8 @@ from helpers import load_recipe, write_recipe
 from safetensors.torch import load_file
 
 from distill_trainer import TwoViewCollator, parse_config
-from distill_trainer.run_data import prepare_data
-from distill_trainer.runner import INVOCATION_KEYS
+from distill_trainer.nli.data import prepare_data
+from distill_trainer.run.runner import INVOCATION_KEYS
 
 BATCHES = []  # what RecordingCollator saw in the current run
 

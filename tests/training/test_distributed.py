@@ -1,7 +1,7 @@
 """Data-parallel training really runs in 2 CPU processes (gloo) and equals a 1-process run with the same
 global batch: same losses, same weights; the teacher stays frozen in every process; only rank 0 writes.
 
-One launch of `tests/distributed_run.py` under torchrun trains two students one after the other:
+One launch of `tests/training/distributed_run.py` under torchrun trains two students one after the other:
 a full student (2 processes x 4 examples, a separate teacher) and a LoRA student (2 processes x 2
 examples x 2 accumulation steps, teacher="self"). The 1-process references run in this process.
 """
@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill_trainer.errors import UsageError
-from distill_trainer.hub import check_student_folder
+from distill_trainer.report.hub import check_student_folder
 
 HERE = Path(__file__).parent
 STEPS = 3
@@ -209,7 +209,7 @@ def _without_cpu_flag():
 def test_accelerate_configs_load_and_start_with_their_launch_command(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    path = HERE.parent / "recipes" / "configs" / "accelerate" / f"{name}.yaml"
+    path = HERE.parents[1] / "recipes" / "configs" / "accelerate" / f"{name}.yaml"
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith(f"# accelerate launch --config_file recipes/configs/accelerate/{name}.yaml ")
     config = load_config_from_file(str(path))  # accelerate's own parser: unknown keys are errors

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_trainer.errors import UsageError
-from distill_trainer.losses import (
+from distill_trainer.training.losses import (
     answer_cross_entropy,
     distillation_loss,
     restrict_to_label_words,

@@ -5,9 +5,9 @@ import torch
 from helpers import DEMOS, ROWS, make_args, make_dataset, make_trainer, poison
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator, build_views
-from distill_trainer.answer_logits import answer_logits
 from distill_trainer.errors import UsageError
-from distill_trainer.models import prepare_student
+from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.models.loading import prepare_student
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from distill_trainer import TwoViewCollator
-from distill_trainer.chat_views import (
+from distill_trainer.errors import UsageError
+from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
+from distill_trainer.testing import build_chat_tokenizer, build_model
+from distill_trainer.views.chat import (
     build_chat_views,
     chat_prompt_ids,
     end_of_turn_ids,
     shared_prefix_length,
     stop_token_ids,
 )
-from distill_trainer.errors import UsageError
-from distill_trainer.prefix_cache import TeacherAnswerLogits
-from distill_trainer.testing import build_chat_tokenizer, build_model
 
 CONTEXT = "Answer with one Python function with type hints and a docstring, nothing else."
 PROMPTS = ["Write a function to reverse a string.", "Can you sum a list?", "x"]
@@ -36,7 +36,7 @@ def chat_tokenizer():
 
 
 def real_tokenizer(alias):
-    from distill_trainer.models import load_tokenizer
+    from distill_trainer.models.loading import load_tokenizer
 
     return load_tokenizer(alias)
 

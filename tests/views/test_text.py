@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from distill_trainer.errors import UsageError
-from distill_trainer.views import TwoViewCollator, build_views
+from distill_trainer.views.text import TwoViewCollator, build_views
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
 QUERY = "A man is playing a guitar question: Nobody plays music. Yes or No? answer:"
