@@ -24,7 +24,7 @@ import torch
 from distill_trainer.errors import UsageError
 from distill_trainer.memory.breakdown import unique_parameters
 from distill_trainer.memory.units import MIB
-from distill_trainer.training.config import QUANTIZATIONS
+from distill_trainer.models.loading import QUANTIZATIONS
 
 ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
 

@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill_trainer.errors import UsageError
-from distill_trainer.training.config import QUANTIZATIONS
 
 EMBEDDED_PREFIX = "embedded:"
+QUANTIZATIONS = ("none", "8bit", "4bit")
 logger = logging.getLogger(__name__)
 
 

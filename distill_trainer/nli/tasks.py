@@ -27,7 +27,7 @@ from distill_trainer.views.text import SEPARATOR  # noqa: F401  (re-exported)
 
 DATA_ENV = "DISTILL_TRAINER_DATA"
 # a source checkout ships the offline MNLI and HANS files in data/ (see data/README.md)
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_SOURCES = ("auto", "hub", "local")
 REQUIRED_COLUMNS = ("premise", "hypothesis", "label")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from distill_trainer.errors import UsageError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # folders of a source checkout (or of site-packages) that hold the project itself, never a run's outputs
 PROJECT_FOLDERS = ("distill_trainer", "recipes", "tests", "benchmarks", ".git")
 LOCK_FILE = ".run.lock"

@@ -23,10 +23,10 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from distill_trainer.errors import UsageError
+from distill_trainer.models.loading import QUANTIZATIONS
 from distill_trainer.training.losses import LOSS_KINDS
 
 DISTILL_VOCABS = ("full", "label_words")
-QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 STUDENT_MODES = ("full", "lora", "bitfit")
 # not on/off: YAML reads those as booleans

@@ -364,7 +364,7 @@ class ContextDistillationTrainer(
         """Push `args.output_dir`, which must hold a student saved by `report.hub.save_student`."""
         if not self.is_world_process_zero():
             return None
-        from distill_trainer.report.hub import push_student
+        from distill_trainer.models.hub import push_student
 
         repo_id = self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
         return push_student(

@@ -4,8 +4,8 @@
         --student DIR --output DIR --steps 3 --job full-4x1 full 4 1 TEACHER_DIR --job lora-2x2 lora 2 2 self
 
 Each `--job NAME MODE PER_DEVICE_BATCH ACCUMULATION TEACHER` trains a fresh student, one after the other
-in the same processes (one launch, several checks). `tests/training/test_distributed.py` launches it and compares
-with `run(...)` called in its own process. Every process trains with its own output_dir,
+in the same processes (one launch, several checks). `tests/training/test_distributed.py` launches it and
+compares with `run(...)` called in its own process. Every process trains with its own output_dir,
 `<output>/<name>/rank<r>`, and saves the student there through the library's API: what a non-main
 process writes is then visible, and must be nothing. Each process reports what it saw in
 `<output>/<name>/report-rank<r>.json` (the harness's file, not the library's).

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill_trainer.errors import UsageError
-from distill_trainer.report.hub import check_student_folder
+from distill_trainer.models.hub import check_student_folder
 
 HERE = Path(__file__).parent
 STEPS = 3
