@@ -29,7 +29,7 @@ from distill_trainer.nli.data import model_max_length, prepare_data, reseeded
 from distill_trainer.nli.metrics.nli import roc_auc
 from distill_trainer.nli.task_evaluation import content_free_scores, evaluate_set
 from distill_trainer.teacher.ensemble import combine_members, content_free_distribution
-from distill_trainer.teacher.output_cache import teacher_source_fingerprint
+from distill_trainer.teacher.teacher import teacher_source_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {  # name -> (sets used, average, calibration)

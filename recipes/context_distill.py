@@ -46,6 +46,7 @@ from distill_trainer.run.runner import (
 )
 from distill_trainer.run.validate import validate_recipe
 from distill_trainer.teacher.ensemble import TeacherEnsembleViews, content_free_rows
+from distill_trainer.teacher.teacher import is_self
 
 RECIPE = "context_distill"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -57,12 +58,12 @@ def run_context_distill(
     # ------------------------------------------------------------ validate (no model loaded yet) and data
     data = validate_recipe(RECIPE, student_args, data_args, config).data
     teacher = config.teacher_model_name_or_path
-    is_self = teacher == "self"
-    teacher_path = student_args.model_name_or_path if is_self else teacher
+    self_teacher = is_self(teacher)
+    teacher_path = student_args.model_name_or_path if self_teacher else teacher
 
     # ------------------------------------------------------------ tokenizers and the teacher's prompts
     tokenizer = load_tokenizer(student_args.model_name_or_path)
-    teacher_tokenizer = tokenizer if is_self else load_tokenizer(teacher_path)
+    teacher_tokenizer = tokenizer if self_teacher else load_tokenizer(teacher_path)
     label_ids = first_token_ids(tokenizer, data.pattern)
     teacher_label_ids = first_token_ids(teacher_tokenizer, data.pattern)
     max_length = model_max_length(AutoConfig.from_pretrained(resolve_model_path(teacher_path)), data_args)
@@ -128,7 +129,7 @@ def run_context_distill(
         "model": student_args.model_name_or_path,
         "student_mode": student_args.student_mode,
         "teacher": teacher,
-        "teacher_quantization": "none" if is_self else config.teacher_quantization,
+        "teacher_quantization": "none" if self_teacher else config.teacher_quantization,
         "task": data.task.name,
         "pattern": data.pattern.name,
         "label_words": list(data.pattern.label_words),

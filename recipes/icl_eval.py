@@ -27,7 +27,7 @@ from distill_trainer.nli.data import first_token_ids, model_max_length, reseeded
 from distill_trainer.nli.task_evaluation import evaluate_on_tasks, format_spread, seed_spread
 from distill_trainer.run.runner import no_partial_output_dir, print_summary, run_recipe, write_outputs
 from distill_trainer.run.validate import validate_recipe
-from distill_trainer.teacher.output_cache import teacher_source_fingerprint
+from distill_trainer.teacher.teacher import teacher_source_fingerprint
 
 RECIPE = "icl_eval"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)

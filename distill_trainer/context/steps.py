@@ -2,8 +2,8 @@
 `distill-trainer evaluate-replies`: who the teacher is, its completions, the two-view rows, and the
 measurements (rule-following rate, KL to the teacher) of a model without the context.
 
-    teacher = ChatTeacher.for_model(student, "self", student_path)
-    replies, info = teacher.completions(tokenizer, rows, settings, placement="system")
+    teacher = Teacher.for_model(student, "self", student_path)
+    replies, info = completions(teacher, tokenizer, rows, settings, placement="system")
     views = chat_view_dataset(tokenizer, rows, replies, placement="system")
     result = measure_student(student, tokenizer, rows, views, settings, checker="python_function",
                              teacher=teacher)
@@ -11,69 +11,20 @@ measurements (rule-following rate, KL to the teacher) of a model without the con
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-
 from datasets import Dataset
 
 from distill_trainer.context.completion_cache import teacher_completions
 from distill_trainer.context.generation import GenerationSettings
 from distill_trainer.context.generation_eval import completion_kl, generate_for_rows, rule_following
-from distill_trainer.errors import UsageError
-from distill_trainer.teacher.output_cache import teacher_fingerprint, teacher_source_fingerprint
-from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
+from distill_trainer.teacher.teacher import Teacher
 from distill_trainer.views.chat import build_chat_views, shared_prefix_length
 from distill_trainer.views.text import TwoViewCollator
 
 
-@dataclass
-class ChatTeacher:
-    """The teacher of a context-distillation run: a model, or a LoRA student's base with the adapters off
-    (`is_self`), and the id that keys its cached completions."""
-
-    model: object
-    teacher_id: str
-    is_self: bool = False
-
-    @classmethod
-    def for_model(cls, model, name: str, source: str, dtype: str = "float32", quantization: str = "none"):
-        """`name` "self" uses `model` (a LoRA student) with its adapters off; `source` is the path or alias
-        the teacher's weights come from (the student's, for "self")."""
-        is_self = name == "self"
-        if is_self and not hasattr(model, "disable_adapter"):
-            raise UsageError(
-                "teacher 'self' needs a LoRA student (student_mode: lora): the teacher is the base model "
-                "with the adapters switched off"
-            )
-        teacher_id = teacher_source_fingerprint(source, dtype, quantization) or teacher_fingerprint(model)
-        return cls(model=model, teacher_id=teacher_id, is_self=is_self)
-
-    @contextlib.contextmanager
-    def active(self):
-        """The teacher model, ready to run (for "self": the student with adapters off, in eval mode)."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter() if self.is_self else contextlib.nullcontext():
-                yield self.model
-        finally:
-            self.model.train(was_training)
-
-    def completions(self, tokenizer, rows, settings: GenerationSettings, **options):
-        with self.active() as model:
-            return teacher_completions(
-                model, tokenizer, rows, settings, teacher_id=self.teacher_id, **options
-            )
-
-    def logits_fn(self):
-        """batch -> the teacher's logits at the answer positions of the teacher view (prefix KV cache on)."""
-        runner = TeacherAnswerLogits(use_prefix_cache=True)
-
-        def logits(batch):
-            with self.active() as model:
-                return runner(model, batch)
-
-        return logits
+def completions(teacher: Teacher, tokenizer, rows, settings: GenerationSettings, **options):
+    """The teacher's replies to `rows` (context in its view), from the completion cache when it has them."""
+    with teacher.active() as model:
+        return teacher_completions(model, tokenizer, rows, settings, teacher_id=teacher.teacher_id, **options)
 
 
 def chat_view_dataset(tokenizer, rows: list[dict], replies: list[dict | None], placement: str) -> Dataset:
@@ -107,7 +58,7 @@ def measure_student(
     settings: GenerationSettings,
     *,
     checker: str | None,
-    teacher: ChatTeacher | None,
+    teacher: Teacher | None,
     placement: str = "system",
     batch_size: int = 8,
     kl_batch_size: int = 4,
@@ -133,6 +84,6 @@ def measure_student(
     if teacher is not None and views is not None and len(views):
         collator = TwoViewCollator(tokenizer.pad_token_id)
         result["kl"] = completion_kl(
-            student, teacher.logits_fn(), views, collator, kl_batch_size, progress=f"{label} KL"
+            student, teacher.answer_logits_fn(), views, collator, kl_batch_size, progress=f"{label} KL"
         )
     return result

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill_trainer.cache_paths import CACHE_ENV, cache_home  # noqa: F401  (re-exported)
+from distill_trainer.cache_paths import cache_home
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import file_records, files_problem, sha256_file
 

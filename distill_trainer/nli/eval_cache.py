@@ -5,7 +5,7 @@
     found = load_evaluation(key)            # (metrics, predictions) or None
     store_evaluation(key, metrics, predictions)
 
-`model_id` is `output_cache.teacher_source_fingerprint` of the model's folder (its config and weight files),
+`model_id` is `teacher.teacher_source_fingerprint` of the model's folder (its config and weight files),
 so retrained or rewritten weights never match. Each entry records the sha256 of its payload and is
 recomputed, with one warning naming the file, when that no longer matches.
 """

@@ -22,8 +22,6 @@ from pathlib import Path
 from datasets import Dataset
 
 from distill_trainer.errors import UsageError
-from distill_trainer.nli.patterns import CUSTOM, PATTERNS, Pattern, check_template, get_pattern  # noqa: F401  (re-exported)
-from distill_trainer.views.text import SEPARATOR  # noqa: F401  (re-exported)
 
 DATA_ENV = "DISTILL_TRAINER_DATA"
 # a source checkout ships the offline MNLI and HANS files in data/ (see data/README.md)

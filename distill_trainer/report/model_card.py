@@ -20,6 +20,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from distill_trainer.models.provenance import HUB_ID, describe_base
+from distill_trainer.teacher.teacher import is_self
 
 RECIPE_FILE = "recipe.yaml"  # the recipe's file name next to the weights
 PAPER_CITATION = """@article{duan2024incontext,
@@ -289,7 +290,7 @@ def _summary(card: StudentCard, base) -> str:
         card.student_mode, card.student_mode
     )
     text = f"A {student} student of `{base.name}`, trained with **{card.method}**"
-    if card.teacher == "self":
+    if is_self(card.teacher):
         text += (
             " from its own base model (self context distillation: the teacher is the student's base model "
             "with the adapters switched off)"

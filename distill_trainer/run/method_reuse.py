@@ -50,7 +50,7 @@ def _data_paths(values: dict) -> list[Path]:
 def method_fingerprint(recipe: str, values: dict) -> str:
     """A digest of what a method's result depends on (see the module docstring)."""
     from distill_trainer.models.loading import resolve_model_path
-    from distill_trainer.teacher.output_cache import teacher_source_fingerprint
+    from distill_trainer.teacher.teacher import teacher_source_fingerprint
 
     digest = hashlib.sha256()
     config = {k: v for k, v in values.items() if k not in IGNORED_KEYS}

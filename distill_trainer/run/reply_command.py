@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from distill_trainer.errors import UsageError
 from distill_trainer.run.evaluate_command import RECIPE_CONFIG, load_model_and_tokenizer, positive_int
+from distill_trainer.teacher.teacher import check_self_teacher, is_self
 
 # settings read from a recipe's resolved config beside the model, unless given on the command line
 SAVED_KEYS = (
@@ -78,10 +78,11 @@ def evaluate_replies(args) -> dict:
     from distill_trainer.context.config import ContextDataArguments
     from distill_trainer.context.data import load_context_rows
     from distill_trainer.context.generation_eval import rule_following
-    from distill_trainer.context.steps import ChatTeacher, chat_view_dataset, measure_student
+    from distill_trainer.context.steps import chat_view_dataset, completions, measure_student
     from distill_trainer.models.loading import load_causal_lm
     from distill_trainer.nli.row_checks import print_reports
     from distill_trainer.run.output_dir import check_output_location
+    from distill_trainer.teacher.teacher import Teacher
 
     if args.output_dir is not None:  # before any generation: a bad output_dir must not waste the run
         check_output_location(args.output_dir)
@@ -94,12 +95,13 @@ def evaluate_replies(args) -> dict:
     placement = data_args.context_placement
     teacher, views, result = None, None, {}
     if args.teacher is not None:
-        if args.teacher == "self":
+        if is_self(args.teacher):
             base = getattr(getattr(model, "peft_config", {}).get("default"), "base_model_name_or_path", None)
-            teacher = ChatTeacher.for_model(model, "self", base or args.model)
+            teacher = Teacher.for_model(model, "self", base or args.model)
         else:
-            teacher = ChatTeacher.for_model(load_causal_lm(args.teacher), args.teacher, args.teacher)
-        replies, info = teacher.completions(
+            teacher = Teacher.for_model(load_causal_lm(args.teacher), args.teacher, args.teacher)
+        replies, info = completions(
+            teacher,
             tokenizer,
             rows,
             settings,
@@ -165,7 +167,5 @@ def _write(output_dir: Path, summary: dict, rows: list[dict], result: dict) -> N
 
 
 def check_arguments(args) -> None:
-    if args.teacher == "self" and not (Path(args.model) / "adapter_config.json").is_file():
-        raise UsageError(
-            "--teacher self needs a LoRA adapter folder as --model (its base model is the teacher)"
-        )
+    is_adapter = (Path(args.model) / "adapter_config.json").is_file()
+    check_self_teacher(args.teacher, student_is_lora=is_adapter, fix="needs a LoRA adapter folder as --model")

@@ -23,7 +23,7 @@ import yaml
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import write_text_atomically as _write_atomically
 from distill_trainer.models.loading import count_parameters, load_causal_lm, prepare_student
-from distill_trainer.nli.task_evaluation import EvalResults, evaluate_on_tasks, is_main_process  # noqa: F401  (re-exported)
+from distill_trainer.nli.task_evaluation import is_main_process
 from distill_trainer.run.output_dir import OutputLock, check_output_location
 from distill_trainer.training.checkpoints import run_results
 

@@ -34,6 +34,7 @@ from distill_trainer.nli.data import NLIData, prepare_data
 from distill_trainer.run.output_dir import check_output_location
 from distill_trainer.run.runner import resolved_config
 from distill_trainer.run.validate_models import check_models_and_prompts
+from distill_trainer.teacher.teacher import check_self_quantization, check_self_teacher
 from distill_trainer.training.checkpoints import parse_resume_setting, resolve_resume, run_results
 
 # settings a resumed run may change: where and how often it logs, saves and reports, not what it computes
@@ -136,11 +137,8 @@ def check_teacher(student_args, config) -> str:
             "context_distill needs teacher_model_name_or_path: a model id or path, or 'self' with "
             "student_mode: lora; for gold labels only run recipes/pattern_finetune.py"
         )
-    if teacher == "self" and student_args.student_mode != "lora":
-        raise UsageError(
-            f"teacher 'self' is the student's base model with its LoRA adapters off, so it needs "
-            f"student_mode: lora (got {student_args.student_mode})"
-        )
+    mode = student_args.student_mode
+    check_self_teacher(teacher, student_is_lora=mode == "lora", fix=f"needs student_mode: lora (got {mode})")
     if config.alpha == 0:
         raise UsageError(
             "alpha: 0 trains on the gold labels only and never reads the teacher; set alpha > 0, "
@@ -306,11 +304,7 @@ def check_quantization(config) -> None:
     quantization = config.teacher_quantization
     if quantization == "none":
         return
-    if config.teacher_model_name_or_path == "self":
-        raise UsageError(
-            f"teacher_quantization: {quantization} cannot apply to teacher 'self' (the student's own "
-            "base model, trained in its own dtype); remove teacher_quantization or name a teacher"
-        )
+    check_self_quantization(config.teacher_model_name_or_path, quantization)
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UsageError(
             f"teacher_quantization: {quantization} needs bitsandbytes, which is not installed; "

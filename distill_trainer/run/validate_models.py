@@ -9,6 +9,7 @@ from distill_trainer.errors import UsageError
 from distill_trainer.models.loading import bias_switches_to_add, check_lora_target_modules, resolve_model_path
 from distill_trainer.nli.data import NLIData, first_token_ids, model_max_length
 from distill_trainer.nli.demonstrations import fit_demonstrations
+from distill_trainer.teacher.teacher import is_self
 
 EMBEDDED_HINT = (
     "give a local model directory, an embedded alias such as embedded:smollm2-135m, or a Hub id "
@@ -168,7 +169,7 @@ def check_models_and_prompts(
     teacher = config.teacher_model_name_or_path
     if recipe != "context_distill":
         return
-    if teacher == "self":
+    if is_self(teacher):
         teacher_tokenizer, teacher_config = student_tokenizer, student_config
     else:
         teacher_tokenizer = load_tokenizer_checked("teacher", teacher)

@@ -40,6 +40,7 @@ from distill_trainer.teacher.columns import (
     TEACHER_OUTPUT_COLUMNS,
 )
 from distill_trainer.teacher.store import load_verified, save_atomically, stored_key
+from distill_trainer.teacher.teacher import teacher_fingerprint
 
 # the columns whose content decides the teacher's outputs (plus example ids when the dataset has them)
 _TEACHER_VIEW_COLUMNS = ("teacher_input_ids", "teacher_answer_positions", "answer_ids")
@@ -62,52 +63,6 @@ def has_teacher_outputs(dataset) -> bool:
 
 
 # ---- the key ----
-
-
-def teacher_fingerprint(model) -> str:
-    """A digest of the teacher's class, config (incl. quantization) and weights.
-
-    The weights enter through a per-tensor float64 sum, which changes when any weight does; LoRA
-    adapter tensors are left out, so a `teacher="self"` base model keeps its identity while its
-    adapters train.
-    """
-    digest = hashlib.sha256(type(model).__name__.encode())
-    config = getattr(model, "config", None)
-    if config is not None:
-        settings = config.to_dict()
-        settings.pop("transformers_version", None)
-        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if "lora_" in name or not torch.is_tensor(tensor):
-                continue
-            total = float(torch.sum(tensor.detach(), dtype=torch.float64))
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:{total:.10e};".encode())
-    return digest.hexdigest()
-
-
-def teacher_source_fingerprint(
-    name_or_path: str, dtype: str = "float32", quantization: str = "none"
-) -> str | None:
-    """A digest of a teacher on disk, taken without loading it (None if it is not a local directory).
-
-    It hashes config.json and every weight file's name, size and modification time, plus the dtype and
-    quantization it would be loaded with. A cache keyed on it is found again without the teacher in
-    memory, so a rerun (or a second student) never loads the teacher at all; rewriting the weights in
-    place gives a new digest and a fresh pass.
-    """
-    from distill_trainer.models.loading import resolve_model_path
-
-    directory = Path(resolve_model_path(name_or_path))
-    if not (directory / "config.json").is_file():
-        return None
-    digest = hashlib.sha256(f"{dtype}:{quantization}:".encode())
-    digest.update((directory / "config.json").read_bytes())
-    for path in sorted(directory.iterdir()):
-        if path.suffix in (".safetensors", ".bin", ".json") and path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()
 
 
 def examples_fingerprint(dataset) -> str:

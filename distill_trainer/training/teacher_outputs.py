@@ -13,6 +13,7 @@ from distill_trainer.memory.peak import release_freed_memory
 from distill_trainer.teacher.output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
 from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 from distill_trainer.teacher.store import build_record, record_build
+from distill_trainer.teacher.teacher import is_self
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class TeacherOutputsMixin:
             if len(done) < len(datasets):
                 self.teacher = load_teacher()
         if len(done) < len(datasets):
-            teacher = self.accelerator.unwrap_model(self.model) if self.teacher == "self" else self.teacher
+            teacher = self.accelerator.unwrap_model(self.model) if is_self(self.teacher) else self.teacher
             teacher = getattr(teacher, "module", teacher)  # a DeepSpeed engine's model
             build = dict(
                 options,
@@ -81,7 +82,7 @@ class TeacherOutputsMixin:
             self.eval_dataset = {name: done[f"eval_{name}"] for name in self.eval_dataset}
         elif self.eval_dataset is not None:
             self.eval_dataset = done["eval"]
-        dropped_a_model = self.teacher is not None and not isinstance(self.teacher, str)  # not "self"
+        dropped_a_model = self.teacher is not None and not is_self(self.teacher)
         self.teacher = None
         self._teacher_engine = None  # under DeepSpeed, the engine holding the teacher's weights goes too
         self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=False)  # frees the prefix cache too

@@ -18,15 +18,22 @@ import os
 from collections import defaultdict
 
 import torch
-from accelerate.utils import DistributedType
 from transformers import Trainer
 
 from distill_trainer.errors import NonFiniteLossError, UsageError
 from distill_trainer.models.answer_logits import answer_logits
-from distill_trainer.models.loading import check_same_vocabulary, load_causal_lm
-from distill_trainer.teacher.deepspeed import prepare_teacher_for_deepspeed
-from distill_trainer.teacher.output_cache import has_teacher_outputs, teacher_source_fingerprint
+from distill_trainer.models.loading import check_same_vocabulary
+from distill_trainer.teacher.output_cache import has_teacher_outputs
 from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
+from distill_trainer.teacher.teacher import (
+    SELF,
+    adapters_off,
+    check_self_teacher,
+    is_self,
+    load_teacher,
+    place_teacher,
+    teacher_source_fingerprint,
+)
 from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from distill_trainer.training.config import PACKING, DistillationConfig
 from distill_trainer.training.losses import (
@@ -111,7 +118,7 @@ class ContextDistillationTrainer(
         # more demonstration sets and/or their calibration (teacher_ensemble.TeacherEnsembleViews)
         self.teacher_ensemble = teacher_ensemble
         teacher_id = None
-        if args.teacher_output_cache and isinstance(teacher, str) and teacher != "self" and args.alpha > 0:
+        if args.teacher_output_cache and isinstance(teacher, str) and not is_self(teacher) and args.alpha > 0:
             # a teacher on disk is identified by its files: a cache built before is found without loading it
             teacher_id = teacher_source_fingerprint(teacher, args.teacher_dtype, args.teacher_quantization)
 
@@ -145,54 +152,33 @@ class ContextDistillationTrainer(
     def _setup_teacher(self, teacher, teacher_tokenizer):
         if teacher is None or self.args.alpha == 0:
             return None
-        if teacher == "self":
-            if not hasattr(self.model, "disable_adapter"):
-                raise UsageError(
-                    "teacher='self' needs a LoRA student (student_mode=lora): the teacher is the base model "
-                    "with the adapters switched off"
-                )
-            return "self"
+        if is_self(teacher):
+            check_self_teacher(teacher, student_is_lora=hasattr(self.model, "disable_adapter"))
+            return SELF
         if isinstance(teacher, str):
-            # a quantized teacher is placed at load time: one copy per process, on that process's GPU
-            # (never device_map="auto" in a multi-process run, which would spread one copy over all GPUs)
-            device_map = {"": self.accelerator.local_process_index} if torch.cuda.is_available() else None
-            teacher = load_causal_lm(
+            teacher = load_teacher(
                 teacher,
-                dtype=self.args.teacher_dtype,
-                quantization=self.args.teacher_quantization,
-                device_map=device_map,
+                self.args.teacher_dtype,
+                self.args.teacher_quantization,
+                process_index=self.accelerator.local_process_index,
             )
         if self.args.distill_vocab == "full":
             check_same_vocabulary(self.model, teacher, self.processing_class, teacher_tokenizer)
-        # the teacher is never given to the optimizer or wrapped in DDP: it only runs forward, in eval mode
-        teacher.eval()
-        teacher.requires_grad_(False)
-        if getattr(teacher, "is_loaded_in_8bit", False) or getattr(teacher, "is_loaded_in_4bit", False):
-            return teacher
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            # the engine owns the ZeRO-3 hooks that gather each layer for its forward; keep it alive and
-            # run its module, a plain model to everything downstream (prefix cache, output cache)
-            self._teacher_engine = prepare_teacher_for_deepspeed(teacher, self.accelerator)
-            return self._teacher_engine.module
-        return teacher.to(self.args.device)
+        teacher, engine = place_teacher(teacher, self.accelerator, self.args.device)
+        if engine is not None:
+            self._teacher_engine = engine  # the DeepSpeed engine holds the weights: kept alive with the run
+        return teacher
 
     @torch.no_grad()
     def teacher_answer_logits(self, model, inputs) -> torch.Tensor:
         """The teacher's logits at the answer positions of the teacher view (batch, answer_len, vocab)."""
         # with a shared demonstration prefix in the batch (and teacher_prefix_cache), the runner reuses the
         # prefix's key/value cache and runs only the queries; otherwise it runs the full teacher view
-        if self.teacher == "self":
+        if is_self(self.teacher):
             # the bare model, not its DDP wrapper: a no-grad forward needs no gradient sync (and the
             # wrapper hides `config`, which the runner reads)
-            student = self.accelerator.unwrap_model(model)
-            # a teacher runs without dropout, like a loaded one; the student's mode is restored after
-            was_training = student.training
-            student.eval()
-            try:
-                with student.disable_adapter():
-                    return self._teacher_runner(student, inputs)
-            finally:
-                student.train(was_training)
+            with adapters_off(self.accelerator.unwrap_model(model)) as base:
+                return self._teacher_runner(base, inputs)
         return self._teacher_runner(self.teacher, inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -14,8 +14,9 @@ from helpers import TINY_RUN, load_recipe, make_args
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 from distill_trainer.context.generation import GenerationSettings
-from distill_trainer.context.steps import ChatTeacher, measure_student
+from distill_trainer.context.steps import measure_student
 from distill_trainer.errors import UsageError
+from distill_trainer.teacher.teacher import Teacher
 from distill_trainer.testing import build_chat_tokenizer, build_model
 from distill_trainer.views.chat import build_chat_views
 
@@ -78,7 +79,7 @@ def test_kl_is_zero_for_the_teacher_itself_and_positive_without_the_context(chat
         model.lm_head.weight.mul_(30)  # peaked distributions: a random tiny model's are nearly uniform
     views = chat_dataset(chat_tokenizer)
     rows = [{"context": CONTEXT, "prompt": p} for p in PROMPTS]
-    teacher = ChatTeacher(model=model, teacher_id="t")
+    teacher = Teacher(model=model, teacher_id="t")
     settings = GenerationSettings(max_new_tokens=4)
     result = measure_student(
         model, chat_tokenizer, rows, views, settings, checker="python_function", teacher=teacher

@@ -18,6 +18,7 @@ from distill_trainer.nli.demonstrations import (
 )
 from distill_trainer.nli.patterns import get_pattern
 from distill_trainer.nli.tasks import get_task, load_split
+from distill_trainer.views.text import SEPARATOR
 
 DATA = str(Path(__file__).parents[1] / "data")
 ROW = {"premise": "The cat sat.", "hypothesis": "A cat sits.", "label": 0}
@@ -263,7 +264,7 @@ def test_length_guard_fails_with_the_lengths_or_drops(tokenizer):
     pattern = get_pattern("minimal", 2)
     demos = [pattern.demonstration(r) for r in mnli_pool().select(range(4))]
     query, answer = pattern.query(ROW), " Yes"
-    full = len(tokenizer(tasks.SEPARATOR.join(demos) + tasks.SEPARATOR + query + answer)["input_ids"])
+    full = len(tokenizer(SEPARATOR.join(demos) + SEPARATOR + query + answer)["input_ids"])
     assert fit_demonstrations(tokenizer, demos, query, answer, max_length=full + 50) == demos
     with pytest.raises(UsageError, match=r"the prompt is \d+ tokens \(4 demonstrations: .*max_length=40"):
         fit_demonstrations(tokenizer, demos, query, answer, max_length=40)
@@ -302,7 +303,7 @@ def test_two_view_dataset_for_a_teacher_with_another_tokenizer(tokenizer):
         assert view["input_ids"][first:] == student_answer
         first = view["teacher_answer_positions"][0] + 1
         assert view["teacher_input_ids"][first:] == teacher_answer
-        prompt = tasks.SEPARATOR.join(sampler.fixed) + tasks.SEPARATOR + pattern.query(row)
+        prompt = SEPARATOR.join(sampler.fixed) + SEPARATOR + pattern.query(row)
         assert other.decode(view["teacher_input_ids"][:first]) == prompt
     student_only = build_view_dataset(tokenizer, rows, pattern)
     assert "teacher_input_ids" not in student_only.column_names

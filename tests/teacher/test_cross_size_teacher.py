@@ -14,7 +14,7 @@ from distill_trainer.nli.data import build_view_dataset, first_token_ids
 from distill_trainer.nli.evaluation import score_label_words
 from distill_trainer.nli.patterns import Pattern
 from distill_trainer.report.findings import findings, paired_difference, recovered_gain
-from distill_trainer.teacher.output_cache import teacher_source_fingerprint
+from distill_trainer.teacher.teacher import teacher_source_fingerprint
 from distill_trainer.testing import build_model
 
 PATTERN = Pattern("gpt3", "{premise} question: {hypothesis} Yes or No? answer:", (" Yes", " No"))
@@ -146,7 +146,7 @@ def test_a_cached_teacher_is_not_loaded_again(tmp_path, tokenizer, other_tokeniz
     def no_loading(*args, **kwargs):
         raise AssertionError("the teacher was loaded although its outputs are cached")
 
-    monkeypatch.setattr("distill_trainer.training.trainer.load_causal_lm", no_loading)
+    monkeypatch.setattr("distill_trainer.teacher.teacher.load_causal_lm", no_loading)
     second = _cross_trainer(tmp_path, tokenizer, other_tokenizer, str(teacher_dir), teacher_output_cache=True)
     assert second.teacher_output_cache_info["train"]["reused"] is True
     assert second.train_dataset["teacher_label_logprobs"] == first.train_dataset["teacher_label_logprobs"]
