@@ -129,6 +129,21 @@ def test_no_import_cycle_between_library_modules():
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
 
 
+def test_data_preparation_imports_no_evaluation():
+    """Rows become views and datasets without knowing how they are scored: data flows one way."""
+    preparing = (
+        "nli.data",
+        "nli.tasks",
+        "nli.demonstrations",
+        "nli.patterns",
+        "nli.row_checks",
+        "context.data",
+    )
+    graph = import_graph()
+    reached = {name: sorted(t for t in graph[name] if "evaluation" in t) for name in preparing}
+    assert not any(reached.values()), f"data preparation importing evaluation: {reached}"
+
+
 def test_library_imports_no_recipe_test_or_benchmark():
     offenders = {
         name: sorted(n for n in imported_names(path) if n.split(".")[0] in OUTSIDE)

@@ -23,8 +23,7 @@ from distill_trainer.nli.demonstrations import (
     per_subcase_subset,
     row_key,
 )
-from distill_trainer.nli.evaluation import label_token_ids
-from distill_trainer.nli.patterns import Pattern
+from distill_trainer.nli.patterns import Pattern, label_token_ids
 from distill_trainer.nli.row_checks import print_reports
 from distill_trainer.nli.tasks import TASKS, NLITask, get_task, load_split
 from distill_trainer.views.text import SEPARATOR, build_views

@@ -22,7 +22,7 @@ from distill_trainer.errors import UsageError
 from distill_trainer.finite import nonfinite_rows, refuse_nonfinite
 from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.nli.demonstrations import fit_demonstrations
-from distill_trainer.nli.patterns import Pattern
+from distill_trainer.nli.patterns import Pattern, label_token_ids
 from distill_trainer.nli.tasks import NLITask
 from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
 from distill_trainer.views.text import SEPARATOR, TwoViewCollator, build_views
@@ -31,31 +31,6 @@ METRIC_PATH = Path(__file__).parent / "metrics" / "nli.py"
 
 
 # ---------------------------------------------------------------- label words
-
-
-def label_token_ids(tokenizer, label_words) -> list[list[int]]:
-    """Token ids of each label word; fails if one is empty or two share their first token.
-
-    The first answer token is where the model decides: the full-vocabulary argmax and the trainer's
-    `distill_vocab: label_words` both read it, so two label words starting alike could not be told apart.
-    """
-    ids = [list(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in label_words]
-    for word, word_ids in zip(label_words, ids):
-        if not word_ids:
-            raise UsageError(
-                f"label word {word!r} is empty after tokenization; choose a word with text in it"
-            )
-    firsts = {}
-    for word, word_ids in zip(label_words, ids):
-        if word_ids[0] in firsts:
-            other = firsts[word_ids[0]]
-            raise UsageError(
-                f"label words {other!r} and {word!r} collide after tokenization: both start with token "
-                f"{word_ids[0]} ({tokenizer.convert_ids_to_tokens(word_ids[0])!r}); choose words whose first "
-                "tokens differ (a leading space usually matters, e.g. ' Yes' / ' No')"
-            )
-        firsts[word_ids[0]] = word
-    return ids
 
 
 @dataclass

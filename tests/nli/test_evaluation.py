@@ -13,10 +13,9 @@ from distill_trainer.nli.evaluation import (
     LabelWordScores,
     classification_metrics,
     evaluate_task,
-    label_token_ids,
     score_label_words,
 )
-from distill_trainer.nli.patterns import get_pattern
+from distill_trainer.nli.patterns import get_pattern, label_token_ids
 from distill_trainer.nli.tasks import get_task, load_split
 from distill_trainer.views.text import SEPARATOR
 
