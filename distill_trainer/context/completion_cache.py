@@ -15,7 +15,6 @@ warning and its entries are generated again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from distill_trainer.cache_paths import cache_home
 from distill_trainer.context.generation import GenerationSettings, generate_replies
 from distill_trainer.errors import UsageError
-from distill_trainer.integrity import write_text_atomically
+from distill_trainer.integrity import sha256_text, write_text_atomically
 from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
 
 logger = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def default_completion_cache_dir() -> Path:
 
 
 def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return sha256_text(json.dumps(value, sort_keys=True, ensure_ascii=False))
 
 
 def row_key(context: str, prompt: str) -> str:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill_trainer.integrity import sha256_file
+
 # a Hub repository id: owner/name (the Hub rejects a local path as `base_model`)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -164,25 +166,12 @@ def data_source(task, split: str, path=None) -> DataSource:
             hub_split=split,
         )
     path = Path(path)
-    known = KNOWN_FILES.get(_sha256(path))
+    known = KNOWN_FILES.get(sha256_file(path)) if path.is_file() else None
     if known is not None:
         return DataSource(task=task.name, split=split, **known)
     return DataSource(
         f"the local file {path.parent.name}/{path.name} (provenance not recorded)", task.name, split
     )
-
-
-def _sha256(path: Path) -> str | None:
-    import hashlib
-
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def data_lines(data: dict) -> list[str]:

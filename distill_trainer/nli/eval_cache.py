@@ -12,14 +12,13 @@ recomputed, with one warning naming the file, when that no longer matches.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 from distill_trainer.cache_paths import cache_home
 from distill_trainer.finite import nonfinite_records
-from distill_trainer.integrity import write_text_atomically
+from distill_trainer.integrity import sha256_text, write_text_atomically
 
 logger = logging.getLogger(__name__)
 FORMAT = 1
@@ -28,7 +27,7 @@ FORMAT = 1
 def evaluation_key(model_id: str, **settings) -> str:
     """A digest of the model's identity and every setting (JSON-serialisable) that decides the scores."""
     text = json.dumps({"format": FORMAT, "model": model_id, **settings}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_text(text)
 
 
 def _path(key: str, cache_dir=None) -> Path:
@@ -48,7 +47,7 @@ def load_evaluation(key: str, cache_dir=None):
         )
         return None
     payload = json.dumps(record.get("payload"), sort_keys=True)
-    if record.get("key") != key or hashlib.sha256(payload.encode()).hexdigest() != record.get("sha256"):
+    if record.get("key") != key or sha256_text(payload) != record.get("sha256"):
         logger.warning("evaluation cache %s does not match its checksum; evaluating again", path)
         return None
     predictions = record["payload"]["predictions"]
@@ -70,6 +69,6 @@ def store_evaluation(key: str, metrics: dict, predictions: list[dict], cache_dir
     payload = {"metrics": metrics, "predictions": predictions}
     # round-trip through JSON first, so the checksum covers exactly what a later load reads back
     payload = json.loads(json.dumps(payload, default=float))
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    digest = sha256_text(json.dumps(payload, sort_keys=True))
     write_text_atomically(path, json.dumps({"key": key, "sha256": digest, "payload": payload}))
     return path

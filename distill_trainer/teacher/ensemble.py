@@ -17,13 +17,14 @@ log-probs at a temperature, which `at_temperature_one` undoes exactly).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from distill_trainer.integrity import sha256_text
 
 # inputs that carry no evidence for any label: what a set answers to them is its bias
 CONTENT_FREE_TEXTS = ("N/A", "", "[MASK]")
@@ -90,7 +91,7 @@ def ensemble_key(member_keys: list[str], calibration: str, content_free_keys: li
     text = json.dumps(
         {"members": list(member_keys), "calibration": calibration, "content_free": content_free_keys or []}
     )
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_text(text)
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from distill_trainer.cache_paths import cache_home
 from distill_trainer.errors import UsageError
 from distill_trainer.finite import refuse_nonfinite
+from distill_trainer.integrity import sha256_text
 from distill_trainer.teacher.columns import (
     PER_ANSWER_TOKEN_TEACHER_COLUMNS,
     PER_EXAMPLE_TEACHER_COLUMNS,
@@ -105,7 +106,7 @@ def teacher_output_cache_key(
         "label_token_ids": [int(i) for i in label_token_ids] if distill_vocab == "label_words" else None,
         "extra": extra or {},
     }
-    key = hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
+    key = sha256_text(json.dumps(components, sort_keys=True))
     return key, components
 
 
