@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from distill_trainer.memory.units import MIB
+from distill_trainer.report.columns import LEGEND, headers, method_label, number, percent, table_rows
 from distill_trainer.report.findings import findings, paper_claims
 
 TEACHER_METHOD = "icl_teacher"
@@ -177,91 +178,14 @@ def add_teacher_agreement(rows: list[dict]) -> None:
 # ---------------------------------------------------------------- the table
 
 
-def _pct(value, stderr=None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{100 * value:.1f}" + (f" ±{100 * stderr:.1f}" if stderr is not None else "")
-
-
-def _num(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-COLUMNS = (
-    "method",
-    "trainable",
-    "peak MiB",
-    "load/teacher/train MiB",
-    "train s",
-    "eval s",
-    "MNLI acc",
-    "MNLI AUC",
-    "MNLI agree",
-    "MNLI pred. 0",
-    "HANS acc",
-    "HANS AUC",
-    "HANS ent/non",
-    "HANS agree",
-)
-
-
-LEGEND = (
-    "Accuracies and agreements in %, ± one standard error. *agree*: share of rows where the method predicts "
-    "what the ICL teacher predicts. *pred. 0*: share of rows predicted as label 0 (entailment). *HANS "
-    "ent/non*: accuracy on HANS entailment / non-entailment rows. AUC: of the label-word margin (0.5 = the "
-    "classes are not told apart). Peak MiB: peak resident memory of the method's process (runtime included); "
-    "load/teacher/train: the peak while loading models (the 8-bit teacher's quantization spike shows here), "
-    "during the teacher's output pass (- when its cached outputs were reused) and during training."
-)
-
-
-def method_label(row: dict) -> str:
-    """The method's name, marked when it is a memory probe or was read back from an earlier run."""
-    notes = []
-    if row.get("memory_probe_steps"):
-        notes.append(f"memory probe, {row['memory_probe_steps']} steps")
-    if row.get("reused_from"):
-        notes.append("reused")
-    return row["method"] + (f" ({', '.join(notes)})" if notes else "")
-
-
 def evaluated(rows: list[dict]) -> list[dict]:
     return [row for row in rows if any((t.get("accuracy") is not None) for t in row["eval"].values())]
 
 
-def table_rows(summary: dict) -> list[list[str]]:
-    rows = []
-    for row in summary["methods"]:
-        mnli, hans = row["eval"].get("mnli", {}), row["eval"].get("hans", {})
-        hans_labels = hans.get("per_label_accuracy") or {}
-        rows.append(
-            [
-                method_label(row),
-                f"{row['trainable_parameters']:,}",
-                _num(row["peak_memory_mib"], ".0f"),
-                "/".join(
-                    _num((row.get("phase_peak_mib") or {}).get(k), ".0f")
-                    for k in ("load", "teacher_pass", "train")
-                ),
-                _num(row["train_seconds"], ".0f"),
-                _num(row["eval_seconds"], ".0f"),
-                _pct(mnli.get("accuracy"), mnli.get("accuracy_stderr")),
-                _num(mnli.get("auc"), ".2f"),
-                _pct(mnli.get("teacher_agreement")),
-                _pct(next(iter((mnli.get("predicted_label_balance") or {None: None}).values()))),
-                _pct(hans.get("accuracy"), hans.get("accuracy_stderr")),
-                _num(hans.get("auc"), ".2f"),
-                "/".join(_pct(v) for v in hans_labels.values()) or "-",
-                _pct(hans.get("teacher_agreement")),
-            ]
-        )
-    return rows
-
-
 def format_table(summary: dict) -> str:
     """A fixed-width console table."""
-    rows = [list(COLUMNS), *table_rows(summary)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    rows = [headers(), *table_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
         for r in rows
@@ -275,8 +199,8 @@ def format_markdown(summary: dict) -> str:
     lines = [
         f"# Method comparison: {summary['settings'].get('student')}",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(headers()) + " |",
+        "|" + "---|" * len(headers()),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     heuristics = _heuristics(summary)
@@ -292,7 +216,7 @@ def format_markdown(summary: dict) -> str:
     for row in summary["methods"]:
         groups = row["eval"].get("hans", {}).get("per_heuristic", {})
         cells = [
-            f"{_pct(groups[h]['accuracy'])} ({_num(groups[h]['auc'], '.2f')})" if h in groups else "-"
+            f"{percent(groups[h]['accuracy'])} ({number(groups[h]['auc'], '.2f')})" if h in groups else "-"
             for h in heuristics
         ]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
