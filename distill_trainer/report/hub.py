@@ -31,7 +31,8 @@ from pathlib import Path
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import write_text_atomically as _write_atomically
 from distill_trainer.models.hub import CARD_FILE, push_student
-from distill_trainer.report.model_card import RECIPE_FILE, StudentCard, build_model_card, recipe_yaml
+from distill_trainer.report.card_text import RECIPE_FILE, recipe_yaml
+from distill_trainer.report.model_card import StudentCard, build_model_card
 
 # ---- the folder ----
 
