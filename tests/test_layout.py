@@ -168,3 +168,11 @@ def test_tests_mirror_the_package():
     assert folders - {"benchmarks", "__pycache__"} <= layers, "a test folder with no subpackage to mirror"
     top = {path.name for path in (ROOT / "tests").glob("test_*.py")}
     assert top == {"test_layout.py"}, "tests belong in the folder of the subpackage they test"
+
+
+def test_readme_lists_the_layers_in_order():
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = [
+        line.split()[0].rstrip("/") for line in text.splitlines() if line.startswith("  ") and "/" in line
+    ]
+    assert listed == list(LAYERS[1:]), "README's Layout lists the subpackages, lowest layer first"
