@@ -8,7 +8,7 @@ OPT-125M student (full, LoRA, BitFit), and with the teacher's outputs cached ahe
     python benchmarks/memory.py --tiny --output-dir /tmp/mem    # tiny models, seconds (used by the tests)
 
 Memory does not depend on the weights' values, so the models are random-initialised from the published
-configurations (`distill_trainer/architectures/*.json`). Each scenario runs a few optimizer steps of
+configurations (`distill_trainer/memory/architectures/*.json`). Each scenario runs a few optimizer steps of
 `ContextDistillationTrainer` in a fresh subprocess (peaks never mix) on batches from `TwoViewCollator`
 with the paper preset's shapes: 16 minimal-pattern demonstrations (~652 tokens), queries padded to
 ~90 tokens per batch. A scenario whose analytic estimate does not fit the memory available is reported

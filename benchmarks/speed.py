@@ -83,7 +83,7 @@ else:  # run as a script: its own directory is on sys.path
 
 PATTERN = "gpt3"
 LABEL_WORDS = (" Yes", " No")
-# OPT-350M's published shape (not shipped in distill_trainer/architectures)
+# OPT-350M's published shape (not shipped in distill_trainer/memory/architectures)
 OPT_350M = dict(
     vocab_size=50272,
     hidden_size=1024,

@@ -10,7 +10,7 @@ and to check the measurements. Models may live on the meta device, so nothing is
     estimate.total
 
 `architecture_config("opt-1.3b")` gives the published configuration of a model shipped as JSON in
-`distill_trainer/architectures/`, for building random-initialised models of the real size.
+`distill_trainer/memory/architectures/`, for building random-initialised models of the real size.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def architecture_config(name: str):
-    """The published configuration of an architecture shipped in `distill_trainer/architectures/`."""
+    """The published configuration of an architecture shipped in `distill_trainer/memory/architectures/`."""
     from transformers import AutoConfig
 
     path = ARCHITECTURES_DIR / f"{name}.json"

@@ -5,7 +5,7 @@
 
 A label word's score is the sum of its tokens' log-probabilities after the query (one token for the
 usual " Yes" / " No"). Only the logits at answer positions are built (`answer_logits`). Metrics go
-through the `evaluate` module shipped in `metrics/nli.py`, loaded by path (the stock
+through the `evaluate` module shipped in `nli/metrics/nli.py`, loaded by path (the stock
 `evaluate.load("accuracy")` fetches a script from the Hub).
 """
 

@@ -66,7 +66,7 @@ def test_self_teacher_is_exactly_the_base_model(tmp_path, tokenizer, student):
             if "lora_B" in name:
                 p.normal_()
     # the uncached teacher path, so the comparison can be exact (the prefix cache agrees to float rounding,
-    # tested in test_teacher_cache.py)
+    # tested in teacher/test_output_cache.py)
     trainer = make_trainer(tmp_path, lora, "self", tokenizer, teacher_prefix_cache=False)
     batch = TwoViewCollator(tokenizer.pad_token_id)([build_views(tokenizer, q, a, DEMOS) for q, a in ROWS])
     lora.eval()
