@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_bad_inputs import change_field, data_copy, relabel
+from bad_inputs import change_field, data_copy, relabel
 from test_recipes import ROOT, load_recipe, write_recipe
 from transformers import TrainerCallback
 
