@@ -3,6 +3,7 @@
 import copy
 import sys
 
+import helpers
 import pytest
 import torch
 from datasets import Dataset
@@ -173,21 +174,8 @@ def test_collator_shares_the_prefix_only_when_the_demonstrations_are_shared(toke
 
 
 def make_args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        teacher_cache_dir=str(tmp_path / "cache"),
-    )
-    values.update(overrides)
-    return DistillationConfig(**values)
+    """helpers.make_args with the teacher output cache in the test's own folder."""
+    return helpers.make_args(tmp_path, **{"teacher_cache_dir": str(tmp_path / "cache"), **overrides})
 
 
 def label_ids(tokenizer):
