@@ -292,45 +292,22 @@ def _import_runtime():
         import bitsandbytes  # noqa: F401
 
 
-def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, workdir: str) -> dict:
-    """Train a few steps with `ContextDistillationTrainer` and record the peaks of every phase."""
-    _import_runtime()
-    import torch
-    from datasets import Dataset
-
-    from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator
-    from distill_trainer.memory.breakdown import memory_breakdown
-    from distill_trainer.memory.peak import MemoryCallback, MemoryTracker
-    from distill_trainer.models.loading import count_parameters, load_causal_lm
-
-    torch.manual_seed(0)
-    device = settings["device"]
-    tracker = MemoryTracker(device=device)
-    on_cuda = tracker.cuda is not None
-    runtime = 0 if on_cuda else tracker.baseline_cpu_rss
-    batch, accumulation = scenario_batch(scenario, settings)
-    cache_teacher = CACHE_TEACHERS[settings.get("cache_teacher", "8bit")]
-    teacher_spec = cache_teacher if scenario.teacher_outputs_cached else dataclasses.asdict(scenario)
-
-    with tracker.phase("model_load"):
-        student = build_student(scenario, settings["tiny"])
-        teacher = None
-        if scenario.distills:
-            teacher = load_causal_lm(
-                checkpoint,
-                dtype=teacher_spec["teacher_dtype"],
-                quantization=teacher_spec["teacher_quantization"],
-            )
-    trainable, total = count_parameters(student)
-
+def scenario_rows(scenario: Scenario, settings: dict, vocab_size: int, per_step: int) -> list[dict]:
+    """Synthetic two-view rows for every step; pattern-based fine-tuning sees the student view only."""
     rows = synthetic_views(
-        batch * accumulation * settings["steps"],
-        student.config.vocab_size,
-        settings["student_tokens"],
-        settings["demonstration_tokens"],
+        per_step * settings["steps"], vocab_size, settings["student_tokens"], settings["demonstration_tokens"]
     )
-    if not scenario.distills:  # pattern-based fine-tuning sees the student view only
+    if not scenario.distills:
         rows = [{k: v for k, v in row.items() if not k.startswith("teacher_")} for row in rows]
+    return rows
+
+
+def training_arguments(
+    scenario: Scenario, settings: dict, workdir: str, batch: int, accumulation: int, on_cuda: bool
+):
+    """The scenario's DistillationConfig: a few constant-rate steps, nothing saved."""
+    from distill_trainer import DistillationConfig
+
     options = {"teacher_prefix_cache": scenario.prefix_cache}
     if scenario.teacher_outputs_cached:
         options.update(teacher_output_cache=True, teacher_cache_dir=str(Path(workdir) / "teacher_outputs"))
@@ -357,6 +334,68 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
         dataloader_num_workers=0,
         **{k: v for k, v in options.items() if k in known},
     )
+    return args
+
+
+def measured(scenario: Scenario, trainer, tracker, runtime: int, seconds: float) -> dict:
+    """The training phase's peak, what it is made of, and every phase's peaks."""
+    from distill_trainer.memory.breakdown import memory_breakdown
+
+    on_cuda = tracker.cuda is not None
+    peaks = tracker.peak("train")
+    peak = peaks["cuda_allocated"] if on_cuda else peaks["cpu_rss"]
+    breakdown = memory_breakdown(
+        peak,
+        student=trainer.model,
+        optimizer=trainer.optimizer,
+        teacher=trainer.teacher,
+        runtime_bytes=runtime,
+    )
+    return {
+        "scenario": scenario.name,
+        "status": "measured",
+        "peak_bytes": peak,
+        "runtime_bytes": runtime,
+        # what the caching allocator held from the driver at its peak (allocated + cached free blocks)
+        "peak_reserved_bytes": peaks.get("cuda_reserved"),
+        "breakdown": breakdown.as_dict(),
+        "memory": tracker.as_dict(),
+        "seconds": round(seconds, 1),
+    }
+
+
+def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, workdir: str) -> dict:
+    """Train a few steps with `ContextDistillationTrainer` and record the peaks of every phase."""
+    _import_runtime()
+    import torch
+    from datasets import Dataset
+
+    from distill_trainer import ContextDistillationTrainer, TwoViewCollator
+    from distill_trainer.memory.peak import MemoryCallback, MemoryTracker
+    from distill_trainer.models.loading import count_parameters, load_causal_lm
+
+    torch.manual_seed(0)
+    device = settings["device"]
+    tracker = MemoryTracker(device=device)
+    on_cuda = tracker.cuda is not None
+    runtime = 0 if on_cuda else tracker.baseline_cpu_rss
+    batch, accumulation = scenario_batch(scenario, settings)
+    cache_teacher = CACHE_TEACHERS[settings.get("cache_teacher", "8bit")]
+    teacher_spec = cache_teacher if scenario.teacher_outputs_cached else dataclasses.asdict(scenario)
+
+    with tracker.phase("model_load"):
+        student = build_student(scenario, settings["tiny"])
+        teacher = None
+        if scenario.distills:
+            teacher = load_causal_lm(
+                checkpoint,
+                dtype=teacher_spec["teacher_dtype"],
+                quantization=teacher_spec["teacher_quantization"],
+            )
+    trainable, total = count_parameters(student)
+
+    rows = scenario_rows(scenario, settings, student.config.vocab_size, batch * accumulation)
+    args = training_arguments(scenario, settings, workdir, batch, accumulation, on_cuda)
 
     class TrackedTrainer(ContextDistillationTrainer):
         """Records the teacher's forward as its own phase (nested inside "train")."""
@@ -381,31 +420,12 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     trainer.train()
     seconds = time.perf_counter() - started
 
-    peaks = tracker.peak("train")
-    peak = peaks["cuda_allocated"] if on_cuda else peaks["cpu_rss"]
-    breakdown = memory_breakdown(
-        peak,
-        student=trainer.model,
-        optimizer=trainer.optimizer,
-        teacher=trainer.teacher,
-        runtime_bytes=runtime,
-    )
-    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    return {
-        "scenario": scenario.name,
-        "status": "measured",
-        "peak_bytes": peak,
-        "runtime_bytes": runtime,
-        # what the caching allocator held from the driver at its peak (allocated + cached free blocks)
-        "peak_reserved_bytes": peaks.get("cuda_reserved"),
-        "breakdown": breakdown.as_dict(),
-        "memory": tracker.as_dict(),
-        "seconds": round(seconds, 1),
+    return measured(scenario, trainer, tracker, runtime, seconds) | {
         "trainable_parameters": trainable,
         "total_parameters": total,
         "batch_size": batch,
         "gradient_accumulation_steps": accumulation,
-        "losses": losses,
+        "losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
     }
 
 
@@ -618,11 +638,7 @@ def load_results(output_dir: Path, settings: dict) -> dict[str, dict]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--worker" in argv:
-        worker_main(argv)
-        return 0
+def parse_options(argv: list[str]):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -683,9 +699,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run scenarios in this process (tests only: peaks then include earlier scenarios)",
     )
     ns = parser.parse_args(argv)
+    return ns
 
-    from distill_trainer.errors import UsageError
 
+def run_settings(ns) -> dict:
+    """What every scenario of this run shares, as recorded beside its results."""
     shapes = TINY_SHAPES if ns.tiny else PAPER_SHAPES
     settings = {
         "tiny": ns.tiny,
@@ -700,6 +718,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     if ns.cache_teacher != "8bit":  # recorded only when not the default, so earlier results still load
         settings["cache_teacher"] = ns.cache_teacher
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--worker" in argv:
+        worker_main(argv)
+        return 0
+    ns = parse_options(argv)
+
+    from distill_trainer.errors import UsageError
+
+    settings = run_settings(ns)
     names = (
         ["disk", *SCENARIOS]
         if ns.scenarios == "all"
