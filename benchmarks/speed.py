@@ -476,10 +476,42 @@ def parse_options(argv=None):
     return options
 
 
+def run_facts(options, argv, trl_version, gpu, meter, load_average: str, probe) -> dict:
+    """What the report says about the run: command, machine, versions, settings, memory method, probe."""
+    import transformers
+
+    return {
+        "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
+        "threads",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl_version,
+        "settings": {
+            k: getattr(options, k)
+            for k in (
+                "batch_size",
+                "demonstrations",
+                "warmup",
+                "steps",
+                "queries",
+                "icl_queries",
+                "icl_cached_queries",
+                "icl_repeats",
+                "models",
+                "device",
+            )
+        },
+        "gpu": gpu,
+        "cuda": torch.version.cuda if gpu else None,
+        "memory_method": meter.method,
+        "load_average": load_average,
+        "probe": probe,
+    }
+
+
 def main(argv=None):
     options = parse_options(argv)
-
-    import transformers
 
     try:
         import trl
@@ -507,32 +539,7 @@ def main(argv=None):
         pairs.append(run_pair(name, options, shared, meter))
         release_memory()  # the pair's models are gone once run_pair returns
     report = {
-        "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
-        "threads",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl_version,
-        "settings": {
-            k: getattr(options, k)
-            for k in (
-                "batch_size",
-                "demonstrations",
-                "warmup",
-                "steps",
-                "queries",
-                "icl_queries",
-                "icl_cached_queries",
-                "icl_repeats",
-                "models",
-                "device",
-            )
-        },
-        "gpu": gpu,
-        "cuda": torch.version.cuda if gpu else None,
-        "memory_method": meter.method,
-        "load_average": load_average,
-        "probe": probe,
+        **run_facts(options, argv, trl_version, gpu, meter, load_average, probe),
         "total_seconds": time.perf_counter() - started,
         "pairs": pairs,
     }

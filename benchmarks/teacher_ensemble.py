@@ -53,6 +53,24 @@ def figures(logprobs: torch.Tensor, labels: list[int]) -> dict:
     }
 
 
+def variant_figures(members: list, free: list, labels: list[int]) -> dict:
+    """{variant: its figures}: the members' scores combined and calibrated as each variant says."""
+    result = {}
+    for variant, (count, average, calibration) in VARIANTS.items():
+        chosen = members[: count or len(members)]
+        content_free = {
+            "none": None,
+            "content_free": free[: len(chosen)],
+            "batch": [content_free_distribution(scores) for scores in chosen],
+        }[calibration]
+        if count == 1 and calibration == "none":
+            scores = torch.log_softmax(chosen[0].double(), -1)
+        else:
+            scores = combine_members(chosen, content_free, average=average)
+        result[variant] = figures(scores, labels)
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="recipes/configs/embedded/teacher-ensemble.yaml")
@@ -101,19 +119,7 @@ def main(argv=None) -> dict:
                 )
                 for s in seeded.samplers
             ]
-            per_seed[str(seed)][task] = {}
-            for variant, (count, average, calibration) in VARIANTS.items():
-                chosen = members[: count or len(members)]
-                content_free = {
-                    "none": None,
-                    "content_free": free[: len(chosen)],
-                    "batch": [content_free_distribution(scores) for scores in chosen],
-                }[calibration]
-                if count == 1 and calibration == "none":
-                    scores = torch.log_softmax(chosen[0].double(), -1)
-                else:
-                    scores = combine_members(chosen, content_free, average=average)
-                per_seed[str(seed)][task][variant] = figures(scores, labels)
+            per_seed[str(seed)][task] = variant_figures(members, free, labels)
     report = {"config": args.config, "model": name, "demonstration_sets": len(members), "seeds": per_seed}
     report["spread"] = spread(per_seed)
     output = Path(args.output_dir)
