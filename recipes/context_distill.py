@@ -36,6 +36,7 @@ from distill_trainer.run.runner import (
     describe_student,
     describe_training,
     load_student,
+    nli_metrics,
     no_partial_output_dir,
     print_summary,
     resolved_config,
@@ -123,32 +124,28 @@ def run_context_distill(
         results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
 
     # ------------------------------------------------------------ report
-    metrics = {
-        "recipe": RECIPE,
-        "method": f"cd_{student_args.student_mode}",
-        "model": student_args.model_name_or_path,
-        "student_mode": student_args.student_mode,
-        "teacher": teacher,
-        "teacher_quantization": "none" if self_teacher else config.teacher_quantization,
-        "task": data.task.name,
-        "pattern": data.pattern.name,
-        "label_words": list(data.pattern.label_words),
-        "k": data_args.k,
-        "demonstration_seed": data_args.demonstration_seed,
-        "resample_demonstrations": data_args.resample_demonstrations,
-        "demonstration_sets": data_args.demonstration_sets,
-        "teacher_calibration": data_args.teacher_calibration,
-        "loss": config.loss,
-        "alpha": config.alpha,
-        "temperature": config.temperature,
-        "distill_vocab": config.distill_vocab,
+    metrics = nli_metrics(
+        RECIPE,
+        f"cd_{student_args.student_mode}",
+        student_args.model_name_or_path,
+        data,
+        results,
+        tracker,
+        student_mode=student_args.student_mode,
+        teacher=teacher,
+        teacher_quantization="none" if self_teacher else config.teacher_quantization,
+        k=data_args.k,
+        demonstration_seed=data_args.demonstration_seed,
+        resample_demonstrations=data_args.resample_demonstrations,
+        demonstration_sets=data_args.demonstration_sets,
+        teacher_calibration=data_args.teacher_calibration,
+        loss=config.loss,
+        alpha=config.alpha,
+        temperature=config.temperature,
+        distill_vocab=config.distill_vocab,
         **training_metrics(trainer, train_result, len(train_dataset)),
-        "teacher_output_cache": trainer.teacher_output_cache_info,
-        "eval": results.metrics,
-        "eval_seconds": round(results.seconds, 2),
-        "data": data.data_report(),
-        "memory": tracker.as_dict(),
-    }
+        teacher_output_cache=trainer.teacher_output_cache_info,
+    )
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set

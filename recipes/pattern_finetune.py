@@ -34,6 +34,7 @@ from distill_trainer.run.runner import (
     describe_student,
     describe_training,
     load_student,
+    nli_metrics,
     no_partial_output_dir,
     print_summary,
     resolved_config,
@@ -83,20 +84,16 @@ def run_pattern_finetune(
         results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
 
     # ------------------------------------------------------------ report
-    metrics = {
-        "recipe": RECIPE,
-        "method": f"pbft_{student_args.student_mode}",
-        "model": student_args.model_name_or_path,
-        "student_mode": student_args.student_mode,
-        "task": data.task.name,
-        "pattern": data.pattern.name,
-        "label_words": list(data.pattern.label_words),
+    metrics = nli_metrics(
+        RECIPE,
+        f"pbft_{student_args.student_mode}",
+        student_args.model_name_or_path,
+        data,
+        results,
+        tracker,
+        student_mode=student_args.student_mode,
         **training_metrics(trainer, train_result, len(train_dataset)),
-        "eval": results.metrics,
-        "eval_seconds": round(results.seconds, 2),
-        "data": data.data_report(),
-        "memory": tracker.as_dict(),
-    }
+    )
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set

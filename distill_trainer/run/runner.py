@@ -116,6 +116,25 @@ def training_metrics(trainer, train_result, num_examples: int) -> dict:
 # ---------------------------------------------------------------- outputs
 
 
+def nli_metrics(recipe: str, method: str, model: str, data, results, tracker, **fields) -> dict:
+    """A NLI recipe's metrics.json: who ran on what first, the recipe's own `fields`, then what every
+    recipe reports (evaluation, data, memory), so that the comparison reads every method alike.
+    `eval_seconds` in `fields` overrides the results' own (a run over several seeds sums them)."""
+    return {
+        "recipe": recipe,
+        "method": method,
+        "model": model,
+        "task": data.task.name,
+        "pattern": data.pattern.name,
+        "label_words": list(data.pattern.label_words),
+        **{k: v for k, v in fields.items() if k != "eval_seconds"},
+        "eval": results.metrics,
+        "eval_seconds": fields.get("eval_seconds", round(results.seconds, 2)),
+        "data": data.data_report(),
+        "memory": tracker.as_dict(),
+    }
+
+
 def resolved_config(configs) -> dict:
     """Every field of the recipe's own dataclasses, plus the training settings that shape the run.
 
