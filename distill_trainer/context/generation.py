@@ -5,7 +5,7 @@
                                pad_token_id=tokenizer.pad_token_id, prefix_length=shared_prefix_length(...))
 
 When every prompt starts with the same `prefix_length` ids (a shared system prompt), the prefix's keys and
-values are computed once (`prefix_cache.PrefixCachedTeacher`) and each batch runs only its own tokens.
+values are computed once (`teacher.prefix_cache.PrefixCachedTeacher`) and each batch runs only its own tokens.
 Batches are left-padded after the prefix: [prefix | pads | prompt], pads masked out, positions counted
 over real tokens only, so the last column is every row's last prompt token and one decoding step serves
 the whole batch. The loop is written out here, not `model.generate`: it owns the cache and positions
@@ -119,7 +119,7 @@ def generate_replies(
     """The reply's token ids for each prompt (ending with its stop token, or cut at max_new_tokens).
 
     Args:
-        prompts: templated prompts as token ids (`chat_views.chat_prompt_ids`).
+        prompts: templated prompts as token ids (`views.chat.chat_prompt_ids`).
         prefix_length: leading ids shared by every prompt; run once through the model and reused.
         progress: a tqdm description, or None for no progress bar.
         on_batch: called with (prompt indices, their replies) after each batch, e.g. to store them.

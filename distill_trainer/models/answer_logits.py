@@ -1,7 +1,7 @@
 """`answer_logits`: a causal LM's logits at given answer positions, never the whole sequence's.
 
-Used by the student's forward in the trainer, by the teacher's uncached forward (prefix_cache.py) and by
-label-word scoring (evaluation.py); it depends on nothing else in the package.
+Used by the student's forward in the trainer, by the teacher's uncached forward (teacher/prefix_cache.py)
+and by label-word scoring (nli/evaluation.py); it depends on nothing else in the package.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class NLIData:
     sampler: DemonstrationSampler
     eval_sets: dict[str, Dataset]
     train_rows: Dataset | None = None
-    reports: list = field(default_factory=list)  # data_report.DataReport per file read
+    reports: list = field(default_factory=list)  # row_checks.DataReport per file read
     # the teacher's demonstration sets: [sampler] alone, or the members of an ensemble (set 0 is `sampler`)
     samplers: list[DemonstrationSampler] = field(default_factory=list)
 

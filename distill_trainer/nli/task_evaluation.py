@@ -7,7 +7,7 @@ from the evaluation cache, and a teacher ensembled over demonstration sets and c
 
 With `teacher_ensemble` and `demonstration_sets > 1` or a `teacher_calibration`, each
 demonstration set is evaluated (and cached) on its own, exactly as a single-set run would, and the
-ensemble's scores are combined from theirs (`teacher_ensemble.combine_members`): adding sets or
+ensemble's scores are combined from theirs (`teacher.ensemble.combine_members`): adding sets or
 calibration to a run whose sets were scored before costs only the content-free queries.
 """
 

@@ -231,7 +231,7 @@ def load_split(
     """One split of a task with columns premise, hypothesis, label (task label ids) and the task's extras;
     with `keep_idx`, also the source's row id `idx` where it has one (to pin demonstrations by id).
     `data_file` reads that JSONL file (same columns and label ids) instead of the split. Rows the task
-    cannot use are errors unless `drop_invalid_rows` (see `data_report.check_rows`); what was read, kept
+    cannot use are errors unless `drop_invalid_rows` (see `row_checks.check_rows`); what was read, kept
     and dropped is appended to `reports` (a `DataReport`)."""
     from distill_trainer.models.provenance import (
         data_source as rows_source,  # `data_source` is an argument here

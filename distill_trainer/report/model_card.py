@@ -2,7 +2,7 @@
 memory, recipe, citations and versions (hub.py saves it with the weights and pushes it).
 
     card = card_for_recipe(student_args, config, metrics, train_task="mnli", memory={"train": 812.0},
-                           data_reports=data.reports)   # what the rows are (run_data.NLIData)
+                           data_reports=data.reports)   # what the rows are (nli.data.NLIData)
     build_model_card(card, recipe_text, adapter=False)    # a huggingface_hub.ModelCard
 
 or by hand: `StudentCard(model_name=..., base_model=..., teacher=..., results=[EvalSummary("MNLI",

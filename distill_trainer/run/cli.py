@@ -3,9 +3,9 @@
     # check a recipe file, load no model
     distill-trainer validate --config recipes/configs/paper/cd-full.yaml
     distill-trainer validate --config my.yaml --recipe context_distill --learning_rate 1e-4
-    # see evaluate_command
+    # see run/evaluate_command.py
     distill-trainer evaluate --model results/latest/cd_lora --task mnli --data dev.jsonl
-    # see reply_command
+    # see run/reply_command.py
     distill-trainer evaluate-replies --model results/system-prompt --data heldout.jsonl --teacher self
 
 Each subcommand is one `add_<name>_command(subcommands)` function, listed in `COMMANDS`, that adds its

@@ -1,6 +1,6 @@
 """Running a recipe: the student it trains, evaluation over every task, the files it writes (metrics,
 predictions, resolved config), the one-screen summary, and a `UsageError` turned into one line on stderr
-with exit status 2. The rows it reads come from `run_data.py`.
+with exit status 2. The rows it reads come from `nli/data.py`.
 
     results = evaluate_on_tasks(model, tokenizer, data, config, data_args, demonstrations=None)
     write_outputs(

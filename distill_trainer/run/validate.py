@@ -110,7 +110,7 @@ def validate_recipe(
 
 
 def check_teacher_ensemble(data_args, config) -> None:
-    """An ensembled or calibrated teacher is built from cached label-word outputs (teacher_ensemble.py)."""
+    """An ensembled or calibrated teacher is built from cached label-word outputs (teacher/ensemble.py)."""
     if data_args.demonstration_sets == 1 and data_args.teacher_calibration == "none":
         return
     if not config.teacher_output_cache or config.distill_vocab != "label_words":

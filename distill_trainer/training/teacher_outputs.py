@@ -1,5 +1,5 @@
-"""The trainer's use of the teacher output cache (output_cache.py): swap the datasets for copies carrying
-the teacher's answers, loading the teacher only when some are not cached yet, then train without it.
+"""The trainer's use of the teacher output cache (teacher/output_cache.py): swap the datasets for copies
+carrying the teacher's answers, loading the teacher only when some are not cached yet, then train without it.
 A mixin of `ContextDistillationTrainer`, which provides the teacher, its runner and the memory phases.
 """
 

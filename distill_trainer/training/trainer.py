@@ -80,7 +80,7 @@ class ContextDistillationTrainer(
         if args is None or not isinstance(args, DistillationConfig):
             raise UsageError("ContextDistillationTrainer needs args=DistillationConfig(...)")
         teacher = teacher if teacher is not None else args.teacher_model_name_or_path
-        # a train_dataset that already carries the teacher's outputs (output_cache.py) needs no teacher
+        # a train_dataset already carrying the teacher's outputs (teacher/output_cache.py) needs no teacher
         cached_outputs = has_teacher_outputs(kwargs.get("train_dataset"))
         if teacher is None and args.alpha > 0 and not cached_outputs:
             raise UsageError(
@@ -115,7 +115,7 @@ class ContextDistillationTrainer(
         self.teacher_from_cache = cached_outputs and args.alpha > 0
         # what the teacher output cache did: {"path", "reused", "seconds"} per dataset (None without it)
         self.teacher_output_cache_info = None
-        # more demonstration sets and/or their calibration (teacher_ensemble.TeacherEnsembleViews)
+        # more demonstration sets and/or their calibration (teacher.ensemble.TeacherEnsembleViews)
         self.teacher_ensemble = teacher_ensemble
         teacher_id = None
         if args.teacher_output_cache and isinstance(teacher, str) and not is_self(teacher) and args.alpha > 0:

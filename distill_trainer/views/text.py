@@ -56,7 +56,7 @@ def build_views(
     student_prefix = start + query_ids
     teacher_prefix = start + demo_ids + query_ids
     # the teacher view is this shared prefix (start + demonstrations) + a per-example suffix; the
-    # teacher prefix KV cache runs the prefix once (see prefix_cache.py)
+    # teacher prefix KV cache runs the prefix once (see teacher/prefix_cache.py)
     return two_view_row(student_prefix, teacher_prefix, answer_ids, len(start + demo_ids))
 
 
@@ -86,7 +86,7 @@ class TwoViewCollator:
     `build_views`: fixed demonstrations), the batch also carries that prefix as `teacher_prefix_ids`
     (batch, P), rows equal, and the rest of the teacher view as `teacher_suffix_input_ids`,
     `teacher_suffix_attention_mask`, `teacher_suffix_answer_positions` (relative to the suffix), which
-    is what the teacher prefix KV cache runs. Teacher outputs cached in the dataset (output_cache.py)
+    is what the teacher prefix KV cache runs. Teacher outputs cached in the dataset (teacher/output_cache.py)
     are carried along, right-aligned like `answer_ids`.
     """
 
