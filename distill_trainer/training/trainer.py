@@ -122,15 +122,15 @@ class ContextDistillationTrainer(
             # a teacher on disk is identified by its files: a cache built before is found without loading it
             teacher_id = teacher_source_fingerprint(teacher, args.teacher_dtype, args.teacher_quantization)
 
-        def load_teacher():
+        def setup_teacher():
             with self._phase("teacher_load"):
                 return self._setup_teacher(teacher, teacher_tokenizer)
 
         if teacher_id is not None:
             self.teacher = None
-            self._use_teacher_output_cache(teacher_id, load_teacher)
+            self._use_teacher_output_cache(teacher_id, setup_teacher)
         else:
-            self.teacher = load_teacher()
+            self.teacher = setup_teacher()
             if args.teacher_output_cache and self.teacher is not None:
                 self._use_teacher_output_cache()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
