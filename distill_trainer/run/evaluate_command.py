@@ -172,16 +172,64 @@ def load_model_and_tokenizer(model: str, dtype: str = "float32"):
     return PeftModel.from_pretrained(base, str(folder)), tokenizer
 
 
+def data_arguments(args, task):
+    """The recipes' DataArguments for this evaluation, which check the pattern, k and demonstration ids as
+    the recipes do; the pattern comes from the model folder's recipe unless the command line names one."""
+    from distill_trainer.nli.arguments import DataArguments
+
+    pattern_settings = saved_pattern_settings(args.model)
+    for key in PATTERN_KEYS:
+        if getattr(args, key) is not None:
+            pattern_settings[key] = getattr(args, key)
+    return DataArguments(
+        task=task.name,
+        k=args.k,
+        demonstration_ids=args.demonstration_ids,
+        demonstration_seed=args.demonstration_seed,
+        data_dir=args.data_dir,
+        data_source="local" if args.data_dir else "auto",
+        **pattern_settings,
+    )
+
+
+def fixed_demonstrations(args, task, data_args, pattern, rows) -> list[str]:
+    """The k demonstrations shown before every row, from the task's training pool (MNLI's for a task
+    without one), never one of the rows evaluated."""
+    from distill_trainer.nli.demonstrations import DemonstrationSampler, row_key
+    from distill_trainer.nli.tasks import get_task, load_split
+
+    source = task if task.train_split else get_task("mnli")
+    pool = load_split(
+        source,
+        source.train_split,
+        data_args.data_source,
+        data_args.data_dir,
+        keep_idx=args.demonstration_ids is not None,
+    )
+    sampler = DemonstrationSampler(
+        pool,
+        pattern,
+        task.num_labels,
+        args.k,
+        args.demonstration_seed,
+        exclude_keys={row_key(row) for row in rows},
+        demonstration_ids=args.demonstration_ids,
+    )
+    return sampler.fixed
+
+
+def write_results(output_dir: Path, task, metrics: dict, predictions: list[dict]) -> list[Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = [output_dir / "metrics.json", output_dir / f"predictions_{task.name}.jsonl"]
+    paths[0].write_text(json.dumps({"eval": {task.name: metrics}}, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text("".join(json.dumps(r) + "\n" for r in predictions), encoding="utf-8")
+    return paths
+
+
 def evaluate_file(args) -> dict:
     """Run the evaluation `args` describe; returns {"metrics": ..., "predictions": ...}."""
-    from distill_trainer.nli.arguments import DataArguments
     from distill_trainer.nli.data import model_max_length
-    from distill_trainer.nli.demonstrations import (
-        DemonstrationSampler,
-        balanced_subset,
-        fit_demonstrations,
-        row_key,
-    )
+    from distill_trainer.nli.demonstrations import balanced_subset, fit_demonstrations
     from distill_trainer.nli.evaluation import evaluate_task
     from distill_trainer.nli.row_checks import print_reports
     from distill_trainer.nli.tasks import get_task, load_split
@@ -193,20 +241,7 @@ def evaluate_file(args) -> dict:
         check_output_location(args.output_dir)
     task = get_task(args.task)
     check_data_file(args.data)
-    pattern_settings = saved_pattern_settings(args.model)
-    for key in PATTERN_KEYS:
-        if getattr(args, key) is not None:
-            pattern_settings[key] = getattr(args, key)
-    # DataArguments checks the pattern, k and demonstration ids as the recipes do
-    data_args = DataArguments(
-        task=task.name,
-        k=args.k,
-        demonstration_ids=args.demonstration_ids,
-        demonstration_seed=args.demonstration_seed,
-        data_dir=args.data_dir,
-        data_source="local" if args.data_dir else "auto",
-        **pattern_settings,
-    )
+    data_args = data_arguments(args, task)
     pattern = data_args.get_pattern()
     reports = []
     rows = load_split(
@@ -214,26 +249,7 @@ def evaluate_file(args) -> dict:
     )
     if args.num_examples is not None:
         rows = balanced_subset(rows, args.num_examples, task.num_labels, seed=0, what="rows (--num_examples)")
-    demonstrations = None
-    if args.k:
-        source = task if task.train_split else get_task("mnli")
-        pool = load_split(
-            source,
-            source.train_split,
-            data_args.data_source,
-            data_args.data_dir,
-            keep_idx=args.demonstration_ids is not None,
-        )
-        sampler = DemonstrationSampler(
-            pool,
-            pattern,
-            task.num_labels,
-            args.k,
-            args.demonstration_seed,
-            exclude_keys={row_key(row) for row in rows},
-            demonstration_ids=args.demonstration_ids,
-        )
-        demonstrations = sampler.fixed
+    demonstrations = fixed_demonstrations(args, task, data_args, pattern, rows) if args.k else None
     print_reports(reports)
 
     # every row must fit the model's positions before any weights load or any scoring starts
@@ -266,13 +282,7 @@ def evaluate_file(args) -> dict:
         k=args.k,
         demonstration_ids=args.demonstration_ids,
     )
-    paths = []
-    if args.output_dir:
-        output_dir = Path(args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        paths = [output_dir / "metrics.json", output_dir / f"predictions_{task.name}.jsonl"]
-        paths[0].write_text(json.dumps({"eval": {task.name: metrics}}, indent=2) + "\n", encoding="utf-8")
-        paths[1].write_text("".join(json.dumps(r) + "\n" for r in predictions), encoding="utf-8")
+    paths = write_results(Path(args.output_dir), task, metrics, predictions) if args.output_dir else []
     print(
         format_summary(
             f"evaluate: {args.model}",
