@@ -1,6 +1,6 @@
 """Nothing lost silently: dropped rows are counted, a damaged checkpoint is passed over, two runs never
 share an output folder, and every recipe and command answers --help. (The one-line errors are catalogued
-in run/test_bad_inputs.py; the teacher output cache's damage tests are in teacher/test_output_cache.py.)"""
+in run/test_bad_*.py; the teacher output cache's damage tests are in teacher/test_output_cache.py.)"""
 
 import json
 import logging

@@ -1,5 +1,5 @@
 """The three recipes end to end on tiny models: through `accelerate launch` (one subprocess each, 2 steps),
-in process for variants. The bad inputs are catalogued in run/test_bad_inputs.py."""
+in process for variants. The bad inputs are catalogued in run/test_bad_*.py."""
 
 import dataclasses
 import json
@@ -136,7 +136,7 @@ def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_
 # ---------------------------------------------------------------- bad input
 # The bad-input cases (unknown task and pattern, template fields, colliding label words, too few
 # rows for k, misspelled keys and flags, missing data dir or column, prompts over max_length, a
-# teacher where none is read, ...) and the script's exit status 2 are in run/test_bad_inputs.py.
+# teacher where none is read, ...) and the script's exit status 2 are in run/test_bad_*.py.
 
 
 def test_holdout_rows_are_never_training_queries(tmp_path, tiny_dirs, capsys):
