@@ -58,7 +58,9 @@ def check_settings(student_args, config) -> None:
             "distill_context matches whole replies: set distill_vocab: full (a shared tokenizer)"
         )
     teacher, mode = config.teacher_model_name_or_path, student_args.student_mode
-    check_self_teacher(teacher, student_is_lora=mode == "lora", fix=f"needs student_mode: lora (got {mode})")
+    check_self_teacher(
+        teacher, student_is_lora=mode == "lora", fix=f"it needs student_mode: lora (got {mode})"
+    )
 
 
 def load_rows(data_args: ContextDataArguments):

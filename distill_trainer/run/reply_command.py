@@ -158,14 +158,14 @@ def _print(summary: dict) -> None:
 
 def _write(output_dir: Path, summary: dict, rows: list[dict], result: dict) -> None:
     from distill_trainer.context.generation_eval import reply_records
-    from distill_trainer.integrity import _write_atomically
+    from distill_trainer.integrity import write_text_atomically
 
     output_dir.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(record) + "\n" for record in reply_records(rows, result)]
-    _write_atomically(output_dir / "replies.jsonl", "".join(lines))
-    _write_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(output_dir / "replies.jsonl", "".join(lines))
+    write_text_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
 
 
 def check_arguments(args) -> None:
     is_adapter = (Path(args.model) / "adapter_config.json").is_file()
-    check_self_teacher(args.teacher, student_is_lora=is_adapter, fix="needs a LoRA adapter folder as --model")
+    check_self_teacher(args.teacher, student_is_lora=is_adapter, fix="give a LoRA adapter folder as --model")

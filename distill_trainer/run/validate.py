@@ -138,7 +138,9 @@ def check_teacher(student_args, config) -> str:
             "student_mode: lora; for gold labels only run recipes/pattern_finetune.py"
         )
     mode = student_args.student_mode
-    check_self_teacher(teacher, student_is_lora=mode == "lora", fix=f"needs student_mode: lora (got {mode})")
+    check_self_teacher(
+        teacher, student_is_lora=mode == "lora", fix=f"it needs student_mode: lora (got {mode})"
+    )
     if config.alpha == 0:
         raise UsageError(
             "alpha: 0 trains on the gold labels only and never reads the teacher; set alpha > 0, "

@@ -36,12 +36,12 @@ def is_self(teacher) -> bool:
 # ---- checks, before anything is loaded ----
 
 
-def check_self_teacher(teacher, student_is_lora: bool, fix: str = "needs student_mode: lora") -> None:
+def check_self_teacher(teacher, student_is_lora: bool, fix: str = "it needs student_mode: lora") -> None:
     """A `self` teacher is the base model under the student's LoRA adapters: without them there is none."""
     if is_self(teacher) and not student_is_lora:
         raise UsageError(
-            "teacher 'self' needs a LoRA student: it is the student's base model with the adapters switched "
-            f"off, so it {fix}"
+            "teacher 'self' is the student's base model with its LoRA adapters switched off, so it needs a "
+            f"LoRA student; {fix}"
         )
 
 
@@ -160,7 +160,9 @@ class Teacher:
     def for_model(cls, model, name: str, source: str, dtype: str = "float32", quantization: str = "none"):
         """`name` "self" uses `model` (a LoRA student) with its adapters off; `source` is the path or alias
         the teacher's weights come from (the student's, for "self")."""
-        check_self_teacher(name, student_is_lora=hasattr(model, "disable_adapter"), fix="needs a LoRA model")
+        check_self_teacher(
+            name, student_is_lora=hasattr(model, "disable_adapter"), fix="this model has no adapters"
+        )
         teacher_id = teacher_source_fingerprint(source, dtype, quantization) or teacher_fingerprint(model)
         return cls(model=model, teacher_id=teacher_id, is_self=is_self(name))
 

@@ -42,8 +42,8 @@ def test_only_the_name_self_is_self():
 def test_a_self_teacher_needs_a_lora_student():
     with pytest.raises(UsageError, match="needs a LoRA student.*needs student_mode: lora"):
         check_self_teacher("self", student_is_lora=False)
-    with pytest.raises(UsageError, match="so it needs a LoRA adapter folder as --model"):
-        check_self_teacher("self", student_is_lora=False, fix="needs a LoRA adapter folder as --model")
+    with pytest.raises(UsageError, match="needs a LoRA student; give a LoRA adapter folder as --model"):
+        check_self_teacher("self", student_is_lora=False, fix="give a LoRA adapter folder as --model")
     check_self_teacher("self", student_is_lora=True)
     check_self_teacher("some/teacher", student_is_lora=False)
     check_self_teacher(None, student_is_lora=False)
