@@ -283,74 +283,37 @@ def recipe_step(options, results: Path, timeout: float, env: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def recipe_worker(out: Path, device: str, tiny: bool) -> int:
-    """Two runs of recipes/context_distill.py (in this process) that differ only in teacher_prefix_cache."""
-    import importlib.util
+def recipe_config(models: Path, output_dir: Path, device: str, prefix_cache: bool, steps: int) -> dict:
+    """The context_distill recipe of one run: bf16 teacher and autocast, only teacher_prefix_cache varies."""
+    return {
+        "model_name_or_path": str(models / "student"),
+        "teacher_model_name_or_path": str(models / "teacher"),
+        "teacher_dtype": "bfloat16",
+        "bf16": True,
+        "use_cpu": device == "cpu",
+        "teacher_prefix_cache": prefix_cache,
+        "task": "mnli",
+        "eval_tasks": ["mnli"],
+        "data_source": "local",
+        "data_dir": str(REPO / "tests" / "data"),
+        "k": 4,
+        "num_train_examples": 16,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 16,
+        "max_steps": steps,
+        "learning_rate": 1e-4,
+        "lr_scheduler_type": "constant",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "report_to": "none",
+        "seed": 0,
+        "output_dir": str(output_dir),
+    }
 
-    import yaml
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_model, build_tokenizer  # the tests' offline tokenizer and tiny Llama
-
-    out.mkdir(parents=True, exist_ok=True)
-    models = out / "models"
-    tokenizer = build_tokenizer()
-    # on a GPU a model big enough for bf16 rounding to show; on CPU the tests' tiny size
-    width, layers = (64, 2) if tiny else (512, 4)
-    for name, seed in (("student", 0), ("teacher", 1)):
-        build_model(len(tokenizer), seed=seed, hidden_size=width, layers=layers).save_pretrained(
-            models / name
-        )
-        tokenizer.save_pretrained(models / name)
-    # count the prefix-cached teacher forwards, so "same losses" cannot come from the cache never running
-    import distill_trainer.prefix_cache as prefix_cache_module
-
-    cached_calls = {"n": 0}
-    original = prefix_cache_module.PrefixCachedTeacher.answer_logits
-
-    def counted(self, *args, **kwargs):
-        cached_calls["n"] += 1
-        return original(self, *args, **kwargs)
-
-    prefix_cache_module.PrefixCachedTeacher.answer_logits = counted
-    spec = importlib.util.spec_from_file_location("context_distill", REPO / "recipes" / "context_distill.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    steps = 3
-    losses, cached_forwards = {}, {}
-    for prefix_cache in (True, False):
-        name = "prefix-cache" if prefix_cache else "no-prefix-cache"
-        config = {
-            "model_name_or_path": str(models / "student"),
-            "teacher_model_name_or_path": str(models / "teacher"),
-            "teacher_dtype": "bfloat16",
-            "bf16": True,
-            "use_cpu": device == "cpu",
-            "teacher_prefix_cache": prefix_cache,
-            "task": "mnli",
-            "eval_tasks": ["mnli"],
-            "data_source": "local",
-            "data_dir": str(REPO / "tests" / "data"),
-            "k": 4,
-            "num_train_examples": 16,
-            "per_device_train_batch_size": 4,
-            "per_device_eval_batch_size": 16,
-            "max_steps": steps,
-            "learning_rate": 1e-4,
-            "lr_scheduler_type": "constant",
-            "save_strategy": "no",
-            "logging_steps": 1,
-            "disable_tqdm": True,
-            "report_to": "none",
-            "seed": 0,
-            "output_dir": str(out / name),
-        }
-        path = out / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        cached_calls["n"] = 0
-        metrics = recipe.main(["--config", str(path)])
-        cached_forwards[name] = cached_calls["n"]
-        losses[name] = [log["kd_loss"] for log in metrics["log_history"] if "kd_loss" in log]
+def compare_losses(losses: dict, cached_forwards: dict, steps: int, device: str, width: int, layers: int):
+    """(the two runs' losses agree within bf16 tolerance and the cache ran, the markdown saying so)."""
     with_cache, without = losses["prefix-cache"], losses["no-prefix-cache"]
     cache_ran = cached_forwards["prefix-cache"] > 0 and cached_forwards["no-prefix-cache"] == 0
     rows, same = [], len(with_cache) == len(without) == steps and cache_ran
@@ -377,6 +340,54 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
             f"Same losses within bf16 tolerance: {'yes' if same else 'NO'}.",
         ]
     )
+    return same, markdown
+
+
+def recipe_worker(out: Path, device: str, tiny: bool) -> int:
+    """Two runs of recipes/context_distill.py (in this process) that differ only in teacher_prefix_cache."""
+    import importlib.util
+
+    import yaml
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import build_model, build_tokenizer  # the tests' offline tokenizer and tiny Llama
+
+    out.mkdir(parents=True, exist_ok=True)
+    models = out / "models"
+    tokenizer = build_tokenizer()
+    # on a GPU a model big enough for bf16 rounding to show; on CPU the tests' tiny size
+    width, layers = (64, 2) if tiny else (512, 4)
+    for name, seed in (("student", 0), ("teacher", 1)):
+        build_model(len(tokenizer), seed=seed, hidden_size=width, layers=layers).save_pretrained(
+            models / name
+        )
+        tokenizer.save_pretrained(models / name)
+    # count the prefix-cached teacher forwards, so "same losses" cannot come from the cache never running
+    import distill_trainer.teacher.prefix_cache as prefix_cache_module
+
+    cached_calls = {"n": 0}
+    original = prefix_cache_module.PrefixCachedTeacher.answer_logits
+
+    def counted(self, *args, **kwargs):
+        cached_calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    prefix_cache_module.PrefixCachedTeacher.answer_logits = counted
+    spec = importlib.util.spec_from_file_location("context_distill", REPO / "recipes" / "context_distill.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    steps = 3
+    losses, cached_forwards = {}, {}
+    for prefix_cache in (True, False):
+        name = "prefix-cache" if prefix_cache else "no-prefix-cache"
+        config = recipe_config(models, out / name, device, prefix_cache, steps)
+        path = out / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cached_calls["n"] = 0
+        metrics = recipe.main(["--config", str(path)])
+        cached_forwards[name] = cached_calls["n"]
+        losses[name] = [log["kd_loss"] for log in metrics["log_history"] if "kd_loss" in log]
+    same, markdown = compare_losses(losses, cached_forwards, steps, device, width, layers)
     (out / "recipe.json").write_text(
         json.dumps(
             {"losses": losses, "cached_forwards": cached_forwards, "same_losses": same, "markdown": markdown},
@@ -452,8 +463,7 @@ def write_report(results: Path, options, records: dict, started: float) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_options(argv: list[str]):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -468,6 +478,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-scenarios", default=",".join(MEMORY_SCENARIOS))
     parser.add_argument("--recipe-worker", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    return parser, options
+
+
+def step_environment() -> dict:
+    """Each step's subprocess environment: offline, unbuffered, sleeping OpenMP threads."""
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, options = parse_options(argv)
     if options.recipe_worker:
         return recipe_worker(Path(options.recipe_worker), options.device, options.tiny)
     if not options.results:
@@ -491,14 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_report(results, options, records, started)
 
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-        OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-    )
+    env = step_environment()
     records["install"], site = install_wheels(
         Path(options.wheels), results, budget.for_step("install", steps, options.scale)
     )

@@ -8,7 +8,7 @@ OPT-125M student (full, LoRA, BitFit), and with the teacher's outputs cached ahe
     python benchmarks/memory.py --tiny --output-dir /tmp/mem    # tiny models, seconds (used by the tests)
 
 Memory does not depend on the weights' values, so the models are random-initialised from the published
-configurations (`distill_trainer/architectures/*.json`). Each scenario runs a few optimizer steps of
+configurations (`distill_trainer/memory/architectures/*.json`). Each scenario runs a few optimizer steps of
 `ContextDistillationTrainer` in a fresh subprocess (peaks never mix) on batches from `TwoViewCollator`
 with the paper preset's shapes: 16 minimal-pattern demonstrations (~652 tokens), queries padded to
 ~90 tokens per batch. A scenario whose analytic estimate does not fit the memory available is reported
@@ -28,10 +28,40 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from distill_trainer.units import GIB
+from distill_trainer.memory.units import GIB
+
+if __package__:  # imported as benchmarks.memory
+    from benchmarks.memory_scenarios import (
+        CACHE_TEACHERS,
+        PAPER_CLAIMS,
+        PAPER_SHAPES,
+        REFERENCE,
+        SCENARIOS,
+        TINY_SHAPES,
+        Scenario,
+        build_student,
+        estimate,
+        model_config,
+        scenario_batch,
+        synthetic_views,
+    )
+else:  # run as a script (each scenario's worker): its folder is on the path
+    from memory_scenarios import (
+        CACHE_TEACHERS,
+        PAPER_CLAIMS,
+        PAPER_SHAPES,
+        REFERENCE,
+        SCENARIOS,
+        TINY_SHAPES,
+        Scenario,
+        build_student,
+        estimate,
+        model_config,
+        scenario_batch,
+        synthetic_views,
+    )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Room left for the rest of the machine when deciding whether a scenario fits the available memory.
@@ -43,234 +73,6 @@ RUNTIME_ALLOWANCE = 0.8 * GIB
 # above 128 KiB back to the OS when freed, so the RSS peak tracks live tensors, like CUDA's allocated
 # bytes. --glibc-default measures with the adaptive behaviour instead.
 FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-
-# Shapes of the paper preset (recipes/configs/paper): binary MNLI, minimal pattern, k=16 demonstrations.
-# Measured on the MNLI training pool with a GPT-2-style byte-level BPE: the 16 demonstrations and their
-# separators average 652 tokens; a batch of 32 queries (with the answer word) pads to ~89 tokens.
-PAPER_SHAPES = {"demonstration_tokens": 652, "student_tokens": 90, "paper_batch": 32}
-TINY_SHAPES = {"demonstration_tokens": 24, "student_tokens": 10, "paper_batch": 8}
-
-# Tiny stand-ins for the two architectures (same family, shapes that run in a second; multiples of 64,
-# which bitsandbytes' 4-bit CPU kernel needs).
-TINY_ARCHITECTURES = {
-    "opt-1.3b": {
-        "hidden_size": 128,
-        "ffn_dim": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "word_embed_proj_dim": 128,
-    },
-    "opt-125m": {
-        "hidden_size": 64,
-        "ffn_dim": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "word_embed_proj_dim": 64,
-    },
-}
-TINY_VOCAB = 512
-
-# The paper's claims, printed beside our numbers.
-PAPER_CLAIMS = {
-    "memory_reduction": "up to 60% less memory than pattern-based fine-tuning",
-    "model_size": "2.5 GB (OPT-1.3B) -> 0.25 GB (OPT-125M)",
-}
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    title: str
-    student: str = "opt-125m"
-    student_mode: str = "full"
-    teacher: str | None = None  # architecture of a resident teacher
-    teacher_dtype: str = "float32"
-    teacher_quantization: str = "none"
-    teacher_outputs_cached: bool = False  # teacher runs once before training, then is freed
-    prefix_cache: bool = True  # the library default (DistillationConfig.teacher_prefix_cache)
-    optimizer: str = "adamw"
-    batch_size: int | None = None  # None: the run's --micro-batch-size
-    accumulation: int | None = None
-    validation_only: bool = False  # checks the analytic model; not a method being compared
-
-    @property
-    def distills(self) -> bool:
-        return self.teacher is not None or self.teacher_outputs_cached
-
-
-def _scenarios() -> list[Scenario]:
-    items = [
-        Scenario("pbft-opt-1.3b", "PBFT OPT-1.3B, full, AdamW (reference)", student="opt-1.3b"),
-        Scenario("pbft-opt-125m", "PBFT OPT-125M, full, AdamW"),
-    ]
-    teachers = [
-        ("fp32", "float32", "none"),
-        ("bf16", "bfloat16", "none"),
-        ("8bit", "float32", "8bit"),
-        ("4bit", "float32", "4bit"),
-    ]
-    for short, dtype, quantization in teachers:
-        for mode in ("full", "lora", "bitfit"):
-            items.append(
-                Scenario(
-                    f"cd-{short}-{mode}",
-                    f"CD, OPT-1.3B {short} teacher -> OPT-125M {mode}",
-                    student_mode=mode,
-                    teacher="opt-1.3b",
-                    teacher_dtype=dtype,
-                    teacher_quantization=quantization,
-                )
-            )
-    items.append(
-        Scenario(
-            "cd-8bit-lora-no-prefix-cache",
-            "CD, 8-bit teacher -> LoRA, without the prefix KV cache",
-            student_mode="lora",
-            teacher="opt-1.3b",
-            teacher_quantization="8bit",
-            prefix_cache=False,
-        )
-    )
-    for mode in ("full", "lora", "bitfit"):
-        items.append(
-            Scenario(
-                f"cd-cached-{mode}",
-                f"CD, cached teacher outputs -> OPT-125M {mode}",
-                student_mode=mode,
-                teacher_outputs_cached=True,
-            )
-        )
-    items += [
-        Scenario(
-            "check-opt-1.3b-sgd",
-            "check: OPT-1.3B full, plain SGD (no optimizer state)",
-            student="opt-1.3b",
-            optimizer="sgd",
-            validation_only=True,
-        ),
-        Scenario(
-            "check-opt-125m-batch32",
-            "check: PBFT OPT-125M at batch 32, no accumulation",
-            batch_size=32,
-            accumulation=1,
-            validation_only=True,
-        ),
-    ]
-    return items
-
-
-SCENARIOS = {s.name: s for s in _scenarios()}
-REFERENCE = "pbft-opt-1.3b"
-# The teacher that builds the cached outputs (any would do: training never sees it); --cache-teacher bf16
-# where bitsandbytes is missing.
-CACHE_TEACHERS = {
-    "8bit": {"teacher": "opt-1.3b", "teacher_dtype": "float32", "teacher_quantization": "8bit"},
-    "bf16": {"teacher": "opt-1.3b", "teacher_dtype": "bfloat16", "teacher_quantization": "none"},
-    "fp32": {"teacher": "opt-1.3b", "teacher_dtype": "float32", "teacher_quantization": "none"},
-}
-CACHE_TEACHER = CACHE_TEACHERS["8bit"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# models and data (shared by the parent, for estimates on the meta device, and by the workers)
-# ---------------------------------------------------------------------------------------------------
-
-
-def model_config(architecture: str, tiny: bool):
-    from distill_trainer.memory_estimate import architecture_config
-
-    config = architecture_config(architecture)
-    if tiny:
-        for key, value in TINY_ARCHITECTURES[architecture].items():
-            setattr(config, key, value)
-        config.vocab_size = TINY_VOCAB
-        config.max_position_embeddings = 256
-    return config
-
-
-def build_student(scenario: Scenario, tiny: bool):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from distill_trainer.models import prepare_student
-
-    # fp32 explicitly: the published configs say float16 (the checkpoints' dtype), which from_config follows
-    model = AutoModelForCausalLM.from_config(model_config(scenario.student, tiny), dtype=torch.float32)
-    return prepare_student(model, scenario.student_mode)
-
-
-def synthetic_views(
-    n: int, vocab: int, student_tokens: int, demonstration_tokens: int, seed: int = 0
-) -> list[dict]:
-    """`build_views` rows of the paper's shapes from random token ids: BOS + demonstrations (shared) + query +
-    a one-token answer for the teacher, BOS + query + answer for the student."""
-    import random
-
-    from distill_trainer.views import answer_positions
-
-    rng = random.Random(seed)
-    bos = 2
-    demonstrations = [rng.randrange(4, vocab) for _ in range(demonstration_tokens)]
-    rows = []
-    for _ in range(n):
-        query = [rng.randrange(4, vocab) for _ in range(student_tokens - 2)]
-        answer = [rng.randrange(4, vocab)]
-        student_prefix, teacher_prefix = [bos] + query, [bos] + demonstrations + query
-        rows.append(
-            {
-                "input_ids": student_prefix + answer,
-                "answer_positions": answer_positions(len(student_prefix), 1),
-                "teacher_input_ids": teacher_prefix + answer,
-                "teacher_answer_positions": answer_positions(len(teacher_prefix), 1),
-                "answer_ids": answer,
-                "teacher_prefix_length": 1 + demonstration_tokens,
-            }
-        )
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------------
-# the analytic model, per scenario
-# ---------------------------------------------------------------------------------------------------
-
-
-def estimate(scenario: Scenario, settings: dict, batch_size: int | None = None, runtime_bytes: int = 0):
-    """The analytic peak of a scenario; `batch_size` given: that batch without gradient accumulation."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from distill_trainer.memory_estimate import estimate_peak_memory
-
-    with torch.device("meta"):
-        student = build_student(scenario, settings["tiny"])
-        teacher = (
-            AutoModelForCausalLM.from_config(model_config(scenario.teacher, settings["tiny"]))
-            if scenario.teacher
-            else None
-        )
-    demonstrations = settings["demonstration_tokens"]
-    student_tokens = settings["student_tokens"]
-    batch, accumulation = (batch_size, 1) if batch_size else scenario_batch(scenario, settings)
-    return estimate_peak_memory(
-        student,
-        teacher,
-        batch_size=batch,
-        gradient_accumulation_steps=accumulation,
-        student_tokens=student_tokens,
-        teacher_tokens=1 + demonstrations + student_tokens - 1,
-        teacher_prefix_tokens=(1 + demonstrations) if scenario.prefix_cache else 0,
-        optimizer=scenario.optimizer,
-        teacher_dtype=scenario.teacher_dtype,
-        teacher_quantization=scenario.teacher_quantization,
-        runtime_bytes=runtime_bytes,
-    )
-
-
-def scenario_batch(scenario: Scenario, settings: dict) -> tuple[int, int]:
-    return (
-        scenario.batch_size or settings["micro_batch_size"],
-        scenario.accumulation or settings["gradient_accumulation_steps"],
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -286,51 +88,28 @@ def _import_runtime():
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from distill_trainer import trainer  # noqa: F401
+    from distill_trainer.training import trainer  # noqa: F401
 
     if importlib.util.find_spec("bitsandbytes") is not None:
         import bitsandbytes  # noqa: F401
 
 
-def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, workdir: str) -> dict:
-    """Train a few steps with `ContextDistillationTrainer` and record the peaks of every phase."""
-    _import_runtime()
-    import torch
-    from datasets import Dataset
-
-    from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator
-    from distill_trainer.memory import MemoryCallback, MemoryTracker
-    from distill_trainer.memory_breakdown import memory_breakdown
-    from distill_trainer.models import count_parameters, load_causal_lm
-
-    torch.manual_seed(0)
-    device = settings["device"]
-    tracker = MemoryTracker(device=device)
-    on_cuda = tracker.cuda is not None
-    runtime = 0 if on_cuda else tracker.baseline_cpu_rss
-    batch, accumulation = scenario_batch(scenario, settings)
-    cache_teacher = CACHE_TEACHERS[settings.get("cache_teacher", "8bit")]
-    teacher_spec = cache_teacher if scenario.teacher_outputs_cached else dataclasses.asdict(scenario)
-
-    with tracker.phase("model_load"):
-        student = build_student(scenario, settings["tiny"])
-        teacher = None
-        if scenario.distills:
-            teacher = load_causal_lm(
-                checkpoint,
-                dtype=teacher_spec["teacher_dtype"],
-                quantization=teacher_spec["teacher_quantization"],
-            )
-    trainable, total = count_parameters(student)
-
+def scenario_rows(scenario: Scenario, settings: dict, vocab_size: int, per_step: int) -> list[dict]:
+    """Synthetic two-view rows for every step; pattern-based fine-tuning sees the student view only."""
     rows = synthetic_views(
-        batch * accumulation * settings["steps"],
-        student.config.vocab_size,
-        settings["student_tokens"],
-        settings["demonstration_tokens"],
+        per_step * settings["steps"], vocab_size, settings["student_tokens"], settings["demonstration_tokens"]
     )
-    if not scenario.distills:  # pattern-based fine-tuning sees the student view only
+    if not scenario.distills:
         rows = [{k: v for k, v in row.items() if not k.startswith("teacher_")} for row in rows]
+    return rows
+
+
+def training_arguments(
+    scenario: Scenario, settings: dict, workdir: str, batch: int, accumulation: int, on_cuda: bool
+):
+    """The scenario's DistillationConfig: a few constant-rate steps, nothing saved."""
+    from distill_trainer import DistillationConfig
+
     options = {"teacher_prefix_cache": scenario.prefix_cache}
     if scenario.teacher_outputs_cached:
         options.update(teacher_output_cache=True, teacher_cache_dir=str(Path(workdir) / "teacher_outputs"))
@@ -357,6 +136,68 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
         dataloader_num_workers=0,
         **{k: v for k, v in options.items() if k in known},
     )
+    return args
+
+
+def measured(scenario: Scenario, trainer, tracker, runtime: int, seconds: float) -> dict:
+    """The training phase's peak, what it is made of, and every phase's peaks."""
+    from distill_trainer.memory.breakdown import memory_breakdown
+
+    on_cuda = tracker.cuda is not None
+    peaks = tracker.peak("train")
+    peak = peaks["cuda_allocated"] if on_cuda else peaks["cpu_rss"]
+    breakdown = memory_breakdown(
+        peak,
+        student=trainer.model,
+        optimizer=trainer.optimizer,
+        teacher=trainer.teacher,
+        runtime_bytes=runtime,
+    )
+    return {
+        "scenario": scenario.name,
+        "status": "measured",
+        "peak_bytes": peak,
+        "runtime_bytes": runtime,
+        # what the caching allocator held from the driver at its peak (allocated + cached free blocks)
+        "peak_reserved_bytes": peaks.get("cuda_reserved"),
+        "breakdown": breakdown.as_dict(),
+        "memory": tracker.as_dict(),
+        "seconds": round(seconds, 1),
+    }
+
+
+def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, workdir: str) -> dict:
+    """Train a few steps with `ContextDistillationTrainer` and record the peaks of every phase."""
+    _import_runtime()
+    import torch
+    from datasets import Dataset
+
+    from distill_trainer import ContextDistillationTrainer, TwoViewCollator
+    from distill_trainer.memory.peak import MemoryCallback, MemoryTracker
+    from distill_trainer.models.loading import count_parameters, load_causal_lm
+
+    torch.manual_seed(0)
+    device = settings["device"]
+    tracker = MemoryTracker(device=device)
+    on_cuda = tracker.cuda is not None
+    runtime = 0 if on_cuda else tracker.baseline_cpu_rss
+    batch, accumulation = scenario_batch(scenario, settings)
+    cache_teacher = CACHE_TEACHERS[settings.get("cache_teacher", "8bit")]
+    teacher_spec = cache_teacher if scenario.teacher_outputs_cached else dataclasses.asdict(scenario)
+
+    with tracker.phase("model_load"):
+        student = build_student(scenario, settings["tiny"])
+        teacher = None
+        if scenario.distills:
+            teacher = load_causal_lm(
+                checkpoint,
+                dtype=teacher_spec["teacher_dtype"],
+                quantization=teacher_spec["teacher_quantization"],
+            )
+    trainable, total = count_parameters(student)
+
+    rows = scenario_rows(scenario, settings, student.config.vocab_size, batch * accumulation)
+    args = training_arguments(scenario, settings, workdir, batch, accumulation, on_cuda)
 
     class TrackedTrainer(ContextDistillationTrainer):
         """Records the teacher's forward as its own phase (nested inside "train")."""
@@ -381,31 +222,12 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     trainer.train()
     seconds = time.perf_counter() - started
 
-    peaks = tracker.peak("train")
-    peak = peaks["cuda_allocated"] if on_cuda else peaks["cpu_rss"]
-    breakdown = memory_breakdown(
-        peak,
-        student=trainer.model,
-        optimizer=trainer.optimizer,
-        teacher=trainer.teacher,
-        runtime_bytes=runtime,
-    )
-    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    return {
-        "scenario": scenario.name,
-        "status": "measured",
-        "peak_bytes": peak,
-        "runtime_bytes": runtime,
-        # what the caching allocator held from the driver at its peak (allocated + cached free blocks)
-        "peak_reserved_bytes": peaks.get("cuda_reserved"),
-        "breakdown": breakdown.as_dict(),
-        "memory": tracker.as_dict(),
-        "seconds": round(seconds, 1),
+    return measured(scenario, trainer, tracker, runtime, seconds) | {
         "trainable_parameters": trainable,
         "total_parameters": total,
         "batch_size": batch,
         "gradient_accumulation_steps": accumulation,
-        "losses": losses,
+        "losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
     }
 
 
@@ -422,7 +244,7 @@ def run_disk(settings: dict, checkpoint: str, workdir: str, sizes_too: bool = Tr
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from distill_trainer.models import load_causal_lm, prepare_student
+    from distill_trainer.models.loading import load_causal_lm, prepare_student
 
     tiny, sizes, notes = settings["tiny"], {}, []
     torch.manual_seed(0)
@@ -618,11 +440,7 @@ def load_results(output_dir: Path, settings: dict) -> dict[str, dict]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--worker" in argv:
-        worker_main(argv)
-        return 0
+def parse_options(argv: list[str]):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -683,9 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run scenarios in this process (tests only: peaks then include earlier scenarios)",
     )
     ns = parser.parse_args(argv)
+    return ns
 
-    from distill_trainer.errors import UsageError
 
+def run_settings(ns) -> dict:
+    """What every scenario of this run shares, as recorded beside its results."""
     shapes = TINY_SHAPES if ns.tiny else PAPER_SHAPES
     settings = {
         "tiny": ns.tiny,
@@ -700,6 +520,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     if ns.cache_teacher != "8bit":  # recorded only when not the default, so earlier results still load
         settings["cache_teacher"] = ns.cache_teacher
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--worker" in argv:
+        worker_main(argv)
+        return 0
+    ns = parse_options(argv)
+
+    from distill_trainer.errors import UsageError
+
+    settings = run_settings(ns)
     names = (
         ["disk", *SCENARIOS]
         if ns.scenarios == "all"

@@ -6,7 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
-from distill_trainer.units import GIB, MIB
+from distill_trainer.memory.units import GIB, MIB
 
 GOAL_CD_8BIT_LORA = 0.75  # peak reduction against PBFT of OPT-1.3B
 GOAL_CACHED = 0.90
@@ -121,8 +121,19 @@ def _goals(rows: list[dict]) -> dict:
 
 
 def _markdown(rows, reference, goals, disk, settings, claims, environment) -> str:
+    lines = [
+        *_introduction(rows, settings, environment),
+        *_peak_table(rows, reference, settings),
+        *_breakdown_table(rows, settings),
+        *_goal_lines(goals, claims),
+        *_disk_lines(disk, claims),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _introduction(rows, settings, environment) -> list[str]:
+    """The title, what was measured and how, on which machine, and the command."""
     batch, accumulation = settings["micro_batch_size"], settings["gradient_accumulation_steps"]
-    cuda = settings["device"].startswith("cuda")
     teacher_tokens = 1 + settings["demonstration_tokens"] + settings["student_tokens"] - 1
     lines = [
         "# Memory: context distillation vs pattern-based fine-tuning"
@@ -161,6 +172,14 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         "",
         "Command: `python benchmarks/memory.py" + (" --tiny" if settings["tiny"] else "") + "`",
         "",
+    ]
+    return lines
+
+
+def _peak_table(rows, reference, settings) -> list[str]:
+    """Measured and analytic peak per scenario, and the reduction against fine-tuning the teacher."""
+    cuda = settings["device"].startswith("cuda")
+    lines = [
         "## Peak memory while training",
         "",
         (
@@ -198,6 +217,12 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
             f"{_pct(row['error']) if row['error'] is not None else '-'} | {reduction} | "
             f"{_gib(row['estimate_paper_batch_bytes'])} | {paper_reduction} |"
         )
+    return lines
+
+
+def _breakdown_table(rows, settings) -> list[str]:
+    """Where each measured peak goes: runtime, parameters, gradients, optimizer, teacher, rest."""
+    lines = []
     lines += [
         "",
         "## Where the peak goes (measured, MiB)",
@@ -231,6 +256,11 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
             f"{b['optimizer_state']:.0f} | {b['teacher_weights']:.0f} | {b['rest']:.0f} | "
             f"{analytic_rest:.0f} | {load} | {teacher_forward} | {row['seconds']} |"
         )
+    return lines
+
+
+def _goal_lines(goals, claims) -> list[str]:
+    lines = []
     lines += ["", "## Goals", ""]
     g = goals["cd_8bit_lora_reduction"]
     lines.append(
@@ -250,6 +280,11 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
             f"{_pct(g['worst'])} ({g['worst_scenario']}) (goal within {_pct(g['goal'])}): "
             f"{_verdict(g['met'])}."
         )
+    return lines
+
+
+def _disk_lines(disk, claims) -> list[str]:
+    lines = []
     if disk:
         lines += [
             "",
@@ -262,7 +297,7 @@ def _markdown(rows, reference, goals, disk, settings, claims, environment) -> st
         ]
         lines += [f"| {label} | {size / 1e6:,.1f} |" for label, size in disk.get("sizes_bytes", {}).items()]
         lines += [f"- {note}" for note in disk.get("notes", [])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _code_versions(rows: list[dict]) -> str:

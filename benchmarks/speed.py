@@ -41,14 +41,12 @@ TRL is needed for (b) only: pip install -e ".[bench]".
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import functools
 import gc
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -67,287 +65,37 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
-from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views  # noqa: E402
-from distill_trainer.errors import UsageError  # noqa: E402
-from distill_trainer.memory import CpuMemoryMeter  # noqa: E402
-from distill_trainer.memory_breakdown import model_bytes, optimizer_state_bytes  # noqa: E402
-from distill_trainer.memory_estimate import architecture_config  # noqa: E402
-from distill_trainer.units import MIB  # noqa: E402
-from distill_trainer.views import SEPARATOR  # noqa: E402
+from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator  # noqa: E402
+from distill_trainer.memory.breakdown import model_bytes, optimizer_state_bytes  # noqa: E402
+from distill_trainer.memory.peak import CpuMemoryMeter  # noqa: E402
+from distill_trainer.memory.units import MIB  # noqa: E402
+from distill_trainer.views.text import SEPARATOR  # noqa: E402
 
 if __package__:  # imported as benchmarks.speed
     from benchmarks import flops, teacher_pass  # noqa: E402
+    from benchmarks.pairs import (  # noqa: E402
+        LABEL_WORDS,
+        PAIR_NAMES,
+        batches,
+        build_features,
+        load_rows,
+        model_pair,
+        pair_with_tokenizers,
+    )
+    from benchmarks.speed_report import markdown  # noqa: E402
 else:  # run as a script: its own directory is on sys.path
     import flops  # noqa: E402
     import teacher_pass  # noqa: E402
-
-PATTERN = "gpt3"
-LABEL_WORDS = (" Yes", " No")
-# OPT-350M's published shape (not shipped in distill_trainer/architectures)
-OPT_350M = dict(
-    vocab_size=50272,
-    hidden_size=1024,
-    num_hidden_layers=24,
-    ffn_dim=4096,
-    num_attention_heads=16,
-    word_embed_proj_dim=512,
-    do_layer_norm_before=False,
-    max_position_embeddings=2048,
-    dropout=0.0,
-    pad_token_id=1,
-    bos_token_id=2,
-    eos_token_id=2,
-)
-# SmolLM2-135M's published shape, for a random-init stand-in when the embedded model is not installed
-SMOLLM2_135M = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    max_position_embeddings=8192,
-    rope_theta=100000.0,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-5,
-    bos_token_id=0,
-    eos_token_id=0,
-    pad_token_id=0,
-)
-
-
-# ---------------------------------------------------------------------------- data
-
-
-def load_rows(num_demonstrations: int, num_queries: int, seed: int = 0):
-    """Demonstrations (rendered) and query rows: MNLI from the local data dir, else the test fixture slice."""
-    from distill_trainer.tasks import (
-        balanced_subset,
-        get_pattern,
-        get_task,
-        load_split,
-        render_demonstrations,
-        resolve_data_dir,
-        row_key,
-        sample_demonstrations,
+    from pairs import (  # noqa: E402
+        LABEL_WORDS,
+        PAIR_NAMES,
+        batches,
+        build_features,
+        load_rows,
+        model_pair,
+        pair_with_tokenizers,
     )
-
-    task, pattern = get_task("mnli"), get_pattern(PATTERN, 2)
-    data_dir = resolve_data_dir("auto") or REPO / "tests" / "data"
-    pool = load_split(task, task.train_split, data_source="local", data_dir=str(data_dir))
-    demos = sample_demonstrations(pool, 2, num_demonstrations, seed)
-    rest = list(balanced_subset(pool, None, 2, seed + 1, exclude_keys={row_key(r) for r in demos}))
-    random.Random(seed).shuffle(rest)
-    # the small fixture slice may hold fewer rows than asked: repeating them times the same work
-    queries = [rest[i % len(rest)] for i in range(num_queries)]
-    return render_demonstrations(demos, pattern), queries, pattern, data_dir
-
-
-def build_features(tokenizer, pattern, demonstrations: list[str], rows, teacher_tokenizer=None) -> list[dict]:
-    """Two views per row; with a `teacher_tokenizer` (a teacher with another vocabulary) the teacher's
-    view is tokenized with it, as `run_data.build_view_dataset` does."""
-    block = SEPARATOR.join(demonstrations)
-    features = []
-    for row in rows:
-        query, answer = pattern.query(row), pattern.answer(row["label"])
-        views = build_views(tokenizer, query, answer, block)
-        if teacher_tokenizer is not None:
-            teacher = build_views(teacher_tokenizer, query, answer, block)
-            for key in ("teacher_input_ids", "teacher_answer_positions", "teacher_prefix_length"):
-                views[key] = teacher[key]
-        features.append(views)
-    return features
-
-
-def batches(features, batch_size, pad_token_id, count, device="cpu"):
-    """`count` left-padded batches cycling through the features (left padding lines the answers up at the end,
-    which the naive full-sequence variant needs to slice teacher and student logits alike), on `device`."""
-    collate = TwoViewCollator(pad_token_id, padding_side="left")
-    out = []
-    for i in range(count):
-        start = (i * batch_size) % len(features)
-        chunk = (features + features)[start : start + batch_size]
-        out.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate(chunk).items()})
-    return out
-
-
-# ---------------------------------------------------------------------------- models
-
-
-def fallback_tokenizer():
-    """A byte-level BPE trained on the fixture text, for when no real tokenizer is available offline."""
-    from distill_trainer.testing import build_tokenizer
-
-    return build_tokenizer()
-
-
-def data_tokenizer(vocab_size: int = 8192):
-    """A byte-level BPE trained on the MNLI pool's rendered rows: token counts near a real tokenizer's, for
-    random-init OPT pairs on a machine without one (the fixture BPE's 400 tokens split words into pieces)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    demonstrations, rows, pattern, _ = load_rows(16, 512)
-    texts = demonstrations + [pattern.query(row) + pattern.answer(row["label"]) for row in rows]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-
-
-def embedded_smollm2():
-    """(directory, tokenizer) of the embedded SmolLM2-135M, or None when its package is not installed."""
-    try:
-        from distill_trainer.models import load_tokenizer, resolve_model_path
-
-        path = resolve_model_path("embedded:smollm2-135m")
-        return path, load_tokenizer(path)
-    except (ImportError, OSError, UsageError) as error:  # the package (or the embedded loader) is missing
-        print(
-            f"[speed] embedded SmolLM2-135M unavailable ({type(error).__name__}: {error}); using random init"
-        )
-        return None
-
-
-def random_model(kind: str, seed: int, vocab_size: int | None = None):
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig
-
-    torch.manual_seed(seed)
-    if kind in ("opt-125m", "opt-1.3b"):
-        config = architecture_config(kind)
-        config.dropout = 0.0  # timing only; and a teacher runs in eval mode anyway
-        # fp32 like every other model here: the published config says float16, which CPUs run slowly
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if kind == "opt-350m":
-        return AutoModelForCausalLM.from_config(OPTConfig(**OPT_350M), dtype=torch.float32)
-    if kind == "smollm2-135m":
-        return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M))
-    if kind == "tiny":
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=vocab_size,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=4096,
-                pad_token_id=0,
-            )
-        )
-    raise ValueError(kind)
-
-
-# the real pairs: (teacher, student) embedded aliases
-REAL_PAIRS = {
-    "qwen-1.5b-0.5b": ("embedded:qwen2.5-coder-1.5b", "embedded:qwen2.5-coder-0.5b"),
-    "qwen-1.5b-smollm2": ("embedded:qwen2.5-coder-1.5b", "embedded:smollm2-135m"),
-}
-PAIR_NAMES = "smollm2-135m, opt-125m, opt-350m, opt-1.3b, tiny, tiny-two-tokenizers, " + ", ".join(REAL_PAIRS)
-
-
-def pair_with_tokenizers(name: str):
-    """(teacher, student, student tokenizer, teacher tokenizer or None when the vocabularies are equal,
-    description) of a pair that may tokenize differently; None for the other pairs (see `model_pair`)."""
-    if name in REAL_PAIRS:
-        return real_pair(name)
-    if name == "tiny-two-tokenizers":  # the cross-tokenizer path in seconds (used by the tests)
-        tokenizer, teacher_tokenizer = fallback_tokenizer(), data_tokenizer(1024)
-        return (
-            random_model("tiny", 1, len(teacher_tokenizer)),
-            random_model("tiny", 0, len(tokenizer)),
-            tokenizer,
-            teacher_tokenizer,
-            "tiny Llamas (random init) with two tokenizers, label-word KL",
-        )
-    return None
-
-
-def real_pair(name: str):
-    """(teacher, student, student tokenizer, teacher tokenizer or None when the vocabularies are equal,
-    description) of a pair of embedded checkpoints, fp32."""
-    from distill_trainer.models import load_causal_lm, load_tokenizer
-
-    teacher_name, student_name = REAL_PAIRS[name]
-    tokenizer, teacher_tokenizer = load_tokenizer(student_name), load_tokenizer(teacher_name)
-    same = teacher_tokenizer.get_vocab() == tokenizer.get_vocab()
-    kind = "one tokenizer, full-vocabulary KL" if same else "two tokenizers, label-word KL"
-    description = (
-        f"{teacher_name.split(':')[1]} teacher -> {student_name.split(':')[1]} student (embedded, real "
-        f"weights; {kind})"
-    )
-    return (
-        load_causal_lm(teacher_name),
-        load_causal_lm(student_name),
-        tokenizer,
-        None if same else teacher_tokenizer,
-        description,
-    )
-
-
-def model_pair(name: str, shared: dict):
-    """(teacher, student, tokenizer, description) for one benchmark row group."""
-    from transformers import AutoModelForCausalLM
-
-    if name == "tiny":
-        tokenizer = fallback_tokenizer()
-        return (
-            random_model("tiny", 1, len(tokenizer)),
-            random_model("tiny", 0, len(tokenizer)),
-            tokenizer,
-            "tiny Llama (random init, 2 layers x 64)",
-        )
-    if "embedded" not in shared:
-        shared["embedded"] = embedded_smollm2()
-    embedded = shared["embedded"]
-    tokenizer = embedded[1] if embedded else fallback_tokenizer()
-    tokenizer_note = "SmolLM2 tokenizer" if embedded else "fixture BPE tokenizer"
-    if name == "smollm2-135m":
-        if embedded:
-            teacher = AutoModelForCausalLM.from_pretrained(embedded[0], dtype=torch.float32)
-            return (
-                teacher,
-                copy.deepcopy(teacher),
-                tokenizer,
-                "SmolLM2-135M-Instruct (embedded, real weights); teacher = student",
-            )
-        return (
-            random_model("smollm2-135m", 1),
-            random_model("smollm2-135m", 0),
-            tokenizer,
-            f"SmolLM2-135M architecture (random init; {tokenizer_note})",
-        )
-    if name == "opt-1.3b":  # the paper's pair
-        if not embedded:
-            tokenizer, tokenizer_note = data_tokenizer(), "BPE trained on the query pool"
-        return (
-            random_model("opt-1.3b", 1),
-            random_model("opt-125m", 0),
-            tokenizer,
-            f"OPT-1.3B teacher -> OPT-125M student, the paper's sizes (random init; {tokenizer_note})",
-        )
-    if name == "opt-125m":
-        return (
-            random_model("opt-125m", 1),
-            random_model("opt-125m", 0),
-            tokenizer,
-            f"OPT-125M teacher and student (random init; {tokenizer_note})",
-        )
-    if name == "opt-350m":
-        return (
-            random_model("opt-350m", 1),
-            random_model("opt-125m", 0),
-            tokenizer,
-            f"OPT-350M teacher -> OPT-125M student (random init; {tokenizer_note})",
-        )
-    raise SystemExit(f"unknown model pair {name!r}; choose from {PAIR_NAMES}")
-
+    from speed_report import markdown  # noqa: E402
 
 # ---------------------------------------------------------------------------- variants
 
@@ -496,7 +244,7 @@ def run_icl(teacher, tokenizer, rows, pattern, demonstrations, options, meter) -
     (alternating), and `icl_cached_queries` rows with it, where the one-off prefix pass is amortised as in
     a real evaluation set. Without the cache, time grows linearly with the rows, so its per-query time
     holds for any count."""
-    from distill_trainer.evaluation import score_label_words
+    from distill_trainer.nli.evaluation import score_label_words
 
     texts = [pattern.query(row) for row in rows]
     block = SEPARATOR.join(demonstrations)
@@ -573,30 +321,30 @@ def time_teacher_pass(teacher, features, teacher_tokenizer, batch_size, probe) -
 # ---------------------------------------------------------------------------- one model pair
 
 
-def run_pair(name, options, shared, meter):
-    from datasets import Dataset
-
-    print(f"[speed] == {name} ==", flush=True)
-    device = options.device
-    teacher_tokenizer = None  # the student's tokenizer serves both, except for a real cross-tokenizer pair
+def load_pair(name: str, device: str, shared: dict):
+    """(teacher, student, tokenizer, teacher tokenizer or None when the student's serves both,
+    description), on `device`, the teacher frozen."""
+    teacher_tokenizer = None
     with_tokenizers = pair_with_tokenizers(name)
     if with_tokenizers is not None:
         teacher, student, tokenizer, teacher_tokenizer, description = with_tokenizers
-        teacher, student = teacher.to(device), student.to(device)
     else:
         with torch.device(device):  # random init straight on the GPU: a 1.3B init on the CPU takes a while
             teacher, student, tokenizer, description = model_pair(name, shared)
+    teacher.eval().requires_grad_(False)
+    return teacher.to(device), student.to(device), tokenizer, teacher_tokenizer, description
+
+
+def run_pair(name, options, shared, meter):
+    print(f"[speed] == {name} ==", flush=True)
+    device = options.device
+    teacher, student, tokenizer, teacher_tokenizer, description = load_pair(name, device, shared)
     # two vocabularies: the distillation runs over the label words, each model's own first tokens
     vocab = {"distill_vocab": "full" if teacher_tokenizer is None else "label_words"}
-    teacher.eval().requires_grad_(False)
-    teacher, student = teacher.to(device), student.to(device)
     demonstrations, rows, pattern, data_dir = load_rows(
         options.demonstrations, max(options.queries, options.icl_queries, options.icl_cached_queries)
     )
     features = build_features(tokenizer, pattern, demonstrations, rows[: options.queries], teacher_tokenizer)
-    rounds = options.warmup + options.steps
-    train = batches(features, options.batch_size, tokenizer.pad_token_id, rounds, device)
-    student_bytes, teacher_bytes = model_bytes(student), model_bytes(teacher)
     result = {
         "pair": name,
         "models": description,
@@ -612,8 +360,40 @@ def run_pair(name, options, shared, meter):
         result["teacher_pass"] = time_teacher_pass(
             teacher, features, teacher_tokenizer or tokenizer, options.batch_size, shared["probe"]
         )
+    common = dict(tokenizer=tokenizer, device=device, teacher_tokenizer=teacher_tokenizer, **vocab)
+    measured, prefix_cache_bytes = time_variants(
+        student, teacher, features, common, options, shared, meter, result
+    )
+    # resident besides a step's own allocations: the weights the variant needs, the optimizer state, and
+    # for (d) the demonstrations' KV cache
+    student_bytes, teacher_bytes = model_bytes(student), model_bytes(teacher)
+    resident = {
+        "a": student_bytes,
+        "b": student_bytes + teacher_bytes,
+        "c": student_bytes + teacher_bytes,
+        "d": student_bytes + teacher_bytes + prefix_cache_bytes,
+        "e": student_bytes,
+    }
+    floor = measured["a"]["median_s"]
+    for key, v in measured.items():
+        v["ratio_to_a"] = v["median_s"] / floor
+        v["resident_mib"] = resident[key] / MIB + v["optimizer_state_mib"]
+        v["peak_mib"] = v["resident_mib"] + v["extra_mib"]
+    result["variants"] = measured
+    result["prefix_cache_mib"] = prefix_cache_bytes / MIB
+    icl_tokenizer = teacher_tokenizer or tokenizer
+    result["icl"] = run_icl(teacher, icl_tokenizer, rows, pattern, demonstrations, options, meter)
+    return result
+
+
+def time_variants(student, teacher, features, common: dict, options, shared: dict, meter, result: dict):
+    """The variants' steps, interleaved: ({variant: timings}, bytes of the demonstrations' KV cache)."""
+    from datasets import Dataset
+
+    tokenizer, device = common["tokenizer"], common["device"]
+    rounds = options.warmup + options.steps
+    train = batches(features, options.batch_size, tokenizer.pad_token_id, rounds, device)
     with tempfile.TemporaryDirectory() as tmp:
-        common = dict(tokenizer=tokenizer, device=device, teacher_tokenizer=teacher_tokenizer, **vocab)
         pbft = make_trainer(student, None, tmp, alpha=0.0, **common)
         answer_only = make_trainer(student, teacher, tmp, teacher_prefix_cache=False, **common)
         prefix = make_trainer(student, teacher, tmp, teacher_prefix_cache=True, **common)
@@ -641,9 +421,9 @@ def run_pair(name, options, shared, meter):
             device,
         )
         variants = {"a": ("(a) fine-tuning", ours_step(pbft), train)}
-        if shared["trl"] and teacher_tokenizer is None:
+        if shared["trl"] and common["teacher_tokenizer"] is None:
             variants["b"] = ("(b) naive TRL-style", naive_trl_step(student, teacher), train)
-        elif teacher_tokenizer is not None:
+        elif common["teacher_tokenizer"] is not None:
             result["b_skipped"] = (
                 "(b) skipped: teacher and student tokenize differently, so their full-sequence logits have "
                 "neither the same positions nor the same vocabulary to compare"
@@ -661,174 +441,12 @@ def run_pair(name, options, shared, meter):
             for t in (layer.keys, layer.values)
         )
         del pbft, answer_only, prefix, cached
-    # resident besides a step's own allocations: the weights the variant needs, the optimizer state, and
-    # for (d) the demonstrations' KV cache
-    resident = {
-        "a": student_bytes,
-        "b": student_bytes + teacher_bytes,
-        "c": student_bytes + teacher_bytes,
-        "d": student_bytes + teacher_bytes + prefix_cache_bytes,
-        "e": student_bytes,
-    }
-    floor = measured["a"]["median_s"]
-    for key, v in measured.items():
-        v["ratio_to_a"] = v["median_s"] / floor
-        v["resident_mib"] = resident[key] / MIB + v["optimizer_state_mib"]
-        v["peak_mib"] = v["resident_mib"] + v["extra_mib"]
     measured["e"]["cache_build_s"] = build_seconds
     measured["e"]["cache_build_examples"] = len(features)
-    result["variants"] = measured
-    result["prefix_cache_mib"] = prefix_cache_bytes / MIB
-    icl_tokenizer = teacher_tokenizer or tokenizer
-    result["icl"] = run_icl(teacher, icl_tokenizer, rows, pattern, demonstrations, options, meter)
-    return result
+    return measured, prefix_cache_bytes
 
 
-# ---------------------------------------------------------------------------- report
-
-
-VARIANT_NAMES = {
-    "a": "(a) fine-tuning step, student alone (floor)",
-    "b": "(b) naive distillation, TRL-style (full logits + generalized_jsd_loss)",
-    "c": "(c) ours: answer-only logits",
-    "d": "(d) ours + teacher prefix KV cache",
-    "e": "(e) ours + teacher output cache",
-}
-
-
-def goals(pair: dict) -> list[str]:
-    v, icl = pair["variants"], pair["icl"]
-    lines = []
-
-    def check(label, ok, detail):
-        lines.append(f"- {label}: {'met' if ok else 'NOT met'} ({detail})")
-
-    check("(d) <= 1.5x (a)", v["d"]["ratio_to_a"] <= 1.5, f"{v['d']['ratio_to_a']:.2f}x")
-    check("(e) <= 1.1x (a)", v["e"]["ratio_to_a"] <= 1.1, f"{v['e']['ratio_to_a']:.2f}x")
-    if "b" in v:
-        speedup = v["b"]["median_s"] / v["c"]["median_s"]
-        check("(c) >= 2x faster than (b)", speedup >= 2, f"{speedup:.2f}x")
-        check(
-            "(c) extra memory <= half of (b)'s",
-            v["c"]["extra_mib"] <= 0.5 * v["b"]["extra_mib"],
-            f"{v['c']['extra_mib']:.0f} vs {v['b']['extra_mib']:.0f} MiB",
-        )
-        check(
-            "(c) peak <= half of (b)'s",
-            v["c"]["peak_mib"] <= 0.5 * v["b"]["peak_mib"],
-            f"{v['c']['peak_mib']:.0f} vs {v['b']['peak_mib']:.0f} MiB; extra {v['c']['extra_mib']:.0f} vs "
-            f"{v['b']['extra_mib']:.0f} MiB",
-        )
-    plain, few, many = icl["no_prefix_cache"], icl["prefix_cache"], icl["prefix_cache_many"]
-    speedup = plain["per_query_s"] / many["per_query_s"]
-    check(
-        "ICL eval with prefix cache >= 5x faster",
-        speedup >= 5,
-        f"{speedup:.1f}x per query over {many['queries']} queries; "
-        f"{plain['median_s'] / few['median_s']:.1f}x over {few['queries']}, where the one-off prefix pass "
-        "weighs more",
-    )
-    return lines
-
-
-def teacher_pass_lines(run: dict | None) -> list[str]:
-    if not run:
-        return []
-    return [
-        f"Teacher pass (label words, prefix cache, batch {run['batch_size']}, {run['queries']} queries): "
-        f"{run['per_query_s']:.3f} s per query for {run['gflop_per_query']:.1f} GFLOP, {run['gflops']:.0f} "
-        f"GFLOP/s = {run['peak_share']:.0%} of the probe's fp32 peak (`python -m benchmarks.teacher_pass` "
-        "shows where the rest goes).",
-        "",
-    ]
-
-
-def markdown(report: dict) -> str:
-    o = report["settings"]
-    out = [
-        "# Speed benchmark",
-        "",
-        f"Command: `{report['command']}` ({report['total_seconds'] / 60:.1f} min)  ",
-        f"Machine: {report['machine']}, load average {report['load_average']} at the start; torch "
-        f"{report['torch']}, transformers {report['transformers']}, trl {report['trl'] or 'not installed'}  ",
-        f"Device `{o.get('device', 'cpu')}`{' (' + report['gpu'] + ')' if report.get('gpu') else ''}; "
-        "memory columns: "
-        f"{'CUDA allocated bytes' if report.get('memory_method') == 'cuda_allocated' else 'resident bytes'}"
-        ".  ",
-        f"Batch {o['batch_size']}, {o['demonstrations']} demonstrations ({PATTERN} pattern, MNLI rows), "
-        f"fp32, AdamW on the whole student; median of {o['steps']} steps after {o['warmup']} warm-up, the "
-        "variants interleaved step by step.",
-        "",
-    ]
-    if report.get("probe"):
-        out += [*flops.markdown(report["probe"]), ""]
-    for pair in report["pairs"]:
-        out += [
-            f"## {pair['models']}",
-            "",
-            f"Teacher {pair['teacher_parameters'] / 1e6:.0f}M parameters, student "
-            f"{pair['student_parameters'] / 1e6:.0f}M; tokens per example: teacher view "
-            f"{pair['teacher_tokens']:.0f} (shared prefix {pair['prefix_tokens']}), student view "
-            f"{pair['student_tokens']:.0f}.",
-            "",
-            "| variant | step (s) | x (a) | extra memory (MiB) | peak memory (MiB) |",
-            "| --- | ---: | ---: | ---: | ---: |",
-        ]
-        for key, v in pair["variants"].items():
-            out.append(
-                f"| {VARIANT_NAMES[key]} | {v['median_s']:.2f} | {v['ratio_to_a']:.2f} | "
-                f"{v['extra_mib']:.0f} | {v['peak_mib']:.0f} |"
-            )
-        e, icl = pair["variants"]["e"], pair["icl"]
-        plain = icl["no_prefix_cache"]
-        if pair.get("b_skipped"):
-            out += ["", pair["b_skipped"] + "."]
-        out += [
-            "",
-            f"Output cache, one-off teacher pass (with the prefix cache) before training: "
-            f"{e['cache_build_s']:.1f} s for {e['cache_build_examples']} examples. Prefix KV cache of "
-            f"(d): {pair['prefix_cache_mib']:.0f} MiB.",
-            "",
-            *teacher_pass_lines(pair.get("teacher_pass")),
-            "ICL evaluation of the teacher (label-word scoring; the prefix-cached runs include their "
-            "one-off pass over the demonstrations):",
-            "",
-            "| ICL evaluation | queries | total (s) | per query (s) | speed-up per query | extra memory "
-            "(MiB) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for name, label in (
-            ("no_prefix_cache", "without prefix cache"),
-            ("prefix_cache", "with prefix cache"),
-            ("prefix_cache_many", "with prefix cache"),
-        ):
-            run = icl[name]
-            out.append(
-                f"| {label} | {run['queries']} | {run['median_s']:.2f} | {run['per_query_s']:.3f} | "
-                f"{plain['per_query_s'] / run['per_query_s']:.1f} | {run['extra_mib']:.0f} |"
-            )
-        out += [
-            "",
-            f"Label-word log-probs with vs without the prefix cache: max abs diff "
-            f"{icl['max_abs_logprob_diff']:.1e}.",
-            "",
-            "Goals:",
-            "",
-            *goals(pair),
-            "",
-        ]
-    out += [
-        "Extra memory: the largest rise of resident memory (kernel high-water mark; on CUDA, of allocated "
-        "bytes) during one step "
-        "of the variant: gradients, activations, logits, temporary KV caches. Peak memory: extra + what "
-        "the variant keeps resident: student weights and AdamW state, the teacher's weights for (b), (c), "
-        "(d), and the demonstrations' KV cache for (d).",
-        "",
-    ]
-    return "\n".join(out)
-
-
-def main(argv=None):
+def parse_options(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models, 1 warm-up + 2 steps: a smoke test")
     parser.add_argument(
@@ -855,8 +473,45 @@ def main(argv=None):
         options.steps, options.icl_repeats, options.demonstrations, options.batch_size = 2, 1, 4, 4
         options.queries, options.icl_queries, options.icl_cached_queries = 8, 8, 16
     options.models = options.models or ["smollm2-135m"]
+    return options
 
+
+def run_facts(options, argv, trl_version, gpu, meter, load_average: str, probe) -> dict:
+    """What the report says about the run: command, machine, versions, settings, memory method, probe."""
     import transformers
+
+    return {
+        "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
+        "threads",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl_version,
+        "settings": {
+            k: getattr(options, k)
+            for k in (
+                "batch_size",
+                "demonstrations",
+                "warmup",
+                "steps",
+                "queries",
+                "icl_queries",
+                "icl_cached_queries",
+                "icl_repeats",
+                "models",
+                "device",
+            )
+        },
+        "gpu": gpu,
+        "cuda": torch.version.cuda if gpu else None,
+        "memory_method": meter.method,
+        "load_average": load_average,
+        "probe": probe,
+    }
+
+
+def main(argv=None):
+    options = parse_options(argv)
 
     try:
         import trl
@@ -884,32 +539,7 @@ def main(argv=None):
         pairs.append(run_pair(name, options, shared, meter))
         release_memory()  # the pair's models are gone once run_pair returns
     report = {
-        "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
-        "threads",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl_version,
-        "settings": {
-            k: getattr(options, k)
-            for k in (
-                "batch_size",
-                "demonstrations",
-                "warmup",
-                "steps",
-                "queries",
-                "icl_queries",
-                "icl_cached_queries",
-                "icl_repeats",
-                "models",
-                "device",
-            )
-        },
-        "gpu": gpu,
-        "cuda": torch.version.cuda if gpu else None,
-        "memory_method": meter.method,
-        "load_average": load_average,
-        "probe": probe,
+        **run_facts(options, argv, trl_version, gpu, meter, load_average, probe),
         "total_seconds": time.perf_counter() - started,
         "pairs": pairs,
     }

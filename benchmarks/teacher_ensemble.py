@@ -24,12 +24,12 @@ import torch
 from transformers import AutoConfig
 
 from distill_trainer import parse_config
-from distill_trainer.metrics.nli import roc_auc
-from distill_trainer.models import load_causal_lm, load_tokenizer, resolve_model_path
-from distill_trainer.output_cache import teacher_source_fingerprint
-from distill_trainer.run_data import model_max_length, prepare_data, reseeded
-from distill_trainer.task_evaluation import content_free_scores, evaluate_set
-from distill_trainer.teacher_ensemble import combine_members, content_free_distribution
+from distill_trainer.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from distill_trainer.nli.data import model_max_length, prepare_data, reseeded
+from distill_trainer.nli.metrics.nli import roc_auc
+from distill_trainer.nli.task_evaluation import content_free_scores, evaluate_set
+from distill_trainer.teacher.ensemble import combine_members, content_free_distribution
+from distill_trainer.teacher.teacher import teacher_source_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {  # name -> (sets used, average, calibration)
@@ -51,6 +51,24 @@ def figures(logprobs: torch.Tensor, labels: list[int]) -> dict:
         "auc": roc_auc(margins, [y == 0 for y in labels]),
         "label0_share": predictions.count(0) / len(predictions),
     }
+
+
+def variant_figures(members: list, free: list, labels: list[int]) -> dict:
+    """{variant: its figures}: the members' scores combined and calibrated as each variant says."""
+    result = {}
+    for variant, (count, average, calibration) in VARIANTS.items():
+        chosen = members[: count or len(members)]
+        content_free = {
+            "none": None,
+            "content_free": free[: len(chosen)],
+            "batch": [content_free_distribution(scores) for scores in chosen],
+        }[calibration]
+        if count == 1 and calibration == "none":
+            scores = torch.log_softmax(chosen[0].double(), -1)
+        else:
+            scores = combine_members(chosen, content_free, average=average)
+        result[variant] = figures(scores, labels)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -101,19 +119,7 @@ def main(argv=None) -> dict:
                 )
                 for s in seeded.samplers
             ]
-            per_seed[str(seed)][task] = {}
-            for variant, (count, average, calibration) in VARIANTS.items():
-                chosen = members[: count or len(members)]
-                content_free = {
-                    "none": None,
-                    "content_free": free[: len(chosen)],
-                    "batch": [content_free_distribution(scores) for scores in chosen],
-                }[calibration]
-                if count == 1 and calibration == "none":
-                    scores = torch.log_softmax(chosen[0].double(), -1)
-                else:
-                    scores = combine_members(chosen, content_free, average=average)
-                per_seed[str(seed)][task][variant] = figures(scores, labels)
+            per_seed[str(seed)][task] = variant_figures(members, free, labels)
     report = {"config": args.config, "model": name, "demonstration_sets": len(members), "seeds": per_seed}
     report["spread"] = spread(per_seed)
     output = Path(args.output_dir)

@@ -43,8 +43,10 @@ import torch  # noqa: E402
 
 if __package__:  # python -m benchmarks.teacher_pass, or imported
     from benchmarks import flops  # noqa: E402
+    from benchmarks.pairs import load_teacher  # noqa: E402
 else:  # run as a script: its own directory is on sys.path
     import flops  # noqa: E402
+    from pairs import load_teacher  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TEACHER = "embedded:qwen2.5-coder-1.5b"
@@ -112,8 +114,8 @@ def load_data(tokenizer, config_path, queries: int, quick: bool):
     of a recipe YAML; `--quick` reads the test fixture slice instead."""
     import yaml
 
-    from distill_trainer.data_arguments import DataArguments
-    from distill_trainer.run_data import build_view_dataset, first_token_ids, prepare_data
+    from distill_trainer.nli.arguments import DataArguments
+    from distill_trainer.nli.data import build_view_dataset, first_token_ids, prepare_data
 
     if quick:
         fields = dict(task="mnli", pattern="gpt3", k=2, data_dir=str(REPO / "tests" / "data"))
@@ -127,17 +129,6 @@ def load_data(tokenizer, config_path, queries: int, quick: bool):
     data = prepare_data(DataArguments(**fields))
     dataset = build_view_dataset(tokenizer, data.train_rows, data.pattern, data.sampler)
     return dataset, first_token_ids(tokenizer, data.pattern), int(dataset[0]["teacher_prefix_length"])
-
-
-def load_teacher(name: str, quick: bool):
-    if quick:
-        from distill_trainer.testing import build_model, build_tokenizer
-
-        tokenizer = build_tokenizer()
-        return build_model(len(tokenizer), seed=0, hidden_size=64), tokenizer, "tiny Llama (random init)"
-    from distill_trainer.models import load_causal_lm, load_tokenizer
-
-    return load_causal_lm(name), load_tokenizer(name), name
 
 
 # ---------------------------------------------------------------------------- one setting
@@ -163,8 +154,8 @@ def padding_share(suffix_lengths: list[int], batch_size: int, sort: bool, pack: 
 
 def run_setting(model, dataset, collator, label_ids, setting: Setting) -> dict:
     """One full label-word pass under `setting`: (label log-probs per row, seconds, one-off seconds)."""
-    from distill_trainer.output_cache import compute_teacher_outputs
-    from distill_trainer.prefix_cache import TeacherAnswerLogits
+    from distill_trainer.teacher.output_cache import compute_teacher_outputs
+    from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 
     torch.set_num_threads(setting.threads)
     if setting.precision == "bf16-weights" and model.dtype != torch.bfloat16:
@@ -218,8 +209,8 @@ def profile_batch(model, dataset, collator, label_ids, batch_size: int, top: int
     """Self CPU time by operator over one baseline batch (prefix cache built beforehand, not profiled)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from distill_trainer.output_cache import compute_teacher_outputs
-    from distill_trainer.prefix_cache import TeacherAnswerLogits
+    from distill_trainer.teacher.output_cache import compute_teacher_outputs
+    from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 
     runner = TeacherAnswerLogits(pack=False)  # the baseline's padded batch
     rows = dataset.select(range(min(batch_size, len(dataset))))
@@ -326,7 +317,7 @@ def choose(results: list[dict], tolerance: float) -> str:
     )
 
 
-def main(argv=None) -> dict:
+def parse_options(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny random model, fixture data: a smoke test")
     parser.add_argument("--teacher", default=TEACHER)
@@ -341,10 +332,87 @@ def main(argv=None) -> dict:
     options = parser.parse_args(argv)
     if options.quick:
         options.queries = min(options.queries, 8)
+    return options
 
+
+def probe_threads(threads: int, quick: bool) -> dict:
+    """{threads: the matmul probe} for all threads and for one (the quick run: all only)."""
+    shapes, seconds = (flops.QUICK_SHAPES, 0.05) if quick else (None, 0.5)
+    probes = {}
+    for n in sorted({threads, 1} if not quick else {threads}, reverse=True):
+        torch.set_num_threads(n)
+        probes[str(n)] = flops.probe(shapes, seconds)
+        print(f"[teacher-pass] probe, {n} threads: peak GFLOP/s {probes[str(n)]['peak']}", flush=True)
+    return probes
+
+
+def profile_first_batch(model, dataset, collator, label_ids, threads: int, suffix_lengths, answers) -> dict:
+    """profile_batch on the baseline's first batch, with the GFLOP/s its dense layers reached."""
+    torch.set_num_threads(threads)
+    profile = profile_batch(model, dataset, collator, label_ids, Setting("baseline", threads).batch_size)
+    # what the dense layers need for that batch, padding included (the matmuls run over it)
+    rows, split = profile["rows"], flops.parameter_split(model)
+    padded = rows * max(suffix_lengths[:rows])  # profile_batch ran the first rows as one batch
+    matmul_flops = 2.0 * split["body"] * padded + 2.0 * split["head"] * sum(answers[:rows])
+    profile["matmul_gflops"] = matmul_flops / profile["matmul_s"] / 1e9
+    print(f"[teacher-pass] profile: matmuls {profile['matmul_share']:.0%} of the time", flush=True)
+    return profile
+
+
+def measure(
+    model, dataset, collator, label_ids, setting: Setting, work: dict, reference
+) -> tuple[dict, list]:
+    """One setting's pass: (its speed against the probe's peak and its log-probs against the reference's,
+    its log-probs)."""
+    run = run_setting(model, dataset, collator, label_ids, setting)
+    reference = reference if reference is not None else run["logprobs"]
+    total_flops = sum(work["query_flops"])
+    peak = work["probes"].get(str(setting.threads), work["probes"][str(work["threads"])])["peak"]["fp32"]
+    result = {
+        "name": setting.name,
+        "describe": setting.describe(),
+        "setting": dataclasses.asdict(setting),
+        "seconds": run["seconds"],
+        "one_off_s": run["one_off_s"],
+        "per_query_s": run["seconds"] / len(dataset),
+        "gflops": total_flops / run["seconds"] / 1e9,
+        "peak_share": total_flops / run["seconds"] / 1e9 / peak,
+        "padding": padding_share(work["suffix_lengths"], setting.batch_size, setting.sort, setting.pack),
+        **compare(run["logprobs"], reference),
+    }
+    print(
+        f"[teacher-pass]   {result['per_query_s']:.3f} s/query, {result['gflops']:.0f} GFLOP/s "
+        f"({result['peak_share']:.0%} of fp32 peak), agreement {result['agreement']:.3f}, max diff "
+        f"{result['max_abs_logprob_diff']:.1e}",
+        flush=True,
+    )
+    return result, run["logprobs"]
+
+
+def write_report(facts: dict, results: list[dict], profile, options, started: float) -> dict:
+    """The report so far: written after every setting, so an interrupted run keeps what it measured."""
+    choice = choose(results, options.logprob_tolerance)
+    report = {
+        **facts,
+        "logprob_tolerance": options.logprob_tolerance,
+        "results": results,
+        "choice": choice,
+        "profile": profile,
+        "total_seconds": time.perf_counter() - started,
+    }
+    output = Path(options.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    stem = "teacher_pass-quick" if options.quick else "teacher_pass"
+    (output / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (output / f"{stem}.md").write_text(markdown(report))
+    return report
+
+
+def main(argv=None) -> dict:
+    options = parse_options(argv)
     import transformers
 
-    from distill_trainer.views import TwoViewCollator
+    from distill_trainer.views.text import TwoViewCollator
 
     started = time.perf_counter()
     load_average = " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -356,93 +424,49 @@ def main(argv=None) -> dict:
     suffix_lengths = [len(ids) - prefix for ids in dataset["teacher_input_ids"]]
     answers = [len(ids) for ids in dataset["answer_ids"]]
     query_flops = [flops.forward_flops(model, s, prefix, a) for s, a in zip(suffix_lengths, answers)]
-
-    shapes, seconds = (flops.QUICK_SHAPES, 0.05) if options.quick else (None, 0.5)
-    probes = {}
-    for n in sorted({threads, 1} if not options.quick else {threads}, reverse=True):
-        torch.set_num_threads(n)
-        probes[str(n)] = flops.probe(shapes, seconds)
-        print(f"[teacher-pass] probe, {n} threads: peak GFLOP/s {probes[str(n)]['peak']}", flush=True)
-
+    probes = probe_threads(threads, options.quick)
     profile = None
     if not options.no_profile:  # before the settings: the last ones convert the weights to bf16
-        torch.set_num_threads(threads)
-        profile = profile_batch(model, dataset, collator, label_ids, Setting("baseline", threads).batch_size)
-        # what the dense layers need for that batch, padding included (the matmuls run over it)
-        rows, split = profile["rows"], flops.parameter_split(model)
-        padded = rows * max(suffix_lengths[:rows])  # profile_batch ran the first rows as one batch
-        matmul_flops = 2.0 * split["body"] * padded + 2.0 * split["head"] * sum(answers[:rows])
-        profile["matmul_gflops"] = matmul_flops / profile["matmul_s"] / 1e9
-        print(f"[teacher-pass] profile: matmuls {profile['matmul_share']:.0%} of the time", flush=True)
+        profile = profile_first_batch(model, dataset, collator, label_ids, threads, suffix_lengths, answers)
 
     settings = default_settings(threads, options.compile)
     if options.quick:
         settings = [s for s in settings if s.name in QUICK_SETTINGS]
     if options.only:
         settings = [s for s in settings if s.name == "baseline" or s.name in options.only]
-
-    def write(results) -> dict:
-        """The report so far: written after every setting, so an interrupted run keeps what it measured."""
-        choice = choose(results, options.logprob_tolerance)
-        report = {
-            "command": shlex.join(["python", "-m", "benchmarks.teacher_pass", *arguments]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch threads",
-            "load_average": load_average,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "teacher": teacher_name,
-            "parameters": flops.parameter_split(model),
-            "threads": threads,
-            "queries": len(dataset),
-            "prefix_tokens": prefix,
-            "suffix_tokens_mean": statistics.mean(suffix_lengths),
-            "gflop_per_query": statistics.mean(query_flops) / 1e9,
-            "prefix_gflop": flops.forward_flops(model, prefix, 0, 0) / 1e9,
-            "probe": probes,
-            "peak_fp32": probes[str(threads)]["peak"]["fp32"],
-            "logprob_tolerance": options.logprob_tolerance,
-            "results": results,
-            "choice": choice,
-            "profile": profile,
-            "total_seconds": time.perf_counter() - started,
-        }
-        output = Path(options.output_dir)
-        output.mkdir(parents=True, exist_ok=True)
-        stem = "teacher_pass-quick" if options.quick else "teacher_pass"
-        (output / f"{stem}.json").write_text(json.dumps(report, indent=1))
-        (output / f"{stem}.md").write_text(markdown(report))
-        return report
-
     arguments = sys.argv[1:] if argv is None else argv
+    facts = {
+        "command": shlex.join(["python", "-m", "benchmarks.teacher_pass", *arguments]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch threads",
+        "load_average": load_average,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "teacher": teacher_name,
+        "parameters": flops.parameter_split(model),
+        "threads": threads,
+        "queries": len(dataset),
+        "prefix_tokens": prefix,
+        "suffix_tokens_mean": statistics.mean(suffix_lengths),
+        "gflop_per_query": statistics.mean(query_flops) / 1e9,
+        "prefix_gflop": flops.forward_flops(model, prefix, 0, 0) / 1e9,
+        "probe": probes,
+        "peak_fp32": probes[str(threads)]["peak"]["fp32"],
+    }
+    work = {
+        "query_flops": query_flops,
+        "probes": probes,
+        "threads": threads,
+        "suffix_lengths": suffix_lengths,
+    }
     results, reference = [], None
     for setting in settings:
         print(f"[teacher-pass] {setting.name}: {setting.describe()}", flush=True)
         if setting.precision != "bf16-weights" and model.dtype == torch.bfloat16:  # back to the fp32 weights
             model = load_teacher(options.teacher, options.quick)[0].eval().requires_grad_(False)
-        run = run_setting(model, dataset, collator, label_ids, setting)
-        reference = reference if reference is not None else run["logprobs"]
-        total_flops = sum(query_flops)
-        peak = probes.get(str(setting.threads), probes[str(threads)])["peak"]["fp32"]
-        result = {
-            "name": setting.name,
-            "describe": setting.describe(),
-            "setting": dataclasses.asdict(setting),
-            "seconds": run["seconds"],
-            "one_off_s": run["one_off_s"],
-            "per_query_s": run["seconds"] / len(dataset),
-            "gflops": total_flops / run["seconds"] / 1e9,
-            "peak_share": total_flops / run["seconds"] / 1e9 / peak,
-            "padding": padding_share(suffix_lengths, setting.batch_size, setting.sort, setting.pack),
-            **compare(run["logprobs"], reference),
-        }
+        result, logprobs = measure(model, dataset, collator, label_ids, setting, work, reference)
+        reference = reference if reference is not None else logprobs
         results.append(result)
-        print(
-            f"[teacher-pass]   {result['per_query_s']:.3f} s/query, {result['gflops']:.0f} GFLOP/s "
-            f"({result['peak_share']:.0%} of fp32 peak), agreement {result['agreement']:.3f}, max diff "
-            f"{result['max_abs_logprob_diff']:.1e}",
-            flush=True,
-        )
-        report = write(results)
+        report = write_report(facts, results, profile, options, started)
     print(markdown(report))
     print(f"[teacher-pass] wrote {options.output_dir} in {report['total_seconds']:.0f} s")
     return report

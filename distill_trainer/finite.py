@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .errors import UsageError
+from distill_trainer.errors import UsageError
 
 
 def nonfinite_rows(values: torch.Tensor) -> list[int]:

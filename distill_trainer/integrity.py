@@ -2,6 +2,7 @@
 
     records = file_records(directory, skip=("manifest.json",))   # size and sha256 of every file
     problem = files_problem(directory, records)                  # None, or what is missing or changed
+    key = sha256_text(json.dumps(settings, sort_keys=True))      # a cache key
     write_text_atomically(path, text)                            # never a half-written file
 
 A store writes `file_records` once its files are complete and checks `files_problem` before trusting
@@ -18,6 +19,11 @@ import os
 from pathlib import Path
 
 BLOCK = 1 << 20  # read in 1 MiB blocks: flat memory for files of any size
+
+
+def sha256_text(text: str) -> str:
+    """The hex digest of `text` (UTF-8): every cache key and stored-content check is one of these."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def sha256_file(path) -> str:

@@ -39,17 +39,17 @@ from pathlib import Path
 import yaml
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
-from distill_trainer.config import DTYPES
-from distill_trainer.method_reuse import (
+from distill_trainer.report.tables import load_method_result, print_table, write_report
+from distill_trainer.run.method_reuse import (
     find_earlier_result,
     method_fingerprint,
     record_fingerprint,
     recorded_costs,
     reuse_result,
 )
-from distill_trainer.report import load_method_result, print_table, write_report
-from distill_trainer.run_progress import RunProgress, expected_seconds, format_duration
-from distill_trainer.runner import run_recipe
+from distill_trainer.run.progress import RunProgress, expected_seconds, format_duration
+from distill_trainer.run.runner import run_recipe
+from distill_trainer.training.config import DTYPES
 
 RECIPES_DIR = Path(__file__).resolve().parent
 
@@ -279,9 +279,8 @@ def prepare_embedded_models(names) -> dict[str, float]:
         if embedded_model_dir(name).is_dir():
             continue  # built before (each method still verifies it when it loads)
         began = time.perf_counter()
-        code = (
-            "import sys; from distill_trainer.embedded import materialize_embedded_model as m; m(sys.argv[1])"
-        )
+        code = "import sys; from distill_trainer.models.embedded import materialize_embedded_model as m; "
+        code += "m(sys.argv[1])"
         if subprocess.run([sys.executable, "-c", code, name], check=False).returncode != 0:
             raise UsageError(f"could not prepare {name}; its error is printed above")
         seconds[name] = round(time.perf_counter() - began, 1)
@@ -335,9 +334,9 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from distill_trainer.memory_estimate import estimate_peak_memory
-    from distill_trainer.models import load_tokenizer, prepare_student, resolve_model_path
-    from distill_trainer.run_data import prepare_data
+    from distill_trainer.memory.estimate import estimate_peak_memory
+    from distill_trainer.models.loading import load_tokenizer, prepare_student, resolve_model_path
+    from distill_trainer.nli.data import prepare_data
 
     teacher = config.teacher_model_name_or_path
     if not teacher or teacher == "self":
@@ -382,7 +381,7 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
 def data_read(results: list[dict]) -> list[str]:
     """What the evaluated rows are, named truthfully (a local copy is not the Hub split it imitates), and
     how many of each task every method scored."""
-    from distill_trainer.provenance import data_lines
+    from distill_trainer.models.provenance import data_lines
 
     lines = []
     for row in results:
@@ -396,7 +395,7 @@ def data_read(results: list[dict]) -> list[str]:
 
 def disk_sizes(results: list[dict], config) -> dict[str, float]:
     """MB on disk of the teacher's weights and of each trained student's saved folder."""
-    from distill_trainer.models import resolve_model_path
+    from distill_trainer.models.loading import resolve_model_path
 
     def megabytes(folder) -> float:
         files = [p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()]
@@ -486,7 +485,7 @@ def main(argv=None) -> dict:
     # ------------------------------------------------------------ run them (or read them back), in order
     tracker = None
     if not compare.fresh_process_per_method:
-        from distill_trainer.memory import MemoryTracker
+        from distill_trainer.memory.peak import MemoryTracker
 
         tracker = MemoryTracker(device="cpu")
     progress = RunProgress(list(plan), expected_seconds(compare.results_dir), reused=set(earlier))

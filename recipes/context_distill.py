@@ -26,16 +26,17 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.hub import save_student, ship_student
-from distill_trainer.memory import MemoryTracker, peak_mib_by_phase
-from distill_trainer.model_card import card_for_recipe
-from distill_trainer.models import load_tokenizer, resolve_model_path
-from distill_trainer.run_data import build_view_dataset, first_token_ids, model_max_length
-from distill_trainer.runner import (
+from distill_trainer.memory.peak import MemoryTracker, peak_mib_by_phase
+from distill_trainer.models.loading import load_tokenizer, resolve_model_path
+from distill_trainer.nli.data import build_view_dataset, first_token_ids, model_max_length
+from distill_trainer.nli.task_evaluation import evaluate_on_tasks, uses_ensemble
+from distill_trainer.report.hub import save_student, ship_student
+from distill_trainer.report.model_card import card_for_recipe
+from distill_trainer.run.runner import (
     describe_student,
     describe_training,
-    evaluate_on_tasks,
     load_student,
+    nli_metrics,
     no_partial_output_dir,
     print_summary,
     resolved_config,
@@ -44,9 +45,9 @@ from distill_trainer.runner import (
     write_outputs,
     write_resolved_config,
 )
-from distill_trainer.task_evaluation import uses_ensemble
-from distill_trainer.teacher_ensemble import TeacherEnsembleViews, content_free_rows
-from distill_trainer.validate import validate_recipe
+from distill_trainer.run.validate import validate_recipe
+from distill_trainer.teacher.ensemble import TeacherEnsembleViews, content_free_rows
+from distill_trainer.teacher.teacher import is_self
 
 RECIPE = "context_distill"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -58,12 +59,12 @@ def run_context_distill(
     # ------------------------------------------------------------ validate (no model loaded yet) and data
     data = validate_recipe(RECIPE, student_args, data_args, config).data
     teacher = config.teacher_model_name_or_path
-    is_self = teacher == "self"
-    teacher_path = student_args.model_name_or_path if is_self else teacher
+    self_teacher = is_self(teacher)
+    teacher_path = student_args.model_name_or_path if self_teacher else teacher
 
     # ------------------------------------------------------------ tokenizers and the teacher's prompts
     tokenizer = load_tokenizer(student_args.model_name_or_path)
-    teacher_tokenizer = tokenizer if is_self else load_tokenizer(teacher_path)
+    teacher_tokenizer = tokenizer if self_teacher else load_tokenizer(teacher_path)
     label_ids = first_token_ids(tokenizer, data.pattern)
     teacher_label_ids = first_token_ids(teacher_tokenizer, data.pattern)
     max_length = model_max_length(AutoConfig.from_pretrained(resolve_model_path(teacher_path)), data_args)
@@ -123,32 +124,28 @@ def run_context_distill(
         results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
 
     # ------------------------------------------------------------ report
-    metrics = {
-        "recipe": RECIPE,
-        "method": f"cd_{student_args.student_mode}",
-        "model": student_args.model_name_or_path,
-        "student_mode": student_args.student_mode,
-        "teacher": teacher,
-        "teacher_quantization": "none" if is_self else config.teacher_quantization,
-        "task": data.task.name,
-        "pattern": data.pattern.name,
-        "label_words": list(data.pattern.label_words),
-        "k": data_args.k,
-        "demonstration_seed": data_args.demonstration_seed,
-        "resample_demonstrations": data_args.resample_demonstrations,
-        "demonstration_sets": data_args.demonstration_sets,
-        "teacher_calibration": data_args.teacher_calibration,
-        "loss": config.loss,
-        "alpha": config.alpha,
-        "temperature": config.temperature,
-        "distill_vocab": config.distill_vocab,
+    metrics = nli_metrics(
+        RECIPE,
+        f"cd_{student_args.student_mode}",
+        student_args.model_name_or_path,
+        data,
+        results,
+        tracker,
+        student_mode=student_args.student_mode,
+        teacher=teacher,
+        teacher_quantization="none" if self_teacher else config.teacher_quantization,
+        k=data_args.k,
+        demonstration_seed=data_args.demonstration_seed,
+        resample_demonstrations=data_args.resample_demonstrations,
+        demonstration_sets=data_args.demonstration_sets,
+        teacher_calibration=data_args.teacher_calibration,
+        loss=config.loss,
+        alpha=config.alpha,
+        temperature=config.temperature,
+        distill_vocab=config.distill_vocab,
         **training_metrics(trainer, train_result, len(train_dataset)),
-        "teacher_output_cache": trainer.teacher_output_cache_info,
-        "eval": results.metrics,
-        "eval_seconds": round(results.seconds, 2),
-        "data": data.data_report(),
-        "memory": tracker.as_dict(),
-    }
+        teacher_output_cache=trainer.teacher_output_cache_info,
+    )
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set

@@ -24,17 +24,16 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.chat_views import chat_prompt_ids
-from distill_trainer.context_config import ContextDataArguments
-from distill_trainer.context_data import load_context_rows
-from distill_trainer.context_report import format_report, write_report
-from distill_trainer.context_run import ChatTeacher, chat_view_dataset, measure_student
-from distill_trainer.data_report import print_reports
+from distill_trainer.context.config import ContextDataArguments
+from distill_trainer.context.data import load_context_rows
+from distill_trainer.context.generation_eval import reply_records, rule_following
+from distill_trainer.context.report import format_report, write_report
+from distill_trainer.context.steps import chat_view_dataset, completions, measure_student
 from distill_trainer.errors import UsageError
-from distill_trainer.generation_eval import reply_records, rule_following
-from distill_trainer.hub import save_student
-from distill_trainer.models import load_causal_lm, load_tokenizer
-from distill_trainer.runner import (
+from distill_trainer.models.loading import load_causal_lm, load_tokenizer
+from distill_trainer.nli.row_checks import print_reports
+from distill_trainer.report.hub import save_student
+from distill_trainer.run.runner import (
     load_student,
     no_partial_output_dir,
     run_recipe,
@@ -42,6 +41,8 @@ from distill_trainer.runner import (
     write_outputs,
     write_resolved_config,
 )
+from distill_trainer.teacher.teacher import SELF, Teacher, check_self_teacher, is_self
+from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_context"
 CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)
@@ -56,8 +57,10 @@ def check_settings(student_args, config) -> None:
         raise UsageError(
             "distill_context matches whole replies: set distill_vocab: full (a shared tokenizer)"
         )
-    if config.teacher_model_name_or_path == "self" and student_args.student_mode != "lora":
-        raise UsageError("teacher 'self' needs student_mode: lora (the base model with the adapters off)")
+    teacher, mode = config.teacher_model_name_or_path, student_args.student_mode
+    check_self_teacher(
+        teacher, student_is_lora=mode == "lora", fix=f"it needs student_mode: lora (got {mode})"
+    )
 
 
 def load_rows(data_args: ContextDataArguments):
@@ -81,22 +84,25 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     # ------------------------------------------------------------ checks, rows and tokenizer (no model yet)
     check_settings(student_args, config)
     train_rows, eval_rows, reports = load_rows(data_args)
-    is_self = config.teacher_model_name_or_path == "self"
+    self_teacher = is_self(config.teacher_model_name_or_path)
     tokenizer = load_tokenizer(student_args.model_name_or_path)
     placement = data_args.context_placement
     chat_prompt_ids(tokenizer, train_rows[0]["prompt"], train_rows[0]["context"], placement)  # template ok?
-    if not is_self and load_tokenizer(config.teacher_model_name_or_path).get_vocab() != tokenizer.get_vocab():
+    if (
+        not self_teacher
+        and load_tokenizer(config.teacher_model_name_or_path).get_vocab() != tokenizer.get_vocab()
+    ):
         raise UsageError(
             "the teacher's tokenizer differs from the student's; full-vocabulary KL needs one tokenizer"
         )
 
     # ------------------------------------------------------------ student and teacher
     student = load_student(student_args, seed=config.seed)
-    source = student_args.model_name_or_path if is_self else config.teacher_model_name_or_path
+    source = student_args.model_name_or_path if self_teacher else config.teacher_model_name_or_path
     teacher_model = (
-        student if is_self else load_causal_lm(source, config.teacher_dtype, config.teacher_quantization)
+        student if self_teacher else load_causal_lm(source, config.teacher_dtype, config.teacher_quantization)
     )
-    teacher = ChatTeacher.for_model(
+    teacher = Teacher.for_model(
         teacher_model,
         config.teacher_model_name_or_path,
         source,
@@ -116,7 +122,8 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         for i, row in enumerate(train_rows)
         if row["completion"] is None or data_args.teacher_writes_completions
     ]
-    replies, completions_info = teacher.completions(
+    replies, completions_info = completions(
+        teacher,
         tokenizer,
         [train_rows[i] for i in to_write] + eval_rows,
         settings,
@@ -145,15 +152,15 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
             rule, checks = rule_following(evaluation["teacher"]["replies"], data_args.checker)
             evaluation["teacher"].update(rule=rule, checks=checks)
         # the untrained student's replies are those of its base model: cached like the teacher's
-        base = ChatTeacher.for_model(
+        base = Teacher.for_model(
             student,
             "self" if student_args.student_mode == "lora" else "student",
             student_args.model_name_or_path,
             student_args.dtype,
         )
         bare_rows = [dict(row, context="") for row in eval_rows]
-        before, _ = base.completions(
-            tokenizer, bare_rows, settings, show_progress=not config.disable_tqdm, **cache
+        before, _ = completions(
+            base, tokenizer, bare_rows, settings, show_progress=not config.disable_tqdm, **cache
         )
         evaluation["before"] = measure_student(
             student, tokenizer, eval_rows, eval_views, settings, label="before", replies=before, **measure
@@ -163,7 +170,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     trainer = ContextDistillationTrainer(
         model=student,
         args=config,
-        teacher="self" if is_self else teacher_model,
+        teacher=SELF if self_teacher else teacher_model,
         train_dataset=train_views,
         processing_class=tokenizer,
         data_collator=TwoViewCollator(tokenizer.pad_token_id),

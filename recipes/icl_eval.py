@@ -16,19 +16,24 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
-from distill_trainer.memory import MemoryTracker
-from distill_trainer.models import count_parameters, load_causal_lm, load_tokenizer, resolve_model_path
-from distill_trainer.output_cache import teacher_source_fingerprint
-from distill_trainer.run_data import first_token_ids, model_max_length, reseeded
-from distill_trainer.runner import (
-    evaluate_on_tasks,
+from distill_trainer.memory.peak import MemoryTracker
+from distill_trainer.models.loading import (
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_path,
+)
+from distill_trainer.nli.data import first_token_ids, model_max_length, reseeded
+from distill_trainer.nli.task_evaluation import evaluate_on_tasks, format_spread, seed_spread
+from distill_trainer.run.runner import (
+    nli_metrics,
     no_partial_output_dir,
     print_summary,
     run_recipe,
     write_outputs,
 )
-from distill_trainer.task_evaluation import format_spread, seed_spread
-from distill_trainer.validate import validate_recipe
+from distill_trainer.run.validate import validate_recipe
+from distill_trainer.teacher.teacher import teacher_source_fingerprint
 
 RECIPE = "icl_eval"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -98,24 +103,21 @@ def run_icl_eval(
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(model_config)
     _, total = count_parameters(model)
-    metrics = {
-        "recipe": RECIPE,
-        "method": "icl" if data_args.k else "zero_shot",
-        "model": name,
-        "task": data.task.name,
-        "pattern": data.pattern.name,
-        "label_words": list(data.pattern.label_words),
-        "k": data_args.k,
-        "demonstration_seed": data_args.demonstration_seed,
-        "resample_demonstrations": data_args.resample_demonstrations,
-        "demonstration_sets": data_args.demonstration_sets,
-        "teacher_calibration": data_args.teacher_calibration,
-        "parameters": {"total": total},
-        "eval": results.metrics,
-        "eval_seconds": round(sum(r.seconds for r in per_seed.values()), 2),
-        "data": data.data_report(),
-        "memory": tracker.as_dict(),
-    }
+    metrics = nli_metrics(
+        RECIPE,
+        "icl" if data_args.k else "zero_shot",
+        name,
+        data,
+        results,
+        tracker,
+        k=data_args.k,
+        demonstration_seed=data_args.demonstration_seed,
+        resample_demonstrations=data_args.resample_demonstrations,
+        demonstration_sets=data_args.demonstration_sets,
+        teacher_calibration=data_args.teacher_calibration,
+        parameters={"total": total},
+        eval_seconds=round(sum(r.seconds for r in per_seed.values()), 2),
+    )
     predictions = results.predictions
     if data_args.demonstration_seeds:
         metrics["demonstration_seeds"] = {str(seed): r.metrics for seed, r in per_seed.items()}

@@ -24,16 +24,17 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.hub import save_student, ship_student
-from distill_trainer.memory import MemoryTracker, peak_mib_by_phase
-from distill_trainer.model_card import card_for_recipe
-from distill_trainer.models import load_tokenizer
-from distill_trainer.run_data import build_view_dataset, first_token_ids
-from distill_trainer.runner import (
+from distill_trainer.memory.peak import MemoryTracker, peak_mib_by_phase
+from distill_trainer.models.loading import load_tokenizer
+from distill_trainer.nli.data import build_view_dataset, first_token_ids
+from distill_trainer.nli.task_evaluation import evaluate_on_tasks
+from distill_trainer.report.hub import save_student, ship_student
+from distill_trainer.report.model_card import card_for_recipe
+from distill_trainer.run.runner import (
     describe_student,
     describe_training,
-    evaluate_on_tasks,
     load_student,
+    nli_metrics,
     no_partial_output_dir,
     print_summary,
     resolved_config,
@@ -42,7 +43,7 @@ from distill_trainer.runner import (
     write_outputs,
     write_resolved_config,
 )
-from distill_trainer.validate import validate_recipe
+from distill_trainer.run.validate import validate_recipe
 
 RECIPE = "pattern_finetune"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -83,20 +84,16 @@ def run_pattern_finetune(
         results = evaluate_on_tasks(trainer.model, tokenizer, data, config, data_args, demonstrations=None)
 
     # ------------------------------------------------------------ report
-    metrics = {
-        "recipe": RECIPE,
-        "method": f"pbft_{student_args.student_mode}",
-        "model": student_args.model_name_or_path,
-        "student_mode": student_args.student_mode,
-        "task": data.task.name,
-        "pattern": data.pattern.name,
-        "label_words": list(data.pattern.label_words),
+    metrics = nli_metrics(
+        RECIPE,
+        f"pbft_{student_args.student_mode}",
+        student_args.model_name_or_path,
+        data,
+        results,
+        tracker,
+        student_mode=student_args.student_mode,
         **training_metrics(trainer, train_result, len(train_dataset)),
-        "eval": results.metrics,
-        "eval_seconds": round(results.seconds, 2),
-        "data": data.data_report(),
-        "memory": tracker.as_dict(),
-    }
+    )
     configs = (student_args, data_args, config)
     paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
     # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
-from distill_trainer.evaluation import evaluate_task
-from distill_trainer.models import load_causal_lm, load_tokenizer
-from distill_trainer.run_data import prepare_data
-from distill_trainer.runner import run_recipe
-from distill_trainer.tasks import balanced_subset, load_split, row_key
+from distill_trainer.models.loading import load_causal_lm, load_tokenizer
+from distill_trainer.nli.data import prepare_data
+from distill_trainer.nli.demonstrations import balanced_subset, row_key
+from distill_trainer.nli.evaluation import evaluate_task
+from distill_trainer.nli.tasks import load_split
+from distill_trainer.run.runner import run_recipe
 
 
 @dataclass

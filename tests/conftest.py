@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from distill_trainer import embedded
-from distill_trainer.embedded import EmbeddedModel
+from distill_trainer.models import embedded
+from distill_trainer.models.embedded import EmbeddedModel
 from distill_trainer.testing import build_model, build_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

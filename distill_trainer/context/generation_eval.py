@@ -1,0 +1,132 @@
+"""Measuring a model on a context it should have absorbed: its replies, the share that follow a checkable
+rule, and its token-level KL to the teacher on the teacher's own completions.
+
+    replies = generate_for_rows(student, tokenizer, rows, settings, with_context=False)
+    rate = rule_following([r["text"] for r in replies], "python_function")   # rate, stderr, failures
+    kl = completion_kl(student, teacher_logits_fn, views, TwoViewCollator(tokenizer.pad_token_id))
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from distill_trainer.context.generation import GenerationSettings, generate_replies
+from distill_trainer.context.reply_checks import get_checker
+from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.training.losses import token_divergence
+from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
+
+
+def generate_for_rows(
+    model,
+    tokenizer,
+    rows: list[dict],
+    settings: GenerationSettings,
+    *,
+    placement: str = "system",
+    with_context: bool = False,
+    batch_size: int = 8,
+    progress: str | None = None,
+) -> list[dict]:
+    """{"text", "ids"} per row: the model's reply to the prompt, with or without the row's context."""
+    prompts, prefix = [], 0
+    for row in rows:
+        context = row["context"] if with_context else ""
+        prompts.append(chat_prompt_ids(tokenizer, row["prompt"], context, placement))
+    contexts = {row["context"] for row in rows}
+    if with_context and len(contexts) == 1:
+        prefix = shared_prefix_length(tokenizer, contexts.pop(), placement)
+    elif not with_context:  # the template's own opening (a default system prompt) is shared too
+        prefix = shared_prefix_length(tokenizer, "", placement)
+    replies = generate_replies(
+        model,
+        prompts,
+        settings,
+        stop_ids=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        prefix_length=prefix,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return [{"ids": ids, "text": tokenizer.decode(ids, skip_special_tokens=True)} for ids in replies]
+
+
+def rule_following(replies: list[str], checker: str) -> tuple[dict, list[dict]]:
+    """({n, passed, rate, stderr, failures by reason}, [{passed, reason}] per reply)."""
+    check = get_checker(checker)
+    results = [dict(zip(("passed", "reason"), check(reply))) for reply in replies]
+    n = len(results)
+    passed = sum(r["passed"] for r in results)
+    rate = passed / n if n else float("nan")
+    summary = {
+        "checker": checker,
+        "n": n,
+        "passed": passed,
+        "rate": rate,
+        # binomial standard error of the rate
+        "stderr": math.sqrt(rate * (1 - rate) / n) if n else float("nan"),
+        "failures": dict(Counter(r["reason"] for r in results if not r["passed"]).most_common()),
+    }
+    return summary, results
+
+
+@torch.no_grad()
+def completion_kl(student, teacher_logits_fn, views, collator, batch_size: int = 4, progress=None) -> dict:
+    """KL(teacher || student) per completion token, over the whole vocabulary, on `views` (chat views of
+    the teacher's completions): the teacher reads the context, the student does not.
+
+    Returns the token-weighted mean, and the mean and standard error over examples of each example's
+    mean (examples, not tokens, are the independent draws)."""
+    was_training = student.training
+    student.eval()
+    totals, counts = [], []
+    starts = range(0, len(views), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch")
+    device = next(student.parameters()).device
+    try:
+        for start in starts:
+            batch = collator([views[i] for i in range(start, min(start + batch_size, len(views)))])
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            student_logits = answer_logits(
+                student, batch["input_ids"], batch["attention_mask"], batch["answer_positions"]
+            )
+            teacher_logits = teacher_logits_fn(batch)
+            kl = token_divergence(
+                F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1)
+            )
+            kl = kl * batch["answer_mask"]
+            totals += kl.sum(-1).tolist()
+            counts += batch["answer_mask"].sum(-1).tolist()
+    finally:
+        student.train(was_training)
+    per_example = [t / c for t, c in zip(totals, counts)]
+    n = len(per_example)
+    mean = sum(per_example) / n
+    variance = sum((x - mean) ** 2 for x in per_example) / (n - 1) if n > 1 else float("nan")
+    return {
+        "n": n,
+        "tokens": int(sum(counts)),
+        "kl_per_token": sum(totals) / sum(counts),
+        "kl_example_mean": mean,
+        "kl_example_stderr": math.sqrt(variance / n),
+    }
+
+
+def reply_records(rows: list[dict], result: dict) -> list[dict]:
+    """One JSON-ready record per held-out row: prompt, context, each model's reply and its check."""
+    records = []
+    for i, row in enumerate(rows):
+        record = {"prompt": row["prompt"], "context": row["context"]}
+        for key, value in result.items():
+            record[key] = value["replies"][i]
+            if "checks" in value:
+                record[f"{key}_check"] = value["checks"][i]
+        records.append(record)
+    return records

@@ -1,0 +1,75 @@
+"""The report of a context-distillation run on held-out prompts: the rule-following rate of the teacher
+with the context and of the student without it, before and after distillation, and the student's KL to
+the teacher on the teacher's completions; written as `report.md` beside `metrics.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill_trainer.integrity import write_text_atomically
+
+ROWS = (
+    ("teacher", "teacher, with the context"),
+    ("before", "student before, without the context"),
+    ("after", "student after, without the context"),
+)
+
+
+def _rate(rule: dict | None) -> str:
+    if not rule:
+        return "-"
+    return f"{rule['rate']:.3f} ± {rule['stderr']:.3f} ({rule['passed']}/{rule['n']})"
+
+
+def _kl(kl: dict | None) -> str:
+    if not kl:
+        return "-"
+    return (
+        f"{kl['kl_per_token']:.4f} (per example {kl['kl_example_mean']:.4f} ± {kl['kl_example_stderr']:.4f})"
+    )
+
+
+def _failures(rule: dict | None) -> str:
+    if not rule or not rule["failures"]:
+        return "-"
+    return ", ".join(f"{reason} {n}" for reason, n in rule["failures"].items())
+
+
+def format_report(metrics: dict) -> str:
+    """Markdown: the settings, then one row per model with its rate (± standard error), failures by
+    reason and KL per completion token."""
+    evaluation = metrics.get("eval", {})
+    lines = [
+        f"# Context distillation: {metrics['student']} <- {metrics['teacher']}",
+        "",
+        f"- context ({metrics['context_placement']} placement): {metrics['context_summary']}",
+        f"- data: {metrics['train_rows']} training rows, {metrics['eval_rows']} held-out rows; completions "
+        f"by the teacher: {metrics['teacher_completions']['generated']} generated, "
+        f"{metrics['teacher_completions']['reused']} read from the cache",
+        f"- checker: {metrics.get('checker') or 'none'}; decoding: {metrics['decoding']}",
+        f"- training: {metrics['train']['global_step']} steps, {metrics['train']['train_runtime']:.0f} s; "
+        f"whole run {metrics['seconds']:.0f} s",
+        "",
+        "| model | rule followed (rate ± s.e.) | failures | KL(teacher ‖ model) per token |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, name in ROWS:
+        result = evaluation.get(key, {})
+        lines.append(
+            f"| {name} | {_rate(result.get('rule'))} | {_failures(result.get('rule'))} "
+            f"| {_kl(result.get('kl'))} |"
+        )
+    lines += [
+        "",
+        "The KL is measured on the teacher's own completions of the held-out prompts, over the whole "
+        "vocabulary: the teacher reads the context, the student does not. Standard errors: binomial for "
+        "rates, over examples for the KL.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(output_dir, metrics: dict) -> Path:
+    path = Path(output_dir) / "report.md"
+    return write_text_atomically(path, format_report(metrics))

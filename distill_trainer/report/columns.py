@@ -1,0 +1,108 @@
+"""The comparison table's columns: one entry each, its header and how its cell is read from a method's
+summary row (`tables.load_method_result`). A new column is one more entry in COLUMNS; the console table
+and summary.md both follow the list.
+
+    [column.header for column in COLUMNS]        # the header line
+    table_rows(summary)                          # one list of cells per method, in COLUMNS order
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def percent(value, stderr=None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.1f}" + (f" ±{100 * stderr:.1f}" if stderr is not None else "")
+
+
+def number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def method_label(row: dict) -> str:
+    """The method's name, marked when it is a memory probe or was read back from an earlier run."""
+    notes = []
+    if row.get("memory_probe_steps"):
+        notes.append(f"memory probe, {row['memory_probe_steps']} steps")
+    if row.get("reused_from"):
+        notes.append("reused")
+    return row["method"] + (f" ({', '.join(notes)})" if notes else "")
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    cell: Callable[[dict], str]  # a method's summary row -> the text in this column
+
+
+def _task(name: str) -> Callable[[dict], dict]:
+    return lambda row: row["eval"].get(name, {})
+
+
+def _accuracy(task: str) -> Column:
+    metrics = _task(task)
+    return Column(
+        f"{task.upper()} acc",
+        lambda row: percent(metrics(row).get("accuracy"), metrics(row).get("accuracy_stderr")),
+    )
+
+
+def _auc(task: str) -> Column:
+    return Column(f"{task.upper()} AUC", lambda row: number(_task(task)(row).get("auc"), ".2f"))
+
+
+def _agreement(task: str) -> Column:
+    return Column(f"{task.upper()} agree", lambda row: percent(_task(task)(row).get("teacher_agreement")))
+
+
+def _phase_peaks(row: dict) -> str:
+    peaks = row.get("phase_peak_mib") or {}
+    return "/".join(number(peaks.get(phase), ".0f") for phase in ("load", "teacher_pass", "train"))
+
+
+def _first_label_share(row: dict) -> str:
+    balance = _task("mnli")(row).get("predicted_label_balance") or {None: None}
+    return percent(next(iter(balance.values())))
+
+
+def _per_label(row: dict) -> str:
+    return "/".join(percent(v) for v in (_task("hans")(row).get("per_label_accuracy") or {}).values()) or "-"
+
+
+COLUMNS = (
+    Column("method", method_label),
+    Column("trainable", lambda row: f"{row['trainable_parameters']:,}"),
+    Column("peak MiB", lambda row: number(row["peak_memory_mib"], ".0f")),
+    Column("load/teacher/train MiB", _phase_peaks),
+    Column("train s", lambda row: number(row["train_seconds"], ".0f")),
+    Column("eval s", lambda row: number(row["eval_seconds"], ".0f")),
+    _accuracy("mnli"),
+    _auc("mnli"),
+    _agreement("mnli"),
+    Column("MNLI pred. 0", _first_label_share),
+    _accuracy("hans"),
+    _auc("hans"),
+    Column("HANS ent/non", _per_label),
+    _agreement("hans"),
+)
+
+LEGEND = (
+    "Accuracies and agreements in %, ± one standard error. *agree*: share of rows where the method predicts "
+    "what the ICL teacher predicts. *pred. 0*: share of rows predicted as label 0 (entailment). *HANS "
+    "ent/non*: accuracy on HANS entailment / non-entailment rows. AUC: of the label-word margin (0.5 = the "
+    "classes are not told apart). Peak MiB: peak resident memory of the method's process (runtime included); "
+    "load/teacher/train: the peak while loading models (the 8-bit teacher's quantization spike shows here), "
+    "during the teacher's output pass (- when its cached outputs were reused) and during training."
+)
+
+
+def headers() -> list[str]:
+    return [column.header for column in COLUMNS]
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    return [[column.cell(row) for column in COLUMNS] for row in summary["methods"]]

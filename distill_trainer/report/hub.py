@@ -1,0 +1,155 @@
+"""Ship a trained student: a model card, one self-contained folder, and an optional Hub push.
+
+    from distill_trainer.report.hub import save_student, ship_student
+    from distill_trainer.report.model_card import card_for_recipe
+
+    trainer.train()
+    save_student(trainer, config.output_dir)  # the weights are safe on disk before evaluating
+    metrics = {"mnli": {...}, "hans": {...}}  # {task: metrics} as nli.evaluation computes them
+    card = card_for_recipe(student_args, config, metrics, "mnli", data_reports=data.reports)
+    ship_student(trainer, config.output_dir, card=card, recipe=config.recipe, write_weights=False)
+
+The card itself (`StudentCard`, `card_for_recipe`, `build_model_card`) is built in `model_card.py`; the
+upload (`push_student`) is `models/hub.py`, below the trainer, which pushes through it too.
+
+`ship_student` = `save_student` (every process calls it; only the main process writes) followed, when
+`config.push_to_hub` is set, by `push_student(folder, config.hub_model_id, ...)`. The folder holds the
+weights (a full model, or for LoRA students the adapter, or with `merge_lora=True` the merged model),
+the tokenizer, `README.md` (the card) and `recipe.yaml`, and loads back with `AutoModelForCausalLM` or
+`peft.AutoPeftModelForCausalLM` anywhere: an adapter on an embedded alias records the alias's upstream
+Hub id as its base, and one on a local folder is refused by `push_student` (nobody else could load it;
+`merge_lora=True` is the fix). A push that cannot happen (offline, no token, Hub unreachable) raises
+one `UsageError` after the folder is complete, and leaves it as it was: push it later with
+`hf upload <repo id> <folder>`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from distill_trainer.errors import UsageError
+from distill_trainer.integrity import write_text_atomically as _write_atomically
+from distill_trainer.models.hub import CARD_FILE, push_student
+from distill_trainer.report.card_text import RECIPE_FILE, recipe_yaml
+from distill_trainer.report.model_card import StudentCard, build_model_card
+
+# ---- the folder ----
+
+
+def save_student(
+    student,
+    output_dir,
+    *,
+    card: StudentCard | None = None,
+    recipe=None,
+    tokenizer=None,
+    merge_lora: bool = False,
+    write_weights: bool = True,
+) -> Path:
+    """Save a trained student, its tokenizer, model card and recipe into `output_dir`; returns the folder.
+
+    `student` is the trainer (preferred: it gathers sharded weights under ZeRO-3/FSDP and writes from the
+    main process only; call this on every process) or a model. LoRA students are saved as the adapter, or
+    with `merge_lora=True` as a plain model with the adapters merged into the weights (the in-memory
+    student is left untouched; merging holds a second copy of the student for a moment).
+    `write_weights=False` only (re)writes the tokenizer, card and recipe next to weights saved earlier
+    (a recipe saves the weights right after training, and the card once the evaluation is done).
+    """
+    trainer = student if hasattr(student, "save_model") and hasattr(student, "accelerator") else None
+    model = trainer.accelerator.unwrap_model(trainer.model) if trainer is not None else student
+    tokenizer = tokenizer if tokenizer is not None else getattr(trainer, "processing_class", None)
+    is_writer = trainer is None or trainer.args.should_save
+    folder = Path(output_dir)
+    is_adapter = hasattr(model, "peft_config") and not merge_lora
+    if merge_lora and not hasattr(model, "merge_and_unload"):
+        raise UsageError("merge_lora=True needs a LoRA student; a full or BitFit student is saved as it is")
+    if merge_lora and trainer is not None and _weights_are_sharded(trainer):
+        raise UsageError(
+            "merge_lora=True cannot merge weights sharded by ZeRO-3/FSDP; save the adapter "
+            "(merge_lora=False), then merge it on one process with "
+            "AutoPeftModelForCausalLM.from_pretrained(folder).merge_and_unload()"
+        )
+
+    if is_adapter:
+        # a base in the local embedded cache is recorded by its upstream Hub id: the adapter must load
+        # on machines without that cache (the card says which GGUF the trained-on weights came from)
+        _record_hub_base(model)
+    if write_weights:
+        _save_weights(trainer, model, folder, merge_lora, is_writer)
+    if is_writer:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        hub_model_id = getattr(getattr(trainer, "args", None), "hub_model_id", None)
+        card = card or StudentCard(
+            model_name=hub_model_id or folder.name, base_model=_base_model_name(model), repo_id=hub_model_id
+        )
+        text = recipe_yaml(recipe)
+        if text:
+            _write_atomically(folder / RECIPE_FILE, text)
+        _write_atomically(folder / CARD_FILE, str(build_model_card(card, text or None, adapter=is_adapter)))
+    if trainer is not None:
+        trainer.accelerator.wait_for_everyone()
+    return folder
+
+
+def _save_weights(trainer, model, folder: Path, merge_lora: bool, is_writer: bool) -> None:
+    if merge_lora:
+        if is_writer:
+            copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
+    elif trainer is not None:
+        # every process takes part (ZeRO-3 gathers the shards); the Trainer writes from the main one only.
+        # _internal_call: the Trainer would otherwise push to the Hub here, before the card exists
+        trainer.save_model(str(folder), _internal_call=True)
+    else:
+        model.save_pretrained(folder)
+
+
+def _weights_are_sharded(trainer) -> bool:
+    from accelerate.utils import DistributedType
+
+    if trainer.accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def _record_hub_base(model) -> None:
+    from distill_trainer.models.provenance import describe_base
+
+    for config in model.peft_config.values():
+        base = describe_base(config.base_model_name_or_path)
+        if base.hub_id and base.hub_id != config.base_model_name_or_path:
+            config.base_model_name_or_path = base.hub_id
+
+
+def _base_model_name(model) -> str:
+    config = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
+    if config is not None and config.base_model_name_or_path:
+        return config.base_model_name_or_path
+    return getattr(model, "name_or_path", "") or "unknown"
+
+
+def ship_student(
+    trainer,
+    output_dir,
+    *,
+    card: StudentCard | None = None,
+    recipe=None,
+    merge_lora: bool = False,
+    write_weights: bool = True,
+) -> Path:
+    """`save_student`, then `push_student` when the trainer's arguments say `push_to_hub: true`."""
+    folder = save_student(
+        trainer, output_dir, card=card, recipe=recipe, merge_lora=merge_lora, write_weights=write_weights
+    )
+    args = trainer.args
+    if args.push_to_hub and trainer.is_world_process_zero():
+        push_student(
+            folder,
+            args.hub_model_id or Path(args.output_dir).name,
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            revision=args.hub_revision,
+        )
+    return folder

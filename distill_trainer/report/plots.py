@@ -1,0 +1,76 @@
+"""The comparison's plots (matplotlib, Agg backend: no display needed): accuracy and margin AUC of the
+scored methods with their intervals, and each method's peak memory and time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill_trainer.report.columns import method_label
+
+ACCURACY_PLOT = "accuracy.png"
+COST_PLOT = "memory_time.png"
+
+
+def evaluated(rows: list[dict]) -> list[dict]:
+    """The rows with a score (a memory probe has none)."""
+    return [row for row in rows if any((t.get("accuracy") is not None) for t in row["eval"].values())]
+
+
+def write_plots(summary: dict, run_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # accuracy and margin AUC, each with its interval (1.96 standard errors), for the evaluated rows only: a
+    # memory probe has no accuracy to show
+    scored = evaluated(summary["methods"])
+    names = [row["method"] for row in scored]
+    x = range(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 2.0 * len(names)), 4.2))
+    for ax, figure, error, title in (
+        (axes[0], "accuracy", "accuracy_stderr", "Accuracy"),
+        (axes[1], "auc", "auc_stderr", "Margin AUC (threshold-free)"),
+    ):
+        for offset, task, label in (
+            (-0.2, "mnli", "MNLI (in-domain)"),
+            (0.2, "hans", "HANS (out-of-domain)"),
+        ):
+            # a task a method was not scored on gets no bar (NaN), not a bar at 0
+            values = [row["eval"].get(task, {}).get(figure) for row in scored]
+            errors = [1.96 * (row["eval"].get(task, {}).get(error) or 0) for row in scored]
+            ax.bar(
+                [i + offset for i in x],
+                [float("nan") if v is None else v for v in values],
+                width=0.4,
+                yerr=errors,
+                capsize=3,
+                label=label,
+            )
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_xticks(list(x), names, rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title}, 95% interval")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / ACCURACY_PLOT, dpi=120)
+    plt.close(fig)
+
+    methods = [method_label(row) for row in summary["methods"]]
+    x = range(len(methods))
+    fig, (memory_ax, time_ax) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(methods)), 4))
+    memory_ax.bar(list(x), [row["peak_memory_mib"] or 0 for row in summary["methods"]], color="tab:purple")
+    memory_ax.set_ylabel("peak memory (MiB)")
+    memory_ax.set_title("Peak memory per method")
+    train = [row["train_seconds"] for row in summary["methods"]]
+    time_ax.bar(list(x), train, label="train")
+    time_ax.bar(list(x), [row["eval_seconds"] for row in summary["methods"]], bottom=train, label="evaluate")
+    time_ax.set_ylabel("seconds")
+    time_ax.set_title("Time per method")
+    time_ax.legend(fontsize=8)
+    for ax in (memory_ax, time_ax):
+        ax.set_xticks(list(x), methods, rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(run_dir / COST_PLOT, dpi=120)
+    plt.close(fig)
+    return [run_dir / ACCURACY_PLOT, run_dir / COST_PLOT]

@@ -1,0 +1,168 @@
+"""The `distill-trainer` command.
+
+    # check a recipe file, load no model
+    distill-trainer validate --config recipes/configs/paper/cd-full.yaml
+    distill-trainer validate --config my.yaml --recipe context_distill --learning_rate 1e-4
+    # see run/evaluate_command.py
+    distill-trainer evaluate --model results/latest/cd_lora --task mnli --data dev.jsonl
+    # see run/reply_command.py
+    distill-trainer evaluate-replies --model results/system-prompt --data heldout.jsonl --teacher self
+
+Each subcommand is one `add_<name>_command(subcommands)` function, listed in `COMMANDS`, that adds its
+parser and sets `run` (a function of the parsed arguments and the arguments it left over, returning the
+exit status). A mistake is one `error: ...` line on stderr and exit status 2, as in the recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from distill_trainer.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a UsageError (one line) instead of usage + exit."""
+
+    def error(self, message):
+        raise UsageError(f"{message}; see {self.prog} --help")
+
+
+# ---------------------------------------------------------------- validate
+
+
+def recipe_of(config_path: str) -> str | None:
+    """The recipe a YAML file is for, from the launch command in its header comment (`recipes/<name>.py`)."""
+    try:
+        lines = Path(config_path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None  # parse_config reports the missing file
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        match = re.search(r"recipes/(\w+)\.py", line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def run_validate(args, overrides: list[str]) -> int:
+    from distill_trainer.nli.arguments import DataArguments
+    from distill_trainer.run.validate import RECIPES, describe, validate_recipe
+    from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
+
+    recipe = args.recipe or recipe_of(args.config)
+    if recipe not in RECIPES:
+        found = (
+            f"it names recipes/{recipe}.py, which validate does not know"
+            if recipe
+            else "its header names no recipes/<name>.py"
+        )
+        raise UsageError(
+            f"cannot tell which recipe {args.config} is for ({found}); pass --recipe {' | '.join(RECIPES)}"
+        )
+    student_args, data_args, config = parse_config(
+        (StudentArguments, DataArguments, DistillationConfig), ["--config", args.config, *overrides]
+    )
+    result = validate_recipe(recipe, student_args, data_args, config)
+    print(
+        f"ok: recipes/{recipe}.py --config {args.config}" + (f" {' '.join(overrides)}" if overrides else "")
+    )
+    print(describe(result))
+    return 0
+
+
+def add_validate_command(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "validate",
+        help="check a recipe file before running it (no model weights are loaded)",
+        description="Check a recipe file (and --key value overrides) the way the recipe does before it loads "
+        "any model: keys, types and ranges, the data, label words and templates, tokenizer "
+        "compatibility, LoRA targets, quantization support and the output directory.",
+    )
+    parser.add_argument("--config", required=True, help="the recipe YAML")
+    parser.add_argument(
+        "--recipe",
+        help="icl_eval, pattern_finetune or context_distill; default: the recipe named "
+        "in the file's header comment",
+    )
+    parser.set_defaults(run=run_validate, takes_overrides=True)
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def run_evaluate(args, overrides: list[str]) -> int:
+    from distill_trainer.run.evaluate_command import evaluate_file
+
+    evaluate_file(args)
+    return 0
+
+
+def add_evaluate_command(subcommands) -> None:
+    from distill_trainer.run.evaluate_command import add_arguments
+
+    parser = subcommands.add_parser(
+        "evaluate",
+        help="score a causal LM (a saved student, a Hub id, an alias) on an NLI JSONL file",
+        description="Score a model on an NLI JSONL file with the recipes' label-word metrics.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run_evaluate, takes_overrides=False)
+
+
+# ---------------------------------------------------------------- evaluate-replies
+
+
+def run_evaluate_replies(args, overrides: list[str]) -> int:
+    from distill_trainer.run.reply_command import evaluate_replies
+
+    evaluate_replies(args)
+    return 0
+
+
+def add_evaluate_replies_command(subcommands) -> None:
+    from distill_trainer.run.reply_command import add_arguments
+
+    parser = subcommands.add_parser(
+        "evaluate-replies",
+        help="a chat model's replies without the context: rule-following rate and KL to a teacher with it",
+        description="Generate a model's replies to prompts without their context, check them with a rule "
+        "(--checker) and, with --teacher, measure the KL to the teacher that reads the context.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run_evaluate_replies, takes_overrides=False)
+
+
+# ---------------------------------------------------------------- the command
+
+COMMANDS = [add_validate_command, add_evaluate_command, add_evaluate_replies_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="distill-trainer", description="Context distillation of causal LMs.")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subcommands.required = True
+    for add_command in COMMANDS:
+        add_command(subcommands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, rest = build_parser().parse_known_args(argv)
+        if rest and not getattr(args, "takes_overrides", False):
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(rest)}; see distill-trainer {args.command} --help"
+            )
+        return args.run(args, rest)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The teacher, and every rule about it, in one place: what `self` means, how a teacher is loaded and placed,
+who it is (the identity every cache is keyed on) and how it runs.
+
+    check_self_teacher(config.teacher_model_name_or_path, student_is_lora=student_args.student_mode == "lora")
+    teacher = Teacher.for_model(student, "self", student_path)     # or a loaded model and its path
+    with teacher.active() as model:                                # `self`: the adapters are off in here
+        ...
+    logits = teacher.answer_logits_fn()(batch)                     # with the prefix KV cache
+
+A `self` teacher is the student's own base model with its LoRA adapters switched off: no second copy of
+the weights, so it is never loaded, placed or quantized, and it needs a LoRA student.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distill_trainer.errors import UsageError
+from distill_trainer.models.loading import load_causal_lm, resolve_model_path
+from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
+
+SELF = "self"
+
+
+def is_self(teacher) -> bool:
+    """True for the name `self` (a teacher may also be a model, a path, or None)."""
+    return isinstance(teacher, str) and teacher == SELF
+
+
+# ---- checks, before anything is loaded ----
+
+
+def check_self_teacher(teacher, student_is_lora: bool, fix: str = "it needs student_mode: lora") -> None:
+    """A `self` teacher is the base model under the student's LoRA adapters: without them there is none."""
+    if is_self(teacher) and not student_is_lora:
+        raise UsageError(
+            "teacher 'self' is the student's base model with its LoRA adapters switched off, so it needs a "
+            f"LoRA student; {fix}"
+        )
+
+
+def check_self_quantization(teacher, quantization: str) -> None:
+    """A `self` teacher is the student's own weights, in the student's dtype: there is nothing to quantize."""
+    if is_self(teacher) and quantization != "none":
+        raise UsageError(
+            f"teacher_quantization: {quantization} cannot apply to teacher 'self' (the student's own "
+            "base model, trained in its own dtype); remove teacher_quantization or name a teacher"
+        )
+
+
+# ---- loading and placement ----
+
+
+def load_teacher(name_or_path: str, dtype: str, quantization: str, process_index: int):
+    """A teacher from a Hub id, a folder or an embedded alias, placed at load time when quantized."""
+    # one copy per process, on that process's GPU: never device_map="auto" in a multi-process run, which
+    # would spread one copy over all GPUs
+    device_map = {"": process_index} if torch.cuda.is_available() else None
+    return load_causal_lm(name_or_path, dtype=dtype, quantization=quantization, device_map=device_map)
+
+
+def place_teacher(teacher, accelerator, device):
+    """(the teacher ready to run forward, the DeepSpeed engine holding it or None).
+
+    The teacher is never given to the optimizer or wrapped in DDP: it only runs forward, in eval mode."""
+    from accelerate.utils import DistributedType
+
+    teacher.eval()
+    teacher.requires_grad_(False)
+    if getattr(teacher, "is_loaded_in_8bit", False) or getattr(teacher, "is_loaded_in_4bit", False):
+        return teacher, None  # placed when loaded
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        from distill_trainer.teacher.deepspeed import prepare_teacher_for_deepspeed
+
+        # the engine owns the ZeRO-3 hooks that gather each layer for its forward; keep it alive and run
+        # its module, a plain model to everything downstream (prefix cache, output cache)
+        engine = prepare_teacher_for_deepspeed(teacher, accelerator)
+        return engine.module, engine
+    return teacher.to(device), None
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    """The `self` teacher: `model` with its LoRA adapters off and in eval mode (a teacher runs without
+    dropout, like a loaded one); the adapters and the student's mode are back on after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+# ---- identity: what every teacher cache is keyed on ----
+
+
+def teacher_fingerprint(model) -> str:
+    """A digest of the teacher's class, config (incl. quantization) and weights.
+
+    The weights enter through a per-tensor float64 sum, which changes when any weight does; LoRA
+    adapter tensors are left out, so a `self` teacher keeps its identity while its adapters train.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        settings = config.to_dict()
+        settings.pop("transformers_version", None)
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if "lora_" in name or not torch.is_tensor(tensor):
+                continue
+            total = float(torch.sum(tensor.detach(), dtype=torch.float64))
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:{total:.10e};".encode())
+    return digest.hexdigest()
+
+
+def teacher_source_fingerprint(
+    name_or_path: str, dtype: str = "float32", quantization: str = "none"
+) -> str | None:
+    """A digest of a teacher on disk, taken without loading it (None if it is not a local directory).
+
+    It hashes config.json and every weight file's name, size and modification time, plus the dtype and
+    quantization it would be loaded with. A cache keyed on it is found again without the teacher in
+    memory, so a rerun (or a second student) never loads the teacher at all; rewriting the weights in
+    place gives a new digest and a fresh pass.
+    """
+    directory = Path(resolve_model_path(name_or_path))
+    if not (directory / "config.json").is_file():
+        return None
+    digest = hashlib.sha256(f"{dtype}:{quantization}:".encode())
+    digest.update((directory / "config.json").read_bytes())
+    for path in sorted(directory.iterdir()):
+        if path.suffix in (".safetensors", ".bin", ".json") and path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+# ---- a teacher that runs ----
+
+
+@dataclass
+class Teacher:
+    """A teacher model, or a LoRA student's base with the adapters off (`is_self`), and the id that keys
+    what it writes (completions, answer distributions)."""
+
+    model: object
+    teacher_id: str
+    is_self: bool = False
+
+    @classmethod
+    def for_model(cls, model, name: str, source: str, dtype: str = "float32", quantization: str = "none"):
+        """`name` "self" uses `model` (a LoRA student) with its adapters off; `source` is the path or alias
+        the teacher's weights come from (the student's, for "self")."""
+        check_self_teacher(
+            name, student_is_lora=hasattr(model, "disable_adapter"), fix="this model has no adapters"
+        )
+        teacher_id = teacher_source_fingerprint(source, dtype, quantization) or teacher_fingerprint(model)
+        return cls(model=model, teacher_id=teacher_id, is_self=is_self(name))
+
+    @contextlib.contextmanager
+    def active(self):
+        """The teacher model, ready to run (for "self": the student with adapters off, in eval mode)."""
+        if self.is_self:
+            with adapters_off(self.model) as model:
+                yield model
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield self.model
+        finally:
+            self.model.train(was_training)
+
+    def answer_logits_fn(self):
+        """batch -> the teacher's logits at the answer positions of the teacher view (prefix KV cache on)."""
+        runner = TeacherAnswerLogits(use_prefix_cache=True)
+
+        def logits(batch):
+            with self.active() as model:
+                return runner(model, batch)
+
+        return logits

@@ -1,0 +1,342 @@
+"""Configuration: `DistillationConfig` (a `TrainingArguments`), the student model's arguments, and the
+parser that reads a recipe YAML with command-line overrides.
+
+    student_args, config = parse_config([StudentArguments, DistillationConfig])
+    # python recipe.py --config recipe.yaml --learning_rate 1e-4
+
+Three layers, as in alignment-handbook: the accelerate config (hardware), the recipe YAML (experiment),
+CLI flags (override). Unknown keys are errors, never silently ignored: a misspelled `temprature`
+would otherwise train at the default temperature without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from distill_trainer.errors import UsageError
+from distill_trainer.models.loading import QUANTIZATIONS
+from distill_trainer.training.losses import LOSS_KINDS
+
+DISTILL_VOCABS = ("full", "label_words")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+STUDENT_MODES = ("full", "lora", "bitfit")
+# not on/off: YAML reads those as booleans
+PACKING = {"auto": None, "always": True, "never": False}
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UsageError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class StudentArguments:
+    """Which student to train and how (full fine-tuning, LoRA or BitFit)."""
+
+    model_name_or_path: str = field(
+        default=None, metadata={"help": "Student: a Hub id, a local directory, or an embedded alias."}
+    )
+    student_mode: str = field(
+        default="full", metadata={"help": "full: all weights; lora: peft LoRA adapters; bitfit: biases only."}
+    )
+    dtype: str = field(default="float32", metadata={"help": f"Student weights dtype: {', '.join(DTYPES)}."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default=None,
+        metadata={"help": "Module names to adapt; default: peft's choice for the architecture."},
+    )
+
+    def __post_init__(self):
+        _choice("student_mode", self.student_mode, STUDENT_MODES)
+        _choice("dtype", self.dtype, DTYPES)
+        if self.lora_r < 1:
+            raise UsageError(f"lora_r must be >= 1, got {self.lora_r}")
+        if not self.lora_alpha > 0:
+            raise UsageError(
+                f"lora_alpha must be > 0, got {self.lora_alpha}; the LoRA scale is lora_alpha / lora_r"
+            )
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise UsageError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """`TrainingArguments` plus the context-distillation settings.
+
+    Loss = alpha * T^2 * D(teacher_T || student_T) + (1 - alpha) * CE(student, gold answer), on answer
+    tokens only. alpha=0 with no teacher is pattern-based fine-tuning.
+    """
+
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the distillation term, in [0, 1]."})
+    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature T > 0 for both models."})
+    loss: str = field(default="forward_kl", metadata={"help": f"Divergence: {', '.join(LOSS_KINDS)}."})
+    beta: float = field(
+        default=0.5, metadata={"help": "jsd mixture weight in [0, 1]: 0 = forward KL, 1 = reverse KL."}
+    )
+    distill_vocab: str = field(
+        default="full",
+        metadata={
+            "help": "full: KL over the whole vocabulary (shared tokenizer required); label_words: over the "
+            "verbalizer tokens only, renormalised (works across tokenizers)."
+        },
+    )
+    teacher_model_name_or_path: str = field(
+        default=None,
+        metadata={
+            "help": "Teacher: a Hub id, a local directory, an embedded alias, or 'self' (LoRA students)."
+        },
+    )
+    teacher_dtype: str = field(default="float32", metadata={"help": f"Teacher dtype: {', '.join(DTYPES)}."})
+    teacher_quantization: str = field(
+        default="none", metadata={"help": "Load the teacher in none | 8bit | 4bit (bitsandbytes)."}
+    )
+    teacher_prefix_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "When a batch's demonstrations are shared, run them through the teacher once and reuse "
+            "their key/value cache: the teacher then costs a forward over the query only (same logits)."
+        },
+    )
+    teacher_pack_queries: str = field(
+        default="auto",
+        metadata={
+            "help": "With the prefix cache: run a batch's queries end to end in one row without padding, so "
+            "the teacher's matmuls skip the pads (same logits up to rounding). auto: on CPU only, where it "
+            "was measured (benchmarks/teacher_pass.py); always; never."
+        },
+    )
+    teacher_output_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the teacher's answer distributions once before training, store them with the "
+            "dataset (reused by later runs with the same teacher, data and settings), and train without the "
+            "teacher in memory."
+        },
+    )
+    teacher_cache_top_k: int = field(
+        default=64,
+        metadata={
+            "help": "Output cache, distill_vocab=full: teacher log-probs kept per answer token; the rest is "
+            "kept as one tail mass. label_words always keeps the exact distribution."
+        },
+    )
+    teacher_cache_dir: str = field(
+        default=None,
+        metadata={
+            "help": "Where teacher output caches live; default: teacher_outputs in the library's cache "
+            "($DISTILL_TRAINER_CACHE, else $HF_HOME/distill-trainer)."
+        },
+    )
+    skip_nonfinite_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "On a NaN/inf loss, skip the batch instead of stopping (default: stop with a message)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output_dir that holds an earlier run's results or checkpoints (its "
+            "checkpoints are removed when training starts); without it such a directory is an error, "
+            "unless resume_from_checkpoint continues that run."
+        },
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(
+                f"alpha must be in [0, 1], got {self.alpha}; 1 = distillation only, 0 = gold labels only"
+            )
+        if not self.temperature > 0:
+            raise UsageError(
+                f"temperature must be > 0, got {self.temperature}; 1.0 leaves the logits as they are"
+            )
+        if not 0.0 <= self.beta <= 1.0:
+            raise UsageError(f"beta must be in [0, 1], got {self.beta}")
+        _choice("loss", self.loss, LOSS_KINDS)
+        _choice("distill_vocab", self.distill_vocab, DISTILL_VOCABS)
+        _choice("teacher_quantization", self.teacher_quantization, QUANTIZATIONS)
+        _choice("teacher_dtype", self.teacher_dtype, DTYPES)
+        _choice("teacher_pack_queries", self.teacher_pack_queries, tuple(PACKING))
+        if self.teacher_cache_top_k < 1:
+            raise UsageError(
+                f"teacher_cache_top_k must be >= 1, got {self.teacher_cache_top_k}; a value >= the "
+                "vocabulary size keeps the full distribution"
+            )
+        _check_minimums(self)
+        # our collator produces exactly what compute_loss reads; the Trainer must not prune it
+        self.remove_unused_columns = False
+        super().__post_init__()
+
+
+# TrainingArguments values that parse but crash later (numpy seeds must be >= 0; a batch needs a row)
+# (the training batch size and accumulation steps are checked by validate, for the recipes that train)
+MINIMUMS = {
+    "seed": 0,
+    "data_seed": 0,
+    "per_device_eval_batch_size": 1,
+    "dataloader_num_workers": 0,
+    "save_total_limit": 1,
+    "logging_steps": 0,
+    "save_steps": 0,
+    "eval_steps": 0,
+}
+
+
+def _check_minimums(config) -> None:
+    for name, minimum in MINIMUMS.items():
+        value = getattr(config, name, None)
+        if value is None or isinstance(value, str):
+            continue
+        if value < minimum or (minimum == 0 and name.endswith("_steps") and value <= 0):
+            bound = "> 0" if minimum == 0 and name.endswith("_steps") else f">= {minimum}"
+            raise UsageError(
+                f"{name} must be {bound}, got {value}; fix it in the recipe file or on the command line"
+            )
+
+
+def _is_text_field(annotation) -> bool:
+    # a string annotation, or the type itself once HfArgumentParser has resolved it
+    if annotation is str:
+        return True
+    text = str(annotation).replace(" ", "").replace("typing.", "")
+    return text in (
+        "str",
+        "list[str]",
+        "List[str]",
+        "Optional[str]",
+        "Optional[list[str]]",
+        "Optional[List[str]]",
+        "str|None",
+        "list[str]|None",
+    )
+
+
+def check_yaml_types(values: dict, dataclass_types) -> None:
+    """YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans: a text setting (a label word, a
+    pattern name) given one would pass as the string 'True'. Reject it and say how to quote it."""
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    text_fields = {
+        f.name
+        for dc in dataclass_types
+        for f in dataclasses.fields(dc)
+        if f.init and f.name not in inherited and _is_text_field(f.type)
+    }
+    for key, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        if key in text_fields and any(isinstance(item, bool) for item in items):
+            example = "[' Yes', ' No']" if isinstance(value, list) else "'no'"
+            raise UsageError(
+                f"{key}: YAML read an unquoted yes/no/on/off/true/false as a boolean ({value!r}); quote "
+                f"the text, e.g. {key}: {example}"
+            )
+
+
+def _field_names(dataclass_types) -> dict[str, type]:
+    names = {}
+    for dc in dataclass_types:
+        for f in dataclasses.fields(dc):
+            if f.init:
+                names[f.name] = dc
+    return names
+
+
+def check_keys(keys, dataclass_types, where: str) -> None:
+    """Reject unknown keys, suggesting the closest valid name."""
+    known = _field_names(dataclass_types)
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "remove it or check the spelling"
+            raise UsageError(f"unknown key '{key}' in {where}: {hint}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"recipe file {path} does not exist; pass --config with the path to a recipe YAML")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        where = " ".join(str(error).split())  # the parser's multi-line report, as one line
+        raise UsageError(f"recipe file {path} is not valid YAML ({where}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe file {path} must be a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def _to_argv(values: dict) -> list[str]:
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def _cli_keys(argv: list[str]) -> list[str]:
+    # --help is argparse's own flag: it prints every setting with its help and exits
+    return [key for a in argv if a.startswith("--") and (key := a[2:].split("=", 1)[0]) != "help"]
+
+
+def _raise_value_error(message: str):
+    # argparse words it "argument --k: invalid int value: '2.5'"; name the setting as a recipe file does
+    match = re.match(r"argument --(\w+)(?:/--[\w-]+)?: (.*)", message)
+    if match:
+        message = f"{match.group(1)}: {match.group(2)}".rstrip(".")
+    raise UsageError(f"{message}; fix the value in the recipe file or on the command line")
+
+
+def parse_config(dataclass_types, argv: list[str] | None = None, config_path: str | None = None):
+    """Build the dataclasses from `--config FILE.yaml` plus `--key value` overrides.
+
+    Returns a tuple of instances in the order of `dataclass_types`, and sets `.recipe` on the last one
+    to the merged key/value mapping (written out as the resolved config by recipes).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UsageError("--config needs a path to a recipe YAML file")
+        config_path = argv[i + 1]
+        argv = argv[:i] + argv[i + 2 :]
+    values = load_yaml(config_path) if config_path else {}
+    check_keys(values, dataclass_types, f"recipe file {config_path}")
+    check_yaml_types(values, dataclass_types)
+    check_keys(_cli_keys(argv), dataclass_types, "the command line")
+    parser = HfArgumentParser(dataclass_types)
+    parser.error = _raise_value_error  # one line naming the setting, not argparse's usage block and exit
+    try:
+        parsed = parser.parse_args_into_dataclasses(
+            args=_to_argv(values) + argv, return_remaining_strings=False
+        )
+    except UsageError:
+        raise
+    except ValueError as error:  # TrainingArguments' own checks of a value or a combination of values
+        message = " ".join(str(error).split()).rstrip(".")
+        if message.startswith("Some specified arguments are not used"):  # a list given for a one-value key
+            message = f"extra values {message.split(': ', 1)[-1]} for a setting that takes one value"
+        raise UsageError(f"{message}; fix that setting in the recipe file or on the command line") from None
+    recipe = dict(values)
+    for key in _cli_keys(argv):
+        for obj in parsed:
+            if hasattr(obj, key):
+                recipe[key] = getattr(obj, key)
+    parsed[-1].recipe = recipe
+    return tuple(parsed)

@@ -1,0 +1,363 @@
+"""`ContextDistillationTrainer`: a `transformers.Trainer` whose loss makes a prompt-stripped student
+match a few-shot-prompted teacher on the answer tokens.
+
+    trainer = ContextDistillationTrainer(model=student, teacher="self", args=DistillationConfig(...),
+                                         train_dataset=views, data_collator=TwoViewCollator(pad_id))
+    trainer.train()
+
+Batches come from `TwoViewCollator`. Only the logits at answer positions are ever built (the models'
+own `logits_to_keep` gathers the hidden states before the LM head), so a step never holds a
+(batch, sequence, vocabulary) tensor for either model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from distill_trainer.errors import NonFiniteLossError, UsageError
+from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.models.loading import check_same_vocabulary
+from distill_trainer.teacher.output_cache import has_teacher_outputs
+from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
+from distill_trainer.teacher.teacher import (
+    SELF,
+    adapters_off,
+    check_self_teacher,
+    is_self,
+    load_teacher,
+    place_teacher,
+    teacher_source_fingerprint,
+)
+from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
+from distill_trainer.training.config import PACKING, DistillationConfig
+from distill_trainer.training.losses import (
+    answer_cross_entropy,
+    distillation_loss,
+    restrict_to_label_words,
+    sparse_distillation_loss,
+)
+from distill_trainer.training.resumable_loss import ResumableTrainLossMixin
+from distill_trainer.training.teacher_outputs import TeacherOutputsMixin
+
+logger = logging.getLogger(__name__)
+
+
+class ContextDistillationTrainer(
+    AtomicCheckpointMixin, ResumableTrainLossMixin, TeacherOutputsMixin, Trainer
+):
+    """Trainer for context distillation (and, with `alpha=0` and no teacher, pattern-based fine-tuning).
+
+    Args:
+        teacher: a model, a Hub id / path / embedded alias (loaded with `args.teacher_*`), `"self"` for the
+            student's own base model with its LoRA adapters disabled (no second copy of the weights), or
+            None (only valid with alpha=0).
+        label_token_ids: the student's verbalizer token ids (one per label, first token of each label
+            word); needed for `distill_vocab="label_words"`.
+        teacher_label_token_ids: the teacher's, when its tokenizer differs; defaults to `label_token_ids`.
+    """
+
+    # compute_loss divides by the answer-token count of the whole accumulated batch itself
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model=None,
+        args: DistillationConfig | None = None,
+        teacher=None,
+        label_token_ids=None,
+        teacher_label_token_ids=None,
+        teacher_tokenizer=None,
+        memory_tracker=None,
+        teacher_ensemble=None,
+        **kwargs,
+    ):
+        if args is None or not isinstance(args, DistillationConfig):
+            raise UsageError("ContextDistillationTrainer needs args=DistillationConfig(...)")
+        teacher = teacher if teacher is not None else args.teacher_model_name_or_path
+        # a train_dataset already carrying the teacher's outputs (teacher/output_cache.py) needs no teacher
+        cached_outputs = has_teacher_outputs(kwargs.get("train_dataset"))
+        if teacher is None and args.alpha > 0 and not cached_outputs:
+            raise UsageError(
+                f"alpha={args.alpha} needs a teacher; pass teacher= (a model, a path or 'self'), or set "
+                "alpha=0 for pattern-based fine-tuning"
+            )
+        if teacher_ensemble is not None and not (
+            args.teacher_output_cache and args.distill_vocab == "label_words"
+        ):
+            raise UsageError(
+                "a teacher ensembled over demonstration sets or calibrated is built from cached label-word "
+                "outputs; set teacher_output_cache: true and distill_vocab: label_words"
+            )
+        if args.distill_vocab == "label_words" and label_token_ids is None and args.alpha > 0:
+            raise UsageError("distill_vocab='label_words' needs label_token_ids (the verbalizer's token ids)")
+        super().__init__(model=model, args=args, **kwargs)
+        self._check_processes_are_connected()
+        # makes the Trainer count answer tokens over the accumulated batch (num_items_in_batch)
+        self.model_accepts_loss_kwargs = True
+        self.label_token_ids = label_token_ids
+        self.teacher_label_token_ids = (
+            teacher_label_token_ids if teacher_label_token_ids is not None else label_token_ids
+        )
+        # phases "teacher_load" and "teacher_pass" are recorded here when a memory.MemoryTracker is given
+        self._phase_tracker = memory_tracker
+        self._phase = (
+            memory_tracker.phase if memory_tracker is not None else lambda name: contextlib.nullcontext()
+        )
+        self._teacher_runner = TeacherAnswerLogits(
+            use_prefix_cache=args.teacher_prefix_cache, pack=PACKING[args.teacher_pack_queries]
+        )
+        self.teacher_from_cache = cached_outputs and args.alpha > 0
+        # what the teacher output cache did: {"path", "reused", "seconds"} per dataset (None without it)
+        self.teacher_output_cache_info = None
+        # more demonstration sets and/or their calibration (teacher.ensemble.TeacherEnsembleViews)
+        self.teacher_ensemble = teacher_ensemble
+        teacher_id = None
+        if args.teacher_output_cache and isinstance(teacher, str) and not is_self(teacher) and args.alpha > 0:
+            # a teacher on disk is identified by its files: a cache built before is found without loading it
+            teacher_id = teacher_source_fingerprint(teacher, args.teacher_dtype, args.teacher_quantization)
+
+        def setup_teacher():
+            with self._phase("teacher_load"):
+                return self._setup_teacher(teacher, teacher_tokenizer)
+
+        if teacher_id is not None:
+            self.teacher = None
+            self._use_teacher_output_cache(teacher_id, setup_teacher)
+        else:
+            self.teacher = setup_teacher()
+            if args.teacher_output_cache and self.teacher is not None:
+                self._use_teacher_output_cache()
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _check_processes_are_connected(self) -> None:
+        """Launched processes that do not join one process group would each train alone on all the data
+        and overwrite each other's outputs. On a machine without GPUs this is what a multi-GPU accelerate
+        config (or torchrun) does unless the recipe says use_cpu: true."""
+        launched = int(os.environ.get("WORLD_SIZE") or 1)
+        if launched > 1 and self.accelerator.num_processes == 1:
+            raise UsageError(
+                f"{launched} processes were launched but they did not join one process group, so each "
+                "would train alone and overwrite the others' outputs; without GPUs set use_cpu: true "
+                "(--use_cpu true) to train them together over gloo, or launch a single process"
+            )
+
+    # ---- teacher ----
+
+    def _setup_teacher(self, teacher, teacher_tokenizer):
+        if teacher is None or self.args.alpha == 0:
+            return None
+        if is_self(teacher):
+            check_self_teacher(teacher, student_is_lora=hasattr(self.model, "disable_adapter"))
+            return SELF
+        if isinstance(teacher, str):
+            teacher = load_teacher(
+                teacher,
+                self.args.teacher_dtype,
+                self.args.teacher_quantization,
+                process_index=self.accelerator.local_process_index,
+            )
+        if self.args.distill_vocab == "full":
+            check_same_vocabulary(self.model, teacher, self.processing_class, teacher_tokenizer)
+        teacher, engine = place_teacher(teacher, self.accelerator, self.args.device)
+        if engine is not None:
+            self._teacher_engine = engine  # the DeepSpeed engine holds the weights: kept alive with the run
+        return teacher
+
+    @torch.no_grad()
+    def teacher_answer_logits(self, model, inputs) -> torch.Tensor:
+        """The teacher's logits at the answer positions of the teacher view (batch, answer_len, vocab)."""
+        # with a shared demonstration prefix in the batch (and teacher_prefix_cache), the runner reuses the
+        # prefix's key/value cache and runs only the queries; otherwise it runs the full teacher view
+        if is_self(self.teacher):
+            # the bare model, not its DDP wrapper: a no-grad forward needs no gradient sync (and the
+            # wrapper hides `config`, which the runner reads)
+            with adapters_off(self.accelerator.unwrap_model(model)) as base:
+                return self._teacher_runner(base, inputs)
+        return self._teacher_runner(self.teacher, inputs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs["answer_mask"]
+        n_local = int(mask.sum())
+        if n_local == 0:
+            raise UsageError("a batch has no answer tokens; every example needs a non-empty answer")
+        student_logits = answer_logits(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
+        )
+        # num_items_in_batch counts answer tokens over the accumulated batch and, when averaging across
+        # devices, over all processes: DDP then averages gradients, so scale back by the process count
+        scale = 1.0
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            scale = float(self.accelerator.num_processes)
+        ce = answer_cross_entropy(student_logits, inputs["answer_ids"], mask, num_items_in_batch)
+        loss = (1 - self.args.alpha) * ce if self.args.alpha < 1 else ce.new_zeros(())
+        kd = None
+        if self.teacher is not None or self.teacher_from_cache:
+            kd = self._distillation_term(model, inputs, student_logits, mask, num_items_in_batch)
+            loss = loss + self.args.alpha * kd
+        loss = self._guard_finite(loss * scale)
+        self._log_terms(kd, ce, num_items_in_batch, n_local, scale)
+        return (loss, {"logits": student_logits}) if return_outputs else loss
+
+    def _distillation_term(self, model, inputs, student_logits, mask, num_items_in_batch):
+        if "teacher_topk_ids" in inputs or "teacher_label_logprobs" in inputs:
+            return self._cached_distillation_term(inputs, student_logits, mask, num_items_in_batch)
+        if self.teacher is None:
+            raise UsageError(
+                "a batch carries no cached teacher outputs and no teacher is loaded; build the dataset with "
+                "teacher_output_cache (output_cache.load_or_build_teacher_outputs) or pass teacher="
+            )
+        teacher_logits = self.teacher_answer_logits(model, inputs)
+        if self.args.distill_vocab == "label_words":
+            # The verbalizer decides at the first answer position (column 0 of the positions holds it for
+            # every row, see TwoViewCollator), so both models are compared there, over the label words
+            # only. Normalising by the answer-token count keeps gradient accumulation exact; with
+            # single-token label words (the usual case) that count is the number of examples.
+            first = torch.ones_like(mask[:, :1])
+            return distillation_loss(
+                restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
+                restrict_to_label_words(teacher_logits[:, :1], self.teacher_label_token_ids),
+                first,
+                kind=self.args.loss,
+                temperature=self.args.temperature,
+                beta=self.args.beta,
+                num_items_in_batch=num_items_in_batch,
+            )
+        return distillation_loss(
+            student_logits,
+            teacher_logits,
+            mask,
+            kind=self.args.loss,
+            temperature=self.args.temperature,
+            beta=self.args.beta,
+            num_items_in_batch=num_items_in_batch,
+        )
+
+    def _cached_distillation_term(self, inputs, student_logits, mask, num_items_in_batch):
+        """The distillation term against teacher outputs read from the dataset (teacher output cache); they
+        are log-probabilities at the temperature the cache was built with (part of its key)."""
+        options = dict(
+            kind=self.args.loss,
+            temperature=self.args.temperature,
+            beta=self.args.beta,
+            num_items_in_batch=num_items_in_batch,
+        )
+        if self.args.distill_vocab == "label_words":
+            if "teacher_label_logprobs" not in inputs:
+                raise UsageError(
+                    "the cached teacher outputs are top-k ones (distill_vocab=full); rebuild the cache "
+                    "with distill_vocab=label_words"
+                )
+            return distillation_loss(
+                restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
+                inputs["teacher_label_logprobs"][:, None],
+                torch.ones_like(mask[:, :1]),
+                teacher_is_logprobs=True,
+                **options,
+            )
+        if "teacher_topk_ids" not in inputs:
+            raise UsageError(
+                "the cached teacher outputs are label-word ones (distill_vocab=label_words); rebuild "
+                "the cache with distill_vocab=full"
+            )
+        return sparse_distillation_loss(
+            student_logits,
+            inputs["teacher_topk_logprobs"],
+            inputs["teacher_topk_ids"],
+            inputs["teacher_tail_logprob"],
+            mask,
+            **options,
+        )
+
+    def _guard_finite(self, loss):
+        """Stop (or skip the batch) on a NaN/inf loss: one bad step would poison every weight after it."""
+        if not self.model.training or bool(torch.isfinite(loss)):
+            return loss
+        step = self.state.global_step + 1
+        if self.args.skip_nonfinite_loss:
+            logger.warning("non-finite loss at step %d: batch skipped (skip_nonfinite_loss=true)", step)
+            self._metrics["train"]["skipped_batches"].append(1.0)
+            # Detached from the model, so backward leaves every gradient None and the optimizer skips the
+            # parameters outright: no momentum or weight-decay update for this step (tested). Limits: with
+            # gradient accumulation the other micro-batches of the step still update; in a multi-process
+            # run the other processes would wait for this one's gradients, so stop there instead.
+            if self.accelerator.num_processes > 1:
+                raise NonFiniteLossError(
+                    f"the loss is {float(loss.detach())} at step {step}; skip_nonfinite_loss works in "
+                    "single-process runs only; lower the learning rate or use float32"
+                )
+            return loss.new_zeros((), requires_grad=True)
+        output_dir = self.args.output_dir
+        last = last_complete_checkpoint(output_dir) if output_dir else None
+        raise NonFiniteLossError(
+            f"the loss is {float(loss.detach())} at step {step}; training stopped before updating the "
+            f"weights (last good checkpoint: {last or 'none'}). Lower the learning rate, use float32, or set "
+            "skip_nonfinite_loss: true to skip such batches"
+        )
+
+    # ---- logging ----
+
+    def _log_terms(self, kd, ce, num_items_in_batch, n_local, scale):
+        mode = "train" if self.model.training else "eval"
+        # Each term is (this process's sum over answer tokens) / denominator; recover the sums, add them up
+        # over the processes, and log the per-token mean of the micro-batch over all of them, which is what
+        # a 1-process run with the same global batch logs (rank 0's share alone would be noisier and biased).
+        denominator = n_local if num_items_in_batch is None else float(num_items_in_batch)
+        terms = {"ce_loss": ce} if kd is None else {"ce_loss": ce, "kd_loss": kd}
+        sums = torch.tensor(
+            [float(t.detach()) * denominator for t in terms.values()] + [float(n_local)],
+            device=self.accelerator.device,
+        )
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        for name, total in zip(terms, sums[:-1].tolist()):
+            self._metrics[mode][name].append(total / float(sums[-1]))
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._metrics[mode].items():
+            if values:
+                logs[prefix + key] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        super().log(logs, *args, **kwargs)
+
+    # ---- Hub ----
+    # The student goes to the Hub once, when training is done, as one folder: weights, model card and
+    # recipe (see `distill_trainer.report.hub`). The stock Trainer would create the repository in
+    # __init__, which fails an offline run before its first step, and push half-described checkpoints
+    # while training.
+
+    def init_hf_repo(self, token=None, private=None) -> None:
+        self.hub_model_id = self.args.hub_model_id
+
+    def _push_from_checkpoint(self, checkpoint_folder) -> None:
+        return None
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token=None,
+        revision=None,
+        **kwargs,
+    ):
+        """Push `args.output_dir`, which must hold a student saved by `report.hub.save_student`."""
+        if not self.is_world_process_zero():
+            return None
+        from distill_trainer.models.hub import push_student
+
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
+        return push_student(
+            self.args.output_dir,
+            repo_id,
+            token=token or self.args.hub_token,
+            private=self.args.hub_private_repo,
+            revision=revision or self.args.hub_revision,
+            commit_message=commit_message,
+        )

@@ -1,0 +1,234 @@
+"""Distilling a context away with chat views: a 2-step trainer run (live teacher and teacher output cache),
+and the distill_context recipe end to end on tiny models: the teacher writes the completions, the student
+learns them, the report holds rates and KL before and after."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from datasets import Dataset
+from helpers import TINY_RUN, load_recipe, make_args
+
+from distill_trainer import ContextDistillationTrainer, TwoViewCollator
+from distill_trainer.context.generation import GenerationSettings
+from distill_trainer.context.steps import measure_student
+from distill_trainer.errors import UsageError
+from distill_trainer.teacher.teacher import Teacher
+from distill_trainer.testing import build_chat_tokenizer, build_model
+from distill_trainer.views.chat import build_chat_views
+
+CONTEXT = "Answer with one Python function."
+PROMPTS = ["Write a cat.", "A dog runs in the park", "The doctor saw the lawyer", "Two dogs run"]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    return build_chat_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def chat_dirs(tmp_path_factory, chat_tokenizer):
+    root = tmp_path_factory.mktemp("chat-models")
+    dirs = {}
+    for name, seed, width in (("student", 0, 32), ("teacher", 1, 48)):
+        build_model(len(chat_tokenizer), seed=seed, hidden_size=width).save_pretrained(root / name)
+        chat_tokenizer.save_pretrained(root / name)
+        dirs[name] = str(root / name)
+    return dirs
+
+
+def chat_dataset(tok):
+    rows = [build_chat_views(tok, p, "def cat(): pass", CONTEXT) for p in PROMPTS]
+    return Dataset.from_list(rows)
+
+
+@pytest.mark.parametrize("output_cache", [False, True])
+def test_two_trainer_steps_on_chat_views(tmp_path, chat_tokenizer, output_cache):
+    student = build_model(len(chat_tokenizer), seed=0)
+    teacher = build_model(len(chat_tokenizer), seed=1, hidden_size=48)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    trainer = ContextDistillationTrainer(
+        model=student,
+        teacher=teacher,
+        args=make_args(
+            tmp_path,
+            max_steps=2,
+            per_device_train_batch_size=2,
+            teacher_output_cache=output_cache,
+            teacher_cache_dir=str(tmp_path / "cache"),
+        ),
+        train_dataset=chat_dataset(chat_tokenizer),
+        data_collator=TwoViewCollator(chat_tokenizer.pad_token_id),
+        processing_class=chat_tokenizer,
+    )
+    result = trainer.train()
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
+    assert result.training_loss > 0
+    assert any(not torch.equal(before[n], p) for n, p in student.named_parameters())
+    assert (trainer.teacher is None) == output_cache  # the cache frees the teacher
+    if output_cache:
+        assert "teacher_topk_ids" in trainer.train_dataset.column_names
+
+
+def test_kl_is_zero_for_the_teacher_itself_and_positive_without_the_context(chat_tokenizer):
+    model = build_model(len(chat_tokenizer), seed=0).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # peaked distributions: a random tiny model's are nearly uniform
+    views = chat_dataset(chat_tokenizer)
+    rows = [{"context": CONTEXT, "prompt": p} for p in PROMPTS]
+    teacher = Teacher(model=model, teacher_id="t")
+    settings = GenerationSettings(max_new_tokens=4)
+    result = measure_student(
+        model, chat_tokenizer, rows, views, settings, checker="python_function", teacher=teacher
+    )
+    assert result["kl"]["kl_per_token"] > 1e-3 and result["kl"]["n"] == len(PROMPTS)
+    assert result["rule"]["n"] == len(PROMPTS) and len(result["replies"]) == len(PROMPTS)
+    # a view whose student side carries the context too: the model matches itself exactly
+    same = Dataset.from_list(
+        [
+            dict(row, input_ids=row["teacher_input_ids"], answer_positions=row["teacher_answer_positions"])
+            for row in views
+        ]
+    )
+    assert measure_student(model, chat_tokenizer, rows, same, settings, checker=None, teacher=teacher)["kl"][
+        "kl_per_token"
+    ] == pytest.approx(0.0, abs=1e-6)
+
+
+def write_data(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"prompt": p + " again"}) + "\n" for p in PROMPTS[:3]))
+    return str(train), str(heldout)
+
+
+def recipe_config(tmp_path, chat_dirs, **overrides):
+    train, heldout = write_data(tmp_path)
+    values = {
+        "model_name_or_path": chat_dirs["student"],
+        "student_mode": "lora",
+        "teacher_model_name_or_path": "self",
+        "data_file": train,
+        "eval_data_file": heldout,
+        "context": CONTEXT,
+        "checker": "python_function",
+        "max_new_tokens": 5,
+        "generation_batch_size": 2,
+        "completion_cache_dir": str(tmp_path / "completions"),
+        "teacher_output_cache": True,
+        "teacher_cache_dir": str(tmp_path / "outputs"),
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-2,
+        **TINY_RUN,
+    }
+    values.update(overrides)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return ["--config", str(path)]
+
+
+def test_recipe_end_to_end_on_tiny_models(tmp_path, chat_dirs):
+    recipe = load_recipe("distill_context")
+    metrics = recipe.main(recipe_config(tmp_path, chat_dirs))
+    out = tmp_path / "out"
+    for name in (
+        "metrics.json",
+        "report.md",
+        "predictions_replies.jsonl",
+        "resolved_config.yaml",
+        "adapter_config.json",
+    ):
+        assert (out / name).is_file(), name
+    assert metrics["train"]["global_step"] == 2
+    assert metrics["teacher_completions"] == {
+        "path": metrics["teacher_completions"]["path"],
+        "reused": 0,
+        "generated": len(PROMPTS) + 3,
+    }
+    for key in ("teacher", "before", "after"):
+        rule = metrics["eval"][key]["rule"]
+        assert rule["n"] == 3 and 0 <= rule["rate"] <= 1
+    assert metrics["eval"]["before"]["kl"]["kl_per_token"] > 0
+    assert metrics["eval"]["after"]["kl"]["kl_per_token"] != metrics["eval"]["before"]["kl"]["kl_per_token"]
+    report = (out / "report.md").read_text()
+    assert "student before, without the context" in report and "±" in report
+    records = [json.loads(line) for line in (out / "predictions_replies.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and {"teacher", "before", "after", "after_check"} <= set(records[0])
+    # the saved student, scored by the command line with the recipe's settings (context, checker)
+    from distill_trainer.run.cli import main as cli
+
+    heldout = recipe_config(tmp_path, chat_dirs)  # rewrites the same data files
+    data = yaml.safe_load(open(heldout[1]))["eval_data_file"]
+    assert (
+        cli(
+            [
+                "evaluate-replies",
+                "--model",
+                str(out),
+                "--data",
+                data,
+                "--teacher",
+                "self",
+                "--completion_cache_dir",
+                str(tmp_path / "completions"),
+                "--output_dir",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
+    scored = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert scored["checker"] == "python_function" and scored["decoding"]["max_new_tokens"] == 5
+    assert scored["teacher"]["rule"] == metrics["eval"]["teacher"]["rule"]  # the same cached completions
+    assert scored["model"]["rule"] == metrics["eval"]["after"]["rule"]
+    assert scored["model"]["kl"]["kl_per_token"] == pytest.approx(
+        metrics["eval"]["after"]["kl"]["kl_per_token"], rel=1e-4
+    )
+    assert len((tmp_path / "cli" / "replies.jsonl").read_text().splitlines()) == 3
+    # a second run reads every completion from the cache
+    again = recipe.main(recipe_config(tmp_path, chat_dirs, output_dir=str(tmp_path / "out2")))
+    assert again["teacher_completions"]["generated"] == 0
+
+
+def test_recipe_with_a_separate_teacher_and_data_completions(tmp_path, chat_dirs):
+    recipe = load_recipe("distill_context")
+    train = tmp_path / "given.jsonl"
+    train.write_text(
+        "".join(
+            json.dumps({"question": p, "answer": "def f(): pass", "system": CONTEXT}) + "\n" for p in PROMPTS
+        )
+    )
+    argv = recipe_config(
+        tmp_path,
+        chat_dirs,
+        student_mode="full",
+        teacher_model_name_or_path=chat_dirs["teacher"],
+        data_file=str(train),
+        eval_data_file=None,
+        prompt_column="question",
+        completion_column="answer",
+        context_column="system",
+    )
+    metrics = recipe.main(argv)
+    assert metrics["teacher_completions"]["generated"] == 0  # the data brought every completion
+    assert metrics["eval"] == {} and metrics["train"]["global_step"] == 2
+
+
+def test_recipe_mistakes_are_one_line_and_leave_no_output(tmp_path, chat_dirs):
+    recipe = load_recipe("distill_context")
+    cases = [
+        (dict(prompt_column="question"), "no column 'question'"),
+        (dict(student_mode="full"), "needs student_mode: lora"),
+        (dict(distill_vocab="label_words"), "distill_vocab: full"),
+    ]
+    for overrides, match in cases:
+        with pytest.raises(UsageError, match=match) as error:
+            recipe.main(recipe_config(tmp_path, chat_dirs, **overrides))
+        assert "\n" not in str(error.value)
+        assert not (tmp_path / "out").exists()

@@ -1,0 +1,90 @@
+"""The rules about teachers, written once in teacher/teacher.py: what `self` is, what it needs, and that
+switching a LoRA student's adapters off for the teacher always switches them back on."""
+
+import contextlib
+
+import pytest
+import torch
+
+from distill_trainer.errors import UsageError
+from distill_trainer.teacher.teacher import (
+    SELF,
+    Teacher,
+    adapters_off,
+    check_self_quantization,
+    check_self_teacher,
+    is_self,
+)
+
+
+class FakeLoraStudent(torch.nn.Module):
+    """Records whether its adapters are on, like a PEFT model's `disable_adapter()` context."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+        self.adapters_on = True
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        self.adapters_on = False
+        try:
+            yield
+        finally:
+            self.adapters_on = True
+
+
+def test_only_the_name_self_is_self():
+    assert is_self(SELF) and is_self("self")
+    assert not any(is_self(x) for x in ("Self", "./self", "", None, torch.nn.Linear(1, 1)))
+
+
+def test_a_self_teacher_needs_a_lora_student():
+    with pytest.raises(UsageError, match="needs a LoRA student.*needs student_mode: lora"):
+        check_self_teacher("self", student_is_lora=False)
+    with pytest.raises(UsageError, match="needs a LoRA student; give a LoRA adapter folder as --model"):
+        check_self_teacher("self", student_is_lora=False, fix="give a LoRA adapter folder as --model")
+    check_self_teacher("self", student_is_lora=True)
+    check_self_teacher("some/teacher", student_is_lora=False)
+    check_self_teacher(None, student_is_lora=False)
+
+
+def test_a_self_teacher_is_never_quantized():
+    with pytest.raises(UsageError, match="teacher_quantization: 8bit cannot apply to teacher 'self'"):
+        check_self_quantization("self", "8bit")
+    check_self_quantization("self", "none")
+    check_self_quantization("some/teacher", "4bit")
+
+
+def test_adapters_off_runs_in_eval_mode_and_restores_adapters_and_mode():
+    student = FakeLoraStudent().train()
+    with adapters_off(student) as model:
+        assert model is student and not student.adapters_on and not student.training
+    assert student.adapters_on and student.training
+    with pytest.raises(RuntimeError), adapters_off(student):
+        raise RuntimeError("a failed teacher forward")
+    assert student.adapters_on and student.training
+    student.eval()
+    with adapters_off(student):
+        pass
+    assert not student.training  # a student in eval mode stays in it
+
+
+def test_teacher_self_uses_the_student_with_adapters_off():
+    student = FakeLoraStudent().train()
+    teacher = Teacher.for_model(student, "self", "not-a-folder")
+    assert teacher.is_self and len(teacher.teacher_id) == 64
+    with teacher.active() as model:
+        assert model is student and not student.adapters_on and not student.training
+    assert student.adapters_on and student.training
+    with pytest.raises(UsageError, match="needs a LoRA student"):
+        Teacher.for_model(torch.nn.Linear(2, 2), "self", "not-a-folder")
+
+
+def test_a_loaded_teacher_runs_in_eval_mode_and_keeps_its_own_mode_after():
+    model = torch.nn.Linear(2, 2).train()
+    teacher = Teacher.for_model(model, "some/teacher", "not-a-folder")
+    assert not teacher.is_self
+    with teacher.active() as active:
+        assert active is model and not model.training
+    assert model.training
