@@ -272,7 +272,7 @@ def prepare_embedded_models(names) -> dict[str, float]:
     """Dequantize each embedded model that is not in the cache yet, in a child process (its peak memory is
     not this process's), and return the seconds each took: a first run's set-up, reported apart from the
     methods' time."""
-    from distill_trainer.embedded import embedded_model_dir
+    from distill_trainer.models.embedded import embedded_model_dir
 
     seconds = {}
     for name in dict.fromkeys(n for n in names if n and str(n).startswith("embedded:")):
