@@ -114,6 +114,13 @@ class CompareArguments:
     )
     lora_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of LoRA students."})
     bitfit_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of BitFit students."})
+    learning_rates: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Per-method learning rates that override the student mode's, as method=value, e.g. "
+            "cd_lora=2e-3 (each chosen on the dev rows)."
+        },
+    )
     lora_base_dtype: str = field(
         default=None,
         metadata={
@@ -180,8 +187,26 @@ class CompareArguments:
         default=None, metadata={"help": "Methods with --quick; default: methods."}
     )
 
+    def method_learning_rates(self) -> dict[str, float]:
+        rates = {}
+        for item in self.learning_rates:
+            method, _, value = item.partition("=")
+            try:
+                rates[method.strip()] = float(value)
+            except ValueError:
+                raise UsageError(
+                    f"learning_rates entry {item!r} is not method=value; write e.g. cd_lora=2e-3"
+                ) from None
+        return rates
+
     def __post_init__(self):
-        named = [*self.methods, *(self.quick_methods or []), *(self.full_methods or []), *self.probe_methods]
+        named = [
+            *self.method_learning_rates(),
+            *self.methods,
+            *(self.quick_methods or []),
+            *(self.full_methods or []),
+            *self.probe_methods,
+        ]
         unknown = [m for m in named if m not in METHODS]
         if unknown:
             raise UsageError(f"unknown method(s) {unknown}; choose from: {', '.join(METHODS)}")
@@ -243,7 +268,9 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
             and overrides.get("model") != "teacher"
         ):
             student["dtype"] = compare.lora_base_dtype
-        training["learning_rate"] = getattr(compare, f"{overrides['student_mode']}_learning_rate")
+        training["learning_rate"] = compare.method_learning_rates().get(
+            name, getattr(compare, f"{overrides['student_mode']}_learning_rate")
+        )
         if recipe == "pattern_finetune":  # gold labels only: no teacher, alpha 0
             for key in [k for k in training if k.startswith("teacher_") or k == "alpha"]:
                 training.pop(key)

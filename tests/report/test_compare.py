@@ -223,6 +223,17 @@ def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
     assert dtype("cd_lora") == dtype("pbft_lora") == dtype("zero_shot") == dtype("icl_student") == "bfloat16"
     # full and BitFit students train their weights: float32, whatever the LoRA base is
     assert dtype("cd_full") == dtype("cd_bitfit") == dtype("pbft_full") == "float32"
+    rated = write_config(tmp_path, tiny_dirs, learning_rates=["cd_lora=0.05"])
+    student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", rated])
+    lrs = {
+        n: compare.method_config(n, student_args, data_args, args, training, out)[1]["learning_rate"]
+        for n in ("cd_lora", "pbft_lora", "cd_lora_8bit")
+    }
+    assert lrs == {"cd_lora": 0.05, "pbft_lora": 1e-2, "cd_lora_8bit": 1e-2}
+    with pytest.raises(UsageError, match="not method=value"):
+        compare.main(["--config", write_config(tmp_path, tiny_dirs, learning_rates=["cd_lora:0.1"])])
+    with pytest.raises(UsageError, match="unknown method"):
+        compare.main(["--config", write_config(tmp_path, tiny_dirs, learning_rates=["cd_qlora=0.1"])])
     with pytest.raises(UsageError, match="lora_base_dtype 'int3'"):
         compare.main(["--config", write_config(tmp_path, tiny_dirs, lora_base_dtype="int3")])
 
