@@ -182,5 +182,14 @@ def data_lines(data: dict) -> list[str]:
     for where, report in data.items():
         source = report.get("source") or {}
         name = source.get("name") or where
-        lines.append(f"{name}: {report.get('kept', '?')} rows kept (read from {where})")
+        lines.append(f"{name}: {report.get('kept', '?')} rows kept (read from {_shown_path(where)})")
     return lines
+
+
+def _shown_path(where: str) -> str:
+    """A file under the working directory as a relative path (a published table names no machine's
+    folders); anything else as given."""
+    try:
+        return str(Path(where).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return where

@@ -2,6 +2,7 @@
 says what was trained and how well, and a push that cannot happen fails clearly without harming the folder."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -543,7 +544,7 @@ def test_lora_student_of_an_embedded_alias_loads_where_the_trainers_cache_does_n
     assert load_elsewhere(tmp_path / "empty-hub").returncode != 0
 
 
-def test_card_metadata_parses_with_the_hubs_own_parser(tmp_path):
+def test_card_metadata_parses_with_the_hubs_own_parser(tmp_path, monkeypatch):
     """base_model is the embedded alias's upstream checkpoint, datasets and model-index name only what the
     rows are; the body says the weights were a dequantized GGUF and which data each result is on."""
     from distill_trainer.models.embedded import EMBEDDED_MODELS
@@ -590,6 +591,11 @@ def test_card_metadata_parses_with_the_hubs_own_parser(tmp_path):
     # the same names for a run's summary, from what metrics.json records
     lines = data_lines({r.where: r.as_dict() for r in reports})
     assert lines[1].startswith("HANS, regenerated from the official templates: 60 rows kept (read from ")
+    # a file under the working directory is named relative to it (a published summary names no folders)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert data_lines({r.where: r.as_dict() for r in reports})[1].endswith(
+        "(read from data/hans/validation.jsonl)"
+    )
 
     full = card_for_recipe(
         StudentArguments(model_name_or_path="embedded:smollm2-135m"),
