@@ -15,6 +15,7 @@ finished: an interrupted method is never read back.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,13 @@ FINGERPRINT_FILE = "fingerprint.json"
 MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
 # keys that name where results go, not what they are
 IGNORED_KEYS = ("output_dir", "run_name", "logging_dir")
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    # every method of a run reads the same data files: hash each once per process (size and modification
+    # time in the key, so a file rewritten in place is hashed again)
+    return sha256_file(path)
 
 
 def _data_paths(values: dict) -> list[Path]:
@@ -62,7 +70,10 @@ def method_fingerprint(recipe: str, values: dict) -> str:
             # a Hub id without a local folder: the id (and any revision in the config) is all we know
             digest.update(f"{key}={model or name};".encode())
     for path in _data_paths(values):
-        digest.update(f"{path.name}:{sha256_file(path)};".encode())
+        stat = path.stat()
+        digest.update(
+            f"{path.name}:{_content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)};".encode()
+        )
     return digest.hexdigest()
 
 
