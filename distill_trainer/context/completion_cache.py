@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from distill_trainer.cache_paths import cache_home
-from distill_trainer.context.generation import GenerationSettings, generate_replies
+from distill_trainer.teacher.generation import GenerationSettings, generate_replies
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import sha256_text, write_text_atomically
 from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids

@@ -14,7 +14,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from distill_trainer.context.generation import GenerationSettings, generate_replies
+from distill_trainer.teacher.generation import GenerationSettings, generate_replies
 from distill_trainer.context.reply_checks import get_checker
 from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.training.losses import token_divergence

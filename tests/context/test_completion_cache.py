@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from distill_trainer.context.completion_cache import completion_cache_path, teacher_completions
-from distill_trainer.context.generation import GenerationSettings, generate_replies
+from distill_trainer.teacher.generation import GenerationSettings, generate_replies
 from distill_trainer.errors import UsageError
 from distill_trainer.testing import build_chat_tokenizer, build_model
 from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
@@ -161,7 +161,7 @@ def test_bad_generation_settings_are_one_error_line():
 
 
 def test_an_interrupted_generation_keeps_the_finished_batches(model, chat_tokenizer, tmp_path, monkeypatch):
-    from distill_trainer.context import generation
+    from distill_trainer.teacher import generation
 
     real, calls = generation._generate_batch, {"n": 0}
 
