@@ -20,9 +20,9 @@ import logging
 from pathlib import Path
 
 from distill_trainer.cache_paths import cache_home
-from distill_trainer.teacher.generation import GenerationSettings, generate_replies
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import sha256_text, write_text_atomically
+from distill_trainer.teacher.generation import GenerationSettings, HFGenerator
 from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
 
 logger = logging.getLogger(__name__)
@@ -129,17 +129,15 @@ def teacher_completions(
                     }
                 write_entries(path, components, entries)
 
-            generate_replies(
+            generate = HFGenerator(
                 model,
-                prompts,
-                settings,
-                stop_ids=stop,
-                pad_token_id=tokenizer.pad_token_id,
-                # the context's part of the prompt (or, without one, the template's opening) runs once
-                prefix_length=shared_prefix_length(tokenizer, context, placement),
+                stop,
+                tokenizer.pad_token_id,
                 batch_size=batch_size,
                 progress="teacher completions" if show_progress else None,
-                on_batch=store,
             )
+            # the context's part of the prompt (or, without one, the template's opening) runs once
+            prefix = shared_prefix_length(tokenizer, context, placement)
+            generate(prompts, settings, prefix_length=prefix, on_batch=store)
     info = {"path": str(path), "reused": len(rows) - len(missing), "generated": len(missing)}
     return [entries[key] for key in keys], info

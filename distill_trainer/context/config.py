@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.context.reply_checks import CHECKERS
 from distill_trainer.errors import UsageError
+from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.views.chat import CONTEXT_PLACEMENTS
 
 

@@ -14,9 +14,9 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from distill_trainer.teacher.generation import GenerationSettings, generate_replies
 from distill_trainer.context.reply_checks import get_checker
 from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.teacher.generation import GenerationSettings, HFGenerator
 from distill_trainer.training.losses import token_divergence
 from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
 
@@ -42,16 +42,10 @@ def generate_for_rows(
         prefix = shared_prefix_length(tokenizer, contexts.pop(), placement)
     elif not with_context:  # the template's own opening (a default system prompt) is shared too
         prefix = shared_prefix_length(tokenizer, "", placement)
-    replies = generate_replies(
-        model,
-        prompts,
-        settings,
-        stop_ids=stop_token_ids(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        prefix_length=prefix,
-        batch_size=batch_size,
-        progress=progress,
+    generate = HFGenerator(
+        model, stop_token_ids(tokenizer), tokenizer.pad_token_id, batch_size=batch_size, progress=progress
     )
+    replies = generate(prompts, settings, prefix_length=prefix)
     return [{"ids": ids, "text": tokenizer.decode(ids, skip_special_tokens=True)} for ids in replies]
 
 

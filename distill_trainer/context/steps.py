@@ -14,8 +14,8 @@ from __future__ import annotations
 from datasets import Dataset
 
 from distill_trainer.context.completion_cache import teacher_completions
-from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.context.generation_eval import completion_kl, generate_for_rows, rule_following
+from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.teacher.teacher import Teacher
 from distill_trainer.views.chat import build_chat_views, shared_prefix_length
 from distill_trainer.views.text import TwoViewCollator

@@ -1,8 +1,13 @@
 """Batched generation of replies from token-id prompts, with a shared prompt prefix run once.
 
     settings = GenerationSettings(max_new_tokens=96)              # greedy
-    replies = generate_replies(model, prompts, settings, stop_ids=stop_token_ids(tokenizer),
-                               pad_token_id=tokenizer.pad_token_id, prefix_length=shared_prefix_length(...))
+    generate = HFGenerator(model, stop_ids=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    replies = generate(prompts, settings, prefix_length=shared_prefix_length(...))   # token ids per prompt
+
+Everything that writes replies (the teacher's completions, the student's on-policy rollouts, held-out
+evaluation) goes through one small interface, `ReplyGenerator`: prompts in as token ids, replies out as
+token ids. `HFGenerator` is the implementation here (a transformers model, KV cache on); a served engine
+(vLLM, SGLang) fits the same call where a GPU has one, see docs/context-distillation.md.
 
 When every prompt starts with the same `prefix_length` ids (a shared system prompt), the prefix's keys and
 values are computed once (`teacher.prefix_cache.PrefixCachedTeacher`) and each batch runs only its own tokens.
@@ -16,6 +21,7 @@ supports.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 
@@ -156,3 +162,36 @@ def generate_replies(
         if on_batch is not None:
             on_batch(indices, done)
     return replies
+
+
+class ReplyGenerator(Protocol):
+    """Prompts in, replies out, as token ids; each reply ends with a stop token or is cut at
+    `settings.max_new_tokens`. `prefix_length`: leading ids every prompt shares (a hint; may be ignored)."""
+
+    def __call__(
+        self, prompts: list[list[int]], settings: GenerationSettings, *, prefix_length: int = 0
+    ) -> list[list[int]]: ...
+
+
+@dataclass
+class HFGenerator:
+    """The `ReplyGenerator` of a transformers causal LM: `generate_replies`, batched, KV cache on."""
+
+    model: object
+    stop_ids: list[int]
+    pad_token_id: int
+    batch_size: int = 8
+    progress: str | None = None
+
+    def __call__(self, prompts, settings, *, prefix_length=0, on_batch=None):
+        return generate_replies(
+            self.model,
+            prompts,
+            settings,
+            stop_ids=self.stop_ids,
+            pad_token_id=self.pad_token_id,
+            prefix_length=prefix_length,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            on_batch=on_batch,
+        )

@@ -91,6 +91,36 @@ class DistillationConfig(TrainingArguments):
             "verbalizer tokens only, renormalised (works across tokenizers)."
         },
     )
+    loss_top_k: int = field(
+        default=0,
+        metadata={
+            "help": "distill_vocab=full with a live teacher: compare over the teacher's top-k tokens plus "
+            "the rest of its mass as one outcome (0: the whole vocabulary)."
+        },
+    )
+    loss_chunk_size: int = field(
+        default=64,
+        metadata={
+            "help": "Answer positions whose logits exist at once in the loss (distill_vocab=full): no "
+            "(batch, length, vocabulary) tensor is built; 0 computes all positions in one piece."
+        },
+    )
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of optimizer steps whose replies the student writes itself from its current "
+            "weights (on-policy, GKD's lmbda): 0 = the dataset's (the teacher's) replies only, 1 = every "
+            "step; in between, a mix at exactly that rate."
+        },
+    )
+    rollout_max_new_tokens: int = field(
+        default=128, metadata={"help": "On-policy: longest reply the student writes, in tokens."}
+    )
+    rollout_temperature: float = field(
+        default=1.0,
+        metadata={"help": "On-policy: sampling temperature of the student's replies (0: greedy)."},
+    )
+    rollout_top_p: float = field(default=1.0, metadata={"help": "On-policy: nucleus sampling mass."})
     teacher_model_name_or_path: str = field(
         default=None,
         metadata={
@@ -173,6 +203,18 @@ class DistillationConfig(TrainingArguments):
             raise UsageError(
                 f"teacher_cache_top_k must be >= 1, got {self.teacher_cache_top_k}; a value >= the "
                 "vocabulary size keeps the full distribution"
+            )
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise UsageError(
+                f"lmbda must be in [0, 1], got {self.lmbda}; 0 = off-policy, 1 = on-policy, between = mixed"
+            )
+        if self.loss_top_k < 0 or self.loss_chunk_size < 0:
+            raise UsageError("loss_top_k and loss_chunk_size must be >= 0 (0: whole vocabulary / one piece)")
+        if self.rollout_max_new_tokens < 1 or self.rollout_temperature < 0 or not 0 < self.rollout_top_p <= 1:
+            raise UsageError(
+                "rollout settings out of range: rollout_max_new_tokens >= 1, rollout_temperature >= 0 "
+                f"(0: greedy), 0 < rollout_top_p <= 1 (got {self.rollout_max_new_tokens}, "
+                f"{self.rollout_temperature}, {self.rollout_top_p})"
             )
         _check_minimums(self)
         # our collator produces exactly what compute_loss reads; the Trainer must not prune it

@@ -166,15 +166,32 @@ def sparse_distillation_loss(
         raise UsageError(f"temperature must be > 0, got {temperature}")
     if teacher_topk_ids.shape != teacher_topk_logprobs.shape:
         raise UsageError("teacher_topk_ids and teacher_topk_logprobs must have the same shape (..., k)")
-    vocab, k = student_logits.shape[-1], teacher_topk_ids.shape[-1]
+    vocab = student_logits.shape[-1]
     if int(teacher_topk_ids.max()) >= vocab:
         raise UsageError(
             f"the cached teacher token ids go up to {int(teacher_topk_ids.max())} but the student has "
             f"{vocab} logits; the teacher output cache was built for another vocabulary: rebuild it for this "
             "student"
         )
-    ids = teacher_topk_ids.long()
     student_logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    per_token = sparse_token_divergence(
+        student_logprobs, teacher_topk_logprobs, teacher_topk_ids, teacher_tail_logprob, kind, beta
+    )
+    return temperature**2 * masked_mean(per_token, mask, num_items_in_batch)
+
+
+def sparse_token_divergence(
+    student_logprobs: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_topk_ids: torch.Tensor,
+    teacher_tail_logprob: torch.Tensor | None,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """Per position, the divergence over the teacher's k tokens plus "any other token" (see
+    `sparse_distillation_loss`), from the student's full log-distribution (..., vocab)."""
+    vocab, k = student_logprobs.shape[-1], teacher_topk_ids.shape[-1]
+    ids = teacher_topk_ids.long()
     student = student_logprobs.gather(-1, ids)
     teacher = teacher_topk_logprobs.float()
     if k < vocab:
@@ -187,8 +204,7 @@ def sparse_distillation_loss(
         teacher_tail = teacher_tail_logprob.float().unsqueeze(-1).clamp(min=_LOG_FLOOR)
         student = torch.cat([student, student_tail.clamp(min=_LOG_FLOOR)], dim=-1)
         teacher = torch.cat([teacher, teacher_tail], dim=-1)
-    per_token = token_divergence(student, teacher, kind=kind, beta=beta)
-    return temperature**2 * masked_mean(per_token, mask, num_items_in_batch)
+    return token_divergence(student, teacher, kind=kind, beta=beta)
 
 
 # log-probabilities below this are zero mass in fp32 (exp(-1e4) == 0) yet keep differences finite

@@ -23,6 +23,7 @@ from transformers import Trainer
 from distill_trainer.errors import NonFiniteLossError, UsageError
 from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.models.loading import check_same_vocabulary
+from distill_trainer.models.output_head import output_head_removed
 from distill_trainer.teacher.output_cache import has_teacher_outputs
 from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 from distill_trainer.teacher.teacher import (
@@ -36,6 +37,7 @@ from distill_trainer.teacher.teacher import (
 )
 from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from distill_trainer.training.config import PACKING, DistillationConfig
+from distill_trainer.training.hub_push import HubPushMixin
 from distill_trainer.training.losses import (
     answer_cross_entropy,
     distillation_loss,
@@ -43,13 +45,20 @@ from distill_trainer.training.losses import (
     sparse_distillation_loss,
 )
 from distill_trainer.training.resumable_loss import ResumableTrainLossMixin
+from distill_trainer.training.rollouts import OnPolicyMixin
+from distill_trainer.training.sequence_loss import chunked_sequence_loss
 from distill_trainer.training.teacher_outputs import TeacherOutputsMixin
 
 logger = logging.getLogger(__name__)
 
 
 class ContextDistillationTrainer(
-    AtomicCheckpointMixin, ResumableTrainLossMixin, TeacherOutputsMixin, Trainer
+    AtomicCheckpointMixin,
+    ResumableTrainLossMixin,
+    TeacherOutputsMixin,
+    OnPolicyMixin,
+    HubPushMixin,
+    Trainer,
 ):
     """Trainer for context distillation (and, with `alpha=0` and no teacher, pattern-based fine-tuning).
 
@@ -60,6 +69,8 @@ class ContextDistillationTrainer(
         label_token_ids: the student's verbalizer token ids (one per label, first token of each label
             word); needed for `distill_vocab="label_words"`.
         teacher_label_token_ids: the teacher's, when its tokenizer differs; defaults to `label_token_ids`.
+        rollout_generator: what writes the student's replies at on-policy steps (`args.lmbda`), a
+            `teacher.generation.ReplyGenerator`; default: the student itself, KV cache on.
     """
 
     # compute_loss divides by the answer-token count of the whole accumulated batch itself
@@ -75,6 +86,7 @@ class ContextDistillationTrainer(
         teacher_tokenizer=None,
         memory_tracker=None,
         teacher_ensemble=None,
+        rollout_generator=None,
         **kwargs,
     ):
         if args is None or not isinstance(args, DistillationConfig):
@@ -134,6 +146,7 @@ class ContextDistillationTrainer(
             if args.teacher_output_cache and self.teacher is not None:
                 self._use_teacher_output_cache()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._init_rollouts(rollout_generator, teacher_tokenizer)
 
     def _check_processes_are_connected(self) -> None:
         """Launched processes that do not join one process group would each train alone on all the data
@@ -146,8 +159,6 @@ class ContextDistillationTrainer(
                 "would train alone and overwrite the others' outputs; without GPUs set use_cpu: true "
                 "(--use_cpu true) to train them together over gloo, or launch a single process"
             )
-
-    # ---- teacher ----
 
     def _setup_teacher(self, teacher, teacher_tokenizer):
         if teacher is None or self.args.alpha == 0:
@@ -181,28 +192,88 @@ class ContextDistillationTrainer(
                 return self._teacher_runner(base, inputs)
         return self._teacher_runner(self.teacher, inputs)
 
+    @torch.no_grad()
+    def teacher_answer_hidden(self, model, inputs):
+        """(the teacher's final hidden states at the teacher view's answer positions, its output head)."""
+        if is_self(self.teacher):
+            base = self.accelerator.unwrap_model(model)
+            with adapters_off(base), output_head_removed(base) as head:
+                return self._teacher_runner(base, inputs), head
+        with output_head_removed(self.teacher) as head:
+            return self._teacher_runner(self.teacher, inputs), head
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs["answer_mask"]
         n_local = int(mask.sum())
         if n_local == 0:
             raise UsageError("a batch has no answer tokens; every example needs a non-empty answer")
-        student_logits = answer_logits(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
-        )
+        student_logits = None
+        alpha = self.args.alpha
+        if self.args.distill_vocab == "full" and not return_outputs:
+            # every answer token against the whole vocabulary: chunked, no (batch, length, vocab) tensor
+            loss, kd, ce = self._sequence_terms(model, inputs, mask, num_items_in_batch)
+        else:
+            student_logits = answer_logits(
+                model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
+            )
+            ce = answer_cross_entropy(student_logits, inputs["answer_ids"], mask, num_items_in_batch)
+            loss = (1 - alpha) * ce if alpha < 1 else ce.new_zeros(())
+            kd = None
+            if self.teacher is not None or self.teacher_from_cache:
+                kd = self._distillation_term(model, inputs, student_logits, mask, num_items_in_batch)
+                loss = loss + alpha * kd
         # num_items_in_batch counts answer tokens over the accumulated batch and, when averaging across
         # devices, over all processes: DDP then averages gradients, so scale back by the process count
         scale = 1.0
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             scale = float(self.accelerator.num_processes)
-        ce = answer_cross_entropy(student_logits, inputs["answer_ids"], mask, num_items_in_batch)
-        loss = (1 - self.args.alpha) * ce if self.args.alpha < 1 else ce.new_zeros(())
-        kd = None
-        if self.teacher is not None or self.teacher_from_cache:
-            kd = self._distillation_term(model, inputs, student_logits, mask, num_items_in_batch)
-            loss = loss + self.args.alpha * kd
         loss = self._guard_finite(loss * scale)
         self._log_terms(kd, ce, num_items_in_batch, n_local, scale)
         return (loss, {"logits": student_logits}) if return_outputs else loss
+
+    def _sequence_terms(self, model, inputs, mask, num_items_in_batch):
+        """(loss, distillation term or None, cross-entropy) over every answer token, a chunk at a time."""
+        with output_head_removed(model) as head:
+            hidden = answer_logits(
+                model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
+            )
+        teacher = {}
+        if "teacher_topk_ids" in inputs:
+            vocab = head.module.weight.shape[0]
+            if int(inputs["teacher_topk_ids"].max()) >= vocab:
+                raise UsageError(
+                    f"the cached teacher token ids go up to {int(inputs['teacher_topk_ids'].max())} but the "
+                    f"student has {vocab} logits; the teacher output cache was built for another vocabulary: "
+                    "rebuild it for this student"
+                )
+            keys = ("teacher_topk_logprobs", "teacher_topk_ids", "teacher_tail_logprob")
+            teacher["teacher_topk"] = tuple(inputs[key] for key in keys)
+        elif "teacher_label_logprobs" in inputs:
+            raise UsageError(
+                "the cached teacher outputs are label-word ones (distill_vocab=label_words); rebuild "
+                "the cache with distill_vocab=full"
+            )
+        elif self.teacher is not None:
+            teacher["teacher_hidden"], teacher["teacher_head"] = self.teacher_answer_hidden(model, inputs)
+        elif self.teacher_from_cache:
+            raise UsageError(
+                "a batch carries no cached teacher outputs and no teacher is loaded; build the dataset with "
+                "teacher_output_cache (output_cache.load_or_build_teacher_outputs) or pass teacher="
+            )
+        return chunked_sequence_loss(
+            hidden,
+            head,
+            mask,
+            answer_ids=inputs["answer_ids"],
+            weights=(self.args.alpha if teacher else 0.0, 1.0 - self.args.alpha),
+            kind=self.args.loss,
+            temperature=self.args.temperature,
+            beta=self.args.beta,
+            top_k=self.args.loss_top_k,
+            chunk_size=self.args.loss_chunk_size,
+            num_items_in_batch=num_items_in_batch,
+            **teacher,
+        )
 
     def _distillation_term(self, model, inputs, student_logits, mask, num_items_in_batch):
         if "teacher_topk_ids" in inputs or "teacher_label_logprobs" in inputs:
@@ -326,38 +397,3 @@ class ContextDistillationTrainer(
                 logs[prefix + key] = sum(values) / len(values)
         self._metrics[mode].clear()
         super().log(logs, *args, **kwargs)
-
-    # ---- Hub ----
-    # The student goes to the Hub once, when training is done, as one folder: weights, model card and
-    # recipe (see `distill_trainer.report.hub`). The stock Trainer would create the repository in
-    # __init__, which fails an offline run before its first step, and push half-described checkpoints
-    # while training.
-
-    def init_hf_repo(self, token=None, private=None) -> None:
-        self.hub_model_id = self.args.hub_model_id
-
-    def _push_from_checkpoint(self, checkpoint_folder) -> None:
-        return None
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token=None,
-        revision=None,
-        **kwargs,
-    ):
-        """Push `args.output_dir`, which must hold a student saved by `report.hub.save_student`."""
-        if not self.is_world_process_zero():
-            return None
-        from distill_trainer.models.hub import push_student
-
-        repo_id = self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
-        return push_student(
-            self.args.output_dir,
-            repo_id,
-            token=token or self.args.hub_token,
-            private=self.args.hub_private_repo,
-            revision=revision or self.args.hub_revision,
-            commit_message=commit_message,
-        )
