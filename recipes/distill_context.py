@@ -32,16 +32,19 @@ from distill_trainer.context.steps import chat_view_dataset, completions, measur
 from distill_trainer.errors import UsageError
 from distill_trainer.models.loading import load_causal_lm, load_tokenizer
 from distill_trainer.nli.row_checks import print_reports
-from distill_trainer.report.hub import save_student
+from distill_trainer.report.hub import save_student, ship_student
+from distill_trainer.report.model_card import StudentCard, reply_source
 from distill_trainer.run.runner import (
     load_student,
     no_partial_output_dir,
+    resolved_config,
     run_recipe,
     training_metrics,
     write_outputs,
     write_resolved_config,
 )
 from distill_trainer.teacher.teacher import SELF, Teacher, check_self_teacher, is_self
+from distill_trainer.training.rollouts import check_on_policy_settings
 from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_context"
@@ -61,6 +64,7 @@ def check_settings(student_args, config) -> None:
     check_self_teacher(
         teacher, student_is_lora=mode == "lora", fix=f"it needs student_mode: lora (got {mode})"
     )
+    check_on_policy_settings(config)  # before any model loads or any reply is generated
 
 
 def load_rows(data_args: ContextDataArguments):
@@ -117,10 +121,13 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     )
 
     # ------------------------------------------------------------ the teacher's completions (cached on disk)
+    # (fully on-policy, the student writes every training reply: the teacher writes the held-out ones only)
+    if config.lmbda == 1:
+        train_rows = [dict(row, completion=row["completion"] or "") for row in train_rows]
     to_write = [
         i
         for i, row in enumerate(train_rows)
-        if row["completion"] is None or data_args.teacher_writes_completions
+        if config.lmbda < 1 and (row["completion"] is None or data_args.teacher_writes_completions)
     ]
     replies, completions_info = completions(
         teacher,
@@ -205,10 +212,19 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         "decoding": settings.as_dict(),
         "loss": config.loss,
         "temperature": config.temperature,
+        "replies": reply_source(config.lmbda),
+        "rollouts": {
+            "lmbda": config.lmbda,
+            "temperature": config.rollout_temperature,
+            "top_p": config.rollout_top_p,
+            "max_new_tokens": config.rollout_max_new_tokens,
+            "steps_on_policy": sum(source == "student" for _, source in trainer.rollout_steps),
+        },
         **training_metrics(trainer, train_result, len(train_views)),
         "teacher_output_cache": trainer.teacher_output_cache_info,
         "eval": {
-            key: {k: v for k, v in value.items() if k in ("rule", "kl")} for key, value in evaluation.items()
+            key: {k: v for k, v in value.items() if k in ("rule", "kl", "kl_own")}
+            for key, value in evaluation.items()
         },
         "data": {report.where: report.as_dict() for report in reports},
     }
@@ -218,6 +234,14 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     # report.md first: metrics.json, written last, marks a finished run
     report = write_report(config.output_dir, metrics)
     paths = [report, *write_outputs(config.output_dir, metrics, {"replies": records}, configs, RECIPE)]
+    card = StudentCard.from_run(
+        student_args,
+        config,
+        method="context distillation",
+        context=contexts[0] if len(contexts) == 1 else f"{len(contexts)} different contexts",
+        training_data=[f"{reports[0].where}, {len(train_rows)} prompts"],
+    )
+    ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
     print("\n" + format_report(metrics) + "outputs: " + "  ".join(map(str, paths)), flush=True)
     return metrics
 

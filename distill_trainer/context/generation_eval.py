@@ -49,10 +49,21 @@ def generate_for_rows(
     return [{"ids": ids, "text": tokenizer.decode(ids, skip_special_tokens=True)} for ids in replies]
 
 
-def rule_following(replies: list[str], checker: str) -> tuple[dict, list[dict]]:
-    """({n, passed, rate, stderr, failures by reason}, [{passed, reason}] per reply)."""
+CUT_OFF = "cut off at max_new_tokens"
+
+
+def rule_following(
+    replies: list[str], checker: str, cut_off: list[bool] | None = None
+) -> tuple[dict, list[dict]]:
+    """({n, passed, rate, stderr, failures by reason, cut_off}, [{passed, reason}] per reply).
+
+    `cut_off` (per reply: it hit the token limit without its stop token) counts such a reply that fails
+    the check apart, as "cut off at max_new_tokens": it may have been on its way to following the rule."""
     check = get_checker(checker)
     results = [dict(zip(("passed", "reason"), check(reply))) for reply in replies]
+    for result, cut in zip(results, cut_off or []):
+        if cut and not result["passed"]:
+            result["reason"] = CUT_OFF
     n = len(results)
     passed = sum(r["passed"] for r in results)
     rate = passed / n if n else float("nan")
@@ -64,6 +75,8 @@ def rule_following(replies: list[str], checker: str) -> tuple[dict, list[dict]]:
         # binomial standard error of the rate
         "stderr": math.sqrt(rate * (1 - rate) / n) if n else float("nan"),
         "failures": dict(Counter(r["reason"] for r in results if not r["passed"]).most_common()),
+        "cut_off": sum(r["reason"] == CUT_OFF for r in results),
+        "broke_rule": sum(not r["passed"] and r["reason"] != CUT_OFF for r in results),
     }
     return summary, results
 

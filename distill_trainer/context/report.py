@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill_trainer.context.generation_eval import CUT_OFF
 from distill_trainer.integrity import write_text_atomically
 
 ROWS = (
@@ -31,9 +32,11 @@ def _kl(kl: dict | None) -> str:
 
 
 def _failures(rule: dict | None) -> str:
-    if not rule or not rule["failures"]:
+    """Replies that broke the rule, by reason; replies cut off at the token limit are counted apart."""
+    if not rule:
         return "-"
-    return ", ".join(f"{reason} {n}" for reason, n in rule["failures"].items())
+    broke = {reason: n for reason, n in rule["failures"].items() if reason != CUT_OFF}
+    return ", ".join(f"{reason} {n}" for reason, n in broke.items()) or "-"
 
 
 def format_report(metrics: dict) -> str:
@@ -48,23 +51,27 @@ def format_report(metrics: dict) -> str:
         f"by the teacher: {metrics['teacher_completions']['generated']} generated, "
         f"{metrics['teacher_completions']['reused']} read from the cache",
         f"- checker: {metrics.get('checker') or 'none'}; decoding: {metrics['decoding']}",
-        f"- training: {metrics['train']['global_step']} steps, {metrics['train']['train_runtime']:.0f} s; "
-        f"whole run {metrics['seconds']:.0f} s",
+        f"- training: {metrics['train']['global_step']} steps, {metrics['train']['train_runtime']:.0f} s, "
+        f"replies {metrics.get('replies', 'off-policy')}; whole run {metrics['seconds']:.0f} s",
         "",
-        "| model | rule followed (rate ± s.e.) | failures | KL(teacher ‖ model) per token |",
-        "| --- | --- | --- | --- |",
+        "| model | rule followed (rate ± s.e.) | broke the rule | cut off at max_new_tokens "
+        "| KL(teacher ‖ model) per token, teacher's replies | KL, its own replies |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for key, name in ROWS:
         result = evaluation.get(key, {})
+        rule = result.get("rule")
         lines.append(
-            f"| {name} | {_rate(result.get('rule'))} | {_failures(result.get('rule'))} "
-            f"| {_kl(result.get('kl'))} |"
+            f"| {name} | {_rate(rule)} | {_failures(rule)} | {rule.get('cut_off', 0) if rule else '-'} "
+            f"| {_kl(result.get('kl'))} | {_kl(result.get('kl_own'))} |"
         )
     lines += [
         "",
-        "The KL is measured on the teacher's own completions of the held-out prompts, over the whole "
-        "vocabulary: the teacher reads the context, the student does not. Standard errors: binomial for "
-        "rates, over examples for the KL.",
+        "KL(teacher ‖ model) per reply token, over the whole vocabulary, the teacher reading the context and "
+        "the student not: on the teacher's completions of the held-out prompts, and on the model's own "
+        "replies to them (what it meets when it writes alone). A reply cut off at max_new_tokens is "
+        "counted apart from one that broke the rule. Standard errors: binomial for rates, over examples "
+        "for the KL.",
         "",
     ]
     return "\n".join(lines)

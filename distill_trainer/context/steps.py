@@ -17,7 +17,7 @@ from distill_trainer.context.completion_cache import teacher_completions
 from distill_trainer.context.generation_eval import completion_kl, generate_for_rows, rule_following
 from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.teacher.teacher import Teacher
-from distill_trainer.views.chat import build_chat_views, shared_prefix_length
+from distill_trainer.views.chat import build_chat_views, shared_prefix_length, stop_token_ids
 from distill_trainer.views.text import TwoViewCollator
 
 
@@ -80,10 +80,22 @@ def measure_student(
         )
     result = {"replies": [reply["text"] for reply in replies]}
     if checker is not None:
-        result["rule"], result["checks"] = rule_following(result["replies"], checker)
+        result["rule"], result["checks"] = rule_following(
+            result["replies"], checker, cut_offs(tokenizer, replies)
+        )
     if teacher is not None and views is not None and len(views):
         collator = TwoViewCollator(tokenizer.pad_token_id)
-        result["kl"] = completion_kl(
-            student, teacher.answer_logits_fn(), views, collator, kl_batch_size, progress=f"{label} KL"
+        kl = teacher.answer_logits_fn()
+        result["kl"] = completion_kl(student, kl, views, collator, kl_batch_size, progress=f"{label} KL")
+        # and on its own replies: what on-policy training sees, and off-policy training never does
+        own = chat_view_dataset(tokenizer, rows, replies, placement)
+        result["kl_own"] = completion_kl(
+            student, kl, own, collator, kl_batch_size, progress=f"{label} KL, own"
         )
     return result
+
+
+def cut_offs(tokenizer, replies: list[dict]) -> list[bool]:
+    """Per reply: it ends without a stop token, so generation hit max_new_tokens."""
+    stop = set(stop_token_ids(tokenizer))
+    return [not reply["ids"] or reply["ids"][-1] not in stop for reply in replies]

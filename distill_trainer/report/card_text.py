@@ -62,13 +62,22 @@ def _summary(card, base) -> str:
         )
     elif card.teacher:
         text += f" from the teacher `{card.teacher}`"
-    text += (
-        ".\n\nThe teacher read a few solved examples (demonstrations) before each query; the student sees "
-        "the query alone and was trained to answer as the teacher did, so it needs no demonstrations in its "
-        "prompt. Method: arXiv [2412.13243](https://arxiv.org/abs/2412.13243); trained with distill-trainer."
-        if card.teacher
-        else "."
-    )
+    if card.teacher and card.context:
+        replies = card.settings.get("replies", "off-policy (the teacher's replies)")
+        text += (
+            f".\n\nThe teacher read this context before each prompt: {card.context!r}. The student sees the "
+            f"prompt alone and was trained to reply as the teacher would with it, token by token, {replies}; "
+            "trained with distill-trainer."
+        )
+    elif card.teacher:
+        text += (
+            ".\n\nThe teacher read a few solved examples (demonstrations) before each query; the "
+            "student sees the query alone and was trained to answer as the teacher did, so it needs no "
+            "demonstrations in its prompt. Method: arXiv [2412.13243](https://arxiv.org/abs/2412.13243); "
+            "trained with distill-trainer."
+        )
+    else:
+        text += "."
     if base.note:
         text += f"\n\nBase model: `{base.name}`, {base.note}."
     return text

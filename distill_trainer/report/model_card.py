@@ -59,6 +59,7 @@ class StudentCard:
     tags: list[str] = field(default_factory=list)
     repo_id: str | None = None  # the Hub repository the student is pushed to (the usage example loads it)
     training_data: list[str] = field(default_factory=list)  # what the training rows are, with their count
+    context: str | None = None  # the context distilled away (a system prompt...), when not demonstrations
 
     @classmethod
     def from_run(
@@ -86,6 +87,14 @@ class StudentCard:
             )
             if config.loss == "jsd":
                 settings["beta"] = config.beta
+            if config.lmbda > 0:  # whose replies the loss was taken on, and how the student's were sampled
+                settings.update(
+                    replies=reply_source(config.lmbda),
+                    lmbda=config.lmbda,
+                    rollout_temperature=config.rollout_temperature,
+                    rollout_top_p=config.rollout_top_p,
+                    rollout_max_new_tokens=config.rollout_max_new_tokens,
+                )
         if student_args.student_mode == "lora":
             settings.update(lora_r=student_args.lora_r, lora_alpha=student_args.lora_alpha)
         values = dict(
@@ -149,6 +158,15 @@ def _reports_by_split(data_reports) -> dict:
         for r in data_reports or ()
         if getattr(r, "source", None) is not None
     }
+
+
+def reply_source(lmbda: float) -> str:
+    """Whose replies the distillation loss is taken on, in words (`DistillationConfig.lmbda`)."""
+    if lmbda == 0:
+        return "off-policy (the teacher's replies)"
+    if lmbda == 1:
+        return "on-policy (the student's own replies, sampled at every step)"
+    return f"mixed (the student's own replies at {lmbda:.0%} of the steps, the teacher's at the rest)"
 
 
 def card_for_recipe(

@@ -96,6 +96,22 @@ def rebuild_batch(batch: dict, replies: list[list[int]], collator) -> dict:
     return {key: value.to(device) for key, value in rebuilt.items()}
 
 
+def check_on_policy_settings(args) -> None:
+    """What on-policy steps (lmbda > 0) cannot work with, refused before anything runs."""
+    if args.lmbda == 0:
+        return
+    if args.teacher_output_cache:
+        raise UsageError(
+            f"lmbda={args.lmbda} grades the student's own replies, which no cache can hold in advance; set "
+            "teacher_output_cache: false (or lmbda: 0 for the teacher's replies only)"
+        )
+    if args.distill_vocab != "full" or args.alpha == 0:
+        raise UsageError(
+            "on-policy distillation (lmbda > 0) grades every reply token: it needs distill_vocab: full and "
+            "alpha > 0"
+        )
+
+
 class OnPolicyMixin:
     """`get_batch_samples` that swaps in the student's replies at on-policy steps (`lmbda`), before the
     Trainer counts the answer tokens of the accumulated batch."""
@@ -105,16 +121,7 @@ class OnPolicyMixin:
         self.rollout_steps: list[tuple[int, str]] = []  # (optimizer step, "student" | "dataset")
         if self.args.lmbda == 0:
             return
-        if self.args.teacher_output_cache:
-            raise UsageError(
-                f"lmbda={self.args.lmbda} grades the student's own replies, which no cache can hold in "
-                "advance; set teacher_output_cache: false (or lmbda: 0 for the teacher's replies only)"
-            )
-        if self.args.distill_vocab != "full" or self.args.alpha == 0:
-            raise UsageError(
-                "on-policy distillation (lmbda > 0) grades every reply token: it needs distill_vocab: full "
-                "and alpha > 0"
-            )
+        check_on_policy_settings(self.args)
         tokenizer = self.processing_class
         if tokenizer is None or getattr(tokenizer, "pad_token_id", None) is None:
             raise UsageError(

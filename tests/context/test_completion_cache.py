@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from distill_trainer.context.completion_cache import completion_cache_path, teacher_completions
-from distill_trainer.teacher.generation import GenerationSettings, generate_replies
 from distill_trainer.errors import UsageError
+from distill_trainer.teacher.generation import GenerationSettings, generate_replies
 from distill_trainer.testing import build_chat_tokenizer, build_model
 from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
 

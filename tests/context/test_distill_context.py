@@ -13,9 +13,9 @@ from datasets import Dataset
 from helpers import TINY_RUN, load_recipe, make_args
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
-from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.context.steps import measure_student
 from distill_trainer.errors import UsageError
+from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.teacher.teacher import Teacher
 from distill_trainer.testing import build_chat_tokenizer, build_model
 from distill_trainer.views.chat import build_chat_views
