@@ -1,0 +1,15 @@
+"""The loss-memory benchmark at its quick size: both losses give the same value, and the chunked one's
+peak is the smaller."""
+
+import json
+
+from benchmarks import loss_memory
+
+
+def test_quick_loss_memory_benchmark_agrees_and_chunking_saves_memory(tmp_path):
+    loss_memory.main(["--quick", "--repeats", "1", "--output-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "loss_memory.json").read_text())
+    rows = {r["method"]: r for r in saved["results"]}
+    assert abs(rows["naive"]["loss"] - rows["chunked"]["loss"]) < 1e-5
+    assert rows["chunked"]["peak_above_inputs_mib"] < rows["naive"]["peak_above_inputs_mib"]
+    assert "| chunked |" in (tmp_path / "loss_memory.md").read_text()
