@@ -30,7 +30,11 @@ from distill_trainer.context.generation_eval import reply_records, rule_followin
 from distill_trainer.context.report import format_report, write_report
 from distill_trainer.context.steps import chat_view_dataset, completions, measure_student
 from distill_trainer.errors import UsageError
-from distill_trainer.models.loading import load_causal_lm, load_tokenizer
+from distill_trainer.models.loading import (
+    check_vocabulary_sizes_and_tokens,
+    load_causal_lm,
+    load_tokenizer,
+)
 from distill_trainer.nli.row_checks import print_reports
 from distill_trainer.report.hub import save_student, ship_student
 from distill_trainer.report.model_card import StudentCard, reply_source
@@ -92,12 +96,10 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     tokenizer = load_tokenizer(student_args.model_name_or_path)
     placement = data_args.context_placement
     chat_prompt_ids(tokenizer, train_rows[0]["prompt"], train_rows[0]["context"], placement)  # template ok?
-    if (
-        not self_teacher
-        and load_tokenizer(config.teacher_model_name_or_path).get_vocab() != tokenizer.get_vocab()
-    ):
-        raise UsageError(
-            "the teacher's tokenizer differs from the student's; full-vocabulary KL needs one tokenizer"
+    if not self_teacher:  # full-vocabulary KL: one tokenizer (checked before any weights load)
+        teacher_tokenizer = load_tokenizer(config.teacher_model_name_or_path)
+        check_vocabulary_sizes_and_tokens(
+            len(tokenizer), len(teacher_tokenizer), tokenizer, teacher_tokenizer
         )
 
     # ------------------------------------------------------------ student and teacher

@@ -260,6 +260,6 @@ def check_vocabulary_sizes_and_tokens(
     if s != t or not same_tokens:
         raise UsageError(
             f"teacher and student vocabularies differ (teacher {t} logits, student {s}"
-            f"{'' if same_tokens else ', different token tables'}); distill_vocab='full' needs a shared "
-            "tokenizer: use distill_vocab='label_words' or a teacher from the student's model family"
+            f"{'' if same_tokens else ', different token tables'}); distill_vocab: full needs a shared "
+            "tokenizer: set distill_vocab: label_words, or use a teacher from the student's model family"
         )

@@ -6,7 +6,12 @@ every prompt against the model's position limit.
 from __future__ import annotations
 
 from distill_trainer.errors import UsageError
-from distill_trainer.models.loading import bias_switches_to_add, check_lora_target_modules, resolve_model_path
+from distill_trainer.models.loading import (
+    bias_switches_to_add,
+    check_lora_target_modules,
+    check_vocabulary_sizes_and_tokens,
+    resolve_model_path,
+)
 from distill_trainer.nli.data import NLIData, first_token_ids, model_max_length
 from distill_trainer.nli.demonstrations import fit_demonstrations
 from distill_trainer.teacher.teacher import is_self
@@ -72,15 +77,14 @@ def check_student_mode(student_args, model_config) -> None:
 
 
 def check_vocabularies(student_tokenizer, teacher_tokenizer, student_config, teacher_config) -> None:
-    """distill_vocab: full compares logit i of one model with logit i of the other."""
-    same_tokens = student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
-    s, t = getattr(student_config, "vocab_size", None), getattr(teacher_config, "vocab_size", None)
-    if not same_tokens or s != t:
-        raise UsageError(
-            f"teacher and student vocabularies differ (teacher {t} logits, student {s}"
-            f"{'' if same_tokens else ', different token tables'}); distill_vocab: full needs a shared "
-            "tokenizer: set distill_vocab: label_words, or use a teacher from the student's model family"
-        )
+    """distill_vocab: full compares logit i of one model with logit i of the other (from the configs'
+    vocabulary sizes, before any weights load)."""
+    check_vocabulary_sizes_and_tokens(
+        getattr(student_config, "vocab_size", None),
+        getattr(teacher_config, "vocab_size", None),
+        student_tokenizer,
+        teacher_tokenizer,
+    )
 
 
 def _longest(tokenizer, rows, pattern):
