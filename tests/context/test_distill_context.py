@@ -232,3 +232,50 @@ def test_recipe_mistakes_are_one_line_and_leave_no_output(tmp_path, chat_dirs):
             recipe.main(recipe_config(tmp_path, chat_dirs, **overrides))
         assert "\n" not in str(error.value)
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("data_format", ["sdft", "messages"])
+@pytest.mark.parametrize("lmbda", [0.0, 0.5, 1.0])
+def test_trl_data_formats_work_in_every_mode(tmp_path, chat_dirs, data_format, lmbda):
+    recipe = load_recipe("distill_context")
+
+    def rows(prompts):
+        if data_format == "sdft":
+            return [{"prompt": p, "privileged_context": CONTEXT} for p in prompts]
+        system = {"role": "system", "content": CONTEXT}
+        return [{"messages": [system, {"role": "user", "content": p}]} for p in prompts]
+
+    files = {}
+    for name, prompts in (("train", PROMPTS), ("heldout", [p + " again" for p in PROMPTS[:3]])):
+        files[name] = tmp_path / f"trl-{name}.jsonl"
+        files[name].write_text("".join(json.dumps(row) + "\n" for row in rows(prompts)))
+    argv = recipe_config(
+        tmp_path,
+        chat_dirs,
+        data_file=str(files["train"]),
+        eval_data_file=str(files["heldout"]),
+        context=None,
+        lmbda=lmbda,
+        loss="reverse_kl",
+        teacher_output_cache=False,
+        rollout_max_new_tokens=4,
+    )
+    metrics = recipe.main(argv)
+    on_policy_steps = {0.0: 0, 0.5: 1, 1.0: 2}[lmbda]
+    assert metrics["rollouts"]["steps_on_policy"] == on_policy_steps and metrics["train"]["global_step"] == 2
+    # fully on-policy, the teacher writes the held-out replies only
+    assert metrics["teacher_completions"]["generated"] == (3 if lmbda == 1 else len(PROMPTS) + 3)
+    assert metrics["eval"]["after"]["kl_own"]["kl_per_token"] >= 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert CONTEXT in card and metrics["replies"] in card
+    assert "cut off at max_new_tokens" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_on_policy_with_a_teacher_output_cache_is_refused_before_any_model_loads(
+    tmp_path, chat_dirs, monkeypatch
+):
+    recipe = load_recipe("distill_context")
+    monkeypatch.setattr(recipe, "load_student", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(UsageError, match="teacher_output_cache: false"):
+        recipe.main(recipe_config(tmp_path, chat_dirs, lmbda=1.0))
+    assert not (tmp_path / "out").exists()
