@@ -28,7 +28,7 @@ from distill_trainer.context.config import ContextDataArguments
 from distill_trainer.context.data import load_context_rows
 from distill_trainer.context.generation_eval import reply_records, rule_following
 from distill_trainer.context.report import format_report, write_report
-from distill_trainer.context.steps import chat_view_dataset, completions, measure_student
+from distill_trainer.context.steps import chat_view_dataset, completions, cut_offs, measure_student
 from distill_trainer.errors import UsageError
 from distill_trainer.models.loading import (
     check_vocabulary_sizes_and_tokens,
@@ -158,7 +158,8 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     if eval_rows:
         evaluation["teacher"] = {"replies": [reply["text"] for reply in eval_replies]}
         if data_args.checker:
-            rule, checks = rule_following(evaluation["teacher"]["replies"], data_args.checker)
+            cut_off = cut_offs(tokenizer, eval_replies)
+            rule, checks = rule_following(evaluation["teacher"]["replies"], data_args.checker, cut_off)
             evaluation["teacher"].update(rule=rule, checks=checks)
         # the untrained student's replies are those of its base model: cached like the teacher's
         base = Teacher.for_model(

@@ -78,7 +78,7 @@ def evaluate_replies(args) -> dict:
     from distill_trainer.context.config import ContextDataArguments
     from distill_trainer.context.data import load_context_rows
     from distill_trainer.context.generation_eval import rule_following
-    from distill_trainer.context.steps import chat_view_dataset, completions, measure_student
+    from distill_trainer.context.steps import chat_view_dataset, completions, cut_offs, measure_student
     from distill_trainer.models.loading import load_causal_lm
     from distill_trainer.nli.row_checks import print_reports
     from distill_trainer.run.output_dir import check_output_location
@@ -114,7 +114,7 @@ def evaluate_replies(args) -> dict:
         result["teacher"] = {"replies": [r["text"] for r in replies], "completions": info}
         if data_args.checker:
             result["teacher"]["rule"], result["teacher"]["checks"] = rule_following(
-                result["teacher"]["replies"], data_args.checker
+                result["teacher"]["replies"], data_args.checker, cut_offs(tokenizer, replies)
             )
     result["model"] = measure_student(
         model,
