@@ -87,27 +87,27 @@ def load_rows(data_args: ContextDataArguments):
     return train_rows, eval_rows, reports
 
 
-def run_distill_context(student_args, data_args, config, callbacks=None) -> dict:
-    start = time.perf_counter()
-    # ------------------------------------------------------------ checks, rows and tokenizer (no model yet)
-    check_settings(student_args, config)
-    train_rows, eval_rows, reports = load_rows(data_args)
-    self_teacher = is_self(config.teacher_model_name_or_path)
+def check_tokenizers(student_args, config, train_rows, placement):
+    """The student's tokenizer, after checking its chat template and, for a separate teacher, that both
+    read the same tokens (full-vocabulary KL), before any weights load."""
     tokenizer = load_tokenizer(student_args.model_name_or_path)
-    placement = data_args.context_placement
     chat_prompt_ids(tokenizer, train_rows[0]["prompt"], train_rows[0]["context"], placement)  # template ok?
-    if not self_teacher:  # full-vocabulary KL: one tokenizer (checked before any weights load)
+    if not is_self(config.teacher_model_name_or_path):
         teacher_tokenizer = load_tokenizer(config.teacher_model_name_or_path)
         check_vocabulary_sizes_and_tokens(
             len(tokenizer), len(teacher_tokenizer), tokenizer, teacher_tokenizer
         )
+    return tokenizer
 
-    # ------------------------------------------------------------ student and teacher
+
+def load_models(student_args, config):
+    """(student, the teacher model: the student itself for "self", its `Teacher`)."""
     student = load_student(student_args, seed=config.seed)
-    source = student_args.model_name_or_path if self_teacher else config.teacher_model_name_or_path
-    teacher_model = (
-        student if self_teacher else load_causal_lm(source, config.teacher_dtype, config.teacher_quantization)
-    )
+    if is_self(config.teacher_model_name_or_path):
+        source, teacher_model = student_args.model_name_or_path, student
+    else:
+        source = config.teacher_model_name_or_path
+        teacher_model = load_causal_lm(source, config.teacher_dtype, config.teacher_quantization)
     teacher = Teacher.for_model(
         teacher_model,
         config.teacher_model_name_or_path,
@@ -115,15 +115,13 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         config.teacher_dtype,
         config.teacher_quantization,
     )
-    settings = data_args.generation_settings()
-    cache = dict(
-        placement=placement,
-        cache_dir=data_args.completion_cache_dir,
-        batch_size=data_args.generation_batch_size,
-    )
+    return student, teacher_model, teacher
 
-    # ------------------------------------------------------------ the teacher's completions (cached on disk)
-    # (fully on-policy, the student writes every training reply: the teacher writes the held-out ones only)
+
+def teacher_views(teacher, tokenizer, train_rows, eval_rows, data_args, config, cache: dict):
+    """The two-view datasets (training, held-out) with the teacher's replies where the data has none, the
+    teacher's held-out replies, and what the completion cache did. Fully on-policy, the student writes
+    every training reply: the teacher writes the held-out ones only."""
     if config.lmbda == 1:
         train_rows = [dict(row, completion=row["completion"] or "") for row in train_rows]
     to_write = [
@@ -131,13 +129,10 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         for i, row in enumerate(train_rows)
         if config.lmbda < 1 and (row["completion"] is None or data_args.teacher_writes_completions)
     ]
-    replies, completions_info = completions(
-        teacher,
-        tokenizer,
-        [train_rows[i] for i in to_write] + eval_rows,
-        settings,
-        show_progress=not config.disable_tqdm,
-        **cache,
+    rows = [train_rows[i] for i in to_write] + eval_rows
+    settings, placement = data_args.generation_settings(), data_args.context_placement
+    replies, info = completions(
+        teacher, tokenizer, rows, settings, show_progress=not config.disable_tqdm, **cache
     )
     train_replies = [None] * len(train_rows)
     for index, reply in zip(to_write, replies):
@@ -145,74 +140,54 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     eval_replies = replies[len(to_write) :]
     train_views = chat_view_dataset(tokenizer, train_rows, train_replies, placement)
     eval_views = chat_view_dataset(tokenizer, eval_rows, eval_replies, placement) if eval_rows else None
+    return train_views, eval_views, eval_replies, info
 
-    # ---------------------------------------------- before: the teacher with the context, the student without
-    evaluation = {}
-    measure = dict(
-        checker=data_args.checker,
-        teacher=teacher,
-        placement=placement,
-        batch_size=data_args.generation_batch_size,
-        kl_batch_size=data_args.kl_batch_size,
+
+def evaluate_before(
+    student, tokenizer, eval_rows, eval_views, eval_replies, student_args, data_args, config, cache, measure
+):
+    """The teacher with the context and the untrained student without it, on the held-out prompts."""
+    settings = data_args.generation_settings()
+    evaluation = {"teacher": {"replies": [reply["text"] for reply in eval_replies]}}
+    if data_args.checker:
+        cut_off = cut_offs(tokenizer, eval_replies)
+        rule, checks = rule_following(evaluation["teacher"]["replies"], data_args.checker, cut_off)
+        evaluation["teacher"].update(rule=rule, checks=checks)
+    # the untrained student's replies are those of its base model: cached like the teacher's
+    base = Teacher.for_model(
+        student,
+        "self" if student_args.student_mode == "lora" else "student",
+        student_args.model_name_or_path,
+        student_args.dtype,
     )
-    if eval_rows:
-        evaluation["teacher"] = {"replies": [reply["text"] for reply in eval_replies]}
-        if data_args.checker:
-            cut_off = cut_offs(tokenizer, eval_replies)
-            rule, checks = rule_following(evaluation["teacher"]["replies"], data_args.checker, cut_off)
-            evaluation["teacher"].update(rule=rule, checks=checks)
-        # the untrained student's replies are those of its base model: cached like the teacher's
-        base = Teacher.for_model(
-            student,
-            "self" if student_args.student_mode == "lora" else "student",
-            student_args.model_name_or_path,
-            student_args.dtype,
-        )
-        bare_rows = [dict(row, context="") for row in eval_rows]
-        before, _ = completions(
-            base, tokenizer, bare_rows, settings, show_progress=not config.disable_tqdm, **cache
-        )
-        evaluation["before"] = measure_student(
-            student, tokenizer, eval_rows, eval_views, settings, label="before", replies=before, **measure
-        )
-
-    # ---------------------------------------------- distil: the teacher's distribution on every reply token
-    trainer = ContextDistillationTrainer(
-        model=student,
-        args=config,
-        teacher=SELF if self_teacher else teacher_model,
-        train_dataset=train_views,
-        processing_class=tokenizer,
-        data_collator=TwoViewCollator(tokenizer.pad_token_id),
-        teacher_tokenizer=tokenizer,
-        callbacks=callbacks,
+    bare_rows = [dict(row, context="") for row in eval_rows]
+    before, _ = completions(
+        base, tokenizer, bare_rows, settings, show_progress=not config.disable_tqdm, **cache
     )
-    write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
-    train_result = trainer.train()
-    save_student(trainer, config.output_dir)
+    evaluation["before"] = measure_student(
+        student, tokenizer, eval_rows, eval_views, settings, label="before", replies=before, **measure
+    )
+    return evaluation
 
-    # ------------------------------------------------------------ after: the student without the context
-    if eval_rows:
-        evaluation["after"] = measure_student(
-            trainer.model, tokenizer, eval_rows, eval_views, settings, label="after", **measure
-        )
 
-    # ------------------------------------------------------------ report
+def run_metrics(student_args, data_args, config, rows, reports, trainer, train_result, info, evaluation):
+    """metrics.json's content: settings, data, training and the held-out measurements."""
+    train_rows, eval_rows = rows
     contexts = sorted({row["context"] for row in train_rows})
-    metrics = {
+    return {
         "recipe": RECIPE,
         "student": student_args.model_name_or_path,
         "student_mode": student_args.student_mode,
         "teacher": config.teacher_model_name_or_path,
-        "context_placement": placement,
+        "context_placement": data_args.context_placement,
         "context_summary": repr(contexts[0][:160])
         if len(contexts) == 1
         else f"{len(contexts)} different contexts",
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
-        "teacher_completions": completions_info,
+        "teacher_completions": info,
         "checker": data_args.checker,
-        "decoding": settings.as_dict(),
+        "decoding": data_args.generation_settings().as_dict(),
         "loss": config.loss,
         "temperature": config.temperature,
         "replies": reply_source(config.lmbda),
@@ -223,7 +198,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
             "max_new_tokens": config.rollout_max_new_tokens,
             "steps_on_policy": sum(source == "student" for _, source in trainer.rollout_steps),
         },
-        **training_metrics(trainer, train_result, len(train_views)),
+        **training_metrics(trainer, train_result, len(trainer.train_dataset)),
         "teacher_output_cache": trainer.teacher_output_cache_info,
         "eval": {
             key: {k: v for k, v in value.items() if k in ("rule", "kl", "kl_own")}
@@ -231,12 +206,13 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         },
         "data": {report.where: report.as_dict() for report in reports},
     }
-    metrics["seconds"] = round(time.perf_counter() - start, 1)
-    records = reply_records(eval_rows, evaluation)
-    configs = (student_args, data_args, config)
-    # report.md first: metrics.json, written last, marks a finished run
-    report = write_report(config.output_dir, metrics)
-    paths = [report, *write_outputs(config.output_dir, metrics, {"replies": records}, configs, RECIPE)]
+
+
+def write_run(trainer, configs, metrics, train_rows, eval_rows, reports, evaluation) -> None:
+    """The model card and recipe beside the weights, report.md, the predictions, and metrics.json last
+    (its presence marks a finished run)."""
+    student_args, _, config = configs
+    contexts = sorted({row["context"] for row in train_rows})
     card = StudentCard.from_run(
         student_args,
         config,
@@ -245,7 +221,90 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         training_data=[f"{reports[0].where}, {len(train_rows)} prompts"],
     )
     ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
+    report = write_report(config.output_dir, metrics)
+    records = reply_records(eval_rows, evaluation)
+    paths = [report, *write_outputs(config.output_dir, metrics, {"replies": records}, configs, RECIPE)]
     print("\n" + format_report(metrics) + "outputs: " + "  ".join(map(str, paths)), flush=True)
+
+
+def run_distill_context(student_args, data_args, config, callbacks=None) -> dict:
+    start = time.perf_counter()
+    # ------------------------------------------------------------ checks, rows and tokenizer (no model yet)
+    check_settings(student_args, config)
+    train_rows, eval_rows, reports = load_rows(data_args)
+    tokenizer = check_tokenizers(student_args, config, train_rows, data_args.context_placement)
+
+    # ------------------------------------------------------------ student, teacher and the teacher's replies
+    student, teacher_model, teacher = load_models(student_args, config)
+    cache = dict(
+        placement=data_args.context_placement,
+        cache_dir=data_args.completion_cache_dir,
+        batch_size=data_args.generation_batch_size,
+    )
+    train_views, eval_views, eval_replies, info = teacher_views(
+        teacher, tokenizer, train_rows, eval_rows, data_args, config, cache
+    )
+
+    # ---------------------------------------------- before: the teacher with the context, the student without
+    measure = dict(
+        checker=data_args.checker,
+        teacher=teacher,
+        placement=data_args.context_placement,
+        batch_size=data_args.generation_batch_size,
+        kl_batch_size=data_args.kl_batch_size,
+    )
+    evaluation = {}
+    if eval_rows:
+        evaluation = evaluate_before(
+            student,
+            tokenizer,
+            eval_rows,
+            eval_views,
+            eval_replies,
+            student_args,
+            data_args,
+            config,
+            cache,
+            measure,
+        )
+
+    # ---------------------------------------------- distil: the teacher grades every reply token
+    trainer = ContextDistillationTrainer(
+        model=student,
+        args=config,
+        teacher=SELF if is_self(config.teacher_model_name_or_path) else teacher_model,
+        train_dataset=train_views,
+        processing_class=tokenizer,
+        data_collator=TwoViewCollator(tokenizer.pad_token_id),
+        teacher_tokenizer=tokenizer,
+        callbacks=callbacks,
+    )
+    configs = (student_args, data_args, config)
+    write_resolved_config(config.output_dir, configs, RECIPE)
+    train_result = trainer.train()
+    save_student(trainer, config.output_dir)
+
+    # ------------------------------------------------------------ after: the student without the context
+    if eval_rows:
+        settings = data_args.generation_settings()
+        evaluation["after"] = measure_student(
+            trainer.model, tokenizer, eval_rows, eval_views, settings, label="after", **measure
+        )
+
+    # ------------------------------------------------------------ report (metrics.json last: a finished run)
+    metrics = run_metrics(
+        student_args,
+        data_args,
+        config,
+        (train_rows, eval_rows),
+        reports,
+        trainer,
+        train_result,
+        info,
+        evaluation,
+    )
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    write_run(trainer, configs, metrics, train_rows, eval_rows, reports, evaluation)
     return metrics
 
 
