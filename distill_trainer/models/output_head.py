@@ -29,6 +29,9 @@ class OutputHead:
         self.softcap = softcap
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = getattr(self.module, "weight", None)
+        if weight is not None and weight.is_floating_point() and hidden.dtype != weight.dtype:
+            hidden = hidden.to(weight.dtype)  # the head computes in its own dtype, as inside the model
         logits = self.module(hidden)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap

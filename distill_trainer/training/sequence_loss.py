@@ -102,7 +102,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     "weight": weight.detach().requires_grad_("weight" in grads),
                     "bias": bias.detach().requires_grad_("bias" in grads) if bias is not None else None,
                 }
-                logits = F.linear(leaves["hidden"], leaves["weight"], leaves["bias"])
+                # a float32 residual stream (LoRA adapters in float32) meets a bfloat16 head: the head's dtype
+                logits = F.linear(leaves["hidden"].to(weight.dtype), leaves["weight"], leaves["bias"])
                 divergence, cross_entropy = terms(_softcapped(logits, softcap), part)
                 loss = weights[0] * divergence + weights[1] * cross_entropy
                 wanted = [name for name in grads if leaves[name].requires_grad]

@@ -157,3 +157,32 @@ def test_common_prefix_leaves_every_prompt_a_token(tok):
     assert all(p[:length] == prompts[0][:length] for p in prompts)
     assert 0 < length < min(map(len, prompts))
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+
+
+def test_on_policy_with_a_bfloat16_base_and_float32_adapters_trains_the_adapters(tmp_path, tok):
+    """The presets' setting: a LoRA student on a frozen bfloat16 base, its own teacher (adapters off)."""
+    from peft import LoraConfig, get_peft_model
+
+    base = build_model(len(tok), seed=0).to(torch.bfloat16)
+    student = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    rows = [build_chat_views(tok, p, "def cat(): pass", CONTEXT) for p in PROMPTS]
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    trainer = ContextDistillationTrainer(
+        model=student,
+        teacher="self",
+        args=make_args(
+            tmp_path,
+            lmbda=1.0,
+            bf16=True,
+            max_steps=2,
+            per_device_train_batch_size=2,
+            rollout_max_new_tokens=4,
+        ),
+        train_dataset=Dataset.from_list(rows),
+        data_collator=TwoViewCollator(tok.pad_token_id),
+        processing_class=tok,
+    )
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    changed = {n for n, p in student.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora_" in n for n in changed)  # the base never moves
