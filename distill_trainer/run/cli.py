@@ -136,9 +136,37 @@ def add_evaluate_replies_command(subcommands) -> None:
     parser.set_defaults(run=run_evaluate_replies, takes_overrides=False)
 
 
+# ---------------------------------------------------------------- compare-replies
+
+
+def run_compare_replies(args, overrides: list[str]) -> int:
+    from distill_trainer.context.run_comparison import compare_replies
+
+    compare_replies(args)
+    return 0
+
+
+def add_compare_replies_command(subcommands) -> None:
+    from distill_trainer.context.run_comparison import add_arguments
+
+    parser = subcommands.add_parser(
+        "compare-replies",
+        help="distill_context runs side by side on their held-out prompts, with paired differences",
+        description="The trained students of several distill_context runs on the same held-out prompts: "
+        "rule-following rate, cut-off replies, KL and time, and each run's paired difference from the first.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run_compare_replies, takes_overrides=False)
+
+
 # ---------------------------------------------------------------- the command
 
-COMMANDS = [add_validate_command, add_evaluate_command, add_evaluate_replies_command]
+COMMANDS = [
+    add_validate_command,
+    add_evaluate_command,
+    add_evaluate_replies_command,
+    add_compare_replies_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
