@@ -479,6 +479,75 @@ def link_latest(run_dir: Path) -> None:
     latest.symlink_to(run_dir.name, target_is_directory=True)
 
 
+def run_methods(plan: dict, earlier: dict, compare, run_dir: Path) -> tuple[list[dict], float]:
+    """Each method's result row, in order: run (in this process or a fresh one) or read back from an
+    earlier run with the same fingerprint; and the seconds they took together."""
+    tracker = None
+    if not compare.fresh_process_per_method:
+        from distill_trainer.memory.peak import MemoryTracker
+
+        tracker = MemoryTracker(device="cpu")
+    progress = RunProgress(list(plan), expected_seconds(compare.results_dir), reused=set(earlier))
+    results, start = [], time.perf_counter()
+    for name, (recipe, fingerprint) in plan.items():
+        progress.start(name)
+        began = time.perf_counter()
+        method_dir = run_dir / name
+        if name in earlier:
+            reuse_result(earlier[name], method_dir)
+            row = load_method_result(name, method_dir, None, 0.0)
+            row.update(recorded_costs(method_dir))
+            row["reused_from"] = str(earlier[name].parent.name)
+        else:
+            if compare.fresh_process_per_method:
+                peak = run_in_fresh_process(recipe, method_dir / "method.yaml")
+            else:
+                peak = run_in_this_process(recipe, method_dir / "method.yaml", tracker, name)
+            row = load_method_result(name, method_dir, peak, time.perf_counter() - began)
+            record_fingerprint(method_dir, fingerprint, {k: row[k] for k in REUSED_COSTS})
+        if name in compare.probe_methods:
+            row["memory_probe_steps"] = compare.memory_only_steps
+        results.append(row)
+        print(f"     {name} done in {format_duration(progress.done(name))}", flush=True)
+
+    return results, time.perf_counter() - start
+
+
+def run_settings(
+    student_args, data_args, compare, config, earlier: dict, seconds: float, setup_seconds
+) -> dict:
+    """The settings the summary states beside its table."""
+    settings = {
+        "student": student_args.model_name_or_path,
+        "teacher": config.teacher_model_name_or_path,
+        "pattern": data_args.pattern,
+        "k": data_args.k,
+        "demonstration_ids": data_args.demonstration_ids,
+        "demonstration_seed": data_args.demonstration_seed,
+        "num_train_examples": data_args.num_train_examples,
+        "num_train_epochs": config.recipe.get("num_train_epochs", config.num_train_epochs),
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "full_learning_rate": compare.full_learning_rate,
+        "lora_learning_rate": compare.lora_learning_rate,
+        "bitfit_learning_rate": compare.bitfit_learning_rate,
+        "temperature": config.temperature,
+        "distill_vocab": config.distill_vocab,
+        "lora_r": student_args.lora_r,
+        "num_eval_examples": data_args.num_eval_examples,
+        "hans_per_subcase": data_args.hans_per_subcase,
+        "quick": compare.quick,
+        "full": compare.full,
+        "memory_probes": list(compare.probe_methods),
+        "reused": sorted(earlier),
+        "memory": "peak resident set of each method's own process"
+        if compare.fresh_process_per_method
+        else "peak resident set during each method, in one process (earlier methods' leftovers included)",
+        "total_seconds": round(seconds, 1),
+        "setup_seconds": setup_seconds,
+    }
+    return settings
+
+
 def main(argv=None) -> dict:
     student_args, data_args, compare, config = parse_config(CONFIG_TYPES, argv)
     if compare.full:
@@ -510,63 +579,10 @@ def main(argv=None) -> dict:
                 earlier[name] = found
 
     # ------------------------------------------------------------ run them (or read them back), in order
-    tracker = None
-    if not compare.fresh_process_per_method:
-        from distill_trainer.memory.peak import MemoryTracker
-
-        tracker = MemoryTracker(device="cpu")
-    progress = RunProgress(list(plan), expected_seconds(compare.results_dir), reused=set(earlier))
-    results, start = [], time.perf_counter()
-    for name, (recipe, fingerprint) in plan.items():
-        progress.start(name)
-        began = time.perf_counter()
-        method_dir = run_dir / name
-        if name in earlier:
-            reuse_result(earlier[name], method_dir)
-            row = load_method_result(name, method_dir, None, 0.0)
-            row.update(recorded_costs(method_dir))
-            row["reused_from"] = str(earlier[name].parent.name)
-        else:
-            if compare.fresh_process_per_method:
-                peak = run_in_fresh_process(recipe, method_dir / "method.yaml")
-            else:
-                peak = run_in_this_process(recipe, method_dir / "method.yaml", tracker, name)
-            row = load_method_result(name, method_dir, peak, time.perf_counter() - began)
-            record_fingerprint(method_dir, fingerprint, {k: row[k] for k in REUSED_COSTS})
-        if name in compare.probe_methods:
-            row["memory_probe_steps"] = compare.memory_only_steps
-        results.append(row)
-        print(f"     {name} done in {format_duration(progress.done(name))}", flush=True)
+    results, seconds = run_methods(plan, earlier, compare, run_dir)
 
     # ------------------------------------------------------------ report
-    settings = {
-        "student": student_args.model_name_or_path,
-        "teacher": config.teacher_model_name_or_path,
-        "pattern": data_args.pattern,
-        "k": data_args.k,
-        "demonstration_ids": data_args.demonstration_ids,
-        "demonstration_seed": data_args.demonstration_seed,
-        "num_train_examples": data_args.num_train_examples,
-        "num_train_epochs": config.recipe.get("num_train_epochs", config.num_train_epochs),
-        "per_device_train_batch_size": config.per_device_train_batch_size,
-        "full_learning_rate": compare.full_learning_rate,
-        "lora_learning_rate": compare.lora_learning_rate,
-        "bitfit_learning_rate": compare.bitfit_learning_rate,
-        "temperature": config.temperature,
-        "distill_vocab": config.distill_vocab,
-        "lora_r": student_args.lora_r,
-        "num_eval_examples": data_args.num_eval_examples,
-        "hans_per_subcase": data_args.hans_per_subcase,
-        "quick": compare.quick,
-        "full": compare.full,
-        "memory_probes": list(compare.probe_methods),
-        "reused": sorted(earlier),
-        "memory": "peak resident set of each method's own process"
-        if compare.fresh_process_per_method
-        else "peak resident set during each method, in one process (earlier methods' leftovers included)",
-        "total_seconds": round(time.perf_counter() - start, 1),
-        "setup_seconds": setup_seconds,
-    }
+    settings = run_settings(student_args, data_args, compare, config, earlier, seconds, setup_seconds)
     settings["data"] = data_read(results)
     settings["memory_reference"] = teacher_finetuning_reference(results, data_args, config)
     settings["disk_mb"] = disk_sizes(results, config)

@@ -53,6 +53,71 @@ RECIPE = "context_distill"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 
 
+def view_datasets(tokenizer, teacher_tokenizer, data, data_args, max_length):
+    """The training rows' two views with the teacher's demonstrations, and, for a teacher averaged over
+    more demonstration sets and/or calibrated, the views of its other members (for the output cache)."""
+
+    def views(rows, sampler):
+        return build_view_dataset(
+            tokenizer,
+            rows,
+            data.pattern,
+            sampler,
+            max_length,
+            data_args.drop_demonstrations_to_fit,
+            teacher_tokenizer,
+        )
+
+    ensemble = None
+    if uses_ensemble(data_args):
+        calibrated = data_args.teacher_calibration == "content_free"
+        ensemble = TeacherEnsembleViews(
+            members=[views(data.train_rows, sampler) for sampler in data.samplers[1:]],
+            content_free=[views(content_free_rows(), s) for s in data.samplers] if calibrated else None,
+            calibration=data_args.teacher_calibration,
+        )
+    return views(data.train_rows, data.sampler), ensemble
+
+
+def write_run(trainer, configs, data, results, metrics) -> None:
+    """Results files, the model card and recipe beside the weights (pushed when push_to_hub is set), and
+    the summary printed at the end."""
+    student_args, data_args, config = configs
+    teacher = config.teacher_model_name_or_path
+    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
+    # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
+    card = card_for_recipe(
+        student_args,
+        config,
+        results.metrics,
+        data.task.name,
+        memory=peak_mib_by_phase(metrics["memory"]),
+        pattern=data.pattern,
+        data_reports=data.reports,
+        teacher={
+            "demonstration_sets": data_args.demonstration_sets,
+            "teacher_calibration": data_args.teacher_calibration,
+        },
+    )
+    ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
+    resampled = " resampled per query" if data_args.resample_demonstrations else ""
+    print_summary(
+        f"context distillation: {student_args.model_name_or_path} <- {teacher}",
+        {
+            "student": describe_student(student_args, metrics),
+            "teacher": f"{teacher} (quantization {metrics['teacher_quantization']}), pattern "
+            f"{data.pattern.name}, k={data_args.k} demonstrations{resampled} x "
+            f"{data_args.demonstration_sets} set(s), calibration {data_args.teacher_calibration}",
+            "loss": f"{config.alpha:g} x {config.loss} (T={config.temperature:g}, {config.distill_vocab} "
+            f"vocabulary) + {1 - config.alpha:g} x cross-entropy",
+            "training": describe_training(metrics),
+            "eval": f"{results.seconds:.1f} s, student without demonstrations",
+        },
+        results.metrics,
+        paths,
+    )
+
+
 def run_context_distill(
     student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig, callbacks=None
 ) -> dict:
@@ -69,27 +134,7 @@ def run_context_distill(
     teacher_label_ids = first_token_ids(teacher_tokenizer, data.pattern)
     max_length = model_max_length(AutoConfig.from_pretrained(resolve_model_path(teacher_path)), data_args)
 
-    def views(rows, sampler):
-        return build_view_dataset(
-            tokenizer,
-            rows,
-            data.pattern,
-            sampler,
-            max_length,
-            data_args.drop_demonstrations_to_fit,
-            teacher_tokenizer,
-        )
-
-    train_dataset = views(data.train_rows, data.sampler)
-    # a teacher averaged over more demonstration sets and/or calibrated: their views, for the output cache
-    ensemble = None
-    if uses_ensemble(data_args):
-        calibrated = data_args.teacher_calibration == "content_free"
-        ensemble = TeacherEnsembleViews(
-            members=[views(data.train_rows, sampler) for sampler in data.samplers[1:]],
-            content_free=[views(content_free_rows(), s) for s in data.samplers] if calibrated else None,
-            calibration=data_args.teacher_calibration,
-        )
+    train_dataset, ensemble = view_datasets(tokenizer, teacher_tokenizer, data, data_args, max_length)
 
     # ------------------------------------------------------------ student, and the teacher inside the trainer
     # peaks per phase: student load, teacher load and output-cache pass (when the cache has to be built),
@@ -146,39 +191,7 @@ def run_context_distill(
         **training_metrics(trainer, train_result, len(train_dataset)),
         teacher_output_cache=trainer.teacher_output_cache_info,
     )
-    configs = (student_args, data_args, config)
-    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
-    # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
-    card = card_for_recipe(
-        student_args,
-        config,
-        results.metrics,
-        data.task.name,
-        memory=peak_mib_by_phase(metrics["memory"]),
-        pattern=data.pattern,
-        data_reports=data.reports,
-        teacher={
-            "demonstration_sets": data_args.demonstration_sets,
-            "teacher_calibration": data_args.teacher_calibration,
-        },
-    )
-    ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
-    resampled = " resampled per query" if data_args.resample_demonstrations else ""
-    print_summary(
-        f"context distillation: {student_args.model_name_or_path} <- {teacher}",
-        {
-            "student": describe_student(student_args, metrics),
-            "teacher": f"{teacher} (quantization {metrics['teacher_quantization']}), pattern "
-            f"{data.pattern.name}, k={data_args.k} demonstrations{resampled} x "
-            f"{data_args.demonstration_sets} set(s), calibration {data_args.teacher_calibration}",
-            "loss": f"{config.alpha:g} x {config.loss} (T={config.temperature:g}, {config.distill_vocab} "
-            f"vocabulary) + {1 - config.alpha:g} x cross-entropy",
-            "training": describe_training(metrics),
-            "eval": f"{results.seconds:.1f} s, student without demonstrations",
-        },
-        results.metrics,
-        paths,
-    )
+    write_run(trainer, (student_args, data_args, config), data, results, metrics)
     return metrics
 
 

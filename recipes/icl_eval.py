@@ -39,6 +39,64 @@ RECIPE = "icl_eval"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 
 
+def evaluate_per_seed(loaded_model, tokenizer, data, config, data_args, max_length, model_id) -> dict:
+    """{demonstration seed: its evaluation results}, the first seed being the run's own."""
+    per_seed = {}
+    for seed in data_args.demonstration_seeds or [data_args.demonstration_seed]:
+        seeded = data if seed == data_args.demonstration_seed else reseeded(data, data_args, seed)
+        per_seed[seed] = evaluate_on_tasks(
+            loaded_model,
+            tokenizer,
+            seeded,
+            config,
+            data_args,
+            seeded.sampler.for_query if data_args.k else None,
+            max_length=max_length,
+            model_id=model_id,
+            teacher_ensemble=True,
+        )
+    return per_seed
+
+
+def write_run(configs, name: str, total: int, data, per_seed: dict, metrics: dict) -> None:
+    """Results files (with every seed's predictions when there are several) and the printed summary."""
+    student_args, data_args, config = configs
+    seeds = list(per_seed)
+    results = per_seed[seeds[0]]
+    predictions = results.predictions
+    if data_args.demonstration_seeds:
+        metrics["demonstration_seeds"] = {str(seed): r.metrics for seed, r in per_seed.items()}
+        metrics["seed_spread"] = seed_spread({seed: r.metrics for seed, r in per_seed.items()})
+        predictions = {
+            f"{task}_seed{seed}": records
+            for seed, r in per_seed.items()
+            for task, records in r.predictions.items()
+        }
+    paths = write_outputs(config.output_dir, metrics, predictions, configs, RECIPE)
+    print_summary(
+        f"in-context learning: {name}",
+        {
+            "model": f"{name} ({total:,} parameters, {student_args.dtype})",
+            "prompt": f"pattern {data.pattern.name}, k={data_args.k} demonstrations"
+            f"{' resampled per query' if data_args.resample_demonstrations else ''}, "
+            + (
+                f"pinned ids {data_args.demonstration_ids}"
+                if data_args.demonstration_ids
+                else f"seed {data_args.demonstration_seed}"
+            ),
+            "teacher": (
+                f"{data_args.demonstration_sets} demonstration set(s), calibration "
+                f"{data_args.teacher_calibration}"
+            ),
+            "eval": f"{metrics['eval_seconds']:.1f} s",
+        },
+        results.metrics,
+        paths,
+    )
+    if data_args.demonstration_seeds:
+        print(format_spread(metrics["seed_spread"], seeds))
+
+
 def run_icl_eval(
     student_args: StudentArguments,
     data_args: DataArguments,
@@ -81,21 +139,8 @@ def run_icl_eval(
     # ------------------------------------------------------------ evaluate with k demonstrations
     # (per demonstration seed when demonstration_seeds is set; the first seed's results are the "eval")
     seeds = data_args.demonstration_seeds or [data_args.demonstration_seed]
-    per_seed = {}
     with tracker.phase("eval"):
-        for seed in seeds:
-            seeded = data if seed == data_args.demonstration_seed else reseeded(data, data_args, seed)
-            per_seed[seed] = evaluate_on_tasks(
-                loaded_model,
-                tokenizer,
-                seeded,
-                config,
-                data_args,
-                seeded.sampler.for_query if data_args.k else None,
-                max_length=max_length,
-                model_id=model_id,
-                teacher_ensemble=True,
-            )
+        per_seed = evaluate_per_seed(loaded_model, tokenizer, data, config, data_args, max_length, model_id)
     results = per_seed[seeds[0]]
 
     # ------------------------------------------------------------ report
@@ -118,39 +163,7 @@ def run_icl_eval(
         parameters={"total": total},
         eval_seconds=round(sum(r.seconds for r in per_seed.values()), 2),
     )
-    predictions = results.predictions
-    if data_args.demonstration_seeds:
-        metrics["demonstration_seeds"] = {str(seed): r.metrics for seed, r in per_seed.items()}
-        metrics["seed_spread"] = seed_spread({seed: r.metrics for seed, r in per_seed.items()})
-        predictions = {
-            f"{task}_seed{seed}": records
-            for seed, r in per_seed.items()
-            for task, records in r.predictions.items()
-        }
-    configs = (student_args, data_args, config)
-    paths = write_outputs(config.output_dir, metrics, predictions, configs, RECIPE)
-    print_summary(
-        f"in-context learning: {name}",
-        {
-            "model": f"{name} ({total:,} parameters, {student_args.dtype})",
-            "prompt": f"pattern {data.pattern.name}, k={data_args.k} demonstrations"
-            f"{' resampled per query' if data_args.resample_demonstrations else ''}, "
-            + (
-                f"pinned ids {data_args.demonstration_ids}"
-                if data_args.demonstration_ids
-                else f"seed {data_args.demonstration_seed}"
-            ),
-            "teacher": (
-                f"{data_args.demonstration_sets} demonstration set(s), calibration "
-                f"{data_args.teacher_calibration}"
-            ),
-            "eval": f"{metrics['eval_seconds']:.1f} s",
-        },
-        results.metrics,
-        paths,
-    )
-    if data_args.demonstration_seeds:
-        print(format_spread(metrics["seed_spread"], seeds))
+    write_run((student_args, data_args, config), name, total, data, per_seed, metrics)
     return metrics
 
 
