@@ -58,14 +58,14 @@ def _data_paths(values: dict) -> list[Path]:
 def method_fingerprint(recipe: str, values: dict) -> str:
     """A digest of what a method's result depends on (see the module docstring)."""
     from distill_trainer.models.loading import resolve_model_path
-    from distill_trainer.teacher.teacher import teacher_source_fingerprint
+    from distill_trainer.teacher.teacher import is_self, teacher_source_fingerprint
 
     digest = hashlib.sha256()
     config = {k: v for k, v in values.items() if k not in IGNORED_KEYS}
     digest.update(json.dumps([recipe, metadata.version("distill-trainer"), config], sort_keys=True).encode())
     for key in MODEL_KEYS:
         name = values.get(key)
-        if name and name != "self":
+        if name and not is_self(name):
             model = teacher_source_fingerprint(str(resolve_model_path(name)))
             # a Hub id without a local folder: the id (and any revision in the config) is all we know
             digest.update(f"{key}={model or name};".encode())
