@@ -1,0 +1,172 @@
+"""Knowledge injection end to end on tiny models (recipes/distill_document.py): the document is in the
+teacher's view only, CD and SFT both train, every row of the results table is there, and a rerun reads the
+teacher's answers (and the base student's) from the completion cache without generating any."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from helpers import TINY_RUN, load_recipe
+
+from distill_trainer.context.knowledge_data import KnowledgeArguments, load_question_sets
+from distill_trainer.context.steps import chat_view_dataset
+from distill_trainer.errors import UsageError
+from distill_trainer.testing import build_chat_tokenizer, build_model
+from distill_trainer.views.chat import chat_prompt_ids
+
+DOCUMENT = "The cat sat on the mat. The doctor saw the lawyer. Two dogs run in the park."
+FACTS = [  # fact id, gold answer, three wordings
+    ("cat", "mat", ["Where sat the cat?", "The cat sat where?", "Where is the cat?"]),
+    ("doctor", "lawyer", ["Who did the doctor see?", "The doctor saw whom?", "Whom saw the doctor?"]),
+    ("dogs", "park", ["Where do two dogs run?", "Dogs run where?", "Where run the dogs?"]),
+    ("count", "Two", ["How many dogs run?", "Dogs: how many?", "Count the dogs."]),
+]
+
+
+@pytest.fixture(scope="module")
+def chat_dirs(tmp_path_factory):
+    tokenizer = build_chat_tokenizer()
+    root = tmp_path_factory.mktemp("chat-models")
+    dirs = {}
+    for name, seed, width in (("student", 0, 32), ("teacher", 1, 48)):
+        build_model(len(tokenizer), seed=seed, hidden_size=width).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        dirs[name] = str(root / name)
+    return dirs
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def write_data(tmp_path):
+    """Facts 0-2 train (wordings 0 and 1), their wording 2 is held out; fact 3 is held out entirely."""
+    row = lambda fact, wording: {"prompt": fact[2][wording], "answer": fact[1], "fact": fact[0]}  # noqa: E731
+    (tmp_path / "document.md").write_text(DOCUMENT)
+    return {
+        "document_file": str(tmp_path / "document.md"),
+        "data_file": write_jsonl(tmp_path / "train.jsonl", [row(f, w) for f in FACTS[:3] for w in (0, 1)]),
+        "heldout_wordings_file": write_jsonl(tmp_path / "hw.jsonl", [row(f, 2) for f in FACTS[:3]]),
+        "heldout_facts_file": write_jsonl(tmp_path / "hf.jsonl", [row(FACTS[3], 0)]),
+        "forgetting_file": write_jsonl(tmp_path / "other.jsonl", [{"prompt": "A man is playing a guitar"}]),
+    }
+
+
+def recipe_argv(tmp_path, chat_dirs, **overrides):
+    values = {
+        "model_name_or_path": chat_dirs["student"],
+        "student_mode": "lora",
+        "teacher_model_name_or_path": "self",
+        **write_data(tmp_path),
+        "max_new_tokens": 4,
+        "forgetting_max_new_tokens": 5,
+        "generation_batch_size": 4,
+        "completion_cache_dir": str(tmp_path / "completions"),
+        "teacher_output_cache": True,
+        "teacher_cache_dir": str(tmp_path / "outputs"),
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-2,
+        **TINY_RUN,
+    }
+    values.update(overrides)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return ["--config", str(path)]
+
+
+def test_the_document_is_in_the_teachers_view_only(tmp_path):
+    tokenizer = build_chat_tokenizer()
+    args = KnowledgeArguments(**{k: v for k, v in write_data(tmp_path).items() if k != "forgetting_file"})
+    sets = load_question_sets(args)
+    replies = [{"ids": [5, 6, tokenizer.convert_tokens_to_ids("<|im_end|>")]}] * len(sets["train"])
+    views = chat_view_dataset(tokenizer, sets["train"], replies, "system")
+    text = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    for view, row in zip(views, sets["train"]):
+        assert DOCUMENT in text(view["teacher_input_ids"]) and row["prompt"] in text(
+            view["teacher_input_ids"]
+        )
+        assert DOCUMENT not in text(view["input_ids"]) and row["prompt"] in text(view["input_ids"])
+        assert not any(sentence in text(view["input_ids"]) for sentence in DOCUMENT.split(". "))
+        assert view["input_ids"] == chat_prompt_ids(tokenizer, row["prompt"]) + [5, 6, 401]
+        # the same answer ids end both views
+        assert view["input_ids"][-3:] == view["teacher_input_ids"][-3:]
+
+
+def test_recipe_end_to_end_and_a_rerun_reuses_the_teachers_answers(tmp_path, chat_dirs):
+    recipe = load_recipe("distill_document")
+    metrics = recipe.main(recipe_argv(tmp_path, chat_dirs))
+    out = tmp_path / "out"
+    for name in (
+        "results.md",
+        "results.json",
+        "metrics.json",
+        "predictions_answers.jsonl",
+        "adapter_config.json",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "sft" / "adapter_config.json").is_file()
+    # 6 training, 3 held-out wordings, 1 held-out fact: the teacher answers all 10 once
+    assert metrics["teacher_completions"]["generated"] == 10 and metrics["teacher_completions"]["reused"] == 0
+    assert metrics["cd"]["train"]["global_step"] == 2 and metrics["sft"]["train"]["global_step"] == 2
+    results = metrics["results"]
+    assert set(results["models"]) == {"before", "cd", "sft", "open_student", "open_teacher"}
+    for model in results["models"].values():
+        assert model["scores"]["heldout_wordings"]["contains"]["n"] == 3
+        assert model["scores"]["heldout_facts"]["exact"]["n"] == 1
+    assert results["models"]["cd"]["forgetting_kl"]["kl_per_token"] > 0
+    assert results["models"]["sft"]["forgetting_kl"]["n"] == 1
+    comparison = results["cd_vs_sft"]["heldout_wordings"]["contains"]
+    assert comparison["n"] == 3 and comparison["ci95"][0] <= comparison["difference"] <= comparison["ci95"][1]
+    report = (out / "results.md").read_text()
+    assert (
+        "student after SFT on gold answers, closed book" in report
+        and "CD − SFT on held-out wordings" in report
+    )
+    records = [json.loads(line) for line in (out / "predictions_answers.jsonl").read_text().splitlines()]
+    assert len(records) == 10 and [r["set"] for r in records].count("heldout_wordings") == 3
+    # the trained models answer the held-out questions; the teacher's training answers are kept too
+    assert {"before", "cd", "sft", "open_student", "open_teacher", "gold"} <= set(records[-1])
+    assert "cd" not in records[0] and records[0]["set"] == "train" and "open_teacher" in records[0]
+    # a rerun (new output_dir): every answer generated before training comes from the cache
+    again = recipe.main(recipe_argv(tmp_path, chat_dirs, output_dir=str(tmp_path / "out2")))
+    assert again["teacher_completions"] == dict(metrics["teacher_completions"], reused=10, generated=0)
+    assert again["base_completions"]["generated"] == 0
+    assert again["results"]["models"]["open_teacher"] == results["models"]["open_teacher"]
+    assert again["results"]["models"]["cd"]["scores"] == results["models"]["cd"]["scores"]
+
+
+def test_a_separate_teacher_is_not_loaded_on_a_rerun(tmp_path, chat_dirs):
+    recipe = load_recipe("distill_document")
+    argv = recipe_argv(
+        tmp_path, chat_dirs, teacher_model_name_or_path=chat_dirs["teacher"], sft_baseline=False
+    )
+    first = recipe.main(argv)
+    assert first["teacher_loaded"] and not first["teacher_output_cache"]["reused"]
+    assert "sft" not in first["results"]["models"]
+    again = recipe.main(
+        recipe_argv(
+            tmp_path,
+            chat_dirs,
+            teacher_model_name_or_path=chat_dirs["teacher"],
+            sft_baseline=False,
+            output_dir=str(tmp_path / "out2"),
+        )
+    )
+    assert not again["teacher_loaded"] and again["teacher_output_cache"]["reused"]
+    assert again["teacher_completions"]["generated"] == 0
+
+
+def test_held_out_facts_that_are_trained_are_refused(tmp_path, chat_dirs):
+    recipe = load_recipe("distill_document")
+    data = write_data(tmp_path)
+    argv = recipe_argv(tmp_path, chat_dirs, heldout_facts_file=data["data_file"])
+    with pytest.raises(
+        UsageError, match="repeats a training question|held-out facts are also trained"
+    ) as error:
+        recipe.main(argv)
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
