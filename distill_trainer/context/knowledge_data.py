@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_trainer.context.data import read_records
-from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.errors import UsageError
+from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.views.chat import CONTEXT_PLACEMENTS
 
 # the evaluation sets, in the order of the report's columns

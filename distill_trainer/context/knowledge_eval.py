@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import time
 
-from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.context.generation_eval import completion_kl, generate_for_rows
 from distill_trainer.context.short_answers import score_answers
 from distill_trainer.context.steps import chat_view_dataset
 from distill_trainer.memory.peak import release_freed_memory
 from distill_trainer.models.loading import load_causal_lm
+from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.teacher.output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
 from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 from distill_trainer.teacher.teacher import Teacher, teacher_source_fingerprint
