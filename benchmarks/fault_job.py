@@ -101,9 +101,11 @@ def run_job(root: Path) -> int:
     from distill_trainer.run.runner import run_recipe
     from recipes import compare, distill_context
 
-    for module, config in ((compare, "compare.yaml"), (distill_context, "distill_context.yaml")):
+    for module, name in ((compare, "compare"), (distill_context, "distill_context")):
+        argv = ["--config", str(root / f"{name}.yaml")]
+        sys.argv = [f"recipes/{name}.py", *argv]  # as its command line runs it (Ctrl-C's line names it)
         try:
-            run_recipe(module.main, ["--config", str(root / config)])
+            run_recipe(module.main, argv)
         except SystemExit as stop:
             if stop.code:
                 return stop.code if isinstance(stop.code, int) else 1

@@ -288,6 +288,7 @@ def run_point(root: Path, point: dict, reference: dict, listing: set[str]) -> di
     """Kill the job at `point`, rerun it until it completes (3 reruns at most), compare the outcome."""
     clean(root)
     code, err = run_job(root, kill=(point["at"], point["delay"], point["signal"]))
+    err = err.replace(str(root), "<campaign folder>")
     record = {**point, "first_exit": code, "reruns": 0}
     if point["signal"] == "INT":  # Ctrl-C: one line saying what was kept and how to resume, no traceback
         record["lines"] = [line for line in err.splitlines() if line.startswith("interrupted:")]
@@ -301,7 +302,7 @@ def run_point(root: Path, point: dict, reference: dict, listing: set[str]) -> di
         record["reruns"] += 1
     record["completed"] = code == 0
     if code != 0:
-        record["error"] = err[-2000:]
+        record["error"] = err[-2000:].replace(str(root), "<campaign folder>")
     record["differences"] = differences(outcome(root), reference) if code == 0 else ["did not complete"]
     record["partial_files"] = partial_files(root, listing)
     record["identical"] = record["completed"] and not record["differences"]

@@ -100,6 +100,7 @@ def load_verified(path: Path):
     problem = _files_problem(path)
     if problem is not None:
         return None, problem
+    remove_stale_partials(path / BUILD_FILE)  # a build record a killed run did not finish writing
     try:
         dataset = load_from_disk(str(path))
     except Exception as error:  # noqa: BLE001 -- truncated Arrow files fail in many ways; all mean "rebuild"
