@@ -252,6 +252,15 @@ class AtomicCheckpointMixin:
             )
         self.accelerator.wait_for_everyone()
 
+    def _run_epoch(self, *args, **kwargs):
+        # resumed from the run's last checkpoint (killed after training, in its evaluation, say): the
+        # Trainer would train one step more (max_steps is looked at after a step) when max_steps ends
+        # inside an epoch
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:
         """The Trainer looked for the best checkpoint in the staging area; name its final place instead."""
         best_step = getattr(self.state, "best_global_step", None)
