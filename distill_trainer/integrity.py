@@ -107,8 +107,7 @@ def disk_full_error(path, needed: int | None, error: BaseException) -> DiskFullE
     reason = getattr(error, "strerror", None) or "No space left on device"
     return DiskFullError(
         f"cannot write {path}: {reason}; it needs {_megabytes(needed)} and {_megabytes(free_bytes(path))} "
-        "is free there; free some space (or write elsewhere) and run the same command again: what was "
-        "there before is kept"
+        "is free there; what was there before is kept: free some space (or write elsewhere) and run again"
     )
 
 

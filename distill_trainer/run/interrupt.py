@@ -3,6 +3,7 @@
     with interruptible(argv, program="python recipes/compare.py"):   # run_recipe and the CLI
         main(argv)
     note_run(output_dir)        # the folder a run writes (no_partial_output_dir does it for every recipe)
+    resume_command(program, argv)   # also closes a full disk's error line (run_recipe)
 
 On SIGINT the outermost noted folder is described (a comparison's run folder, not the method it was
 running): its finished results, its last complete checkpoint, and the flags that continue it, which are
@@ -69,9 +70,10 @@ def kept_in(folder: Path) -> str:
     return ", ".join(parts) or "no finished result or checkpoint yet"
 
 
-def interruption_line(program: str, argv: list[str]) -> str:
+def resume_command(program: str, argv: list[str]) -> str:
+    """The command as typed, plus the flags that continue the outermost noted run."""
     if not _runs:
-        return f"interrupted: the caches keep what was complete; rerun with: {shlex.join([program, *argv])}"
+        return shlex.join([*shlex.split(program), *argv])
     entry = _runs[0]
     flags = entry["resume_args"] if entry["resume_args"] is not None else resume_flags(entry["folder"])
     given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
@@ -79,11 +81,16 @@ def interruption_line(program: str, argv: list[str]) -> str:
     for index in range(0, len(flags), 2):
         if flags[index] not in given:
             extra += flags[index : index + 2]
-    command = shlex.join([*shlex.split(program), *argv, *extra])
-    return (
-        f"interrupted: kept {entry['folder']} ({kept_in(entry['folder'])}) and the complete cache entries; "
-        f"resume with: {command}"
-    )
+    return shlex.join([*shlex.split(program), *argv, *extra])
+
+
+def interruption_line(program: str, argv: list[str]) -> str:
+    command = resume_command(program, argv)
+    if not _runs:
+        return f"interrupted: the caches keep what was complete; rerun with: {command}"
+    folder = _runs[0]["folder"]
+    kept = f"kept {folder} ({kept_in(folder)}) and the complete cache entries"
+    return f"interrupted: {kept}; resume with: {command}"
 
 
 def default_program() -> str:

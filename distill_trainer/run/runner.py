@@ -21,10 +21,11 @@ import torch
 import yaml
 
 from distill_trainer.errors import UsageError
+from distill_trainer.integrity import DiskFullError
 from distill_trainer.integrity import write_text_atomically as _write_atomically
 from distill_trainer.models.loading import count_parameters, load_causal_lm, prepare_student
 from distill_trainer.nli.task_evaluation import is_main_process
-from distill_trainer.run.interrupt import forget_run, interruptible, note_run
+from distill_trainer.run.interrupt import default_program, forget_run, interruptible, note_run, resume_command
 from distill_trainer.run.output_dir import OutputLock, check_output_location
 from distill_trainer.training.checkpoints import run_results
 
@@ -68,7 +69,11 @@ def run_recipe(main, argv=None) -> None:
         try:
             main(argv)
         except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
+            message = str(error)
+            if isinstance(error, DiskFullError):
+                command = resume_command(default_program(), list(sys.argv[1:] if argv is None else argv))
+                message += f"; then resume with: {command}"
+            print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
 
 

@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def check_message(error, path):
     text = str(error)
     assert "\n" not in text and str(path) in text, text
     assert re.search(r"needs [\d,.]+ MB and [\d,.]+ MB is free there", text), text
-    assert "run the same command again" in text
+    assert "what was there before is kept" in text
 
 
 def contents(folder: Path) -> dict:
@@ -262,6 +263,7 @@ def test_a_comparison_stopped_by_a_full_disk_prints_one_line_and_its_rerun_compl
     run_dir = tmp_path / "results" / "tiny"
     assert stop.value.code == 2 and len(errors) == 1
     check_message(errors[0], run_dir / "summary.json")
+    assert errors[0].endswith(f"; then resume with: python {sys.argv[0]} --config {config}")
     assert not (run_dir / "summary.json").exists() and not list(run_dir.glob(".*partial"))
     finished = {
         name: (run_dir / name / "metrics.json").stat().st_mtime_ns for name in ("icl_teacher", "zero_shot")
