@@ -341,21 +341,31 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def campaign(root: Path, per_phase: int, seed: int, interrupts: int = 0, log=print) -> dict:
+def campaign(root: Path, per_phase: int, seed: int, interrupts: int = 0, log=print, report=None) -> dict:
+    """The uninterrupted run, then every kill point; `report(result)` after each (a table that grows)."""
     began = time.perf_counter()
     prepare(root)
     code, err = run_job(root, events=root / "events.tsv")
-    reference_seconds = round(time.perf_counter() - began, 1)
     if code != 0:
         raise SystemExit(f"the uninterrupted run failed (exit status {code}):\n{err}")
     reference, listing = outcome(root), file_listing(root)
     events = read_events(root / "events.tsv")
     points = kill_points(events, per_phase, seed) + interrupt_points(events, interrupts, seed)
     log(f"uninterrupted run: {len(events)} write events, {Counter(e['phase'] for e in events)}")
-    records = []
+    result = {
+        "seed": seed,
+        "per_phase": per_phase,
+        "interrupts": interrupts,
+        "write_events": len(events),
+        "events_per_phase": dict(Counter(e["phase"] for e in events)),
+        "uninterrupted_seconds": round(time.perf_counter() - began, 1),
+        "points": len(points),
+        "records": [],
+    }
     for n, point in enumerate(points, 1):
         record = run_point(root, point, reference, listing)
-        records.append(record)
+        result["records"].append(record)
+        result["seconds"] = round(time.perf_counter() - began, 1)
         verdict = "identical" if record["identical"] else f"DIFFERS {record['differences'][:3]}"
         log(
             f"[{n}/{len(points)}] SIG{point['signal']} in {point['phase']}: event {point['at']} "
@@ -364,32 +374,18 @@ def campaign(root: Path, per_phase: int, seed: int, interrupts: int = 0, log=pri
             + (f", partial files {record['partial_files']}" if record["partial_files"] else "")
             + (f", {record['lines']}" if record["signal"] == "INT" else "")
         )
-    return {
-        "seed": seed,
-        "per_phase": per_phase,
-        "interrupts": interrupts,
-        "write_events": len(events),
-        "events_per_phase": dict(Counter(e["phase"] for e in events)),
-        "uninterrupted_seconds": reference_seconds,
-        "seconds": round(time.perf_counter() - began, 1),
-        "records": records,
-    }
+        if report is not None:
+            report(result)
+    return result
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-phase", type=int, default=8, help="kill points per phase (default 8)")
-    parser.add_argument("--interrupts", type=int, default=7, help="Ctrl-C points, one per phase (default 7)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=str(ROOT / "results" / "faults"), help="where the table goes")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="faults-") as work:
-        result = campaign(Path(work), args.per_phase, args.seed, args.interrupts)
-    out = Path(args.output)
+def write_results(result: dict, out: Path) -> str:
+    """faults.md (the table) and faults.json (every kill point) in `out`; returns the table's text."""
     out.mkdir(parents=True, exist_ok=True)
     records = result["records"]
+    done = "" if len(records) == result["points"] else f" (in progress: {len(records)} of {result['points']})"
     text = (
-        f"# Fault campaign (seed {result['seed']})\n\n`python -m benchmarks.faults --per-phase "
+        f"# Fault campaign (seed {result['seed']}){done}\n\n`python -m benchmarks.faults --per-phase "
         f"{result['per_phase']} --interrupts {result['interrupts']} --seed {result['seed']}`: "
         f"{sum(r['signal'] == 'KILL' for r in records)} SIGKILLs and "
         f"{sum(r['signal'] == 'INT' for r in records)} SIGINTs at {len(records)} of the job's "
@@ -399,6 +395,22 @@ def main(argv=None) -> int:
     )
     (out / "faults.md").write_text(text)
     (out / "faults.json").write_text(json.dumps(result, indent=1) + "\n")
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-phase", type=int, default=8, help="kill points per phase (default 8)")
+    parser.add_argument("--interrupts", type=int, default=7, help="Ctrl-C points, one per phase (default 7)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(ROOT / "results" / "faults"), help="where the table goes")
+    args = parser.parse_args(argv)
+    out = Path(args.output)
+    with tempfile.TemporaryDirectory(prefix="faults-") as work:
+        result = campaign(
+            Path(work), args.per_phase, args.seed, args.interrupts, report=lambda r: write_results(r, out)
+        )
+    text = write_results(result, out)
     print("\n" + text + f"\nwritten to {out}/faults.md and faults.json")
     return 0 if passed(result["records"]) else 1
 
