@@ -362,6 +362,7 @@ def campaign(root: Path, per_phase: int, seed: int, interrupts: int = 0, log=pri
         "points": len(points),
         "records": [],
     }
+    result["seconds"] = result["uninterrupted_seconds"]
     for n, point in enumerate(points, 1):
         record = run_point(root, point, reference, listing)
         result["records"].append(record)
