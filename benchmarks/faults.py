@@ -156,8 +156,12 @@ def run_job(root: Path, events=None, kill=None, timeout=900) -> tuple[int, str]:
 
 
 def phase_of(path: str) -> str:
-    """The phase a write event belongs to, from the path it writes (relative to the campaign's folder)."""
-    name = Path(path).name
+    """The phase a write event belongs to, from the path it writes (relative to the campaign's folder; a
+    partial file `.<name>.<pid>.partial` counts as `<name>`)."""
+    parts = path.split("/")
+    name = parts[-1]
+    if name.startswith(".") and name.endswith(".partial"):
+        name = name[1:].rsplit(".", 2)[0]
     if path.startswith("cache/evaluations"):
         return "ICL evaluation"
     if path.startswith("cache/teacher_outputs"):
@@ -166,9 +170,10 @@ def phase_of(path: str) -> str:
         return "completion cache"
     if "checkpoint" in path:
         return "training checkpoints"
-    if path.startswith("results/") and (path.count("/") == 1 or name in ("summary.json", "summary.md")):
+    report = ("summary.json", "summary.md", "accuracy.png", "memory_time.png")
+    if parts[0] == "results" and (len(parts) == 2 or (len(parts) == 3 and name in report)):
         return "summary"  # summary.*, the plots, the `latest` link
-    if name in ("method.yaml", ".run.lock", "resolved_config.yaml") or path.count("/") <= 1:
+    if name in ("method.yaml", ".run.lock", "resolved_config.yaml", "write-test") or len(parts) <= 2:
         return "set-up"
     return "students and evaluation"
 
@@ -197,8 +202,8 @@ def kill_points(events: list[dict], per_phase: int, seed: int) -> list[dict]:
             before = events[event["index"] - 2] if event["index"] > 1 else None
             # each event struck once before it, once between it and the one before, alternately
             delayed = before is not None and (n % len(members) + n // len(members)) % 2 == 1
-            if delayed:
-                delay = round(rng.uniform(0, max(event["seconds"] - before["seconds"], 0.0)), 4)
+            if delayed:  # at least 0.1 ms: a delay of 0 would repeat the point before the event before
+                delay = max(round(rng.uniform(0, max(event["seconds"] - before["seconds"], 0.0)), 4), 1e-4)
                 at = before["index"]
             else:
                 at, delay = event["index"], 0.0

@@ -32,6 +32,10 @@ def test_phases_come_from_the_paths_written():
         faults.phase_of("results/tiny/cd_full/.checkpoint-staging/checkpoint-1/x") == "training checkpoints"
     )
     assert faults.phase_of("results/tiny/summary.json") == "summary"
+    assert faults.phase_of("results/tiny/.summary.json.812.partial") == "summary"
+    assert faults.phase_of("results/tiny/.accuracy.png.812.partial") == "summary"
+    assert faults.phase_of("results/tiny/cd_full/.write-test.812.partial") == "set-up"
+    assert faults.phase_of("results/tiny/cd_full/.metrics.json.812.partial") == "students and evaluation"
     assert faults.phase_of("results/latest") == "summary"
     assert faults.phase_of("results/tiny/cd_full/method.yaml") == "set-up"
     assert faults.phase_of("results/tiny/cd_full/model.safetensors") == "students and evaluation"
