@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     if kill:
         at, seconds, *named = kill.split(":")
         kill_at, delay, name = int(at), float(seconds or 0), (named or ["KILL"])[0]
+    if name == "INT":  # Ctrl-C as at a terminal, even when started in the background (SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     install_hook(root, os.environ.get("FAULT_EVENTS"), kill_at, delay, getattr(signal, f"SIG{name}"))
     return run_job(root)
 
