@@ -27,7 +27,6 @@ Writes results/faults/faults.md (the table per phase) and faults.json (every kil
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -41,17 +40,13 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.fault_outcome import OUTPUTS, differences, file_listing, outcome, partial_files
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 CONTEXT = "Answer with one Python function."
 PROMPTS = ["Write a cat.", "A dog runs in the park", "The doctor saw the lawyer", "Two dogs run"]
 TINY = {"report_to": "none", "use_cpu": True, "disable_tqdm": True, "logging_steps": 1, "seed": 0}
-# what a run writes, under the campaign's folder (the models and configs are written once, before)
-OUTPUTS = ("results", "cache", "context")
-# fields that measure time or memory: they differ between any two runs, killed or not
-MEASURED = ("seconds", "runtime", "per_second", "mib", "memory", "peak", "rss", "started", "flos")
-CACHE_INFO = ("teacher_output_cache", "teacher_completions")
-PROVENANCE = ("reused", "generated", "when_built")
 PHASES = (
     "set-up",
     "ICL evaluation",
@@ -226,64 +221,6 @@ def interrupt_points(events: list[dict], count: int, seed: int) -> list[dict]:
                 {"phase": phase, "at": event["index"], "delay": 0.0, "path": event["path"], "signal": "INT"}
             )
     return points
-
-
-# ---------------------------------------------------------------- outcomes
-
-
-def _strip_measured(value, cache_info=False):
-    """`value` without the fields that measure time or memory, the sentences that quote memory, and a
-    cache's account of what it reused or generated (a rerun reads what the killed run stored)."""
-    if isinstance(value, dict):
-        return {
-            k: _strip_measured(v, cache_info or k in CACHE_INFO)
-            for k, v in value.items()
-            if not any(m in k.lower() for m in MEASURED) and not (cache_info and k in PROVENANCE)
-        }
-    if isinstance(value, list):
-        return [_strip_measured(v, cache_info) for v in value if not (isinstance(v, str) and "GiB" in v)]
-    return value
-
-
-def outcome(root: Path) -> dict:
-    """What the job produced, comparable digit for digit between runs (see the module docstring)."""
-    result = {}
-    for folder in (root / "results" / "tiny", root / "context"):
-        for path in sorted(folder.rglob("*")):
-            rel = str(path.relative_to(root))
-            if "checkpoint" in rel or not path.is_file():
-                continue
-            if path.suffix == ".safetensors" or path.name.startswith("predictions_"):
-                result[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-            elif path.name in ("summary.json", "metrics.json"):
-                result[rel] = _strip_measured(json.loads(path.read_text()))
-    return result
-
-
-def file_listing(root: Path) -> set[str]:
-    return {
-        str(p.relative_to(root))
-        for name in OUTPUTS
-        for p in (root / name).rglob("*")
-        if p.is_file() or p.is_symlink()
-    }
-
-
-def partial_files(root: Path, reference: set[str]) -> list[str]:
-    """Files the uninterrupted run does not have, and JSON files that do not parse."""
-    found = sorted(file_listing(root) - reference)
-    for rel in sorted(file_listing(root) & reference):
-        if rel.endswith(".json"):
-            try:
-                json.loads((root / rel).read_text())
-            except ValueError:
-                found.append(f"{rel} (does not parse)")
-    return found
-
-
-def differences(got: dict, want: dict) -> list[str]:
-    keys = sorted(set(got) | set(want))
-    return [k for k in keys if got.get(k) != want.get(k)]
 
 
 # ---------------------------------------------------------------- the campaign

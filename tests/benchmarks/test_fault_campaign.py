@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import fault_job, faults
+from benchmarks import fault_job, fault_outcome, faults
 
 
 @pytest.mark.slow
@@ -73,7 +73,7 @@ def test_the_outcome_leaves_out_what_is_measured_and_what_a_cache_reused():
         "teacher_output_cache": {"train": {"path": "p", "reused": True, "when_built": {"seconds": 1}}},
         "findings": ["cd_full peaks at 0.51 GiB", "cd_full agrees with the teacher"],
     }
-    assert faults._strip_measured(value) == {
+    assert fault_outcome._strip_measured(value) == {
         "eval": {"accuracy": 0.5},
         "teacher_output_cache": {"train": {"path": "p"}},
         "findings": ["cd_full agrees with the teacher"],
