@@ -19,7 +19,8 @@ from distill_trainer.run.interrupt import interruption_line, note_run
 # pattern_finetune as its command line runs it; with WAIT_AT_CHECKPOINT set, it waits after saving that
 # checkpoint (writing a file to say so) until Ctrl-C arrives
 SCRIPT = """
-import os, pathlib, sys, time, importlib.util
+import os, pathlib, signal, sys, time, importlib.util
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, even under a background job
 from transformers import TrainerCallback
 from distill_trainer import parse_config
 from distill_trainer.run.runner import no_partial_output_dir, run_recipe
