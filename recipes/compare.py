@@ -39,9 +39,12 @@ from pathlib import Path
 import yaml
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
+from distill_trainer.integrity import write_text_atomically
 from distill_trainer.report.tables import load_method_result, print_table, write_report
+from distill_trainer.run.interrupt import CHILD_ENV, forget_run, note_run, resume_flags
 from distill_trainer.run.method_reuse import (
     find_earlier_result,
+    finished_here,
     method_fingerprint,
     record_fingerprint,
     recorded_costs,
@@ -287,9 +290,8 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
 
 
 def write_method_yaml(recipe: str, values: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# python recipes/{recipe}.py --config {path}\n"
-    path.write_text(header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    write_text_atomically(path, header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
 
 
 # ---------------------------------------------------------------- running a method
@@ -314,13 +316,19 @@ def prepare_embedded_models(names) -> dict[str, float]:
     return seconds
 
 
-def run_in_fresh_process(recipe: str, config_path: Path) -> int:
+def run_in_fresh_process(recipe: str, config_path: Path, extra=()) -> int:
     """Run the recipe in a child process; returns its peak resident set in bytes (Linux/macOS rusage)."""
-    command = [sys.executable, str(RECIPES_DIR / f"{recipe}.py"), "--config", str(config_path)]
+    command = [sys.executable, str(RECIPES_DIR / f"{recipe}.py"), "--config", str(config_path), *extra]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error")}
-    child = subprocess.Popen(command, env=env)
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not all children's
+    child = subprocess.Popen(command, env={**env, CHILD_ENV: "1"})  # on Ctrl-C this process says it
+    try:
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not all children's
+    except KeyboardInterrupt:
+        child.wait()  # it had the same Ctrl-C: let it stop
+        raise
     child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode == 130:  # interrupted on its own
+        raise KeyboardInterrupt
     if child.returncode != 0:
         raise UsageError(
             f"{recipe} failed (exit status {child.returncode}) with config {config_path}; "
@@ -329,13 +337,13 @@ def run_in_fresh_process(recipe: str, config_path: Path) -> int:
     return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def run_in_this_process(recipe: str, config_path: Path, tracker, name: str) -> int:
+def run_in_this_process(recipe: str, config_path: Path, tracker, name: str, extra=()) -> int:
     """Run the recipe here; the peak is this process's during the method (earlier methods' leftovers
     count)."""
     # `recipes.<name>` when this module was imported as part of the package, the sibling script otherwise
     module = importlib.import_module(f"{__package__}.{recipe}" if __package__ else recipe)
     with tracker.phase(name):
-        module.main(["--config", str(config_path)])
+        module.main(["--config", str(config_path), *extra])
     return tracker.peak(name)["cpu_rss"]
 
 
@@ -479,15 +487,16 @@ def link_latest(run_dir: Path) -> None:
     latest.symlink_to(run_dir.name, target_is_directory=True)
 
 
-def run_methods(plan: dict, earlier: dict, compare, run_dir: Path) -> tuple[list[dict], float]:
-    """Each method's result row, in order: run (in this process or a fresh one) or read back from an
-    earlier run with the same fingerprint; and the seconds they took together."""
+def run_methods(plan: dict, earlier: dict, done: set, compare, run_dir: Path) -> tuple[list[dict], float]:
+    """Each method's result row, in order: run (in this process or a fresh one, resuming what an
+    interrupted invocation of this run left), read back from an earlier run with the same fingerprint, or
+    kept from this run (`done`); and the seconds they took together."""
     tracker = None
     if not compare.fresh_process_per_method:
         from distill_trainer.memory.peak import MemoryTracker
 
         tracker = MemoryTracker(device="cpu")
-    progress = RunProgress(list(plan), expected_seconds(compare.results_dir), reused=set(earlier))
+    progress = RunProgress(list(plan), expected_seconds(compare.results_dir), reused=set(earlier) | done)
     results, start = [], time.perf_counter()
     for name, (recipe, fingerprint) in plan.items():
         progress.start(name)
@@ -498,18 +507,21 @@ def run_methods(plan: dict, earlier: dict, compare, run_dir: Path) -> tuple[list
             row = load_method_result(name, method_dir, None, 0.0)
             row.update(recorded_costs(method_dir))
             row["reused_from"] = str(earlier[name].parent.name)
+        elif name in done:
+            row = load_method_result(name, method_dir, None, 0.0)
+            row.update(recorded_costs(method_dir))
         else:
+            extra = resume_flags(method_dir)  # what an interrupted invocation of this run left
             if compare.fresh_process_per_method:
-                peak = run_in_fresh_process(recipe, method_dir / "method.yaml")
+                peak = run_in_fresh_process(recipe, method_dir / "method.yaml", extra)
             else:
-                peak = run_in_this_process(recipe, method_dir / "method.yaml", tracker, name)
+                peak = run_in_this_process(recipe, method_dir / "method.yaml", tracker, name, extra)
             row = load_method_result(name, method_dir, peak, time.perf_counter() - began)
             record_fingerprint(method_dir, fingerprint, {k: row[k] for k in REUSED_COSTS})
         if name in compare.probe_methods:
             row["memory_probe_steps"] = compare.memory_only_steps
         results.append(row)
         print(f"     {name} done in {format_duration(progress.done(name))}", flush=True)
-
     return results, time.perf_counter() - start
 
 
@@ -560,6 +572,8 @@ def main(argv=None) -> dict:
     suffix = "-quick" if compare.quick else "-full" if compare.full else ""
     run_name = config.recipe.get("run_name") or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
     run_dir = Path(compare.results_dir) / run_name
+    # Ctrl-C, a kill, a full disk: the same command with this run_name continues this folder
+    note_run(run_dir, [] if config.recipe.get("run_name") else ["--run_name", run_name])
 
     # ------------------------------------------------------------ embedded models ready (timed apart)
     setup_seconds = prepare_embedded_models(
@@ -567,19 +581,21 @@ def main(argv=None) -> dict:
     )
 
     # ------------------------------------------------------------ one resolved config per method
-    plan, earlier = {}, {}
+    plan, earlier, done = {}, {}, set()
     for name in compare.methods:
         recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name)
         write_method_yaml(recipe, values, run_dir / name / "method.yaml")
         fingerprint = method_fingerprint(recipe, values)
         plan[name] = (recipe, fingerprint)
-        if compare.reuse_results:
+        if finished_here(run_dir / name, fingerprint):  # this run, interrupted after the method finished
+            done.add(name)
+        elif compare.reuse_results:
             found = find_earlier_result(Path(compare.results_dir), name, fingerprint, exclude=run_dir)
             if found is not None:
                 earlier[name] = found
 
     # ------------------------------------------------------------ run them (or read them back), in order
-    results, seconds = run_methods(plan, earlier, compare, run_dir)
+    results, seconds = run_methods(plan, earlier, done, compare, run_dir)
 
     # ------------------------------------------------------------ report
     settings = run_settings(student_args, data_args, compare, config, earlier, seconds, setup_seconds)
@@ -591,6 +607,7 @@ def main(argv=None) -> dict:
     if compare.publish_dir:
         publish(run_dir, Path(compare.publish_dir) / (stem + suffix))
     print_table(summary, run_dir)
+    forget_run(run_dir)
     return summary
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
+from distill_trainer.integrity import write_text_atomically
 from distill_trainer.models.loading import load_causal_lm, load_tokenizer
 from distill_trainer.nli.data import prepare_data
 from distill_trainer.nli.demonstrations import balanced_subset, row_key
@@ -93,7 +94,8 @@ def write_dev_rows(dev, task, path: Path) -> None:
     """The dev rows as a JSONL file in the data's label ids (for `distill-trainer evaluate --data`)."""
     inverse = {ours: theirs for theirs, ours in (task.label_map or {}).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    write_text_atomically(
+        path,
         "".join(
             json.dumps(
                 {
@@ -105,7 +107,6 @@ def write_dev_rows(dev, task, path: Path) -> None:
             + "\n"
             for row in dev
         ),
-        encoding="utf-8",
     )
 
 
@@ -157,7 +158,8 @@ def main(argv=None) -> list[dict]:
         print(_line(results[-1]), flush=True)
 
     # ------------------------------------------------------------ report
-    (output_dir / "selection.json").write_text(
+    write_text_atomically(
+        output_dir / "selection.json",
         json.dumps(
             {
                 "teacher": teacher,
@@ -166,16 +168,17 @@ def main(argv=None) -> list[dict]:
                 "candidates": results,
             },
             indent=1,
-        )
+        ),
     )
     table = [
         "| pattern | k | seed | demonstration_ids | dev acc | AUC | pred. label 0 | s |",
         "|---|---:|---:|---|---|---:|---:|---:|",
         *(_line(r) for r in results),
     ]
-    (output_dir / "selection.md").write_text(
+    write_text_atomically(
+        output_dir / "selection.md",
         f"Teacher `{teacher}`, {len(dev)} dev rows carved from the training pool (seed "
-        f"{selection.dev_seed}).\n\n" + "\n".join(table) + "\n"
+        f"{selection.dev_seed}).\n\n" + "\n".join(table) + "\n",
     )
     print(f"wrote {output_dir / 'selection.md'}")
     return results

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from distill_trainer.cache_paths import cache_home
 from distill_trainer.errors import UsageError
-from distill_trainer.integrity import file_records, files_problem, sha256_file
+from distill_trainer.integrity import disk_space_checked, file_records, files_problem, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def materialize_embedded_model(name: str) -> Path:
     with FileLock(str(target) + ".lock"):
         state = _cache_state(target, source)  # another process may have finished while we waited
         if state != "ready":
+            _remove_leftovers(target)
             _build(
                 spec,
                 sources,
@@ -168,6 +169,14 @@ def materialize_embedded_model(name: str) -> Path:
 
 
 # ---- internals ----
+
+
+def _remove_leftovers(target: Path) -> None:
+    """What a build killed midway left beside `target` (its partial, joined-GGUF and stale folders): with
+    the lock held, no other build is using them."""
+    for path in target.parent.glob(f".{target.name}.*"):
+        if path.is_dir() and path.suffix in (".partial", ".stale") or ".gguf." in path.name:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _lookup(name: str) -> tuple[str, EmbeddedModel]:
@@ -261,11 +270,14 @@ def _build(spec: EmbeddedModel, sources: list[Path], source: dict, target: Path,
             gguf_path = _single_gguf(sources, Path(gguf_dir) / spec.gguf_name)
             _verify_gguf(gguf_path, spec, source)  # before anything parses it
             model, tokenizer = _dequantize(gguf_path)
-            model.save_pretrained(partial)
-            tokenizer.save_pretrained(partial)
+            needed = sum(p.numel() * p.element_size() for p in model.parameters())
+            with disk_space_checked(target, needed):  # a full disk: one line; the partial folder goes
+                model.save_pretrained(partial)
+                tokenizer.save_pretrained(partial)
             del model
         files = file_records(partial, skip=(MARKER,))
-        (partial / MARKER).write_text(json.dumps({"source": source, "files": files}, indent=2))
+        with disk_space_checked(target):
+            (partial / MARKER).write_text(json.dumps({"source": source, "files": files}, indent=2))
         _swap_into_place(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -29,6 +29,7 @@ import copy
 from pathlib import Path
 
 from distill_trainer.errors import UsageError
+from distill_trainer.integrity import disk_space_checked
 from distill_trainer.integrity import write_text_atomically as _write_atomically
 from distill_trainer.models.hub import CARD_FILE, push_student
 from distill_trainer.report.card_text import RECIPE_FILE, recipe_yaml
@@ -75,11 +76,14 @@ def save_student(
         # a base in the local embedded cache is recorded by its upstream Hub id: the adapter must load
         # on machines without that cache (the card says which GGUF the trained-on weights came from)
         _record_hub_base(model)
-    if write_weights:
-        _save_weights(trainer, model, folder, merge_lora, is_writer)
-    if is_writer:
-        if tokenizer is not None:
+    # a full disk: one line, and the files this save created removed (a checkpoint keeps the weights)
+    before = set(folder.iterdir()) if folder.is_dir() else set()
+    with disk_space_checked(folder, _weight_bytes(model), cleanup=lambda: _remove_new_files(folder, before)):
+        if write_weights:
+            _save_weights(trainer, model, folder, merge_lora, is_writer)
+        if is_writer and tokenizer is not None:
             tokenizer.save_pretrained(folder)
+    if is_writer:
         hub_model_id = getattr(getattr(trainer, "args", None), "hub_model_id", None)
         card = card or StudentCard(
             model_name=hub_model_id or folder.name, base_model=_base_model_name(model), repo_id=hub_model_id
@@ -103,6 +107,18 @@ def _save_weights(trainer, model, folder: Path, merge_lora: bool, is_writer: boo
         trainer.save_model(str(folder), _internal_call=True)
     else:
         model.save_pretrained(folder)
+
+
+def _weight_bytes(model) -> int:
+    """About what the saved weights take: every parameter (the trainable ones for an adapter)."""
+    adapter = hasattr(model, "peft_config")
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not adapter)
+
+
+def _remove_new_files(folder: Path, before: set) -> None:
+    for path in set(folder.iterdir()) - before if folder.is_dir() else ():
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _weights_are_sharded(trainer) -> bool:

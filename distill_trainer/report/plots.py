@@ -3,8 +3,10 @@ scored methods with their intervals, and each method's peak memory and time."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from distill_trainer.integrity import write_bytes_atomically
 from distill_trainer.report.columns import method_label
 
 ACCURACY_PLOT = "accuracy.png"
@@ -14,6 +16,13 @@ COST_PLOT = "memory_time.png"
 def evaluated(rows: list[dict]) -> list[dict]:
     """The rows with a score (a memory probe has none)."""
     return [row for row in rows if any((t.get("accuracy") is not None) for t in row["eval"].values())]
+
+
+def _save(fig, path: Path) -> None:
+    """A PNG rendered in memory, then written atomically: never half of one."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_bytes_atomically(path, buffer.getvalue())
 
 
 def write_plots(summary: dict, run_dir: Path) -> list[Path]:
@@ -53,7 +62,7 @@ def write_plots(summary: dict, run_dir: Path) -> list[Path]:
         ax.set_title(f"{title}, 95% interval")
     axes[0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(run_dir / ACCURACY_PLOT, dpi=120)
+    _save(fig, run_dir / ACCURACY_PLOT)
     plt.close(fig)
 
     methods = [method_label(row) for row in summary["methods"]]
@@ -71,6 +80,6 @@ def write_plots(summary: dict, run_dir: Path) -> list[Path]:
     for ax in (memory_ax, time_ax):
         ax.set_xticks(list(x), methods, rotation=30, ha="right")
     fig.tight_layout()
-    fig.savefig(run_dir / COST_PLOT, dpi=120)
+    _save(fig, run_dir / COST_PLOT)
     plt.close(fig)
     return [run_dir / ACCURACY_PLOT, run_dir / COST_PLOT]

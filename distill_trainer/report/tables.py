@@ -16,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from distill_trainer.integrity import write_text_atomically
 from distill_trainer.memory.units import MIB
 from distill_trainer.report.columns import LEGEND, headers, number, percent, table_rows
 from distill_trainer.report.findings import findings, paper_claims
@@ -272,8 +273,8 @@ def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
         "claims": paper_claims(rows, settings.get("memory_reference")),
         "findings": findings(rows, settings.get("memory_reference")),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (run_dir / "summary.md").write_text(format_markdown(summary), encoding="utf-8")
+    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(run_dir / "summary.md", format_markdown(summary))
     write_plots(summary, run_dir)
     return summary
 

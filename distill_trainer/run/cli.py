@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from distill_trainer.errors import UsageError
+from distill_trainer.run.interrupt import interruptible
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,16 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args, rest = build_parser().parse_known_args(argv)
-        if rest and not getattr(args, "takes_overrides", False):
-            raise UsageError(
-                f"unrecognized arguments: {' '.join(rest)}; see distill-trainer {args.command} --help"
-            )
-        return args.run(args, rest)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with interruptible(argv, program="distill-trainer"):
+        try:
+            args, rest = build_parser().parse_known_args(argv)
+            if rest and not getattr(args, "takes_overrides", False):
+                raise UsageError(
+                    f"unrecognized arguments: {' '.join(rest)}; see distill-trainer {args.command} --help"
+                )
+            return args.run(args, rest)
+        except UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

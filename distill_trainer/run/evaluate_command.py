@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from distill_trainer.errors import UsageError
+from distill_trainer.integrity import write_text_atomically
 
 ADAPTER_CONFIG = "adapter_config.json"
 RECIPE_CONFIG = "resolved_config.yaml"
@@ -221,8 +222,9 @@ def fixed_demonstrations(args, task, data_args, pattern, rows) -> list[str]:
 def write_results(output_dir: Path, task, metrics: dict, predictions: list[dict]) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = [output_dir / "metrics.json", output_dir / f"predictions_{task.name}.jsonl"]
-    paths[0].write_text(json.dumps({"eval": {task.name: metrics}}, indent=2) + "\n", encoding="utf-8")
-    paths[1].write_text("".join(json.dumps(r) + "\n" for r in predictions), encoding="utf-8")
+    # predictions first: metrics.json, written last, marks a finished evaluation
+    write_text_atomically(paths[1], "".join(json.dumps(r) + "\n" for r in predictions))
+    write_text_atomically(paths[0], json.dumps({"eval": {task.name: metrics}}, indent=2) + "\n")
     return paths
 
 

@@ -11,6 +11,10 @@ left out, the content of every data file the config names or resolves to, and ea
 identity (config, weight files' names, sizes and modification times, as the teacher output cache keys
 on). A result is reused only if the earlier run wrote its fingerprint, which happens after the method
 finished: an interrupted method is never read back.
+
+A comparison run again under the same run_name (after a kill, a full disk, Ctrl-C) keeps the methods
+that finished in its folder (`finished_here`) and continues the one that was interrupted from its last
+complete checkpoint, or starts it over (`interrupt.resume_flags`).
 """
 
 from __future__ import annotations
@@ -135,3 +139,8 @@ def reuse_result(earlier: Path, method_dir: Path) -> None:
     (staging / "reused_from.txt").write_text(f"{earlier.resolve()}\n", encoding="utf-8")
     shutil.rmtree(method_dir, ignore_errors=True)
     os.replace(staging, method_dir)
+
+
+def finished_here(method_dir: Path, fingerprint: str) -> bool:
+    """The method finished in this very folder, with these settings (an earlier invocation of the run)."""
+    return _recorded(method_dir) == fingerprint and (Path(method_dir) / "metrics.json").is_file()

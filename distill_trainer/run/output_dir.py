@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from distill_trainer.errors import UsageError
+from distill_trainer.integrity import partial_path, remove_stale_partials
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # folders of a source checkout (or of site-packages) that hold the project itself, never a run's outputs
@@ -61,9 +61,11 @@ def check_writable(output_dir) -> None:
             f"output_dir {output_dir} cannot be created: {existing} is a file, not a directory; "
             "choose another output_dir"
         )
+    probe = existing / "write-test"  # written as its partial file: a killed check leaves nothing for long
+    remove_stale_partials(probe)
     try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
-            pass
+        partial_path(probe).touch()
+        partial_path(probe).unlink()
     except OSError as error:
         raise UsageError(
             f"output_dir {output_dir} is not writable ({error.strerror or error} in {existing}); "

@@ -21,9 +21,11 @@ import torch
 import yaml
 
 from distill_trainer.errors import UsageError
+from distill_trainer.integrity import DiskFullError
 from distill_trainer.integrity import write_text_atomically as _write_atomically
 from distill_trainer.models.loading import count_parameters, load_causal_lm, prepare_student
 from distill_trainer.nli.task_evaluation import is_main_process
+from distill_trainer.run.interrupt import default_program, forget_run, interruptible, note_run, resume_command
 from distill_trainer.run.output_dir import OutputLock, check_output_location
 from distill_trainer.training.checkpoints import run_results
 
@@ -61,12 +63,18 @@ INVOCATION_KEYS = ("resume_from_checkpoint", "overwrite_output_dir")
 
 
 def run_recipe(main, argv=None) -> None:
-    """Run `main(argv)`; a user mistake prints `error: ...` on stderr and exits with status 2."""
-    try:
-        main(argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    """Run `main(argv)`; a user mistake (or a full disk) prints `error: ...` on stderr and exits with status
+    2; Ctrl-C prints what was kept and the command that resumes, and exits with status 130."""
+    with interruptible(argv):
+        try:
+            main(argv)
+        except UsageError as error:
+            message = str(error)
+            if isinstance(error, DiskFullError):
+                command = resume_command(default_program(), list(sys.argv[1:] if argv is None else argv))
+                message += f"; then resume with: {command}"
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
 
 
 # ---------------------------------------------------------------- student and training
@@ -190,8 +198,10 @@ def no_partial_output_dir(output_dir):
     check_output_location(output_dir)
     existed = Path(output_dir).exists()
     lock = OutputLock(output_dir).acquire() if is_main_process() else None  # fails at once when held
+    note_run(output_dir)  # what Ctrl-C describes
     try:
         yield
+        forget_run(output_dir)
     except BaseException:
         if not existed and lock is not None and Path(output_dir).is_dir() and not run_results(output_dir):
             shutil.rmtree(output_dir, ignore_errors=True)

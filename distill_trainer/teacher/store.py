@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from distill_trainer.integrity import file_records, files_problem
+from distill_trainer.integrity import (
+    disk_space_checked,
+    file_records,
+    files_problem,
+    partial_path,
+    remove_stale_partials,
+    write_text_atomically,
+)
 
 KEY_FILE = "teacher_cache_key.json"
 BUILD_FILE = "teacher_cache_build.json"  # how the pass that built the cache went; not part of its contents
@@ -93,6 +100,7 @@ def load_verified(path: Path):
     problem = _files_problem(path)
     if problem is not None:
         return None, problem
+    remove_stale_partials(path / BUILD_FILE)  # a build record a killed run did not finish writing
     try:
         dataset = load_from_disk(str(path))
     except Exception as error:  # noqa: BLE001 -- truncated Arrow files fail in many ways; all mean "rebuild"
@@ -102,13 +110,18 @@ def load_verified(path: Path):
 
 
 def save_atomically(dataset, path: Path, key_record: dict) -> None:
-    """Write to a temporary directory, then rename: a crash never leaves a half-written cache that matches."""
+    """Write to a folder beside `path`, then rename: a crash never leaves a half-written cache that matches,
+    and the next save removes the partial folders of killed processes. A full disk is one
+    `DiskFullError` line; a cache already there stays as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    remove_stale_partials(path)
+    tmp = partial_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    key_record = {**key_record, "files": file_records(tmp, skip=(KEY_FILE, BUILD_FILE))}
-    (tmp / KEY_FILE).write_text(json.dumps(key_record, indent=1, sort_keys=True))
+    needed = dataset.data.nbytes if hasattr(dataset, "data") else None
+    with disk_space_checked(path, needed, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        dataset.save_to_disk(str(tmp))
+        key_record = {**key_record, "files": file_records(tmp, skip=(KEY_FILE, BUILD_FILE))}
+        (tmp / KEY_FILE).write_text(json.dumps(key_record, indent=1, sort_keys=True))
     if path.exists():  # a stale or corrupt cache under the same name (or another process won the race)
         shutil.rmtree(path, ignore_errors=True)
     try:
@@ -121,7 +134,7 @@ def save_atomically(dataset, path: Path, key_record: dict) -> None:
 
 def record_build(path: Path, stats: dict) -> None:
     """Keep what building the cache cost (seconds, peak memory), so that runs reusing it can report it."""
-    (path / BUILD_FILE).write_text(json.dumps(stats, indent=1, sort_keys=True))
+    write_text_atomically(path / BUILD_FILE, json.dumps(stats, indent=1, sort_keys=True))
 
 
 def build_record(path: Path) -> dict | None:

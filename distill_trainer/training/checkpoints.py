@@ -22,6 +22,7 @@ can say `resume_from_checkpoint: true` (the last complete checkpoint) or give a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from distill_trainer.errors import UsageError
-from distill_trainer.integrity import file_records, files_problem
+from distill_trainer.integrity import disk_space_checked, file_records, files_problem
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,12 @@ def _publish(staged: Path, final: Path, staging_root: Path) -> None:
         pass
 
 
+def _checkpoint_bytes(run_dir) -> int | None:
+    """The size of the newest checkpoint in `run_dir`: about what the next one needs (None: no checkpoint)."""
+    found = checkpoint_dirs(run_dir)
+    return sum(p.stat().st_size for p in found[-1].rglob("*") if p.is_file()) if found else None
+
+
 class AtomicCheckpointMixin:
     """`Trainer` mixin: checkpoints appear only when complete, and `args.resume_from_checkpoint` is honoured.
 
@@ -215,14 +222,27 @@ class AtomicCheckpointMixin:
             shutil.rmtree(staged, ignore_errors=True)  # what a crash in an earlier save left behind
         self.accelerator.wait_for_everyone()
         self._staging_run_dir = str(staging_root)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_run_dir = None
+        # a full disk: one line, the staged files removed, the checkpoints before this one kept
+        needed = _checkpoint_bytes(run_dir)
+
+        def remove_staged():
+            shutil.rmtree(staged, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                staging_root.rmdir()  # only when empty
+
+        def space():
+            return disk_space_checked(final, needed, cleanup=remove_staged)
+
+        with space():
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_run_dir = None
         self.accelerator.wait_for_everyone()  # every process has written its files
         if self.args.should_save:
             self._point_best_checkpoint_at(run_dir, staged)
-            write_manifest(staged)
+            with space():
+                write_manifest(staged)
             _publish(staged, final, staging_root)
             rotate_checkpoints(
                 output_dir=str(run_dir),
@@ -231,6 +251,15 @@ class AtomicCheckpointMixin:
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+    def _run_epoch(self, *args, **kwargs):
+        # resumed from the run's last checkpoint (killed after training, in its evaluation, say): the
+        # Trainer would train one step more (max_steps is looked at after a step) when max_steps ends
+        # inside an epoch
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:
         """The Trainer looked for the best checkpoint in the staging area; name its final place instead."""

@@ -286,9 +286,9 @@ def test_an_unchanged_rerun_reads_every_method_back_and_a_change_reruns_only_wha
     ran = []
     real_run = compare.run_in_this_process
 
-    def counting_run(recipe, config_path, tracker, name):
+    def counting_run(recipe, config_path, tracker, name, extra=()):
         ran.append(name)
-        return real_run(recipe, config_path, tracker, name)
+        return real_run(recipe, config_path, tracker, name, extra)
 
     monkeypatch.setattr(compare, "run_in_this_process", counting_run)
     second = compare.main(["--config", config, "--run_name", "second"])

@@ -197,3 +197,26 @@ def test_resuming_from_an_earlier_checkpoint_replaces_the_later_ones(tmp_path, t
     assert not (out / STAGING_DIR).exists()
     again = weights(out / "checkpoint-2")  # written anew, over the old one, with the same numbers
     assert all(torch.equal(again[name], first[name]) for name in first)
+
+
+def test_resuming_from_the_last_checkpoint_trains_no_step_more(tmp_path, tokenizer, teacher):
+    # found by benchmarks/faults.py: killed after training (in its evaluation), a run with max_steps inside
+    # an epoch (3 steps, 2 per epoch) resumed from checkpoint-3 and trained a step 4
+    from distill_trainer.testing import build_model
+
+    settings = dict(save_strategy="steps", save_steps=1, max_steps=3)
+    first = make_trainer(tmp_path, build_model(len(tokenizer), seed=0), teacher, tokenizer, **settings)
+    whole = first.train()
+    weights = load_file(tmp_path / "out" / "checkpoint-3" / "model.safetensors")
+    again = make_trainer(
+        tmp_path,
+        build_model(len(tokenizer), seed=5),
+        teacher,
+        tokenizer,
+        resume_from_checkpoint="true",
+        **settings,
+    )
+    resumed = again.train()
+    assert resumed.global_step == 3 and not (tmp_path / "out" / "checkpoint-4").exists()
+    assert resumed.training_loss == whole.training_loss
+    assert all(torch.equal(p, weights[n]) for n, p in again.model.state_dict().items() if n in weights)
