@@ -93,8 +93,9 @@ def compare_runs(folders) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     first = runs[0]["metrics"]["eval"]
-    rows = [("teacher, with the context", "-", first["teacher"], None, None)]
-    rows.append(("student before, without it", "-", first["before"], None, None))
+    base = runs[0]["name"]
+    rows = [(f"teacher of {base}, with the context", "-", first["teacher"], None, None)]
+    rows.append((f"student before ({base}), without it", "-", first["before"], None, None))
     rows += [
         (
             run["name"],
