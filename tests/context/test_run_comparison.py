@@ -49,7 +49,7 @@ def test_compare_replies_writes_the_table_and_the_interval(tmp_path):
     assert main(["compare-replies", str(a), str(b), "--output", str(out)]) == 0
     text = out.read_text()
     assert "| on | on-policy | 0.750" in text and "- on: +0.250 ± 0.250" in text
-    assert "teacher, with the context" in text
+    assert "teacher of off, with the context" in text
 
 
 def test_runs_of_other_prompts_or_unfinished_runs_are_refused(tmp_path):
