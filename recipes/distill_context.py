@@ -28,12 +28,16 @@ from distill_trainer.context.config import ContextDataArguments
 from distill_trainer.context.data import load_context_rows
 from distill_trainer.context.generation_eval import reply_records, rule_following
 from distill_trainer.context.report import format_report, write_report
-from distill_trainer.context.steps import chat_view_dataset, completions, cut_offs, measure_student
-from distill_trainer.errors import UsageError
+from distill_trainer.context.steps import (
+    chat_view_dataset,
+    check_reply_settings,
+    checked_tokenizer,
+    completions,
+    cut_offs,
+    measure_student,
+)
 from distill_trainer.models.loading import (
-    check_vocabulary_sizes_and_tokens,
     load_causal_lm,
-    load_tokenizer,
 )
 from distill_trainer.nli.row_checks import print_reports
 from distill_trainer.report.hub import save_student, ship_student
@@ -47,27 +51,15 @@ from distill_trainer.run.runner import (
     write_outputs,
     write_resolved_config,
 )
-from distill_trainer.teacher.teacher import SELF, Teacher, check_self_teacher, is_self
+from distill_trainer.teacher.teacher import SELF, Teacher, is_self
 from distill_trainer.training.rollouts import check_on_policy_settings
-from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_context"
 CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)
 
 
 def check_settings(student_args, config) -> None:
-    if not config.teacher_model_name_or_path:
-        raise UsageError(
-            "teacher_model_name_or_path is not set; give a chat model, or 'self' with a LoRA student"
-        )
-    if config.distill_vocab != "full":
-        raise UsageError(
-            "distill_context matches whole replies: set distill_vocab: full (a shared tokenizer)"
-        )
-    teacher, mode = config.teacher_model_name_or_path, student_args.student_mode
-    check_self_teacher(
-        teacher, student_is_lora=mode == "lora", fix=f"it needs student_mode: lora (got {mode})"
-    )
+    check_reply_settings(student_args, config, RECIPE)
     check_on_policy_settings(config)  # before any model loads or any reply is generated
 
 
@@ -85,19 +77,6 @@ def load_rows(data_args: ContextDataArguments):
         reports.append(report)
     print_reports(reports)
     return train_rows, eval_rows, reports
-
-
-def check_tokenizers(student_args, config, train_rows, placement):
-    """The student's tokenizer, after checking its chat template and, for a separate teacher, that both
-    read the same tokens (full-vocabulary KL), before any weights load."""
-    tokenizer = load_tokenizer(student_args.model_name_or_path)
-    chat_prompt_ids(tokenizer, train_rows[0]["prompt"], train_rows[0]["context"], placement)  # template ok?
-    if not is_self(config.teacher_model_name_or_path):
-        teacher_tokenizer = load_tokenizer(config.teacher_model_name_or_path)
-        check_vocabulary_sizes_and_tokens(
-            len(tokenizer), len(teacher_tokenizer), tokenizer, teacher_tokenizer
-        )
-    return tokenizer
 
 
 def load_models(student_args, config):
@@ -232,7 +211,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     # ------------------------------------------------------------ checks, rows and tokenizer (no model yet)
     check_settings(student_args, config)
     train_rows, eval_rows, reports = load_rows(data_args)
-    tokenizer = check_tokenizers(student_args, config, train_rows, data_args.context_placement)
+    tokenizer = checked_tokenizer(student_args, config, train_rows[0], data_args.context_placement)
 
     # ------------------------------------------------------------ student, teacher and the teacher's replies
     student, teacher_model, teacher = load_models(student_args, config)

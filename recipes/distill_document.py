@@ -50,10 +50,13 @@ from distill_trainer.context.knowledge_eval import (
     split_by_set,
 )
 from distill_trainer.context.knowledge_report import knowledge_results, write_results
-from distill_trainer.context.steps import chat_view_dataset, completions
-from distill_trainer.errors import UsageError
+from distill_trainer.context.steps import (
+    chat_view_dataset,
+    check_reply_settings,
+    checked_tokenizer,
+    completions,
+)
 from distill_trainer.memory.peak import release_freed_memory
-from distill_trainer.models.loading import load_tokenizer
 from distill_trainer.report.hub import save_student
 from distill_trainer.run.runner import (
     load_student,
@@ -63,26 +66,11 @@ from distill_trainer.run.runner import (
     write_outputs,
     write_resolved_config,
 )
-from distill_trainer.teacher.teacher import SELF, Teacher, check_self_teacher, is_self
+from distill_trainer.teacher.teacher import SELF, Teacher, is_self
 from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_document"
 CONFIG_TYPES = (StudentArguments, KnowledgeArguments, DistillationConfig)
-
-
-def check_settings(student_args, config) -> None:
-    if not config.teacher_model_name_or_path:
-        raise UsageError(
-            "teacher_model_name_or_path is not set; give a chat model, or 'self' with a LoRA student"
-        )
-    if config.distill_vocab != "full":
-        raise UsageError(
-            "distill_document matches whole answers: set distill_vocab: full (a shared tokenizer)"
-        )
-    mode = student_args.student_mode
-    check_self_teacher(
-        config.teacher_model_name_or_path, mode == "lora", fix=f"it needs student_mode: lora (got {mode})"
-    )
 
 
 def train_and_answer(student, views, config, tokenizer, sets, settings, args, teacher, callbacks=None):
@@ -113,19 +101,14 @@ def run_distill_document(student_args, args, config, callbacks=None, command: st
         return time.perf_counter()
 
     # ---------------------------------------------------- checks, questions and tokenizer (no model yet)
-    check_settings(student_args, config)
+    check_reply_settings(student_args, config, RECIPE)
     sets = load_question_sets(args)
     forgetting_rows = load_forgetting_prompts(args)
     student_path, teacher_name = student_args.model_name_or_path, config.teacher_model_name_or_path
-    tokenizer = load_tokenizer(student_path)
     placement, self_teacher = args.context_placement, is_self(teacher_name)
-    document_ids = chat_prompt_ids(
-        tokenizer, sets["train"][0]["prompt"], sets["train"][0]["context"], placement
-    )
-    if not self_teacher and load_tokenizer(teacher_name).get_vocab() != tokenizer.get_vocab():
-        raise UsageError(
-            "the teacher's tokenizer differs from the student's; full-vocabulary KL needs one tokenizer"
-        )
+    tokenizer = checked_tokenizer(student_args, config, sets["train"][0], placement)
+    first = sets["train"][0]
+    document_ids = chat_prompt_ids(tokenizer, first["prompt"], first["context"], placement)
     settings = args.generation_settings()
     cache = dict(
         placement=placement, cache_dir=args.completion_cache_dir, batch_size=args.generation_batch_size

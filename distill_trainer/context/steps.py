@@ -15,10 +15,42 @@ from datasets import Dataset
 
 from distill_trainer.context.completion_cache import teacher_completions
 from distill_trainer.context.generation_eval import completion_kl, generate_for_rows, rule_following
+from distill_trainer.errors import UsageError
+from distill_trainer.models.loading import check_vocabulary_sizes_and_tokens, load_tokenizer
 from distill_trainer.teacher.generation import GenerationSettings
-from distill_trainer.teacher.teacher import Teacher
-from distill_trainer.views.chat import build_chat_views, shared_prefix_length, stop_token_ids
+from distill_trainer.teacher.teacher import Teacher, check_self_teacher, is_self
+from distill_trainer.views.chat import build_chat_views, chat_prompt_ids, shared_prefix_length, stop_token_ids
 from distill_trainer.views.text import TwoViewCollator
+
+
+def check_reply_settings(student_args, config, recipe: str) -> None:
+    """A recipe that distils whole replies needs a teacher, a shared tokenizer (full-vocabulary loss) and,
+    for a self teacher, a LoRA student."""
+    if not config.teacher_model_name_or_path:
+        raise UsageError(
+            "teacher_model_name_or_path is not set; give a chat model, or 'self' with a LoRA student"
+        )
+    if config.distill_vocab != "full":
+        raise UsageError(f"{recipe} matches whole replies: set distill_vocab: full (a shared tokenizer)")
+    mode = student_args.student_mode
+    check_self_teacher(
+        config.teacher_model_name_or_path,
+        student_is_lora=mode == "lora",
+        fix=f"it needs student_mode: lora (got {mode})",
+    )
+
+
+def checked_tokenizer(student_args, config, row: dict, placement: str):
+    """The student's tokenizer, after checking its chat template on `row` and, for a separate teacher, that
+    both read the same tokens (full-vocabulary KL), before any weights load."""
+    tokenizer = load_tokenizer(student_args.model_name_or_path)
+    chat_prompt_ids(tokenizer, row["prompt"], row["context"], placement)  # the template takes it?
+    if not is_self(config.teacher_model_name_or_path):
+        teacher_tokenizer = load_tokenizer(config.teacher_model_name_or_path)
+        check_vocabulary_sizes_and_tokens(
+            len(tokenizer), len(teacher_tokenizer), tokenizer, teacher_tokenizer
+        )
+    return tokenizer
 
 
 def completions(teacher: Teacher, tokenizer, rows, settings: GenerationSettings, **options):

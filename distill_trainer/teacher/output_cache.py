@@ -204,19 +204,25 @@ def compute_teacher_outputs(
             for row, index in enumerate(indices):
                 columns["teacher_label_logprobs"][index] = label_logprobs[row]
             continue
-        logprobs = F.log_softmax(logits / temperature, dim=-1)
-        k = min(int(top_k), logprobs.shape[-1])
-        top_logprobs, top_ids = logprobs.topk(k, dim=-1)
-        if k < logprobs.shape[-1]:
-            tail = logprobs.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
-        else:
-            tail = torch.full(logprobs.shape[:-1], float("-inf"), device=logprobs.device)
+        top_logprobs, top_ids, tail = top_k_with_tail(F.log_softmax(logits / temperature, dim=-1), top_k)
         for row, (index, feature) in enumerate(zip(indices, features)):
             n = len(feature["answer_ids"])  # answers are right-aligned: the last n columns are this row's
             columns["teacher_topk_ids"][index] = top_ids[row, -n:].cpu().tolist()
             columns["teacher_topk_logprobs"][index] = top_logprobs[row, -n:].cpu().tolist()
             columns["teacher_tail_logprob"][index] = tail[row, -n:].cpu().tolist()
     return columns
+
+
+def top_k_with_tail(logprobs: torch.Tensor, k: int):
+    """(top-k log-probs, their ids, log of the remaining mass) over the last axis; no tail (-inf) when k
+    covers the vocabulary. What the cache stores, and what a live teacher's top-k loss compares."""
+    k = min(int(k), logprobs.shape[-1])
+    top_logprobs, top_ids = logprobs.topk(k, dim=-1)
+    if k < logprobs.shape[-1]:
+        tail = logprobs.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
+    else:
+        tail = torch.full(logprobs.shape[:-1], float("-inf"), device=logprobs.device)
+    return top_logprobs, top_ids, tail
 
 
 def _add_columns(dataset, columns: dict[str, list]):

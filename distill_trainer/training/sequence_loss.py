@@ -27,23 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from distill_trainer.errors import UsageError
+from distill_trainer.teacher.output_cache import top_k_with_tail
 from distill_trainer.training.losses import (
     LOSS_KINDS,
     sparse_token_divergence,
     token_divergence,
 )
-
-
-def top_k_with_tail(logprobs: torch.Tensor, k: int):
-    """(top-k log-probs, their ids, log of the remaining mass) over the last axis; no tail (-inf) when k
-    covers the vocabulary."""
-    k = min(int(k), logprobs.shape[-1])
-    top_logprobs, top_ids = logprobs.topk(k, dim=-1)
-    if k < logprobs.shape[-1]:
-        tail = logprobs.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
-    else:
-        tail = torch.full(logprobs.shape[:-1], float("-inf"), device=logprobs.device)
-    return top_logprobs, top_ids, tail
 
 
 def _linear_head(head):
