@@ -150,7 +150,7 @@ def measured(scenario: Scenario, trainer, tracker, runtime: int, seconds: float)
         peak,
         student=trainer.model,
         optimizer=trainer.optimizer,
-        teacher=trainer.teacher,
+        teacher=trainer.teacher.separate_model if trainer.teacher is not None else None,
         runtime_bytes=runtime,
     )
     return {
@@ -202,9 +202,9 @@ def run_scenario(scenario: Scenario, settings: dict, checkpoint: str | None, wor
     class TrackedTrainer(ContextDistillationTrainer):
         """Records the teacher's forward as its own phase (nested inside "train")."""
 
-        def teacher_answer_logits(self, model, inputs):
+        def teacher_answer_logits(self, inputs):
             with tracker.phase("teacher_forward"):
-                return super().teacher_answer_logits(model, inputs)
+                return super().teacher_answer_logits(inputs)
 
     started = time.perf_counter()
     phase = "teacher_output_cache" if scenario.teacher_outputs_cached else "trainer_init"

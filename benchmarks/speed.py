@@ -434,7 +434,7 @@ def time_variants(student, teacher, features, common: dict, options, shared: dic
             "e": ("(e) + output cache", ours_step(cached), train_cached),
         }
         measured = run_interleaved(variants, student, rounds, options.warmup, meter)
-        prefix_teacher = prefix._teacher_runner.prefix_teacher
+        prefix_teacher = prefix.teacher.runner.prefix_teacher
         prefix_cache_bytes = sum(
             t.numel() * t.element_size()
             for layer in prefix_teacher._prefix_cache.layers

@@ -52,6 +52,7 @@ from distill_trainer.run.method_reuse import (
 )
 from distill_trainer.run.progress import RunProgress, expected_seconds, format_duration
 from distill_trainer.run.runner import run_recipe
+from distill_trainer.teacher.teacher import is_self
 from distill_trainer.training.config import DTYPES
 
 RECIPES_DIR = Path(__file__).resolve().parent
@@ -374,7 +375,7 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
     from distill_trainer.nli.data import prepare_data
 
     teacher = config.teacher_model_name_or_path
-    if not teacher or teacher == "self":
+    if not teacher or is_self(teacher):
         return None
     data = prepare_data(data_args)
     tokens = _mean_padded_tokens(load_tokenizer(teacher), data, config.per_device_train_batch_size)
@@ -438,7 +439,7 @@ def disk_sizes(results: list[dict], config) -> dict[str, float]:
 
     sizes = {}
     teacher = config.teacher_model_name_or_path
-    if teacher and teacher != "self" and Path(resolve_model_path(teacher)).is_dir():
+    if teacher and not is_self(teacher) and Path(resolve_model_path(teacher)).is_dir():
         sizes[f"teacher {teacher} (float32)"] = megabytes(resolve_model_path(teacher))
     for row in results:
         if row["trainable_parameters"] and row["method"] != "pbft_teacher_lora":

@@ -36,9 +36,6 @@ from distill_trainer.context.steps import (
     cut_offs,
     measure_student,
 )
-from distill_trainer.models.loading import (
-    load_causal_lm,
-)
 from distill_trainer.nli.row_checks import print_reports
 from distill_trainer.report.hub import save_student, ship_student
 from distill_trainer.report.model_card import StudentCard, reply_source
@@ -51,7 +48,7 @@ from distill_trainer.run.runner import (
     write_outputs,
     write_resolved_config,
 )
-from distill_trainer.teacher.teacher import SELF, Teacher, is_self
+from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.rollouts import check_on_policy_settings
 
 RECIPE = "distill_context"
@@ -80,21 +77,13 @@ def load_rows(data_args: ContextDataArguments):
 
 
 def load_models(student_args, config):
-    """(student, the teacher model: the student itself for "self", its `Teacher`)."""
+    """(student, its `Teacher`: the student's base model for "self", else the teacher on disk, loaded only
+    when something is not cached)."""
     student = load_student(student_args, seed=config.seed)
-    if is_self(config.teacher_model_name_or_path):
-        source, teacher_model = student_args.model_name_or_path, student
-    else:
-        source = config.teacher_model_name_or_path
-        teacher_model = load_causal_lm(source, config.teacher_dtype, config.teacher_quantization)
-    teacher = Teacher.for_model(
-        teacher_model,
-        config.teacher_model_name_or_path,
-        source,
-        config.teacher_dtype,
-        config.teacher_quantization,
-    )
-    return student, teacher_model, teacher
+    name = config.teacher_model_name_or_path
+    if is_self(name):
+        return student, Teacher.for_model(student, name, student_args.model_name_or_path, student_args.dtype)
+    return student, Teacher.from_source(name, config.teacher_dtype, config.teacher_quantization)
 
 
 def teacher_views(teacher, tokenizer, train_rows, eval_rows, data_args, config, cache: dict):
@@ -214,7 +203,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     tokenizer = checked_tokenizer(student_args, config, train_rows[0], data_args.context_placement)
 
     # ------------------------------------------------------------ student, teacher and the teacher's replies
-    student, teacher_model, teacher = load_models(student_args, config)
+    student, teacher = load_models(student_args, config)
     cache = dict(
         placement=data_args.context_placement,
         cache_dir=data_args.completion_cache_dir,
@@ -251,7 +240,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     trainer = ContextDistillationTrainer(
         model=student,
         args=config,
-        teacher=SELF if is_self(config.teacher_model_name_or_path) else teacher_model,
+        teacher=teacher,
         train_dataset=train_views,
         processing_class=tokenizer,
         data_collator=TwoViewCollator(tokenizer.pad_token_id),

@@ -25,6 +25,7 @@ import copy
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_trainer import (
@@ -34,7 +35,6 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.context.completion_cache import teacher_completions
 from distill_trainer.context.knowledge_data import (
     HELDOUT_SETS,
     KnowledgeArguments,
@@ -42,7 +42,6 @@ from distill_trainer.context.knowledge_data import (
     load_question_sets,
 )
 from distill_trainer.context.knowledge_eval import (
-    LazyTeacher,
     closed_book_answers,
     ensure_teacher_outputs,
     forgetting_kl,
@@ -66,7 +65,7 @@ from distill_trainer.run.runner import (
     write_outputs,
     write_resolved_config,
 )
-from distill_trainer.teacher.teacher import SELF, Teacher, is_self
+from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_document"
@@ -93,137 +92,232 @@ def train_and_answer(student, views, config, tokenizer, sets, settings, args, te
     return trainer, answers, training_metrics(trainer, result, len(views))
 
 
-def run_distill_document(student_args, args, config, callbacks=None, command: str = "") -> dict:
-    start, seconds = time.perf_counter(), {}
+@dataclass
+class Plan:
+    """What every stage reads: the question sets, the tokenizer and the decoding and cache settings."""
 
-    def lap(name, since):
-        seconds[name] = round(time.perf_counter() - since, 1)
+    sets: dict
+    forgetting_rows: list
+    tokenizer: object
+    document_tokens: int
+    settings: object
+    cache: dict
+    show: bool
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def heldout(self) -> dict:
+        """The sets the trained models are scored on (the teacher's training answers are scored too)."""
+        return {name: self.sets[name] for name in HELDOUT_SETS}
+
+    def lap(self, name: str, since: float) -> float:
+        self.seconds[name] = round(time.perf_counter() - since, 1)
         return time.perf_counter()
 
-    # ---------------------------------------------------- checks, questions and tokenizer (no model yet)
+
+def plan_run(student_args, args, config) -> Plan:
+    """Checks, questions and tokenizer, before any model loads."""
     check_reply_settings(student_args, config, RECIPE)
     sets = load_question_sets(args)
     forgetting_rows = load_forgetting_prompts(args)
-    student_path, teacher_name = student_args.model_name_or_path, config.teacher_model_name_or_path
-    placement, self_teacher = args.context_placement, is_self(teacher_name)
+    placement = args.context_placement
     tokenizer = checked_tokenizer(student_args, config, sets["train"][0], placement)
     first = sets["train"][0]
-    document_ids = chat_prompt_ids(tokenizer, first["prompt"], first["context"], placement)
-    settings = args.generation_settings()
-    cache = dict(
-        placement=placement, cache_dir=args.completion_cache_dir, batch_size=args.generation_batch_size
+    return Plan(
+        sets=sets,
+        forgetting_rows=forgetting_rows,
+        tokenizer=tokenizer,
+        document_tokens=len(chat_prompt_ids(tokenizer, first["prompt"], first["context"], placement)),
+        settings=args.generation_settings(),
+        cache=dict(
+            placement=placement, cache_dir=args.completion_cache_dir, batch_size=args.generation_batch_size
+        ),
+        show=not config.disable_tqdm,
     )
-    show = not config.disable_tqdm
-    rows = [row for part in sets.values() for row in part]
-    # the trained models are scored on the held-out sets; the teacher's training answers are scored too
-    heldout = {name: sets[name] for name in HELDOUT_SETS}
-    heldout_rows = [row for part in heldout.values() for row in part]
 
-    # ------------------------------------------------------------ the teacher's answers, open book (cached)
+
+def teacher_answers(plan: Plan, teacher: Teacher, config) -> dict:
+    """The teacher's open-book answers to every set (cached), the training views made of them and, for a
+    separate teacher, its distributions on them (output cache) before it is dropped."""
+    rows = [row for part in plan.sets.values() for row in part]
+    replies, info = completions(
+        teacher, plan.tokenizer, rows, plan.settings, show_progress=plan.show, **plan.cache
+    )
+    train = plan.sets["train"]
+    views = chat_view_dataset(plan.tokenizer, train, replies[: len(train)], plan.cache["placement"])
+    outputs_info = None
+    if not teacher.is_self and config.teacher_output_cache:
+        collator = TwoViewCollator(plan.tokenizer.pad_token_id)
+        outputs_info = ensure_teacher_outputs(teacher, views, collator, config)
+    loaded = teacher.loaded
+    teacher.release()
+    release_freed_memory()
+    return {
+        "replies": split_by_set([r["text"] for r in replies], plan.sets),
+        "views": views,
+        "completions": info,
+        "output_cache": outputs_info,
+        "loaded": loaded,
+    }
+
+
+def base_student_answers(plan: Plan, base: Teacher, open_teacher: dict, self_teacher: bool, args) -> dict:
+    """The base student's closed-book answers, its open-book ones (the teacher's, for a self teacher) and
+    its replies to the forgetting prompts, all cached."""
+    heldout = plan.heldout
+    heldout_rows = [row for part in heldout.values() for row in part]
+    options = dict(show_progress=plan.show, **plan.cache)
+    bare = [dict(row, context="") for row in heldout_rows]
+    before, info = completions(base, plan.tokenizer, bare, plan.settings, **options)
+    open_book = {name: open_teacher[name] for name in heldout}
+    if not self_teacher:
+        opened, _ = completions(base, plan.tokenizer, heldout_rows, plan.settings, **options)
+        open_book = split_by_set([r["text"] for r in opened], heldout)
+    forgetting = []
+    if plan.forgetting_rows:
+        long = args.generation_settings(args.forgetting_max_new_tokens)
+        forgetting, _ = completions(base, plan.tokenizer, plan.forgetting_rows, long, **options)
+    closed = split_by_set([r["text"] for r in before], heldout)
+    return {"closed": closed, "open": open_book, "forgetting": forgetting, "completions": info}
+
+
+def sft_baseline(plan: Plan, student_args, args, config, base_forgetting) -> tuple[list, dict, dict]:
+    """A fresh student trained with cross-entropy on the gold answers (alpha 0, no teacher), in sft/:
+    (its closed-book answers, its forgetting KL, its training figures)."""
+    sft_config = copy.deepcopy(config)
+    sft_config.alpha, sft_config.teacher_model_name_or_path = 0.0, None
+    sft_config.teacher_output_cache = False
+    sft_config.output_dir = str(Path(config.output_dir) / "sft")
+    gold = [dict(row, context="", completion=row["answer"]) for row in plan.sets["train"]]
+    views = chat_view_dataset(plan.tokenizer, gold, [None] * len(gold), plan.cache["placement"])
+    student = load_student(student_args, seed=config.seed)
+    trainer, answers, metrics = train_and_answer(
+        student, views, sft_config, plan.tokenizer, plan.heldout, plan.settings, args, None
+    )
+    kl = forgetting_kl(
+        trainer.model,
+        plan.tokenizer,
+        plan.forgetting_rows,
+        base_forgetting,
+        **forgetting_options(plan, student_args, args),
+    )
+    del trainer, student
+    release_freed_memory()
+    return answers, kl, metrics
+
+
+def forgetting_options(plan: Plan, student_args, args) -> dict:
+    return dict(
+        placement=plan.cache["placement"],
+        batch_size=args.kl_batch_size,
+        source=student_args.model_name_or_path,
+    )
+
+
+def run_distill_document(student_args, args, config, callbacks=None, command: str = "") -> dict:
+    start = time.perf_counter()
+    plan = plan_run(student_args, args, config)
+    self_teacher = is_self(config.teacher_model_name_or_path)
+
+    # ---- the teacher's answers with the document, then the base student's (all cached)
     mark = time.perf_counter()
     student = load_student(student_args, seed=config.seed)
-    base = Teacher.for_model(student, "self", student_path, student_args.dtype)  # the student's base model
-    teacher = (
-        base if self_teacher else LazyTeacher(teacher_name, config.teacher_dtype, config.teacher_quantization)
+    source = student_args.model_name_or_path
+    base = Teacher.for_model(student, "self", source, student_args.dtype)  # the student's base model
+    teacher = (  # a separate teacher loads only if some answer or distribution is not cached yet
+        base
+        if self_teacher
+        else Teacher.from_source(
+            config.teacher_model_name_or_path, config.teacher_dtype, config.teacher_quantization
+        )
     )
-    mark = lap("load_student", mark)
-    if self_teacher:
-        replies, teacher_info = completions(base, tokenizer, rows, settings, show_progress=show, **cache)
-    else:
-        replies, teacher_info = teacher_completions(
-            teacher, tokenizer, rows, settings, teacher_id=teacher.teacher_id, show_progress=show, **cache
-        )
-    teacher_replies = split_by_set([r["text"] for r in replies], sets)
-    train_views = chat_view_dataset(tokenizer, sets["train"], replies[: len(sets["train"])], placement)
-    outputs_info = None
-    if not self_teacher and config.teacher_output_cache:  # its distributions, before it is dropped
-        outputs_info = ensure_teacher_outputs(
-            teacher, train_views, TwoViewCollator(tokenizer.pad_token_id), config
-        )
-    teacher_loaded = not self_teacher and teacher.loaded
-    if not self_teacher:
-        teacher.release()
-    mark = lap("teacher", mark)
+    mark = plan.lap("load_student", mark)
+    taught = teacher_answers(plan, teacher, config)
+    mark = plan.lap("teacher", mark)
+    base_answers = base_student_answers(plan, base, taught["replies"], self_teacher, args)
+    mark = plan.lap("base_student", mark)
 
-    # ---------------------------------------------------- the base student: closed and open book (cached)
-    bare = [dict(row, context="") for row in heldout_rows]
-    before, before_info = completions(base, tokenizer, bare, settings, show_progress=show, **cache)
-    open_student = {name: teacher_replies[name] for name in heldout}
-    if not self_teacher:
-        opened, _ = completions(base, tokenizer, heldout_rows, settings, show_progress=show, **cache)
-        open_student = split_by_set([r["text"] for r in opened], heldout)
-    base_forgetting = []
-    if forgetting_rows:
-        long = args.generation_settings(args.forgetting_max_new_tokens)
-        base_forgetting, _ = completions(base, tokenizer, forgetting_rows, long, show_progress=show, **cache)
-    mark = lap("base_student", mark)
-    forgetting = dict(placement=placement, batch_size=args.kl_batch_size, source=student_path)
-
-    # ---------------------------------------------------- CD: the teacher's distribution on its answers
+    # ---- CD: the teacher's distribution on its answers; SFT: cross-entropy on the gold answers
     write_resolved_config(config.output_dir, (student_args, args, config), RECIPE)
-    cd_teacher = SELF if self_teacher else teacher_name
     trainer, cd_answers, cd_metrics = train_and_answer(
-        student, train_views, config, tokenizer, heldout, settings, args, cd_teacher, callbacks
+        student,
+        taught["views"],
+        config,
+        plan.tokenizer,
+        plan.heldout,
+        plan.settings,
+        args,
+        teacher,
+        callbacks,
     )
-    cd_forgetting = forgetting_kl(trainer.model, tokenizer, forgetting_rows, base_forgetting, **forgetting)
-    del trainer, student, base
+    options = forgetting_options(plan, student_args, args)
+    kls = {
+        "cd": forgetting_kl(
+            trainer.model, plan.tokenizer, plan.forgetting_rows, base_answers["forgetting"], **options
+        )
+    }
+    teacher.release()  # a separate teacher the trainer loaded (without its output cache)
+    del trainer, student, base, teacher
     release_freed_memory()
-    mark = lap("cd", mark)
-
-    # ------------------------------------------------------------ SFT: cross-entropy on the gold answers
-    answers = {"before": split_by_set([r["text"] for r in before], heldout), "cd": cd_answers}
-    kls = {"cd": cd_forgetting}
+    mark = plan.lap("cd", mark)
+    answers = {"before": base_answers["closed"], "cd": cd_answers}
     sft_metrics = None
     if args.sft_baseline:
-        sft_config = copy.deepcopy(config)
-        sft_config.alpha, sft_config.teacher_model_name_or_path = 0.0, None
-        sft_config.teacher_output_cache = False
-        sft_config.output_dir = str(Path(config.output_dir) / "sft")
-        gold = [dict(row, context="", completion=row["answer"]) for row in sets["train"]]
-        sft_views = chat_view_dataset(tokenizer, gold, [None] * len(gold), placement)
-        sft_student = load_student(student_args, seed=config.seed)
-        trainer, answers["sft"], sft_metrics = train_and_answer(
-            sft_student, sft_views, sft_config, tokenizer, heldout, settings, args, None
+        answers["sft"], kls["sft"], sft_metrics = sft_baseline(
+            plan, student_args, args, config, base_answers["forgetting"]
         )
-        kls["sft"] = forgetting_kl(trainer.model, tokenizer, forgetting_rows, base_forgetting, **forgetting)
-        del trainer, sft_student
-        release_freed_memory()
-        mark = lap("sft", mark)
-    answers.update(open_student=open_student, open_teacher=teacher_replies)
-    scores = {model: score_sets(texts, sets) for model, texts in answers.items()}
+        mark = plan.lap("sft", mark)
+    answers.update(open_student=base_answers["open"], open_teacher=taught["replies"])
+    plan.seconds["total"] = round(time.perf_counter() - start, 1)
+    return report(
+        plan,
+        answers,
+        kls,
+        taught,
+        base_answers,
+        (cd_metrics, sft_metrics),
+        (student_args, args, config),
+        command,
+    )
 
-    # ------------------------------------------------------------ results
-    seconds["total"] = round(time.perf_counter() - start, 1)
+
+def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, command) -> dict:
+    """results.md/.json, metrics.json and every answer, printed and written into output_dir."""
+    student_args, args, config = configs
+    cd_metrics, sft_metrics = trained
+    scores = {model: score_sets(texts, plan.sets) for model, texts in answers.items()}
     results = knowledge_results(scores, kls)
-    counts = ", ".join(f"{name} {len(part)}" for name, part in sets.items())
+    teacher_info, before_info = taught["completions"], base_answers["completions"]
+    counts = ", ".join(f"{name} {len(part)}" for name, part in plan.sets.items())
     header = [
-        f"# Knowledge injection: {student_path} (LoRA) <- teacher {teacher_name}",
+        f"# Knowledge injection: {student_args.model_name_or_path} (LoRA) <- teacher "
+        f"{config.teacher_model_name_or_path}",
         "",
         f"- command: `{command}`" if command else "- command: (called from Python)",
-        f"- document: {args.document_file} ({len(document_ids)} tokens in the teacher's prompt, "
-        f"{placement} placement); questions: {counts}",
-        f"- answers: greedy, at most {settings.max_new_tokens} new tokens; teacher answers "
+        f"- document: {args.document_file} ({plan.document_tokens} tokens in the teacher's prompt, "
+        f"{plan.cache['placement']} placement); questions: {counts}",
+        f"- answers: greedy, at most {plan.settings.max_new_tokens} new tokens; teacher answers "
         f"{teacher_info['generated']} generated, {teacher_info['reused']} read from the completion cache; "
         f"base student {before_info['generated']} generated, {before_info['reused']} reused; separate "
-        f"teacher loaded: {'yes' if teacher_loaded else 'no'}",
+        f"teacher loaded: {'yes' if taught['loaded'] else 'no'}",
         f"- training (CD and SFT alike): {cd_metrics['train']['global_step']} steps, learning rate "
         f"{config.learning_rate}, {config.num_train_epochs} epochs, "
         f"batch {config.per_device_train_batch_size}",
-        "- seconds: " + ", ".join(f"{name} {value}" for name, value in seconds.items()),
+        "- seconds: " + ", ".join(f"{name} {value}" for name, value in plan.seconds.items()),
     ]
     metrics = {
         "recipe": RECIPE,
-        "student": student_path,
-        "teacher": teacher_name,
+        "student": student_args.model_name_or_path,
+        "teacher": config.teacher_model_name_or_path,
         "command": command,
-        "questions": {name: len(part) for name, part in sets.items()},
-        "document_tokens": len(document_ids),
+        "questions": {name: len(part) for name, part in plan.sets.items()},
+        "document_tokens": plan.document_tokens,
         "teacher_completions": teacher_info,
         "base_completions": before_info,
-        "teacher_loaded": teacher_loaded,
-        "teacher_output_cache": outputs_info,
-        "decoding": settings.as_dict(),
-        "seconds": seconds,
+        "teacher_loaded": taught["loaded"],
+        "teacher_output_cache": taught["output_cache"],
+        "decoding": plan.settings.as_dict(),
+        "seconds": plan.seconds,
         "cd": cd_metrics,
         "sft": sft_metrics,
         "results": results,
@@ -231,11 +325,10 @@ def run_distill_document(student_args, args, config, callbacks=None, command: st
     records = [
         {"set": name, "prompt": row["prompt"], "gold": row["answer"], "fact": row["fact"]}
         | {model: texts[name][i] for model, texts in answers.items() if name in texts}
-        for name, part in sets.items()
+        for name, part in plan.sets.items()
         for i, row in enumerate(part)
     ]
     paths = write_results(config.output_dir, results, header)
-    configs = (student_args, args, config)
     paths += write_outputs(config.output_dir, metrics, {"answers": records}, configs, RECIPE)
     print("\n" + paths[0].read_text() + "outputs: " + "  ".join(map(str, paths)), flush=True)
     return metrics

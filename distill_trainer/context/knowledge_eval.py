@@ -1,10 +1,10 @@
-"""The steps of knowledge injection that `recipes/distill_document.py` strings together: a teacher loaded
-only when something must be computed, the teacher's answer distributions on the training answers (its
-output cache), a model's answers with or without the document, their scores, and forgetting (the KL of a
-trained student to its own base model on unrelated prompts).
+"""The steps of knowledge injection that `recipes/distill_document.py` strings together: the teacher's
+answer distributions on the training answers (its output cache, computed only when not cached), a model's
+answers with or without the document, their scores, and forgetting (the KL of a trained student to its own
+base model on unrelated prompts).
 
-    teacher = LazyTeacher("embedded:qwen2.5-coder-1.5b", "bfloat16")
-    replies, info = teacher_completions(teacher, tokenizer, rows, settings, teacher_id=teacher.teacher_id)
+    teacher = Teacher.from_source("embedded:qwen2.5-coder-1.5b", "bfloat16")   # loaded when first needed
+    replies, info = completions(teacher, tokenizer, rows, settings)
     ensure_teacher_outputs(teacher, views, collator, config)    # the trainer then finds them cached
     scores = score_sets({"heldout_wordings": replies}, sets)
     kl = forgetting_kl(student, tokenizer, rows, base_replies)
@@ -17,37 +17,11 @@ import time
 from distill_trainer.context.generation_eval import completion_kl, generate_for_rows
 from distill_trainer.context.short_answers import score_answers
 from distill_trainer.context.steps import chat_view_dataset
-from distill_trainer.memory.peak import release_freed_memory
-from distill_trainer.models.loading import load_causal_lm
 from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.teacher.output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
 from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
-from distill_trainer.teacher.teacher import Teacher, teacher_source_fingerprint
+from distill_trainer.teacher.teacher import Teacher
 from distill_trainer.views.text import TwoViewCollator
-
-
-class LazyTeacher:
-    """A teacher on disk (a folder or an `embedded:` alias), loaded on the first call and dropped by
-    `release()`: a rerun that finds every answer and every distribution cached never loads it."""
-
-    def __init__(self, name_or_path: str, dtype: str = "float32", quantization: str = "none"):
-        self.name_or_path, self.dtype, self.quantization = name_or_path, dtype, quantization
-        self.model = None
-        self.loaded = False
-        self.teacher_id = teacher_source_fingerprint(name_or_path, dtype, quantization)
-        if self.teacher_id is None:  # not on disk (a Hub id): identified by its weights, so load it now
-            self.teacher_id = Teacher.for_model(self(), name_or_path, name_or_path).teacher_id
-
-    def __call__(self):
-        if self.model is None:
-            self.model = load_causal_lm(self.name_or_path, self.dtype, self.quantization).eval()
-            self.loaded = True
-        return self.model
-
-    def release(self) -> None:
-        if self.model is not None:
-            self.model = None
-            release_freed_memory()
 
 
 def output_cache_options(config) -> dict:
@@ -61,7 +35,7 @@ def output_cache_options(config) -> dict:
     )
 
 
-def ensure_teacher_outputs(teacher: LazyTeacher, views, collator, config) -> dict:
+def ensure_teacher_outputs(teacher: Teacher, views, collator, config) -> dict:
     """Computes and stores the teacher's distributions on `views` unless they are cached, keyed on the
     teacher's files, so that the trainer (given the teacher's name) reads them without loading it."""
     start = time.perf_counter()
@@ -69,15 +43,14 @@ def ensure_teacher_outputs(teacher: LazyTeacher, views, collator, config) -> dic
     cached, path = cached_teacher_outputs(views, teacher_id=teacher.teacher_id, **options)
     if cached is not None:
         return {"path": str(path), "reused": True, "seconds": 0.0}
-    runner = TeacherAnswerLogits(use_prefix_cache=config.teacher_prefix_cache)
-    model = teacher()
+    teacher.runner = TeacherAnswerLogits(use_prefix_cache=config.teacher_prefix_cache)
     _, path, reused = load_or_build_teacher_outputs(
-        model,
+        teacher.model,
         views,
         collator,
         **options,
         batch_size=config.per_device_eval_batch_size,
-        logits_fn=lambda batch: runner(model, batch),
+        logits_fn=teacher.answer_logits,
         show_progress=not config.disable_tqdm,
         teacher_id=teacher.teacher_id,
     )
@@ -128,4 +101,4 @@ def forgetting_kl(
     views = chat_view_dataset(tokenizer, rows, base_replies, placement)
     base = Teacher.for_model(student, "self", source)
     collator = TwoViewCollator(tokenizer.pad_token_id)
-    return completion_kl(student, base.answer_logits_fn(), views, collator, batch_size)
+    return completion_kl(student, base.answer_logits, views, collator, batch_size)

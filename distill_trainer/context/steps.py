@@ -11,6 +11,8 @@ measurements (rule-following rate, KL to the teacher) of a model without the con
 
 from __future__ import annotations
 
+import contextlib
+
 from datasets import Dataset
 
 from distill_trainer.context.completion_cache import teacher_completions
@@ -54,8 +56,13 @@ def checked_tokenizer(student_args, config, row: dict, placement: str):
 
 
 def completions(teacher: Teacher, tokenizer, rows, settings: GenerationSettings, **options):
-    """The teacher's replies to `rows` (context in its view), from the completion cache when it has them."""
-    with teacher.active() as model:
+    """The teacher's replies to `rows` (context in its view), from the completion cache when it has them; a
+    teacher on disk is loaded only if some reply is not cached yet."""
+    with contextlib.ExitStack() as running:
+
+        def model():
+            return running.enter_context(teacher.active())
+
         return teacher_completions(model, tokenizer, rows, settings, teacher_id=teacher.teacher_id, **options)
 
 
@@ -117,7 +124,7 @@ def measure_student(
         )
     if teacher is not None and views is not None and len(views):
         collator = TwoViewCollator(tokenizer.pad_token_id)
-        kl = teacher.answer_logits_fn()
+        kl = teacher.answer_logits
         result["kl"] = completion_kl(student, kl, views, collator, kl_batch_size, progress=f"{label} KL")
         # and on its own replies: what on-policy training sees, and off-policy training never does
         own = chat_view_dataset(tokenizer, rows, replies, placement)

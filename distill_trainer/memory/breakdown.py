@@ -1,7 +1,7 @@
 """Where a measured peak goes: exact byte counts of the tensors training keeps resident.
 
   breakdown = memory_breakdown(tracker.peak("train")["cpu_rss"], student=trainer.model,
-                               optimizer=trainer.optimizer, teacher=trainer.teacher,
+                               optimizer=trainer.optimizer, teacher=teacher.separate_model,
                                runtime_bytes=tracker.baseline_cpu_rss)   # on GPU: cuda_allocated, 0
   breakdown.as_dict()   # runtime, parameters, gradients, optimizer_state, teacher_weights, rest
 
@@ -61,7 +61,7 @@ def unique_parameters(module) -> list[torch.Tensor]:
 
 def model_bytes(module) -> int:
     """Resident bytes of a model's weights: parameters, buffers and quantization statistics."""
-    if module is None or isinstance(module, str):
+    if module is None:
         return 0  # no teacher, or "self": the student's own weights
     tensors = []
     for param in unique_parameters(module):

@@ -1,28 +1,33 @@
 """The teacher, and every rule about it, in one place: what `self` means, how a teacher is loaded and placed,
-who it is (the identity every cache is keyed on) and how it runs.
+who it is (the identity every cache is keyed on), how it runs and what it checks first.
 
     check_self_teacher(config.teacher_model_name_or_path, student_is_lora=student_args.student_mode == "lora")
     teacher = Teacher.for_model(student, "self", student_path)     # or a loaded model and its path
+    teacher = Teacher.from_source("embedded:qwen2.5-0.5b", "bfloat16")  # loaded when first needed
     with teacher.active() as model:                                # `self`: the adapters are off in here
         ...
-    logits = teacher.answer_logits_fn()(batch)                     # with the prefix KV cache
+    logits = teacher.answer_logits(batch)                          # with the prefix KV cache
+    teacher.release()                                              # a loaded teacher's weights go
 
 A `self` teacher is the student's own base model with its LoRA adapters switched off: no second copy of
-the weights, so it is never loaded, placed or quantized, and it needs a LoRA student.
+the weights, so it is never loaded, placed or quantized, and it needs a LoRA student. A teacher teaches
+with frozen weights: its answer logits reuse one prefix KV cache for as long as it lives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import torch
 
 from distill_trainer.errors import UsageError
-from distill_trainer.models.loading import load_causal_lm, resolve_model_path
+from distill_trainer.models.loading import check_same_vocabulary, load_causal_lm, resolve_model_path
+from distill_trainer.models.output_head import output_head_removed
 from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 
 SELF = "self"
@@ -57,10 +62,12 @@ def check_self_quantization(teacher, quantization: str) -> None:
 # ---- loading and placement ----
 
 
-def load_teacher(name_or_path: str, dtype: str, quantization: str, process_index: int):
+def load_teacher(name_or_path: str, dtype: str, quantization: str, process_index: int | None = None):
     """A teacher from a Hub id, a folder or an embedded alias, placed at load time when quantized."""
-    # one copy per process, on that process's GPU: never device_map="auto" in a multi-process run, which
-    # would spread one copy over all GPUs
+    # one copy per process, on that process's GPU (default: the launcher's LOCAL_RANK): never
+    # device_map="auto" in a multi-process run, which would spread one copy over all GPUs
+    if process_index is None:
+        process_index = int(os.environ.get("LOCAL_RANK", 0))
     device_map = {"": process_index} if torch.cuda.is_available() else None
     return load_causal_lm(name_or_path, dtype=dtype, quantization=quantization, device_map=device_map)
 
@@ -147,24 +154,104 @@ def teacher_source_fingerprint(
 # ---- a teacher that runs ----
 
 
-@dataclass
 class Teacher:
-    """A teacher model, or a LoRA student's base with the adapters off (`is_self`), and the id that keys
-    what it writes (completions, answer distributions)."""
+    """A teacher model, or a LoRA student's base with the adapters off (`is_self`), the id that keys what
+    it writes (completions, answer distributions), and the runner of its answer logits.
 
-    model: object
-    teacher_id: str
-    is_self: bool = False
+    Built with `for_model` (a model in memory, or "self") or `from_source` (a folder, Hub id or embedded
+    alias, loaded on first use, so a run that finds everything cached never loads it)."""
+
+    def __init__(
+        self, model=None, *, is_self=False, source=None, dtype="float32", quantization="none", load=None
+    ):
+        self._model = model
+        self._load = load  # () -> the model, for a teacher loaded when first needed
+        self.is_self = is_self
+        self.source, self.dtype, self.quantization = source, dtype, quantization
+        self.loaded = False  # whether this teacher loaded weights itself
+        self.engine = None  # under DeepSpeed, the engine that holds the weights (kept alive with the teacher)
+        self._placed = is_self
+        # batch -> answer logits, with the prefix KV cache; the trainer sets its own (prefix cache, packing)
+        self.runner = TeacherAnswerLogits(use_prefix_cache=True)
 
     @classmethod
-    def for_model(cls, model, name: str, source: str, dtype: str = "float32", quantization: str = "none"):
+    def for_model(cls, model, name: str, source: str | None = None, dtype="float32", quantization="none"):
         """`name` "self" uses `model` (a LoRA student) with its adapters off; `source` is the path or alias
-        the teacher's weights come from (the student's, for "self")."""
+        the teacher's weights come from (the student's, for "self"), None when they are only in memory."""
         check_self_teacher(
             name, student_is_lora=hasattr(model, "disable_adapter"), fix="this model has no adapters"
         )
-        teacher_id = teacher_source_fingerprint(source, dtype, quantization) or teacher_fingerprint(model)
-        return cls(model=model, teacher_id=teacher_id, is_self=is_self(name))
+        return cls(model, is_self=is_self(name), source=source, dtype=dtype, quantization=quantization)
+
+    @classmethod
+    def from_source(cls, name_or_path: str, dtype="float32", quantization="none", process_index=None):
+        """A teacher on disk or on the Hub, loaded (one copy for this process) when first used."""
+        if is_self(name_or_path):
+            raise UsageError(
+                "teacher 'self' has no weights of its own to load: use Teacher.for_model(student, 'self')"
+            )
+
+        def load():
+            return load_teacher(name_or_path, dtype, quantization, process_index).eval()
+
+        return cls(source=name_or_path, dtype=dtype, quantization=quantization, load=load)
+
+    @property
+    def model(self):
+        """The teacher's model (the student itself for "self"), loaded now if it was not yet."""
+        if self._model is None:
+            if self._load is None:
+                raise UsageError("this teacher was released; build a new Teacher to use it again")
+            self._model = self._load()
+            self.loaded = True
+        return self._model
+
+    @property
+    def separate_model(self):
+        """The teacher's own weights in memory, if any (None for "self", or before a lazy load)."""
+        return None if self.is_self else self._model
+
+    # ---- identity ----
+
+    @property
+    def source_id(self) -> str | None:
+        """The teacher's identity from its files, without loading it (None if they are not a local folder)."""
+        if self.source is None:
+            return None
+        return teacher_source_fingerprint(self.source, self.dtype, self.quantization)
+
+    @functools.cached_property
+    def teacher_id(self) -> str:
+        """What every teacher cache is keyed on: its files when on disk, otherwise its weights (LoRA left
+        out, so a `self` teacher keeps its identity while the adapters train)."""
+        return self.source_id or teacher_fingerprint(self.model)
+
+    # ---- checks and placement ----
+
+    def check_vocabulary(self, student, student_tokenizer=None, teacher_tokenizer=None) -> None:
+        """Full-vocabulary losses compare logit i of both models: they must mean the same token."""
+        if not self.is_self:
+            check_same_vocabulary(student, self.model, student_tokenizer, teacher_tokenizer)
+
+    def place(self, accelerator, device) -> None:
+        """Loads the teacher if needed and makes it ready to run forward in this process (eval mode, no
+        gradients, on `device`, or inside a DeepSpeed engine); a `self` teacher is already in place."""
+        if not self._placed:
+            self._model, self.engine = place_teacher(self.model, accelerator, device)
+            self._placed = True
+
+    def release(self) -> None:
+        """Drops the teacher's weights and its prefix cache (the caller then returns the freed memory); a
+        teacher on disk loads again if it is used after."""
+        self.runner = TeacherAnswerLogits(
+            use_prefix_cache=self.runner.use_prefix_cache, pack=self.runner.pack
+        )
+        self.engine = None
+        if not self.is_self:
+            self._model = None
+            self._placed = False
+
+    # ---- running ----
 
     @contextlib.contextmanager
     def active(self):
@@ -173,19 +260,23 @@ class Teacher:
             with adapters_off(self.model) as model:
                 yield model
             return
-        was_training = self.model.training
-        self.model.eval()
+        model = self.model
+        was_training = model.training
+        model.eval()
         try:
-            yield self.model
+            yield model
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
 
-    def answer_logits_fn(self):
-        """batch -> the teacher's logits at the answer positions of the teacher view (prefix KV cache on)."""
-        runner = TeacherAnswerLogits(use_prefix_cache=True)
+    @torch.no_grad()
+    def answer_logits(self, batch: dict) -> torch.Tensor:
+        """The teacher's logits at the answer positions of the teacher view (batch, answer_len, vocab)."""
+        with self.active() as model:
+            return self.runner(model, batch)
 
-        def logits(batch):
-            with self.active() as model:
-                return runner(model, batch)
-
-        return logits
+    @torch.no_grad()
+    def answer_hidden(self, batch: dict):
+        """(the teacher's final hidden states at the teacher view's answer positions, its output head): the
+        chunked sequence loss applies the head a few positions at a time."""
+        with self.active() as model, output_head_removed(model) as head:
+            return self.runner(model, batch), head

@@ -1,6 +1,6 @@
 """The trainer's use of the teacher output cache (teacher/output_cache.py): swap the datasets for copies
 carrying the teacher's answers, loading the teacher only when some are not cached yet, then train without it.
-A mixin of `ContextDistillationTrainer`, which provides the teacher, its runner and the memory phases.
+A mixin of `ContextDistillationTrainer`, which provides the teacher (`_load_teacher`) and the memory phases.
 """
 
 from __future__ import annotations
@@ -11,18 +11,16 @@ from pathlib import Path
 
 from distill_trainer.memory.peak import release_freed_memory
 from distill_trainer.teacher.output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
-from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 from distill_trainer.teacher.store import build_record, record_build
-from distill_trainer.teacher.teacher import is_self
 
 logger = logging.getLogger(__name__)
 
 
 class TeacherOutputsMixin:
-    def _use_teacher_output_cache(self, teacher_id: str | None = None, load_teacher=None) -> None:
+    def _use_teacher_output_cache(self) -> None:
         """Swap the datasets for copies carrying the teacher's outputs (loaded or computed once), then drop
-        the teacher: training reads those outputs and never runs it again. With `teacher_id`, the teacher
-        is loaded (`load_teacher()`) only if some dataset's outputs are not cached yet."""
+        the teacher: training reads those outputs and never runs it again. A teacher known by its files
+        is loaded only if some dataset's outputs are not cached yet."""
         args = self.args
         options = dict(
             distill_vocab=args.distill_vocab,
@@ -41,6 +39,7 @@ class TeacherOutputsMixin:
         if ensemble is not None:  # the other demonstration sets' views and the content-free queries
             datasets.update(ensemble.extra_datasets())
         done, self.teacher_output_cache_info = {}, {}
+        teacher_id = self.teacher.source_id  # None for a teacher known only by its weights
         if teacher_id is not None:
             for name, dataset in datasets.items():
                 cached, path = cached_teacher_outputs(dataset, teacher_id=teacher_id, **options)
@@ -53,27 +52,19 @@ class TeacherOutputsMixin:
                         "when_built": build_record(path),
                     }
                     logger.info("teacher output cache reused: %s (the teacher is not loaded)", path)
-            if len(done) < len(datasets):
-                self.teacher = load_teacher()
         if len(done) < len(datasets):
-            teacher = self.accelerator.unwrap_model(self.model) if is_self(self.teacher) else self.teacher
-            teacher = getattr(teacher, "module", teacher)  # a DeepSpeed engine's model
+            self._load_teacher()
             build = dict(
                 options,
                 batch_size=args.per_device_eval_batch_size,
                 show_progress=not args.disable_tqdm,
-                teacher_id=teacher_id,
-                logits_fn=lambda batch: self.teacher_answer_logits(self.model, self._prepare_inputs(batch)),
+                teacher_id=self.teacher.teacher_id,
+                logits_fn=lambda batch: self.teacher_answer_logits(self._prepare_inputs(batch)),
             )
-            was_training = self.model.training
-            self.model.eval()  # a "self" teacher runs without dropout, like a loaded one
-            try:
-                with args.main_process_first(desc="teacher output cache"), self._phase("teacher_pass"):
-                    for name, dataset in datasets.items():
-                        if name not in done:
-                            done[name] = self._build_teacher_outputs(teacher, dataset, build, name)
-            finally:
-                self.model.train(was_training)
+            with args.main_process_first(desc="teacher output cache"), self._phase("teacher_pass"):
+                for name, dataset in datasets.items():
+                    if name not in done:
+                        done[name] = self._build_teacher_outputs(self.teacher.model, dataset, build, name)
             self._record_builds()
         if ensemble is not None:
             done["train"] = ensemble.combine(done, self.teacher_output_cache_info, args.temperature)
@@ -82,10 +73,9 @@ class TeacherOutputsMixin:
             self.eval_dataset = {name: done[f"eval_{name}"] for name in self.eval_dataset}
         elif self.eval_dataset is not None:
             self.eval_dataset = done["eval"]
-        dropped_a_model = self.teacher is not None and not is_self(self.teacher)
+        dropped_a_model = self.teacher.separate_model is not None
+        self.teacher.release()  # its weights, its prefix cache and, under DeepSpeed, the engine holding them
         self.teacher = None
-        self._teacher_engine = None  # under DeepSpeed, the engine holding the teacher's weights goes too
-        self._teacher_runner = TeacherAnswerLogits(use_prefix_cache=False)  # frees the prefix cache too
         self.teacher_from_cache = True
         if dropped_a_model:  # its weights are garbage now: training's peak should not include them
             release_freed_memory()

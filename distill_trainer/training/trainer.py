@@ -22,19 +22,10 @@ from transformers import Trainer
 
 from distill_trainer.errors import NonFiniteLossError, UsageError
 from distill_trainer.models.answer_logits import answer_logits
-from distill_trainer.models.loading import check_same_vocabulary
 from distill_trainer.models.output_head import output_head_removed
 from distill_trainer.teacher.output_cache import has_teacher_outputs
 from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
-from distill_trainer.teacher.teacher import (
-    SELF,
-    adapters_off,
-    check_self_teacher,
-    is_self,
-    load_teacher,
-    place_teacher,
-    teacher_source_fingerprint,
-)
+from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from distill_trainer.training.config import PACKING, DistillationConfig
 from distill_trainer.training.hub_push import HubPushMixin
@@ -63,9 +54,9 @@ class ContextDistillationTrainer(
     """Trainer for context distillation (and, with `alpha=0` and no teacher, pattern-based fine-tuning).
 
     Args:
-        teacher: a model, a Hub id / path / embedded alias (loaded with `args.teacher_*`), `"self"` for the
-            student's own base model with its LoRA adapters disabled (no second copy of the weights), or
-            None (only valid with alpha=0).
+        teacher: a `teacher.teacher.Teacher`, a model, a Hub id / path / embedded alias (loaded with
+            `args.teacher_*`), `"self"` for the student's own base model with its LoRA adapters disabled
+            (no second copy of the weights), or None (only valid with alpha=0).
         label_token_ids: the student's verbalizer token ids (one per label, first token of each label
             word); needed for `distill_vocab="label_words"`.
         teacher_label_token_ids: the teacher's, when its tokenizer differs; defaults to `label_token_ids`.
@@ -121,30 +112,17 @@ class ContextDistillationTrainer(
         self._phase = (
             memory_tracker.phase if memory_tracker is not None else lambda name: contextlib.nullcontext()
         )
-        self._teacher_runner = TeacherAnswerLogits(
-            use_prefix_cache=args.teacher_prefix_cache, pack=PACKING[args.teacher_pack_queries]
-        )
         self.teacher_from_cache = cached_outputs and args.alpha > 0
         # what the teacher output cache did: {"path", "reused", "seconds"} per dataset (None without it)
         self.teacher_output_cache_info = None
         # more demonstration sets and/or their calibration (teacher.ensemble.TeacherEnsembleViews)
         self.teacher_ensemble = teacher_ensemble
-        teacher_id = None
-        if args.teacher_output_cache and isinstance(teacher, str) and not is_self(teacher) and args.alpha > 0:
-            # a teacher on disk is identified by its files: a cache built before is found without loading it
-            teacher_id = teacher_source_fingerprint(teacher, args.teacher_dtype, args.teacher_quantization)
-
-        def setup_teacher():
-            with self._phase("teacher_load"):
-                return self._setup_teacher(teacher, teacher_tokenizer)
-
-        if teacher_id is not None:
-            self.teacher = None
-            self._use_teacher_output_cache(teacher_id, setup_teacher)
-        else:
-            self.teacher = setup_teacher()
-            if args.teacher_output_cache and self.teacher is not None:
-                self._use_teacher_output_cache()
+        self._teacher_tokenizer = teacher_tokenizer
+        self.teacher = self._teacher_from(teacher) if args.alpha > 0 else None
+        if self.teacher is not None and args.teacher_output_cache:
+            self._use_teacher_output_cache()  # loads the teacher only if some outputs are not cached yet
+        elif self.teacher is not None:
+            self._load_teacher()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._init_rollouts(rollout_generator, teacher_tokenizer)
 
@@ -160,47 +138,42 @@ class ContextDistillationTrainer(
                 "(--use_cpu true) to train them together over gloo, or launch a single process"
             )
 
-    def _setup_teacher(self, teacher, teacher_tokenizer):
-        if teacher is None or self.args.alpha == 0:
+    def _teacher_from(self, teacher) -> Teacher | None:
+        """A `Teacher` for what `teacher=` named (nothing is loaded yet), running with this run's settings."""
+        if teacher is None:
             return None
-        if is_self(teacher):
-            check_self_teacher(teacher, student_is_lora=hasattr(self.model, "disable_adapter"))
-            return SELF
-        if isinstance(teacher, str):
-            teacher = load_teacher(
-                teacher,
-                self.args.teacher_dtype,
-                self.args.teacher_quantization,
-                process_index=self.accelerator.local_process_index,
-            )
-        if self.args.distill_vocab == "full":
-            check_same_vocabulary(self.model, teacher, self.processing_class, teacher_tokenizer)
-        teacher, engine = place_teacher(teacher, self.accelerator, self.args.device)
-        if engine is not None:
-            self._teacher_engine = engine  # the DeepSpeed engine holds the weights: kept alive with the run
+        if not isinstance(teacher, Teacher):
+            if is_self(teacher):
+                teacher = Teacher.for_model(self.model, teacher)
+            elif isinstance(teacher, str):
+                teacher = Teacher.from_source(
+                    teacher,
+                    self.args.teacher_dtype,
+                    self.args.teacher_quantization,
+                    process_index=self.accelerator.local_process_index,
+                )
+            else:
+                teacher = Teacher.for_model(teacher, "teacher")
+        teacher.runner = TeacherAnswerLogits(
+            use_prefix_cache=self.args.teacher_prefix_cache, pack=PACKING[self.args.teacher_pack_queries]
+        )
         return teacher
 
-    @torch.no_grad()
-    def teacher_answer_logits(self, model, inputs) -> torch.Tensor:
-        """The teacher's logits at the answer positions of the teacher view (batch, answer_len, vocab)."""
-        # with a shared demonstration prefix in the batch (and teacher_prefix_cache), the runner reuses the
-        # prefix's key/value cache and runs only the queries; otherwise it runs the full teacher view
-        if is_self(self.teacher):
-            # the bare model, not its DDP wrapper: a no-grad forward needs no gradient sync (and the
-            # wrapper hides `config`, which the runner reads)
-            with adapters_off(self.accelerator.unwrap_model(model)) as base:
-                return self._teacher_runner(base, inputs)
-        return self._teacher_runner(self.teacher, inputs)
+    def _load_teacher(self) -> None:
+        """The teacher loaded (a memory phase of its own), checked against the student and placed."""
+        with self._phase("teacher_load"):
+            self.teacher.place(self.accelerator, self.args.device)
+            if self.args.distill_vocab == "full":
+                self.teacher.check_vocabulary(self.model, self.processing_class, self._teacher_tokenizer)
 
-    @torch.no_grad()
-    def teacher_answer_hidden(self, model, inputs):
+    def teacher_answer_logits(self, inputs) -> torch.Tensor:
+        """The teacher's logits at the answer positions of the teacher view (batch, answer_len, vocab); with
+        a shared demonstration prefix in the batch (and teacher_prefix_cache) only the queries run."""
+        return self.teacher.answer_logits(inputs)
+
+    def teacher_answer_hidden(self, inputs):
         """(the teacher's final hidden states at the teacher view's answer positions, its output head)."""
-        if is_self(self.teacher):
-            base = self.accelerator.unwrap_model(model)
-            with adapters_off(base), output_head_removed(base) as head:
-                return self._teacher_runner(base, inputs), head
-        with output_head_removed(self.teacher) as head:
-            return self._teacher_runner(self.teacher, inputs), head
+        return self.teacher.answer_hidden(inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs["answer_mask"]
@@ -254,7 +227,7 @@ class ContextDistillationTrainer(
                 "the cache with distill_vocab=full"
             )
         elif self.teacher is not None:
-            teacher["teacher_hidden"], teacher["teacher_head"] = self.teacher_answer_hidden(model, inputs)
+            teacher["teacher_hidden"], teacher["teacher_head"] = self.teacher_answer_hidden(inputs)
         elif self.teacher_from_cache:
             raise UsageError(
                 "a batch carries no cached teacher outputs and no teacher is loaded; build the dataset with "
@@ -283,7 +256,7 @@ class ContextDistillationTrainer(
                 "a batch carries no cached teacher outputs and no teacher is loaded; build the dataset with "
                 "teacher_output_cache (output_cache.load_or_build_teacher_outputs) or pass teacher="
             )
-        teacher_logits = self.teacher_answer_logits(model, inputs)
+        teacher_logits = self.teacher_answer_logits(inputs)
         if self.args.distill_vocab == "label_words":
             # The verbalizer decides at the first answer position (column 0 of the positions holds it for
             # every row, see TwoViewCollator), so both models are compared there, over the label words

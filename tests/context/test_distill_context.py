@@ -79,7 +79,7 @@ def test_kl_is_zero_for_the_teacher_itself_and_positive_without_the_context(chat
         model.lm_head.weight.mul_(30)  # peaked distributions: a random tiny model's are nearly uniform
     views = chat_dataset(chat_tokenizer)
     rows = [{"context": CONTEXT, "prompt": p} for p in PROMPTS]
-    teacher = Teacher(model=model, teacher_id="t")
+    teacher = Teacher.for_model(model, "teacher")
     settings = GenerationSettings(max_new_tokens=4)
     result = measure_student(
         model, chat_tokenizer, rows, views, settings, checker="python_function", teacher=teacher

@@ -208,10 +208,10 @@ def test_trainer_uses_the_prefix_cache_with_the_same_logits(
     batch = TwoViewCollator(tokenizer.pad_token_id)(views(tokenizer))
     cached = make_trainer(tmp_path, student, teacher, tokenizer)
     uncached = make_trainer(tmp_path, student, teacher, tokenizer, teacher_prefix_cache=False)
-    got = cached.teacher_answer_logits(cached.model, batch)
-    expected = uncached.teacher_answer_logits(uncached.model, batch)
-    assert cached._teacher_runner.prefix_teacher is not None
-    assert uncached._teacher_runner.prefix_teacher is None
+    got = cached.teacher_answer_logits(batch)
+    expected = uncached.teacher_answer_logits(batch)
+    assert cached.teacher.runner.prefix_teacher is not None
+    assert uncached.teacher.runner.prefix_teacher is None
     assert (got - expected)[batch["answer_mask"]].abs().max() <= 1e-4
 
 

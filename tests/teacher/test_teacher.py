@@ -5,6 +5,7 @@ import contextlib
 
 import pytest
 import torch
+from helpers import DEMOS, ROWS
 
 from distill_trainer.errors import UsageError
 from distill_trainer.teacher.teacher import (
@@ -88,3 +89,64 @@ def test_a_loaded_teacher_runs_in_eval_mode_and_keeps_its_own_mode_after():
     with teacher.active() as active:
         assert active is model and not model.training
     assert model.training
+
+
+# ---- a teacher on disk: loaded when first used, identified by its files, released ----
+
+
+def test_a_teacher_from_disk_loads_on_first_use_only(tiny_dirs, monkeypatch):
+    from distill_trainer.teacher import teacher as teacher_module
+    from distill_trainer.teacher.teacher import teacher_source_fingerprint
+
+    loads = []
+    real = teacher_module.load_causal_lm
+    monkeypatch.setattr(teacher_module, "load_causal_lm", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    teacher = Teacher.from_source(str(tiny_dirs["teacher"]))
+    assert teacher.teacher_id == teacher_source_fingerprint(str(tiny_dirs["teacher"]))
+    assert not teacher.loaded and teacher.separate_model is None and loads == []  # known without loading
+    with teacher.active() as model:
+        assert not model.training
+    assert teacher.loaded and loads == [str(tiny_dirs["teacher"])]
+    with teacher.active():
+        pass
+    assert len(loads) == 1  # loaded once
+    teacher.release()
+    assert teacher.separate_model is None
+    assert teacher.model is not None and len(loads) == 2  # used again after release: loaded again
+
+
+def test_a_teacher_known_only_in_memory_is_identified_by_its_weights(tokenizer):
+    from distill_trainer.teacher.teacher import teacher_fingerprint
+    from distill_trainer.testing import build_model
+
+    model = build_model(len(tokenizer), seed=1)
+    teacher = Teacher.for_model(model, "teacher")
+    assert teacher.source_id is None and teacher.teacher_id == teacher_fingerprint(model)
+    assert Teacher.for_model(build_model(len(tokenizer), seed=2), "teacher").teacher_id != teacher.teacher_id
+    with pytest.raises(UsageError, match="no weights of its own"):
+        Teacher.from_source("self")
+
+
+def test_answer_logits_reuse_one_prefix_cache_and_match_the_full_view(tokenizer):
+    from distill_trainer.models.answer_logits import answer_logits
+    from distill_trainer.testing import build_model
+    from distill_trainer.views.text import TwoViewCollator, build_views
+
+    model = build_model(len(tokenizer), seed=1)
+    teacher = Teacher.for_model(model, "teacher")
+    rows = [build_views(tokenizer, q, a, DEMOS) for q, a in ROWS]
+    batch = TwoViewCollator(tokenizer.pad_token_id)(rows)
+    got = teacher.answer_logits(batch)
+    cache = teacher.runner.prefix_teacher
+    assert cache is not None and teacher.answer_logits(batch) is not None
+    assert teacher.runner.prefix_teacher is cache  # built once while the teacher lives
+    full = answer_logits(
+        model, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"]
+    )
+    assert (got - full)[batch["answer_mask"]].abs().max() <= 1e-4
+    hidden, head = teacher.answer_hidden(batch)
+    assert (head(hidden) - got)[batch["answer_mask"]].abs().max() <= 1e-4
+    teacher.release()  # drops the cached prefix, keeps how the teacher runs
+    assert teacher.runner.prefix_teacher is None and teacher.runner.use_prefix_cache
+    with pytest.raises(UsageError, match="was released"):
+        teacher.answer_logits(batch)

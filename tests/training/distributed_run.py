@@ -113,15 +113,15 @@ def run(
     save_student(trainer, run_dir / "student", card=card, recipe={"alpha": alpha, "steps": steps})
 
     in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    teacher_params = [] if trainer.teacher == "self" else list(trainer.teacher.parameters())
+    teacher_params = [] if trainer.teacher.is_self else list(trainer.teacher.model.parameters())
     history = trainer.state.log_history
     return {
         "rank": rank,
         "world_size": trainer.accelerator.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "student_wrapper": type(trainer.model_wrapped).__name__,
-        "teacher": "self" if trainer.teacher == "self" else type(trainer.teacher).__name__,
-        "teacher_training": trainer.teacher != "self" and trainer.teacher.training,
+        "teacher": "self" if trainer.teacher.is_self else type(trainer.teacher.model).__name__,
+        "teacher_training": not trainer.teacher.is_self and trainer.teacher.model.training,
         "teacher_requires_grad": any(p.requires_grad for p in teacher_params),
         "teacher_in_optimizer": any(id(p) in in_optimizer for p in teacher_params),
         "teacher_devices": sorted({str(p.device) for p in teacher_params}),

@@ -67,9 +67,9 @@ def test_an_on_policy_step_grades_the_students_own_reply_with_the_context_in_the
     graded = []
     real = trainer.teacher_answer_hidden
 
-    def grading(model, inputs):
+    def grading(inputs):
         graded.append({key: value.clone() for key, value in inputs.items()})
-        return real(model, inputs)
+        return real(inputs)
 
     trainer.teacher_answer_hidden = grading
     trainer.train()

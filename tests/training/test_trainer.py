@@ -70,7 +70,7 @@ def test_self_teacher_is_exactly_the_base_model(tmp_path, tokenizer, student):
     trainer = make_trainer(tmp_path, lora, "self", tokenizer, teacher_prefix_cache=False)
     batch = TwoViewCollator(tokenizer.pad_token_id)([build_views(tokenizer, q, a, DEMOS) for q, a in ROWS])
     lora.eval()
-    got = trainer.teacher_answer_logits(trainer.model, batch)
+    got = trainer.teacher_answer_logits(batch)
     expected = answer_logits(
         base.eval(),
         batch["teacher_input_ids"],
@@ -159,8 +159,8 @@ def test_batch_without_answer_tokens_is_rejected(tmp_path, tokenizer, student, t
 
 def test_teacher_by_path_loads(tmp_path, tokenizer, tiny_dirs, student):
     trainer = make_trainer(tmp_path, student, tiny_dirs["teacher"], tokenizer, max_steps=1)
-    assert not trainer.teacher.training
-    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert not trainer.teacher.model.training
+    assert not any(p.requires_grad for p in trainer.teacher.model.parameters())
     trainer.train()
 
 
@@ -194,8 +194,8 @@ def test_self_teacher_runs_without_dropout(tmp_path, tokenizer):
     trainer = make_trainer(tmp_path, lora, "self", tokenizer, teacher_prefix_cache=False)
     batch = TwoViewCollator(tokenizer.pad_token_id)([build_views(tokenizer, q, a, DEMOS) for q, a in ROWS])
     lora.train()
-    first = trainer.teacher_answer_logits(trainer.model, batch)
-    second = trainer.teacher_answer_logits(trainer.model, batch)
+    first = trainer.teacher_answer_logits(batch)
+    second = trainer.teacher_answer_logits(batch)
     assert torch.equal(first, second)
     assert lora.training  # the student's own mode is left as it was
 
@@ -203,6 +203,17 @@ def test_self_teacher_runs_without_dropout(tmp_path, tokenizer):
 def test_trainer_passes_teacher_pack_queries_to_its_runner(tmp_path, tokenizer, teacher, student):
     for value, pack in (("auto", None), ("always", True), ("never", False)):
         trainer = make_trainer(tmp_path, student, teacher, tokenizer, teacher_pack_queries=value)
-        assert trainer._teacher_runner.pack is pack
+        assert trainer.teacher.runner.pack is pack
     with pytest.raises(UsageError, match="teacher_pack_queries"):
         make_args(tmp_path, teacher_pack_queries="on")
+
+
+def test_a_teacher_object_is_used_as_given_with_the_runs_settings(tmp_path, tokenizer, student, teacher):
+    from distill_trainer.teacher.teacher import Teacher
+
+    given = Teacher.for_model(teacher.train(), "teacher")
+    trainer = make_trainer(tmp_path, student, given, tokenizer, teacher_pack_queries="never", max_steps=1)
+    assert trainer.teacher is given and given.runner.pack is False
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())  # placed
+    trainer.train()
+    assert any("kd_loss" in log for log in trainer.state.log_history)
