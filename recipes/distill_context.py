@@ -11,6 +11,11 @@ every row) and an optional completion; TRL's SDFT rows (prompt + privileged_cont
 generated once with the context and kept in the completion cache. Writes into output_dir: the student,
 metrics.json, report.md (held-out rule-following rates with standard errors, KL to the teacher before and
 after), predictions_replies.jsonl (every held-out reply and its check) and resolved_config.yaml.
+
+Everything is checked before a model loads (`distill-trainer validate` runs the same checks). An output_dir
+holding an earlier run's results is refused unless overwrite_output_dir says so; a run stopped mid-training
+continues from its last checkpoint with --resume_from_checkpoint true (same settings; the teacher's
+replies come back from the cache).
 """
 
 from __future__ import annotations
@@ -25,18 +30,14 @@ from distill_trainer import (
     parse_config,
 )
 from distill_trainer.context.config import ContextDataArguments
-from distill_trainer.context.data import load_context_rows
 from distill_trainer.context.generation_eval import reply_records, rule_following
 from distill_trainer.context.report import format_report, write_report
 from distill_trainer.context.steps import (
     chat_view_dataset,
-    check_reply_settings,
-    checked_tokenizer,
     completions,
     cut_offs,
     measure_student,
 )
-from distill_trainer.nli.row_checks import print_reports
 from distill_trainer.report.hub import save_student, ship_student
 from distill_trainer.report.model_card import StudentCard, reply_source
 from distill_trainer.run.runner import (
@@ -48,32 +49,11 @@ from distill_trainer.run.runner import (
     write_outputs,
     write_resolved_config,
 )
+from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
-from distill_trainer.training.rollouts import check_on_policy_settings
 
 RECIPE = "distill_context"
 CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)
-
-
-def check_settings(student_args, config) -> None:
-    check_reply_settings(student_args, config, RECIPE)
-    check_on_policy_settings(config)  # before any model loads or any reply is generated
-
-
-def load_rows(data_args: ContextDataArguments):
-    reports = []
-    train_rows, report = load_context_rows(
-        data_args.data_file, **data_args.column_settings(), limit=data_args.num_train_examples
-    )
-    reports.append(report)
-    eval_rows = []
-    if data_args.eval_data_file:
-        eval_rows, report = load_context_rows(
-            data_args.eval_data_file, **data_args.column_settings(), limit=data_args.num_eval_examples
-        )
-        reports.append(report)
-    print_reports(reports)
-    return train_rows, eval_rows, reports
 
 
 def load_models(student_args, config):
@@ -198,9 +178,9 @@ def write_run(trainer, configs, metrics, train_rows, eval_rows, reports, evaluat
 def run_distill_context(student_args, data_args, config, callbacks=None) -> dict:
     start = time.perf_counter()
     # ------------------------------------------------------------ checks, rows and tokenizer (no model yet)
-    check_settings(student_args, config)
-    train_rows, eval_rows, reports = load_rows(data_args)
-    tokenizer = checked_tokenizer(student_args, config, train_rows[0], data_args.context_placement)
+    checked = validate_reply_recipe(RECIPE, student_args, data_args, config)
+    train_rows, eval_rows, reports = (checked.data[key] for key in ("train", "eval", "reports"))
+    tokenizer = checked.tokenizer
 
     # ------------------------------------------------------------ student, teacher and the teacher's replies
     student, teacher = load_models(student_args, config)

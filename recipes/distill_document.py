@@ -16,7 +16,8 @@ never loads a separate teacher. Writes into output_dir: results.md and results.j
 exact and contains, with standard errors, on training wordings, held-out wordings and held-out facts, for
 the student before, after CD and after SFT, and open-book for the student and the teacher; forgetting; CD
 against SFT with a 95% interval), metrics.json, predictions_answers.jsonl, resolved_config.yaml, the CD
-student, and the SFT student in sft/.
+student, and the SFT student in sft/. Checked before a model loads as `distill-trainer validate` checks
+it; --resume_from_checkpoint true continues a stopped run (CD from its last checkpoint, SFT from sft/'s).
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from distill_trainer import (
 from distill_trainer.context.knowledge_data import (
     HELDOUT_SETS,
     KnowledgeArguments,
-    load_forgetting_prompts,
-    load_question_sets,
 )
 from distill_trainer.context.knowledge_eval import (
     closed_book_answers,
@@ -51,8 +50,6 @@ from distill_trainer.context.knowledge_eval import (
 from distill_trainer.context.knowledge_report import knowledge_results, write_results
 from distill_trainer.context.steps import (
     chat_view_dataset,
-    check_reply_settings,
-    checked_tokenizer,
     completions,
 )
 from distill_trainer.memory.peak import release_freed_memory
@@ -65,7 +62,9 @@ from distill_trainer.run.runner import (
     write_outputs,
     write_resolved_config,
 )
+from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
+from distill_trainer.training.checkpoints import last_complete_checkpoint, parse_resume_setting
 from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_document"
@@ -116,16 +115,13 @@ class Plan:
 
 
 def plan_run(student_args, args, config) -> Plan:
-    """Checks, questions and tokenizer, before any model loads."""
-    check_reply_settings(student_args, config, RECIPE)
-    sets = load_question_sets(args)
-    forgetting_rows = load_forgetting_prompts(args)
-    placement = args.context_placement
-    tokenizer = checked_tokenizer(student_args, config, sets["train"][0], placement)
+    """Checks, questions and tokenizer, before any model loads (`run/validate_replies.py`)."""
+    checked = validate_reply_recipe(RECIPE, student_args, args, config)
+    sets, tokenizer, placement = checked.data["sets"], checked.tokenizer, args.context_placement
     first = sets["train"][0]
     return Plan(
         sets=sets,
-        forgetting_rows=forgetting_rows,
+        forgetting_rows=checked.data["forgetting"],
         tokenizer=tokenizer,
         document_tokens=len(chat_prompt_ids(tokenizer, first["prompt"], first["context"], placement)),
         settings=args.generation_settings(),
@@ -188,6 +184,11 @@ def sft_baseline(plan: Plan, student_args, args, config, base_forgetting) -> tup
     sft_config.alpha, sft_config.teacher_model_name_or_path = 0.0, None
     sft_config.teacher_output_cache = False
     sft_config.output_dir = str(Path(config.output_dir) / "sft")
+    # a resumed run continues the SFT student only if it had got as far as a checkpoint of its own
+    resumes = parse_resume_setting(config.resume_from_checkpoint) is not None
+    sft_config.resume_from_checkpoint = (
+        resumes and last_complete_checkpoint(sft_config.output_dir) is not None
+    )
     gold = [dict(row, context="", completion=row["answer"]) for row in plan.sets["train"]]
     views = chat_view_dataset(plan.tokenizer, gold, [None] * len(gold), plan.cache["placement"])
     student = load_student(student_args, seed=config.seed)

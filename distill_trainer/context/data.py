@@ -171,3 +171,16 @@ def load_context_rows(
     if not rows:
         raise UsageError(f"{report.line()}; no usable rows are left (set context for rows without one)")
     return rows, report
+
+
+def load_run_rows(data_args) -> tuple[list[dict], list[dict], list[DataReport]]:
+    """(training rows, held-out rows, what each file's load read and skipped) for a `ContextDataArguments`."""
+    options = data_args.column_settings()
+    train_rows, report = load_context_rows(data_args.data_file, **options, limit=data_args.num_train_examples)
+    reports, eval_rows = [report], []
+    if data_args.eval_data_file:
+        eval_rows, report = load_context_rows(
+            data_args.eval_data_file, **options, limit=data_args.num_eval_examples
+        )
+        reports.append(report)
+    return train_rows, eval_rows, reports

@@ -52,22 +52,28 @@ def recipe_of(config_path: str) -> str | None:
 def run_validate(args, overrides: list[str]) -> int:
     from distill_trainer.nli.arguments import DataArguments
     from distill_trainer.run.validate import RECIPES, describe, validate_recipe
+    from distill_trainer.run.validate_replies import REPLY_RECIPES, validate_reply_recipe
     from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
 
     recipe = args.recipe or recipe_of(args.config)
-    if recipe not in RECIPES:
+    known = [*RECIPES, *REPLY_RECIPES]
+    if recipe not in known:
         found = (
             f"it names recipes/{recipe}.py, which validate does not know"
             if recipe
             else "its header names no recipes/<name>.py"
         )
         raise UsageError(
-            f"cannot tell which recipe {args.config} is for ({found}); pass --recipe {' | '.join(RECIPES)}"
+            f"cannot tell which recipe {args.config} is for ({found}); pass --recipe {' | '.join(known)}"
         )
-    student_args, data_args, config = parse_config(
-        (StudentArguments, DataArguments, DistillationConfig), ["--config", args.config, *overrides]
+    data_type = REPLY_RECIPES.get(recipe, DataArguments)
+    configs = parse_config(
+        (StudentArguments, data_type, DistillationConfig), ["--config", args.config, *overrides]
     )
-    result = validate_recipe(recipe, student_args, data_args, config)
+    if recipe in REPLY_RECIPES:
+        result = validate_reply_recipe(recipe, *configs)
+    else:
+        result = validate_recipe(recipe, *configs)
     print(
         f"ok: recipes/{recipe}.py --config {args.config}" + (f" {' '.join(overrides)}" if overrides else "")
     )
@@ -86,8 +92,8 @@ def add_validate_command(subcommands) -> None:
     parser.add_argument("--config", required=True, help="the recipe YAML")
     parser.add_argument(
         "--recipe",
-        help="icl_eval, pattern_finetune or context_distill; default: the recipe named "
-        "in the file's header comment",
+        help="icl_eval, pattern_finetune, context_distill, distill_context or distill_document; default: "
+        "the recipe named in the file's header comment",
     )
     parser.set_defaults(run=run_validate, takes_overrides=True)
 

@@ -80,8 +80,9 @@ class ValidatedRecipe:
     and one line per group of checks (printed by `distill-trainer validate`)."""
 
     recipe: str
-    data: NLIData | None = None
+    data: NLIData | dict | None = None  # a reply recipe's rows (run/validate_replies.py)
     resume_from: str | None = None
+    tokenizer: object = None  # the reply recipes check and keep it
     checks: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -96,9 +97,9 @@ def validate_recipe(
     check_recipe_rules(recipe, rules, student_args, config)
     if rules.trains:
         check_training_settings(data_args, config)
-    result.checks.append(("settings", f"{len(_given(config))} given, types and ranges checked"))
+    result.checks.append(("settings", f"{len(given_settings(config))} given, types and ranges checked"))
     result.resume_from = check_output_dir(recipe, rules, (student_args, data_args, config))
-    result.checks.append(("output_dir", _describe_output(config.output_dir, result.resume_from)))
+    result.checks.append(("output_dir", describe_output(config.output_dir, result.resume_from)))
     if recipe == "context_distill":
         check_quantization(config)
         check_teacher_ensemble(data_args, config)
@@ -122,7 +123,7 @@ def check_teacher_ensemble(data_args, config) -> None:
         )
 
 
-def _given(config) -> dict:
+def given_settings(config) -> dict:
     return getattr(config, "recipe", {}) or {}
 
 
@@ -156,7 +157,7 @@ def check_gold_labels_only(config) -> None:
             "pattern_finetune trains on gold labels and reads no teacher; remove "
             "teacher_model_name_or_path, or run recipes/context_distill.py"
         )
-    if "alpha" in _given(config) and config.alpha != 0:
+    if "alpha" in given_settings(config) and config.alpha != 0:
         raise UsageError(
             f"pattern_finetune uses alpha=0 (gold labels only), got alpha={config.alpha}; "
             "remove alpha, or run recipes/context_distill.py"
@@ -173,7 +174,7 @@ def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config) ->
     # a teacher setting given to a recipe without a teacher would be silently ignored
     # (teacher_calibration is a data setting: icl_eval calibrates the model it evaluates with it)
     ignored = sorted(
-        key for key in _given(config) if key.startswith("teacher_") and key != "teacher_calibration"
+        key for key in given_settings(config) if key.startswith("teacher_") and key != "teacher_calibration"
     )
     if ignored:
         hint = (
@@ -197,8 +198,10 @@ def check_training_settings(data_args, config) -> None:
         "learning_rate": config.learning_rate,
         "per_device_train_batch_size": config.per_device_train_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "num_train_examples": data_args.num_train_examples,
     }
+    for name in ("num_train_examples", "num_train_questions"):  # the data's limit, where it has one
+        if getattr(data_args, name, None) is not None:
+            positive[name] = getattr(data_args, name)
     for name, value in positive.items():
         if not value > 0:
             raise UsageError(f"{name} must be > 0 to train, got {value}; set a positive value")
@@ -274,7 +277,7 @@ def check_resume_settings(output_dir, configs, recipe: str) -> None:
         before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         return
-    now, given = resolved_config(configs), _given(configs[-1])
+    now, given = resolved_config(configs), given_settings(configs[-1])
     # a key the earlier file lacks was at its default then: a change only if this invocation sets it
     changed = [
         key
@@ -292,7 +295,7 @@ def check_resume_settings(output_dir, configs, recipe: str) -> None:
         )
 
 
-def _describe_output(output_dir, resume_from) -> str:
+def describe_output(output_dir, resume_from) -> str:
     if resume_from:
         return f"{output_dir}: resumes from {Path(resume_from).name}"
     found = run_results(output_dir)

@@ -29,17 +29,6 @@ def chat_tokenizer():
     return build_chat_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def chat_dirs(tmp_path_factory, chat_tokenizer):
-    root = tmp_path_factory.mktemp("chat-models")
-    dirs = {}
-    for name, seed, width in (("student", 0, 32), ("teacher", 1, 48)):
-        build_model(len(chat_tokenizer), seed=seed, hidden_size=width).save_pretrained(root / name)
-        chat_tokenizer.save_pretrained(root / name)
-        dirs[name] = str(root / name)
-    return dirs
-
-
 def chat_dataset(tok):
     rows = [build_chat_views(tok, p, "def cat(): pass", CONTEXT) for p in PROMPTS]
     return Dataset.from_list(rows)
@@ -279,3 +268,79 @@ def test_on_policy_with_a_teacher_output_cache_is_refused_before_any_model_loads
     with pytest.raises(UsageError, match="teacher_output_cache: false"):
         recipe.main(recipe_config(tmp_path, chat_dirs, lmbda=1.0))
     assert not (tmp_path / "out").exists()
+
+
+# ---- checked before a model loads; an earlier run kept; a stopped run resumed ----
+
+
+def no_model_loading(monkeypatch):
+    from transformers import PreTrainedModel
+
+    def refuse(cls, *args, **kwargs):
+        raise AssertionError("validation loaded a model")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+
+
+def test_validate_checks_a_reply_recipe_without_loading_a_model(tmp_path, chat_dirs, monkeypatch, capsys):
+    from distill_trainer.models.loading import load_causal_lm
+    from distill_trainer.run.cli import main as cli
+
+    no_model_loading(monkeypatch)
+    with pytest.raises(AssertionError, match="loaded a model"):  # the guard holds
+        load_causal_lm(chat_dirs["student"])
+    argv = recipe_config(tmp_path, chat_dirs, teacher_model_name_or_path=chat_dirs["teacher"])
+    assert cli(["validate", *argv, "--recipe", "distill_context"]) == 0
+    out = capsys.readouterr().out
+    assert "ok: recipes/distill_context.py" in out
+    assert "4 training prompts, 3 held-out prompts" in out and "reads the same tokens" in out
+    assert not (tmp_path / "out").exists()  # nothing written
+    # what the recipe would refuse, validate refuses, in one line
+    bad = recipe_config(tmp_path, chat_dirs, student_mode="full")
+    assert cli(["validate", *bad, "--recipe", "distill_context"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a LoRA student" in err and err.count("\n") == 1
+
+
+class StopAfterSaving:
+    """Stands in for a crash right after the checkpoint of `step` is written."""
+
+    def __init__(self, step):
+        from transformers import TrainerCallback
+
+        self.step = step
+        self.__class__ = type("StopAfterSaving", (StopAfterSaving, TrainerCallback), {})
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("stopped after saving")
+
+
+def adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_a_stopped_run_resumes_to_the_same_weights_and_a_finished_one_is_kept(tmp_path, chat_dirs):
+    from distill_trainer.training.config import parse_config
+
+    recipe = load_recipe("distill_context")
+    steps = dict(max_steps=3, save_strategy="steps", save_steps=1)
+    whole = recipe.main(recipe_config(tmp_path, chat_dirs, output_dir=str(tmp_path / "whole"), **steps))
+    argv = recipe_config(tmp_path, chat_dirs, **steps)
+    with pytest.raises(RuntimeError, match="stopped after saving"):
+        recipe.run_distill_context(*parse_config(recipe.CONFIG_TYPES, argv), callbacks=[StopAfterSaving(2)])
+    with pytest.raises(UsageError, match="unfinished run.*resume_from_checkpoint: true"):
+        recipe.main(argv)
+    resumed = recipe.main([*argv, "--resume_from_checkpoint", "true"])
+    assert resumed["train"]["global_step"] == 3
+    assert resumed["teacher_completions"]["generated"] == 0  # the teacher's replies came from the cache
+    expected, got = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "out")
+    assert expected.keys() == got.keys()
+    assert all(torch.allclose(expected[name], got[name], atol=1e-6) for name in expected)
+    assert resumed["train"]["train_loss"] == pytest.approx(whole["train"]["train_loss"], rel=1e-5)
+    report = (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(UsageError, match="already holds a run's results.*overwrite_output_dir"):
+        recipe.main(argv)
+    assert (tmp_path / "out" / "report.md").read_text() == report  # the finished run is kept as it was

@@ -13,7 +13,7 @@ from helpers import TINY_RUN, load_recipe
 from distill_trainer.context.knowledge_data import KnowledgeArguments, load_question_sets
 from distill_trainer.context.steps import chat_view_dataset
 from distill_trainer.errors import UsageError
-from distill_trainer.testing import build_chat_tokenizer, build_model
+from distill_trainer.testing import build_chat_tokenizer
 from distill_trainer.views.chat import chat_prompt_ids
 
 DOCUMENT = "The cat sat on the mat. The doctor saw the lawyer. Two dogs run in the park."
@@ -23,18 +23,6 @@ FACTS = [  # fact id, gold answer, three wordings
     ("dogs", "park", ["Where do two dogs run?", "Dogs run where?", "Where run the dogs?"]),
     ("count", "Two", ["How many dogs run?", "Dogs: how many?", "Count the dogs."]),
 ]
-
-
-@pytest.fixture(scope="module")
-def chat_dirs(tmp_path_factory):
-    tokenizer = build_chat_tokenizer()
-    root = tmp_path_factory.mktemp("chat-models")
-    dirs = {}
-    for name, seed, width in (("student", 0, 32), ("teacher", 1, 48)):
-        build_model(len(tokenizer), seed=seed, hidden_size=width).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        dirs[name] = str(root / name)
-    return dirs
 
 
 def write_jsonl(path, rows):
@@ -170,3 +158,19 @@ def test_held_out_facts_that_are_trained_are_refused(tmp_path, chat_dirs):
     ) as error:
         recipe.main(argv)
     assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+
+
+def test_validate_checks_the_question_sets_without_loading_a_model(tmp_path, chat_dirs, monkeypatch, capsys):
+    from test_distill_context import no_model_loading
+
+    from distill_trainer.run.cli import main as cli
+
+    no_model_loading(monkeypatch)
+    assert cli(["validate", *recipe_argv(tmp_path, chat_dirs), "--recipe", "distill_document"]) == 0
+    out = capsys.readouterr().out
+    assert "train 6 questions, heldout_wordings 3 questions, heldout_facts 1 questions" in out
+    assert "1 forgetting prompts" in out and not (tmp_path / "out").exists()
+    data = write_data(tmp_path)
+    bad = recipe_argv(tmp_path, chat_dirs, heldout_facts_file=data["data_file"])
+    assert cli(["validate", *bad, "--recipe", "distill_document"]) == 2
+    assert "held-out facts are also trained" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""The validate step of the recipes that distil whole replies (`distill_context`, `distill_document`):
+everything that can be checked before a model loads, run by the recipe itself as its first step and by
+`distill-trainer validate`.
+
+    checked = validate_reply_recipe("distill_context", student_args, data_args, config)
+    checked.data, checked.tokenizer      # the loaded rows and the checked tokenizer, reused by the recipe
+
+In order of cost: the recipe's settings (a teacher, a shared vocabulary, `self` with a LoRA student, the
+on-policy settings), training settings that would train nothing, the output folder under the rules of
+every recipe (fresh, or resumed / overwritten as the settings say), quantization support, the data (rows
+read, skipped rows counted by reason) and the tokenizer (its chat template takes a row; a separate
+teacher reads the same tokens).
+"""
+
+from __future__ import annotations
+
+from distill_trainer.context.config import ContextDataArguments
+from distill_trainer.context.data import load_run_rows
+from distill_trainer.context.knowledge_data import (
+    KnowledgeArguments,
+    load_forgetting_prompts,
+    load_question_sets,
+)
+from distill_trainer.context.steps import check_reply_settings, checked_tokenizer
+from distill_trainer.errors import UsageError
+from distill_trainer.nli.row_checks import print_reports
+from distill_trainer.run.validate import (
+    RecipeRules,
+    ValidatedRecipe,
+    check_output_dir,
+    check_quantization,
+    check_training_settings,
+    describe_output,
+    given_settings,
+)
+from distill_trainer.teacher.teacher import is_self
+from distill_trainer.training.rollouts import check_on_policy_settings
+
+# the data arguments each recipe reads (the student's and the training ones are shared)
+REPLY_RECIPES = {"distill_context": ContextDataArguments, "distill_document": KnowledgeArguments}
+RULES = RecipeRules(trains=True, teacher="required")
+
+
+def validate_reply_recipe(recipe: str, student_args, data_args, config) -> ValidatedRecipe:
+    """Every check for `recipe` (see the module docstring); `.data` holds its rows, `.tokenizer` the
+    student's tokenizer."""
+    if recipe not in REPLY_RECIPES:
+        raise UsageError(f"unknown reply recipe {recipe!r}; choose one of: {', '.join(REPLY_RECIPES)}")
+    check_reply_settings(student_args, config, recipe)
+    check_on_policy_settings(config)
+    check_training_settings(data_args, config)
+    result = ValidatedRecipe(recipe)
+    result.checks.append(("settings", f"{len(given_settings(config))} given, types and ranges checked"))
+    result.resume_from = check_output_dir(recipe, RULES, (student_args, data_args, config))
+    result.checks.append(("output_dir", describe_output(config.output_dir, result.resume_from)))
+    check_quantization(config)
+    if recipe == "distill_context":
+        result.data, first, described = _context_rows(data_args)
+    else:
+        result.data, first, described = _question_sets(data_args)
+    result.checks.append(("data", described))
+    placement = data_args.context_placement
+    result.tokenizer = checked_tokenizer(student_args, config, first, placement)
+    teacher = config.teacher_model_name_or_path
+    result.checks.append(
+        (
+            "tokenizer",
+            f"the chat template takes a row ({placement} placement)"
+            + ("" if is_self(teacher) else f"; {teacher} reads the same tokens"),
+        )
+    )
+    return result
+
+
+def _context_rows(data_args):
+    train_rows, eval_rows, reports = load_run_rows(data_args)
+    print_reports(reports)
+    data = {"train": train_rows, "eval": eval_rows, "reports": reports}
+    described = f"{len(train_rows)} training prompts" + (
+        f", {len(eval_rows)} held-out prompts" if eval_rows else ", no held-out prompts"
+    )
+    return data, train_rows[0], described
+
+
+def _question_sets(args):
+    sets = load_question_sets(args)
+    forgetting = load_forgetting_prompts(args)
+    data = {"sets": sets, "forgetting": forgetting}
+    described = ", ".join(f"{name} {len(rows)} questions" for name, rows in sets.items())
+    return data, sets["train"][0], described + f", {len(forgetting)} forgetting prompts"
