@@ -2,12 +2,21 @@
 
 import logging
 
+# peft imports bitsandbytes whenever it is installed, and bitsandbytes then looks for an optional 4-bit
+# CPU kernel on the Hub: offline it logs that it skipped the kernel's publisher check, and without the
+# kernel that it could not load it. Nothing here uses that kernel (bitsandbytes' own fallback serves 4-bit
+# teachers), so both lines are noise printed before every command.
+_NOISE = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+    "kernels._internals.hf_hub": (
+        "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'"
+    ),
+}
 
-def _drop_optional_kernel_notice(record: logging.LogRecord) -> bool:
-    # peft imports bitsandbytes whenever it is installed, and bitsandbytes then tries to fetch an optional
-    # 4-bit CPU kernel from the Hub and logs a warning when it cannot; nothing here uses that kernel (its
-    # own fallback serves 4-bit teachers), so the warning is noise
-    return not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward")
+
+def _dropper(prefix: str):
+    return lambda record: not record.getMessage().startswith(prefix)
 
 
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_optional_kernel_notice)
+for _name, _prefix in _NOISE.items():
+    logging.getLogger(_name).addFilter(_dropper(_prefix))
