@@ -1,7 +1,9 @@
-"""Only the two known lines about bitsandbytes' optional kernel are dropped; anything else from those
-loggers still reaches the user."""
+"""Only the known lines about bitsandbytes' optional kernel and peft's deprecated call are dropped;
+anything else from those loggers still reaches the user."""
 
 import logging
+import subprocess
+import sys
 
 import distill_trainer  # noqa: F401  (installs the filters)
 
@@ -20,3 +22,15 @@ def test_the_optional_kernel_notices_are_dropped_and_nothing_else():
     cpu_ops = "bitsandbytes.backends.cpu.ops"
     assert not passes(cpu_ops, "Failed to load CPU gemm_4bit_forward from kernels-community: offline")
     assert passes(cpu_ops, "something else went wrong")
+
+
+def test_peft_wrapping_a_model_warns_about_nothing():
+    # in a fresh interpreter: pytest resets warning filters around every test
+    code = (
+        "from distill_trainer.models.loading import prepare_student\n"
+        "from distill_trainer.testing import build_model\n"
+        "prepare_student(build_model(64, seed=0), 'lora', lora_r=4, lora_target_modules=['q_proj'])\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "is_gradient_checkpointing" not in done.stderr
