@@ -1,6 +1,7 @@
 """Peak memory and time of the per-token reply loss: the chunked loss against the naive one.
 
     python -m benchmarks.loss_memory            # Qwen2.5 sizes: 151,936 tokens, 0.5B student, 1.5B teacher
+    python -m benchmarks.loss_memory --chunk-sizes 32,64,256,1024   # what the chunk size trades
     python -m benchmarks.loss_memory --quick    # small vocabulary: a smoke test
 
 The naive loss builds both models' logits over every reply position, (batch, length, vocabulary), then
@@ -28,7 +29,8 @@ QWEN = {"vocab": 151_936, "student_hidden": 896, "teacher_hidden": 1536}
 
 
 def run_one(method: str, options: dict) -> dict:
-    """In this process: build the inputs, then time and measure one loss's forward and backward."""
+    """In this process: build the inputs, then time and measure one loss's forward and backward.
+    `method`: "naive", or "chunked <positions per chunk>"."""
     import torch
 
     from distill_trainer.memory.peak import CpuMemoryMeter
@@ -58,7 +60,7 @@ def run_one(method: str, options: dict) -> dict:
                 teacher_hidden=teacher_hidden,
                 teacher_head=OutputHead(teacher_head),
                 kind="reverse_kl",
-                chunk_size=options["chunk_size"],
+                chunk_size=int(method.split()[1]),
             )
         loss.backward()
         hidden.grad = None
@@ -109,9 +111,9 @@ def table(options: dict, rows: list[dict]) -> str:
         "",
         f"batch {options['batch']} x {options['length']} reply tokens; student hidden "
         f"{options['student_hidden']}, teacher hidden {options['teacher_hidden']}; reverse KL over the whole "
-        "vocabulary, forward + backward; "
-        f"chunks of {options['chunk_size']} positions. Peak resident memory above the inputs' (the heads and "
-        f"hidden states, {naive['inputs_rss_mib']:.0f} MiB); time: median of {options['repeats']} repeats.",
+        "vocabulary, forward + backward; chunked: so many positions per chunk. Peak resident memory above "
+        f"the inputs' (the heads and hidden states, {naive['inputs_rss_mib']:.0f} MiB); time: median of "
+        f"{options['repeats']} repeats, every loss in its own process.",
         "",
         "| loss | peak above inputs (MiB) | vs naive | seconds | vs naive | loss value |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -132,7 +134,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="a small vocabulary: a smoke test")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=128, help="reply tokens per row")
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument(
+        "--chunk-sizes", default="64", help="positions per chunk, comma-separated (64: the default)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output-dir", default=str(REPO / "results" / "loss-memory"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -142,10 +146,9 @@ def main(argv=None) -> None:
         print(json.dumps(run_one(args.child, json.loads(args.options))))
         return
     sizes = dict(vocab=4096, student_hidden=64, teacher_hidden=96) if args.quick else QWEN
-    options = dict(
-        sizes, batch=args.batch, length=args.length, chunk_size=args.chunk_size, repeats=args.repeats
-    )
-    rows = [measure(method, options) for method in ("naive", "chunked")]
+    options = dict(sizes, batch=args.batch, length=args.length, repeats=args.repeats)
+    chunks = [int(size) for size in args.chunk_sizes.split(",")]
+    rows = [measure(method, options) for method in ["naive", *(f"chunked {size}" for size in chunks)]]
     text = table(options, rows)
     print(text)
     out = Path(args.output_dir)
