@@ -3,7 +3,7 @@ rule, and its token-level KL to the teacher on the teacher's own completions.
 
     replies = generate_for_rows(student, tokenizer, rows, settings, with_context=False)
     rate = rule_following([r["text"] for r in replies], "python_function")   # rate, stderr, failures
-    kl = completion_kl(student, teacher_logits_fn, views, TwoViewCollator(tokenizer.pad_token_id))
+    kl = completion_kl(student, teacher, views, TwoViewCollator(tokenizer.pad_token_id))   # a Teacher
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from distill_trainer.context.reply_checks import get_checker
 from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.models.output_head import output_head_removed
 from distill_trainer.teacher.generation import GenerationSettings, HFGenerator
 from distill_trainer.training.losses import token_divergence
 from distill_trainer.views.chat import chat_prompt_ids, shared_prefix_length, stop_token_ids
@@ -82,9 +83,13 @@ def rule_following(
 
 
 @torch.no_grad()
-def completion_kl(student, teacher_logits_fn, views, collator, batch_size: int = 4, progress=None) -> dict:
+def completion_kl(
+    student, teacher, views, collator, batch_size: int = 4, progress=None, chunk_size: int = 64
+) -> dict:
     """KL(teacher || student) per completion token, over the whole vocabulary, on `views` (chat views of
-    the teacher's completions): the teacher reads the context, the student does not.
+    the teacher's completions): the teacher (a `teacher.teacher.Teacher`) reads the context, the student
+    does not. Both models return hidden states and their logits are built `chunk_size` positions at a
+    time, so no (batch, reply length, vocabulary) tensor exists (0: the whole batch at once).
 
     Returns the token-weighted mean, and the mean and standard error over examples of each example's
     mean (examples, not tokens, are the independent draws)."""
@@ -101,14 +106,12 @@ def completion_kl(student, teacher_logits_fn, views, collator, batch_size: int =
         for start in starts:
             batch = collator([views[i] for i in range(start, min(start + batch_size, len(views)))])
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            student_logits = answer_logits(
-                student, batch["input_ids"], batch["attention_mask"], batch["answer_positions"]
-            )
-            teacher_logits = teacher_logits_fn(batch)
-            kl = token_divergence(
-                F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1)
-            )
-            kl = kl * batch["answer_mask"]
+            with output_head_removed(student) as head:
+                hidden = answer_logits(
+                    student, batch["input_ids"], batch["attention_mask"], batch["answer_positions"]
+                )
+            teacher_hidden, teacher_head = teacher.answer_hidden(batch)
+            kl = _token_kl(hidden, head, teacher_hidden, teacher_head, chunk_size) * batch["answer_mask"]
             totals += kl.sum(-1).tolist()
             counts += batch["answer_mask"].sum(-1).tolist()
     finally:
@@ -124,6 +127,19 @@ def completion_kl(student, teacher_logits_fn, views, collator, batch_size: int =
         "kl_example_mean": mean,
         "kl_example_stderr": math.sqrt(variance / n),
     }
+
+
+def _token_kl(hidden, head, teacher_hidden, teacher_head, chunk_size: int) -> torch.Tensor:
+    """(batch, length) KL(teacher || student) from both models' hidden states at the same positions,
+    applying each output head to a few positions (`chunk_size` over the batch) at a time."""
+    width = hidden.shape[1] if chunk_size <= 0 else max(1, chunk_size // hidden.shape[0])
+    kl = torch.zeros(hidden.shape[:2], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[1], width):
+        part = slice(start, start + width)
+        student_logprobs = F.log_softmax(head(hidden[:, part]).float(), -1)
+        teacher_logprobs = F.log_softmax(teacher_head(teacher_hidden[:, part]).float(), -1)
+        kl[:, part] = token_divergence(student_logprobs, teacher_logprobs)
+    return kl
 
 
 def reply_records(rows: list[dict], result: dict) -> list[dict]:

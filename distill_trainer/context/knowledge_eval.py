@@ -101,4 +101,4 @@ def forgetting_kl(
     views = chat_view_dataset(tokenizer, rows, base_replies, placement)
     base = Teacher.for_model(student, "self", source)
     collator = TwoViewCollator(tokenizer.pad_token_id)
-    return completion_kl(student, base.answer_logits, views, collator, batch_size)
+    return completion_kl(student, base, views, collator, batch_size)

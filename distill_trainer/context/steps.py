@@ -124,12 +124,11 @@ def measure_student(
         )
     if teacher is not None and views is not None and len(views):
         collator = TwoViewCollator(tokenizer.pad_token_id)
-        kl = teacher.answer_logits
-        result["kl"] = completion_kl(student, kl, views, collator, kl_batch_size, progress=f"{label} KL")
+        result["kl"] = completion_kl(student, teacher, views, collator, kl_batch_size, progress=f"{label} KL")
         # and on its own replies: what on-policy training sees, and off-policy training never does
         own = chat_view_dataset(tokenizer, rows, replies, placement)
         result["kl_own"] = completion_kl(
-            student, kl, own, collator, kl_batch_size, progress=f"{label} KL, own"
+            student, teacher, own, collator, kl_batch_size, progress=f"{label} KL, own"
         )
     return result
 

@@ -87,6 +87,39 @@ def test_kl_is_zero_for_the_teacher_itself_and_positive_without_the_context(chat
     ] == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("chunk_size", [0, 1, 3, 1000])
+def test_completion_kl_in_chunks_equals_the_kl_of_the_full_logits(chat_tokenizer, chunk_size):
+    import torch.nn.functional as F
+
+    from distill_trainer.context.generation_eval import completion_kl
+    from distill_trainer.models.answer_logits import answer_logits
+    from distill_trainer.training.losses import token_divergence
+
+    student = build_model(len(chat_tokenizer), seed=0).eval()
+    teacher = build_model(len(chat_tokenizer), seed=1, hidden_size=48).eval()
+    views = chat_dataset(chat_tokenizer)
+    collator = TwoViewCollator(chat_tokenizer.pad_token_id)
+    got = completion_kl(
+        student, Teacher.for_model(teacher, "teacher"), views, collator, batch_size=3, chunk_size=chunk_size
+    )
+    batch = collator(list(views))
+    mask = batch["answer_mask"]
+    with torch.no_grad():
+        student_logits = answer_logits(
+            student, batch["input_ids"], batch["attention_mask"], batch["answer_positions"]
+        )
+        teacher_logits = answer_logits(
+            teacher,
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            batch["teacher_answer_positions"],
+        )
+    kl = token_divergence(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1)) * mask
+    assert got["tokens"] == int(mask.sum()) and got["n"] == len(PROMPTS)
+    assert got["kl_per_token"] == pytest.approx(float(kl.sum() / mask.sum()), rel=1e-4)
+    assert got["kl_per_token"] > 1e-3
+
+
 def write_data(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
