@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=128, help="reply tokens per row")
     parser.add_argument(
-        "--chunk-sizes", default="64", help="positions per chunk, comma-separated (64: the default)"
+        "--chunk-sizes", default="64,256", help="positions per chunk, comma-separated (256: the library's)"
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output-dir", default=str(REPO / "results" / "loss-memory"))

@@ -84,7 +84,7 @@ def rule_following(
 
 @torch.no_grad()
 def completion_kl(
-    student, teacher, views, collator, batch_size: int = 4, progress=None, chunk_size: int = 64
+    student, teacher, views, collator, batch_size: int = 4, progress=None, chunk_size: int = 256
 ) -> dict:
     """KL(teacher || student) per completion token, over the whole vocabulary, on `views` (chat views of
     the teacher's completions): the teacher (a `teacher.teacher.Teacher`) reads the context, the student

@@ -137,7 +137,7 @@ def chunked_sequence_loss(
     temperature: float = 1.0,
     beta: float = 0.5,
     top_k: int = 0,
-    chunk_size: int = 64,
+    chunk_size: int = 256,
     num_items_in_batch=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(loss, distillation term, cross-entropy term) over the positions `mask` selects, where loss =
