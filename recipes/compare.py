@@ -32,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from distill_trainer.run.method_reuse import (
 )
 from distill_trainer.run.progress import RunProgress, expected_seconds, format_duration
 from distill_trainer.run.runner import run_recipe
+from distill_trainer.run.validate import validate_method_files
 from distill_trainer.teacher.teacher import is_self
 from distill_trainer.training.config import DTYPES
 
@@ -182,6 +184,10 @@ class CompareArguments:
             "files and model files are unchanged (fingerprint.json), instead of running it again."
         },
     )
+    check_only: bool = field(
+        default=False,
+        metadata={"help": "Check every method as its recipe would (no weights load), then stop."},
+    )
     quick: bool = field(default=False, metadata={"help": "A smaller version: the quick_* sizes below."})
     quick_num_train_examples: int = field(default=32, metadata={"help": "Training queries with --quick."})
     quick_num_eval_examples: int = field(default=100, metadata={"help": "MNLI evaluation rows with --quick."})
@@ -288,6 +294,26 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
                 training["teacher_output_cache"] = False
     values = {**student, **data, **training}
     return recipe, {k: v for k, v in values.items() if v is not None}
+
+
+def method_arguments(recipe: str, method_dir: Path) -> tuple[str, list[str]]:
+    """(recipe, its arguments): the method's file, and what continues an interrupted invocation."""
+    return recipe, ["--config", str(method_dir / "method.yaml"), *resume_flags(method_dir)]
+
+
+def check_only(student_args, data_args, compare, config, run_name: str) -> dict:
+    """Write every method's file in a scratch folder and check it as its recipe would; run nothing."""
+    with tempfile.TemporaryDirectory(prefix="compare-check-") as scratch:
+        run_dir = Path(scratch) / run_name
+        methods = {}
+        for name in compare.methods:
+            recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name)
+            write_method_yaml(recipe, values, run_dir / name / "method.yaml")
+            methods[name] = method_arguments(recipe, run_dir / name)
+        validate_method_files(methods)
+    forget_run(Path(compare.results_dir) / run_name)
+    print(f"ok: {len(methods)} methods checked ({', '.join(methods)}); nothing was run", flush=True)
+    return {"checked": list(methods)}
 
 
 def write_method_yaml(recipe: str, values: dict, path: Path) -> None:
@@ -581,7 +607,9 @@ def main(argv=None) -> dict:
         [student_args.model_name_or_path, config.teacher_model_name_or_path]
     )
 
-    # ------------------------------------------------------------ one resolved config per method
+    # ------------------------------------------------------------ one resolved config per method, checked
+    if compare.check_only:
+        return check_only(student_args, data_args, compare, config, run_name)
     plan, earlier, done = {}, {}, set()
     for name in compare.methods:
         recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name)
@@ -594,6 +622,8 @@ def main(argv=None) -> dict:
             found = find_earlier_result(Path(compare.results_dir), name, fingerprint, exclude=run_dir)
             if found is not None:
                 earlier[name] = found
+    to_run = [name for name in plan if name not in done and name not in earlier]
+    validate_method_files({name: method_arguments(plan[name][0], run_dir / name) for name in to_run})
 
     # ------------------------------------------------------------ run them (or read them back), in order
     results, seconds = run_methods(plan, earlier, done, compare, run_dir)

@@ -14,6 +14,7 @@ from datasets import Dataset
 
 from distill_trainer.errors import UsageError
 from distill_trainer.nli.patterns import Pattern
+from distill_trainer.nli.row_checks import column_values
 from distill_trainer.views.text import SEPARATOR
 
 
@@ -65,9 +66,7 @@ def balanced_subset(
     what: str = "rows",
 ) -> Dataset:
     """`total` class-balanced rows (None: all), none whose (premise, hypothesis) is in `exclude_keys`."""
-    exclude = {
-        i for i, key in enumerate(zip(dataset["premise"], dataset["hypothesis"])) if key in exclude_keys
-    }
+    exclude = {i for i, key in enumerate(_keys(dataset)) if key in exclude_keys}
     if total is None:
         return dataset.select([i for i in range(len(dataset)) if i not in exclude]) if exclude else dataset
     if total > len(dataset) - len(exclude):
@@ -75,8 +74,13 @@ def balanced_subset(
             f"asked for {total} {what} but the data has only {len(dataset) - len(exclude)}; ask for fewer"
         )
     return dataset.select(
-        sorted(balanced_indices(dataset["label"], total, num_labels, seed, exclude, what=what))
+        sorted(balanced_indices(column_values(dataset, "label"), total, num_labels, seed, exclude, what=what))
     )
+
+
+def _keys(dataset) -> list[tuple[str, str]]:
+    """Each row's (premise, hypothesis), the key that tells rows apart."""
+    return list(zip(column_values(dataset, "premise"), column_values(dataset, "hypothesis")))
 
 
 def per_subcase_subset(dataset: Dataset, per_subcase: int | None, seed: int) -> Dataset:
@@ -85,7 +89,7 @@ def per_subcase_subset(dataset: Dataset, per_subcase: int | None, seed: int) -> 
         return dataset
     rng = random.Random(seed)
     by_subcase: dict[str, list[int]] = {}
-    for index, subcase in enumerate(dataset["subcase"]):
+    for index, subcase in enumerate(column_values(dataset, "subcase")):
         by_subcase.setdefault(subcase, []).append(index)
     chosen = [i for rows in by_subcase.values() for i in rng.sample(rows, min(per_subcase, len(rows)))]
     return dataset.select(sorted(chosen))
@@ -97,8 +101,9 @@ def sample_demonstrations(
     """k class-balanced, shuffled pool rows; none whose (premise, hypothesis) is in `exclude_keys`."""
     if k == 0:
         return []
-    exclude = {i for i, key in enumerate(zip(pool["premise"], pool["hypothesis"])) if key in exclude_keys}
-    indices = balanced_indices(pool["label"], k, num_labels, seed, exclude, what=f"demonstrations (k={k})")
+    exclude = {i for i, key in enumerate(_keys(pool)) if key in exclude_keys}
+    labels = column_values(pool, "label")
+    indices = balanced_indices(labels, k, num_labels, seed, exclude, what=f"demonstrations (k={k})")
     return [pool[i] for i in indices]
 
 
@@ -156,8 +161,8 @@ class DemonstrationSampler:
     ):
         self.pool, self.pattern, self.num_labels, self.k, self.seed = pool, pattern, num_labels, k, seed
         self.resample = resample
-        self._labels = pool["label"]
-        self._index_of = {key: i for i, key in enumerate(zip(pool["premise"], pool["hypothesis"]))}
+        self._labels = column_values(pool, "label")
+        self._index_of = {key: i for i, key in enumerate(_keys(pool))}
         if demonstration_ids is not None:
             rows = pinned_demonstrations(pool, demonstration_ids, exclude_keys)
         else:

@@ -57,6 +57,12 @@ def _text_problem(name: str, value) -> str | None:
     return None
 
 
+def column_values(dataset, name: str) -> list:
+    """A dataset's column as a Python list. `dataset[name]` is a lazy column since datasets 4, and
+    iterating it formats one row at a time, about 100 times slower than reading the column at once."""
+    return dataset[name][:]
+
+
 def _label_problem(label, task) -> str | None:
     if isinstance(label, bool) or not isinstance(label, int) or label not in task.source_labels:
         ids = ", ".join(f"{i} {name}" for i, name in zip(task.source_labels, task.source_label_names))
@@ -68,7 +74,7 @@ def check_rows(dataset, task, where: str, lines: list[int] | None = None, drop: 
     """(the rows the task uses with task labels, a DataReport); `lines` are the rows' line numbers in
     the file."""
     lines = lines or list(range(1, len(dataset) + 1))
-    premises, hypotheses, labels = dataset["premise"], dataset["hypothesis"], dataset["label"]
+    premises, hypotheses, labels = (column_values(dataset, c) for c in ("premise", "hypothesis", "label"))
     label_map = task.label_map or {i: i for i in task.source_labels}
     if not any(not isinstance(label, bool) and label in label_map for label in labels):
         raise UsageError(
@@ -112,7 +118,7 @@ def _select_relabelled(dataset, keep: list[int], label_map: dict):
     try:
         if len(keep) != len(dataset):
             dataset = dataset.select(keep)
-        labels = [label_map[label] for label in dataset["label"]]
+        labels = [label_map[label] for label in column_values(dataset, "label")]
         return dataset.remove_columns("label").add_column("label", labels)
     finally:
         if not quiet:
@@ -121,7 +127,7 @@ def _select_relabelled(dataset, keep: list[int], label_map: dict):
 
 def _check_every_label_present(dataset, task, where: str) -> None:
     """A task label with no rows at all: most often a file already relabelled (e.g. binary MNLI as 0/1)."""
-    present = set(dataset["label"])
+    present = set(column_values(dataset, "label"))
     label_map = task.label_map or {i: i for i in task.source_labels}
     for task_label, name in enumerate(task.label_names):
         if task_label not in present:

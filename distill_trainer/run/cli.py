@@ -56,6 +56,11 @@ def run_validate(args, overrides: list[str]) -> int:
     from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
 
     recipe = args.recipe or recipe_of(args.config)
+    if recipe == "compare":  # one recipe per method, each method's file written by the comparison
+        raise UsageError(
+            f"{args.config} is a comparison, which runs one recipe per method; check every method with "
+            f"python recipes/compare.py --config {args.config} --check_only true"
+        )
     known = [*RECIPES, *REPLY_RECIPES]
     if recipe not in known:
         found = (

@@ -110,6 +110,21 @@ def validate_recipe(
     return result
 
 
+def validate_method_files(methods: dict[str, tuple[str, list[str]]]) -> None:
+    """Every method of a comparison, {name: (recipe, its command-line arguments)}, checked as its recipe
+    will check it, before the first one runs: a mistake in the last method costs seconds, not the time of
+    the methods before it. The first problem is raised, naming its method."""
+    from distill_trainer.nli.arguments import DataArguments
+    from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
+
+    for name, (recipe, argv) in methods.items():
+        try:
+            configs = parse_config((StudentArguments, DataArguments, DistillationConfig), argv)
+            validate_recipe(recipe, *configs)
+        except UsageError as error:
+            raise UsageError(f"method {name} ({recipe}): {error}") from None
+
+
 def check_teacher_ensemble(data_args, config) -> None:
     """An ensembled or calibrated teacher is built from cached label-word outputs (teacher/ensemble.py)."""
     if data_args.demonstration_sets == 1 and data_args.teacher_calibration == "none":

@@ -314,3 +314,25 @@ def test_an_unchanged_rerun_reads_every_method_back_and_a_change_reruns_only_wha
     (tmp_path / "results" / "fourth" / "zero_shot" / "fingerprint.json").unlink()
     assert compare.main(["--config", config, "--run_name", "fifth", "--lora_learning_rate", "0.02"])
     assert ran[-1] == "zero_shot"
+
+
+def test_every_method_is_checked_before_the_first_one_runs(tmp_path, tiny_dirs):
+    config = write_config(
+        tmp_path, tiny_dirs, methods=["icl_student", "cd_lora"], lora_target_modules=["no_such_proj"]
+    )
+    with pytest.raises(UsageError, match="method cd_lora \\(context_distill\\): .*no_such_proj") as error:
+        compare.main(["--config", config])
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "results" / "tiny" / "icl_student" / "metrics.json").exists()  # nothing ran
+
+
+def test_check_only_checks_every_method_and_runs_nothing(tmp_path, tiny_dirs, capsys):
+    config = write_config(tmp_path, tiny_dirs, methods=["zero_shot", "pbft_lora", "cd_lora"])
+    assert compare.main(["--config", config, "--check_only", "true"]) == {
+        "checked": ["zero_shot", "pbft_lora", "cd_lora"]
+    }
+    assert "ok: 3 methods checked" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists()
+    bad = write_config(tmp_path, tiny_dirs, methods=["cd_lora"], lora_target_modules=["no_such_proj"])
+    with pytest.raises(UsageError, match="method cd_lora"):
+        compare.main(["--config", bad, "--check_only", "true"])

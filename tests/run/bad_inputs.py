@@ -153,6 +153,12 @@ def recipe_without_header(ctx):
     ctx.config = str(path)
 
 
+def comparison_file(ctx):
+    path = ctx.tmp_path / "comparison.yaml"
+    path.write_text("# python recipes/compare.py --config comparison.yaml\n" + yaml.safe_dump(ctx.values))
+    ctx.config = str(path)
+
+
 def damaged_checkpoint(damage):
     """An unfinished run whose only checkpoint (with its manifest) was then damaged."""
 

@@ -20,6 +20,7 @@ from bad_inputs import (
     adapter_without_base,
     change_field,
     check_bad_input,
+    comparison_file,
     evaluate,
     evaluation_file,
     file_at,
@@ -158,6 +159,14 @@ CASES = [
         setup=recipe_without_header,
         problem="cannot tell which recipe",
         fix="pass --recipe",
+    ),
+    Case(
+        "validate-a-comparison",
+        "cli",
+        argv=("validate", "--config", "{config}"),
+        setup=comparison_file,
+        problem="is a comparison, which runs one recipe per method",
+        fix="recipes/compare.py --config .* --check_only true",
     ),
     Case(
         "validate-misspelled-flag",
