@@ -12,7 +12,9 @@ of it runs afterwards (no `finally`, no `atexit`), as with the OOM killer or a p
 delay of 0 it strikes before the event's operation, so the file is never opened or the rename never
 happens; with a delay, in whatever the job is doing by then (a training step, a teacher pass, a write).
 Both recipes run exactly as their command lines run them (`run_recipe`), and a rerun is the same
-command.
+command; distill_context's, like each method of the comparison, adds the flag that its output folder
+asks for (`--resume_from_checkpoint true` after checkpoints, `--overwrite_output_dir true` after partial
+results), as its one-line refusal tells a user to.
 """
 
 from __future__ import annotations
@@ -98,11 +100,14 @@ def install_hook(
 
 def run_job(root: Path) -> int:
     """The comparison, then distill_context; the exit status of the first that fails, else 0."""
+    from distill_trainer.run.interrupt import resume_flags
     from distill_trainer.run.runner import run_recipe
     from recipes import compare, distill_context
 
     for module, name in ((compare, "compare"), (distill_context, "distill_context")):
         argv = ["--config", str(root / f"{name}.yaml")]
+        if name == "distill_context":  # a run cut short continues as its refusal says (compare does the
+            argv += resume_flags(root / "context")  # same for each of its methods)
         sys.argv = [f"recipes/{name}.py", *argv]  # as its command line runs it (Ctrl-C's line names it)
         try:
             run_recipe(module.main, argv)

@@ -137,7 +137,8 @@ def _token_kl(hidden, head, teacher_hidden, teacher_head, chunk_size: int) -> to
     for start in range(0, hidden.shape[1], width):
         part = slice(start, start + width)
         student_logprobs = F.log_softmax(head(hidden[:, part]).float(), -1)
-        teacher_logprobs = F.log_softmax(teacher_head(teacher_hidden[:, part]).float(), -1)
+        teacher_logits = teacher_head(teacher_hidden[:, part]).to(student_logprobs.device)
+        teacher_logprobs = F.log_softmax(teacher_logits.float(), -1)
         kl[:, part] = token_divergence(student_logprobs, teacher_logprobs)
     return kl
 

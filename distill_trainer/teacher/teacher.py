@@ -270,13 +270,34 @@ class Teacher:
 
     @torch.no_grad()
     def answer_logits(self, batch: dict) -> torch.Tensor:
-        """The teacher's logits at the answer positions of the teacher view (batch, answer_len, vocab)."""
+        """The teacher's logits at the answer positions of the teacher view (batch, answer_len, vocab), on
+        the teacher's device (the batch is moved there if it is elsewhere)."""
         with self.active() as model:
-            return self.runner(model, batch)
+            return self.runner(model, _on_device_of(model, batch))
 
     @torch.no_grad()
     def answer_hidden(self, batch: dict):
         """(the teacher's final hidden states at the teacher view's answer positions, its output head): the
-        chunked sequence loss applies the head a few positions at a time."""
+        chunked sequence loss applies the head a few positions at a time. A `self` teacher's head runs
+        with the adapters off too, should LoRA wrap the head itself."""
         with self.active() as model, output_head_removed(model) as head:
-            return self.runner(model, batch), head
+            hidden = self.runner(model, _on_device_of(model, batch))
+        return hidden, _BaseHead(head, self.model) if self.is_self else head
+
+
+class _BaseHead:
+    """A `self` teacher's output head, applied with the student's adapters off."""
+
+    def __init__(self, head, model):
+        self.head, self.model = head, model
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        with self.model.disable_adapter():
+            return self.head(hidden)
+
+
+def _on_device_of(model, batch: dict) -> dict:
+    """`batch` with its tensors on `model`'s device: a recipe's teacher may sit on a GPU while the
+    student it is compared with, and so the batch, is still on the CPU."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if torch.is_tensor(v) and v.device != device else v for k, v in batch.items()}

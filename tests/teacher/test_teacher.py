@@ -150,3 +150,41 @@ def test_answer_logits_reuse_one_prefix_cache_and_match_the_full_view(tokenizer)
     assert teacher.runner.prefix_teacher is None and teacher.runner.use_prefix_cache
     with pytest.raises(UsageError, match="was released"):
         teacher.answer_logits(batch)
+
+
+def test_a_self_teachers_head_runs_with_the_adapters_off_even_when_lora_wraps_it(tokenizer):
+    import copy
+
+    from distill_trainer.models.answer_logits import answer_logits
+    from distill_trainer.models.loading import prepare_student
+    from distill_trainer.testing import build_model
+    from distill_trainer.views.text import TwoViewCollator, build_views
+
+    base = build_model(len(tokenizer), seed=0).eval()
+    lora = prepare_student(copy.deepcopy(base), "lora", lora_r=4, lora_target_modules=["q_proj", "lm_head"])
+    with torch.no_grad():  # adapters that change the outputs, the head's included
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    batch = TwoViewCollator(tokenizer.pad_token_id)([build_views(tokenizer, q, a, DEMOS) for q, a in ROWS])
+    hidden, head = Teacher.for_model(lora, "self").answer_hidden(batch)
+    with torch.no_grad():
+        expected = answer_logits(
+            base,
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            batch["teacher_answer_positions"],
+        )
+        got = head(hidden)
+    mask = batch["answer_mask"]
+    assert (got - expected)[mask].abs().max() <= 1e-4
+
+
+def test_a_batch_is_moved_to_the_teachers_device():
+    from distill_trainer.teacher.teacher import _on_device_of
+
+    model = torch.nn.Linear(2, 2).to("meta")
+    moved = _on_device_of(model, {"ids": torch.ones(2), "name": "x"})
+    assert moved["ids"].device.type == "meta" and moved["name"] == "x"
+    here = {"ids": torch.ones(2)}
+    assert _on_device_of(torch.nn.Linear(2, 2), here)["ids"] is here["ids"]  # no copy when already there
