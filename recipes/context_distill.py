@@ -26,12 +26,11 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.memory.peak import MemoryTracker, peak_mib_by_phase
+from distill_trainer.memory.peak import MemoryTracker
 from distill_trainer.models.loading import load_tokenizer, resolve_model_path
 from distill_trainer.nli.data import build_view_dataset, first_token_ids, model_max_length
 from distill_trainer.nli.task_evaluation import evaluate_on_tasks, uses_ensemble
-from distill_trainer.report.hub import save_student, ship_student
-from distill_trainer.report.model_card import card_for_recipe
+from distill_trainer.report.hub import save_student
 from distill_trainer.run.runner import (
     describe_student,
     describe_training,
@@ -39,11 +38,10 @@ from distill_trainer.run.runner import (
     nli_metrics,
     no_partial_output_dir,
     print_summary,
-    resolved_config,
     run_recipe,
     training_metrics,
-    write_outputs,
     write_resolved_config,
+    write_trained_run,
 )
 from distill_trainer.run.validate import validate_recipe
 from distill_trainer.teacher.ensemble import TeacherEnsembleViews, content_free_rows
@@ -84,22 +82,11 @@ def write_run(trainer, configs, data, results, metrics) -> None:
     the summary printed at the end."""
     student_args, data_args, config = configs
     teacher = config.teacher_model_name_or_path
-    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
-    # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
-    card = card_for_recipe(
-        student_args,
-        config,
-        results.metrics,
-        data.task.name,
-        memory=peak_mib_by_phase(metrics["memory"]),
-        pattern=data.pattern,
-        data_reports=data.reports,
-        teacher={
-            "demonstration_sets": data_args.demonstration_sets,
-            "teacher_calibration": data_args.teacher_calibration,
-        },
-    )
-    ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
+    ensemble = {
+        "demonstration_sets": data_args.demonstration_sets,
+        "teacher_calibration": data_args.teacher_calibration,
+    }
+    paths = write_trained_run(trainer, configs, data, results, metrics, RECIPE, teacher=ensemble)
     resampled = " resampled per query" if data_args.resample_demonstrations else ""
     print_summary(
         f"context distillation: {student_args.model_name_or_path} <- {teacher}",

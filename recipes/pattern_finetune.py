@@ -24,12 +24,11 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
-from distill_trainer.memory.peak import MemoryTracker, peak_mib_by_phase
+from distill_trainer.memory.peak import MemoryTracker
 from distill_trainer.models.loading import load_tokenizer
 from distill_trainer.nli.data import build_view_dataset, first_token_ids
 from distill_trainer.nli.task_evaluation import evaluate_on_tasks
-from distill_trainer.report.hub import save_student, ship_student
-from distill_trainer.report.model_card import card_for_recipe
+from distill_trainer.report.hub import save_student
 from distill_trainer.run.runner import (
     describe_student,
     describe_training,
@@ -37,11 +36,10 @@ from distill_trainer.run.runner import (
     nli_metrics,
     no_partial_output_dir,
     print_summary,
-    resolved_config,
     run_recipe,
     training_metrics,
-    write_outputs,
     write_resolved_config,
+    write_trained_run,
 )
 from distill_trainer.run.validate import validate_recipe
 
@@ -95,18 +93,7 @@ def run_pattern_finetune(
         **training_metrics(trainer, train_result, len(train_dataset)),
     )
     configs = (student_args, data_args, config)
-    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, RECIPE)
-    # model card (with these results) and recipe beside the weights; pushed when push_to_hub is set
-    card = card_for_recipe(
-        student_args,
-        config,
-        results.metrics,
-        data.task.name,
-        memory=peak_mib_by_phase(metrics["memory"]),
-        data_reports=data.reports,
-        pattern=data.pattern,
-    )
-    ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
+    paths = write_trained_run(trainer, configs, data, results, metrics, RECIPE)
     print_summary(
         f"pattern-based fine-tuning: {student_args.model_name_or_path}",
         {

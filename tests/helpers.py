@@ -91,6 +91,30 @@ TINY_RUN = {
 }
 
 
+def reply_recipe_argv(tmp_path, chat_dirs, values: dict, overrides: dict) -> list[str]:
+    """The command line of a reply recipe (distill_context, distill_document) on tiny chat models: a self
+    teacher under a LoRA student, both caches and the output under `tmp_path`, 2 steps; then the recipe's
+    own `values`, then `overrides`."""
+    settings = {
+        "model_name_or_path": chat_dirs["student"],
+        "student_mode": "lora",
+        "teacher_model_name_or_path": "self",
+        "completion_cache_dir": str(tmp_path / "completions"),
+        "teacher_output_cache": True,
+        "teacher_cache_dir": str(tmp_path / "outputs"),
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-2,
+        **TINY_RUN,
+        **values,
+        **overrides,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return ["--config", str(path)]
+
+
 def cli_args(**values) -> list[str]:
     """A recipe's command line on the fixture data, offline: `OFFLINE_ARGS`, then `values` (a list gives
     several values, a boolean true / false)."""

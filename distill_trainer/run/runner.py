@@ -211,6 +211,30 @@ def no_partial_output_dir(output_dir):
             lock.release()
 
 
+def write_trained_run(trainer, configs, data, results, metrics: dict, recipe: str, **card) -> list[Path]:
+    """A trained NLI student's results (`write_outputs`), then its model card (with these results) and
+    recipe beside the saved weights, pushed when push_to_hub is set; `card`: the recipe's own card fields."""
+    from distill_trainer.memory.peak import peak_mib_by_phase
+    from distill_trainer.report.hub import ship_student
+    from distill_trainer.report.model_card import card_for_recipe
+
+    student_args, _, config = configs
+    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, recipe)
+    student_card = card_for_recipe(
+        student_args,
+        config,
+        results.metrics,
+        data.task.name,
+        memory=peak_mib_by_phase(metrics["memory"]),
+        pattern=data.pattern,
+        data_reports=data.reports,
+        **card,
+    )
+    recipe_values = resolved_config(configs)
+    ship_student(trainer, config.output_dir, card=student_card, recipe=recipe_values, write_weights=False)
+    return paths
+
+
 def write_outputs(
     output_dir, metrics: dict, predictions: dict[str, list[dict]], configs, recipe: str
 ) -> list[Path]:

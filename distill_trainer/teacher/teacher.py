@@ -282,7 +282,8 @@ class Teacher:
         with the adapters off too, should LoRA wrap the head itself."""
         with self.active() as model, output_head_removed(model) as head:
             hidden = self.runner(model, _on_device_of(model, batch))
-        return hidden, _BaseHead(head, self.model) if self.is_self else head
+        wrapped = self.is_self and hasattr(head.module, "lora_A")  # LoRA on the head itself
+        return hidden, _BaseHead(head, self.model) if wrapped else head
 
 
 class _BaseHead:

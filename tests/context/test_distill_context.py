@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from helpers import TINY_RUN, load_recipe, make_args
+from helpers import load_recipe, make_args, reply_recipe_argv
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 from distill_trainer.context.steps import measure_student
@@ -131,28 +131,14 @@ def write_data(tmp_path):
 def recipe_config(tmp_path, chat_dirs, **overrides):
     train, heldout = write_data(tmp_path)
     values = {
-        "model_name_or_path": chat_dirs["student"],
-        "student_mode": "lora",
-        "teacher_model_name_or_path": "self",
         "data_file": train,
         "eval_data_file": heldout,
         "context": CONTEXT,
         "checker": "python_function",
         "max_new_tokens": 5,
         "generation_batch_size": 2,
-        "completion_cache_dir": str(tmp_path / "completions"),
-        "teacher_output_cache": True,
-        "teacher_cache_dir": str(tmp_path / "outputs"),
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-2,
-        **TINY_RUN,
     }
-    values.update(overrides)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return ["--config", str(path)]
+    return reply_recipe_argv(tmp_path, chat_dirs, values, overrides)
 
 
 def test_recipe_end_to_end_on_tiny_models(tmp_path, chat_dirs):

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
-from helpers import TINY_RUN, load_recipe
+from helpers import load_recipe, reply_recipe_argv
 
 from distill_trainer.context.knowledge_data import KnowledgeArguments, load_question_sets
 from distill_trainer.context.steps import chat_view_dataset
@@ -45,26 +44,12 @@ def write_data(tmp_path):
 
 def recipe_argv(tmp_path, chat_dirs, **overrides):
     values = {
-        "model_name_or_path": chat_dirs["student"],
-        "student_mode": "lora",
-        "teacher_model_name_or_path": "self",
         **write_data(tmp_path),
         "max_new_tokens": 4,
         "forgetting_max_new_tokens": 5,
         "generation_batch_size": 4,
-        "completion_cache_dir": str(tmp_path / "completions"),
-        "teacher_output_cache": True,
-        "teacher_cache_dir": str(tmp_path / "outputs"),
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-2,
-        **TINY_RUN,
     }
-    values.update(overrides)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return ["--config", str(path)]
+    return reply_recipe_argv(tmp_path, chat_dirs, values, overrides)
 
 
 def test_the_document_is_in_the_teachers_view_only(tmp_path):
