@@ -13,8 +13,8 @@ step size of every other token in the batch. The kernel takes one zero point for
 int8 codes are shifted by 128 into uint8 (zero point 128: still symmetric), computed with an input scale of
 1, and each output row is multiplied by its token's scale afterwards.
 
-4-bit (`Int4Linear`): weight-only, groups of `group_size` input features with an asymmetric scale and
-minimum each, two codes per byte; the weight is dequantized to the compute dtype at every call and the
+4-bit (`Int4Linear`): weight-only, groups of `group_size` (64) input features with an asymmetric scale and
+minimum each (float16), two codes per byte; the weight is dequantized to the compute dtype at every call and the
 matmul runs in that dtype. torch offers no 4-bit kernel for CPUs that is fast at the teacher's batch sizes
 (`_weight_int4pack_mm_for_cpu` is built for a few rows at a time), so 4-bit buys memory, not speed.
 
@@ -23,6 +23,8 @@ Neither layer has parameters or buffers: `model.to(dtype)` leaves the quantized 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -149,11 +151,16 @@ class Int4Linear(_QuantizedLinear):
     @classmethod
     def from_float(cls, linear: nn.Linear, compute_dtype=torch.bfloat16, group_size: int = 64) -> Int4Linear:
         out_features, in_features = linear.weight.shape
-        if in_features % group_size or group_size % 2:
-            raise ValueError(f"in_features {in_features} is not a multiple of group_size {group_size}")
+        # groups must tile the row: a width that `group_size` does not divide gets smaller groups
+        group_size = math.gcd(in_features, group_size)
+        if group_size % 2:
+            raise ValueError(f"in_features {in_features} must be even to pack two 4-bit codes per byte")
         weight = linear.weight.detach().to(torch.float32).reshape(out_features, -1, group_size)
-        low, high = weight.amin(dim=-1, keepdim=True), weight.amax(dim=-1, keepdim=True)
-        scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+        # scales and minimums are stored in float16 whatever the compute dtype (one file serves both), and
+        # the codes are rounded against the stored values, so a rebuilt layer computes what this one does
+        low = weight.amin(dim=-1, keepdim=True).to(torch.float16).float()
+        high = weight.amax(dim=-1, keepdim=True)
+        scales = ((high - low) / 15).clamp(min=1e-6).to(torch.float16).float()
         codes = torch.round((weight - low) / scales).clamp_(0, 15).to(torch.uint8)
         half = group_size // 2
         packed = codes[..., :half] | (codes[..., half:] << 4)
@@ -164,7 +171,11 @@ class Int4Linear(_QuantizedLinear):
         return cls(tensors["qweight"], tensors["scales"], tensors["mins"], tensors.get("bias"), compute_dtype)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"qweight": self.qweight, "scales": self.scales[..., 0], "mins": self.mins[..., 0]}
+        tensors = {
+            "qweight": self.qweight,
+            "scales": self.scales[..., 0].to(torch.float16),
+            "mins": self.mins[..., 0].to(torch.float16),
+        }
         if self.bias is not None:
             tensors["bias"] = self.bias
         return tensors
