@@ -26,6 +26,12 @@ LAYERS = (Int8Linear, Int4Linear)
 MAX_RELATIVE_ERROR = {Int8Linear: 0.015, Int4Linear: 0.08}
 
 
+@pytest.fixture(autouse=True)
+def eager(monkeypatch):
+    """The eager kernels: compiling takes a minute; the benchmark checks the compiled ones against them."""
+    monkeypatch.setattr(cpu_quantized, "compile_kernels", False)
+
+
 def relative_error(got, want):
     return float((got.float() - want).norm() / want.norm().detach())
 
@@ -60,6 +66,18 @@ def test_int8_scales_each_token_on_its_own(linear):
     assert relative_error(together, linear(x[1:])) <= MAX_RELATIVE_ERROR[Int8Linear]
 
 
+def test_int8_rotation_spreads_an_outlier_channel(linear):
+    """A channel 30x larger than the rest in every token (what Qwen's activations have) sets each token's
+    int8 step; the Hadamard rotation spreads it over its block of 64 channels, and the error falls."""
+    x = torch.randn(16, 256)
+    x[:, 7] *= 30
+    want = linear(x)
+    plain = relative_error(Int8Linear.from_float(linear, torch.float32, rotation=1)(x), want)
+    rotated = relative_error(Int8Linear.from_float(linear, torch.float32)(x), want)
+    assert rotated <= MAX_RELATIVE_ERROR[Int8Linear] < plain
+    assert rotated < plain / 3
+
+
 def test_int8_without_onednn_computes_the_same(linear, monkeypatch):
     x = torch.randn(5, 256)
     with_onednn = Int8Linear.from_float(linear, torch.float32)
@@ -91,8 +109,9 @@ def test_stored_bytes_are_about_a_half_and_a_quarter_of_bfloat16():
     bf16 = linear.weight.numel() * 2
     int8 = sum(t.numel() * t.element_size() for t in Int8Linear.from_float(linear).state_tensors().values())
     int4 = sum(t.numel() * t.element_size() for t in Int4Linear.from_float(linear).state_tensors().values())
-    # int8: one byte a weight + a float32 scale per row; 4-bit: half a byte + two float16 per group of 64
-    assert int8 / bf16 == pytest.approx(0.5 + 4 / 1024 / 2)
+    # int8: one byte a weight + a float32 scale per row (+ the rotation's block size, one int64);
+    # 4-bit: half a byte + two float16 per group of 64
+    assert int8 == 1024 * 1024 + 1024 * 4 + 8
     assert int4 / bf16 == pytest.approx(0.25 + 2 * 2 / 64 / 2)
     assert int4 / int8 < 0.57
 
