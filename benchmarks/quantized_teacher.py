@@ -12,18 +12,19 @@ rows. Variants: the bfloat16 teacher; the same weights with every decoder linear
 in bfloat16); and, unless `--no-bnb`, today's bitsandbytes 8-bit teacher. The quantized layers are built
 from the bfloat16 weights, so what differs from the reference is the quantization alone.
 
-Timing on a shared machine: every variant's pass is run `--rounds` times, round-robin, all models in
-memory at once (bitsandbytes in a second phase against a fresh bfloat16 pass, after the 8-/4-bit models
-are freed, to stay inside the memory budget), and each variant's median is divided by the bfloat16
-median of the same phase. Agreement is the share of queries whose top label word matches bfloat16's;
-KL is the mean KL(bf16 || variant) of the label-word distributions. Weight bytes are those of the decoder's
-linear layers (what quantization changes). One bitsandbytes batch is profiled by operator.
+Timing on a shared machine: one phase per variant, each holding the bfloat16 teacher and that variant only
+(one quantized model in memory at a time), their passes run `--rounds` times, alternating; a variant's
+median is divided by the bfloat16 median of its own phase. Agreement is the share of queries whose top
+label word matches bfloat16's (its first phase); KL is the mean KL(bf16 || variant) of the label-word
+distributions. Weight bytes are those of the decoder's linear layers (what quantization changes).
+One bitsandbytes batch is profiled by operator.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import shlex
@@ -45,6 +46,8 @@ else:
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH_SIZE = 8
+# the library's layers: 8-bit with its Hadamard rotation (the default), without it, and 4-bit
+VARIANTS = {"int8": dict(bits=8), "int8 unrotated": dict(bits=8, rotation=1), "int4": dict(bits=4)}
 
 
 def load_variant(name: str, variant: str, quick: bool):
@@ -61,16 +64,16 @@ def load_variant(name: str, variant: str, quick: bool):
         model, tokenizer = load_causal_lm(name, dtype="bfloat16", quantization="8bit"), load_tokenizer(name)
     else:
         model, tokenizer = load_causal_lm(name, dtype="bfloat16"), load_tokenizer(name)
-    if variant in ("int8", "int4"):
+    if variant in VARIANTS:
         start = time.perf_counter()
-        quantize_model_linears(model, bits=int(variant[-1]), compute_dtype=torch.bfloat16)
+        quantize_model_linears(model, compute_dtype=torch.bfloat16, **VARIANTS[variant])
         print(f"[quantized-teacher] {variant}: quantized in {time.perf_counter() - start:.1f} s", flush=True)
     return model.eval().requires_grad_(False), tokenizer
 
 
 def check_compiled_kernels() -> dict:
-    """The compiled per-call kernels give the eager ones' outputs (4-bit: to rounding) (and pay their one-off compilation here,
-    outside the timed passes): {layer: seconds of its first compiled call}."""
+    """The compiled per-call kernels give the eager ones' outputs (4-bit: to rounding), and pay their
+    one-off compilation here, outside the timed passes: {layer: seconds of its first compiled call}."""
     from distill_trainer.models import cpu_quantized
 
     torch.manual_seed(0)
@@ -88,7 +91,9 @@ def check_compiled_kernels() -> dict:
         # eager bfloat16 rounds twice, so weights may differ by one bfloat16 step
         difference = float((compiled.float() - eager.float()).norm() / eager.float().norm())
         if difference > (0 if layer_class is cpu_quantized.Int8Linear else 1e-2):
-            raise AssertionError(f"{layer_class.__name__}: compiled and eager outputs differ ({difference:.1e})")
+            raise AssertionError(
+                f"{layer_class.__name__}: compiled and eager outputs differ ({difference:.1e})"
+            )
     return first_call
 
 
@@ -144,7 +149,9 @@ def interleaved(models: dict, dataset, collator, label_ids, rounds: int) -> dict
     for round_index in range(rounds):
         for variant, model in models.items():
             start = time.perf_counter()
-            runs[variant]["logprobs"] = label_pass(model, runs[variant]["runner"], dataset, collator, label_ids)
+            runs[variant]["logprobs"] = label_pass(
+                model, runs[variant]["runner"], dataset, collator, label_ids
+            )
             runs[variant]["seconds"].append(time.perf_counter() - start)
             print(
                 f"[quantized-teacher] round {round_index + 1}: {variant} "
@@ -164,11 +171,27 @@ def profile_batch(model, dataset, collator, label_ids, top: int = 8) -> dict:
     label_pass(model, runner, rows.select([0]), collator, label_ids)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         label_pass(model, runner, rows, collator, label_ids)
-    events = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)
+    events = sorted(
+        (e for e in prof.key_averages() if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total
+    )
     total = sum(e.self_cpu_time_total for e in events)
     return {
         "total_s": total / 1e6,
         "top": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in events[:top]],
+    }
+
+
+def result_row(variant, run, bf16_run, reference, bytes_, build_s, dataset) -> dict:
+    median = statistics.median(run["seconds"])
+    return {
+        "variant": variant,
+        "per_query_s": median / len(dataset),
+        "ratio": median / statistics.median(bf16_run["seconds"]),
+        "weight_bytes": bytes_[variant],
+        "bytes_ratio": bytes_[variant] / bytes_["bf16"],
+        "build_s": build_s[variant],
+        "one_off_s": run["one_off_s"],
+        **compare(run["logprobs"], reference),
     }
 
 
@@ -219,7 +242,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML whose prompt is used")
     parser.add_argument("--queries", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--no-bnb", action="store_true", help="skip the bitsandbytes 8-bit baseline")
     parser.add_argument("--quick", action="store_true", help="tiny random model, fixture data: a smoke test")
     parser.add_argument("--output-dir", default=str(REPO / "docs" / "results" / "quantized-teacher"))
@@ -229,56 +252,49 @@ def main(argv=None) -> dict:
     started, load_average = time.perf_counter(), " / ".join(f"{x:.1f}" for x in os.getloadavg())
     compile_s = check_compiled_kernels()
     print(f"[quantized-teacher] compiled kernels equal the eager ones; first calls {compile_s}", flush=True)
-    build_s, models = {}, {}
-    for variant in ["bf16", *options.variants]:
-        start = time.perf_counter()
-        models[variant], tokenizer = load_variant(options.model, variant, options.quick)
-        build_s[variant] = time.perf_counter() - start
+    build_s = {}
+    start = time.perf_counter()
+    reference_model, tokenizer = load_variant(options.model, "bf16", options.quick)
+    build_s["bf16"] = time.perf_counter() - start
     queries = min(options.queries, 8) if options.quick else options.queries
     dataset, label_ids, prefix = load_data(tokenizer, options.config, queries, options.quick)
     collator = TwoViewCollator(tokenizer.pad_token_id)
+    bytes_ = {"bf16": linear_weight_bytes(reference_model)}
 
-    bytes_ = {variant: linear_weight_bytes(model) for variant, model in models.items()}
-    runs = interleaved(models, dataset, collator, label_ids, options.rounds)
-    reference = runs["bf16"]["logprobs"]
-    phases = [("bf16", runs)]
-    if not options.no_bnb and not options.quick:
-        for variant in options.variants:  # the bitsandbytes phase needs their memory
-            del models[variant]
-        gc.collect()
+    # one phase per variant, each against a bfloat16 pass of its own: one quantized model in memory at once
+    variants = list(options.variants) + ([] if options.no_bnb or options.quick else ["bnb 8-bit"])
+    results, reference, profile = [], None, None
+    for variant in variants:
         start = time.perf_counter()
-        models["bnb 8-bit"] = load_variant(options.model, "bnb 8-bit", False)[0]
-        build_s["bnb 8-bit"] = time.perf_counter() - start
-        bytes_["bnb 8-bit"] = linear_weight_bytes(models["bnb 8-bit"])
-        bnb_runs = interleaved(models, dataset, collator, label_ids, options.rounds)
-        phases.append(("bf16 (again)", {"bnb 8-bit": bnb_runs["bnb 8-bit"], "bf16": bnb_runs["bf16"]}))
-        profile = profile_batch(models["bnb 8-bit"], dataset, collator, label_ids)
-    else:
-        profile = None
-
-    results = []
-    for _, phase in phases:
-        base = statistics.median(phase["bf16"]["seconds"])
-        for variant, run in phase.items():
-            if variant == "bf16" and results:
-                continue  # the second phase's bf16 run is only its timing reference
-            median = statistics.median(run["seconds"])
+        model = load_variant(options.model, variant, options.quick)[0]
+        build_s[variant] = time.perf_counter() - start
+        bytes_[variant] = linear_weight_bytes(model)
+        runs = interleaved(
+            {"bf16": reference_model, variant: model}, dataset, collator, label_ids, options.rounds
+        )
+        if reference is None:
+            reference = runs["bf16"]["logprobs"]
             results.append(
-                {
-                    "variant": variant,
-                    "per_query_s": median / len(dataset),
-                    "ratio": median / base,
-                    "weight_bytes": bytes_[variant],
-                    "bytes_ratio": bytes_[variant] / bytes_["bf16"],
-                    "build_s": build_s[variant],
-                    "one_off_s": run["one_off_s"],
-                    **compare(run["logprobs"], reference),
-                }
+                result_row("bf16", runs["bf16"], runs["bf16"], reference, bytes_, build_s, dataset)
             )
+        results.append(result_row(variant, runs[variant], runs["bf16"], reference, bytes_, build_s, dataset))
+        if variant == "bnb 8-bit":
+            profile = profile_batch(model, dataset, collator, label_ids)
+        del model, runs
+        gc.collect()
+        report = write_report(
+            options, argv, started, load_average, compile_s, dataset, prefix, results, profile
+        )
+    print(markdown(report))
+    return report
+
+
+def write_report(options, argv, started, load_average, compile_s, dataset, prefix, results, profile) -> dict:
+    """The report so far, written after every phase: an interrupted run keeps what it measured."""
     arguments = sys.argv[1:] if argv is None else argv
     report = {
         "command": shlex.join(["python", "-m", "benchmarks.quantized_teacher", *arguments]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads",
         "load_average": load_average,
         "torch": torch.__version__,
         "model": "tiny Llama (random init)" if options.quick else options.model,
@@ -294,10 +310,7 @@ def main(argv=None) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     stem = "quick" if options.quick else options.model.replace("embedded:", "").replace("/", "--")
     (output / f"{stem}.md").write_text(markdown(report))
-    import json
-
     (output / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    print(markdown(report))
     return report
 
 

@@ -277,12 +277,13 @@ def _skipped(name: str, skip) -> bool:
 
 @torch.no_grad()
 def quantize_model_linears(
-    model: nn.Module, bits: int, compute_dtype=torch.bfloat16, skip=("lm_head",)
+    model: nn.Module, bits: int, compute_dtype=torch.bfloat16, skip=("lm_head",), **options
 ) -> nn.Module:
     """Replaces every `nn.Linear` of `model` whose name does not end in one of `skip` with its `bits`-bit
     layer, in place, and casts what stays in floating point (embeddings, norms, the skipped head) to
     `compute_dtype`. Each float weight is dropped as soon as its layer is replaced, so the peak is the
-    quantized weights plus one float layer (beyond what the caller itself still holds)."""
+    quantized weights plus one float layer (beyond what the caller itself still holds). `options` go to
+    the layer's `from_float` (`rotation` for 8-bit, `group_size` for 4-bit)."""
     if bits not in QUANTIZED_LINEARS:
         raise ValueError(f"bits={bits} is not supported; choose {sorted(QUANTIZED_LINEARS)}")
     layer_class = QUANTIZED_LINEARS[bits]
@@ -295,7 +296,7 @@ def quantize_model_linears(
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, child_name)
-        setattr(parent, child_name, layer_class.from_float(linear, compute_dtype))
+        setattr(parent, child_name, layer_class.from_float(linear, compute_dtype, **options))
         # the float weight goes now, unless a tied module still holds it
         linear.weight = None
         del linear

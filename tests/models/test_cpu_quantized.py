@@ -1,4 +1,4 @@
-"""8-bit and 4-bit linear layers for a CPU teacher: accuracy, stored tensors, bytes, whole-model replacement."""
+"""8-bit and 4-bit linear layers for a CPU teacher: accuracy, stored tensors, bytes, a whole model."""
 
 import gc
 import weakref
@@ -169,7 +169,10 @@ def test_quantized_teacher_through_the_prefix_kv_cache(tiny_dirs, tokenizer):
     batch = TwoViewCollator(tokenizer.pad_token_id)([build_views(tokenizer, q, a, demos) for q, a in rows])
     with torch.inference_mode():
         full = answer_logits(
-            model, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"]
+            model,
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            batch["teacher_answer_positions"],
         )
         cached = PrefixCachedTeacher(model, batch["teacher_prefix_ids"]).answer_logits(
             batch["teacher_suffix_input_ids"],
