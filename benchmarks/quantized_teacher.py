@@ -246,6 +246,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-bnb", action="store_true", help="skip the bitsandbytes 8-bit baseline")
     parser.add_argument("--quick", action="store_true", help="tiny random model, fixture data: a smoke test")
     parser.add_argument("--output-dir", default=str(REPO / "docs" / "results" / "quantized-teacher"))
+    parser.add_argument("--name", default=None, help="file name of the report (default: the model's)")
     options = parser.parse_args(argv)
     from distill_trainer.views.text import TwoViewCollator
 
@@ -308,7 +309,9 @@ def write_report(options, argv, started, load_average, compile_s, dataset, prefi
     }
     output = Path(options.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if options.quick else options.model.replace("embedded:", "").replace("/", "--")
+    stem = options.name or (
+        "quick" if options.quick else options.model.replace("embedded:", "").replace("/", "--")
+    )
     (output / f"{stem}.md").write_text(markdown(report))
     (output / f"{stem}.json").write_text(json.dumps(report, indent=1))
     return report

@@ -69,13 +69,20 @@ def _fast(function):
 def quantize_tokens(x: torch.Tensor, rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 codes, float32 scales (rows, 1)) of a 2-D input, rotated block by block by `rotation`
     (block, block) first: one symmetric scale per row, the int8 codes in [-127, 127] shifted by 128 into
-    uint8. Float32 throughout, so that a bfloat16 input's scale keeps its digits."""
+    uint8. The rotation runs in the input's dtype (bfloat16: the fast matmul; its rounding is far below an
+    int8 step), the scales in float32, so that a bfloat16 input's scale keeps its digits."""
     rows, width = x.shape
     block = rotation.shape[0]
-    x = (x.to(torch.float32).view(rows, width // block, block) @ rotation).view(rows, width)
+    x = (x.view(rows, width // block, block) @ rotation).view(rows, width).to(torch.float32)
     scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / INT8_MAX
     codes = (torch.round(x / scale) + UINT8_ZERO).to(torch.uint8)
     return codes, scale
+
+
+def rescale_tokens(y: torch.Tensor, scale: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
+    """The int8 matmul's float32 output times each token's scale, plus the bias, in `dtype`: one pass."""
+    y = y * scale
+    return (y if bias is None else y + bias).to(dtype)
 
 
 @functools.cache
@@ -136,7 +143,7 @@ class Int8Linear(_QuantizedLinear):
         super().__init__(in_features, out_features, bias, compute_dtype)
         self.scales = scales.detach().to(torch.float32).contiguous()
         # the weight was stored rotated (`from_float`): the input is rotated the same way at each call
-        self.rotation = hadamard(rotation_block)
+        self.rotation = hadamard(rotation_block).to(compute_dtype)
         if onednn_int8_available():
             # oneDNN's blocked layout for its int8 kernels; the int8 weight is not kept beside it (the
             # packed copy gives it back: `state_tensors`), so the layer holds one copy of its weight
@@ -184,19 +191,20 @@ class Int8Linear(_QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        codes, scale = _fast(quantize_tokens)(x.reshape(-1, self.in_features), self.rotation)
+        codes, scale = _fast(quantize_tokens)(
+            x.reshape(-1, self.in_features).to(self.compute_dtype), self.rotation
+        )
         if self._packed is not None:
-            # input scale 1: the kernel returns the int32 sums times the weight scales, in the compute dtype
+            # input scale 1: the kernel returns the int32 sums times the weight scales
             y = torch.ops.onednn.qlinear_pointwise(
                 codes, 1.0, UINT8_ZERO, self._packed, self.scales, self._zeros,
-                None, 1.0, 0, self.compute_dtype, "none", [None], "",
+                None, 1.0, 0, torch.float32, "none", [None], "",
             )  # fmt: skip
         else:  # no oneDNN: the same integer products, in float32 (exact for these code ranges)
             centred = codes.to(torch.float32) - UINT8_ZERO
-            y = (centred @ self._qweight.t().to(torch.float32) * self.scales).to(self.compute_dtype)
-        y.mul_(scale)  # each token's own scale; the bias after, as it is not scaled
-        if self.bias is not None:
-            y.add_(self.bias)
+            y = centred @ self._qweight.t().to(torch.float32) * self.scales
+        # each token's own scale, then the bias (not scaled), in the compute dtype
+        y = _fast(rescale_tokens)(y, scale, self.bias, self.compute_dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
 
