@@ -7,11 +7,13 @@
 
 8-bit (`Int8Linear`): weights int8 with one symmetric scale per output channel. Activations are quantized
 per call, one symmetric scale per token (a row of the input), and the product runs as an int8 x int8 matmul
-in oneDNN (AMX or VNNI where the CPU has them: about twice the bfloat16 rate). Per-token rather than
-per-tensor scales because Qwen-style models carry outlier tokens whose magnitude would otherwise set the
-step size of every other token in the batch. The kernel takes one zero point for the whole input, so the
-int8 codes are shifted by 128 into uint8 (zero point 128: still symmetric), computed with an input scale of
-1, and each output row is multiplied by its token's scale afterwards.
+in oneDNN (AMX or VNNI where the CPU has them; the weight prepacked once into oneDNN's blocked layout).
+Per-token rather than per-tensor scales because Qwen-style models carry outlier tokens whose magnitude
+would otherwise set the step size of every other token in the batch; and the input features are rotated
+by a block Hadamard matrix (the weight rotated the same way when quantized) because they also carry
+outlier channels. The kernel takes one zero point for the whole input, so the int8 codes are shifted by
+128 into uint8 (zero point 128: still symmetric), computed with an input scale of 1, and each output row
+is multiplied by its token's scale afterwards.
 
 4-bit (`Int4Linear`): weight-only, groups of `group_size` (64) input features with an asymmetric scale and
 minimum each (float16), two codes per byte. The weight is unpacked to the compute dtype at every call and
