@@ -50,7 +50,7 @@ from distill_trainer.memory.units import MIB
 # meters: the current and peak memory of one kind, with a resettable peak
 # ---------------------------------------------------------------------------------------------------
 
-_STATUS_FIELD = re.compile(r"^(VmRSS|VmHWM):\s+(\d+)\s+kB", re.MULTILINE)
+_STATUS_FIELD = re.compile(r"^(VmRSS|VmHWM|RssAnon|RssFile|RssShmem):\s+(\d+)\s+kB", re.MULTILINE)
 
 
 def _proc_status() -> dict[str, int]:
@@ -152,6 +152,69 @@ class CpuMemoryMeter:
         self._stop.set()
 
 
+class NeededMemoryMeter:
+    """The memory a process needs, as opposed to what it has resident: anonymous (and shared-memory) pages,
+    sampled from a thread, whose peak since `reset()` this meter keeps; plus the resident pages of files
+    still mapped, read when a phase ends (`file_now()`).
+
+    Why not the resident set: it counts the clean page cache of every memory-mapped file. Loading a
+    checkpoint stored in another dtype maps the file and reads each page once for the conversion; those
+    pages stay resident (and counted) until the mapping goes, though the kernel can drop them at any time.
+    Once a load is over its mappings are closed, so the file pages still resident at a phase's end are
+    the ones live tensors map (a float32 model that aliases its checkpoint) and the runtime's libraries:
+    memory the method does need. So a phase needs its anonymous peak plus the file pages mapped at its
+    end. Where /proc/self/status has no RssAnon (not Linux), the meter reports nothing.
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.available = "RssAnon" in _proc_status_or_empty()
+        self._peak = self.anon_now() if self.available else 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        if self.available:
+            self._thread = threading.Thread(target=self._sample, name="anon-sampler", daemon=True)
+            self._thread.start()
+
+    def anon_now(self) -> int:
+        status = _proc_status()
+        return status.get("RssAnon", 0) + status.get("RssShmem", 0)
+
+    def file_now(self) -> int:
+        return _proc_status().get("RssFile", 0) if self.available else 0
+
+    def peak(self) -> int:
+        if not self.available:
+            return 0
+        current = self.anon_now()
+        with self._lock:
+            self._peak = max(self._peak, current)
+            return self._peak
+
+    def reset(self) -> None:
+        if self.available:
+            current = self.anon_now()
+            with self._lock:
+                self._peak = current
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            current = self.anon_now()
+            with self._lock:
+                self._peak = max(self._peak, current)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _proc_status_or_empty() -> dict[str, int]:
+    try:
+        return _proc_status()
+    except OSError:
+        return {}
+
+
 class CudaMemoryMeter:
     """torch's allocated and reserved bytes on one CUDA device, and their peaks since the last `reset()`."""
 
@@ -203,6 +266,7 @@ class MemoryTracker:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.cpu = CpuMemoryMeter(cpu_method, sampling_interval)
+        self.needed = NeededMemoryMeter(sampling_interval)
         self.cuda = CudaMemoryMeter(device) if device.type == "cuda" else None
         self.phases: dict[str, _PhaseRecord] = {}
         self._open: list[tuple[str, _PhaseRecord]] = []
@@ -215,12 +279,16 @@ class MemoryTracker:
 
     def _current(self) -> dict[str, int]:
         values = {"cpu_rss": self.cpu.current()}
+        if self.needed.available:
+            values["cpu_anon"], values["cpu_file"] = self.needed.anon_now(), self.needed.file_now()
         if self.cuda is not None:
             values["cuda_allocated"], values["cuda_reserved"] = self.cuda.current()
         return values
 
     def _peaks(self) -> dict[str, int]:
         values = {"cpu_rss": self.cpu.peak()}
+        if self.needed.available:
+            values["cpu_anon"], values["cpu_file"] = self.needed.peak(), self.needed.file_now()
         if self.cuda is not None:
             values["cuda_allocated"], values["cuda_reserved"] = self.cuda.peak()
         return values
@@ -235,6 +303,7 @@ class MemoryTracker:
 
     def _reset_meters(self) -> None:
         self.cpu.reset()
+        self.needed.reset()
         if self.cuda is not None:
             self.cuda.reset()
 
@@ -297,13 +366,17 @@ class MemoryTracker:
 
     def log_values(self, name: str | None = None, prefix: str = "mem_") -> dict[str, float]:
         """Flat MiB values for a log line: mem_cpu_peak_rss_mib and, on CUDA, the allocated/reserved peaks."""
-        return {f"{prefix}{_KEY_NAMES[key]}": round(value / MIB, 1) for key, value in self.peak(name).items()}
+        peak = self.peak(name)
+        return {
+            f"{prefix}{_KEY_NAMES[key]}": round(value / MIB, 1) for key, value in peak.items() if key in _KEY_NAMES
+        }
 
     def as_dict(self) -> dict:
         self._fold()
+        self._lifetime.end = self._current()
         phases = {}
         for name, record in self.phases.items():
-            entry = {_KEY_NAMES[key]: round(value / MIB, 1) for key, value in record.peak.items()}
+            entry = _peak_entry(record.peak, record.end)
             entry["cpu_start_rss_mib"] = round(record.start["cpu_rss"] / MIB, 1)
             entry["cpu_end_rss_mib"] = round(record.end["cpu_rss"] / MIB, 1)
             if "cuda_allocated" in record.end:
@@ -314,19 +387,41 @@ class MemoryTracker:
             "device": str(self.device),
             "cpu_method": self.cpu.method,
             "baseline_cpu_rss_mib": round(self.baseline_cpu_rss / MIB, 1),
-            "peak": {_KEY_NAMES[key]: round(value / MIB, 1) for key, value in self._lifetime.peak.items()},
+            "peak": _lifetime_entry(self._lifetime, phases),
             "phases": phases,
         }
 
     def close(self) -> None:
         self.cpu.close()
+        self.needed.close()
 
 
 _KEY_NAMES = {
     "cpu_rss": "cpu_peak_rss_mib",
+    "cpu_anon": "cpu_peak_anon_mib",
     "cuda_allocated": "cuda_peak_allocated_mib",
     "cuda_reserved": "cuda_peak_reserved_mib",
 }
+
+
+def _peak_entry(peak: dict[str, int], end: dict[str, int]) -> dict[str, float]:
+    """MiB figures of one record: the peaks, and what it needed (`NeededMemoryMeter`): the anonymous peak
+    plus the file pages still mapped when it ended."""
+    entry = {_KEY_NAMES[key]: round(value / MIB, 1) for key, value in peak.items() if key in _KEY_NAMES}
+    if "cpu_anon" in peak:
+        entry["cpu_end_file_mib"] = round(end["cpu_file"] / MIB, 1)
+        entry["cpu_needed_mib"] = round((peak["cpu_anon"] + end["cpu_file"]) / MIB, 1)
+    return entry
+
+
+def _lifetime_entry(lifetime: _PhaseRecord, phases: dict) -> dict[str, float]:
+    """The whole life's peaks; what it needed is the most any phase needed (or, with no phases, the
+    anonymous peak plus the file pages mapped now)."""
+    entry = _peak_entry(lifetime.peak, lifetime.end)
+    needed = [p["cpu_needed_mib"] for p in phases.values() if "cpu_needed_mib" in p]
+    if needed:
+        entry["cpu_needed_mib"] = max(needed)
+    return entry
 
 
 class MemoryCallback(TrainerCallback):
