@@ -41,6 +41,7 @@ import yaml
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
 from distill_trainer.integrity import write_text_atomically
+from distill_trainer.report.columns import method_memory
 from distill_trainer.report.tables import load_method_result, print_table, write_report
 from distill_trainer.run.interrupt import CHILD_ENV, forget_run, note_run, resume_flags
 from distill_trainer.run.method_reuse import (
@@ -231,7 +232,14 @@ class CompareArguments:
 
 
 # what a row read back from an earlier run keeps of that run's measurements
-REUSED_COSTS = ("peak_memory_mib", "wall_seconds", "phase_peak_mib", "runtime_mib")
+REUSED_COSTS = (
+    "peak_memory_mib",
+    "needed_memory_mib",
+    "wall_seconds",
+    "phase_peak_mib",
+    "phase_needed_mib",
+    "runtime_mib",
+)
 CONFIG_TYPES = (StudentArguments, DataArguments, CompareArguments, DistillationConfig)
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(DistillationConfig)}
 
@@ -427,10 +435,10 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
         f"{estimate.total / 2**30:.2f} GiB, analytic ({fits} in this machine's {machine / 2**30:.0f} GiB)"
     ]
     lora = next((row for row in results if row["method"] == "pbft_teacher_lora"), None)
-    if lora and lora.get("peak_memory_mib"):
+    if lora and method_memory(lora):
         notes.append(
             f"LoRA fine-tuning of the teacher (pbft_teacher_lora, measured over a few steps): "
-            f"{lora['peak_memory_mib'] / 1024:.2f} GiB"
+            f"{method_memory(lora) / 1024:.2f} GiB"
         )
     return {
         "name": "full fine-tuning (PBFT) of the teacher",

@@ -368,7 +368,9 @@ class MemoryTracker:
         """Flat MiB values for a log line: mem_cpu_peak_rss_mib and, on CUDA, the allocated/reserved peaks."""
         peak = self.peak(name)
         return {
-            f"{prefix}{_KEY_NAMES[key]}": round(value / MIB, 1) for key, value in peak.items() if key in _KEY_NAMES
+            f"{prefix}{_KEY_NAMES[key]}": round(value / MIB, 1)
+            for key, value in peak.items()
+            if key in _KEY_NAMES
         }
 
     def as_dict(self) -> dict:

@@ -45,22 +45,30 @@ def _cache_names(info: dict | None) -> dict | None:
     return {name: {**entry, "path": Path(entry["path"]).name} for name, entry in info.items()}
 
 
-def _phase_peaks(memory: dict | None) -> dict:
-    """Peak resident MiB per phase group: loading models, the teacher's output pass, training, evaluation."""
+JUDGED_PHASES = ("teacher_pass", "train", "eval")  # what a method needs; loading is reported apart
+
+
+def _phase_peaks(memory: dict | None, key: str = "cpu_peak_rss_mib") -> dict:
+    """Peak MiB per phase group (resident, or with key "cpu_needed_mib" what the phase needed): loading
+    models, the teacher's output pass, training, evaluation."""
     phases = (memory or {}).get("phases") or {}
 
     def peak(*names):
-        values = [
-            phases[n]["cpu_peak_rss_mib"] for n in names if n in phases and "cpu_peak_rss_mib" in phases[n]
-        ]
+        values = [phases[n][key] for n in names if n in phases and key in phases[n]]
         return max(values) if values else None
 
     return {
         "load": peak("student_load", "model_load", "teacher_load"),
         "teacher_pass": peak("teacher_pass"),
         "train": peak("train"),
-        "eval": peak("eval"),
+        "eval": peak("eval", "evaluate", "final_eval"),
     }
+
+
+def _method_need(phase_needed: dict) -> float | None:
+    """What a method needs to run: the most any of its working phases needed (the load transient apart)."""
+    values = [phase_needed[p] for p in JUDGED_PHASES if phase_needed.get(p) is not None]
+    return max(values) if values else None
 
 
 def _task_summary(metrics: dict) -> dict:
@@ -98,6 +106,7 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
     if tracked is not None:
         peak_bytes = max(peak_bytes or 0, int(tracked * MIB))
     trained = "train" in metrics
+    needed = _phase_peaks(metrics.get("memory"), "cpu_needed_mib")
     teacher = metrics.get("teacher")
     if metrics.get("recipe") == "icl_eval":
         teacher = f"(itself, k={metrics.get('k', 0)})"
@@ -115,6 +124,8 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
         "eval_seconds": round(metrics.get("eval_seconds", 0.0), 1),
         "wall_seconds": round(wall_seconds, 3),  # tiny runs can take well under 0.1 s
         "phase_peak_mib": _phase_peaks(metrics.get("memory")),
+        "phase_needed_mib": needed,
+        "needed_memory_mib": _method_need(needed),
         "runtime_mib": (metrics.get("memory") or {}).get("baseline_cpu_rss_mib"),
         "teacher_output_cache": _cache_names(metrics.get("teacher_output_cache")),
         "eval": {task: _task_summary(task_metrics) for task, task_metrics in metrics["eval"].items()},

@@ -264,7 +264,8 @@ def test_a_probe_row_is_labelled_and_kept_out_of_the_scores(tmp_path, tiny_dirs)
     assert "| cd_full (memory probe, 2 steps) |" in markdown and "## The paper's claims" in markdown
     # the probe has no predictions, so no recovery is claimed for it; its memory is reported
     assert not any(s.startswith("cd_full recovers") for s in summary["findings"])
-    assert any(s.startswith("cd_full peaks at") for s in summary["findings"])
+    assert any(s.startswith("cd_full needs") for s in summary["findings"])
+    assert rows["cd_full"]["needed_memory_mib"] <= rows["cd_full"]["peak_memory_mib"]
     assert any(s.startswith("In-domain recovery") for s in summary["claims"])
 
 
