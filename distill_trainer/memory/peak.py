@@ -44,6 +44,7 @@ import torch
 from transformers import TrainerCallback
 
 from distill_trainer.errors import UsageError
+from distill_trainer.heap import release_freed_memory  # noqa: F401 (its home before heap.py)
 from distill_trainer.memory.units import MIB
 
 # ---------------------------------------------------------------------------------------------------
@@ -68,26 +69,6 @@ def _kernel_peak_reset_works() -> bool:
         return False
     # right after a reset the high-water mark equals the current RSS (a page or two of drift allowed)
     return "VmHWM" in status and status["VmHWM"] - status["VmRSS"] < 8 * MIB
-
-
-def release_freed_memory() -> bool:
-    """Collect garbage, then return the C heap's free pages to the OS (glibc's malloc_trim), so that a
-    model just dropped stops counting in RSS; without it a process that held a teacher keeps its freed
-    heap for the rest of its life. Returns whether the heap was trimmed (False where there is no glibc)."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
-    if trim is None:
-        return False
-    trim(0)
-    return True
 
 
 class CpuMemoryMeter:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from distill_trainer.cache_paths import cache_home
+from distill_trainer.heap import trim_heap
 from distill_trainer.integrity import (
     disk_space_checked,
     file_records,
@@ -43,6 +44,7 @@ from distill_trainer.models import streaming
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+QUANTIZE_BLOCK_BYTES = 2**20  # float32 rows quantized at a time
 _VERIFIED: set[str] = set()  # cache folders whose files this process has checked
 
 
@@ -89,8 +91,6 @@ def _replace(model, name: str, module: torch.nn.Module) -> None:
 def quantize_streaming(folder, quantization: str, compute_dtype: torch.dtype):
     """The model in `folder` with its decoder's linear layers quantized, read one tensor at a time; None
     when the checkpoint cannot be streamed."""
-    from safetensors import safe_open
-
     model = streaming.empty_model(folder, compute_dtype)
     if not streaming.streamable(model, streaming.checkpoint_names(folder)):
         return None
@@ -100,51 +100,81 @@ def quantize_streaming(folder, quantization: str, compute_dtype: torch.dtype):
     # first everything else (biases included, so each layer is quantized with its bias in place), then the
     # linear weights one at a time
     for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
+        with streaming.SafetensorsReader(path) as reader:
+            for name in reader.keys():
                 if name not in quantized_weights:
-                    tensor = streaming.read_tensor(handle, name, None)
-                    dtype = compute_dtype if tensor.is_floating_point() else None
-                    streaming.set_tensor(model, name, tensor.to(dtype) if dtype else tensor)
+                    dtype = compute_dtype if reader.dtype(name).is_floating_point else None
+                    streaming.set_tensor(model, name, reader.read(name, dtype))
     scheme = _scheme(quantization)
     for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for name in (n for n in handle.keys() if n in quantized_weights):
+        with streaming.SafetensorsReader(path) as reader:
+            for name in (n for n in reader.keys() if n in quantized_weights):
                 module_name = quantized_weights[name]
-                meta = linears[module_name]
-                layer = torch.nn.Linear(meta.in_features, meta.out_features, bias=False, device="meta")
-                layer.weight = torch.nn.Parameter(streaming.read_tensor(handle, name, torch.float32), False)
-                layer.bias = meta.bias
-                _replace(model, module_name, scheme.from_float(layer, compute_dtype))
-                del layer
+                bias = linears[module_name].bias
+                tensors = quantize_rows(reader, name, scheme, compute_dtype)
+                if bias is not None:
+                    tensors["bias"] = bias
+                _replace(model, module_name, scheme.from_state(tensors, compute_dtype))
+                del tensors
+                trim_heap()  # the layer's float32 blocks and unpacked copies, freed: not held on
     return streaming.finish(model, folder)
 
 
-def _state_without_ties(model) -> dict[str, torch.Tensor]:
-    """The model's tensors to store, each once (a tied head is the embedding: not stored again)."""
-    stored, seen = {}, set()
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
-        if key in seen:
-            continue
-        seen.add(key)
-        stored[name] = tensor.contiguous()
-    return stored
+def int4_group_size(in_features: int, largest: int = 64) -> int:
+    """The largest even group of input features, at most `largest`, that divides `in_features`."""
+    return next(g for g in range(largest, 1, -2) if in_features % g == 0)
+
+
+def quantize_rows(reader, name: str, scheme, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The stored tensors of a quantized (out, in) weight, read from a checkpoint a block of output
+    rows at a time: each row's scales depend on that row alone, so the blocks' tensors stacked are the
+    whole weight's, and no more than a block is ever held in float32."""
+    rows_total, in_features = reader.shape(name)
+    rows = max(1, QUANTIZE_BLOCK_BYTES // (4 * in_features))
+    parts = []
+    for start in range(0, rows_total, rows):
+        block = reader.read_rows(name, start, start + rows).to(torch.float32)
+        layer = torch.nn.Linear(in_features, block.shape[0], bias=False, device="meta")
+        layer.weight = torch.nn.Parameter(block, requires_grad=False)
+        options = {} if scheme.bits == 8 else {"group_size": int4_group_size(in_features)}
+        parts.append(scheme.from_float(layer, compute_dtype, **options).state_tensors())
+        del layer, block
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def stored_tensors(model):
+    """A function giving (name, tensor) for every tensor the cache stores, made one module at a time: a
+    quantized layer's stored form is unpacked from its kernel's layout only while it is written. A tied
+    head is the embedding: stored once."""
+
+    def items():
+        seen = set()
+        for prefix, module in model.named_modules():
+            local = {}
+            # what `state_dict()` asks of each module (a quantized layer answers with its stored tensors),
+            # asked one module at a time so that its unpacked tensors can go once written
+            module._save_to_state_dict(local, f"{prefix}." if prefix else "", keep_vars=True)
+            for name, tensor in local.items():
+                if isinstance(tensor, torch.nn.Parameter):
+                    if id(tensor) in seen:
+                        continue
+                    seen.add(id(tensor))
+                yield name, tensor.detach()
+
+    return items
 
 
 def save_quantized(model, folder, target: Path) -> None:
     """Write the quantized model into `target` (beside it first, renamed into place when complete)."""
-    from safetensors.torch import save_file
-
     remove_stale_partials(target)
     partial = partial_path(target)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    tensors = _state_without_ties(model)
-    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    tensors = stored_tensors(model)
+    needed = sum(t.numel() * t.element_size() for _, t in tensors())
     try:
         with disk_space_checked(target, needed, cleanup=lambda: shutil.rmtree(partial, ignore_errors=True)):
-            save_file(tensors, str(partial / streaming.SINGLE_FILE), metadata={"format": "pt"})
+            streaming.write_safetensors(partial / streaming.SINGLE_FILE, tensors, {"format": "pt"})
             shutil.copyfile(Path(folder) / "config.json", partial / "config.json")
             records = file_records(partial)
             write_text_atomically(partial / MANIFEST, json.dumps({"files": records}, indent=2) + "\n")
@@ -157,22 +187,21 @@ def save_quantized(model, folder, target: Path) -> None:
 
 def read_quantized(folder, target: Path, quantization: str, compute_dtype: torch.dtype):
     """The model from its quantized cache: quantized layers rebuilt from their stored tensors."""
-    from safetensors import safe_open
-
     model = streaming.empty_model(folder, compute_dtype)
     linears = quantizable_linears(model)
     stored: dict[str, dict[str, torch.Tensor]] = {name: {} for name in linears}
-    with safe_open(str(target / streaming.SINGLE_FILE), framework="pt") as handle:
-        for name in handle.keys():
-            tensor = streaming.read_tensor(handle, name, None)
+    with streaming.SafetensorsReader(target / streaming.SINGLE_FILE) as reader:
+        for name in reader.keys():
+            tensor = reader.read(name)
             owner, _, part = name.rpartition(".")
             if owner in stored:
                 stored[owner][part] = tensor
             else:
                 streaming.set_tensor(model, name, tensor)
     scheme = _scheme(quantization)
-    for name, tensors in stored.items():
-        _replace(model, name, scheme.from_state(tensors, compute_dtype))
+    for name in list(stored):
+        _replace(model, name, scheme.from_state(stored.pop(name), compute_dtype))
+        trim_heap()  # the layer's stored copy, replaced by the kernel's layout: not held on
     return streaming.finish(model, folder)
 
 

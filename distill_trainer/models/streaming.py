@@ -26,7 +26,7 @@ import torch
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-BLOCK_BYTES = 64 * 2**20  # rows read per block: a bounded transient whatever the tensor's size
+BLOCK_BYTES = 16 * 2**20  # rows read per block: a bounded transient whatever the tensor's size
 
 
 def weight_files(folder) -> list[Path]:
@@ -38,40 +38,104 @@ def weight_files(folder) -> list[Path]:
     return [folder / SINGLE_FILE] if (folder / SINGLE_FILE).is_file() else []
 
 
-def checkpoint_names(folder) -> list[str]:
-    from safetensors import safe_open
+# safetensors' names of tensor dtypes
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
+
+class SafetensorsReader:
+    """A safetensors file read with plain reads, never memory-mapped: a mapping's pages count in the
+    resident set for as long as it lives, and the safetensors library keeps its mapping beyond the reads.
+
+        with SafetensorsReader(path) as reader:
+            tensor = reader.read(name, torch.bfloat16)      # converted a block of rows at a time
+            rows = reader.read_rows(name, 0, 128)           # rows 0..127 as stored
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = self.path.open("rb")
+        size = int.from_bytes(self._file.read(8), "little")
+        header = json.loads(self._file.read(size))
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.entries = header
+        self._base = 8 + size
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, name: str) -> list[int]:
+        return self.entries[name]["shape"]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return _DTYPES[self.entries[name]["dtype"]]
+
+    def read_rows(self, name: str, start: int, stop: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows start..stop-1 (along the first dimension) in the stored dtype, in anonymous memory: in the
+        front of `buffer` (uint8) when one is given, so that a reader of many blocks reuses one."""
+        entry = self.entries[name]
+        dtype, shape = _DTYPES[entry["dtype"]], entry["shape"]
+        row_bytes = torch.Size(shape[1:]).numel() * torch.empty(0, dtype=dtype).element_size()
+        stop = min(stop, shape[0]) if shape else 1
+        size = max(0, stop - start) * row_bytes
+        buffer = torch.empty(size, dtype=torch.uint8) if buffer is None else buffer[:size]
+        self._file.seek(self._base + entry["data_offsets"][0] + start * row_bytes)
+        if buffer.numel() and self._file.readinto(memoryview(buffer.numpy())) != buffer.numel():
+            raise ValueError(f"{self.path} ends inside tensor {name}: the file is truncated")
+        return buffer.view(dtype).reshape(stop - start, *shape[1:]) if shape else buffer.view(dtype)[0]
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The whole tensor in `dtype` (None: as stored), read and converted a block of rows at a time."""
+        shape = self.shape(name)
+        if len(shape) < 2:
+            tensor = self.read_rows(name, 0, shape[0] if shape else 1).reshape(shape)
+            return tensor.to(dtype) if dtype is not None else tensor
+        stored = self.dtype(name)
+        if dtype in (None, stored):  # nothing to convert: read straight into the result
+            return self.read_rows(name, 0, shape[0])
+        out = torch.empty(shape, dtype=dtype)
+        row_bytes = torch.Size(shape[1:]).numel() * out.element_size()
+        stored_row_bytes = torch.Size(shape[1:]).numel() * torch.empty(0, dtype=stored).element_size()
+        rows = max(1, BLOCK_BYTES // max(1, row_bytes, stored_row_bytes))
+        # one buffer for every block: freed and allocated again, blocks of this size would stay in the C
+        # heap (glibc keeps freed blocks below its adaptive mmap threshold), and count as memory held
+        buffer = torch.empty(min(rows, shape[0]) * stored_row_bytes, dtype=torch.uint8)
+        for start in range(0, shape[0], rows):
+            out[start : start + rows] = self.read_rows(name, start, start + rows, buffer)
+        return out
+
+
+def checkpoint_names(folder) -> list[str]:
     names = []
     for path in weight_files(folder):
-        with safe_open(str(path), framework="pt") as handle:
-            names += list(handle.keys())
+        with SafetensorsReader(path) as reader:
+            names += reader.keys()
     return names
-
-
-def read_tensor(handle, name: str, dtype: torch.dtype | None) -> torch.Tensor:
-    """One tensor of an open safetensors file in `dtype` (None: as stored), read a block of rows at a time
-    into anonymous memory: the result never aliases the file."""
-    view = handle.get_slice(name)
-    shape = view.get_shape()
-    if len(shape) < 2:
-        tensor = handle.get_tensor(name)
-        return tensor.to(dtype) if dtype is not None else tensor.clone()
-    first = view[0:1]
-    out = torch.empty(shape, dtype=dtype or first.dtype)
-    rows_per_block = max(1, BLOCK_BYTES // max(1, first.numel() * first.element_size()))
-    for start in range(0, shape[0], rows_per_block):
-        out[start : start + rows_per_block] = view[start : start + rows_per_block]
-    return out
 
 
 def checkpoint_tensors(folder, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor in `dtype`) for every tensor of the checkpoint, one at a time."""
-    from safetensors import safe_open
-
     for path in weight_files(folder):
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                yield name, read_tensor(handle, name, dtype)
+        with SafetensorsReader(path) as reader:
+            for name in reader.keys():
+                yield name, reader.read(name, dtype)
 
 
 def empty_model(folder, dtype: torch.dtype, config=None):
@@ -130,6 +194,35 @@ def finish(model, folder):
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.requires_grad_(True)  # as from_pretrained leaves a model: the caller decides what trains
     return model.eval()
+
+
+def write_safetensors(path, tensors, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file one tensor at a time. `tensors`: a mapping, or a function that returns an
+    iterator of (name, tensor) and is called twice (once for the header, once for the data), so the
+    tensors can be made one by one and dropped: `safetensors.torch.save_file` first copies every tensor into
+    one buffer, which would double a model's memory while it is saved."""
+    items = (lambda: iter(tensors.items())) if isinstance(tensors, dict) else tensors
+    header, offset = {}, 0
+    for name, tensor in items():
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": _NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    if metadata:
+        header["__metadata__"] = metadata
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for name, tensor in items():
+            if list(tensor.shape) != header[name]["shape"] or _NAMES[tensor.dtype] != header[name]["dtype"]:
+                raise ValueError(f"tensor {name} changed between the header and the data")
+            if tensor.numel():
+                handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
 def stream_load(folder, dtype: torch.dtype):

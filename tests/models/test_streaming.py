@@ -53,3 +53,19 @@ def test_checkpoint_with_other_names_is_not_streamed(tiny_dirs, tmp_path):
     save_file({"old_layout." + k: v for k, v in tensors.items()}, tmp_path / "model.safetensors")
     assert streaming.stream_load(tmp_path, torch.float32) is None
     assert streaming.stream_load(tmp_path / "absent", torch.float32) is None
+
+
+def test_safetensors_written_a_tensor_at_a_time_read_back_equal(tmp_path):
+    tensors = {
+        "bf16": torch.randn(3, 5).to(torch.bfloat16),
+        "f32": torch.randn(7),
+        "i8": torch.randint(-127, 127, (4, 6), dtype=torch.int8),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "strided": torch.randn(6, 4).t(),
+    }
+    streaming.write_safetensors(tmp_path / "x.safetensors", tensors, {"format": "pt"})
+    read = load_file(tmp_path / "x.safetensors")
+    assert read.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert read[name].dtype == tensor.dtype and torch.equal(read[name], tensor), name
