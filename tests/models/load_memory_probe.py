@@ -1,6 +1,6 @@
 """Run as a script: load a model as asked, in this fresh process, and print what the load needed (JSON).
 
-    python tests/models/load_memory_probe.py FOLDER DTYPE QUANTIZATION
+python tests/models/load_memory_probe.py FOLDER DTYPE QUANTIZATION
 """
 
 import json

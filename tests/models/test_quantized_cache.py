@@ -104,7 +104,13 @@ def float32_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "dtype,quantization",
-    [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "8bit"), ("bfloat16", "4bit"), ("bfloat16", "8bit")],
+    [
+        ("float32", "none"),
+        ("bfloat16", "none"),
+        ("bfloat16", "8bit"),
+        ("bfloat16", "4bit"),
+        ("bfloat16", "8bit"),
+    ],
     ids=["float32", "bfloat16", "8bit-first", "4bit-first", "8bit-cached"],
 )
 def test_a_load_needs_its_weights_and_little_more(float32_checkpoint, tmp_path_factory, dtype, quantization):
