@@ -42,6 +42,7 @@ import yaml
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.report.columns import method_memory
+from distill_trainer.report.estimates import add_memory_estimates
 from distill_trainer.report.tables import load_method_result, print_table, write_report
 from distill_trainer.run.interrupt import CHILD_ENV, forget_run, note_run, resume_flags
 from distill_trainer.run.method_reuse import (
@@ -74,6 +75,8 @@ METHODS = {
     "cd_lora_self": ("context_distill", {"student_mode": "lora", "teacher": "self"}),
     "cd_lora_8bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "8bit"}),
     "cd_lora_4bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "4bit"}),
+    # the teacher in float32 (the others run it in teacher_dtype): what its precision alone costs
+    "cd_lora_fp32": ("context_distill", {"student_mode": "lora", "teacher_dtype": "float32"}),
     # the teacher calibrated (on content-free queries / on the rows it scores) and students distilled from it
     "icl_teacher_cf_calibrated": (
         "icl_eval",
@@ -97,7 +100,12 @@ METHODS = {
         {"student_mode": "lora", "model": "teacher", "memory_only": True},
     ),
 }
-OPTIONAL_METHODS = ("cd_lora_4bit", "pbft_teacher_lora", *(m for m in METHODS if m.endswith("_calibrated")))
+OPTIONAL_METHODS = (
+    "cd_lora_4bit",
+    "cd_lora_fp32",
+    "pbft_teacher_lora",
+    *(m for m in METHODS if m.endswith("_calibrated")),
+)
 DEFAULT_METHODS = [m for m in METHODS if m not in OPTIONAL_METHODS]
 
 
@@ -297,8 +305,11 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
                 raise UsageError(f"method {name} needs teacher_model_name_or_path; set it or drop the method")
             training["teacher_model_name_or_path"] = overrides.get("teacher", teacher)
             training["teacher_quantization"] = overrides.get("teacher_quantization", "none")
-            if probe and training["teacher_quantization"] != "none":
-                # the probe measures a quantized teacher resident beside the student, as it trains
+            if "teacher_dtype" in overrides:
+                training["teacher_dtype"] = overrides["teacher_dtype"]
+            if probe and (training["teacher_quantization"] != "none" or "teacher_dtype" in overrides):
+                # the probe measures the teacher, quantized or in another dtype, resident beside the
+                # student as it trains
                 training["teacher_output_cache"] = False
     values = {**student, **data, **training}
     return recipe, {k: v for k, v in values.items() if v is not None}
@@ -322,6 +333,13 @@ def check_only(student_args, data_args, compare, config, run_name: str) -> dict:
     forget_run(Path(compare.results_dir) / run_name)
     print(f"ok: {len(methods)} methods checked ({', '.join(methods)}); nothing was run", flush=True)
     return {"checked": list(methods)}
+
+
+def read_method_yaml(method_dir: Path) -> tuple[str, dict]:
+    """(recipe, values) of the file `write_method_yaml` wrote: its header names the recipe."""
+    text = (method_dir / "method.yaml").read_text(encoding="utf-8")
+    recipe = Path(text.splitlines()[0].split()[2]).stem
+    return recipe, yaml.safe_load(text)
 
 
 def write_method_yaml(recipe: str, values: dict, path: Path) -> None:
@@ -385,16 +403,6 @@ def run_in_this_process(recipe: str, config_path: Path, tracker, name: str, extr
 # ---------------------------------------------------------------- the memory reference and sizes on disk
 
 
-def _mean_padded_tokens(tokenizer, data, batch_size: int) -> int:
-    """Mean padded length of the training batches' student view (query + answer) for this tokenizer."""
-    lengths = [
-        len(tokenizer(data.pattern.query(row) + data.pattern.answer(row["label"]))["input_ids"])
-        for row in data.train_rows
-    ]
-    batches = [max(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size)]
-    return round(sum(batches) / len(batches))
-
-
 def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict | None:
     """The paper's memory reference: fine-tuning the teacher itself. Full fine-tuning with AdamW holds 16
     bytes per parameter (fp32 weights, gradients and two moments) before any activation, more than a
@@ -407,12 +415,13 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
     from distill_trainer.memory.estimate import estimate_peak_memory
     from distill_trainer.models.loading import load_tokenizer, prepare_student, resolve_model_path
     from distill_trainer.nli.data import prepare_data
+    from distill_trainer.report.estimates import mean_padded_tokens
 
     teacher = config.teacher_model_name_or_path
     if not teacher or is_self(teacher):
         return None
     data = prepare_data(data_args)
-    tokens = _mean_padded_tokens(load_tokenizer(teacher), data, config.per_device_train_batch_size)
+    tokens = mean_padded_tokens(load_tokenizer(teacher), data, config.per_device_train_batch_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(teacher)))
     model = prepare_student(model, "full")
@@ -639,6 +648,7 @@ def main(argv=None) -> dict:
     # ------------------------------------------------------------ report
     settings = run_settings(student_args, data_args, compare, config, earlier, seconds, setup_seconds)
     settings["data"] = data_read(results)
+    add_memory_estimates(results, {name: read_method_yaml(run_dir / name) for name in plan}, data_args)
     settings["memory_reference"] = teacher_finetuning_reference(results, data_args, config)
     settings["disk_mb"] = disk_sizes(results, config)
     summary = write_report(run_dir, results, settings)

@@ -393,7 +393,9 @@ def _peak_entry(peak: dict[str, int], end: dict[str, int]) -> dict[str, float]:
     entry = {_KEY_NAMES[key]: round(value / MIB, 1) for key, value in peak.items() if key in _KEY_NAMES}
     if "cpu_anon" in peak:
         entry["cpu_end_file_mib"] = round(end["cpu_file"] / MIB, 1)
-        entry["cpu_needed_mib"] = round((peak["cpu_anon"] + end["cpu_file"]) / MIB, 1)
+        needed = peak["cpu_anon"] + end["cpu_file"]
+        # never more than was resident: the two are read at slightly different moments
+        entry["cpu_needed_mib"] = round(min(needed, peak.get("cpu_rss", needed)) / MIB, 1)
     return entry
 
 
