@@ -111,7 +111,7 @@ def quantize_streaming(folder, quantization: str, compute_dtype: torch.dtype):
             for name in (n for n in reader.keys() if n in quantized_weights):
                 module_name = quantized_weights[name]
                 bias = linears[module_name].bias
-                tensors = quantize_rows(reader, name, scheme, compute_dtype)
+                tensors = quantize_rows(reader, name, scheme)
                 if bias is not None:
                     tensors["bias"] = bias
                 _replace(model, module_name, scheme.from_state(tensors, compute_dtype))
@@ -120,25 +120,11 @@ def quantize_streaming(folder, quantization: str, compute_dtype: torch.dtype):
     return streaming.finish(model, folder)
 
 
-def int4_group_size(in_features: int, largest: int = 64) -> int:
-    """The largest even group of input features, at most `largest`, that divides `in_features`."""
-    return next(g for g in range(largest, 1, -2) if in_features % g == 0)
-
-
-def quantize_rows(reader, name: str, scheme, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def quantize_rows(reader, name: str, scheme) -> dict[str, torch.Tensor]:
     """The stored tensors of a quantized (out, in) weight, read from a checkpoint a block of output
     rows at a time: each row's scales depend on that row alone, so the blocks' tensors stacked are the
     whole weight's, and no more than a block is ever held in float32."""
-    rows_total, in_features = reader.shape(name)
-    rows = max(1, QUANTIZE_BLOCK_BYTES // (4 * in_features))
-    parts = []
-    for start in range(0, rows_total, rows):
-        block = reader.read_rows(name, start, start + rows).to(torch.float32)
-        layer = torch.nn.Linear(in_features, block.shape[0], bias=False, device="meta")
-        layer.weight = torch.nn.Parameter(block, requires_grad=False)
-        options = {} if scheme.bits == 8 else {"group_size": int4_group_size(in_features)}
-        parts.append(scheme.from_float(layer, compute_dtype, **options).state_tensors())
-        del layer, block
+    parts = [scheme.quantize(block) for block in reader.row_blocks(name, QUANTIZE_BLOCK_BYTES)]
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 

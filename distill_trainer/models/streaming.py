@@ -26,7 +26,7 @@ import torch
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-BLOCK_BYTES = 16 * 2**20  # rows read per block: a bounded transient whatever the tensor's size
+BLOCK_BYTES = 4 * 2**20  # rows read per block: a bounded transient whatever the tensor's size
 
 
 def weight_files(folder) -> list[Path]:
@@ -71,6 +71,9 @@ class SafetensorsReader:
         self.metadata = header.pop("__metadata__", None) or {}
         self.entries = header
         self._base = 8 + size
+        # one buffer for every converted block: blocks allocated and freed one after the other end up in
+        # the C heap between the tensors kept, and the heap then holds their size again and again
+        self._buffer = torch.empty(0, dtype=torch.uint8)
 
     def __enter__(self):
         return self
@@ -101,6 +104,16 @@ class SafetensorsReader:
             raise ValueError(f"{self.path} ends inside tensor {name}: the file is truncated")
         return buffer.view(dtype).reshape(stop - start, *shape[1:]) if shape else buffer.view(dtype)[0]
 
+    def row_blocks(self, name: str, block_bytes: int) -> Iterator[torch.Tensor]:
+        """The tensor's rows in float32, about `block_bytes` at a time (each block valid until the next)."""
+        shape = self.shape(name)
+        row_bytes = torch.Size(shape[1:]).numel() * self.dtype(name).itemsize
+        rows = max(1, block_bytes // max(1, torch.Size(shape[1:]).numel() * 4))
+        if self._buffer.numel() < rows * row_bytes:
+            self._buffer = torch.empty(rows * row_bytes, dtype=torch.uint8)
+        for start in range(0, shape[0], rows):
+            yield self.read_rows(name, start, start + rows, self._buffer).to(torch.float32)
+
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The whole tensor in `dtype` (None: as stored), read and converted a block of rows at a time."""
         shape = self.shape(name)
@@ -114,11 +127,11 @@ class SafetensorsReader:
         row_bytes = torch.Size(shape[1:]).numel() * out.element_size()
         stored_row_bytes = torch.Size(shape[1:]).numel() * torch.empty(0, dtype=stored).element_size()
         rows = max(1, BLOCK_BYTES // max(1, row_bytes, stored_row_bytes))
-        # one buffer for every block: freed and allocated again, blocks of this size would stay in the C
-        # heap (glibc keeps freed blocks below its adaptive mmap threshold), and count as memory held
-        buffer = torch.empty(min(rows, shape[0]) * stored_row_bytes, dtype=torch.uint8)
+        needed = min(rows, shape[0]) * stored_row_bytes
+        if self._buffer.numel() < needed:
+            self._buffer = torch.empty(max(needed, BLOCK_BYTES), dtype=torch.uint8)
         for start in range(0, shape[0], rows):
-            out[start : start + rows] = self.read_rows(name, start, start + rows, buffer)
+            out[start : start + rows] = self.read_rows(name, start, start + rows, self._buffer)
         return out
 
 
