@@ -10,8 +10,9 @@ compares with `run(...)` called in its own process. Every process trains with it
 process writes is then visible, and must be nothing. Each process reports what it saw in
 `<output>/<name>/report-rank<r>.json` (the harness's file, not the library's).
 
-`--deepspeed 3` runs the jobs under DeepSpeed ZeRO-3 instead of DDP (needs `pip install deepspeed`; on a
-machine without GPUs also `DS_ACCELERATOR=cpu`).
+`--deepspeed 3` runs the jobs under DeepSpeed ZeRO-3 instead of DDP (needs `pip install '.[distributed]'`;
+on a machine without GPUs also `DS_ACCELERATOR=cpu`); `--fsdp` runs them under FSDP2 with the settings
+of `recipes/configs/accelerate/fsdp.yaml` (see `fsdp_settings` for how it runs on CPU processes).
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ ROWS = [  # answers of 1 and 3 tokens, so the two processes see different answer
 
 def deepspeed_settings(stage: int) -> dict:
     """TrainingArguments for a DeepSpeed ZeRO run; "auto" values are filled in by the Trainer."""
-    import torch.distributed
     from accelerate import PartialState
+    from accelerate.state import AcceleratorState
 
+    # one launch trains several students: each DeepSpeed job starts from a fresh accelerate state (the
+    # process group stays), as accelerate takes a DeepSpeed plugin only in its first Accelerator
+    AcceleratorState._reset_state()
     if not torch.cuda.is_available() and not PartialState._shared_state:
         # accelerate picks no process-group backend for DeepSpeed on a machine without GPUs; set the state
         # up with gloo ourselves and tell the Trainer to use it as it is
@@ -60,6 +64,38 @@ def deepspeed_settings(stage: int) -> dict:
     return {"deepspeed": config, "accelerator_config": {"use_configured_state": True}}
 
 
+FSDP_CONFIG = Path(__file__).parents[2] / "recipes" / "configs" / "accelerate" / "fsdp.yaml"
+
+
+def fsdp_settings() -> dict:
+    """TrainingArguments for an FSDP2 run with the settings of `recipes/configs/accelerate/fsdp.yaml`.
+
+    accelerate forms FSDP only over GPU process groups: on CPU processes it silently wraps the student in
+    DDP instead (accelerate/state.py turns FSDP on only for the MULTI_GPU-like types). The state is set
+    up here over gloo and marked FSDP with the config's plugin, so that accelerate's own FSDP2 path
+    (`fully_shard` by decoder layer, the full state dict gathered for saving) runs as it does on GPUs.
+    """
+    from accelerate import Accelerator, PartialState
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    AcceleratorState._reset_state()
+    if not PartialState._shared_state:
+        PartialState(cpu=True, backend="gloo")
+    settings = load_config_from_file(str(FSDP_CONFIG)).fsdp_config
+    # the plugin's argument is the key without its prefix, but for these two
+    names = {"fsdp_offload_params": "cpu_offload", "fsdp_version": "fsdp_version"}
+    plugin = FullyShardedDataParallelPlugin(
+        **{names.get(key, key.removeprefix("fsdp_")): value for key, value in settings.items()}
+    )
+    Accelerator(cpu=True)  # creates the accelerator state, which later Accelerators share
+    # every later Accelerator copies the process state's type over its own: mark both
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState().fsdp_plugin = plugin
+    return {"accelerator_config": {"use_configured_state": True}}
+
+
 def run(
     student: str,
     teacher: str,
@@ -70,14 +106,12 @@ def run(
     mode: str = "full",
     alpha: float = 0.7,
     deepspeed_stage: int = 0,
+    fsdp: bool = False,
 ) -> dict:
-    extra = deepspeed_settings(deepspeed_stage) if deepspeed_stage else {}
+    extra = deepspeed_settings(deepspeed_stage) if deepspeed_stage else fsdp_settings() if fsdp else {}
     tokenizer = load_tokenizer(student)
     rows = [ROWS[i % len(ROWS)] for i in range(24)]
     dataset = Dataset.from_list([build_views(tokenizer, q, a, DEMOS) for q, a in rows])
-    model = load_causal_lm(student)
-    if mode == "lora":
-        model = prepare_student(model, "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     rank = int(os.environ.get("RANK", 0))
     run_dir = Path(output) / f"rank{rank}"
     # plain SGD, no clipping: the weights after training are a direct function of the gradients
@@ -95,11 +129,16 @@ def run(
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        use_cpu=not deepspeed_stage,
+        use_cpu=not deepspeed_stage,  # FSDP: the state set up above is on the CPU
         seed=0,
         disable_tqdm=True,
         **extra,
     )
+    # loaded after the arguments, as a recipe does: under ZeRO-3 the student is then created partitioned
+    model = load_causal_lm(student)
+    if mode == "lora":
+        torch.manual_seed(0)  # the adapters' random init, the same in every run whatever ran before
+        model = prepare_student(model, "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     trainer = ContextDistillationTrainer(
         model=model,
         teacher=teacher,
@@ -125,15 +164,30 @@ def run(
         "teacher_requires_grad": any(p.requires_grad for p in teacher_params),
         "teacher_in_optimizer": any(id(p) in in_optimizer for p in teacher_params),
         "teacher_devices": sorted({str(p.device) for p in teacher_params}),
-        # under ZeRO-3 a process holds only its shard of each parameter (ds_tensor), about 1/world_size
-        "teacher_local_numel": sum(
-            p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in teacher_params
-        ),
-        "teacher_numel": sum(getattr(p, "ds_numel", p.numel()) for p in teacher_params),
+        # under ZeRO-3 and FSDP a process holds only its shard of a parameter, about 1/world_size
+        "teacher_local_numel": sum(_local_numel(p) for p in teacher_params),
+        "teacher_numel": sum(_numel(p) for p in teacher_params),
+        "student_local_numel": sum(_local_numel(p) for p in trainer.model_wrapped.parameters()),
+        "student_numel": sum(_numel(p) for p in trainer.model_wrapped.parameters()),
         "loss": [log["loss"] for log in history if "loss" in log],
         "kd_loss": [log["kd_loss"] for log in history if "kd_loss" in log],
         "ce_loss": [log["ce_loss"] for log in history if "ce_loss" in log],
     }
+
+
+def _local_numel(parameter) -> int:
+    """The elements this process holds: its ZeRO-3 partition (ds_tensor), its FSDP2 shard (a DTensor's
+    local tensor), or the whole parameter."""
+    if hasattr(parameter, "ds_tensor"):
+        return parameter.ds_tensor.numel()
+    if hasattr(parameter, "to_local"):
+        return parameter.to_local().numel()
+    return parameter.numel()
+
+
+def _numel(parameter) -> int:
+    """The parameter's size over all processes (a DTensor's numel is already the global one)."""
+    return getattr(parameter, "ds_numel", parameter.numel())
 
 
 def main() -> None:
@@ -142,6 +196,7 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--deepspeed", type=int, default=0, help="ZeRO stage; 0: plain DDP")
+    parser.add_argument("--fsdp", action="store_true", help="FSDP2 with fsdp.yaml's settings, not DDP")
     parser.add_argument(
         "--job",
         nargs=5,
@@ -162,6 +217,7 @@ def main() -> None:
             a.steps,
             mode,
             deepspeed_stage=a.deepspeed,
+            fsdp=a.fsdp,
         )
         output.mkdir(parents=True, exist_ok=True)
         Path(output, f"report-rank{report['rank']}.json").write_text(json.dumps(report, indent=1))
