@@ -12,7 +12,7 @@ process writes is then visible, and must be nothing. Each process reports what i
 
 `--deepspeed 3` runs the jobs under DeepSpeed ZeRO-3 instead of DDP (needs `pip install '.[distributed]'`;
 on a machine without GPUs also `DS_ACCELERATOR=cpu`); `--fsdp` runs them under FSDP2 with the settings
-of `recipes/configs/accelerate/fsdp.yaml` (see `fsdp_settings` for how it runs on CPU processes).
+of `recipes/configs/accelerate/fsdp.yaml`; `training/cpu_processes.py` says how both run on CPU processes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoV
 from distill_trainer.models.loading import load_causal_lm, load_tokenizer, prepare_student
 from distill_trainer.report.hub import save_student
 from distill_trainer.report.model_card import StudentCard
+from distill_trainer.training.cpu_processes import deepspeed_on_cpu_processes, fsdp2_on_cpu_processes
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
 ROWS = [  # answers of 1 and 3 tokens, so the two processes see different answer-token counts
@@ -40,60 +41,7 @@ ROWS = [  # answers of 1 and 3 tokens, so the two processes see different answer
 ]
 
 
-def deepspeed_settings(stage: int) -> dict:
-    """TrainingArguments for a DeepSpeed ZeRO run; "auto" values are filled in by the Trainer."""
-    from accelerate import PartialState
-    from accelerate.state import AcceleratorState
-
-    # one launch trains several students: each DeepSpeed job starts from a fresh accelerate state (the
-    # process group stays), as accelerate takes a DeepSpeed plugin only in its first Accelerator
-    AcceleratorState._reset_state()
-    if not torch.cuda.is_available() and not PartialState._shared_state:
-        # accelerate picks no process-group backend for DeepSpeed on a machine without GPUs; set the state
-        # up with gloo ourselves and tell the Trainer to use it as it is
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        PartialState(backend="gloo")
-        del os.environ["ACCELERATE_USE_DEEPSPEED"]
-    config = {
-        "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto",
-        "gradient_clipping": "auto",
-    }
-    return {"deepspeed": config, "accelerator_config": {"use_configured_state": True}}
-
-
 FSDP_CONFIG = Path(__file__).parents[2] / "recipes" / "configs" / "accelerate" / "fsdp.yaml"
-
-
-def fsdp_settings() -> dict:
-    """TrainingArguments for an FSDP2 run with the settings of `recipes/configs/accelerate/fsdp.yaml`.
-
-    accelerate forms FSDP only over GPU process groups: on CPU processes it silently wraps the student in
-    DDP instead (accelerate/state.py turns FSDP on only for the MULTI_GPU-like types). The state is set
-    up here over gloo and marked FSDP with the config's plugin, so that accelerate's own FSDP2 path
-    (`fully_shard` by decoder layer, the full state dict gathered for saving) runs as it does on GPUs.
-    """
-    from accelerate import Accelerator, PartialState
-    from accelerate.commands.config.config_args import load_config_from_file
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    AcceleratorState._reset_state()
-    if not PartialState._shared_state:
-        PartialState(cpu=True, backend="gloo")
-    settings = load_config_from_file(str(FSDP_CONFIG)).fsdp_config
-    # the plugin's argument is the key without its prefix, but for these two
-    names = {"fsdp_offload_params": "cpu_offload", "fsdp_version": "fsdp_version"}
-    plugin = FullyShardedDataParallelPlugin(
-        **{names.get(key, key.removeprefix("fsdp_")): value for key, value in settings.items()}
-    )
-    Accelerator(cpu=True)  # creates the accelerator state, which later Accelerators share
-    # every later Accelerator copies the process state's type over its own: mark both
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-    AcceleratorState().fsdp_plugin = plugin
-    return {"accelerator_config": {"use_configured_state": True}}
 
 
 def run(
@@ -108,7 +56,11 @@ def run(
     deepspeed_stage: int = 0,
     fsdp: bool = False,
 ) -> dict:
-    extra = deepspeed_settings(deepspeed_stage) if deepspeed_stage else fsdp_settings() if fsdp else {}
+    extra = {}
+    if deepspeed_stage:
+        extra = deepspeed_on_cpu_processes(deepspeed_stage)
+    elif fsdp:
+        extra = fsdp2_on_cpu_processes(str(FSDP_CONFIG))
     tokenizer = load_tokenizer(student)
     rows = [ROWS[i % len(ROWS)] for i in range(24)]
     dataset = Dataset.from_list([build_views(tokenizer, q, a, DEMOS) for q, a in rows])
@@ -129,7 +81,7 @@ def run(
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        use_cpu=not deepspeed_stage,  # FSDP: the state set up above is on the CPU
+        use_cpu=not deepspeed_stage,
         seed=0,
         disable_tqdm=True,
         **extra,

@@ -5,7 +5,8 @@ shard of what the strategy partitions (ZeRO-3: the student and the teacher; FSDP
 One launch per strategy trains the two jobs of the DDP tests: a full student with a separate teacher
 (2 processes x 4 examples) and a LoRA student whose teacher is its own base model, `teacher: self`
 (2 processes x 2 examples x 2 accumulation steps), a PEFT model serving as teacher under ZeRO-3 and FSDP2.
-FSDP2 runs with the settings of `recipes/configs/accelerate/fsdp.yaml` (`distributed_run.fsdp_settings`).
+FSDP2 runs with the settings of `recipes/configs/accelerate/fsdp.yaml` (how both run on CPU
+processes: `distill_trainer/training/cpu_processes.py`).
 
 Marked `distributed` (a pass of its own in CI: `./run.sh test -m distributed`); ZeRO-3 needs the
 `distributed` extra (`pip install '.[distributed]'`), which `run.sh` installs.
