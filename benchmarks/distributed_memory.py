@@ -12,7 +12,7 @@ resident set would also count the page cache of the memory-mapped checkpoints) j
 built, just after (the teacher is then loaded and placed: under ZeRO-3 partitioned), and at its peak,
 sampled every 5 ms. The teacher's share is read from its parameters (a ZeRO-3 partition, ds_tensor) and
 set beside the analytic share: the teacher's parameters x bytes per element / world size. Needs the
-`distributed` extra (deepspeed); the embedded pair needs its packages (see distill_trainer/models/embedded.py).
+`distributed` extra (deepspeed); the embedded pair needs its packages (distill_trainer/models/embedded.py).
 """
 
 from __future__ import annotations
@@ -125,7 +125,9 @@ def worker(pair: str, teacher: str, student: str, strategy: str, steps: int, out
         "rank": rank,
         "world_size": trainer.accelerator.num_processes,
         "teacher_numel": sum(getattr(p, "ds_numel", p.numel()) for p in parameters),
-        "teacher_local_numel": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in parameters),
+        "teacher_local_numel": sum(
+            p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in parameters
+        ),
         "teacher_element_size": parameters[0].element_size(),
         "anon_before_teacher": before,
         "anon_after_teacher": after,

@@ -126,3 +126,20 @@ def test_accelerate_configs_load_and_start_with_their_launch_command(name):
         )
     if name == "fsdp":
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_every_accelerate_config_says_how_ci_runs_it():
+    """The second line of each config names the CI command that runs its strategy (or why none does);
+    a test file it names exists, and a strategy it selects with -k is one test_sharded.py runs."""
+    from test_sharded import STRATEGIES
+
+    configs = sorted((Path(__file__).parents[2] / "recipes" / "configs" / "accelerate").glob("*.yaml"))
+    assert len(configs) == 6
+    for path in configs:
+        line = path.read_text().splitlines()[1]
+        assert line.startswith("# CI: "), path.name
+        for word in line.split():
+            if word.startswith("tests/"):
+                assert (Path(__file__).parents[2] / word).is_file(), word
+        if " -k " in line:
+            assert line.split(" -k ")[1].split()[0] in STRATEGIES
