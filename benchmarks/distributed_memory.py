@@ -9,10 +9,11 @@ teacher -> SmolLM2-135M student (two tokenizers: label-word KL), a few optimizer
 Each (pair, strategy) is one `torchrun --nproc_per_node 2` launch of this module with --worker. A process
 measures its anonymous resident memory (RssAnon in /proc/self/status: what its tensors and heap hold; the
 resident set would also count the page cache of the memory-mapped checkpoints) just before the trainer is
-built, just after (the teacher is then loaded and placed: under ZeRO-3 partitioned), and at its peak,
-sampled every 5 ms. The teacher's share is read from its parameters (a ZeRO-3 partition, ds_tensor) and
-set beside the analytic share: the teacher's parameters x bytes per element / world size. Needs the
-`distributed` extra (deepspeed); the embedded pair needs its packages (distill_trainer/models/embedded.py).
+built and just after (the teacher is then loaded and placed: under ZeRO-3 partitioned), and its peak
+(sampled every 5 ms) while it loads the student, while it loads the teacher, and while it trains. The
+teacher's share is read from its parameters (a ZeRO-3 partition, ds_tensor) and set beside the analytic
+share: the teacher's parameters x bytes per element / world size. Needs the `distributed` extra
+(deepspeed); the embedded pair needs its packages (distill_trainer/models/embedded.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ PAIRS = {  # name: (teacher, student); "tiny" is built in a temporary folder fir
     "qwen-0.5b-smollm2": ("embedded:qwen2.5-coder-0.5b", "embedded:smollm2-135m"),
 }
 STRATEGIES = ("ddp", "zero3")
+PHASES = ("student_load", "teacher_load", "train")  # the peaks each process records, in this order
 MIB = 2**20
 
 
@@ -57,10 +59,10 @@ class AnonPeak:
         while not self._stop.wait(interval):
             self.peak = max(self.peak, self.now())
 
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, self.now())
+    def restart(self) -> int:
+        """The peak since the start or the last restart; the next peak counts from now."""
+        peak, self.peak = max(self.peak, self.now()), self.now()
+        return peak
 
 
 # ---------------------------------------------------------------------------- one process of a launch
@@ -103,6 +105,7 @@ def worker(pair: str, teacher: str, student: str, strategy: str, steps: int, out
             **(deepspeed_on_cpu_processes(3) if strategy == "zero3" else {}),
         )
         model = load_causal_lm(student)  # after the arguments: under ZeRO-3, created partitioned
+        peaks = {"student_load": meter.restart()}
         before = AnonPeak.now()
         trainer = ContextDistillationTrainer(  # loads and places the teacher
             model=model,
@@ -116,7 +119,9 @@ def worker(pair: str, teacher: str, student: str, strategy: str, steps: int, out
             teacher_label_token_ids=label_ids(teacher_tokenizer),
         )
         after = AnonPeak.now()
+        peaks["teacher_load"] = meter.restart()
         trainer.train()
+        peaks["train"] = meter.restart()
     parameters = list(trainer.teacher.model.parameters())
     rank = trainer.accelerator.process_index
     report = {
@@ -131,7 +136,7 @@ def worker(pair: str, teacher: str, student: str, strategy: str, steps: int, out
         "teacher_element_size": parameters[0].element_size(),
         "anon_before_teacher": before,
         "anon_after_teacher": after,
-        "anon_peak": meter.stop(),
+        "anon_peaks": peaks,
         "steps": steps,
     }
     Path(output, f"{pair}-{strategy}-rank{rank}.json").write_text(json.dumps(report, indent=1))
@@ -160,8 +165,9 @@ def launch(pair: str, teacher: str, student: str, strategy: str, steps: int, out
 def table(reports: list[dict]) -> str:
     lines = [
         "| pair | strategy | process | teacher parameters held | analytic share | teacher resident "
-        "(RssAnon after - before placing it) | peak RssAnon |",
-        "|---|---|---|---|---|---|---|",
+        "(RssAnon after - before placing it) | peak RssAnon: loading the student | loading the teacher "
+        "| training |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(reports, key=lambda r: (list(PAIRS).index(r["pair"]), r["strategy"], r["rank"])):
         whole = r["teacher_numel"] * r["teacher_element_size"]
@@ -172,7 +178,8 @@ def table(reports: list[dict]) -> str:
             f"{r['teacher_local_numel']:,} of {r['teacher_numel']:,} ({held:.1%}) | "
             f"{analytic / MIB:,.1f} MiB of {whole / MIB:,.1f} | "
             f"{(r['anon_after_teacher'] - r['anon_before_teacher']) / MIB:,.1f} MiB | "
-            f"{r['anon_peak'] / MIB:,.0f} MiB |"
+            + " | ".join(f"{r['anon_peaks'][phase] / MIB:,.0f} MiB" for phase in PHASES)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -189,6 +196,7 @@ def write_into_doc(text: str, command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated: {', '.join(PAIRS)}")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated: ddp, zero3")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print the table; leave the docs alone")
     parser.add_argument("--worker", nargs=4, metavar=("PAIR", "TEACHER", "STUDENT", "STRATEGY"))
@@ -204,13 +212,14 @@ def main() -> None:
             teacher, student = PAIRS[pair]
             if pair == "tiny":
                 teacher, student = build_tiny(output)
-            for strategy in STRATEGIES:
+            for strategy in a.strategies.split(","):
                 launch(pair, teacher, student, strategy, a.steps, output)
         reports = [json.loads(p.read_text()) for p in sorted(output.glob("*-rank*.json"))]
     text = table(reports)
     print(text)
     if not a.no_write:
         flags = "" if a.pairs == ",".join(PAIRS) else f" --pairs {a.pairs}"
+        flags += "" if a.strategies == ",".join(STRATEGIES) else f" --strategies {a.strategies}"
         write_into_doc(text, f"{COMMAND}{flags}" + (f" --steps {a.steps}" if a.steps != 3 else ""))
 
 
