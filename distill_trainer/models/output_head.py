@@ -60,7 +60,7 @@ class _HiddenStates(torch.nn.Module):
 
 
 def is_zero3_partitioned(parameter) -> bool:
-    """Whether DeepSpeed ZeRO-3 manages `parameter` (its data is gathered only inside its module's forward)."""
+    """Whether DeepSpeed ZeRO-3 manages `parameter`: its data is gathered only while its module runs."""
     return hasattr(parameter, "ds_id")
 
 
