@@ -37,7 +37,6 @@ Where a peak goes: `memory_breakdown.py`; predicting one without running it: `me
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 
 import torch
@@ -45,18 +44,12 @@ from transformers import TrainerCallback
 
 from distill_trainer.errors import UsageError
 from distill_trainer.heap import release_freed_memory  # noqa: F401 (its home before heap.py)
+from distill_trainer.memory.needed import NeededMemoryMeter, proc_status
 from distill_trainer.memory.units import MIB
 
 # ---------------------------------------------------------------------------------------------------
 # meters: the current and peak memory of one kind, with a resettable peak
 # ---------------------------------------------------------------------------------------------------
-
-_STATUS_FIELD = re.compile(r"^(VmRSS|VmHWM|RssAnon|RssFile|RssShmem):\s+(\d+)\s+kB", re.MULTILINE)
-
-
-def _proc_status() -> dict[str, int]:
-    with open("/proc/self/status", encoding="ascii") as status:
-        return {name: int(kb) * 1024 for name, kb in _STATUS_FIELD.findall(status.read())}
 
 
 def _kernel_peak_reset_works() -> bool:
@@ -64,7 +57,7 @@ def _kernel_peak_reset_works() -> bool:
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
             clear_refs.write("5")
-        status = _proc_status()
+        status = proc_status()
     except OSError:
         return False
     # right after a reset the high-water mark equals the current RSS (a page or two of drift allowed)
@@ -103,12 +96,12 @@ class CpuMemoryMeter:
 
     def current(self) -> int:
         if self.method == "kernel_hwm":
-            return _proc_status()["VmRSS"]
+            return proc_status()["VmRSS"]
         return self._process.memory_info().rss
 
     def peak(self) -> int:
         if self.method == "kernel_hwm":
-            return _proc_status()["VmHWM"]
+            return proc_status()["VmHWM"]
         current = self.current()
         with self._lock:
             self._sampled_peak = max(self._sampled_peak, current)
@@ -131,69 +124,6 @@ class CpuMemoryMeter:
 
     def close(self) -> None:
         self._stop.set()
-
-
-class NeededMemoryMeter:
-    """The memory a process needs, as opposed to what it has resident: anonymous (and shared-memory) pages,
-    sampled from a thread, whose peak since `reset()` this meter keeps; plus the resident pages of files
-    still mapped, read when a phase ends (`file_now()`).
-
-    Why not the resident set: it counts the clean page cache of every memory-mapped file. Loading a
-    checkpoint stored in another dtype maps the file and reads each page once for the conversion; those
-    pages stay resident (and counted) until the mapping goes, though the kernel can drop them at any time.
-    Once a load is over its mappings are closed, so the file pages still resident at a phase's end are
-    the ones live tensors map (a float32 model that aliases its checkpoint) and the runtime's libraries:
-    memory the method does need. So a phase needs its anonymous peak plus the file pages mapped at its
-    end. Where /proc/self/status has no RssAnon (not Linux), the meter reports nothing.
-    """
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.available = "RssAnon" in _proc_status_or_empty()
-        self._peak = self.anon_now() if self.available else 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = None
-        if self.available:
-            self._thread = threading.Thread(target=self._sample, name="anon-sampler", daemon=True)
-            self._thread.start()
-
-    def anon_now(self) -> int:
-        status = _proc_status()
-        return status.get("RssAnon", 0) + status.get("RssShmem", 0)
-
-    def file_now(self) -> int:
-        return _proc_status().get("RssFile", 0) if self.available else 0
-
-    def peak(self) -> int:
-        if not self.available:
-            return 0
-        current = self.anon_now()
-        with self._lock:
-            self._peak = max(self._peak, current)
-            return self._peak
-
-    def reset(self) -> None:
-        if self.available:
-            current = self.anon_now()
-            with self._lock:
-                self._peak = current
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            current = self.anon_now()
-            with self._lock:
-                self._peak = max(self._peak, current)
-
-    def close(self) -> None:
-        self._stop.set()
-
-
-def _proc_status_or_empty() -> dict[str, int]:
-    try:
-        return _proc_status()
-    except OSError:
-        return {}
 
 
 class CudaMemoryMeter:

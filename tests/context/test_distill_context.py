@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from helpers import load_recipe, make_args, reply_recipe_argv
+from helpers import load_recipe, make_args, refuse_weight_loading, reply_recipe_argv
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 from distill_trainer.context.steps import measure_student
@@ -293,12 +293,7 @@ def test_on_policy_with_a_teacher_output_cache_is_refused_before_any_model_loads
 
 
 def no_model_loading(monkeypatch):
-    from transformers import PreTrainedModel
-
-    def refuse(cls, *args, **kwargs):
-        raise AssertionError("validation loaded a model")
-
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    refuse_weight_loading(monkeypatch, "validation loaded a model")
 
 
 def test_validate_checks_a_reply_recipe_without_loading_a_model(tmp_path, chat_dirs, monkeypatch, capsys):
