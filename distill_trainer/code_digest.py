@@ -42,6 +42,7 @@ NUMERIC_PACKAGES = (
     "safetensors",
     "numpy",
 )
+ALL = "*"  # what `_imports` answers for a module that imports public names from the package root
 # files of the package that compute results: its code, and the data it ships (architectures, metrics)
 SOURCE_SUFFIXES = (".py", ".json")
 
@@ -151,7 +152,8 @@ def _module_path(module: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
+@functools.lru_cache(maxsize=256)  # each file is parsed once per process, whatever the closures that need it
+def _imports(path: Path) -> frozenset[str]:
     """Every library module the file imports, anywhere in it, with the packages above each (their
     `__init__` runs on import); `from a import b` counts `a.b` when that is a module."""
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
@@ -166,11 +168,15 @@ def _imports(path: Path) -> set[str]:
                 module = ".".join(parts[: len(parts) - node.level + 1] + ([module] if module else []))
             names.add(module)
             names.update(f"{module}.{alias.name}" for alias in node.names)
+            if module == PACKAGE and any(_module_path(f"{PACKAGE}.{a.name}") is None for a in node.names):
+                names.add(ALL)  # a public name of the package loads on use, from any module: count them all
+    if ALL in names:
+        return frozenset({ALL})
     found = set()
     for name in names:
         parts = name.split(".")
         found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {name for name in found if _module_path(name) is not None}
+    return frozenset(name for name in found if _module_path(name) is not None)
 
 
 @functools.lru_cache(maxsize=64)
@@ -179,6 +185,8 @@ def module_files(*modules: str) -> tuple[str, ...]:
     seen, todo = set(), list(modules)
     while todo:
         module = todo.pop()
+        if module == ALL:
+            return tuple(name for name in library_files() if name.endswith(".py"))
         if module in seen or _module_path(module) is None:
             continue
         seen.add(module)
