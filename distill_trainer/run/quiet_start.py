@@ -1,6 +1,7 @@
 """Imported first by every command line (the recipes' scripts): Ctrl-C while the rest of the program loads
 (torch and transformers take seconds) is the one line and exit status 130 that `interrupt.interruptible`
-gives once it runs, never a traceback. It needs nothing but the standard library and `interrupt`.
+gives once it runs, never a traceback; one during the interpreter's teardown, once everything is written,
+is ignored. It needs nothing but the standard library and `interrupt`.
 
     import distill_trainer.run.quiet_start  # noqa: F401  (first: before the imports that take seconds)
 
@@ -8,7 +9,9 @@ gives once it runs, never a traceback. It needs nothing but the standard library
     import torch
 """
 
+import atexit
 import os
+import signal
 import sys
 
 from distill_trainer.run.interrupt import CHILD_ENV, EXIT_STATUS, default_program, interruption_line
@@ -26,4 +29,11 @@ def _quiet_ctrl_c(kind, error, trace):
     os._exit(EXIT_STATUS)  # the status a shell gives Ctrl-C; nothing is left to clean up this early
 
 
+def _ignore_ctrl_c_at_exit() -> None:
+    """The program has ended: a Ctrl-C now, while the interpreter tears down (after it has put back the
+    default action, which ends a process by the signal, without a word), changes nothing and is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 sys.excepthook = _quiet_ctrl_c
+atexit.register(_ignore_ctrl_c_at_exit)

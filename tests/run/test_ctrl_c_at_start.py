@@ -82,3 +82,21 @@ def test_ctrl_c_while_the_command_line_tool_starts_is_one_line_and_130(tmp_path,
     assert [line for line in err.splitlines() if line.strip()] == [
         f"interrupted: nothing was written yet; rerun with: distill-trainer validate --config {config}"
     ]
+
+
+def test_ctrl_c_while_the_interpreter_tears_down_is_ignored(tmp_path):
+    # a Ctrl-C that lands after the program's work, in the teardown (here: from an exit handler)
+    script = (
+        "import atexit, os, signal\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        "import distill_trainer.run.quiet_start\n"
+        "print('done', flush=True)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert (run.returncode, run.stdout, run.stderr) == (0, "done\n", "")
