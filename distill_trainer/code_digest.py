@@ -152,13 +152,12 @@ def _module_path(module: str) -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=256)  # each file is parsed once per process, whatever the closures that need it
-def _imports(path: Path) -> frozenset[str]:
-    """Every library module the file imports, anywhere in it, with the packages above each (their
-    `__init__` runs on import); `from a import b` counts `a.b` when that is a module."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+def imported_names(path: Path) -> set[str]:
+    """Every module a file imports, anywhere in it (function-level imports count), as absolute names;
+    `from a import b` gives `a` and `a.b` (b may be a module or a name)."""
+    package = ".".join(Path(path).resolve().relative_to(ROOT).with_suffix("").parts[:-1])
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -168,9 +167,18 @@ def _imports(path: Path) -> frozenset[str]:
                 module = ".".join(parts[: len(parts) - node.level + 1] + ([module] if module else []))
             names.add(module)
             names.update(f"{module}.{alias.name}" for alias in node.names)
-            if module == PACKAGE and any(_module_path(f"{PACKAGE}.{a.name}") is None for a in node.names):
-                names.add(ALL)  # a public name of the package loads on use, from any module: count them all
-    if ALL in names:
+    return names
+
+
+@functools.lru_cache(maxsize=256)  # each file is parsed once per process, whatever the closures that need it
+def _imports(path: Path) -> frozenset[str]:
+    """The library modules a file imports, with the packages above each (their `__init__` runs on import),
+    or {ALL} when it imports a public name of the package root, which may load any module on use."""
+    names = imported_names(path)
+    if any(
+        name.startswith(PACKAGE + ".") and name.count(".") == 1 and _module_path(name) is None
+        for name in names
+    ):
         return frozenset({ALL})
     found = set()
     for name in names:

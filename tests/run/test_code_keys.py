@@ -102,3 +102,11 @@ def test_a_copied_table_keeps_its_stamp(tmp_path, name):
     assert read_stamp(copy)["scripts"] == {
         "recipes/distill_context.py": record["scripts"]["recipes/distill_context.py"][:16]
     }
+
+
+def test_code_importing_the_packages_public_names_depends_on_all_of_it():
+    # `from distill_trainer import DataArguments` loads on use, from whichever module defines it
+    assert code_digest._imports((ROOT / "recipes" / "icl_eval.py").resolve()) == {code_digest.ALL}
+    assert code_digest._imports((ROOT / "distill_trainer" / "nli" / "eval_cache.py").resolve()) != {
+        code_digest.ALL
+    }
