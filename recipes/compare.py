@@ -105,7 +105,6 @@ METHODS = {
         {"student_mode": "lora", "model": "teacher", "memory_only": True},
     ),
 }
-REUSE_MODES = ("auto", "never")
 OPTIONAL_METHODS = ("cd_lora_4bit", "pbft_teacher_lora", *(m for m in METHODS if m.endswith("_calibrated")))
 DEFAULT_METHODS = [m for m in METHODS if m not in OPTIONAL_METHODS]
 
@@ -244,6 +243,8 @@ class CompareArguments:
             raise UsageError("--full and --quick contradict each other; pass one of them")
 
 
+# --reuse: auto reads back what is unchanged, never runs every method
+REUSE_MODES = ("auto", "never")
 # what a row read back from an earlier run keeps of that run's measurements
 REUSED_COSTS = ("peak_memory_mib", "wall_seconds", "phase_peak_mib", "runtime_mib")
 CONFIG_TYPES = (StudentArguments, DataArguments, CompareArguments, DistillationConfig)
