@@ -26,6 +26,9 @@ plots and each method's predictions into results/<run_name>/, and points results
 
 # no `from __future__ import annotations`: CompareArguments must be a dataclass even when this file is
 # loaded by path (as the config tests do), and string annotations would need it registered in sys.modules
+import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
+
+# isort: split
 import dataclasses
 import importlib
 import json
@@ -40,6 +43,7 @@ from pathlib import Path
 import yaml
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
+from distill_trainer.code_digest import code_record
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.report.columns import method_memory
 from distill_trainer.report.estimates import add_memory_estimates
@@ -52,6 +56,7 @@ from distill_trainer.run.method_reuse import (
     record_fingerprint,
     recorded_costs,
     reuse_result,
+    why_rerun,
 )
 from distill_trainer.run.progress import RunProgress, expected_seconds, format_duration
 from distill_trainer.run.runner import run_recipe
@@ -60,6 +65,10 @@ from distill_trainer.teacher.teacher import is_self
 from distill_trainer.training.config import DTYPES
 
 RECIPES_DIR = Path(__file__).resolve().parent
+# the scripts whose code makes a comparison's table (beside the library): this one and its methods' recipes
+COMPARISON_SCRIPTS = [
+    f"recipes/{name}.py" for name in ("compare", "icl_eval", "pattern_finetune", "context_distill")
+]
 
 # method -> (recipe, overrides). "teacher" means the configured teacher; lr "full"/"lora" the learning rate
 # of that student mode
@@ -186,11 +195,13 @@ class CompareArguments:
     full_methods: list[str] = field(
         default=None, metadata={"help": "Methods with --full; default: DEFAULT_METHODS, all of them."}
     )
-    reuse_results: bool = field(
-        default=True,
+    reuse: str = field(
+        default="auto",
         metadata={
-            "help": "Read a method back from an earlier run under results_dir when its resolved config, data "
-            "files and model files are unchanged (fingerprint.json), instead of running it again."
+            "help": "auto: read a method back from an earlier run under results_dir when its resolved "
+            "config, data files, model files, code (library and recipe) and numeric packages' versions "
+            "are unchanged (fingerprint.json), and say what changed for each method that runs again; "
+            "never: run every method, those finished in this run's folder included."
         },
     )
     check_only: bool = field(
@@ -235,10 +246,14 @@ class CompareArguments:
             value = getattr(self, name)
             if value is not None and value not in DTYPES:
                 raise UsageError(f"{name} {value!r} is not one of {', '.join(DTYPES)}")
+        if self.reuse not in REUSE_MODES:
+            raise UsageError(f"reuse {self.reuse!r} is not one of {', '.join(REUSE_MODES)}")
         if self.full and self.quick:
             raise UsageError("--full and --quick contradict each other; pass one of them")
 
 
+# --reuse: auto reads back what is unchanged, never runs every method
+REUSE_MODES = ("auto", "never")
 # what a row read back from an earlier run keeps of that run's measurements
 REUSED_COSTS = (
     "peak_memory_mib",
@@ -361,9 +376,14 @@ def prepare_embedded_models(names) -> dict[str, float]:
         if embedded_model_dir(name).is_dir():
             continue  # built before (each method still verifies it when it loads)
         began = time.perf_counter()
-        code = "import sys; from distill_trainer.models.embedded import materialize_embedded_model as m; "
-        code += "m(sys.argv[1])"
-        if subprocess.run([sys.executable, "-c", code, name], check=False).returncode != 0:
+        code = "import distill_trainer.run.quiet_start, sys; "  # Ctrl-C: this process prints the line
+        code += "from distill_trainer.models.embedded import materialize_embedded_model as m; m(sys.argv[1])"
+        child = subprocess.run(
+            [sys.executable, "-c", code, name], check=False, env={**os.environ, CHILD_ENV: "1"}
+        )
+        if child.returncode == 130:
+            raise KeyboardInterrupt
+        if child.returncode != 0:
             raise UsageError(f"could not prepare {name}; its error is printed above")
         seconds[name] = round(time.perf_counter() - began, 1)
     return seconds
@@ -531,6 +551,13 @@ def link_latest(run_dir: Path) -> None:
     latest.symlink_to(run_dir.name, target_is_directory=True)
 
 
+def say_why_rerun(reran: dict) -> None:
+    """One line per method that runs again although an earlier run has a result of it: what changed."""
+    for name, why in reran.items():
+        if why:
+            print(f"{name} runs again: {'; '.join(why)}", flush=True)
+
+
 def run_methods(plan: dict, earlier: dict, done: set, compare, run_dir: Path) -> tuple[list[dict], float]:
     """Each method's result row, in order: run (in this process or a fresh one, resuming what an
     interrupted invocation of this run left), read back from an earlier run with the same fingerprint, or
@@ -627,18 +654,23 @@ def main(argv=None) -> dict:
     # ------------------------------------------------------------ one resolved config per method, checked
     if compare.check_only:
         return check_only(student_args, data_args, compare, config, run_name)
-    plan, earlier, done = {}, {}, set()
+    plan, earlier, done, reran = {}, {}, set(), {}
     for name in compare.methods:
         recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name)
         write_method_yaml(recipe, values, run_dir / name / "method.yaml")
         fingerprint = method_fingerprint(recipe, values)
         plan[name] = (recipe, fingerprint)
-        if finished_here(run_dir / name, fingerprint):  # this run, interrupted after the method finished
+        if compare.reuse == "never":
+            reran[name] = ["--reuse never"]
+        elif finished_here(run_dir / name, fingerprint):  # this run, interrupted after the method finished
             done.add(name)
-        elif compare.reuse_results:
+        else:
             found = find_earlier_result(Path(compare.results_dir), name, fingerprint, exclude=run_dir)
             if found is not None:
                 earlier[name] = found
+            else:
+                reran[name] = why_rerun(Path(compare.results_dir), name, fingerprint, exclude=run_dir)
+    say_why_rerun(reran)
     to_run = [name for name in plan if name not in done and name not in earlier]
     validate_method_files({name: method_arguments(plan[name][0], run_dir / name) for name in to_run})
 
@@ -647,11 +679,12 @@ def main(argv=None) -> dict:
 
     # ------------------------------------------------------------ report
     settings = run_settings(student_args, data_args, compare, config, earlier, seconds, setup_seconds)
+    settings["run_again"] = {name: why for name, why in reran.items() if why}
     settings["data"] = data_read(results)
     add_memory_estimates(results, {name: read_method_yaml(run_dir / name) for name in plan}, data_args)
     settings["memory_reference"] = teacher_finetuning_reference(results, data_args, config)
     settings["disk_mb"] = disk_sizes(results, config)
-    summary = write_report(run_dir, results, settings)
+    summary = write_report(run_dir, results, settings, code_record(COMPARISON_SCRIPTS))
     link_latest(run_dir)
     if compare.publish_dir:
         publish(run_dir, Path(compare.publish_dir) / (stem + suffix))

@@ -16,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from distill_trainer.code_stamp import stamp_json, stamp_markdown
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.memory.units import MIB
 from distill_trainer.report.columns import LEGEND, headers, number, percent, table_rows
@@ -235,10 +236,14 @@ def format_markdown(summary: dict) -> str:
     if reused:
         lines += [
             "",
-            "Read back from earlier runs (same config, data and model files): "
+            "Read back from earlier runs (same config, data, model files, code and package versions): "
             + ", ".join(f"{row['method']} ({row['reused_from']})" for row in reused)
             + ".",
         ]
+    again = summary["settings"].get("run_again") or {}
+    if again:
+        lines += ["", "Run again, with what changed since their last result:", ""]
+        lines += [f"- {name}: {'; '.join(why)}" for name, why in again.items()]
     reference = summary["settings"].get("memory_reference")
     if reference:
         lines += [
@@ -257,7 +262,7 @@ def format_markdown(summary: dict) -> str:
     lines += ["", "## Settings", ""] + [
         f"- {key}: {value}"
         for key, value in summary["settings"].items()
-        if key not in ("memory_reference", "disk_mb", "data")
+        if key not in ("memory_reference", "disk_mb", "data", "run_again")
     ]
     lines += ["", f"![accuracy]({ACCURACY_PLOT})", f"![memory and time]({COST_PLOT})", ""]
     return "\n".join(lines)
@@ -273,8 +278,9 @@ def _heuristics(summary: dict) -> list[str]:
 # ---------------------------------------------------------------- plots
 
 
-def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
-    """summary.json, summary.md and the plots; returns the summary (rows without their raw predictions)."""
+def write_report(run_dir, rows: list[dict], settings: dict, code: dict | None = None) -> dict:
+    """summary.json, summary.md and the plots; returns the summary (rows without their raw predictions).
+    `code` (`code_digest.code_record`): the code that made the rows, stamped into both files."""
     run_dir = Path(run_dir)
     add_teacher_agreement(rows)
     add_auc_stderr(rows)
@@ -284,8 +290,12 @@ def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
         "claims": paper_claims(rows, settings.get("memory_reference")),
         "findings": findings(rows, settings.get("memory_reference")),
     }
+    text = format_markdown(summary)
+    if code is not None:
+        summary["code"] = stamp_json(code)
+        text = stamp_markdown(text, code)
     write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomically(run_dir / "summary.md", format_markdown(summary))
+    write_text_atomically(run_dir / "summary.md", text)
     write_plots(summary, run_dir)
     return summary
 
