@@ -17,6 +17,7 @@ CACHE_NAMES = {
     "evaluations": "evaluation",
     "teacher_outputs": "teacher output",
     "teacher_completions": "completion",
+    "quantized": "quantized teacher",
 }
 
 

@@ -13,7 +13,8 @@ quantized tensors and nothing else.
 
 The key covers what decides the content: the source checkpoint's files (name, size and modification
 time: a rebuilt or replaced checkpoint is a new source), the scheme and the compute dtype, and the code
-that quantizes (this module and cpu_quantized.py, by digest). The manifest, written last, records the
+that quantizes (this module, cpu_quantized.py and what they import, with the numeric packages' versions:
+`code_digest.modules_digest`). The manifest, written last, records the
 size and sha256 of every file; a process checks them before its first load, and a cache with a missing or
 damaged file is rebuilt, with one warning naming the file.
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from distill_trainer.cache_paths import cache_home
+from distill_trainer.code_digest import modules_digest
 from distill_trainer.heap import trim_heap
 from distill_trainer.integrity import (
     disk_space_checked,
@@ -35,7 +37,6 @@ from distill_trainer.integrity import (
     files_problem,
     partial_path,
     remove_stale_partials,
-    sha256_file,
     sha256_text,
     write_text_atomically,
 )
@@ -56,15 +57,13 @@ def _scheme(quantization: str):
 
 def cache_key(folder, quantization: str, compute_dtype: torch.dtype) -> str:
     """What decides the cached content (see the module docstring), as one digest."""
-    from distill_trainer.models import cpu_quantized
-
     folder = Path(folder)
     sources = [*streaming.weight_files(folder), folder / "config.json"]
     settings = {
         "source": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sources],
         "quantization": quantization,
         "compute_dtype": str(compute_dtype),
-        "code": [sha256_file(__file__), sha256_file(cpu_quantized.__file__)],
+        "code": modules_digest(__name__, "distill_trainer.models.cpu_quantized"),
     }
     return sha256_text(json.dumps(settings, sort_keys=True))[:20]
 
