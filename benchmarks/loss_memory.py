@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+from distill_trainer.code_digest import code_record
+from distill_trainer.code_stamp import stamp_json, stamp_markdown
+
 REPO = Path(__file__).resolve().parents[1]
 QWEN = {"vocab": 151_936, "student_hidden": 896, "teacher_hidden": 1536}
 
@@ -164,9 +167,11 @@ def main(argv=None) -> None:
     print(text)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "loss_memory.md").write_text(text, encoding="utf-8")
+    code = code_record(["benchmarks/loss_memory.py"])  # the table names the code that made it
+    (out / "loss_memory.md").write_text(stamp_markdown(text, code), encoding="utf-8")
     (out / "loss_memory.json").write_text(
-        json.dumps({"options": options, "results": rows}, indent=2), encoding="utf-8"
+        json.dumps({"options": options, "results": rows, "code": stamp_json(code)}, indent=2),
+        encoding="utf-8",
     )
 
 

@@ -1,44 +1,52 @@
-"""distill-trainer: context distillation of causal LMs on top of the Hugging Face Trainer."""
+"""distill-trainer: context distillation of causal LMs on top of the Hugging Face Trainer.
 
-# first: it silences a notice that importing peft (below) would print
+The public names below load on first use (PEP 562): importing the package, or a light module of it such as
+`distill_trainer.run.interrupt`, costs milliseconds, so a command can catch Ctrl-C before torch and
+transformers load (seconds).
+"""
+
+import importlib
+
+# first: it silences a notice that importing peft (through the modules below) would print
 from distill_trainer import quiet_logs  # noqa: F401
 from distill_trainer.errors import UsageError
-from distill_trainer.models.answer_logits import answer_logits
-from distill_trainer.models.loading import load_causal_lm, load_tokenizer, prepare_student
-from distill_trainer.nli.arguments import DataArguments
-from distill_trainer.nli.evaluation import evaluate_task, score_label_words
-from distill_trainer.nli.patterns import get_pattern
-from distill_trainer.nli.tasks import get_task, load_split
-from distill_trainer.teacher.output_cache import load_or_build_teacher_outputs
-from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
-from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
-from distill_trainer.training.losses import answer_cross_entropy, distillation_loss, sparse_distillation_loss
-from distill_trainer.training.trainer import ContextDistillationTrainer
-from distill_trainer.views.chat import build_chat_views
-from distill_trainer.views.text import TwoViewCollator, build_views
 
-__all__ = [
-    "ContextDistillationTrainer",
-    "DataArguments",
-    "DistillationConfig",
-    "PrefixCachedTeacher",
-    "StudentArguments",
-    "TwoViewCollator",
-    "UsageError",
-    "answer_cross_entropy",
-    "answer_logits",
-    "build_chat_views",
-    "build_views",
-    "distillation_loss",
-    "evaluate_task",
-    "get_pattern",
-    "get_task",
-    "load_causal_lm",
-    "load_or_build_teacher_outputs",
-    "load_split",
-    "load_tokenizer",
-    "parse_config",
-    "prepare_student",
-    "score_label_words",
-    "sparse_distillation_loss",
-]
+# public name -> the module that defines it
+_PUBLIC = {
+    "answer_logits": "distill_trainer.models.answer_logits",
+    "load_causal_lm": "distill_trainer.models.loading",
+    "load_tokenizer": "distill_trainer.models.loading",
+    "prepare_student": "distill_trainer.models.loading",
+    "DataArguments": "distill_trainer.nli.arguments",
+    "evaluate_task": "distill_trainer.nli.evaluation",
+    "score_label_words": "distill_trainer.nli.evaluation",
+    "get_pattern": "distill_trainer.nli.patterns",
+    "get_task": "distill_trainer.nli.tasks",
+    "load_split": "distill_trainer.nli.tasks",
+    "load_or_build_teacher_outputs": "distill_trainer.teacher.output_cache",
+    "PrefixCachedTeacher": "distill_trainer.teacher.prefix_cache",
+    "DistillationConfig": "distill_trainer.training.config",
+    "StudentArguments": "distill_trainer.training.config",
+    "parse_config": "distill_trainer.training.config",
+    "answer_cross_entropy": "distill_trainer.training.losses",
+    "distillation_loss": "distill_trainer.training.losses",
+    "sparse_distillation_loss": "distill_trainer.training.losses",
+    "ContextDistillationTrainer": "distill_trainer.training.trainer",
+    "build_chat_views": "distill_trainer.views.chat",
+    "TwoViewCollator": "distill_trainer.views.text",
+    "build_views": "distill_trainer.views.text",
+}
+
+__all__ = sorted([UsageError.__name__, *_PUBLIC])
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'distill_trainer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_PUBLIC])

@@ -26,6 +26,9 @@ plots and each method's predictions into results/<run_name>/, and points results
 
 # no `from __future__ import annotations`: CompareArguments must be a dataclass even when this file is
 # loaded by path (as the config tests do), and string annotations would need it registered in sys.modules
+import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
+
+# isort: split
 import dataclasses
 import importlib
 import json
@@ -40,7 +43,10 @@ from pathlib import Path
 import yaml
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError, parse_config
+from distill_trainer.code_digest import code_record
 from distill_trainer.integrity import write_text_atomically
+from distill_trainer.report.columns import method_memory
+from distill_trainer.report.estimates import add_memory_estimates
 from distill_trainer.report.tables import load_method_result, print_table, write_report
 from distill_trainer.run.interrupt import CHILD_ENV, forget_run, note_run, resume_flags
 from distill_trainer.run.method_reuse import (
@@ -50,6 +56,7 @@ from distill_trainer.run.method_reuse import (
     record_fingerprint,
     recorded_costs,
     reuse_result,
+    why_rerun,
 )
 from distill_trainer.run.progress import RunProgress, expected_seconds, format_duration
 from distill_trainer.run.runner import run_recipe
@@ -58,6 +65,10 @@ from distill_trainer.teacher.teacher import is_self
 from distill_trainer.training.config import DTYPES
 
 RECIPES_DIR = Path(__file__).resolve().parent
+# the scripts whose code makes a comparison's table (beside the library): this one and its methods' recipes
+COMPARISON_SCRIPTS = [
+    f"recipes/{name}.py" for name in ("compare", "icl_eval", "pattern_finetune", "context_distill")
+]
 
 # method -> (recipe, overrides). "teacher" means the configured teacher; lr "full"/"lora" the learning rate
 # of that student mode
@@ -73,6 +84,8 @@ METHODS = {
     "cd_lora_self": ("context_distill", {"student_mode": "lora", "teacher": "self"}),
     "cd_lora_8bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "8bit"}),
     "cd_lora_4bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "4bit"}),
+    # the teacher in float32 (the others run it in teacher_dtype): what its precision alone costs
+    "cd_lora_fp32": ("context_distill", {"student_mode": "lora", "teacher_dtype": "float32"}),
     # the teacher calibrated (on content-free queries / on the rows it scores) and students distilled from it
     "icl_teacher_cf_calibrated": (
         "icl_eval",
@@ -96,7 +109,12 @@ METHODS = {
         {"student_mode": "lora", "model": "teacher", "memory_only": True},
     ),
 }
-OPTIONAL_METHODS = ("cd_lora_4bit", "pbft_teacher_lora", *(m for m in METHODS if m.endswith("_calibrated")))
+OPTIONAL_METHODS = (
+    "cd_lora_4bit",
+    "cd_lora_fp32",
+    "pbft_teacher_lora",
+    *(m for m in METHODS if m.endswith("_calibrated")),
+)
 DEFAULT_METHODS = [m for m in METHODS if m not in OPTIONAL_METHODS]
 
 
@@ -177,11 +195,13 @@ class CompareArguments:
     full_methods: list[str] = field(
         default=None, metadata={"help": "Methods with --full; default: DEFAULT_METHODS, all of them."}
     )
-    reuse_results: bool = field(
-        default=True,
+    reuse: str = field(
+        default="auto",
         metadata={
-            "help": "Read a method back from an earlier run under results_dir when its resolved config, data "
-            "files and model files are unchanged (fingerprint.json), instead of running it again."
+            "help": "auto: read a method back from an earlier run under results_dir when its resolved "
+            "config, data files, model files, code (library and recipe) and numeric packages' versions "
+            "are unchanged (fingerprint.json), and say what changed for each method that runs again; "
+            "never: run every method, those finished in this run's folder included."
         },
     )
     check_only: bool = field(
@@ -226,12 +246,23 @@ class CompareArguments:
             value = getattr(self, name)
             if value is not None and value not in DTYPES:
                 raise UsageError(f"{name} {value!r} is not one of {', '.join(DTYPES)}")
+        if self.reuse not in REUSE_MODES:
+            raise UsageError(f"reuse {self.reuse!r} is not one of {', '.join(REUSE_MODES)}")
         if self.full and self.quick:
             raise UsageError("--full and --quick contradict each other; pass one of them")
 
 
+# --reuse: auto reads back what is unchanged, never runs every method
+REUSE_MODES = ("auto", "never")
 # what a row read back from an earlier run keeps of that run's measurements
-REUSED_COSTS = ("peak_memory_mib", "wall_seconds", "phase_peak_mib", "runtime_mib")
+REUSED_COSTS = (
+    "peak_memory_mib",
+    "needed_memory_mib",
+    "wall_seconds",
+    "phase_peak_mib",
+    "phase_needed_mib",
+    "runtime_mib",
+)
 CONFIG_TYPES = (StudentArguments, DataArguments, CompareArguments, DistillationConfig)
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(DistillationConfig)}
 
@@ -289,8 +320,11 @@ def method_config(name: str, student_args, data_args, compare, config, output_di
                 raise UsageError(f"method {name} needs teacher_model_name_or_path; set it or drop the method")
             training["teacher_model_name_or_path"] = overrides.get("teacher", teacher)
             training["teacher_quantization"] = overrides.get("teacher_quantization", "none")
-            if probe and training["teacher_quantization"] != "none":
-                # the probe measures a quantized teacher resident beside the student, as it trains
+            if "teacher_dtype" in overrides:
+                training["teacher_dtype"] = overrides["teacher_dtype"]
+            if probe and (training["teacher_quantization"] != "none" or "teacher_dtype" in overrides):
+                # the probe measures the teacher, quantized or in another dtype, resident beside the
+                # student as it trains
                 training["teacher_output_cache"] = False
     values = {**student, **data, **training}
     return recipe, {k: v for k, v in values.items() if v is not None}
@@ -316,6 +350,13 @@ def check_only(student_args, data_args, compare, config, run_name: str) -> dict:
     return {"checked": list(methods)}
 
 
+def read_method_yaml(method_dir: Path) -> tuple[str, dict]:
+    """(recipe, values) of the file `write_method_yaml` wrote: its header names the recipe."""
+    text = (method_dir / "method.yaml").read_text(encoding="utf-8")
+    recipe = Path(text.splitlines()[0].split()[2]).stem
+    return recipe, yaml.safe_load(text)
+
+
 def write_method_yaml(recipe: str, values: dict, path: Path) -> None:
     header = f"# python recipes/{recipe}.py --config {path}\n"
     write_text_atomically(path, header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
@@ -335,9 +376,14 @@ def prepare_embedded_models(names) -> dict[str, float]:
         if embedded_model_dir(name).is_dir():
             continue  # built before (each method still verifies it when it loads)
         began = time.perf_counter()
-        code = "import sys; from distill_trainer.models.embedded import materialize_embedded_model as m; "
-        code += "m(sys.argv[1])"
-        if subprocess.run([sys.executable, "-c", code, name], check=False).returncode != 0:
+        code = "import distill_trainer.run.quiet_start, sys; "  # Ctrl-C: this process prints the line
+        code += "from distill_trainer.models.embedded import materialize_embedded_model as m; m(sys.argv[1])"
+        child = subprocess.run(
+            [sys.executable, "-c", code, name], check=False, env={**os.environ, CHILD_ENV: "1"}
+        )
+        if child.returncode == 130:
+            raise KeyboardInterrupt
+        if child.returncode != 0:
             raise UsageError(f"could not prepare {name}; its error is printed above")
         seconds[name] = round(time.perf_counter() - began, 1)
     return seconds
@@ -377,16 +423,6 @@ def run_in_this_process(recipe: str, config_path: Path, tracker, name: str, extr
 # ---------------------------------------------------------------- the memory reference and sizes on disk
 
 
-def _mean_padded_tokens(tokenizer, data, batch_size: int) -> int:
-    """Mean padded length of the training batches' student view (query + answer) for this tokenizer."""
-    lengths = [
-        len(tokenizer(data.pattern.query(row) + data.pattern.answer(row["label"]))["input_ids"])
-        for row in data.train_rows
-    ]
-    batches = [max(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size)]
-    return round(sum(batches) / len(batches))
-
-
 def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict | None:
     """The paper's memory reference: fine-tuning the teacher itself. Full fine-tuning with AdamW holds 16
     bytes per parameter (fp32 weights, gradients and two moments) before any activation, more than a
@@ -399,12 +435,13 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
     from distill_trainer.memory.estimate import estimate_peak_memory
     from distill_trainer.models.loading import load_tokenizer, prepare_student, resolve_model_path
     from distill_trainer.nli.data import prepare_data
+    from distill_trainer.report.estimates import mean_padded_tokens
 
     teacher = config.teacher_model_name_or_path
     if not teacher or is_self(teacher):
         return None
     data = prepare_data(data_args)
-    tokens = _mean_padded_tokens(load_tokenizer(teacher), data, config.per_device_train_batch_size)
+    tokens = mean_padded_tokens(load_tokenizer(teacher), data, config.per_device_train_batch_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(teacher)))
     model = prepare_student(model, "full")
@@ -427,10 +464,10 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
         f"{estimate.total / 2**30:.2f} GiB, analytic ({fits} in this machine's {machine / 2**30:.0f} GiB)"
     ]
     lora = next((row for row in results if row["method"] == "pbft_teacher_lora"), None)
-    if lora and lora.get("peak_memory_mib"):
+    if lora and method_memory(lora):
         notes.append(
             f"LoRA fine-tuning of the teacher (pbft_teacher_lora, measured over a few steps): "
-            f"{lora['peak_memory_mib'] / 1024:.2f} GiB"
+            f"{method_memory(lora) / 1024:.2f} GiB"
         )
     return {
         "name": "full fine-tuning (PBFT) of the teacher",
@@ -512,6 +549,13 @@ def link_latest(run_dir: Path) -> None:
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(run_dir.name, target_is_directory=True)
+
+
+def say_why_rerun(reran: dict) -> None:
+    """One line per method that runs again although an earlier run has a result of it: what changed."""
+    for name, why in reran.items():
+        if why:
+            print(f"{name} runs again: {'; '.join(why)}", flush=True)
 
 
 def run_methods(plan: dict, earlier: dict, done: set, compare, run_dir: Path) -> tuple[list[dict], float]:
@@ -610,18 +654,23 @@ def main(argv=None) -> dict:
     # ------------------------------------------------------------ one resolved config per method, checked
     if compare.check_only:
         return check_only(student_args, data_args, compare, config, run_name)
-    plan, earlier, done = {}, {}, set()
+    plan, earlier, done, reran = {}, {}, set(), {}
     for name in compare.methods:
         recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name)
         write_method_yaml(recipe, values, run_dir / name / "method.yaml")
         fingerprint = method_fingerprint(recipe, values)
         plan[name] = (recipe, fingerprint)
-        if finished_here(run_dir / name, fingerprint):  # this run, interrupted after the method finished
+        if compare.reuse == "never":
+            reran[name] = ["--reuse never"]
+        elif finished_here(run_dir / name, fingerprint):  # this run, interrupted after the method finished
             done.add(name)
-        elif compare.reuse_results:
+        else:
             found = find_earlier_result(Path(compare.results_dir), name, fingerprint, exclude=run_dir)
             if found is not None:
                 earlier[name] = found
+            else:
+                reran[name] = why_rerun(Path(compare.results_dir), name, fingerprint, exclude=run_dir)
+    say_why_rerun(reran)
     to_run = [name for name in plan if name not in done and name not in earlier]
     validate_method_files({name: method_arguments(plan[name][0], run_dir / name) for name in to_run})
 
@@ -630,10 +679,12 @@ def main(argv=None) -> dict:
 
     # ------------------------------------------------------------ report
     settings = run_settings(student_args, data_args, compare, config, earlier, seconds, setup_seconds)
+    settings["run_again"] = {name: why for name, why in reran.items() if why}
     settings["data"] = data_read(results)
+    add_memory_estimates(results, {name: read_method_yaml(run_dir / name) for name in plan}, data_args)
     settings["memory_reference"] = teacher_finetuning_reference(results, data_args, config)
     settings["disk_mb"] = disk_sizes(results, config)
-    summary = write_report(run_dir, results, settings)
+    summary = write_report(run_dir, results, settings, code_record(COMPARISON_SCRIPTS))
     link_latest(run_dir)
     if compare.publish_dir:
         publish(run_dir, Path(compare.publish_dir) / (stem + suffix))

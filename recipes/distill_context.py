@@ -20,7 +20,12 @@ replies come back from the cache).
 
 from __future__ import annotations
 
+import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
+
+# isort: split
+import json
 import time
+from pathlib import Path
 
 from distill_trainer import (
     ContextDistillationTrainer,
@@ -29,6 +34,8 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
+from distill_trainer.code_digest import code_record
+from distill_trainer.code_stamp import stamp_json
 from distill_trainer.context.config import ContextDataArguments
 from distill_trainer.context.generation_eval import reply_records, rule_following
 from distill_trainer.context.report import format_report, write_report
@@ -40,6 +47,12 @@ from distill_trainer.context.steps import (
 )
 from distill_trainer.report.hub import save_student, ship_student
 from distill_trainer.report.model_card import StudentCard, reply_source
+from distill_trainer.run.method_reuse import (
+    finished_here,
+    method_fingerprint,
+    recipe_script,
+    record_fingerprint,
+)
 from distill_trainer.run.runner import (
     load_student,
     no_partial_output_dir,
@@ -252,14 +265,37 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         evaluation,
     )
     metrics["seconds"] = round(time.perf_counter() - start, 1)
+    metrics["code"] = stamp_json(
+        code_record([recipe_script(RECIPE)])
+    )  # report.md names the code that made it
     write_run(trainer, configs, metrics, train_rows, eval_rows, reports, evaluation)
     return metrics
 
 
+def finished_before(configs, fingerprint) -> dict | None:
+    """The metrics of this very run when output_dir already holds it, finished with the same settings,
+    data, models, code and packages (rerun into its own folder, it is read back, not trained again)."""
+    output_dir = Path(configs[-1].output_dir)
+    if not finished_here(output_dir, fingerprint):
+        return None
+    print(
+        f"{output_dir} holds this run, finished with the same settings, data, model files, code and package "
+        "versions: read back (remove the folder to train it again)",
+        flush=True,
+    )
+    return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
 def main(argv=None) -> dict:
     configs = parse_config(CONFIG_TYPES, argv)
+    fingerprint = method_fingerprint(RECIPE, resolved_config(configs))
+    metrics = finished_before(configs, fingerprint)
+    if metrics is not None:
+        return metrics
     with no_partial_output_dir(configs[-1].output_dir):
-        return run_distill_context(*configs)
+        metrics = run_distill_context(*configs)
+        record_fingerprint(configs[-1].output_dir, fingerprint)  # last: a finished run, reusable
+        return metrics
 
 
 if __name__ == "__main__":

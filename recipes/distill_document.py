@@ -22,6 +22,9 @@ it; --resume_from_checkpoint true continues a stopped run (CD from its last chec
 
 from __future__ import annotations
 
+import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
+
+# isort: split
 import copy
 import shlex
 import sys

@@ -12,6 +12,9 @@ demonstration sets; `--teacher_calibration content_free` calibrates each set (Zh
 
 from __future__ import annotations
 
+import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
+
+# isort: split
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 

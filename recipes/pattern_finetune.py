@@ -16,6 +16,9 @@ last checkpoint left it with --resume_from_checkpoint true (same settings, same 
 
 from __future__ import annotations
 
+import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
+
+# isort: split
 from distill_trainer import (
     ContextDistillationTrainer,
     DataArguments,

@@ -14,6 +14,9 @@ in the main job's YAML (pattern, k, demonstration_ids) and say there which selec
 
 from __future__ import annotations
 
+import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
+
+# isort: split
 import dataclasses
 import json
 import time
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
+from distill_trainer.code_digest import code_record
+from distill_trainer.code_stamp import stamp_json, stamp_markdown
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.models.loading import load_causal_lm, load_tokenizer
 from distill_trainer.nli.data import prepare_data
@@ -157,7 +162,8 @@ def main(argv=None) -> list[dict]:
         )
         print(_line(results[-1]), flush=True)
 
-    # ------------------------------------------------------------ report
+    # ------------------------------------------------------------ report (stamped with the code that made it)
+    code = code_record(["recipes/select_prompt.py"])
     write_text_atomically(
         output_dir / "selection.json",
         json.dumps(
@@ -166,6 +172,7 @@ def main(argv=None) -> list[dict]:
                 "dev_examples": len(dev),
                 "dev_seed": selection.dev_seed,
                 "candidates": results,
+                "code": stamp_json(code),
             },
             indent=1,
         ),
@@ -177,8 +184,11 @@ def main(argv=None) -> list[dict]:
     ]
     write_text_atomically(
         output_dir / "selection.md",
-        f"Teacher `{teacher}`, {len(dev)} dev rows carved from the training pool (seed "
-        f"{selection.dev_seed}).\n\n" + "\n".join(table) + "\n",
+        stamp_markdown(
+            f"Teacher `{teacher}`, {len(dev)} dev rows carved from the training pool (seed "
+            f"{selection.dev_seed}).\n\n" + "\n".join(table) + "\n",
+            code,
+        ),
     )
     print(f"wrote {output_dir / 'selection.md'}")
     return results

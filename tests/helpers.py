@@ -146,3 +146,17 @@ def write_recipe(tmp_path, tiny_dirs, name="recipe", **overrides):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(values))
     return str(path)
+
+
+def refuse_weight_loading(monkeypatch, message: str = "validation loaded a model") -> None:
+    """Any load of a model's weights fails with `message`: transformers' `from_pretrained` and the
+    library's streamed reads of a checkpoint (models/streaming.py) alike."""
+    from transformers import PreTrainedModel
+
+    from distill_trainer.models.streaming import SafetensorsReader
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(message)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(SafetensorsReader, "read_rows", refuse)

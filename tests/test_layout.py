@@ -5,8 +5,9 @@ mirror the package."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from distill_trainer.code_digest import imported_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "distill_trainer"
@@ -31,23 +32,6 @@ def library_modules() -> dict[str, Path]:
 
 def layer_of(module: str) -> str:
     return module.split(".")[0] if "." in module else ""
-
-
-def imported_names(path: Path) -> set[str]:
-    """Every module this file imports, anywhere in it (function-level imports count), as absolute names."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level:  # relative: climb from this file's package
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join(base + ([module] if module else []))
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
 
 
 def import_graph() -> dict[str, set[str]]:

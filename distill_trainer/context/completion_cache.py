@@ -5,7 +5,8 @@ prompt list regenerates only what is not there yet.
                                   teacher_id=teacher_source_fingerprint("embedded:qwen2.5-coder-0.5b"))
     replies[0]["text"], replies[0]["ids"]      # the reply, and its token ids (end of turn included)
 
-One file per (teacher, tokenizer's chat template, context placement, decoding settings) holds an entry per
+One file per (teacher, tokenizer's chat template and vocabulary size, context placement, decoding settings,
+the code that builds prompts and decodes with the numeric packages' versions) holds an entry per
 (context, prompt). The teacher is identified as in the teacher output cache (`output_cache.
 teacher_source_fingerprint` for a model on disk, else `teacher_fingerprint` of its weights). The file
 records the sha256 of its entries and is replaced atomically (written beside, then renamed), so a reader
@@ -20,6 +21,7 @@ import logging
 from pathlib import Path
 
 from distill_trainer.cache_paths import cache_home
+from distill_trainer.code_digest import modules_digest
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import sha256_text, write_text_atomically
 from distill_trainer.teacher.generation import GenerationSettings, HFGenerator
@@ -53,6 +55,8 @@ def completion_cache_path(
         "vocabulary": len(tokenizer),
         "placement": placement,
         "decoding": settings.as_dict(),
+        # the code that builds the prompts and decodes (and the numeric packages' versions)
+        "code": modules_digest("distill_trainer.context.completion_cache"),
     }
     key = _digest(components)
     return Path(cache_dir or default_completion_cache_dir()) / f"completions-{key[:20]}.json", components

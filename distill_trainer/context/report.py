@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill_trainer.code_stamp import stamp_markdown
 from distill_trainer.context.generation_eval import CUT_OFF
 from distill_trainer.integrity import write_text_atomically
 
@@ -78,5 +79,9 @@ def format_report(metrics: dict) -> str:
 
 
 def write_report(output_dir, metrics: dict) -> Path:
+    """report.md, stamped with the code that made it when metrics hold its record (`metrics["code"]`)."""
     path = Path(output_dir) / "report.md"
-    return write_text_atomically(path, format_report(metrics))
+    text = format_report(metrics)
+    if metrics.get("code"):
+        text = stamp_markdown(text, metrics["code"])
+    return write_text_atomically(path, text)

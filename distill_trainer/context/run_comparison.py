@@ -18,6 +18,7 @@ import json
 import math
 from pathlib import Path
 
+from distill_trainer.code_stamp import stamp_markdown
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import write_text_atomically
 
@@ -116,7 +117,24 @@ def compare_runs(folders) -> str:
         d = paired_difference(_passed(runs[0]), _passed(run))
         interval = f"95% [{d['low']:+.3f}, {d['high']:+.3f}]"
         lines.append(f"- {run['name']}: {d['difference']:+.3f} ± {d['stderr']:.3f} ({interval})")
-    return "\n".join(lines) + "\n"
+    return stamp_runs("\n".join(lines) + "\n", runs)
+
+
+def stamp_runs(text: str, runs: list[dict]) -> str:
+    """`text` stamped with the code that made the runs (their metrics' record), when one code made them
+    all; otherwise a line says which runs were made by other code than the first."""
+    codes = [run["metrics"].get("code") for run in runs]
+    if codes[0] is None:
+        return text
+    others = [
+        run["name"] for run, code in zip(runs, codes) if (code or {}).get("digest") != codes[0]["digest"]
+    ]
+    if others:
+        return (
+            text
+            + f"\nMade by other code than {runs[0]['name']}'s: {', '.join(others)}; rerun them to compare.\n"
+        )
+    return stamp_markdown(text, codes[0])
 
 
 def add_arguments(parser) -> None:

@@ -68,7 +68,18 @@ def model_bytes(module) -> int:
         tensors.append(param)
         tensors += _quantization_stats(param)
     tensors += [b for _, b in module.named_buffers()]
-    return _unique_bytes(tensors)
+    return _unique_bytes(tensors) + _quantized_layer_bytes(module)
+
+
+def _quantized_layer_bytes(module) -> int:
+    """Bytes of the CPU-quantized layers (models/cpu_quantized.py), which hold their weights outside
+    parameters and buffers; each says what it stores."""
+    return sum(
+        t.numel() * t.element_size()
+        for m in module.modules()
+        if hasattr(m, "state_tensors") and not any(True for _ in m.parameters(recurse=False))
+        for t in m.state_tensors().values()
+    )
 
 
 def gradient_bytes(model) -> int:

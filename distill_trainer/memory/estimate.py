@@ -16,6 +16,7 @@ and to check the measurements. Models may live on the meta device, so nothing is
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,8 +55,10 @@ def _dims(config) -> tuple[int, int, int]:
 def quantized_teacher_bytes(teacher, quantization: str = "none", dtype: str = "float32") -> int:
     """Resident bytes of a teacher once loaded in `dtype` with bitsandbytes `quantization`, computed from its
     modules (a meta-device model is enough). Linear layers other than the output head are quantized:
-    8-bit keeps int8 weights plus one fp32 scale per output row, 4-bit (nf4) packs two weights per byte plus
-    one fp32 absmax per block of 64 and a 16-entry code; everything else stays in `dtype`."""
+    8-bit keeps int8 weights plus one fp32 scale per output row; 4-bit packs two weights per byte plus 4 bytes
+    per group of 64 weights of a row (the CPU layers' float16 scale and minimum, models/cpu_quantized.py;
+    bitsandbytes' nf4 on a GPU has one fp32 absmax per block of 64 and a 64-byte code per layer more);
+    everything else stays in `dtype`."""
     if quantization not in QUANTIZATIONS:
         raise UsageError(f"quantization={quantization!r} is not valid; choose {', '.join(QUANTIZATIONS)}")
     element = _DTYPE_BYTES[dtype]
@@ -67,7 +70,8 @@ def quantized_teacher_bytes(teacher, quantization: str = "none", dtype: str = "f
             if isinstance(module, torch.nn.Linear) and module is not head:
                 quantized_weights.add(id(module.weight))
                 rows, n = module.weight.shape[0], module.weight.numel()
-                total += n + 4 * rows if quantization == "8bit" else (n + 1) // 2 + 4 * -(-n // 64) + 4 * 16
+                groups = rows * (module.weight.shape[1] // math.gcd(module.weight.shape[1], 64))
+                total += n + 4 * rows if quantization == "8bit" else (n + 1) // 2 + 4 * groups
     for param in unique_parameters(teacher):
         if id(param) not in quantized_weights:
             total += param.numel() * element

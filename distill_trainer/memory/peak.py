@@ -37,25 +37,19 @@ Where a peak goes: `memory_breakdown.py`; predicting one without running it: `me
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 
 import torch
 from transformers import TrainerCallback
 
 from distill_trainer.errors import UsageError
+from distill_trainer.heap import release_freed_memory  # noqa: F401 (its home before heap.py)
+from distill_trainer.memory.needed import NeededMemoryMeter, proc_status
 from distill_trainer.memory.units import MIB
 
 # ---------------------------------------------------------------------------------------------------
 # meters: the current and peak memory of one kind, with a resettable peak
 # ---------------------------------------------------------------------------------------------------
-
-_STATUS_FIELD = re.compile(r"^(VmRSS|VmHWM):\s+(\d+)\s+kB", re.MULTILINE)
-
-
-def _proc_status() -> dict[str, int]:
-    with open("/proc/self/status", encoding="ascii") as status:
-        return {name: int(kb) * 1024 for name, kb in _STATUS_FIELD.findall(status.read())}
 
 
 def _kernel_peak_reset_works() -> bool:
@@ -63,31 +57,11 @@ def _kernel_peak_reset_works() -> bool:
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
             clear_refs.write("5")
-        status = _proc_status()
+        status = proc_status()
     except OSError:
         return False
     # right after a reset the high-water mark equals the current RSS (a page or two of drift allowed)
     return "VmHWM" in status and status["VmHWM"] - status["VmRSS"] < 8 * MIB
-
-
-def release_freed_memory() -> bool:
-    """Collect garbage, then return the C heap's free pages to the OS (glibc's malloc_trim), so that a
-    model just dropped stops counting in RSS; without it a process that held a teacher keeps its freed
-    heap for the rest of its life. Returns whether the heap was trimmed (False where there is no glibc)."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
-    if trim is None:
-        return False
-    trim(0)
-    return True
 
 
 class CpuMemoryMeter:
@@ -122,12 +96,12 @@ class CpuMemoryMeter:
 
     def current(self) -> int:
         if self.method == "kernel_hwm":
-            return _proc_status()["VmRSS"]
+            return proc_status()["VmRSS"]
         return self._process.memory_info().rss
 
     def peak(self) -> int:
         if self.method == "kernel_hwm":
-            return _proc_status()["VmHWM"]
+            return proc_status()["VmHWM"]
         current = self.current()
         with self._lock:
             self._sampled_peak = max(self._sampled_peak, current)
@@ -203,6 +177,7 @@ class MemoryTracker:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.cpu = CpuMemoryMeter(cpu_method, sampling_interval)
+        self.needed = NeededMemoryMeter(sampling_interval)
         self.cuda = CudaMemoryMeter(device) if device.type == "cuda" else None
         self.phases: dict[str, _PhaseRecord] = {}
         self._open: list[tuple[str, _PhaseRecord]] = []
@@ -215,12 +190,16 @@ class MemoryTracker:
 
     def _current(self) -> dict[str, int]:
         values = {"cpu_rss": self.cpu.current()}
+        if self.needed.available:
+            values["cpu_anon"], values["cpu_file"] = self.needed.anon_now(), self.needed.file_now()
         if self.cuda is not None:
             values["cuda_allocated"], values["cuda_reserved"] = self.cuda.current()
         return values
 
     def _peaks(self) -> dict[str, int]:
         values = {"cpu_rss": self.cpu.peak()}
+        if self.needed.available:
+            values["cpu_anon"], values["cpu_file"] = self.needed.peak(), self.needed.file_now()
         if self.cuda is not None:
             values["cuda_allocated"], values["cuda_reserved"] = self.cuda.peak()
         return values
@@ -235,6 +214,7 @@ class MemoryTracker:
 
     def _reset_meters(self) -> None:
         self.cpu.reset()
+        self.needed.reset()
         if self.cuda is not None:
             self.cuda.reset()
 
@@ -297,13 +277,19 @@ class MemoryTracker:
 
     def log_values(self, name: str | None = None, prefix: str = "mem_") -> dict[str, float]:
         """Flat MiB values for a log line: mem_cpu_peak_rss_mib and, on CUDA, the allocated/reserved peaks."""
-        return {f"{prefix}{_KEY_NAMES[key]}": round(value / MIB, 1) for key, value in self.peak(name).items()}
+        peak = self.peak(name)
+        return {
+            f"{prefix}{_KEY_NAMES[key]}": round(value / MIB, 1)
+            for key, value in peak.items()
+            if key in _KEY_NAMES
+        }
 
     def as_dict(self) -> dict:
         self._fold()
+        self._lifetime.end = self._current()
         phases = {}
         for name, record in self.phases.items():
-            entry = {_KEY_NAMES[key]: round(value / MIB, 1) for key, value in record.peak.items()}
+            entry = _peak_entry(record.peak, record.end)
             entry["cpu_start_rss_mib"] = round(record.start["cpu_rss"] / MIB, 1)
             entry["cpu_end_rss_mib"] = round(record.end["cpu_rss"] / MIB, 1)
             if "cuda_allocated" in record.end:
@@ -314,19 +300,43 @@ class MemoryTracker:
             "device": str(self.device),
             "cpu_method": self.cpu.method,
             "baseline_cpu_rss_mib": round(self.baseline_cpu_rss / MIB, 1),
-            "peak": {_KEY_NAMES[key]: round(value / MIB, 1) for key, value in self._lifetime.peak.items()},
+            "peak": _lifetime_entry(self._lifetime, phases),
             "phases": phases,
         }
 
     def close(self) -> None:
         self.cpu.close()
+        self.needed.close()
 
 
 _KEY_NAMES = {
     "cpu_rss": "cpu_peak_rss_mib",
+    "cpu_anon": "cpu_peak_anon_mib",
     "cuda_allocated": "cuda_peak_allocated_mib",
     "cuda_reserved": "cuda_peak_reserved_mib",
 }
+
+
+def _peak_entry(peak: dict[str, int], end: dict[str, int]) -> dict[str, float]:
+    """MiB figures of one record: the peaks, and what it needed (`NeededMemoryMeter`): the anonymous peak
+    plus the file pages still mapped when it ended."""
+    entry = {_KEY_NAMES[key]: round(value / MIB, 1) for key, value in peak.items() if key in _KEY_NAMES}
+    if "cpu_anon" in peak:
+        entry["cpu_end_file_mib"] = round(end["cpu_file"] / MIB, 1)
+        needed = peak["cpu_anon"] + end["cpu_file"]
+        # never more than was resident: the two are read at slightly different moments
+        entry["cpu_needed_mib"] = round(min(needed, peak.get("cpu_rss", needed)) / MIB, 1)
+    return entry
+
+
+def _lifetime_entry(lifetime: _PhaseRecord, phases: dict) -> dict[str, float]:
+    """The whole life's peaks; what it needed is the most any phase needed (or, with no phases, the
+    anonymous peak plus the file pages mapped now)."""
+    entry = _peak_entry(lifetime.peak, lifetime.end)
+    needed = [p["cpu_needed_mib"] for p in phases.values() if "cpu_needed_mib" in p]
+    if needed:
+        entry["cpu_needed_mib"] = max(needed)
+    return entry
 
 
 class MemoryCallback(TrainerCallback):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import platform
 
 import torch
@@ -137,9 +138,12 @@ def load_causal_lm(
                     if name in info["missing_keys"] and name.endswith(".bias"):
                         parameter.zero_()
             return model
-    qconfig = quantization_config(
-        quantization, compute_dtype=torch.float32 if dtype in ("auto", "float32") else torch_dtype(dtype)
-    )
+    compute_dtype = torch.float32 if dtype in ("auto", "float32") else torch_dtype(dtype)
+    if _loads_on_cpu(device_map, quantization) and dtype != "auto":
+        model = _load_on_cpu(name_or_path, compute_dtype, quantization)
+        if model is not None:
+            return model
+    qconfig = quantization_config(quantization, compute_dtype=compute_dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         # bitsandbytes logs "inputs will be cast to float16" on every 8-bit matmul of a float32 input
@@ -155,6 +159,44 @@ def load_causal_lm(
             f"cannot load model {name_or_path!r} ({str(error).splitlines()[0]}); give a local directory, an "
             "embedded alias such as embedded:smollm2-135m, or a Hub id with network access"
         ) from None
+
+
+def _loads_on_cpu(device_map, quantization: str) -> bool:
+    """True when the weights are loaded into this machine's memory: no device asked for (a plain model),
+    or the CPU. A quantized model is placed by bitsandbytes wherever there is a GPU."""
+    if device_map not in (None, "cpu", {"": "cpu"}):
+        return False
+    return quantization == "none" or not torch.cuda.is_available()
+
+
+def _load_on_cpu(name_or_path: str, compute_dtype, quantization: str):
+    """A CPU load that needs the weights in the dtype they are used in and little more: streamed tensor by
+    tensor (models/streaming.py), or, quantized, from the quantized cache (models/quantized_cache.py), which
+    never holds a full-precision copy. None when the checkpoint cannot be streamed: the caller loads it the
+    usual way."""
+    folder = _local_folder(resolve_model_path(name_or_path))
+    if folder is None:
+        return None
+    if quantization == "none":
+        from distill_trainer.models.streaming import stream_load
+
+        return stream_load(folder, compute_dtype)
+    from distill_trainer.models.quantized_cache import load_quantized
+
+    return load_quantized(folder, quantization, compute_dtype)
+
+
+def _local_folder(path: str) -> str | None:
+    """`path` when it is a folder; a Hub id's downloaded snapshot (configs and safetensors only: the
+    checkpoint is then streamed from it); None when neither can be had (from_pretrained then says why)."""
+    if os.path.isdir(path):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors"])
+    except Exception:  # no network, no such repository, a gated one: from_pretrained reports it
+        return None
 
 
 def _default_device():

@@ -42,16 +42,26 @@ class _HiddenStates(torch.nn.Module):
     """Stands in for the head: returns the hidden states, tied by a zero term to the head's trainable
     parameters. DDP (with find_unused_parameters) marks a parameter its forward did not reach as done at
     once, and then fails when the chunked loss's gradient for the head arrives; the tie keeps the head in
-    the forward's graph, so its gradients arrive once, summed."""
+    the forward's graph, so its gradients arrive once, summed.
+
+    The parameters are looked up at each call, not kept: FSDP2 swaps a module's sharded parameters for
+    gathered ones while it runs. A ZeRO-3 parameter is an empty placeholder outside its own module's
+    forward and DeepSpeed reduces its gradient whenever it arrives, so it needs no tie and gets none."""
 
     def __init__(self, head):
         super().__init__()
-        self.trainable = [p for p in head.parameters() if p.requires_grad]
+        self.head = [head]  # in a list: not registered as a child, so no wrapper sees it twice
 
     def forward(self, hidden):
-        for parameter in self.trainable:
-            hidden = hidden + 0.0 * parameter.view(-1)[0].to(hidden.dtype)
+        for parameter in self.head[0].parameters():
+            if parameter.requires_grad and not is_zero3_partitioned(parameter):
+                hidden = hidden + 0.0 * parameter.view(-1)[0].to(hidden.dtype)
         return hidden
+
+
+def is_zero3_partitioned(parameter) -> bool:
+    """Whether DeepSpeed ZeRO-3 manages `parameter`: its data is gathered only while its module runs."""
+    return hasattr(parameter, "ds_id")
 
 
 def _holder(model):

@@ -6,7 +6,11 @@
     store_evaluation(key, metrics, predictions)
 
 `model_id` is `teacher.teacher_source_fingerprint` of the model's folder (its config and weight files),
-so retrained or rewritten weights never match. Each entry records the sha256 of its payload and is
+so retrained or rewritten weights never match. The key also holds what the model was shown, not the name of
+what made it: every row's rendered query and the label words (`rendered_prompts`), the demonstration blocks
+as rendered text, and the digest of the scoring code (`SCORING_MODULES` and every library module they
+import, with the numeric packages' versions): a template's new wording, or a change to how rows are
+rendered, tokenized or scored, is evaluated afresh. Each entry records the sha256 of its payload and is
 recomputed, with one warning naming the file, when that no longer matches.
 """
 
@@ -17,6 +21,7 @@ import logging
 from pathlib import Path
 
 from distill_trainer.cache_paths import cache_home
+from distill_trainer.code_digest import modules_digest
 from distill_trainer.finite import nonfinite_records
 from distill_trainer.integrity import sha256_text, write_text_atomically
 
@@ -24,9 +29,22 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 
 
+# the modules that render, tokenize and score an evaluation row (their imports are followed)
+SCORING_MODULES = ("distill_trainer.nli.task_evaluation",)
+
+
+def rendered_prompts(pattern, rows) -> str:
+    """A digest of every row's query as the pattern renders it, and of the label words."""
+    return sha256_text(json.dumps([list(pattern.label_words), [pattern.query(row) for row in rows]]))
+
+
 def evaluation_key(model_id: str, **settings) -> str:
-    """A digest of the model's identity and every setting (JSON-serialisable) that decides the scores."""
-    text = json.dumps({"format": FORMAT, "model": model_id, **settings}, sort_keys=True, default=str)
+    """A digest of the model's identity, every setting (JSON-serialisable) that decides the scores, and the
+    scoring code."""
+    code = modules_digest(*SCORING_MODULES)
+    text = json.dumps(
+        {"format": FORMAT, "model": model_id, "code": code, **settings}, sort_keys=True, default=str
+    )
     return sha256_text(text)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from distill_trainer.nli.data import NLIData
-from distill_trainer.nli.eval_cache import evaluation_key, load_evaluation, store_evaluation
+from distill_trainer.nli.eval_cache import evaluation_key, load_evaluation, rendered_prompts, store_evaluation
 from distill_trainer.nli.evaluation import (
     LabelWordScores,
     evaluate_task,
@@ -111,7 +111,7 @@ def evaluate_set(model, tokenizer, data, config, data_args, name, rows, demonstr
             task=name,
             rows=[dict(row) for row in rows],
             demonstrations=blocks,
-            pattern=[data.pattern.template, list(data.pattern.label_words)],
+            prompts=rendered_prompts(data.pattern, rows),
             max_length=max_length,
             drop=data_args.drop_demonstrations_to_fit,
         )
@@ -150,7 +150,7 @@ def content_free_scores(model, tokenizer, data, sampler, config, model_id) -> to
             task="content_free",
             rows=queries,
             demonstrations=block,
-            pattern=[data.pattern.template, list(data.pattern.label_words)],
+            prompts=rendered_prompts(data.pattern, content_free_rows()),
         )
         found = load_evaluation(key)
     if found is None:

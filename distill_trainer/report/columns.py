@@ -59,9 +59,26 @@ def _agreement(task: str) -> Column:
     return Column(f"{task.upper()} agree", lambda row: percent(_task(task)(row).get("teacher_agreement")))
 
 
-def _phase_peaks(row: dict) -> str:
-    peaks = row.get("phase_peak_mib") or {}
-    return "/".join(number(peaks.get(phase), ".0f") for phase in ("load", "teacher_pass", "train"))
+def method_memory(row: dict) -> float | None:
+    """The MiB a method is judged on: what it needs (its teacher pass, training or evaluation, never the
+    page cache of a load), or its resident peak for a row recorded before that was measured."""
+    needed = row.get("needed_memory_mib")
+    return needed if needed is not None else row.get("peak_memory_mib")
+
+
+def _phases(key: str) -> Callable[[dict], str]:
+    def cell(row: dict) -> str:
+        peaks = row.get(key) or {}
+        return "/".join(number(peaks.get(phase), ".0f") for phase in ("load", "teacher_pass", "train"))
+
+    return cell
+
+
+def _needed_against_estimate(row: dict) -> str:
+    needed, estimate = row.get("needed_memory_mib"), row.get("estimate_mib")
+    if needed is None:
+        return "-"
+    return f"{needed:.0f}" + (f" ({needed / estimate:.2f}x est.)" if estimate else "")
 
 
 def _first_label_share(row: dict) -> str:
@@ -76,8 +93,9 @@ def _per_label(row: dict) -> str:
 COLUMNS = (
     Column("method", method_label),
     Column("trainable", lambda row: f"{row['trainable_parameters']:,}"),
-    Column("peak MiB", lambda row: number(row["peak_memory_mib"], ".0f")),
-    Column("load/teacher/train MiB", _phase_peaks),
+    Column("needed MiB", _needed_against_estimate),
+    Column("needed load/teacher/train", _phases("phase_needed_mib")),
+    Column("resident peak MiB", lambda row: number(row["peak_memory_mib"], ".0f")),
     Column("train s", lambda row: number(row["train_seconds"], ".0f")),
     Column("eval s", lambda row: number(row["eval_seconds"], ".0f")),
     _accuracy("mnli"),
@@ -94,9 +112,13 @@ LEGEND = (
     "Accuracies and agreements in %, ± one standard error. *agree*: share of rows where the method predicts "
     "what the ICL teacher predicts. *pred. 0*: share of rows predicted as label 0 (entailment). *HANS "
     "ent/non*: accuracy on HANS entailment / non-entailment rows. AUC: of the label-word margin (0.5 = the "
-    "classes are not told apart). Peak MiB: peak resident memory of the method's process (runtime included); "
-    "load/teacher/train: the peak while loading models (the 8-bit teacher's quantization spike shows here), "
-    "during the teacher's output pass (- when its cached outputs were reused) and during training."
+    "classes are not told apart). *Needed MiB*: the memory the method needs to run (runtime included): "
+    "the most that its teacher pass, training or evaluation needed, each being its anonymous memory at peak "
+    "plus the file pages still mapped when it ended (docs/memory.md), beside the analytic estimate of the "
+    "same phase (*x est.*). *needed load/teacher/train*: the same per phase; loading is a transient, shown "
+    "apart and not judged (- when a phase did not run, e.g. a teacher pass whose outputs were cached). "
+    "*Resident peak MiB*: the process's peak resident set, which also counts the clean page cache of "
+    "checkpoints memory-mapped while loading."
 )
 
 

@@ -15,6 +15,7 @@ import random
 from distill_trainer.errors import UsageError
 from distill_trainer.finite import nonfinite_records
 from distill_trainer.nli.metrics.nli import roc_auc
+from distill_trainer.report.columns import method_memory
 
 TEACHER, ZERO_SHOT = "icl_teacher", "zero_shot"
 BOOTSTRAP_SAMPLES = 1000
@@ -162,14 +163,19 @@ def findings(rows: list[dict], memory_reference: dict | None = None) -> list[str
     if memory_reference:
         reference = memory_reference["peak_mib"]
         for row in (row for row in rows if row["method"].startswith("cd_")):  # memory probes included
-            peak = row.get("peak_memory_mib")
+            peak = method_memory(row)
             if peak:
                 sentences.append(
-                    f"{row['method']} peaks at {peak / 1024:.2f} GiB, {1 - peak / reference:.0%} below "
+                    f"{row['method']} {_memory_verb(row)} {peak / 1024:.2f} GiB, "
+                    f"{1 - peak / reference:.0%} below "
                     f"{memory_reference['name']} ({reference / 1024:.2f} GiB, "
                     f"{memory_reference['source']})."
                 )
     return sentences
+
+
+def _memory_verb(row: dict) -> str:
+    return "needs" if row.get("needed_memory_mib") is not None else "peaks at"
 
 
 # ---------------------------------------------------------------- the paper's claims, one verdict each
@@ -259,17 +265,18 @@ def paper_claims(rows: list[dict], memory_reference: dict | None = None) -> list
                 )
     if memory_reference:
         reference = memory_reference["peak_mib"]
-        measured = [r for r in rows if r["method"].startswith("cd_") and r.get("peak_memory_mib")]
+        measured = [r for r in rows if r["method"].startswith("cd_") and method_memory(r)]
         paper_setting = next((r for r in measured if r["method"] == "cd_lora_8bit"), None) or min(
-            measured, key=lambda r: r["peak_memory_mib"], default=None
+            measured, key=method_memory, default=None
         )
         if paper_setting:
-            saving = 1 - paper_setting["peak_memory_mib"] / reference
+            saving = 1 - method_memory(paper_setting) / reference
             verdict = SUPPORTS if saving >= PAPER_MEMORY_SAVING else CONTRADICTS
             sentences.append(
                 f"Memory (paper: up to {PAPER_MEMORY_SAVING:.0%} less than fine-tuning the teacher): "
                 f"{verdict}; "
-                f"{paper_setting['method']} peaks at {paper_setting['peak_memory_mib'] / 1024:.2f} GiB, "
+                f"{paper_setting['method']} {_memory_verb(paper_setting)} "
+                f"{method_memory(paper_setting) / 1024:.2f} GiB, "
                 f"{saving:.0%} below {memory_reference['name']} ({reference / 1024:.2f} GiB, "
                 f"{memory_reference['source']})."
             )

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from distill_trainer.integrity import write_bytes_atomically
-from distill_trainer.report.columns import method_label
+from distill_trainer.report.columns import method_label, method_memory
 
 ACCURACY_PLOT = "accuracy.png"
 COST_PLOT = "memory_time.png"
@@ -68,9 +68,9 @@ def write_plots(summary: dict, run_dir: Path) -> list[Path]:
     methods = [method_label(row) for row in summary["methods"]]
     x = range(len(methods))
     fig, (memory_ax, time_ax) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(methods)), 4))
-    memory_ax.bar(list(x), [row["peak_memory_mib"] or 0 for row in summary["methods"]], color="tab:purple")
-    memory_ax.set_ylabel("peak memory (MiB)")
-    memory_ax.set_title("Peak memory per method")
+    memory_ax.bar(list(x), [method_memory(row) or 0 for row in summary["methods"]], color="tab:purple")
+    memory_ax.set_ylabel("needed memory (MiB)")
+    memory_ax.set_title("Memory each method needs")
     train = [row["train_seconds"] for row in summary["methods"]]
     time_ax.bar(list(x), train, label="train")
     time_ax.bar(list(x), [row["eval_seconds"] for row in summary["methods"]], bottom=train, label="evaluate")

@@ -16,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from distill_trainer.code_stamp import stamp_json, stamp_markdown
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.memory.units import MIB
 from distill_trainer.report.columns import LEGEND, headers, number, percent, table_rows
@@ -45,22 +46,30 @@ def _cache_names(info: dict | None) -> dict | None:
     return {name: {**entry, "path": Path(entry["path"]).name} for name, entry in info.items()}
 
 
-def _phase_peaks(memory: dict | None) -> dict:
-    """Peak resident MiB per phase group: loading models, the teacher's output pass, training, evaluation."""
+JUDGED_PHASES = ("teacher_pass", "train", "eval")  # what a method needs; loading is reported apart
+
+
+def _phase_peaks(memory: dict | None, key: str = "cpu_peak_rss_mib") -> dict:
+    """Peak MiB per phase group (resident, or with key "cpu_needed_mib" what the phase needed): loading
+    models, the teacher's output pass, training, evaluation."""
     phases = (memory or {}).get("phases") or {}
 
     def peak(*names):
-        values = [
-            phases[n]["cpu_peak_rss_mib"] for n in names if n in phases and "cpu_peak_rss_mib" in phases[n]
-        ]
+        values = [phases[n][key] for n in names if n in phases and key in phases[n]]
         return max(values) if values else None
 
     return {
         "load": peak("student_load", "model_load", "teacher_load"),
         "teacher_pass": peak("teacher_pass"),
         "train": peak("train"),
-        "eval": peak("eval"),
+        "eval": peak("eval", "evaluate", "final_eval"),
     }
+
+
+def _method_need(phase_needed: dict) -> float | None:
+    """What a method needs to run: the most any of its working phases needed (the load transient apart)."""
+    values = [phase_needed[p] for p in JUDGED_PHASES if phase_needed.get(p) is not None]
+    return max(values) if values else None
 
 
 def _task_summary(metrics: dict) -> dict:
@@ -98,6 +107,7 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
     if tracked is not None:
         peak_bytes = max(peak_bytes or 0, int(tracked * MIB))
     trained = "train" in metrics
+    needed = _phase_peaks(metrics.get("memory"), "cpu_needed_mib")
     teacher = metrics.get("teacher")
     if metrics.get("recipe") == "icl_eval":
         teacher = f"(itself, k={metrics.get('k', 0)})"
@@ -115,6 +125,8 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
         "eval_seconds": round(metrics.get("eval_seconds", 0.0), 1),
         "wall_seconds": round(wall_seconds, 3),  # tiny runs can take well under 0.1 s
         "phase_peak_mib": _phase_peaks(metrics.get("memory")),
+        "phase_needed_mib": needed,
+        "needed_memory_mib": _method_need(needed),
         "runtime_mib": (metrics.get("memory") or {}).get("baseline_cpu_rss_mib"),
         "teacher_output_cache": _cache_names(metrics.get("teacher_output_cache")),
         "eval": {task: _task_summary(task_metrics) for task, task_metrics in metrics["eval"].items()},
@@ -224,10 +236,14 @@ def format_markdown(summary: dict) -> str:
     if reused:
         lines += [
             "",
-            "Read back from earlier runs (same config, data and model files): "
+            "Read back from earlier runs (same config, data, model files, code and package versions): "
             + ", ".join(f"{row['method']} ({row['reused_from']})" for row in reused)
             + ".",
         ]
+    again = summary["settings"].get("run_again") or {}
+    if again:
+        lines += ["", "Run again, with what changed since their last result:", ""]
+        lines += [f"- {name}: {'; '.join(why)}" for name, why in again.items()]
     reference = summary["settings"].get("memory_reference")
     if reference:
         lines += [
@@ -246,7 +262,7 @@ def format_markdown(summary: dict) -> str:
     lines += ["", "## Settings", ""] + [
         f"- {key}: {value}"
         for key, value in summary["settings"].items()
-        if key not in ("memory_reference", "disk_mb", "data")
+        if key not in ("memory_reference", "disk_mb", "data", "run_again")
     ]
     lines += ["", f"![accuracy]({ACCURACY_PLOT})", f"![memory and time]({COST_PLOT})", ""]
     return "\n".join(lines)
@@ -262,8 +278,9 @@ def _heuristics(summary: dict) -> list[str]:
 # ---------------------------------------------------------------- plots
 
 
-def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
-    """summary.json, summary.md and the plots; returns the summary (rows without their raw predictions)."""
+def write_report(run_dir, rows: list[dict], settings: dict, code: dict | None = None) -> dict:
+    """summary.json, summary.md and the plots; returns the summary (rows without their raw predictions).
+    `code` (`code_digest.code_record`): the code that made the rows, stamped into both files."""
     run_dir = Path(run_dir)
     add_teacher_agreement(rows)
     add_auc_stderr(rows)
@@ -273,8 +290,12 @@ def write_report(run_dir, rows: list[dict], settings: dict) -> dict:
         "claims": paper_claims(rows, settings.get("memory_reference")),
         "findings": findings(rows, settings.get("memory_reference")),
     }
+    text = format_markdown(summary)
+    if code is not None:
+        summary["code"] = stamp_json(code)
+        text = stamp_markdown(text, code)
     write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomically(run_dir / "summary.md", format_markdown(summary))
+    write_text_atomically(run_dir / "summary.md", text)
     write_plots(summary, run_dir)
     return summary
 

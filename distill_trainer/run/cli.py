@@ -7,6 +7,8 @@
     distill-trainer evaluate --model results/latest/cd_lora --task mnli --data dev.jsonl
     # see run/reply_command.py
     distill-trainer evaluate-replies --model results/system-prompt --data heldout.jsonl --teacher self
+    # the published tables the current code would no longer reproduce (code_stamp.py)
+    distill-trainer stale-results docs/results
 
 Each subcommand is one `add_<name>_command(subcommands)` function, listed in `COMMANDS`, that adds its
 parser and sets `run` (a function of the parsed arguments and the arguments it left over, returning the
@@ -171,6 +173,40 @@ def add_compare_replies_command(subcommands) -> None:
     parser.set_defaults(run=run_compare_replies, takes_overrides=False)
 
 
+# ---------------------------------------------------------------- stale-results
+
+
+def run_stale_results(args, overrides: list[str]) -> int:
+    from distill_trainer.code_stamp import stale_tables
+
+    for folder in args.folders:
+        if not Path(folder).is_dir():
+            raise UsageError(
+                f"{folder} is not a folder; give the folder of published tables, e.g. docs/results"
+            )
+    stale = [found for folder in args.folders for found in stale_tables(folder)]
+    for path, why in stale:
+        print(f"{path}: {'; '.join(why)}")
+    print(
+        f"{len(stale)} table(s) the current code would not reproduce, or naming no code: regenerate them"
+        if stale
+        else "ok: every table names the current code's digest"
+    )
+    return 1 if stale else 0
+
+
+def add_stale_results_command(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "stale-results",
+        help="list the published tables the current code (library, scripts, packages) would not reproduce",
+        description="Every .md and .json table under the folders names the digest of the code and packages "
+        "that made it; list those whose digest differs from the current code's (with the files and "
+        "package versions that changed) or that name none. Exit status 1 when any is listed.",
+    )
+    parser.add_argument("folders", nargs="*", default=["docs/results"], help="default: docs/results")
+    parser.set_defaults(run=run_stale_results, takes_overrides=False)
+
+
 # ---------------------------------------------------------------- the command
 
 COMMANDS = [
@@ -178,6 +214,7 @@ COMMANDS = [
     add_evaluate_command,
     add_evaluate_replies_command,
     add_compare_replies_command,
+    add_stale_results_command,
 ]
 
 

@@ -8,8 +8,10 @@
 On SIGINT the outermost noted folder is described (a comparison's run folder, not the method it was
 running): its finished results, its last complete checkpoint, and the flags that continue it, which are
 added to the command exactly as it was typed. The caches (teacher outputs, evaluations, completions)
-keep every entry that was complete, so a rerun does not redo them. A process started by a comparison for
-one method (`CHILD_ENV` set) stops silently with the same status: its parent prints the line.
+keep every entry that was complete, so a rerun does not redo them; the line names the caches this run
+wrote to (`cache_paths.caches_written_since`), and none when it wrote nothing. A process started by a
+comparison for one method (`CHILD_ENV` set) stops silently with the same status: its parent prints the
+line. Before `interruptible` runs (while a script's imports load), `quiet_start` gives the same line.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ import contextlib
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
+
+from distill_trainer.cache_paths import caches_written_since
 
 EXIT_STATUS = 130  # 128 + SIGINT, as shells report it
 CHILD_ENV = "DISTILL_TRAINER_METHOD_PROCESS"
 
 _runs: list[dict] = []  # the folders being written, outermost first
+_STARTED = time.time()  # this process's start, near enough: caches written since were written by this run
 
 
 def note_run(folder, resume_args=None) -> None:
@@ -86,10 +92,13 @@ def resume_command(program: str, argv: list[str]) -> str:
 
 def interruption_line(program: str, argv: list[str]) -> str:
     command = resume_command(program, argv)
+    caches = caches_written_since(_STARTED)
+    entries = f"the complete entries it wrote to the {' and '.join(caches)} cache" if caches else ""
     if not _runs:
-        return f"interrupted: the caches keep what was complete; rerun with: {command}"
+        kept = f"kept {entries}" if entries else "nothing was written yet"
+        return f"interrupted: {kept}; rerun with: {command}"
     folder = _runs[0]["folder"]
-    kept = f"kept {folder} ({kept_in(folder)}) and the complete cache entries"
+    kept = f"kept {folder} ({kept_in(folder)})" + (f" and {entries}" if entries else "")
     return f"interrupted: {kept}; resume with: {command}"
 
 

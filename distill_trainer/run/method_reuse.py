@@ -4,13 +4,18 @@
     earlier = find_earlier_result(results_dir, name, fingerprint)
     if earlier: reuse_result(earlier, method_dir)             # hard links, no copy of the weights
     else: ...run it...; record_fingerprint(method_dir, fingerprint)
+    why_rerun(results_dir, name, fingerprint)   # ["code (distill_trainer/training/losses.py changed)"]
 
-A method's result depends on its resolved config, the data files it reads and the model files it loads
-(and the library's version), so the fingerprint hashes exactly those: the config with its output folder
-left out, the content of every data file the config names or resolves to, and each model folder's
-identity (config, weight files' names, sizes and modification times, as the teacher output cache keys
-on). A result is reused only if the earlier run wrote its fingerprint, which happens after the method
-finished: an interrupted method is never read back.
+A method's result depends on its resolved config, the data files it reads, the model files it loads, the
+code that runs it and the packages that decide its numerics, so the fingerprint hashes exactly those, as
+named parts: `config` (with its output folder left out), `data` (the content of every data file the
+config names or resolves to), `model` (each model folder's identity: config, weight files' names, sizes
+and modification times, as the teacher output cache keys on), `code` (every library source file and the
+method's recipe script, `code_digest.code_record`) and `packages` (the numeric packages' versions). Any
+library change reruns every method: a method's code is most of the library, and being conservative is
+right for a result that is read back. A result is reused only if the earlier run wrote its fingerprint,
+which happens after the method finished: an interrupted method is never read back. When a method has an
+earlier result under another fingerprint, `why_rerun` names the parts that differ (and which files).
 
 A comparison run again under the same run_name (after a kill, a full disk, Ctrl-C) keeps the methods
 that finished in its folder (`finished_here`) and continues the one that was interrupted from its last
@@ -20,14 +25,13 @@ complete checkpoint, or starts it over (`interrupt.resume_flags`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
-from importlib import metadata
 from pathlib import Path
 
-from distill_trainer.integrity import sha256_file, write_text_atomically
+from distill_trainer.code_digest import code_changes, code_record
+from distill_trainer.integrity import sha256_file, sha256_text, write_text_atomically
 
 FINGERPRINT_FILE = "fingerprint.json"
 MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
@@ -52,39 +56,66 @@ def _data_paths(values: dict) -> list[Path]:
             continue
         if Path(value).is_file():
             paths.append(Path(value))
-    if values.get("data_source", "auto") != "hub":
-        directory = resolve_data_dir(values.get("data_source", "auto"), values.get("data_dir"))
+    if "data_source" in values and values["data_source"] != "hub":  # a NLI recipe's data folder
+        directory = resolve_data_dir(values["data_source"], values.get("data_dir"))
         if directory is not None:
             paths += sorted(directory.rglob("*.jsonl"))
     return paths
 
 
-def method_fingerprint(recipe: str, values: dict) -> str:
-    """A digest of what a method's result depends on (see the module docstring)."""
+class Fingerprint(str):
+    """The fingerprint (a hex digest), carrying the parts it hashes and the code files (`code_record`)."""
+
+    parts: dict
+    code: dict
+
+    def __new__(cls, parts: dict, code: dict):
+        fingerprint = super().__new__(cls, sha256_text(json.dumps(parts, sort_keys=True)))
+        fingerprint.parts, fingerprint.code = parts, code
+        return fingerprint
+
+
+def recipe_script(recipe: str) -> str:
+    """The script that runs `recipe`, from the repository root (see `code_digest.ROOT`)."""
+    return f"recipes/{recipe}.py"
+
+
+def method_fingerprint(recipe: str, values: dict) -> Fingerprint:
+    """A digest of what a method's result depends on, by part (see the module docstring)."""
     from distill_trainer.models.loading import resolve_model_path
     from distill_trainer.teacher.teacher import is_self, teacher_source_fingerprint
 
-    digest = hashlib.sha256()
     config = {k: v for k, v in values.items() if k not in IGNORED_KEYS}
-    digest.update(json.dumps([recipe, metadata.version("distill-trainer"), config], sort_keys=True).encode())
+    models = []
     for key in MODEL_KEYS:
         name = values.get(key)
         if name and not is_self(name):
             model = teacher_source_fingerprint(str(resolve_model_path(name)))
             # a Hub id without a local folder: the id (and any revision in the config) is all we know
-            digest.update(f"{key}={model or name};".encode())
+            models.append(f"{key}={model or name}")
+    data = []
     for path in _data_paths(values):
         stat = path.stat()
-        digest.update(
-            f"{path.name}:{_content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)};".encode()
-        )
-    return digest.hexdigest()
+        data.append(f"{path.name}:{_content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}")
+    code = code_record([recipe_script(recipe)])
+    code_files = {"library": code["library"], "scripts": code["scripts"]}
+    parts = {
+        "config": sha256_text(json.dumps([recipe, config], sort_keys=True, default=str)),
+        "data": sha256_text(json.dumps(data)),
+        "model": sha256_text(json.dumps(models)),
+        "code": sha256_text(json.dumps(code_files, sort_keys=True)),
+        "packages": code["packages"],
+    }
+    return Fingerprint(parts, code)
 
 
 def record_fingerprint(method_dir: Path, fingerprint: str, measured: dict | None = None) -> None:
     """Mark a finished method's folder as reusable (written last, atomically), with what its run measured
-    (peak memory, wall time), so that a row read back reports the costs of the run that made it."""
+    (peak memory, wall time), so that a row read back reports the costs of the run that made it, and the
+    parts of its fingerprint, so that a later run can say what changed."""
     record = {"fingerprint": fingerprint, "measured": measured or {}}
+    if isinstance(fingerprint, Fingerprint):
+        record.update(parts=fingerprint.parts, code=fingerprint.code)
     write_text_atomically(Path(method_dir) / FINGERPRINT_FILE, json.dumps(record, indent=1) + "\n")
 
 
@@ -105,8 +136,8 @@ def recorded_costs(method_dir: Path) -> dict:
     return dict(_read_record(method_dir).get("measured") or {})
 
 
-def find_earlier_result(results_dir: Path, name: str, fingerprint: str, exclude: Path | None = None):
-    """The newest earlier run's folder of method `name` with this fingerprint, or None."""
+def _earlier_results(results_dir: Path, name: str, exclude: Path | None) -> list[Path]:
+    """Every earlier run's folder of method `name` that finished (whatever its fingerprint)."""
     candidates = (
         [
             run / name
@@ -118,8 +149,43 @@ def find_earlier_result(results_dir: Path, name: str, fingerprint: str, exclude:
         if Path(results_dir).is_dir()
         else []
     )
-    matches = [c for c in candidates if _recorded(c) == fingerprint and (c / "metrics.json").is_file()]
-    return max(matches, key=lambda c: (c / FINGERPRINT_FILE).stat().st_mtime, default=None)
+    return [c for c in candidates if _recorded(c) and (c / "metrics.json").is_file()]
+
+
+def _newest(folders: list[Path]) -> Path | None:
+    return max(folders, key=lambda c: (c / FINGERPRINT_FILE).stat().st_mtime, default=None)
+
+
+def find_earlier_result(results_dir: Path, name: str, fingerprint: str, exclude: Path | None = None):
+    """The newest earlier run's folder of method `name` with this fingerprint, or None."""
+    return _newest([c for c in _earlier_results(results_dir, name, exclude) if _recorded(c) == fingerprint])
+
+
+def differences(record: dict, fingerprint: Fingerprint) -> list[str]:
+    """The parts of `fingerprint` that differ from an earlier run's `record`, the code's with its files."""
+    before = record.get("parts")
+    if not isinstance(before, dict):
+        return ["the earlier result has no fingerprint parts (made by an older version)"]
+    changed = []
+    for part, now in fingerprint.parts.items():
+        if before.get(part) == now:
+            continue
+        if part == "code":
+            changed.append(f"code ({'; '.join(code_changes(record.get('code') or {}, fingerprint.code))})")
+        elif part == "packages":
+            old = before.get(part) or {}
+            moved = [f"{k} {old.get(k)} -> {now.get(k)}" for k in sorted(now) if old.get(k) != now.get(k)]
+            changed.append(f"package versions ({', '.join(moved)})")
+        else:
+            changed.append(part)
+    return changed or ["the fingerprint differs"]
+
+
+def why_rerun(results_dir: Path, name: str, fingerprint: Fingerprint, exclude: Path | None = None):
+    """What changed since the newest earlier result of `name` (a list of phrases), or None when there is
+    none to compare with (a first run)."""
+    newest = _newest(_earlier_results(results_dir, name, exclude))
+    return None if newest is None else differences(_read_record(newest), fingerprint)
 
 
 def _link_or_copy(source: str, target: str) -> None:

@@ -11,8 +11,10 @@ epoch after the first would recompute the same numbers. One pass stores, per exa
 - `distill_vocab="label_words"`: the exact label-word distribution at the first answer position.
 
 The result is saved with the dataset (`datasets` Arrow, `save_to_disk`) under a key hashing the teacher
-(config and weights), the examples' teacher-view tokens (which spell out the demonstrations, the
-pattern and the answers), the temperature, k, the distillation vocabulary and its label words. A later
+(config and weights, or its files with the dtype and quantization it loads with), the examples'
+teacher-view tokens (which spell out the demonstrations, the pattern and the answers), the temperature,
+k, the distillation vocabulary and its label words, and the code that computes the outputs with the
+numeric packages' versions (`code_digest.modules_digest`). A later
 run with the same key loads it; any change gives a new key and a fresh pass.
 
 The key file also records the size and sha256 of every file of the saved dataset, and the values obey
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_trainer.cache_paths import cache_home
+from distill_trainer.code_digest import modules_digest
 from distill_trainer.errors import UsageError
 from distill_trainer.finite import refuse_nonfinite
 from distill_trainer.integrity import sha256_text
@@ -105,6 +108,9 @@ def teacher_output_cache_key(
         "top_k": int(top_k) if distill_vocab == "full" else None,
         "label_token_ids": [int(i) for i in label_token_ids] if distill_vocab == "label_words" else None,
         "extra": extra or {},
+        # the code that computes the outputs (the teacher's forward, the prefix cache, top-k and tail) and the
+        # numeric packages' versions: a change to either is a fresh pass
+        "code": modules_digest("distill_trainer.teacher.output_cache"),
     }
     key = sha256_text(json.dumps(components, sort_keys=True))
     return key, components

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_trainer.errors import UsageError
+from distill_trainer.models.output_head import is_zero3_partitioned
 from distill_trainer.teacher.output_cache import top_k_with_tail
 from distill_trainer.training.losses import (
     LOSS_KINDS,
@@ -36,9 +37,10 @@ from distill_trainer.training.losses import (
 
 
 def _linear_head(head):
-    """(weight, bias, soft-cap) of a plain linear output head, else None (another module: not chunked)."""
+    """(weight, bias, soft-cap) of a plain linear output head, else None (another module, or a head whose
+    ZeRO-3-partitioned weight exists only while the module runs: called as a module, not chunked)."""
     module = getattr(head, "module", None)
-    if type(module) is not torch.nn.Linear:
+    if type(module) is not torch.nn.Linear or is_zero3_partitioned(module.weight):
         return None
     return module.weight, module.bias, getattr(head, "softcap", None)
 

@@ -10,6 +10,7 @@ import logging
 import pytest
 import torch
 
+from distill_trainer import code_digest
 from distill_trainer.context.completion_cache import completion_cache_path, teacher_completions
 from distill_trainer.errors import UsageError
 from distill_trainer.teacher.generation import GenerationSettings, generate_replies
@@ -103,9 +104,9 @@ def test_completions_are_cached_and_reused_without_the_model(model, chat_tokeniz
 
 @pytest.mark.parametrize(
     "change",
-    ["teacher", "max_new_tokens", "sampling", "context", "prompt", "placement"],
+    ["teacher", "max_new_tokens", "sampling", "context", "prompt", "placement", "code", "packages"],
 )
-def test_each_key_component_gives_fresh_completions(model, chat_tokenizer, tmp_path, change):
+def test_each_key_component_gives_fresh_completions(model, chat_tokenizer, tmp_path, change, monkeypatch):
     options = dict(teacher_id="teacher-a", cache_dir=tmp_path, placement="system")
     teacher_completions(model, chat_tokenizer, rows(), GREEDY, **options)
     settings, data = GREEDY, rows()
@@ -119,6 +120,12 @@ def test_each_key_component_gives_fresh_completions(model, chat_tokenizer, tmp_p
         data = rows(context="Be long.")
     elif change == "prompt":
         data = rows(prompts=PROMPTS[:3] + ["a new prompt"])
+    elif change == "code":  # how replies are decoded
+        files = {**code_digest.library_files(), "distill_trainer/teacher/generation.py": "0" * 64}
+        monkeypatch.setattr(code_digest, "library_files", lambda: files)
+    elif change == "packages":
+        versions = {**code_digest.package_versions(), "transformers": "99.0"}
+        monkeypatch.setattr(code_digest, "package_versions", lambda: versions)
     else:
         options["placement"] = "user"
     with pytest.raises(AssertionError, match="the model ran"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from helpers import load_recipe, make_args, reply_recipe_argv
+from helpers import load_recipe, make_args, refuse_weight_loading, reply_recipe_argv
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 from distill_trainer.context.steps import measure_student
@@ -293,12 +293,7 @@ def test_on_policy_with_a_teacher_output_cache_is_refused_before_any_model_loads
 
 
 def no_model_loading(monkeypatch):
-    from transformers import PreTrainedModel
-
-    def refuse(cls, *args, **kwargs):
-        raise AssertionError("validation loaded a model")
-
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    refuse_weight_loading(monkeypatch, "validation loaded a model")
 
 
 def test_validate_checks_a_reply_recipe_without_loading_a_model(tmp_path, chat_dirs, monkeypatch, capsys):
@@ -360,6 +355,20 @@ def test_a_stopped_run_resumes_to_the_same_weights_and_a_finished_one_is_kept(tm
     assert all(torch.allclose(expected[name], got[name], atol=1e-6) for name in expected)
     assert resumed["train"]["train_loss"] == pytest.approx(whole["train"]["train_loss"], rel=1e-5)
     report = (tmp_path / "out" / "report.md").read_text()
+    assert "Made by code `" in report  # the report names the code that made it
+
+    # rerun into its own finished folder (as typed, or as the fault campaign's rerun adds the flag that a
+    # folder with results asks for): read back, not trained again
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    real_run, recipe.run_distill_context = recipe.run_distill_context, no_training
+    try:
+        assert recipe.main(argv) == resumed
+        assert recipe.main([*argv, "--overwrite_output_dir", "true"]) == resumed
+    finally:
+        recipe.run_distill_context = real_run
+    # other settings into the finished folder: refused, the finished run kept as it was
     with pytest.raises(UsageError, match="already holds a run's results.*overwrite_output_dir"):
-        recipe.main(argv)
-    assert (tmp_path / "out" / "report.md").read_text() == report  # the finished run is kept as it was
+        recipe.main([*argv, "--learning_rate", "0.5"])
+    assert (tmp_path / "out" / "report.md").read_text() == report

@@ -11,6 +11,9 @@ def method_row(**changes) -> dict:
         "trainable_parameters": 1234,
         "peak_memory_mib": 512.4,
         "phase_peak_mib": {"load": 100.0, "teacher_pass": None, "train": 300.0},
+        "phase_needed_mib": {"load": 90.0, "teacher_pass": None, "train": 250.0},
+        "needed_memory_mib": 250.0,
+        "estimate_mib": 200.0,
         "train_seconds": 12.0,
         "eval_seconds": 3.0,
         "eval": {
@@ -27,7 +30,9 @@ def test_every_row_has_one_cell_per_column_in_order():
     assert all(len(cells) == len(COLUMNS) for cells in rows)
     cell = dict(zip(headers(), rows[0]))
     assert cell["trainable"] == "1,234"
-    assert cell["load/teacher/train MiB"] == "100/-/300"
+    assert cell["needed load/teacher/train"] == "90/-/250"
+    assert cell["needed MiB"] == "250 (1.25x est.)"
+    assert cell["resident peak MiB"] == "512"
     assert cell["MNLI acc"] == "50.0 ±5.0"
     assert cell["MNLI AUC"] == "0.61"
     assert cell["MNLI agree"] == "75.0"

@@ -28,7 +28,7 @@ from bad_inputs import (
     recipe_without_header,
     relabel,
 )
-from helpers import CPU, ROOT, write_recipe
+from helpers import CPU, ROOT, refuse_weight_loading, write_recipe
 from test_bad_data import CASES as DATA_CASES
 from test_bad_output_dirs import CASES as OUTPUT_DIR_CASES
 from test_bad_recipe_files import CASES as RECIPE_FILE_CASES
@@ -245,12 +245,7 @@ def test_under_accelerate_launch_quiet_the_error_line_is_the_last_word(tmp_path,
 def test_a_good_recipe_passes_validate_without_loading_weights(tmp_path, tiny_dirs, capsys, monkeypatch):
     """The control for the catalogue: the same checks accept a good recipe, from tokenizers and configs
     alone."""
-    from transformers import AutoModelForCausalLM
-
-    def no_weights(*args, **kwargs):
-        raise AssertionError("validate loaded model weights")
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_weights)
+    refuse_weight_loading(monkeypatch, "validate loaded model weights")
     config = write_recipe(
         tmp_path,
         tiny_dirs,

@@ -117,6 +117,7 @@ def test_ctrl_c_prints_one_line_with_the_resume_command_and_exits_130(tmp_path, 
 
 def test_a_comparison_resumes_under_its_run_name_and_names_what_it_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(interrupt, "_runs", [])  # no run noted by an earlier test
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
     run_dir = tmp_path / "results" / "compare-20260101-120000"
     (run_dir / "icl_teacher").mkdir(parents=True)
     (run_dir / "icl_teacher" / "method.yaml").write_text("k: 2\n")
@@ -126,13 +127,21 @@ def test_a_comparison_resumes_under_its_run_name_and_names_what_it_kept(tmp_path
     note_run(run_dir, ["--run_name", run_dir.name])
     note_run(run_dir / "cd_lora")  # the method it was running: the comparison's folder is described
     line = interruption_line("python recipes/compare.py", ["--config", "c.yaml"])
+    resume = f"resume with: python recipes/compare.py --config c.yaml --run_name {run_dir.name}"
+    assert line == f"interrupted: kept {run_dir} (icl_teacher finished); {resume}"  # no cache written yet
+    # once the run has written to a cache, the line says its complete entries are kept
+    (tmp_path / "cache" / "evaluations").mkdir(parents=True)
+    (tmp_path / "cache" / "evaluations" / "evaluation-1.json").write_text("{}")
+    line = interruption_line("python recipes/compare.py", ["--config", "c.yaml"])
     assert line == (
-        f"interrupted: kept {run_dir} (icl_teacher finished) and the complete cache entries; resume with: "
-        f"python recipes/compare.py --config c.yaml --run_name {run_dir.name}"
+        f"interrupted: kept {run_dir} (icl_teacher finished) and the complete entries it wrote to the "
+        f"evaluation cache; {resume}"
     )
 
 
-def test_the_command_line_tool_exits_130_with_one_line(monkeypatch, capsys):
+def test_the_command_line_tool_exits_130_with_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
+
     def interrupted(args, overrides):
         raise KeyboardInterrupt
 
@@ -142,6 +151,6 @@ def test_the_command_line_tool_exits_130_with_one_line(monkeypatch, capsys):
     assert stop.value.code == 130
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        "interrupted: the caches keep what was complete; rerun with: distill-trainer evaluate --model m "
+        "interrupted: nothing was written yet; rerun with: distill-trainer evaluate --model m "
         "--data d.jsonl --output_dir o"
     ]

@@ -8,7 +8,13 @@ import pytest
 import torch
 from datasets import Dataset
 
-from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator, build_views
+from distill_trainer import (
+    ContextDistillationTrainer,
+    DistillationConfig,
+    TwoViewCollator,
+    build_views,
+    code_digest,
+)
 from distill_trainer.errors import UsageError
 from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.models.loading import load_causal_lm, prepare_student
@@ -28,6 +34,7 @@ ROWS = [
     ("A cat is sitting question: The mat is red. Yes or No? answer:", " Yes"),
 ]
 GPT3 = "{premise} question: {hypothesis} Yes or No? answer:"
+LOSSES, PREFIX_CACHE = "distill_trainer/training/losses.py", "distill_trainer/teacher/prefix_cache.py"
 MINIMAL = "{premise} {hypothesis} ?"
 
 
@@ -332,7 +339,7 @@ def test_output_cache_is_reused_when_the_key_matches_and_rebuilt_when_not(
     assert not reused
 
 
-def test_cache_key_changes_with_demonstrations_teacher_and_pattern(tokenizer, teacher):
+def test_cache_key_changes_with_demonstrations_teacher_pattern_and_code(tokenizer, teacher, monkeypatch):
     def key(model=teacher, demos=DEMOS, template=GPT3, **options):
         rows = [
             (template.format(premise=p, hypothesis="It is so."), a)
@@ -352,6 +359,15 @@ def test_cache_key_changes_with_demonstrations_teacher_and_pattern(tokenizer, te
     assert key(template=MINIMAL) != base
     assert key(temperature=2.0) != base and key(top_k=16) != base
     assert key(distill_vocab="label_words", label_token_ids=label_ids(tokenizer)) != base
+    # the code that computes the outputs, and the numeric packages' versions; not the loss that reads them
+    files, versions = dict(code_digest.library_files()), code_digest.package_versions()
+    monkeypatch.setattr(code_digest, "library_files", lambda: {**files, LOSSES: "0" * 64})
+    assert key() == base
+    monkeypatch.setattr(code_digest, "library_files", lambda: {**files, PREFIX_CACHE: "0" * 64})
+    assert key() != base
+    monkeypatch.setattr(code_digest, "library_files", lambda: files)
+    monkeypatch.setattr(code_digest, "package_versions", lambda: {**versions, "torch": "9.9"})
+    assert key() != base
 
 
 def test_output_cache_rejects_what_it_cannot_use(tmp_path, tokenizer, teacher):

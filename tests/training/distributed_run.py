@@ -10,8 +10,9 @@ compares with `run(...)` called in its own process. Every process trains with it
 process writes is then visible, and must be nothing. Each process reports what it saw in
 `<output>/<name>/report-rank<r>.json` (the harness's file, not the library's).
 
-`--deepspeed 3` runs the jobs under DeepSpeed ZeRO-3 instead of DDP (needs `pip install deepspeed`; on a
-machine without GPUs also `DS_ACCELERATOR=cpu`).
+`--deepspeed 3` runs the jobs under DeepSpeed ZeRO-3 instead of DDP (needs `pip install '.[distributed]'`;
+on a machine without GPUs also `DS_ACCELERATOR=cpu`); `--fsdp` runs them under FSDP2 with the settings
+of `recipes/configs/accelerate/fsdp.yaml`; `training/cpu_processes.py` says how both run on CPU processes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoV
 from distill_trainer.models.loading import load_causal_lm, load_tokenizer, prepare_student
 from distill_trainer.report.hub import save_student
 from distill_trainer.report.model_card import StudentCard
+from distill_trainer.training.cpu_processes import deepspeed_on_cpu_processes, fsdp2_on_cpu_processes
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
 ROWS = [  # answers of 1 and 3 tokens, so the two processes see different answer-token counts
@@ -39,25 +41,7 @@ ROWS = [  # answers of 1 and 3 tokens, so the two processes see different answer
 ]
 
 
-def deepspeed_settings(stage: int) -> dict:
-    """TrainingArguments for a DeepSpeed ZeRO run; "auto" values are filled in by the Trainer."""
-    import torch.distributed
-    from accelerate import PartialState
-
-    if not torch.cuda.is_available() and not PartialState._shared_state:
-        # accelerate picks no process-group backend for DeepSpeed on a machine without GPUs; set the state
-        # up with gloo ourselves and tell the Trainer to use it as it is
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        PartialState(backend="gloo")
-        del os.environ["ACCELERATE_USE_DEEPSPEED"]
-    config = {
-        "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto",
-        "gradient_clipping": "auto",
-    }
-    return {"deepspeed": config, "accelerator_config": {"use_configured_state": True}}
+FSDP_CONFIG = Path(__file__).parents[2] / "recipes" / "configs" / "accelerate" / "fsdp.yaml"
 
 
 def run(
@@ -70,14 +54,16 @@ def run(
     mode: str = "full",
     alpha: float = 0.7,
     deepspeed_stage: int = 0,
+    fsdp: bool = False,
 ) -> dict:
-    extra = deepspeed_settings(deepspeed_stage) if deepspeed_stage else {}
+    extra = {}
+    if deepspeed_stage:
+        extra = deepspeed_on_cpu_processes(deepspeed_stage)
+    elif fsdp:
+        extra = fsdp2_on_cpu_processes(str(FSDP_CONFIG))
     tokenizer = load_tokenizer(student)
     rows = [ROWS[i % len(ROWS)] for i in range(24)]
     dataset = Dataset.from_list([build_views(tokenizer, q, a, DEMOS) for q, a in rows])
-    model = load_causal_lm(student)
-    if mode == "lora":
-        model = prepare_student(model, "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     rank = int(os.environ.get("RANK", 0))
     run_dir = Path(output) / f"rank{rank}"
     # plain SGD, no clipping: the weights after training are a direct function of the gradients
@@ -100,6 +86,11 @@ def run(
         disable_tqdm=True,
         **extra,
     )
+    # loaded after the arguments, as a recipe does: under ZeRO-3 the student is then created partitioned
+    model = load_causal_lm(student)
+    if mode == "lora":
+        torch.manual_seed(0)  # the adapters' random init, the same in every run whatever ran before
+        model = prepare_student(model, "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     trainer = ContextDistillationTrainer(
         model=model,
         teacher=teacher,
@@ -125,15 +116,30 @@ def run(
         "teacher_requires_grad": any(p.requires_grad for p in teacher_params),
         "teacher_in_optimizer": any(id(p) in in_optimizer for p in teacher_params),
         "teacher_devices": sorted({str(p.device) for p in teacher_params}),
-        # under ZeRO-3 a process holds only its shard of each parameter (ds_tensor), about 1/world_size
-        "teacher_local_numel": sum(
-            p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in teacher_params
-        ),
-        "teacher_numel": sum(getattr(p, "ds_numel", p.numel()) for p in teacher_params),
+        # under ZeRO-3 and FSDP a process holds only its shard of a parameter, about 1/world_size
+        "teacher_local_numel": sum(_local_numel(p) for p in teacher_params),
+        "teacher_numel": sum(_numel(p) for p in teacher_params),
+        "student_local_numel": sum(_local_numel(p) for p in trainer.model_wrapped.parameters()),
+        "student_numel": sum(_numel(p) for p in trainer.model_wrapped.parameters()),
         "loss": [log["loss"] for log in history if "loss" in log],
         "kd_loss": [log["kd_loss"] for log in history if "kd_loss" in log],
         "ce_loss": [log["ce_loss"] for log in history if "ce_loss" in log],
     }
+
+
+def _local_numel(parameter) -> int:
+    """The elements this process holds: its ZeRO-3 partition (ds_tensor), its FSDP2 shard (a DTensor's
+    local tensor), or the whole parameter."""
+    if hasattr(parameter, "ds_tensor"):
+        return parameter.ds_tensor.numel()
+    if hasattr(parameter, "to_local"):
+        return parameter.to_local().numel()
+    return parameter.numel()
+
+
+def _numel(parameter) -> int:
+    """The parameter's size over all processes (a DTensor's numel is already the global one)."""
+    return getattr(parameter, "ds_numel", parameter.numel())
 
 
 def main() -> None:
@@ -142,6 +148,7 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--deepspeed", type=int, default=0, help="ZeRO stage; 0: plain DDP")
+    parser.add_argument("--fsdp", action="store_true", help="FSDP2 with fsdp.yaml's settings, not DDP")
     parser.add_argument(
         "--job",
         nargs=5,
@@ -162,6 +169,7 @@ def main() -> None:
             a.steps,
             mode,
             deepspeed_stage=a.deepspeed,
+            fsdp=a.fsdp,
         )
         output.mkdir(parents=True, exist_ok=True)
         Path(output, f"report-rank{report['rank']}.json").write_text(json.dumps(report, indent=1))

@@ -6,27 +6,15 @@ a full student (2 processes x 4 examples, a separate teacher) and a LoRA student
 examples x 2 accumulation steps, teacher="self"). The 1-process references run in this process.
 """
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from distributed_launch import JOBS, STEPS, WEIGHTS, launch, max_difference, reports
 from safetensors.torch import load_file
 
 from distill_trainer.errors import UsageError
 from distill_trainer.models.hub import check_student_folder
-
-HERE = Path(__file__).parent
-STEPS = 3
-JOBS = {  # name: (mode, per-device batch, accumulation, teacher); global batch 8 in every case
-    "full-4x1": ("full", 4, 1, "teacher"),
-    "lora-2x2": ("lora", 2, 2, "self"),
-}
-WEIGHTS = {"full": "model.safetensors", "lora": "adapter_model.safetensors"}
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -34,59 +22,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _teacher(spec, tiny_dirs):
-    return tiny_dirs["teacher"] if spec == "teacher" else spec
-
-
 @pytest.fixture(scope="module")
 def two_process_run(tiny_dirs, tmp_path_factory):
     output = tmp_path_factory.mktemp("ddp")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(HERE / "distributed_run.py"),
-        "--student",
-        tiny_dirs["student"],
-        "--output",
-        str(output),
-        "--steps",
-        str(STEPS),
-    ]
-    for name, (mode, batch, accumulation, teacher) in JOBS.items():
-        command += ["--job", name, mode, str(batch), str(accumulation), _teacher(teacher, tiny_dirs)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    launch(tiny_dirs, output, JOBS)
     return output
-
-
-@pytest.fixture(scope="module")
-def one_process_runs(tiny_dirs, tmp_path_factory):
-    from distributed_run import run
-
-    output = tmp_path_factory.mktemp("single")
-    return {
-        name: (
-            run(tiny_dirs["student"], _teacher(teacher, tiny_dirs), str(output / name), 8, 1, STEPS, mode),
-            output / name,
-        )
-        for name, (mode, _, _, teacher) in JOBS.items()
-    }
-
-
-def _reports(output, name):
-    return [json.loads((output / name / f"report-rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def test_two_cpu_processes_really_train_with_ddp(two_process_run):
     for name in JOBS:
-        reports = _reports(two_process_run, name)
-        assert [r["rank"] for r in reports] == [0, 1]
-        for report in reports:
+        both = reports(two_process_run, name)
+        assert [r["rank"] for r in both] == [0, 1]
+        for report in both:
             assert report["world_size"] == 2
             assert report["distributed_type"] == "DistributedType.MULTI_CPU"
             assert report["student_wrapper"] == "DistributedDataParallel"
@@ -98,7 +45,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
 ):
     single, single_dir = one_process_runs[name]
     assert single["world_size"] == 1
-    for report in _reports(two_process_run, name):
+    for report in reports(two_process_run, name):
         assert len(report["loss"]) == STEPS
         assert max(abs(a - b) for a, b in zip(report["loss"], single["loss"])) <= 1e-4
         if JOBS[name][2] == 1:  # the logged terms are per micro-batch, so comparable without accumulation
@@ -107,15 +54,14 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
     weights = WEIGHTS[JOBS[name][0]]
     two = load_file(two_process_run / name / "rank0" / "student" / weights)
     one = load_file(single_dir / "rank0" / "student" / weights)
-    assert two.keys() == one.keys()
-    assert max((two[k] - one[k]).abs().max().item() for k in one) <= 1e-5
+    assert max_difference(two, one) <= 1e-5
     if weights == "model.safetensors":
         start = load_file(Path(tiny_dirs["student"]) / weights)
-        assert max((one[k] - start[k]).abs().max().item() for k in one) > 1e-2  # training moved the weights
+        assert max_difference(one, start) > 1e-2  # training moved the weights
 
 
 def test_teacher_is_frozen_in_every_process_and_outside_the_optimizer(two_process_run):
-    for report in _reports(two_process_run, "full-4x1"):
+    for report in reports(two_process_run, "full-4x1"):
         assert report["teacher"] == "LlamaForCausalLM"  # a plain module: never wrapped in DDP
         assert report["teacher_training"] is False
         assert report["teacher_requires_grad"] is False
@@ -134,54 +80,6 @@ def test_only_rank_zero_writes_the_student(two_process_run):
         assert (folder / "recipe.yaml").is_file()
     AutoModelForCausalLM.from_pretrained(two_process_run / "full-4x1" / "rank0" / "student")
     AutoPeftModelForCausalLM.from_pretrained(two_process_run / "lora-2x2" / "rank0" / "student")
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install deepspeed)"
-)
-def test_zero3_shards_the_teacher_and_equals_one_process(tiny_dirs, one_process_runs, tmp_path):
-    mode, batch, accumulation, teacher = JOBS["full-4x1"]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(HERE / "distributed_run.py"),
-        "--student",
-        tiny_dirs["student"],
-        "--output",
-        str(tmp_path),
-        "--steps",
-        str(STEPS),
-        "--deepspeed",
-        "3",
-        "--job",
-        "zero3",
-        mode,
-        str(batch),
-        str(accumulation),
-        _teacher(teacher, tiny_dirs),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-
-    single, single_dir = one_process_runs["full-4x1"]
-    for report in _reports(tmp_path, "zero3"):
-        assert report["distributed_type"] == "DistributedType.DEEPSPEED"
-        assert report["teacher_requires_grad"] is False and report["teacher_in_optimizer"] is False
-        # each process holds about half of the teacher, not a whole copy
-        assert report["teacher_local_numel"] < 0.6 * report["teacher_numel"]
-        assert max(abs(a - b) for a, b in zip(report["loss"], single["loss"])) <= 1e-4
-    two = load_file(tmp_path / "zero3" / "rank0" / "student" / "model.safetensors")
-    one = load_file(single_dir / "rank0" / "student" / "model.safetensors")
-    assert max((two[k] - one[k]).abs().max().item() for k in one) <= 1e-5
-    rank1 = tmp_path / "zero3" / "rank1"
-    assert not rank1.exists() or not any(p.is_file() for p in rank1.rglob("*"))
 
 
 def test_launched_processes_that_never_joined_are_refused(tiny_dirs, tmp_path, monkeypatch):
@@ -209,7 +107,7 @@ def _without_cpu_flag():
 def test_accelerate_configs_load_and_start_with_their_launch_command(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    path = HERE.parents[1] / "recipes" / "configs" / "accelerate" / f"{name}.yaml"
+    path = Path(__file__).parents[2] / "recipes" / "configs" / "accelerate" / f"{name}.yaml"
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith(f"# accelerate launch --config_file recipes/configs/accelerate/{name}.yaml ")
     config = load_config_from_file(str(path))  # accelerate's own parser: unknown keys are errors
@@ -228,3 +126,20 @@ def test_accelerate_configs_load_and_start_with_their_launch_command(name):
         )
     if name == "fsdp":
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_every_accelerate_config_says_how_ci_runs_it():
+    """The second line of each config names the CI command that runs its strategy (or why none does);
+    a test file it names exists, and a strategy it selects with -k is one test_sharded.py runs."""
+    from test_sharded import STRATEGIES
+
+    configs = sorted((Path(__file__).parents[2] / "recipes" / "configs" / "accelerate").glob("*.yaml"))
+    assert len(configs) == 6
+    for path in configs:
+        line = path.read_text().splitlines()[1]
+        assert line.startswith("# CI: "), path.name
+        for word in line.split():
+            if word.startswith("tests/"):
+                assert (Path(__file__).parents[2] / word).is_file(), word
+        if " -k " in line:
+            assert line.split(" -k ")[1].split()[0] in STRATEGIES

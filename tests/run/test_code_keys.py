@@ -1,0 +1,112 @@
+"""Results read back only while the code that computed them is unchanged: the code digest, and the published
+tables' stamps with the listing of stale ones (a comparison's reuse: tests/report/test_compare_code.py)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from distill_trainer import code_digest
+from distill_trainer.code_stamp import read_stamp, stale_tables, staleness, stamp_json, stamp_markdown
+from distill_trainer.run import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data"
+LOSSES = "distill_trainer/training/losses.py"
+
+
+def edited(path: str):
+    """`library_files` as after an edit of `path` (a semantic change: its content, so its hash, differs)."""
+    files = dict(code_digest.library_files())
+    files[path] = "0" * 64
+    return lambda: files
+
+
+def test_the_digest_covers_the_library_and_scripts_not_docs_or_tests():
+    files = code_digest.library_files()
+    assert LOSSES in files and "distill_trainer/nli/metrics/nli.py" in files
+    assert not any(name.startswith(("tests/", "docs/")) or name.endswith(".md") for name in files)
+    record = code_digest.code_record(["recipes/compare.py"])
+    assert list(record["scripts"]) == ["recipes/compare.py"] and record["packages"]["torch"]
+    assert code_digest.code_digest(["recipes/compare.py"]) == record["digest"]
+    assert code_digest.code_changes(record, record) == []
+
+
+def test_code_changes_name_the_files_and_package_versions(monkeypatch):
+    before = code_digest.code_record(["recipes/icl_eval.py"])
+    monkeypatch.setattr(code_digest, "library_files", edited(LOSSES))
+    monkeypatch.setattr(code_digest, "package_versions", lambda: {**before["packages"], "torch": "9.9"})
+    now = code_digest.code_record(["recipes/icl_eval.py"])
+    assert now["digest"] != before["digest"]
+    assert code_digest.code_changes(before, now) == [
+        f"{LOSSES} changed",
+        f"torch {before['packages']['torch']} -> 9.9",
+    ]
+
+
+def test_a_cache_digest_follows_the_imports_of_the_code_that_fills_it(monkeypatch):
+    files = code_digest.module_files("distill_trainer.nli.task_evaluation")
+    assert "distill_trainer/nli/evaluation.py" in files and "distill_trainer/nli/patterns.py" in files
+    assert LOSSES not in files  # scoring does not run the loss
+    digest = code_digest.modules_digest("distill_trainer.nli.task_evaluation")
+    monkeypatch.setattr(code_digest, "library_files", edited(LOSSES))
+    assert code_digest.modules_digest("distill_trainer.nli.task_evaluation") == digest
+    monkeypatch.setattr(code_digest, "library_files", edited("distill_trainer/nli/patterns.py"))
+    assert code_digest.modules_digest("distill_trainer.nli.task_evaluation") != digest
+
+
+# ---------------------------------------------------------------- published tables
+
+
+def test_a_published_table_names_its_code_and_the_listing_says_what_changed(tmp_path, monkeypatch, capsys):
+    record = code_digest.code_record(["recipes/compare.py"])
+    results = tmp_path / "results"
+    (results / "run").mkdir(parents=True)
+    table = results / "run" / "summary.md"
+    table.write_text(stamp_markdown("# a table\n\n| a |\n|---|\n| 1 |\n", record))
+    (results / "run" / "summary.json").write_text(json.dumps({"rows": [], "code": stamp_json(record)}))
+    assert f"Made by code `{record['digest'][:12]}`" in table.read_text()
+    assert stamp_markdown(table.read_text(), record) == table.read_text()  # restamping replaces
+    assert read_stamp(table)["digest"] == record["digest"] and staleness(read_stamp(table)) == []
+    assert stale_tables(results) == []
+    assert cli.main(["stale-results", str(results)]) == 0
+
+    (results / "old.md").write_text("# made before stamps\n")
+    monkeypatch.setattr(code_digest, "library_files", edited(LOSSES))
+    stale = {path.name: why for path, why in stale_tables(results)}
+    assert stale == {
+        "summary.md": [f"{LOSSES} changed"],
+        "summary.json": [f"{LOSSES} changed"],
+        "old.md": ["no code digest recorded"],
+    }
+    capsys.readouterr()
+    assert cli.main(["stale-results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert f"{table}: {LOSSES} changed" in out and "3 table(s)" in out
+
+
+def test_the_listing_of_a_missing_folder_is_one_line(tmp_path, capsys):
+    assert cli.main(["stale-results", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("name", ["summary.md", "report.md"])
+def test_a_copied_table_keeps_its_stamp(tmp_path, name):
+    record = code_digest.code_record(["recipes/distill_context.py"])
+    source = tmp_path / name
+    source.write_text(stamp_markdown("# t\n", record))
+    copy = tmp_path / "published" / name
+    copy.parent.mkdir()
+    shutil.copyfile(source, copy)
+    assert read_stamp(copy)["scripts"] == {
+        "recipes/distill_context.py": record["scripts"]["recipes/distill_context.py"][:16]
+    }
+
+
+def test_code_importing_the_packages_public_names_depends_on_all_of_it():
+    # `from distill_trainer import DataArguments` loads on use, from whichever module defines it
+    assert code_digest._imports((ROOT / "recipes" / "icl_eval.py").resolve()) == {code_digest.ALL}
+    assert code_digest._imports((ROOT / "distill_trainer" / "nli" / "eval_cache.py").resolve()) != {
+        code_digest.ALL
+    }
