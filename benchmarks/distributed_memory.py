@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,28 +39,11 @@ PHASES = ("student_load", "teacher_load", "train")  # the peaks each process rec
 MIB = 2**20
 
 
-class AnonPeak:
-    """This process's RssAnon now and its peak, sampled by a thread every `interval` seconds."""
-
-    def __init__(self, interval: float = 0.005):
-        self.peak = self.now()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def now() -> int:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(r"^RssAnon:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
-
-    def _sample(self, interval):
-        while not self._stop.wait(interval):
-            self.peak = max(self.peak, self.now())
-
-    def restart(self) -> int:
-        """The peak since the start or the last restart; the next peak counts from now."""
-        peak, self.peak = max(self.peak, self.now()), self.now()
-        return peak
+def restart(meter) -> int:
+    """The meter's anonymous peak since the start or the last restart; the next peak counts from now."""
+    peak = meter.peak()
+    meter.reset()
+    return peak
 
 
 # ---------------------------------------------------------------------------- one process of a launch
@@ -74,10 +55,11 @@ def worker(pair: str, teacher: str, student: str, strategy: str, steps: int, out
 
     from benchmarks.pairs import LABEL_WORDS, build_features, load_rows
     from distill_trainer import ContextDistillationTrainer, DistillationConfig, TwoViewCollator
+    from distill_trainer.memory.needed import NeededMemoryMeter
     from distill_trainer.models.loading import load_causal_lm, load_tokenizer
     from distill_trainer.training.cpu_processes import deepspeed_on_cpu_processes
 
-    meter = AnonPeak()
+    meter = NeededMemoryMeter()
     torch.set_num_threads(1)  # two processes on two cores
     tokenizer, teacher_tokenizer = load_tokenizer(student), load_tokenizer(teacher)
     two_vocabularies = teacher_tokenizer.get_vocab() != tokenizer.get_vocab()
@@ -105,8 +87,8 @@ def worker(pair: str, teacher: str, student: str, strategy: str, steps: int, out
             **(deepspeed_on_cpu_processes(3) if strategy == "zero3" else {}),
         )
         model = load_causal_lm(student)  # after the arguments: under ZeRO-3, created partitioned
-        peaks = {"student_load": meter.restart()}
-        before = AnonPeak.now()
+        peaks = {"student_load": restart(meter)}
+        before = meter.anon_now()
         trainer = ContextDistillationTrainer(  # loads and places the teacher
             model=model,
             teacher=teacher,
@@ -118,10 +100,10 @@ def worker(pair: str, teacher: str, student: str, strategy: str, steps: int, out
             label_token_ids=label_ids(tokenizer),
             teacher_label_token_ids=label_ids(teacher_tokenizer),
         )
-        after = AnonPeak.now()
-        peaks["teacher_load"] = meter.restart()
+        after = meter.anon_now()
+        peaks["teacher_load"] = restart(meter)
         trainer.train()
-        peaks["train"] = meter.restart()
+        peaks["train"] = restart(meter)
     parameters = list(trainer.teacher.model.parameters())
     rank = trainer.accelerator.process_index
     report = {

@@ -162,13 +162,22 @@ class Int8Linear(_QuantizedLinear):
         activations have no outlier channel (one channel's spike spreads over its block), so their
         per-token int8 codes lose far less: on Qwen2.5-0.5B the label-word KL to float32 fell from
         1.2e-3 to 3.5e-4 with blocks of 64, what bfloat16 itself costs (3.1e-4)."""
-        out_features, in_features = linear.weight.shape
+        tensors = cls.quantize(linear.weight.detach(), rotation)
+        block = int(tensors["rotation_block"])
+        return cls(tensors["qweight"], tensors["scales"], linear.bias, compute_dtype, block)
+
+    @staticmethod
+    def quantize(weight: torch.Tensor, rotation: int = 64) -> dict[str, torch.Tensor]:
+        """The stored tensors of an (out, in) float weight (see `from_float`), without building a layer
+        (no kernel packing): each row depends on itself alone, so a weight may be quantized a block of
+        rows at a time."""
+        out_features, in_features = weight.shape
         block = rotation_block(in_features, rotation)
-        weight = linear.weight.detach().to(torch.float32).reshape(out_features, -1, block) @ hadamard(block)
+        weight = weight.to(torch.float32).reshape(out_features, -1, block) @ hadamard(block)
         weight = weight.reshape(out_features, in_features)
         scales = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / INT8_MAX
         qweight = torch.round(weight / scales[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
-        return cls(qweight, scales, linear.bias, compute_dtype, block)
+        return {"qweight": qweight, "scales": scales, "rotation_block": torch.tensor(block)}
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], compute_dtype=torch.bfloat16) -> Int8Linear:
@@ -233,12 +242,19 @@ class Int4Linear(_QuantizedLinear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, compute_dtype=torch.bfloat16, group_size: int = 64) -> Int4Linear:
-        out_features, in_features = linear.weight.shape
+        tensors = cls.quantize(linear.weight.detach(), group_size)
+        return cls(tensors["qweight"], tensors["scales"], tensors["mins"], linear.bias, compute_dtype)
+
+    @staticmethod
+    def quantize(weight: torch.Tensor, group_size: int = 64) -> dict[str, torch.Tensor]:
+        """The stored tensors of an (out, in) float weight, without building a layer; rows are quantized
+        independently, so a weight may be quantized a block of rows at a time."""
+        out_features, in_features = weight.shape
         # groups must tile the row: a width that `group_size` does not divide gets smaller groups
         group_size = math.gcd(in_features, group_size)
         if group_size % 2:
             raise ValueError(f"in_features {in_features} must be even to pack two 4-bit codes per byte")
-        weight = linear.weight.detach().to(torch.float32).reshape(out_features, -1, group_size)
+        weight = weight.to(torch.float32).reshape(out_features, -1, group_size)
         # scales and minimums are stored in float16 whatever the compute dtype (one file serves both), and
         # the codes are rounded against the stored values, so a rebuilt layer computes what this one does
         low = weight.amin(dim=-1, keepdim=True).to(torch.float16).float()
@@ -247,7 +263,11 @@ class Int4Linear(_QuantizedLinear):
         codes = torch.round((weight - low) / scales).clamp_(0, 15).to(torch.uint8)
         half = group_size // 2
         packed = codes[..., :half] | (codes[..., half:] << 4)
-        return cls(packed.reshape(out_features, -1), scales[..., 0], low[..., 0], linear.bias, compute_dtype)
+        return {
+            "qweight": packed.reshape(out_features, -1),
+            "scales": scales[..., 0].to(torch.float16),
+            "mins": low[..., 0].to(torch.float16),
+        }
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], compute_dtype=torch.bfloat16) -> Int4Linear:

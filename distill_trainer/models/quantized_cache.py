@@ -120,11 +120,24 @@ def quantize_streaming(folder, quantization: str, compute_dtype: torch.dtype):
 
 
 def quantize_rows(reader, name: str, scheme) -> dict[str, torch.Tensor]:
-    """The stored tensors of a quantized (out, in) weight, read from a checkpoint a block of output
-    rows at a time: each row's scales depend on that row alone, so the blocks' tensors stacked are the
-    whole weight's, and no more than a block is ever held in float32."""
-    parts = [scheme.quantize(block) for block in reader.row_blocks(name, QUANTIZE_BLOCK_BYTES)]
-    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    """The stored tensors of a quantized (out, in) weight, read from a checkpoint a block of output rows at
+    a time: each row's codes and scales depend on that row alone, so each block fills its rows of the
+    result, and no more than a block is ever held in float32."""
+    rows_total = reader.shape(name)[0]
+    stored: dict[str, torch.Tensor] = {}
+    start = 0
+    for block in reader.row_blocks(name, QUANTIZE_BLOCK_BYTES):
+        part = scheme.quantize(block)
+        for key, tensor in part.items():
+            if tensor.dim() == 0:  # a setting (the 8-bit rotation's block): the same in every block
+                stored[key] = tensor
+                continue
+            if key not in stored:
+                stored[key] = torch.empty((rows_total, *tensor.shape[1:]), dtype=tensor.dtype)
+            stored[key][start : start + tensor.shape[0]] = tensor
+        start += block.shape[0]
+        del part, block
+    return stored
 
 
 def stored_tensors(model):

@@ -80,13 +80,13 @@ def test_changed_source_is_quantized_again(tmp_path, cache, tokenizer):
 
 @pytest.fixture(scope="module")
 def float32_checkpoint(tmp_path_factory):
-    """~190M parameters in float32 (760 MB): large enough that 15% of its weights dwarfs the noise of a
+    """~260M parameters in float32 (1 GB): large enough that 15% of its weights dwarfs the noise of a
     process's own allocations."""
     folder = tmp_path_factory.mktemp("large")
     config = LlamaConfig(
         vocab_size=8000,
         hidden_size=1024,
-        intermediate_size=2816,
+        intermediate_size=4096,
         num_hidden_layers=16,
         num_attention_heads=16,
         num_key_value_heads=4,
