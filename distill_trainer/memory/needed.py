@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+import weakref
 
 _STATUS_FIELD = re.compile(r"^(VmRSS|VmHWM|RssAnon|RssFile|RssShmem):\s+(\d+)\s+kB", re.MULTILINE)
 
@@ -28,15 +30,11 @@ class NeededMemoryMeter:
     """
 
     def __init__(self, interval: float = 0.005):
-        self.interval = interval
         self.available = "RssAnon" in proc_status_or_empty()
         self._peak = self.anon_now() if self.available else 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = None
         if self.available:
-            self._thread = threading.Thread(target=self._sample, name="anon-sampler", daemon=True)
-            self._thread.start()
+            _SAMPLER.add(self, interval)
 
     def anon_now(self) -> int:
         status = proc_status()
@@ -45,13 +43,15 @@ class NeededMemoryMeter:
     def file_now(self) -> int:
         return proc_status().get("RssFile", 0) if self.available else 0
 
+    def observe(self, current: int) -> None:
+        with self._lock:
+            self._peak = max(self._peak, current)
+
     def peak(self) -> int:
         if not self.available:
             return 0
-        current = self.anon_now()
-        with self._lock:
-            self._peak = max(self._peak, current)
-            return self._peak
+        self.observe(self.anon_now())
+        return self._peak
 
     def reset(self) -> None:
         if self.available:
@@ -59,14 +59,48 @@ class NeededMemoryMeter:
             with self._lock:
                 self._peak = current
 
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            current = self.anon_now()
-            with self._lock:
-                self._peak = max(self._peak, current)
-
     def close(self) -> None:
-        self._stop.set()
+        _SAMPLER.discard(self)
+
+
+class _Sampler:
+    """One thread for every meter of the process: each read of /proc/self/status is shared, and a meter
+    nobody closed stops being sampled once it is garbage (a thread per meter, never stopped, slowed every
+    later step of a long-lived process through the interpreter lock)."""
+
+    def __init__(self):
+        self._meters = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._interval = 0.005
+        self._thread = None
+
+    def add(self, meter, interval: float) -> None:
+        with self._lock:
+            self._meters.add(meter)
+            self._interval = min(self._interval, interval)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="anon-sampler", daemon=True)
+                self._thread.start()
+
+    def discard(self, meter) -> None:
+        with self._lock:
+            self._meters.discard(meter)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            with self._lock:
+                meters = list(self._meters)
+            if not meters:
+                continue
+            status = proc_status()
+            current = status.get("RssAnon", 0) + status.get("RssShmem", 0)
+            for meter in meters:
+                meter.observe(current)
+            del meters
+
+
+_SAMPLER = _Sampler()
 
 
 def proc_status_or_empty() -> dict[str, int]:
