@@ -163,8 +163,13 @@ def load_causal_lm(
 
 def _loads_on_cpu(device_map, quantization: str) -> bool:
     """True when the weights are loaded into this machine's memory: no device asked for (a plain model),
-    or the CPU. A quantized model is placed by bitsandbytes wherever there is a GPU."""
+    or the CPU. A quantized model is placed by bitsandbytes wherever there is a GPU. Under ZeRO-3,
+    from_pretrained must build the model inside deepspeed's partitioning context, so it loads it."""
     if device_map not in (None, "cpu", {"": "cpu"}):
+        return False
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
         return False
     return quantization == "none" or not torch.cuda.is_available()
 
