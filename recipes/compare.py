@@ -86,6 +86,8 @@ METHODS = {
     "cd_lora_4bit": ("context_distill", {"student_mode": "lora", "teacher_quantization": "4bit"}),
     # the teacher in float32 (the others run it in teacher_dtype): what its precision alone costs
     "cd_lora_fp32": ("context_distill", {"student_mode": "lora", "teacher_dtype": "float32"}),
+    # ... and in bfloat16, resident as the quantized ones are (as a probe: cd_lora's teacher pass apart)
+    "cd_lora_bf16": ("context_distill", {"student_mode": "lora", "teacher_dtype": "bfloat16"}),
     # the teacher calibrated (on content-free queries / on the rows it scores) and students distilled from it
     "icl_teacher_cf_calibrated": (
         "icl_eval",
@@ -112,6 +114,7 @@ METHODS = {
 OPTIONAL_METHODS = (
     "cd_lora_4bit",
     "cd_lora_fp32",
+    "cd_lora_bf16",
     "pbft_teacher_lora",
     *(m for m in METHODS if m.endswith("_calibrated")),
 )
@@ -435,13 +438,13 @@ def teacher_finetuning_reference(results: list[dict], data_args, config) -> dict
     from distill_trainer.memory.estimate import estimate_peak_memory
     from distill_trainer.models.loading import load_tokenizer, prepare_student, resolve_model_path
     from distill_trainer.nli.data import prepare_data
-    from distill_trainer.report.estimates import mean_padded_tokens
+    from distill_trainer.report.estimates import longest_row_tokens
 
     teacher = config.teacher_model_name_or_path
     if not teacher or is_self(teacher):
         return None
     data = prepare_data(data_args)
-    tokens = mean_padded_tokens(load_tokenizer(teacher), data, config.per_device_train_batch_size)
+    tokens = longest_row_tokens(load_tokenizer(teacher), data.pattern, data.train_rows)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(teacher)))
     model = prepare_student(model, "full")

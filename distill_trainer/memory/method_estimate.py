@@ -86,6 +86,7 @@ def estimate_method(recipe: str, values: dict, sizes: TokenSizes, runtime_bytes:
         teacher_dtype=teacher_dtype,
         teacher_quantization=quantization,
         runtime_bytes=runtime_bytes,
+        compute_dtype="bfloat16" if values.get("bf16") else None,
     ).total
     phases = {"train": train}
     if teacher is not None and not resident_teacher:

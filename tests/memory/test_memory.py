@@ -329,3 +329,43 @@ def test_needed_memory_counts_a_file_that_live_data_still_maps(tmp_path):
         view.close()
         handle.close()
         tracker.close()
+
+
+def _saved_activation_bytes(model, batch: int, length: int) -> int:
+    """Bytes the autograd graph keeps for backward in one bf16-autocast forward, each storage once,
+    the model's own weights excluded."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, model.config.vocab_size, (batch, length))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits.sum()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize(("mode", "dtype"), [("full", "float32"), ("lora", "bfloat16"), ("bitfit", "float32")])
+def test_activation_estimate_of_a_llama_style_student_matches_what_autograd_keeps(mode, dtype):
+    """RMSNorm in float32 and a gated MLP: the estimate counts what backward really keeps."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from distill_trainer.memory.estimate import student_activation_bytes
+
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        attention_bias=mode == "bitfit", mlp_bias=mode == "bitfit",  # as BitFit loads a Llama student
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model = prepare_student(model, mode, lora_r=4)
+    batch, length = 4, 96
+    kept = _saved_activation_bytes(model, batch, length)
+    estimate = student_activation_bytes(config, batch * length, "bfloat16", trains_weights=mode == "full")
+    assert 0.85 < estimate / kept < 1.15, (estimate, kept)

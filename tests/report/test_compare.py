@@ -174,7 +174,7 @@ def test_the_embedded_preset_is_the_papers_shape_on_real_weights():
     # the default answers the paper's questions: ICL, zero-shot, PBFT and CD of one student mode, and
     # memory probes of the other students and the 8-bit teacher
     assert set(args.methods) >= {"icl_teacher", "zero_shot", "icl_student", "pbft_lora", "cd_lora"}
-    probes = {"cd_full", "cd_bitfit", "cd_lora_fp32", "cd_lora_8bit", "cd_lora_4bit"}
+    probes = {"cd_full", "cd_bitfit", "cd_lora_fp32", "cd_lora_bf16", "cd_lora_8bit", "cd_lora_4bit"}
     assert set(args.probe_methods) == probes <= set(args.methods)
     # with power: MNLI standard error at most 2.5 points, 400+ HANS rows balanced over its 30 subcases
     assert data_args.num_eval_examples >= 400 and 30 * data_args.hans_per_subcase >= 400
