@@ -74,13 +74,13 @@ def run_validate(args, overrides: list[str]) -> int:
             f"cannot tell which recipe {args.config} is for ({found}); pass --recipe {' | '.join(known)}"
         )
     data_type = REPLY_RECIPES.get(recipe, DataArguments)
-    configs = parse_config(
+    configs, given = parse_config(
         (StudentArguments, data_type, DistillationConfig), ["--config", args.config, *overrides]
     )
     if recipe in REPLY_RECIPES:
-        result = validate_reply_recipe(recipe, *configs)
+        result = validate_reply_recipe(recipe, *configs, given=given)
     else:
-        result = validate_recipe(recipe, *configs)
+        result = validate_recipe(recipe, *configs, given=given)
     print(
         f"ok: recipes/{recipe}.py --config {args.config}" + (f" {' '.join(overrides)}" if overrides else "")
     )

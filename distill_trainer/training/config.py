@@ -1,8 +1,11 @@
 """Configuration: `DistillationConfig` (a `TrainingArguments`), the student model's arguments, and the
 parser that reads a recipe YAML with command-line overrides.
 
-    student_args, config = parse_config([StudentArguments, DistillationConfig])
+    (student_args, config), given = parse_config([StudentArguments, DistillationConfig])
     # python recipe.py --config recipe.yaml --learning_rate 1e-4
+
+`given` (a `GivenSettings`) holds the keys the recipe file and the command line set: the checks that ask
+"did the user choose this?" take it as an argument; nothing is hung on the config objects.
 
 Three layers, as in alignment-handbook: the accelerate config (hardware), the recipe YAML (experiment),
 CLI flags (override). Unknown keys are errors, never silently ignored: a misspelled `temprature`
@@ -16,8 +19,11 @@ import difflib
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import NamedTuple
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -347,11 +353,96 @@ def _raise_value_error(message: str):
     raise UsageError(f"{message}; fix the value in the recipe file or on the command line")
 
 
-def parse_config(dataclass_types, argv: list[str] | None = None, config_path: str | None = None):
+@dataclass(frozen=True)
+class GivenSettings:
+    """The settings a run was given explicitly (recipe file, command line), with their values.
+
+    Checks that depend on whether the user chose a value (a teacher setting given to a recipe that reads
+    no teacher, an alpha given to pattern-based fine-tuning, a setting changed on resume) take it as an
+    argument, and the resolved config records these keys as written. It is read-only: a recipe that sets a
+    value itself makes a new one with `with_values`.
+    """
+
+    values: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+
+    def __contains__(self, key) -> bool:
+        return key in self.values
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def get(self, key, default=None):
+        return self.values.get(key, default)
+
+    def items(self):
+        return self.values.items()
+
+    def with_values(self, **values) -> GivenSettings:
+        return GivenSettings({**self.values, **values})
+
+    @classmethod
+    def from_defaults(cls, configs) -> GivenSettings:
+        """For configs built in Python (no recipe file): the fields of the recipe's own dataclasses whose
+        value differs from a default-built instance's count as given, so such a config meets the same checks
+        as a recipe file. `TrainingArguments`' own fields are left out: its `__post_init__` derives several
+        from others (and from the machine), so a difference there does not say what the caller set."""
+        inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+        values = {}
+        for obj in configs:
+            defaults = _default_values(type(obj))
+            for f in dataclasses.fields(obj):
+                if not f.init or (isinstance(obj, TrainingArguments) and f.name in inherited):
+                    continue
+                if getattr(obj, f.name) != defaults.get(f.name, dataclasses.MISSING):
+                    values[f.name] = getattr(obj, f.name)
+        return cls(values)
+
+
+def _default_values(dataclass_type) -> dict:
+    """A default-built instance's values (after its own __post_init__, as a caller's instance is); the
+    declared defaults for a class that needs some value to be built (a data file, say)."""
+    try:
+        built = dataclass_type()
+    except UsageError:
+        built = None
+    values = {}
+    for f in dataclasses.fields(dataclass_type):
+        if built is not None:
+            values[f.name] = getattr(built, f.name)
+        elif f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return values
+
+
+def given_or_inferred(given: GivenSettings | None, configs) -> GivenSettings:
+    """`given` as parsed from a recipe file, or, for configs built in Python (None), what differs from the
+    defaults (`GivenSettings.from_defaults`)."""
+    return given if given is not None else GivenSettings.from_defaults(configs)
+
+
+class ParsedConfig(NamedTuple):
+    """What `parse_config` returns: the dataclass instances, and the settings given explicitly."""
+
+    configs: tuple
+    given: GivenSettings
+
+
+def parse_config(
+    dataclass_types, argv: list[str] | None = None, config_path: str | None = None
+) -> ParsedConfig:
     """Build the dataclasses from `--config FILE.yaml` plus `--key value` overrides.
 
-    Returns a tuple of instances in the order of `dataclass_types`, and sets `.recipe` on the last one
-    to the merged key/value mapping (written out as the resolved config by recipes).
+    Returns `ParsedConfig(configs, given)`: the instances in the order of `dataclass_types`, and the merged
+    key/value mapping the recipe file and the command line set (written out as the resolved config by
+    recipes, read by the checks).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" in argv:
@@ -377,10 +468,9 @@ def parse_config(dataclass_types, argv: list[str] | None = None, config_path: st
         if message.startswith("Some specified arguments are not used"):  # a list given for a one-value key
             message = f"extra values {message.split(': ', 1)[-1]} for a setting that takes one value"
         raise UsageError(f"{message}; fix that setting in the recipe file or on the command line") from None
-    recipe = dict(values)
+    given = dict(values)
     for key in _cli_keys(argv):
         for obj in parsed:
             if hasattr(obj, key):
-                recipe[key] = getattr(obj, key)
-    parsed[-1].recipe = recipe
-    return tuple(parsed)
+                given[key] = getattr(obj, key)
+    return ParsedConfig(tuple(parsed), GivenSettings(given))
