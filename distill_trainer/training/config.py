@@ -354,8 +354,9 @@ def _raise_value_error(message: str):
 
 
 @dataclass(frozen=True)
-class GivenSettings:
-    """The settings a run was given explicitly (recipe file, command line), with their values.
+class GivenSettings(Mapping):
+    """The settings a run was given explicitly (recipe file, command line), with their values: a
+    read-only mapping.
 
     Checks that depend on whether the user chose a value (a teacher setting given to a recipe that reads
     no teacher, an alpha given to pattern-based fine-tuning, a setting changed on resume) take it as an
@@ -368,20 +369,14 @@ class GivenSettings:
     def __post_init__(self):
         object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
 
-    def __contains__(self, key) -> bool:
-        return key in self.values
+    def __getitem__(self, key):
+        return self.values[key]
 
     def __iter__(self):
         return iter(self.values)
 
     def __len__(self) -> int:
         return len(self.values)
-
-    def get(self, key, default=None):
-        return self.values.get(key, default)
-
-    def items(self):
-        return self.values.items()
 
     def with_values(self, **values) -> GivenSettings:
         return GivenSettings({**self.values, **values})
