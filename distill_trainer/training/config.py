@@ -19,6 +19,7 @@ import difflib
 import json
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,9 +125,16 @@ class DistillationConfig(TrainingArguments):
     rollout_max_new_tokens: int = field(
         default=128, metadata={"help": "On-policy: longest reply the student writes, in tokens."}
     )
+    rollout_do_sample: bool = field(
+        default=True,
+        metadata={
+            "help": "On-policy: sample the student's replies (false: greedy), as do_sample does for the "
+            "teacher's replies in the reply recipes."
+        },
+    )
     rollout_temperature: float = field(
         default=1.0,
-        metadata={"help": "On-policy: sampling temperature of the student's replies (0: greedy)."},
+        metadata={"help": "On-policy: sampling temperature (> 0) of the student's replies."},
     )
     rollout_top_p: float = field(default=1.0, metadata={"help": "On-policy: nucleus sampling mass."})
     teacher_model_name_or_path: str = field(
@@ -218,11 +226,23 @@ class DistillationConfig(TrainingArguments):
             )
         if self.loss_top_k < 0 or self.loss_chunk_size < 0:
             raise UsageError("loss_top_k and loss_chunk_size must be >= 0 (0: whole vocabulary / one piece)")
-        if self.rollout_max_new_tokens < 1 or self.rollout_temperature < 0 or not 0 < self.rollout_top_p <= 1:
+        if self.rollout_temperature == 0:  # the way greedy decoding was asked for before rollout_do_sample
+            warnings.warn(
+                "rollout_temperature: 0 for greedy decoding is deprecated and will stop working; use "
+                "rollout_do_sample: false (the name the teacher's replies use: do_sample)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.rollout_do_sample, self.rollout_temperature = False, 1.0
+        if (
+            self.rollout_max_new_tokens < 1
+            or self.rollout_temperature <= 0
+            or not 0 < self.rollout_top_p <= 1
+        ):
             raise UsageError(
-                "rollout settings out of range: rollout_max_new_tokens >= 1, rollout_temperature >= 0 "
-                f"(0: greedy), 0 < rollout_top_p <= 1 (got {self.rollout_max_new_tokens}, "
-                f"{self.rollout_temperature}, {self.rollout_top_p})"
+                "rollout settings out of range: rollout_max_new_tokens >= 1, rollout_temperature > 0 "
+                "(greedy: rollout_do_sample: false), 0 < rollout_top_p <= 1 (got "
+                f"{self.rollout_max_new_tokens}, {self.rollout_temperature}, {self.rollout_top_p})"
             )
         _check_minimums(self)
         # our collator produces exactly what compute_loss reads; the Trainer must not prune it

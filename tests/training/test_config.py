@@ -93,3 +93,20 @@ def test_bf16_training_warns_on_an_emulating_cpu(monkeypatch, caplog, tmp_path):
     with caplog.at_level("WARNING", logger=models.logger.name):
         check_training_settings(DataArguments(), config)
     assert any("bf16: true (mixed-precision training)" in r.getMessage() for r in caplog.records)
+
+
+def test_greedy_rollouts_are_asked_for_as_the_teachers_replies_are(tmp_path):
+    from distill_trainer.training.rollouts import rollout_settings
+
+    greedy = DistillationConfig(output_dir=str(tmp_path), rollout_do_sample=False, report_to="none")
+    assert not rollout_settings(greedy, step=0).do_sample
+    assert rollout_settings(DistillationConfig(output_dir=str(tmp_path), report_to="none"), step=0).do_sample
+    with pytest.raises(UsageError, match="rollout_temperature > 0.*rollout_do_sample: false"):
+        DistillationConfig(output_dir=str(tmp_path), rollout_temperature=-1.0)
+
+
+def test_the_old_greedy_setting_still_works_with_a_deprecation_warning(tmp_path):
+    path = write(tmp_path, f"output_dir: {tmp_path}/o\nrollout_temperature: 0\n")
+    with pytest.warns(FutureWarning, match="rollout_temperature: 0 .*deprecated.*rollout_do_sample: false"):
+        (_, config), _ = parse_config(TYPES, ["--config", path])
+    assert config.rollout_do_sample is False and config.rollout_temperature == 1.0
