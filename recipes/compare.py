@@ -62,7 +62,8 @@ from distill_trainer.run.progress import RunProgress, expected_seconds, format_d
 from distill_trainer.run.runner import run_recipe
 from distill_trainer.run.validate import validate_method_files
 from distill_trainer.teacher.teacher import is_self
-from distill_trainer.training.config import DTYPES, GivenSettings
+from distill_trainer.training.config import DTYPES
+from distill_trainer.training.parsing import GivenSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent
 # the scripts whose code makes a comparison's table (beside the library): this one and its methods' recipes

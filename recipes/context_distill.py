@@ -49,7 +49,7 @@ from distill_trainer.run.runner import (
 from distill_trainer.run.validate import validate_recipe
 from distill_trainer.teacher.ensemble import TeacherEnsembleViews, content_free_rows
 from distill_trainer.teacher.teacher import is_self
-from distill_trainer.training.config import GivenSettings, given_or_inferred
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 RECIPE = "context_distill"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)

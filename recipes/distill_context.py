@@ -64,7 +64,7 @@ from distill_trainer.run.runner import (
 )
 from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
-from distill_trainer.training.config import given_or_inferred
+from distill_trainer.training.parsing import given_or_inferred
 
 RECIPE = "distill_context"
 CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)

@@ -68,7 +68,7 @@ from distill_trainer.run.runner import (
 from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import last_complete_checkpoint, parse_resume_setting
-from distill_trainer.training.config import GivenSettings, given_or_inferred
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_document"

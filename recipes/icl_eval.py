@@ -37,7 +37,7 @@ from distill_trainer.run.runner import (
 )
 from distill_trainer.run.validate import validate_recipe
 from distill_trainer.teacher.teacher import teacher_source_fingerprint
-from distill_trainer.training.config import GivenSettings, given_or_inferred
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 RECIPE = "icl_eval"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)

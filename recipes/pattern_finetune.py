@@ -16,8 +16,6 @@ last checkpoint left it with --resume_from_checkpoint true (same settings, same 
 
 from __future__ import annotations
 
-import dataclasses
-
 import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
 
 # isort: split
@@ -47,7 +45,7 @@ from distill_trainer.run.runner import (
     write_trained_run,
 )
 from distill_trainer.run.validate import validate_recipe
-from distill_trainer.training.config import GivenSettings, given_or_inferred
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 RECIPE = "pattern_finetune"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -63,8 +61,8 @@ def run_pattern_finetune(
     """`given`: the settings given explicitly (`parse_config`); None for configs built in Python."""
     # ------------------------------------------------------------ validate (no model loaded yet) and data
     given = given_or_inferred(given, (student_args, data_args, config))
-    data = validate_recipe(RECIPE, student_args, data_args, config, given=given).data
-    config = dataclasses.replace(config, alpha=0.0)  # gold labels only: what this recipe means
+    checked = validate_recipe(RECIPE, student_args, data_args, config, given=given)
+    data, config = checked.data, checked.config  # alpha=0: gold labels only, what this recipe means
 
     # ------------------------------------------------------------ student
     tokenizer = load_tokenizer(student_args.model_name_or_path)

@@ -55,7 +55,8 @@ def run_validate(args, overrides: list[str]) -> int:
     from distill_trainer.nli.arguments import DataArguments
     from distill_trainer.run.validate import RECIPES, describe, validate_recipe
     from distill_trainer.run.validate_replies import REPLY_RECIPES, validate_reply_recipe
-    from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
+    from distill_trainer.training.config import DistillationConfig, StudentArguments
+    from distill_trainer.training.parsing import parse_config
 
     recipe = args.recipe or recipe_of(args.config)
     if recipe == "compare":  # one recipe per method, each method's file written by the comparison

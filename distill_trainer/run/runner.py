@@ -28,7 +28,7 @@ from distill_trainer.nli.task_evaluation import is_main_process
 from distill_trainer.run.interrupt import default_program, forget_run, interruptible, note_run, resume_command
 from distill_trainer.run.output_dir import OutputLock, check_output_location
 from distill_trainer.training.checkpoints import run_results
-from distill_trainer.training.config import GivenSettings, given_or_inferred
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 # training settings worth recording in a resolved config even when the recipe left them at their default
 TRAINING_KEYS = (

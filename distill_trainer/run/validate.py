@@ -4,10 +4,11 @@
     checked = validate_recipe("context_distill", student_args, data_args, config, given=given)  # first
     data = checked.data                                                          # the prepared data, reused
 
-Parsing (`config.parse_config`) has already rejected unknown or misspelled keys (with the closest valid
+Parsing (`parsing.parse_config`) has already rejected unknown or misspelled keys (with the closest valid
 name), values of the wrong type and out-of-range values, and returned the settings given explicitly
 (`GivenSettings`, passed here as `given`; a config built in Python counts what differs from the defaults).
-The checks change no config: what a recipe means to set (pattern_finetune's alpha=0), it sets itself.
+The checks change no config: what a recipe means to set (pattern_finetune's alpha=0) comes back as a new
+config, `ValidatedRecipe.config`, which the recipe runs with.
 On top of that, in order of cost:
 1. the recipe's own rules (a teacher where one is needed, none where it would be ignored);
 2. training settings that would train nothing or diverge at once (learning rate, batch size, epochs);
@@ -25,6 +26,7 @@ Every problem is a `UsageError` whose message names the problem and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ from distill_trainer.run.runner import resolved_config
 from distill_trainer.run.validate_models import check_models_and_prompts
 from distill_trainer.teacher.teacher import check_self_quantization, check_self_teacher
 from distill_trainer.training.checkpoints import parse_resume_setting, resolve_resume, run_results
-from distill_trainer.training.config import GivenSettings, given_or_inferred
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 # settings a resumed run may change: where and how often it logs, saves and reports, not what it computes
 RESUME_MAY_CHANGE = {
@@ -84,6 +86,7 @@ class ValidatedRecipe:
     and one line per group of checks (printed by `distill-trainer validate`)."""
 
     recipe: str
+    config: object = None  # the DistillationConfig the recipe runs with (pattern_finetune: alpha=0)
     data: NLIData | dict | None = None  # a reply recipe's rows (run/validate_replies.py)
     resume_from: str | None = None
     tokenizer: object = None  # the reply recipes check and keep it
@@ -105,10 +108,10 @@ def validate_recipe(
     its own loaded model) the model checks are left out."""
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    configs = (student_args, data_args, config)
-    given = given_or_inferred(given, configs)
+    given = given_or_inferred(given, (student_args, data_args, config))
     rules, result = RECIPES[recipe], ValidatedRecipe(recipe)
-    check_recipe_rules(recipe, rules, student_args, config, given)
+    config = result.config = check_recipe_rules(recipe, rules, student_args, config, given)
+    configs = (student_args, data_args, config)
     if rules.trains:
         check_training_settings(data_args, config)
     result.checks.append(("settings", f"{len(given)} given, types and ranges checked"))
@@ -129,7 +132,8 @@ def validate_method_files(methods: dict[str, tuple[str, list[str]]]) -> None:
     will check it, before the first one runs: a mistake in the last method costs seconds, not the time of
     the methods before it. The first problem is raised, naming its method."""
     from distill_trainer.nli.arguments import DataArguments
-    from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
+    from distill_trainer.training.config import DistillationConfig, StudentArguments
+    from distill_trainer.training.parsing import parse_config
 
     for name, (recipe, argv) in methods.items():
         try:
@@ -175,8 +179,9 @@ def check_teacher(student_args, config) -> str:
     return teacher
 
 
-def check_gold_labels_only(config, given: GivenSettings) -> None:
-    """pattern_finetune: no teacher, and alpha 0 if given at all (the recipe sets alpha=0 itself)."""
+def check_gold_labels_only(config, given: GivenSettings):
+    """pattern_finetune: no teacher, and alpha 0 if given at all. Returns the config the recipe runs with:
+    `config` itself, or a copy with alpha=0 (gold labels only) when alpha was left at its default."""
     if config.teacher_model_name_or_path:
         raise UsageError(
             "pattern_finetune trains on gold labels and reads no teacher; remove "
@@ -187,14 +192,16 @@ def check_gold_labels_only(config, given: GivenSettings) -> None:
             f"pattern_finetune uses alpha=0 (gold labels only), got alpha={config.alpha}; "
             "remove alpha, or run recipes/context_distill.py"
         )
+    return config if config.alpha == 0 else dataclasses.replace(config, alpha=0.0)
 
 
-def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config, given: GivenSettings) -> None:
+def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config, given: GivenSettings):
+    """The recipe's own rules; returns the config the recipe runs with (see `check_gold_labels_only`)."""
     if rules.teacher == "required":
         check_teacher(student_args, config)
-        return
+        return config
     if rules.teacher == "forbidden":
-        check_gold_labels_only(config, given)
+        config = check_gold_labels_only(config, given)
     # a teacher setting given to a recipe without a teacher would be silently ignored
     # (teacher_calibration is a data setting: icl_eval calibrates the model it evaluates with it)
     ignored = sorted(key for key in given if key.startswith("teacher_") and key != "teacher_calibration")
@@ -212,6 +219,7 @@ def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config, gi
         raise UsageError(
             "icl_eval trains nothing, so there is no checkpoint to resume; remove resume_from_checkpoint"
         )
+    return config
 
 
 def check_training_settings(data_args, config) -> None:

@@ -33,7 +33,7 @@ from distill_trainer.run.validate import (
     describe_output,
 )
 from distill_trainer.teacher.teacher import is_self
-from distill_trainer.training.config import GivenSettings, given_or_inferred
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 from distill_trainer.training.rollouts import check_on_policy_settings
 
 # the data arguments each recipe reads (the student's and the training ones are shared)

@@ -174,7 +174,17 @@ class GoldLabelsOnly(TeacherSignal):
         return None
 
 
-class LiveFullVocabularyTeacher(TeacherSignal):
+class _LiveTeacher(TeacherSignal):
+    """A loaded teacher: it reads the teacher's view of every batch."""
+
+    def required_keys(self) -> tuple[str, ...]:
+        return TEACHER_VIEW_KEYS
+
+    def missing_hint(self, inputs) -> str:
+        return "build the dataset with both views (nli.data.build_view_dataset with demonstrations)"
+
+
+class LiveFullVocabularyTeacher(_LiveTeacher):
     """A loaded teacher's final hidden states and output head at the teacher view's answer positions;
     `answer_hidden(inputs)` runs it (the trainer's `teacher_answer_hidden`)."""
 
@@ -184,18 +194,12 @@ class LiveFullVocabularyTeacher(TeacherSignal):
         super().__init__(settings)
         self.answer_hidden = answer_hidden
 
-    def required_keys(self) -> tuple[str, ...]:
-        return TEACHER_VIEW_KEYS
-
-    def missing_hint(self, inputs) -> str:
-        return "build the dataset with both views (nli.data.build_view_dataset with demonstrations)"
-
     def sequence_teacher(self, inputs, student_head) -> dict:
         hidden, head = self.answer_hidden(inputs)
         return {"teacher_hidden": hidden, "teacher_head": head}
 
 
-class LiveLabelWordTeacher(TeacherSignal):
+class LiveLabelWordTeacher(_LiveTeacher):
     """A loaded teacher's logits at the answer positions, renormalised over its label words;
     `answer_logits(inputs)` runs it (the trainer's `teacher_answer_logits`)."""
 
@@ -206,9 +210,6 @@ class LiveLabelWordTeacher(TeacherSignal):
         self.answer_logits = answer_logits
         self.label_token_ids = label_token_ids
         self.teacher_label_token_ids = teacher_label_token_ids
-
-    required_keys = LiveFullVocabularyTeacher.required_keys
-    missing_hint = LiveFullVocabularyTeacher.missing_hint
 
     def label_word_divergence(self, inputs, student_logits, mask, num_items_in_batch):
         # The verbalizer decides at the first answer position (column 0 of the positions holds it for every

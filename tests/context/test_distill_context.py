@@ -337,7 +337,7 @@ def adapter_weights(folder):
 
 
 def test_a_stopped_run_resumes_to_the_same_weights_and_a_finished_one_is_kept(tmp_path, chat_dirs):
-    from distill_trainer.training.config import parse_config
+    from distill_trainer.training.parsing import parse_config
 
     recipe = load_recipe("distill_context")
     steps = dict(max_steps=3, save_strategy="steps", save_steps=1)

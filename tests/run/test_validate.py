@@ -7,7 +7,7 @@ import pytest
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, UsageError
 from distill_trainer.run.validate import RECIPES, check_recipe_rules, validate_recipe
-from distill_trainer.training.config import GivenSettings, given_or_inferred, parse_config
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred, parse_config
 
 
 def _configs(tmp_path, **training):
@@ -51,12 +51,17 @@ def test_an_alpha_given_at_its_default_value_is_still_given(tmp_path):
     )
 
 
-def test_checks_change_no_config(tmp_path):
+def test_checks_change_no_config_and_return_the_one_the_recipe_runs_with(tmp_path):
     student, data, config = _configs(tmp_path)
     before = dataclasses.asdict(student), dataclasses.asdict(data), config.to_dict()
-    check_recipe_rules("pattern_finetune", RECIPES["pattern_finetune"], student, config, GivenSettings())
+    runs_with = check_recipe_rules(
+        "pattern_finetune", RECIPES["pattern_finetune"], student, config, GivenSettings()
+    )
     assert (dataclasses.asdict(student), dataclasses.asdict(data), config.to_dict()) == before
-    assert config.alpha == 1.0  # the recipe, not the check, trains with alpha=0
+    assert config.alpha == 1.0 and runs_with.alpha == 0.0  # gold labels only, in a new config
+    assert {k: v for k, v in runs_with.to_dict().items() if k != "alpha"} == {
+        k: v for k, v in before[2].items() if k != "alpha"
+    }
 
 
 def test_given_settings_are_read_only_and_inferred_from_the_recipes_own_fields(tmp_path):

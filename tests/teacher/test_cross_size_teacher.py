@@ -253,7 +253,7 @@ def test_no_share_of_a_gain_that_does_not_exist():
 
 def test_compare_plans_the_new_methods(tmp_path):
     from distill_trainer import DataArguments, StudentArguments
-    from distill_trainer.training.config import GivenSettings
+    from distill_trainer.training.parsing import GivenSettings
     from recipes import compare
 
     student_args = StudentArguments(model_name_or_path="student-dir")

@@ -1,7 +1,8 @@
 import pytest
 
 from distill_trainer.errors import UsageError
-from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
+from distill_trainer.training.config import DistillationConfig, StudentArguments
+from distill_trainer.training.parsing import parse_config
 
 TYPES = [StudentArguments, DistillationConfig]
 
