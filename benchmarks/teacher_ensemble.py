@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     from recipes.icl_eval import CONFIG_TYPES
 
-    student_args, data_args, config = parse_config(CONFIG_TYPES, ["--config", args.config])
+    (student_args, data_args, config), _ = parse_config(CONFIG_TYPES, ["--config", args.config])
     seeds = data_args.demonstration_seeds or [data_args.demonstration_seed]
     name = student_args.model_name_or_path
     tokenizer = load_tokenizer(name)

@@ -27,7 +27,7 @@ _PUBLIC = {
     "PrefixCachedTeacher": "distill_trainer.teacher.prefix_cache",
     "DistillationConfig": "distill_trainer.training.config",
     "StudentArguments": "distill_trainer.training.config",
-    "parse_config": "distill_trainer.training.config",
+    "parse_config": "distill_trainer.training.parsing",
     "answer_cross_entropy": "distill_trainer.training.losses",
     "distillation_loss": "distill_trainer.training.losses",
     "sparse_distillation_loss": "distill_trainer.training.losses",

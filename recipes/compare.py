@@ -63,6 +63,7 @@ from distill_trainer.run.runner import run_recipe
 from distill_trainer.run.validate import validate_method_files
 from distill_trainer.teacher.teacher import is_self
 from distill_trainer.training.config import DTYPES
+from distill_trainer.training.parsing import GivenSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent
 # the scripts whose code makes a comparison's table (beside the library): this one and its methods' recipes
@@ -273,13 +274,16 @@ TRAINING_FIELDS = {f.name for f in dataclasses.fields(DistillationConfig)}
 # ---------------------------------------------------------------- one method's config
 
 
-def method_config(name: str, student_args, data_args, compare, config, output_dir: Path) -> tuple[str, dict]:
-    """The recipe that runs `name` and its complete YAML mapping (loadable with that recipe's --config)."""
+def method_config(
+    name: str, student_args, data_args, compare, config, output_dir: Path, given: GivenSettings
+) -> tuple[str, dict]:
+    """The recipe that runs `name` and its complete YAML mapping (loadable with that recipe's --config);
+    `given`: the settings the comparison was given (`parse_config`)."""
     recipe, overrides = METHODS[name]
     student = {f.name: getattr(student_args, f.name) for f in dataclasses.fields(student_args)}
     data = {f.name: getattr(data_args, f.name) for f in dataclasses.fields(data_args)}
     # the training keys the user set (YAML or command line), not TrainingArguments' 150 defaults
-    training = {k: v for k, v in config.recipe.items() if k in TRAINING_FIELDS}
+    training = {k: v for k, v in given.items() if k in TRAINING_FIELDS}
     training["output_dir"] = str(output_dir)
     teacher = config.teacher_model_name_or_path
     if overrides.get("model") == "teacher":
@@ -338,13 +342,15 @@ def method_arguments(recipe: str, method_dir: Path) -> tuple[str, list[str]]:
     return recipe, ["--config", str(method_dir / "method.yaml"), *resume_flags(method_dir)]
 
 
-def check_only(student_args, data_args, compare, config, run_name: str) -> dict:
+def check_only(student_args, data_args, compare, config, run_name: str, given: GivenSettings) -> dict:
     """Write every method's file in a scratch folder and check it as its recipe would; run nothing."""
     with tempfile.TemporaryDirectory(prefix="compare-check-") as scratch:
         run_dir = Path(scratch) / run_name
         methods = {}
         for name in compare.methods:
-            recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name)
+            recipe, values = method_config(
+                name, student_args, data_args, compare, config, run_dir / name, given
+            )
             write_method_yaml(recipe, values, run_dir / name / "method.yaml")
             methods[name] = method_arguments(recipe, run_dir / name)
         validate_method_files(methods)
@@ -522,13 +528,16 @@ def apply_full(compare) -> None:
     compare.teacher_eval_tasks = None
 
 
-def apply_quick(data_args, compare, config) -> None:
+def apply_quick(data_args, compare, config, given: GivenSettings) -> GivenSettings:
+    """--quick's sizes set on the configs; returns the settings given, quick's epochs among them (every
+    method's file carries the training settings given)."""
     data_args.num_train_examples = compare.quick_num_train_examples
     data_args.num_eval_examples = compare.quick_num_eval_examples
     data_args.hans_per_subcase = compare.quick_hans_per_subcase
-    config.recipe["num_train_epochs"] = compare.quick_num_train_epochs
+    config.num_train_epochs = compare.quick_num_train_epochs
     if compare.quick_methods:
         compare.methods = list(compare.quick_methods)
+    return given.with_values(num_train_epochs=compare.quick_num_train_epochs)
 
 
 def publish(run_dir: Path, target: Path) -> None:
@@ -611,7 +620,7 @@ def run_settings(
         "demonstration_ids": data_args.demonstration_ids,
         "demonstration_seed": data_args.demonstration_seed,
         "num_train_examples": data_args.num_train_examples,
-        "num_train_epochs": config.recipe.get("num_train_epochs", config.num_train_epochs),
+        "num_train_epochs": config.num_train_epochs,
         "per_device_train_batch_size": config.per_device_train_batch_size,
         "full_learning_rate": compare.full_learning_rate,
         "lora_learning_rate": compare.lora_learning_rate,
@@ -635,19 +644,19 @@ def run_settings(
 
 
 def main(argv=None) -> dict:
-    student_args, data_args, compare, config = parse_config(CONFIG_TYPES, argv)
+    (student_args, data_args, compare, config), given = parse_config(CONFIG_TYPES, argv)
     if compare.full:
         apply_full(compare)
     if compare.quick:
-        apply_quick(data_args, compare, config)
+        given = apply_quick(data_args, compare, config, given)
     # run_name is TrainingArguments' own field: the name of the run, here its folder
     # run_name default: the config file's name and the time, e.g. compare-20260101-120000
     stem = Path(config_path_of(argv)).stem if config_path_of(argv) else "compare"
     suffix = "-quick" if compare.quick else "-full" if compare.full else ""
-    run_name = config.recipe.get("run_name") or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
+    run_name = given.get("run_name") or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
     run_dir = Path(compare.results_dir) / run_name
     # Ctrl-C, a kill, a full disk: the same command with this run_name continues this folder
-    note_run(run_dir, [] if config.recipe.get("run_name") else ["--run_name", run_name])
+    note_run(run_dir, [] if given.get("run_name") else ["--run_name", run_name])
 
     # ------------------------------------------------------------ embedded models ready (timed apart)
     setup_seconds = prepare_embedded_models(
@@ -656,10 +665,10 @@ def main(argv=None) -> dict:
 
     # ------------------------------------------------------------ one resolved config per method, checked
     if compare.check_only:
-        return check_only(student_args, data_args, compare, config, run_name)
+        return check_only(student_args, data_args, compare, config, run_name, given)
     plan, earlier, done, reran = {}, {}, set(), {}
     for name in compare.methods:
-        recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name)
+        recipe, values = method_config(name, student_args, data_args, compare, config, run_dir / name, given)
         write_method_yaml(recipe, values, run_dir / name / "method.yaml")
         fingerprint = method_fingerprint(recipe, values)
         plan[name] = (recipe, fingerprint)

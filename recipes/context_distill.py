@@ -49,6 +49,7 @@ from distill_trainer.run.runner import (
 from distill_trainer.run.validate import validate_recipe
 from distill_trainer.teacher.ensemble import TeacherEnsembleViews, content_free_rows
 from distill_trainer.teacher.teacher import is_self
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 RECIPE = "context_distill"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -80,7 +81,7 @@ def view_datasets(tokenizer, teacher_tokenizer, data, data_args, max_length):
     return views(data.train_rows, data.sampler), ensemble
 
 
-def write_run(trainer, configs, data, results, metrics) -> None:
+def write_run(trainer, configs, given, data, results, metrics) -> None:
     """Results files, the model card and recipe beside the weights (pushed when push_to_hub is set), and
     the summary printed at the end."""
     student_args, data_args, config = configs
@@ -89,7 +90,7 @@ def write_run(trainer, configs, data, results, metrics) -> None:
         "demonstration_sets": data_args.demonstration_sets,
         "teacher_calibration": data_args.teacher_calibration,
     }
-    paths = write_trained_run(trainer, configs, data, results, metrics, RECIPE, teacher=ensemble)
+    paths = write_trained_run(trainer, configs, data, results, metrics, RECIPE, given, teacher=ensemble)
     resampled = " resampled per query" if data_args.resample_demonstrations else ""
     print_summary(
         f"context distillation: {student_args.model_name_or_path} <- {teacher}",
@@ -109,10 +110,16 @@ def write_run(trainer, configs, data, results, metrics) -> None:
 
 
 def run_context_distill(
-    student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig, callbacks=None
+    student_args: StudentArguments,
+    data_args: DataArguments,
+    config: DistillationConfig,
+    callbacks=None,
+    given: GivenSettings | None = None,
 ) -> dict:
+    """`given`: the settings given explicitly (`parse_config`); None for configs built in Python."""
     # ------------------------------------------------------------ validate (no model loaded yet) and data
-    data = validate_recipe(RECIPE, student_args, data_args, config).data
+    given = given_or_inferred(given, (student_args, data_args, config))
+    data = validate_recipe(RECIPE, student_args, data_args, config, given=given).data
     teacher = config.teacher_model_name_or_path
     self_teacher = is_self(teacher)
     teacher_path = student_args.model_name_or_path if self_teacher else teacher
@@ -149,7 +156,7 @@ def run_context_distill(
 
     # ------------------------------------------------------------ distill
     # (resume_from_checkpoint: true|path resumes)
-    write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
+    write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE, given)
     with tracker.phase("train"):
         train_result = trainer.train()
     save_student(trainer, config.output_dir)  # the weights are safe on disk before the evaluation starts
@@ -181,14 +188,14 @@ def run_context_distill(
         **training_metrics(trainer, train_result, len(train_dataset)),
         teacher_output_cache=trainer.teacher_output_cache_info,
     )
-    write_run(trainer, (student_args, data_args, config), data, results, metrics)
+    write_run(trainer, (student_args, data_args, config), given, data, results, metrics)
     return metrics
 
 
 def main(argv=None) -> dict:
-    configs = parse_config(CONFIG_TYPES, argv)
+    configs, given = parse_config(CONFIG_TYPES, argv)
     with no_partial_output_dir(configs[-1].output_dir):
-        return run_context_distill(*configs)
+        return run_context_distill(*configs, given=given)
 
 
 if __name__ == "__main__":

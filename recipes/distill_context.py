@@ -64,6 +64,7 @@ from distill_trainer.run.runner import (
 )
 from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
+from distill_trainer.training.parsing import given_or_inferred
 
 RECIPE = "distill_context"
 CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)
@@ -169,7 +170,7 @@ def run_metrics(student_args, data_args, config, rows, reports, trainer, train_r
     }
 
 
-def write_run(trainer, configs, metrics, train_rows, eval_rows, reports, evaluation) -> None:
+def write_run(trainer, configs, given, metrics, train_rows, eval_rows, reports, evaluation) -> None:
     """The model card and recipe beside the weights, report.md, the predictions, and metrics.json last
     (its presence marks a finished run)."""
     student_args, _, config = configs
@@ -181,17 +182,21 @@ def write_run(trainer, configs, metrics, train_rows, eval_rows, reports, evaluat
         context=contexts[0] if len(contexts) == 1 else f"{len(contexts)} different contexts",
         training_data=[f"{reports[0].where}, {len(train_rows)} prompts"],
     )
-    ship_student(trainer, config.output_dir, card=card, recipe=resolved_config(configs), write_weights=False)
+    ship_student(
+        trainer, config.output_dir, card=card, recipe=resolved_config(configs, given), write_weights=False
+    )
     report = write_report(config.output_dir, metrics)
     records = reply_records(eval_rows, evaluation)
-    paths = [report, *write_outputs(config.output_dir, metrics, {"replies": records}, configs, RECIPE)]
+    paths = [report, *write_outputs(config.output_dir, metrics, {"replies": records}, configs, RECIPE, given)]
     print("\n" + format_report(metrics) + "outputs: " + "  ".join(map(str, paths)), flush=True)
 
 
-def run_distill_context(student_args, data_args, config, callbacks=None) -> dict:
+def run_distill_context(student_args, data_args, config, callbacks=None, given=None) -> dict:
+    """`given`: the settings given explicitly (`parse_config`); None for configs built in Python."""
     start = time.perf_counter()
     # ------------------------------------------------------------ checks, rows and tokenizer (no model yet)
-    checked = validate_reply_recipe(RECIPE, student_args, data_args, config)
+    given = given_or_inferred(given, (student_args, data_args, config))
+    checked = validate_reply_recipe(RECIPE, student_args, data_args, config, given=given)
     train_rows, eval_rows, reports = (checked.data[key] for key in ("train", "eval", "reports"))
     tokenizer = checked.tokenizer
 
@@ -241,7 +246,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
         callbacks=callbacks,
     )
     configs = (student_args, data_args, config)
-    write_resolved_config(config.output_dir, configs, RECIPE)
+    write_resolved_config(config.output_dir, configs, RECIPE, given)
     train_result = trainer.train()
     save_student(trainer, config.output_dir)
 
@@ -268,7 +273,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None) -> dict
     metrics["code"] = stamp_json(
         code_record([recipe_script(RECIPE)])
     )  # report.md names the code that made it
-    write_run(trainer, configs, metrics, train_rows, eval_rows, reports, evaluation)
+    write_run(trainer, configs, given, metrics, train_rows, eval_rows, reports, evaluation)
     return metrics
 
 
@@ -287,13 +292,13 @@ def finished_before(configs, fingerprint) -> dict | None:
 
 
 def main(argv=None) -> dict:
-    configs = parse_config(CONFIG_TYPES, argv)
-    fingerprint = method_fingerprint(RECIPE, resolved_config(configs))
+    configs, given = parse_config(CONFIG_TYPES, argv)
+    fingerprint = method_fingerprint(RECIPE, resolved_config(configs, given))
     metrics = finished_before(configs, fingerprint)
     if metrics is not None:
         return metrics
     with no_partial_output_dir(configs[-1].output_dir):
-        metrics = run_distill_context(*configs)
+        metrics = run_distill_context(*configs, given=given)
         record_fingerprint(configs[-1].output_dir, fingerprint)  # last: a finished run, reusable
         return metrics
 

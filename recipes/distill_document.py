@@ -68,6 +68,7 @@ from distill_trainer.run.runner import (
 from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import last_complete_checkpoint, parse_resume_setting
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 from distill_trainer.views.chat import chat_prompt_ids
 
 RECIPE = "distill_document"
@@ -105,6 +106,7 @@ class Plan:
     settings: object
     cache: dict
     show: bool
+    given: GivenSettings  # the settings given explicitly (parse_config), or inferred from the defaults
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -117,9 +119,10 @@ class Plan:
         return time.perf_counter()
 
 
-def plan_run(student_args, args, config) -> Plan:
+def plan_run(student_args, args, config, given: GivenSettings | None = None) -> Plan:
     """Checks, questions and tokenizer, before any model loads (`run/validate_replies.py`)."""
-    checked = validate_reply_recipe(RECIPE, student_args, args, config)
+    given = given_or_inferred(given, (student_args, args, config))
+    checked = validate_reply_recipe(RECIPE, student_args, args, config, given=given)
     sets, tokenizer, placement = checked.data["sets"], checked.tokenizer, args.context_placement
     first = sets["train"][0]
     return Plan(
@@ -132,6 +135,7 @@ def plan_run(student_args, args, config) -> Plan:
             placement=placement, cache_dir=args.completion_cache_dir, batch_size=args.generation_batch_size
         ),
         show=not config.disable_tqdm,
+        given=given,
     )
 
 
@@ -218,9 +222,12 @@ def forgetting_options(plan: Plan, student_args, args) -> dict:
     )
 
 
-def run_distill_document(student_args, args, config, callbacks=None, command: str = "") -> dict:
+def run_distill_document(
+    student_args, args, config, callbacks=None, command: str = "", given: GivenSettings | None = None
+) -> dict:
+    """`given`: the settings given explicitly (`parse_config`); None for configs built in Python."""
     start = time.perf_counter()
-    plan = plan_run(student_args, args, config)
+    plan = plan_run(student_args, args, config, given)
     self_teacher = is_self(config.teacher_model_name_or_path)
 
     # ---- the teacher's answers with the document, then the base student's (all cached)
@@ -242,7 +249,7 @@ def run_distill_document(student_args, args, config, callbacks=None, command: st
     mark = plan.lap("base_student", mark)
 
     # ---- CD: the teacher's distribution on its answers; SFT: cross-entropy on the gold answers
-    write_resolved_config(config.output_dir, (student_args, args, config), RECIPE)
+    write_resolved_config(config.output_dir, (student_args, args, config), RECIPE, plan.given)
     trainer, cd_answers, cd_metrics = train_and_answer(
         student,
         taught["views"],
@@ -333,17 +340,17 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         for i, row in enumerate(part)
     ]
     paths = write_results(config.output_dir, results, header)
-    paths += write_outputs(config.output_dir, metrics, {"answers": records}, configs, RECIPE)
+    paths += write_outputs(config.output_dir, metrics, {"answers": records}, configs, RECIPE, plan.given)
     print("\n" + paths[0].read_text() + "outputs: " + "  ".join(map(str, paths)), flush=True)
     return metrics
 
 
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    configs = parse_config(CONFIG_TYPES, argv)
+    configs, given = parse_config(CONFIG_TYPES, argv)
     command = shlex.join(["python", "recipes/distill_document.py", *argv])
     with no_partial_output_dir(configs[-1].output_dir):
-        return run_distill_document(*configs, command=command)
+        return run_distill_document(*configs, command=command, given=given)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from distill_trainer.run.runner import (
 )
 from distill_trainer.run.validate import validate_recipe
 from distill_trainer.teacher.teacher import teacher_source_fingerprint
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 RECIPE = "icl_eval"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
@@ -61,7 +62,7 @@ def evaluate_per_seed(loaded_model, tokenizer, data, config, data_args, max_leng
     return per_seed
 
 
-def write_run(configs, name: str, total: int, data, per_seed: dict, metrics: dict) -> None:
+def write_run(configs, given, name: str, total: int, data, per_seed: dict, metrics: dict) -> None:
     """Results files (with every seed's predictions when there are several) and the printed summary."""
     student_args, data_args, config = configs
     seeds = list(per_seed)
@@ -75,7 +76,7 @@ def write_run(configs, name: str, total: int, data, per_seed: dict, metrics: dic
             for seed, r in per_seed.items()
             for task, records in r.predictions.items()
         }
-    paths = write_outputs(config.output_dir, metrics, predictions, configs, RECIPE)
+    paths = write_outputs(config.output_dir, metrics, predictions, configs, RECIPE, given)
     print_summary(
         f"in-context learning: {name}",
         {
@@ -106,11 +107,14 @@ def run_icl_eval(
     config: DistillationConfig,
     model=None,
     tokenizer=None,
+    given: GivenSettings | None = None,
 ) -> dict:
-    """Evaluate `model_name_or_path` (or an already loaded `model` + `tokenizer`) with k demonstrations."""
+    """Evaluate `model_name_or_path` (or an already loaded `model` + `tokenizer`) with k demonstrations;
+    `given`: the settings given explicitly (`parse_config`), None for configs built in Python."""
     # ------------------------------------------------------------ validate (no model loaded yet) and data
+    given = given_or_inferred(given, (student_args, data_args, config))
     data = validate_recipe(
-        RECIPE, student_args, data_args, config, tokenizer=tokenizer, check_models=model is None
+        RECIPE, student_args, data_args, config, given=given, tokenizer=tokenizer, check_models=model is None
     ).data
 
     # ------------------------------------------------------------ model
@@ -166,14 +170,14 @@ def run_icl_eval(
         parameters={"total": total},
         eval_seconds=round(sum(r.seconds for r in per_seed.values()), 2),
     )
-    write_run((student_args, data_args, config), name, total, data, per_seed, metrics)
+    write_run((student_args, data_args, config), given, name, total, data, per_seed, metrics)
     return metrics
 
 
 def main(argv=None) -> dict:
-    configs = parse_config(CONFIG_TYPES, argv)
+    configs, given = parse_config(CONFIG_TYPES, argv)
     with no_partial_output_dir(configs[-1].output_dir):
-        return run_icl_eval(*configs)
+        return run_icl_eval(*configs, given=given)
 
 
 if __name__ == "__main__":

@@ -45,17 +45,24 @@ from distill_trainer.run.runner import (
     write_trained_run,
 )
 from distill_trainer.run.validate import validate_recipe
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 RECIPE = "pattern_finetune"
 CONFIG_TYPES = (StudentArguments, DataArguments, DistillationConfig)
 
 
 def run_pattern_finetune(
-    student_args: StudentArguments, data_args: DataArguments, config: DistillationConfig, callbacks=None
+    student_args: StudentArguments,
+    data_args: DataArguments,
+    config: DistillationConfig,
+    callbacks=None,
+    given: GivenSettings | None = None,
 ) -> dict:
+    """`given`: the settings given explicitly (`parse_config`); None for configs built in Python."""
     # ------------------------------------------------------------ validate (no model loaded yet) and data
-    # (validate_recipe sets alpha=0)
-    data = validate_recipe(RECIPE, student_args, data_args, config).data
+    given = given_or_inferred(given, (student_args, data_args, config))
+    checked = validate_recipe(RECIPE, student_args, data_args, config, given=given)
+    data, config = checked.data, checked.config  # alpha=0: gold labels only, what this recipe means
 
     # ------------------------------------------------------------ student
     tokenizer = load_tokenizer(student_args.model_name_or_path)
@@ -75,7 +82,7 @@ def run_pattern_finetune(
         data_collator=TwoViewCollator(tokenizer.pad_token_id),
         callbacks=callbacks,
     )
-    write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE)
+    write_resolved_config(config.output_dir, (student_args, data_args, config), RECIPE, given)
     with tracker.phase("train"):
         train_result = trainer.train()  # resume_from_checkpoint: true|path resumes
     save_student(trainer, config.output_dir)  # the weights are safe on disk before the evaluation starts
@@ -96,7 +103,7 @@ def run_pattern_finetune(
         **training_metrics(trainer, train_result, len(train_dataset)),
     )
     configs = (student_args, data_args, config)
-    paths = write_trained_run(trainer, configs, data, results, metrics, RECIPE)
+    paths = write_trained_run(trainer, configs, data, results, metrics, RECIPE, given)
     print_summary(
         f"pattern-based fine-tuning: {student_args.model_name_or_path}",
         {
@@ -111,9 +118,9 @@ def run_pattern_finetune(
 
 
 def main(argv=None) -> dict:
-    configs = parse_config(CONFIG_TYPES, argv)
+    configs, given = parse_config(CONFIG_TYPES, argv)
     with no_partial_output_dir(configs[-1].output_dir):
-        return run_pattern_finetune(*configs)
+        return run_pattern_finetune(*configs, given=given)
 
 
 if __name__ == "__main__":

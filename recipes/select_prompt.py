@@ -116,7 +116,7 @@ def write_dev_rows(dev, task, path: Path) -> None:
 
 
 def main(argv=None) -> list[dict]:
-    student_args, data_args, selection, config = parse_config(CONFIG_TYPES, argv)
+    (student_args, data_args, selection, config), _ = parse_config(CONFIG_TYPES, argv)
     teacher = config.teacher_model_name_or_path or student_args.model_name_or_path
     output_dir = Path(config.output_dir)
 

@@ -7,7 +7,8 @@
     save_student(trainer, config.output_dir)  # the weights are safe on disk before evaluating
     metrics = {"mnli": {...}, "hans": {...}}  # {task: metrics} as nli.evaluation computes them
     card = card_for_recipe(student_args, config, metrics, "mnli", data_reports=data.reports)
-    ship_student(trainer, config.output_dir, card=card, recipe=config.recipe, write_weights=False)
+    recipe = resolved_config(configs, given)  # run/runner.py
+    ship_student(trainer, config.output_dir, card=card, recipe=recipe, write_weights=False)
 
 The card itself (`StudentCard`, `card_for_recipe`, `build_model_card`) is built in `model_card.py`; the
 upload (`push_student`) is `models/hub.py`, below the trainer, which pushes through it too.

@@ -94,6 +94,7 @@ class StudentCard:
                     rollout_temperature=config.rollout_temperature,
                     rollout_top_p=config.rollout_top_p,
                     rollout_max_new_tokens=config.rollout_max_new_tokens,
+                    **({} if config.rollout_do_sample else {"rollout_do_sample": False}),
                 )
         if student_args.student_mode == "lora":
             settings.update(lora_r=student_args.lora_r, lora_alpha=student_args.lora_alpha)

@@ -55,7 +55,8 @@ def run_validate(args, overrides: list[str]) -> int:
     from distill_trainer.nli.arguments import DataArguments
     from distill_trainer.run.validate import RECIPES, describe, validate_recipe
     from distill_trainer.run.validate_replies import REPLY_RECIPES, validate_reply_recipe
-    from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
+    from distill_trainer.training.config import DistillationConfig, StudentArguments
+    from distill_trainer.training.parsing import parse_config
 
     recipe = args.recipe or recipe_of(args.config)
     if recipe == "compare":  # one recipe per method, each method's file written by the comparison
@@ -74,13 +75,13 @@ def run_validate(args, overrides: list[str]) -> int:
             f"cannot tell which recipe {args.config} is for ({found}); pass --recipe {' | '.join(known)}"
         )
     data_type = REPLY_RECIPES.get(recipe, DataArguments)
-    configs = parse_config(
+    configs, given = parse_config(
         (StudentArguments, data_type, DistillationConfig), ["--config", args.config, *overrides]
     )
     if recipe in REPLY_RECIPES:
-        result = validate_reply_recipe(recipe, *configs)
+        result = validate_reply_recipe(recipe, *configs, given=given)
     else:
-        result = validate_recipe(recipe, *configs)
+        result = validate_recipe(recipe, *configs, given=given)
     print(
         f"ok: recipes/{recipe}.py --config {args.config}" + (f" {' '.join(overrides)}" if overrides else "")
     )

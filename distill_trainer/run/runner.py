@@ -28,6 +28,7 @@ from distill_trainer.nli.task_evaluation import is_main_process
 from distill_trainer.run.interrupt import default_program, forget_run, interruptible, note_run, resume_command
 from distill_trainer.run.output_dir import OutputLock, check_output_location
 from distill_trainer.training.checkpoints import run_results
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 # training settings worth recording in a resolved config even when the recipe left them at their default
 TRAINING_KEYS = (
@@ -143,19 +144,20 @@ def nli_metrics(recipe: str, method: str, model: str, data, results, tracker, **
     }
 
 
-def resolved_config(configs) -> dict:
-    """Every field of the recipe's own dataclasses, plus the training settings that shape the run.
+def resolved_config(configs, given: GivenSettings | None = None) -> dict:
+    """Every field of the recipe's own dataclasses, plus the training settings that shape the run and
+    those `given` explicitly (`parse_config`; None for configs built in Python).
 
     Loadable again with `--config` (None values are left out: they mean "the default")."""
     from transformers import TrainingArguments
 
+    given = given_or_inferred(given, configs)
     values = {}
     for obj in configs:
         if isinstance(obj, TrainingArguments):  # ~150 fields: keep the distillation, usual and given ones
             as_dict = obj.to_dict()
             inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
             own = [f.name for f in dataclasses.fields(obj) if f.name not in inherited]
-            given = getattr(obj, "recipe", {})
             for key in (*TRAINING_KEYS, *own, *given):
                 # as the user wrote it where that is plain YAML (report_to: none, which to_dict turns into [])
                 plain = key in given and type(given[key]) in (str, int, float, bool, list)
@@ -166,7 +168,7 @@ def resolved_config(configs) -> dict:
     return {k: v for k, v in values.items() if v is not None and k not in INVOCATION_KEYS}
 
 
-def write_resolved_config(output_dir, configs, recipe: str) -> Path:
+def write_resolved_config(output_dir, configs, recipe: str, given: GivenSettings | None = None) -> Path:
     """resolved_config.yaml: the seed and every setting of the run, loadable with --config (main process).
 
     Recipes write it when training starts too, so an interrupted run's settings are on disk and its
@@ -184,7 +186,7 @@ def write_resolved_config(output_dir, configs, recipe: str) -> Path:
         f"--config {path}\n"
     )
     _write_atomically(
-        path, header + yaml.safe_dump(resolved_config(configs), sort_keys=False, allow_unicode=True)
+        path, header + yaml.safe_dump(resolved_config(configs, given), sort_keys=False, allow_unicode=True)
     )
     return path
 
@@ -211,7 +213,9 @@ def no_partial_output_dir(output_dir):
             lock.release()
 
 
-def write_trained_run(trainer, configs, data, results, metrics: dict, recipe: str, **card) -> list[Path]:
+def write_trained_run(
+    trainer, configs, data, results, metrics: dict, recipe: str, given: GivenSettings | None = None, **card
+) -> list[Path]:
     """A trained NLI student's results (`write_outputs`), then its model card (with these results) and
     recipe beside the saved weights, pushed when push_to_hub is set; `card`: the recipe's own card fields."""
     from distill_trainer.memory.peak import peak_mib_by_phase
@@ -219,7 +223,7 @@ def write_trained_run(trainer, configs, data, results, metrics: dict, recipe: st
     from distill_trainer.report.model_card import card_for_recipe
 
     student_args, _, config = configs
-    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, recipe)
+    paths = write_outputs(config.output_dir, metrics, results.predictions, configs, recipe, given)
     student_card = card_for_recipe(
         student_args,
         config,
@@ -230,13 +234,18 @@ def write_trained_run(trainer, configs, data, results, metrics: dict, recipe: st
         data_reports=data.reports,
         **card,
     )
-    recipe_values = resolved_config(configs)
+    recipe_values = resolved_config(configs, given)
     ship_student(trainer, config.output_dir, card=student_card, recipe=recipe_values, write_weights=False)
     return paths
 
 
 def write_outputs(
-    output_dir, metrics: dict, predictions: dict[str, list[dict]], configs, recipe: str
+    output_dir,
+    metrics: dict,
+    predictions: dict[str, list[dict]],
+    configs,
+    recipe: str,
+    given: GivenSettings | None = None,
 ) -> list[Path]:
     """metrics.json, predictions_<task>.jsonl and resolved_config.yaml (main process only)."""
     output_dir = Path(output_dir)
@@ -252,7 +261,7 @@ def write_outputs(
         _write_atomically(
             output_dir / f"predictions_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records)
         )
-    write_resolved_config(output_dir, configs, recipe)
+    write_resolved_config(output_dir, configs, recipe, given)
     # metrics last: its presence means the run finished
     _write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return paths

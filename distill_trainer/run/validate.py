@@ -1,11 +1,15 @@
 """The validate step: everything in a recipe that can be checked before any model weights are loaded.
 
     distill-trainer validate --config recipes/configs/paper/cd-full.yaml        # the command
-    checked = validate_recipe("context_distill", student_args, data_args, config)  # first line of a recipe
+    checked = validate_recipe("context_distill", student_args, data_args, config, given=given)  # first
     data = checked.data                                                          # the prepared data, reused
 
-Parsing (`config.parse_config`) has already rejected unknown or misspelled keys (with the closest valid
-name), values of the wrong type and out-of-range values. On top of that, in order of cost:
+Parsing (`parsing.parse_config`) has already rejected unknown or misspelled keys (with the closest valid
+name), values of the wrong type and out-of-range values, and returned the settings given explicitly
+(`GivenSettings`, passed here as `given`; a config built in Python counts what differs from the defaults).
+The checks change no config: what a recipe means to set (pattern_finetune's alpha=0) comes back as a new
+config, `ValidatedRecipe.config`, which the recipe runs with.
+On top of that, in order of cost:
 1. the recipe's own rules (a teacher where one is needed, none where it would be ignored);
 2. training settings that would train nothing or diverge at once (learning rate, batch size, epochs);
 3. the output directory: a folder of its own (not empty, /, home or the project's), writable, and not
@@ -22,6 +26,7 @@ Every problem is a `UsageError` whose message names the problem and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,7 @@ from distill_trainer.run.runner import resolved_config
 from distill_trainer.run.validate_models import check_models_and_prompts
 from distill_trainer.teacher.teacher import check_self_quantization, check_self_teacher
 from distill_trainer.training.checkpoints import parse_resume_setting, resolve_resume, run_results
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 
 # settings a resumed run may change: where and how often it logs, saves and reports, not what it computes
 RESUME_MAY_CHANGE = {
@@ -80,6 +86,7 @@ class ValidatedRecipe:
     and one line per group of checks (printed by `distill-trainer validate`)."""
 
     recipe: str
+    config: object = None  # the DistillationConfig the recipe runs with (pattern_finetune: alpha=0)
     data: NLIData | dict | None = None  # a reply recipe's rows (run/validate_replies.py)
     resume_from: str | None = None
     tokenizer: object = None  # the reply recipes check and keep it
@@ -87,18 +94,28 @@ class ValidatedRecipe:
 
 
 def validate_recipe(
-    recipe: str, student_args, data_args, config, *, tokenizer=None, check_models: bool = True
+    recipe: str,
+    student_args,
+    data_args,
+    config,
+    *,
+    given: GivenSettings | None = None,
+    tokenizer=None,
+    check_models: bool = True,
 ) -> ValidatedRecipe:
-    """Run every check for `recipe` (see the module docstring); with `check_models=False` (a caller that
-    passes its own loaded model) the model checks are left out."""
+    """Run every check for `recipe` (see the module docstring); `given`: the settings given explicitly
+    (`parse_config`), None for a config built in Python. With `check_models=False` (a caller that passes
+    its own loaded model) the model checks are left out."""
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    given = given_or_inferred(given, (student_args, data_args, config))
     rules, result = RECIPES[recipe], ValidatedRecipe(recipe)
-    check_recipe_rules(recipe, rules, student_args, config)
+    config = result.config = check_recipe_rules(recipe, rules, student_args, config, given)
+    configs = (student_args, data_args, config)
     if rules.trains:
         check_training_settings(data_args, config)
-    result.checks.append(("settings", f"{len(given_settings(config))} given, types and ranges checked"))
-    result.resume_from = check_output_dir(recipe, rules, (student_args, data_args, config))
+    result.checks.append(("settings", f"{len(given)} given, types and ranges checked"))
+    result.resume_from = check_output_dir(recipe, rules, configs, given)
     result.checks.append(("output_dir", describe_output(config.output_dir, result.resume_from)))
     if recipe == "context_distill":
         check_quantization(config)
@@ -115,12 +132,13 @@ def validate_method_files(methods: dict[str, tuple[str, list[str]]]) -> None:
     will check it, before the first one runs: a mistake in the last method costs seconds, not the time of
     the methods before it. The first problem is raised, naming its method."""
     from distill_trainer.nli.arguments import DataArguments
-    from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
+    from distill_trainer.training.config import DistillationConfig, StudentArguments
+    from distill_trainer.training.parsing import parse_config
 
     for name, (recipe, argv) in methods.items():
         try:
-            configs = parse_config((StudentArguments, DataArguments, DistillationConfig), argv)
-            validate_recipe(recipe, *configs)
+            configs, given = parse_config((StudentArguments, DataArguments, DistillationConfig), argv)
+            validate_recipe(recipe, *configs, given=given)
         except UsageError as error:
             raise UsageError(f"method {name} ({recipe}): {error}") from None
 
@@ -136,10 +154,6 @@ def check_teacher_ensemble(data_args, config) -> None:
             "teacher_output_cache: true and distill_vocab: label_words (or demonstration_sets: 1 and "
             "teacher_calibration: none)"
         )
-
-
-def given_settings(config) -> dict:
-    return getattr(config, "recipe", {}) or {}
 
 
 # ---------------------------------------------------------------- 1-2. recipe rules, training settings
@@ -165,32 +179,32 @@ def check_teacher(student_args, config) -> str:
     return teacher
 
 
-def check_gold_labels_only(config) -> None:
-    """pattern_finetune: no teacher, alpha 0 (set here when the recipe does not say)."""
+def check_gold_labels_only(config, given: GivenSettings):
+    """pattern_finetune: no teacher, and alpha 0 if given at all. Returns the config the recipe runs with:
+    `config` itself, or a copy with alpha=0 (gold labels only) when alpha was left at its default."""
     if config.teacher_model_name_or_path:
         raise UsageError(
             "pattern_finetune trains on gold labels and reads no teacher; remove "
             "teacher_model_name_or_path, or run recipes/context_distill.py"
         )
-    if "alpha" in given_settings(config) and config.alpha != 0:
+    if "alpha" in given and config.alpha != 0:
         raise UsageError(
             f"pattern_finetune uses alpha=0 (gold labels only), got alpha={config.alpha}; "
             "remove alpha, or run recipes/context_distill.py"
         )
-    config.alpha = 0.0
+    return config if config.alpha == 0 else dataclasses.replace(config, alpha=0.0)
 
 
-def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config) -> None:
+def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config, given: GivenSettings):
+    """The recipe's own rules; returns the config the recipe runs with (see `check_gold_labels_only`)."""
     if rules.teacher == "required":
         check_teacher(student_args, config)
-        return
+        return config
     if rules.teacher == "forbidden":
-        check_gold_labels_only(config)
+        config = check_gold_labels_only(config, given)
     # a teacher setting given to a recipe without a teacher would be silently ignored
     # (teacher_calibration is a data setting: icl_eval calibrates the model it evaluates with it)
-    ignored = sorted(
-        key for key in given_settings(config) if key.startswith("teacher_") and key != "teacher_calibration"
-    )
+    ignored = sorted(key for key in given if key.startswith("teacher_") and key != "teacher_calibration")
     if ignored:
         hint = (
             "to evaluate the teacher, set model_name_or_path to it"
@@ -205,6 +219,7 @@ def check_recipe_rules(recipe: str, rules: RecipeRules, student_args, config) ->
         raise UsageError(
             "icl_eval trains nothing, so there is no checkpoint to resume; remove resume_from_checkpoint"
         )
+    return config
 
 
 def check_training_settings(data_args, config) -> None:
@@ -241,7 +256,7 @@ def check_training_settings(data_args, config) -> None:
 # ---------------------------------------------------------------- 3. output directory
 
 
-def check_output_dir(recipe: str, rules: RecipeRules, configs) -> str | None:
+def check_output_dir(recipe: str, rules: RecipeRules, configs, given: GivenSettings) -> str | None:
     """Writable, and either fresh, or resumed / overwritten as the settings say. Returns the checkpoint a
     resumed run starts from."""
     config = configs[-1]
@@ -256,7 +271,7 @@ def check_output_dir(recipe: str, rules: RecipeRules, configs) -> str | None:
         )
     if resume is not None:
         checkpoint = resolve_resume(resume, output_dir)
-        check_resume_settings(output_dir, configs, recipe)
+        check_resume_settings(output_dir, configs, recipe, given)
         return checkpoint
     found = run_results(output_dir)
     if not found or overwrite:
@@ -283,7 +298,7 @@ def _same(a, b) -> bool:
         return str(a) == str(b)
 
 
-def check_resume_settings(output_dir, configs, recipe: str) -> None:
+def check_resume_settings(output_dir, configs, recipe: str, given: GivenSettings) -> None:
     """A resumed run must compute what the interrupted one did: compare with its resolved_config.yaml."""
     path = Path(output_dir) / "resolved_config.yaml"
     if not path.is_file():
@@ -292,7 +307,7 @@ def check_resume_settings(output_dir, configs, recipe: str) -> None:
         before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         return
-    now, given = resolved_config(configs), given_settings(configs[-1])
+    now = resolved_config(configs, given)
     # a key the earlier file lacks was at its default then: a change only if this invocation sets it
     changed = [
         key

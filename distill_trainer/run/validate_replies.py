@@ -31,9 +31,9 @@ from distill_trainer.run.validate import (
     check_quantization,
     check_training_settings,
     describe_output,
-    given_settings,
 )
 from distill_trainer.teacher.teacher import is_self
+from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 from distill_trainer.training.rollouts import check_on_policy_settings
 
 # the data arguments each recipe reads (the student's and the training ones are shared)
@@ -41,17 +41,22 @@ REPLY_RECIPES = {"distill_context": ContextDataArguments, "distill_document": Kn
 RULES = RecipeRules(trains=True, teacher="required")
 
 
-def validate_reply_recipe(recipe: str, student_args, data_args, config) -> ValidatedRecipe:
+def validate_reply_recipe(
+    recipe: str, student_args, data_args, config, *, given: GivenSettings | None = None
+) -> ValidatedRecipe:
     """Every check for `recipe` (see the module docstring); `.data` holds its rows, `.tokenizer` the
-    student's tokenizer."""
+    student's tokenizer. `given`: the settings given explicitly (`parse_config`), None for a config built
+    in Python."""
+    configs = (student_args, data_args, config)
+    given = given_or_inferred(given, configs)
     if recipe not in REPLY_RECIPES:
         raise UsageError(f"unknown reply recipe {recipe!r}; choose one of: {', '.join(REPLY_RECIPES)}")
     check_reply_settings(student_args, config, recipe)
     check_on_policy_settings(config)
     check_training_settings(data_args, config)
     result = ValidatedRecipe(recipe)
-    result.checks.append(("settings", f"{len(given_settings(config))} given, types and ranges checked"))
-    result.resume_from = check_output_dir(recipe, RULES, (student_args, data_args, config))
+    result.checks.append(("settings", f"{len(given)} given, types and ranges checked"))
+    result.resume_from = check_output_dir(recipe, RULES, configs, given)
     result.checks.append(("output_dir", describe_output(config.output_dir, result.resume_from)))
     check_quantization(config)
     if recipe == "distill_context":

@@ -1,26 +1,14 @@
-"""Configuration: `DistillationConfig` (a `TrainingArguments`), the student model's arguments, and the
-parser that reads a recipe YAML with command-line overrides.
-
-    student_args, config = parse_config([StudentArguments, DistillationConfig])
-    # python recipe.py --config recipe.yaml --learning_rate 1e-4
-
-Three layers, as in alignment-handbook: the accelerate config (hardware), the recipe YAML (experiment),
-CLI flags (override). Unknown keys are errors, never silently ignored: a misspelled `temprature`
-would otherwise train at the default temperature without anyone noticing.
+"""Configuration: `DistillationConfig` (a `TrainingArguments` plus the distillation settings) and the
+student model's arguments (`StudentArguments`). Reading them from a recipe YAML with command-line overrides
+is `parsing.parse_config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
-import re
-import sys
+import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from distill_trainer.errors import UsageError
 from distill_trainer.models.loading import QUANTIZATIONS
@@ -118,9 +106,16 @@ class DistillationConfig(TrainingArguments):
     rollout_max_new_tokens: int = field(
         default=128, metadata={"help": "On-policy: longest reply the student writes, in tokens."}
     )
+    rollout_do_sample: bool = field(
+        default=True,
+        metadata={
+            "help": "On-policy: sample the student's replies (false: greedy), as do_sample does for the "
+            "teacher's replies in the reply recipes."
+        },
+    )
     rollout_temperature: float = field(
         default=1.0,
-        metadata={"help": "On-policy: sampling temperature of the student's replies (0: greedy)."},
+        metadata={"help": "On-policy: sampling temperature (> 0) of the student's replies."},
     )
     rollout_top_p: float = field(default=1.0, metadata={"help": "On-policy: nucleus sampling mass."})
     teacher_model_name_or_path: str = field(
@@ -212,11 +207,23 @@ class DistillationConfig(TrainingArguments):
             )
         if self.loss_top_k < 0 or self.loss_chunk_size < 0:
             raise UsageError("loss_top_k and loss_chunk_size must be >= 0 (0: whole vocabulary / one piece)")
-        if self.rollout_max_new_tokens < 1 or self.rollout_temperature < 0 or not 0 < self.rollout_top_p <= 1:
+        if self.rollout_temperature == 0:  # the way greedy decoding was asked for before rollout_do_sample
+            warnings.warn(
+                "rollout_temperature: 0 for greedy decoding is deprecated and will stop working; use "
+                "rollout_do_sample: false (the name the teacher's replies use: do_sample)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.rollout_do_sample, self.rollout_temperature = False, 1.0
+        if (
+            self.rollout_max_new_tokens < 1
+            or self.rollout_temperature <= 0
+            or not 0 < self.rollout_top_p <= 1
+        ):
             raise UsageError(
-                "rollout settings out of range: rollout_max_new_tokens >= 1, rollout_temperature >= 0 "
-                f"(0: greedy), 0 < rollout_top_p <= 1 (got {self.rollout_max_new_tokens}, "
-                f"{self.rollout_temperature}, {self.rollout_top_p})"
+                "rollout settings out of range: rollout_max_new_tokens >= 1, rollout_temperature > 0 "
+                "(greedy: rollout_do_sample: false), 0 < rollout_top_p <= 1 (got "
+                f"{self.rollout_max_new_tokens}, {self.rollout_temperature}, {self.rollout_top_p})"
             )
         _check_minimums(self)
         # our collator produces exactly what compute_loss reads; the Trainer must not prune it
@@ -248,139 +255,3 @@ def _check_minimums(config) -> None:
             raise UsageError(
                 f"{name} must be {bound}, got {value}; fix it in the recipe file or on the command line"
             )
-
-
-def _is_text_field(annotation) -> bool:
-    # a string annotation, or the type itself once HfArgumentParser has resolved it
-    if annotation is str:
-        return True
-    text = str(annotation).replace(" ", "").replace("typing.", "")
-    return text in (
-        "str",
-        "list[str]",
-        "List[str]",
-        "Optional[str]",
-        "Optional[list[str]]",
-        "Optional[List[str]]",
-        "str|None",
-        "list[str]|None",
-    )
-
-
-def check_yaml_types(values: dict, dataclass_types) -> None:
-    """YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans: a text setting (a label word, a
-    pattern name) given one would pass as the string 'True'. Reject it and say how to quote it."""
-    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
-    text_fields = {
-        f.name
-        for dc in dataclass_types
-        for f in dataclasses.fields(dc)
-        if f.init and f.name not in inherited and _is_text_field(f.type)
-    }
-    for key, value in values.items():
-        items = value if isinstance(value, list) else [value]
-        if key in text_fields and any(isinstance(item, bool) for item in items):
-            example = "[' Yes', ' No']" if isinstance(value, list) else "'no'"
-            raise UsageError(
-                f"{key}: YAML read an unquoted yes/no/on/off/true/false as a boolean ({value!r}); quote "
-                f"the text, e.g. {key}: {example}"
-            )
-
-
-def _field_names(dataclass_types) -> dict[str, type]:
-    names = {}
-    for dc in dataclass_types:
-        for f in dataclasses.fields(dc):
-            if f.init:
-                names[f.name] = dc
-    return names
-
-
-def check_keys(keys, dataclass_types, where: str) -> None:
-    """Reject unknown keys, suggesting the closest valid name."""
-    known = _field_names(dataclass_types)
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "remove it or check the spelling"
-            raise UsageError(f"unknown key '{key}' in {where}: {hint}")
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"recipe file {path} does not exist; pass --config with the path to a recipe YAML")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        where = " ".join(str(error).split())  # the parser's multi-line report, as one line
-        raise UsageError(f"recipe file {path} is not valid YAML ({where}); fix the syntax") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"recipe file {path} must be a mapping of key: value, got {type(data).__name__}")
-    return data
-
-
-def _to_argv(values: dict) -> list[str]:
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
-
-
-def _cli_keys(argv: list[str]) -> list[str]:
-    # --help is argparse's own flag: it prints every setting with its help and exits
-    return [key for a in argv if a.startswith("--") and (key := a[2:].split("=", 1)[0]) != "help"]
-
-
-def _raise_value_error(message: str):
-    # argparse words it "argument --k: invalid int value: '2.5'"; name the setting as a recipe file does
-    match = re.match(r"argument --(\w+)(?:/--[\w-]+)?: (.*)", message)
-    if match:
-        message = f"{match.group(1)}: {match.group(2)}".rstrip(".")
-    raise UsageError(f"{message}; fix the value in the recipe file or on the command line")
-
-
-def parse_config(dataclass_types, argv: list[str] | None = None, config_path: str | None = None):
-    """Build the dataclasses from `--config FILE.yaml` plus `--key value` overrides.
-
-    Returns a tuple of instances in the order of `dataclass_types`, and sets `.recipe` on the last one
-    to the merged key/value mapping (written out as the resolved config by recipes).
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise UsageError("--config needs a path to a recipe YAML file")
-        config_path = argv[i + 1]
-        argv = argv[:i] + argv[i + 2 :]
-    values = load_yaml(config_path) if config_path else {}
-    check_keys(values, dataclass_types, f"recipe file {config_path}")
-    check_yaml_types(values, dataclass_types)
-    check_keys(_cli_keys(argv), dataclass_types, "the command line")
-    parser = HfArgumentParser(dataclass_types)
-    parser.error = _raise_value_error  # one line naming the setting, not argparse's usage block and exit
-    try:
-        parsed = parser.parse_args_into_dataclasses(
-            args=_to_argv(values) + argv, return_remaining_strings=False
-        )
-    except UsageError:
-        raise
-    except ValueError as error:  # TrainingArguments' own checks of a value or a combination of values
-        message = " ".join(str(error).split()).rstrip(".")
-        if message.startswith("Some specified arguments are not used"):  # a list given for a one-value key
-            message = f"extra values {message.split(': ', 1)[-1]} for a setting that takes one value"
-        raise UsageError(f"{message}; fix that setting in the recipe file or on the command line") from None
-    recipe = dict(values)
-    for key in _cli_keys(argv):
-        for obj in parsed:
-            if hasattr(obj, key):
-                recipe[key] = getattr(obj, key)
-    parsed[-1].recipe = recipe
-    return tuple(parsed)

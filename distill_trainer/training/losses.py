@@ -67,6 +67,26 @@ def restrict_to_label_words(logits: torch.Tensor, label_token_ids: list[int] | t
     return logits.index_select(-1, ids)
 
 
+def require_answer_tokens(count) -> None:
+    """A batch's answer-token count (an int or a 0-d tensor) must be positive: every loss divides by it."""
+    if int(count) == 0:
+        raise UsageError(
+            "the batch has no answer tokens (the mask is all false); every example needs a non-empty "
+            "answer: check the answer text and the answer positions built by the collator"
+        )
+
+
+def check_cached_token_ids(teacher_topk_ids: torch.Tensor, vocab: int) -> None:
+    """Cached teacher token ids index the student's logits: a cache made for another vocabulary must
+    fail here, not as an index error deep in a gather."""
+    largest = int(teacher_topk_ids.max())
+    if largest >= vocab:
+        raise UsageError(
+            f"the cached teacher token ids go up to {largest} but the student has {vocab} logits; the "
+            "teacher output cache was built for another vocabulary: rebuild it for this student"
+        )
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None, num_items_in_batch=None) -> torch.Tensor:
     """Sum `values` over the positions where `mask` is true and divide by the number of answer tokens.
 
@@ -82,11 +102,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None, num_items_in_ba
         denominator = num_items_in_batch
     else:
         denominator = mask.sum()
-        if int(denominator) == 0:
-            raise UsageError(
-                "the batch has no answer tokens (the mask is all false); every example needs a non-empty "
-                "answer: check the answer text and the answer positions built by the collator"
-            )
+        require_answer_tokens(denominator)
     if torch.is_tensor(denominator):
         denominator = denominator.to(total.device, torch.float32)
     return total / denominator
@@ -166,13 +182,7 @@ def sparse_distillation_loss(
         raise UsageError(f"temperature must be > 0, got {temperature}")
     if teacher_topk_ids.shape != teacher_topk_logprobs.shape:
         raise UsageError("teacher_topk_ids and teacher_topk_logprobs must have the same shape (..., k)")
-    vocab = student_logits.shape[-1]
-    if int(teacher_topk_ids.max()) >= vocab:
-        raise UsageError(
-            f"the cached teacher token ids go up to {int(teacher_topk_ids.max())} but the student has "
-            f"{vocab} logits; the teacher output cache was built for another vocabulary: rebuild it for this "
-            "student"
-        )
+    check_cached_token_ids(teacher_topk_ids, student_logits.shape[-1])
     student_logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)
     per_token = sparse_token_divergence(
         student_logprobs, teacher_topk_logprobs, teacher_topk_ids, teacher_tail_logprob, kind, beta

@@ -40,8 +40,8 @@ def rollout_settings(args, step: int, process_index: int = 0) -> GenerationSetti
     """The sampling settings of one step's rollouts; the seed differs per step and per process."""
     return GenerationSettings(
         max_new_tokens=args.rollout_max_new_tokens,
-        do_sample=args.rollout_temperature > 0,
-        temperature=args.rollout_temperature or 1.0,
+        do_sample=args.rollout_do_sample,
+        temperature=args.rollout_temperature,
         top_p=args.rollout_top_p,
         seed=(args.seed * 1_000_003 + step) * 64 + process_index,
     )

@@ -31,6 +31,7 @@ from distill_trainer.models.output_head import is_zero3_partitioned
 from distill_trainer.teacher.output_cache import top_k_with_tail
 from distill_trainer.training.losses import (
     LOSS_KINDS,
+    require_answer_tokens,
     sparse_token_divergence,
     token_divergence,
 )
@@ -192,6 +193,8 @@ def chunked_sequence_loss(
         divergence, cross_entropy = divergence.detach(), cross_entropy.detach()
     else:
         weight, bias, softcap = linear
+        if not torch.is_grad_enabled():  # evaluation: the same chunks and sums, no gradient computed
+            weight, bias = weight.detach(), bias.detach() if bias is not None else None
         loss, divergence, cross_entropy = _ChunkedHeadLoss.apply(
             hidden, weight, bias, chunks, terms, scaled, softcap
         )
@@ -205,8 +208,7 @@ def _denominator(selected: torch.Tensor, num_items_in_batch, device) -> float | 
     accumulated batch when the Trainer gives that count, else of this batch."""
     if num_items_in_batch is None:
         count = int(selected.sum())
-        if count == 0:
-            raise UsageError("the batch has no answer tokens; every example needs a non-empty answer")
+        require_answer_tokens(count)
         return float(count)
     if torch.is_tensor(num_items_in_batch):
         return num_items_in_batch.to(device, torch.float32)

@@ -75,8 +75,7 @@ class TeacherOutputsMixin:
             self.eval_dataset = done["eval"]
         dropped_a_model = self.teacher.separate_model is not None
         self.teacher.release()  # its weights, its prefix cache and, under DeepSpeed, the engine holding them
-        self.teacher = None
-        self.teacher_from_cache = True
+        self.teacher = None  # the trainer then reads the teacher's signal from the datasets
         if dropped_a_model:  # its weights are garbage now: training's peak should not include them
             release_freed_memory()
 

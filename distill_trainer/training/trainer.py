@@ -21,24 +21,17 @@ import torch
 from transformers import Trainer
 
 from distill_trainer.errors import NonFiniteLossError, UsageError
-from distill_trainer.models.answer_logits import answer_logits
-from distill_trainer.models.output_head import output_head_removed
 from distill_trainer.teacher.output_cache import has_teacher_outputs
 from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from distill_trainer.training.config import PACKING, DistillationConfig
 from distill_trainer.training.hub_push import HubPushMixin
-from distill_trainer.training.losses import (
-    answer_cross_entropy,
-    distillation_loss,
-    restrict_to_label_words,
-    sparse_distillation_loss,
-)
+from distill_trainer.training.losses import require_answer_tokens
 from distill_trainer.training.resumable_loss import ResumableTrainLossMixin
 from distill_trainer.training.rollouts import OnPolicyMixin
-from distill_trainer.training.sequence_loss import chunked_sequence_loss
 from distill_trainer.training.teacher_outputs import TeacherOutputsMixin
+from distill_trainer.training.teacher_signal import CachedTeacherOutputs, LossSettings, choose_teacher_signal
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +76,6 @@ class ContextDistillationTrainer(
         if args is None or not isinstance(args, DistillationConfig):
             raise UsageError("ContextDistillationTrainer needs args=DistillationConfig(...)")
         teacher = teacher if teacher is not None else args.teacher_model_name_or_path
-        # a train_dataset already carrying the teacher's outputs (teacher/output_cache.py) needs no teacher
-        cached_outputs = has_teacher_outputs(kwargs.get("train_dataset"))
-        if teacher is None and args.alpha > 0 and not cached_outputs:
-            raise UsageError(
-                f"alpha={args.alpha} needs a teacher; pass teacher= (a model, a path or 'self'), or set "
-                "alpha=0 for pattern-based fine-tuning"
-            )
         if teacher_ensemble is not None and not (
             args.teacher_output_cache and args.distill_vocab == "label_words"
         ):
@@ -112,7 +98,6 @@ class ContextDistillationTrainer(
         self._phase = (
             memory_tracker.phase if memory_tracker is not None else lambda name: contextlib.nullcontext()
         )
-        self.teacher_from_cache = cached_outputs and args.alpha > 0
         # what the teacher output cache did: {"path", "reused", "seconds"} per dataset (None without it)
         self.teacher_output_cache_info = None
         # more demonstration sets and/or their calibration (teacher.ensemble.TeacherEnsembleViews)
@@ -123,6 +108,17 @@ class ContextDistillationTrainer(
             self._use_teacher_output_cache()  # loads the teacher only if some outputs are not cached yet
         elif self.teacher is not None:
             self._load_teacher()
+        # where the teacher's signal comes from, decided once: a train_dataset carrying the teacher's
+        # outputs (teacher/output_cache.py, or swapped in above) needs no teacher
+        self.teacher_signal = choose_teacher_signal(
+            LossSettings.from_args(args),
+            teacher_loaded=self.teacher is not None,
+            outputs_cached=has_teacher_outputs(self.train_dataset),
+            answer_hidden=lambda inputs: self.teacher_answer_hidden(inputs),
+            answer_logits=lambda inputs: self.teacher_answer_logits(inputs),
+            label_token_ids=self.label_token_ids,
+            teacher_label_token_ids=self.teacher_label_token_ids,
+        )
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._init_rollouts(rollout_generator, teacher_tokenizer)
 
@@ -175,26 +171,17 @@ class ContextDistillationTrainer(
         """(the teacher's final hidden states at the teacher view's answer positions, its output head)."""
         return self.teacher.answer_hidden(inputs)
 
+    @property
+    def teacher_from_cache(self) -> bool:
+        """Whether the teacher's signal is read from the datasets (teacher output cache), not a live one."""
+        return isinstance(self.teacher_signal, CachedTeacherOutputs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mask = inputs["answer_mask"]
-        n_local = int(mask.sum())
-        if n_local == 0:
-            raise UsageError("a batch has no answer tokens; every example needs a non-empty answer")
-        student_logits = None
-        alpha = self.args.alpha
-        if self.args.distill_vocab == "full" and not return_outputs:
-            # every answer token against the whole vocabulary: chunked, no (batch, length, vocab) tensor
-            loss, kd, ce = self._sequence_terms(model, inputs, mask, num_items_in_batch)
-        else:
-            student_logits = answer_logits(
-                model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
-            )
-            ce = answer_cross_entropy(student_logits, inputs["answer_ids"], mask, num_items_in_batch)
-            loss = (1 - alpha) * ce if alpha < 1 else ce.new_zeros(())
-            kd = None
-            if self.teacher is not None or self.teacher_from_cache:
-                kd = self._distillation_term(model, inputs, student_logits, mask, num_items_in_batch)
-                loss = loss + alpha * kd
+        """The loss of `teacher_signal` (chosen when the trainer was built), the same in training and in
+        evaluation; with `return_outputs`, the student's answer logits where they were built (label words)."""
+        n_local = int(inputs["answer_mask"].sum())
+        require_answer_tokens(n_local)
+        loss, kd, ce, student_logits = self.teacher_signal.loss(model, inputs, num_items_in_batch)
         # num_items_in_batch counts answer tokens over the accumulated batch and, when averaging across
         # devices, over all processes: DDP then averages gradients, so scale back by the process count
         scale = 1.0
@@ -202,121 +189,9 @@ class ContextDistillationTrainer(
             scale = float(self.accelerator.num_processes)
         loss = self._guard_finite(loss * scale)
         self._log_terms(kd, ce, num_items_in_batch, n_local, scale)
-        return (loss, {"logits": student_logits}) if return_outputs else loss
-
-    def _sequence_terms(self, model, inputs, mask, num_items_in_batch):
-        """(loss, distillation term or None, cross-entropy) over every answer token, a chunk at a time."""
-        with output_head_removed(model) as head:
-            hidden = answer_logits(
-                model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
-            )
-        teacher = {}
-        if "teacher_topk_ids" in inputs:
-            vocab = head.module.weight.shape[0]
-            if int(inputs["teacher_topk_ids"].max()) >= vocab:
-                raise UsageError(
-                    f"the cached teacher token ids go up to {int(inputs['teacher_topk_ids'].max())} but the "
-                    f"student has {vocab} logits; the teacher output cache was built for another vocabulary: "
-                    "rebuild it for this student"
-                )
-            keys = ("teacher_topk_logprobs", "teacher_topk_ids", "teacher_tail_logprob")
-            teacher["teacher_topk"] = tuple(inputs[key] for key in keys)
-        elif "teacher_label_logprobs" in inputs:
-            raise UsageError(
-                "the cached teacher outputs are label-word ones (distill_vocab=label_words); rebuild "
-                "the cache with distill_vocab=full"
-            )
-        elif self.teacher is not None:
-            teacher["teacher_hidden"], teacher["teacher_head"] = self.teacher_answer_hidden(inputs)
-        elif self.teacher_from_cache:
-            raise UsageError(
-                "a batch carries no cached teacher outputs and no teacher is loaded; build the dataset with "
-                "teacher_output_cache (output_cache.load_or_build_teacher_outputs) or pass teacher="
-            )
-        return chunked_sequence_loss(
-            hidden,
-            head,
-            mask,
-            answer_ids=inputs["answer_ids"],
-            weights=(self.args.alpha if teacher else 0.0, 1.0 - self.args.alpha),
-            kind=self.args.loss,
-            temperature=self.args.temperature,
-            beta=self.args.beta,
-            top_k=self.args.loss_top_k,
-            chunk_size=self.args.loss_chunk_size,
-            num_items_in_batch=num_items_in_batch,
-            **teacher,
-        )
-
-    def _distillation_term(self, model, inputs, student_logits, mask, num_items_in_batch):
-        if "teacher_topk_ids" in inputs or "teacher_label_logprobs" in inputs:
-            return self._cached_distillation_term(inputs, student_logits, mask, num_items_in_batch)
-        if self.teacher is None:
-            raise UsageError(
-                "a batch carries no cached teacher outputs and no teacher is loaded; build the dataset with "
-                "teacher_output_cache (output_cache.load_or_build_teacher_outputs) or pass teacher="
-            )
-        teacher_logits = self.teacher_answer_logits(inputs)
-        if self.args.distill_vocab == "label_words":
-            # The verbalizer decides at the first answer position (column 0 of the positions holds it for
-            # every row, see TwoViewCollator), so both models are compared there, over the label words
-            # only. Normalising by the answer-token count keeps gradient accumulation exact; with
-            # single-token label words (the usual case) that count is the number of examples.
-            first = torch.ones_like(mask[:, :1])
-            return distillation_loss(
-                restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
-                restrict_to_label_words(teacher_logits[:, :1], self.teacher_label_token_ids),
-                first,
-                kind=self.args.loss,
-                temperature=self.args.temperature,
-                beta=self.args.beta,
-                num_items_in_batch=num_items_in_batch,
-            )
-        return distillation_loss(
-            student_logits,
-            teacher_logits,
-            mask,
-            kind=self.args.loss,
-            temperature=self.args.temperature,
-            beta=self.args.beta,
-            num_items_in_batch=num_items_in_batch,
-        )
-
-    def _cached_distillation_term(self, inputs, student_logits, mask, num_items_in_batch):
-        """The distillation term against teacher outputs read from the dataset (teacher output cache); they
-        are log-probabilities at the temperature the cache was built with (part of its key)."""
-        options = dict(
-            kind=self.args.loss,
-            temperature=self.args.temperature,
-            beta=self.args.beta,
-            num_items_in_batch=num_items_in_batch,
-        )
-        if self.args.distill_vocab == "label_words":
-            if "teacher_label_logprobs" not in inputs:
-                raise UsageError(
-                    "the cached teacher outputs are top-k ones (distill_vocab=full); rebuild the cache "
-                    "with distill_vocab=label_words"
-                )
-            return distillation_loss(
-                restrict_to_label_words(student_logits[:, :1], self.label_token_ids),
-                inputs["teacher_label_logprobs"][:, None],
-                torch.ones_like(mask[:, :1]),
-                teacher_is_logprobs=True,
-                **options,
-            )
-        if "teacher_topk_ids" not in inputs:
-            raise UsageError(
-                "the cached teacher outputs are label-word ones (distill_vocab=label_words); rebuild "
-                "the cache with distill_vocab=full"
-            )
-        return sparse_distillation_loss(
-            student_logits,
-            inputs["teacher_topk_logprobs"],
-            inputs["teacher_topk_ids"],
-            inputs["teacher_tail_logprob"],
-            mask,
-            **options,
-        )
+        if not return_outputs:
+            return loss
+        return loss, ({"logits": student_logits} if student_logits is not None else {})
 
     def _guard_finite(self, loss):
         """Stop (or skip the batch) on a NaN/inf loss: one bad step would poison every weight after it."""

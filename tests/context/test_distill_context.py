@@ -337,14 +337,15 @@ def adapter_weights(folder):
 
 
 def test_a_stopped_run_resumes_to_the_same_weights_and_a_finished_one_is_kept(tmp_path, chat_dirs):
-    from distill_trainer.training.config import parse_config
+    from distill_trainer.training.parsing import parse_config
 
     recipe = load_recipe("distill_context")
     steps = dict(max_steps=3, save_strategy="steps", save_steps=1)
     whole = recipe.main(recipe_config(tmp_path, chat_dirs, output_dir=str(tmp_path / "whole"), **steps))
     argv = recipe_config(tmp_path, chat_dirs, **steps)
     with pytest.raises(RuntimeError, match="stopped after saving"):
-        recipe.run_distill_context(*parse_config(recipe.CONFIG_TYPES, argv), callbacks=[StopAfterSaving(2)])
+        configs, given = parse_config(recipe.CONFIG_TYPES, argv)
+        recipe.run_distill_context(*configs, callbacks=[StopAfterSaving(2)], given=given)
     with pytest.raises(UsageError, match="unfinished run.*resume_from_checkpoint: true"):
         recipe.main(argv)
     resumed = recipe.main([*argv, "--resume_from_checkpoint", "true"])

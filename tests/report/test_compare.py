@@ -131,30 +131,38 @@ def test_fresh_process_per_method_measures_each_method(tmp_path, tiny_dirs):
 
 def test_method_configs(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs)
-    student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config])
+    (student_args, data_args, args, training), given = parse_config(
+        compare.CONFIG_TYPES, ["--config", config]
+    )
     out = tmp_path / "m"
-    recipe, pbft = compare.method_config("pbft_lora", student_args, data_args, args, training, out)
+    recipe, pbft = compare.method_config("pbft_lora", student_args, data_args, args, training, out, given)
     assert recipe == "pattern_finetune" and pbft["student_mode"] == "lora" and pbft["learning_rate"] == 1e-2
     assert "teacher_model_name_or_path" not in pbft and "alpha" not in pbft
     assert pbft["demonstration_ids"] == [21, 57]  # so its training queries exclude the demonstrations too
-    _, zero_shot = compare.method_config("zero_shot", student_args, data_args, args, training, out)
+    _, zero_shot = compare.method_config("zero_shot", student_args, data_args, args, training, out, given)
     assert zero_shot["k"] == 0 and "demonstration_ids" not in zero_shot
-    _, teacher = compare.method_config("icl_teacher", student_args, data_args, args, training, out)
+    _, teacher = compare.method_config("icl_teacher", student_args, data_args, args, training, out, given)
     assert teacher["model_name_or_path"] == tiny_dirs["teacher"] and teacher["k"] == 2
-    _, self_teacher = compare.method_config("cd_lora_self", student_args, data_args, args, training, out)
+    _, self_teacher = compare.method_config(
+        "cd_lora_self", student_args, data_args, args, training, out, given
+    )
     assert self_teacher["teacher_model_name_or_path"] == "self"
-    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out)
+    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out, given)
     assert full["learning_rate"] == 1e-3 and full["teacher_quantization"] == "none"
     assert full["output_dir"] == str(out) and full["max_steps"] == 2
 
 
 def test_quick_shrinks_the_run(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, num_train_examples=20)
-    _, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config, "--quick"])
+    (_, data_args, args, training), given = parse_config(
+        compare.CONFIG_TYPES, ["--config", config, "--quick"]
+    )
     assert args.quick
-    compare.apply_quick(data_args, args, training)
+    quick = compare.apply_quick(data_args, args, training, given)
     assert data_args.num_train_examples == args.quick_num_train_examples
-    assert training.recipe["num_train_epochs"] == args.quick_num_train_epochs
+    assert training.num_train_epochs == args.quick_num_train_epochs
+    # every method's file carries quick's epochs; the parsed settings themselves are left as they were
+    assert quick.get("num_train_epochs") == args.quick_num_train_epochs and "num_train_epochs" not in given
 
 
 def test_unknown_method_is_a_usage_error(tmp_path, tiny_dirs):
@@ -163,7 +171,7 @@ def test_unknown_method_is_a_usage_error(tmp_path, tiny_dirs):
 
 
 def test_the_embedded_preset_is_the_papers_shape_on_real_weights():
-    student_args, data_args, args, training = parse_config(
+    (student_args, data_args, args, training), _ = parse_config(
         compare.CONFIG_TYPES, ["--config", str(EMBEDDED_YAML)]
     )
     assert student_args.model_name_or_path == "embedded:smollm2-135m"
@@ -202,32 +210,38 @@ def test_the_embedded_preset_is_the_papers_shape_on_real_weights():
 
 def test_probe_methods_train_a_few_steps_unscored_with_a_resident_quantized_teacher(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, probe_methods=["cd_full", "cd_lora_8bit"], memory_only_steps=3)
-    student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config])
+    (student_args, data_args, args, training), given = parse_config(
+        compare.CONFIG_TYPES, ["--config", config]
+    )
     out = tmp_path / "m"
-    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out)
+    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out, given)
     assert full["max_steps"] == 3 and full["evaluate_after_training"] is False
     assert full.get("teacher_output_cache", True)  # the student's memory: the teacher's outputs are cached
-    _, eight_bit = compare.method_config("cd_lora_8bit", student_args, data_args, args, training, out)
+    _, eight_bit = compare.method_config("cd_lora_8bit", student_args, data_args, args, training, out, given)
     assert eight_bit["max_steps"] == 3 and eight_bit["teacher_output_cache"] is False
-    _, lora = compare.method_config("cd_lora", student_args, data_args, args, training, out)
+    _, lora = compare.method_config("cd_lora", student_args, data_args, args, training, out, given)
     assert lora["max_steps"] == 2 and lora.get("evaluate_after_training", True)
 
 
 def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, lora_base_dtype="bfloat16", student_eval_dtype="bfloat16")
-    student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config])
+    (student_args, data_args, args, training), given = parse_config(
+        compare.CONFIG_TYPES, ["--config", config]
+    )
     out = tmp_path / "m"
 
     def dtype(name):
-        return compare.method_config(name, student_args, data_args, args, training, out)[1].get("dtype")
+        return compare.method_config(name, student_args, data_args, args, training, out, given)[1].get(
+            "dtype"
+        )
 
     assert dtype("cd_lora") == dtype("pbft_lora") == dtype("zero_shot") == dtype("icl_student") == "bfloat16"
     # full and BitFit students train their weights: float32, whatever the LoRA base is
     assert dtype("cd_full") == dtype("cd_bitfit") == dtype("pbft_full") == "float32"
     rated = write_config(tmp_path, tiny_dirs, learning_rates=["cd_lora=0.05"])
-    student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", rated])
+    (student_args, data_args, args, training), given = parse_config(compare.CONFIG_TYPES, ["--config", rated])
     lrs = {
-        n: compare.method_config(n, student_args, data_args, args, training, out)[1]["learning_rate"]
+        n: compare.method_config(n, student_args, data_args, args, training, out, given)[1]["learning_rate"]
         for n in ("cd_lora", "pbft_lora", "cd_lora_8bit")
     }
     assert lrs == {"cd_lora": 0.05, "pbft_lora": 1e-2, "cd_lora_8bit": 1e-2}
@@ -241,7 +255,7 @@ def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
 
 def test_full_runs_every_row_and_no_probe(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, methods=["zero_shot", "cd_full"], probe_methods=["cd_full"])
-    _, _, args, _ = parse_config(compare.CONFIG_TYPES, ["--config", config, "--full"])
+    (_, _, args, _), _ = parse_config(compare.CONFIG_TYPES, ["--config", config, "--full"])
     compare.apply_full(args)
     assert args.methods == compare.DEFAULT_METHODS and args.probe_methods == []
     with pytest.raises(UsageError, match="--full and --quick"):

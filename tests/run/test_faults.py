@@ -207,14 +207,16 @@ def test_the_console_loss_of_a_resumed_run_is_the_uninterrupted_runs(tmp_path, t
         output_dir=str(tmp_path / "whole"),
     )
     recipe = load_recipe("context_distill")
-    recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, ["--config", config]))
+    configs, given = parse_config(recipe.CONFIG_TYPES, ["--config", config])
+    recipe.run_context_distill(*configs, given=given)
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     printed_whole = _train_loss_lines(capsys.readouterr().out)
 
     (tmp_path / "resumed").mkdir()
     shutil.copytree(tmp_path / "whole" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
     argv = ["--config", config, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"]
-    recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, argv))
+    configs, given = parse_config(recipe.CONFIG_TYPES, argv)
+    recipe.run_context_distill(*configs, given=given)
     resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     printed_resumed = _train_loss_lines(capsys.readouterr().out)
 
@@ -244,7 +246,8 @@ def test_a_recipe_warns_once_about_a_damaged_teacher_cache_and_rebuilds_it(tmp_p
 
     def run(name):
         argv = ["--config", config, "--output_dir", str(tmp_path / name)]
-        recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, argv))
+        configs, given = parse_config(recipe.CONFIG_TYPES, argv)
+        recipe.run_context_distill(*configs, given=given)
         return json.loads((tmp_path / name / "metrics.json").read_text())
 
     first = run("first")

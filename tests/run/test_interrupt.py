@@ -37,9 +37,9 @@ class WaitAfterCheckpoint(TrainerCallback):
                 time.sleep(0.05)
 
 def main(argv):
-    configs = parse_config(recipe.CONFIG_TYPES, argv)
+    configs, given = parse_config(recipe.CONFIG_TYPES, argv)
     with no_partial_output_dir(configs[-1].output_dir):
-        return recipe.run_pattern_finetune(*configs, callbacks=[WaitAfterCheckpoint()])
+        return recipe.run_pattern_finetune(*configs, callbacks=[WaitAfterCheckpoint()], given=given)
 
 run_recipe(main)
 """

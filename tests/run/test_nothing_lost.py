@@ -62,17 +62,18 @@ class StepRecorder(TrainerCallback):
 def test_a_damaged_checkpoint_is_passed_over_for_the_previous_one(tmp_path, tiny_dirs, caplog):
     recipe = load_recipe("pattern_finetune")
     config = write_recipe(tmp_path, tiny_dirs, save_strategy="steps", save_steps=1, max_steps=2)
-    recipe.run_pattern_finetune(*parse_config(recipe.CONFIG_TYPES, ["--config", config]))
+    configs, given = parse_config(recipe.CONFIG_TYPES, ["--config", config])
+    recipe.run_pattern_finetune(*configs, given=given)
     out = tmp_path / "out"
     assert (out / "checkpoint-2" / "checkpoint_manifest.json").is_file()
     optimizer = out / "checkpoint-2" / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:100])  # a disk that filled up while it was copied
     caplog.set_level(logging.WARNING, logger="distill_trainer")
     recorder = StepRecorder()
-    metrics = recipe.run_pattern_finetune(
-        *parse_config(recipe.CONFIG_TYPES, ["--config", config, "--resume_from_checkpoint", "true"]),
-        callbacks=[recorder],
+    configs, given = parse_config(
+        recipe.CONFIG_TYPES, ["--config", config, "--resume_from_checkpoint", "true"]
     )
+    metrics = recipe.run_pattern_finetune(*configs, callbacks=[recorder], given=given)
     assert recorder.steps == [2]  # resumed from checkpoint-1, not from scratch and not from the damaged one
     warnings = [r.getMessage() for r in caplog.records if "skipping checkpoint" in r.getMessage()]
     assert (
@@ -103,9 +104,9 @@ class WaitForTheSecondRun(TrainerCallback):
             time.sleep(0.1)
 
 def main(argv):
-    configs = parse_config(recipe.CONFIG_TYPES, argv)
+    configs, given = parse_config(recipe.CONFIG_TYPES, argv)
     with no_partial_output_dir(configs[-1].output_dir):
-        return recipe.run_pattern_finetune(*configs, callbacks=[WaitForTheSecondRun()])
+        return recipe.run_pattern_finetune(*configs, callbacks=[WaitForTheSecondRun()], given=given)
 
 run_recipe(main, ["--config", config])
 """

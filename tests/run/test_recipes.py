@@ -54,7 +54,9 @@ def read_outputs(output_dir, n_tasks=2):
 def check_resolved_config(recipe, output_dir, **expected):
     """The resolved config loads back into the recipe's dataclasses and holds the run's settings."""
     module = load_recipe(recipe)
-    parsed = parse_config(module.CONFIG_TYPES, ["--config", str(Path(output_dir) / "resolved_config.yaml")])
+    parsed, _ = parse_config(
+        module.CONFIG_TYPES, ["--config", str(Path(output_dir) / "resolved_config.yaml")]
+    )
     merged = {k: v for obj in parsed for k, v in vars(obj).items()}
     for key, value in expected.items():
         assert merged[key] == value, key
@@ -125,8 +127,8 @@ def test_the_same_settings_train_pbft_and_cd_on_the_same_queries(tmp_path, tiny_
     from distill_trainer.nli.data import prepare_data
 
     pbft = load_recipe("pattern_finetune").CONFIG_TYPES
-    _, data_args, _ = parse_config(pbft, ["--config", write_recipe(tmp_path, tiny_dirs)])
-    _, cd_args, _ = parse_config(
+    (_, data_args, _), _ = parse_config(pbft, ["--config", write_recipe(tmp_path, tiny_dirs)])
+    (_, cd_args, _), _ = parse_config(
         load_recipe("context_distill").CONFIG_TYPES,
         ["--config", write_recipe(tmp_path, tiny_dirs, "cd", teacher_model_name_or_path="x")],
     )
@@ -144,7 +146,7 @@ def test_holdout_rows_are_never_training_queries(tmp_path, tiny_dirs, capsys):
 
     types = load_recipe("context_distill").CONFIG_TYPES
     recipe = write_recipe(tmp_path, tiny_dirs, "cd", teacher_model_name_or_path="x")
-    _, data_args, _ = parse_config(types, ["--config", recipe])
+    (_, data_args, _), _ = parse_config(types, ["--config", recipe])
     chosen = prepare_data(data_args).train_rows
     # hold out half of the queries the run would otherwise train on
     holdout = tmp_path / "dev.jsonl"
@@ -152,7 +154,7 @@ def test_holdout_rows_are_never_training_queries(tmp_path, tiny_dirs, capsys):
     # written as a dev file is (select_prompt's dev.jsonl): the source's label ids (binary 1 = source 2)
     source = [{**row, "label": 2 * row["label"]} for row in held]
     holdout.write_text("".join(json.dumps(row) + "\n" for row in source))
-    _, held_args, _ = parse_config(types, ["--config", recipe, "--holdout_rows", str(holdout)])
+    (_, held_args, _), _ = parse_config(types, ["--config", recipe, "--holdout_rows", str(holdout)])
     capsys.readouterr()
     data = prepare_data(held_args)
     pairs = set(zip(data.train_rows["premise"], data.train_rows["hypothesis"]))

@@ -253,6 +253,7 @@ def test_no_share_of_a_gain_that_does_not_exist():
 
 def test_compare_plans_the_new_methods(tmp_path):
     from distill_trainer import DataArguments, StudentArguments
+    from distill_trainer.training.parsing import GivenSettings
     from recipes import compare
 
     student_args = StudentArguments(model_name_or_path="student-dir")
@@ -260,20 +261,20 @@ def test_compare_plans_the_new_methods(tmp_path):
     config = DistillationConfig(
         output_dir=str(tmp_path), teacher_model_name_or_path="teacher-dir", use_cpu=True
     )
-    config.recipe = {"teacher_model_name_or_path": "teacher-dir", "num_train_epochs": 3}
+    given = GivenSettings({"teacher_model_name_or_path": "teacher-dir", "num_train_epochs": 3})
     options = compare.CompareArguments(methods=["icl_student", "cd_bitfit", "pbft_teacher_lora"])
     recipe, icl = compare.method_config(
-        "icl_student", student_args, data_args, options, config, tmp_path / "a"
+        "icl_student", student_args, data_args, options, config, tmp_path / "a", given
     )
     assert recipe == "icl_eval" and icl["model_name_or_path"] == "student-dir" and icl["k"] == 2
     recipe, bitfit = compare.method_config(
-        "cd_bitfit", student_args, data_args, options, config, tmp_path / "b"
+        "cd_bitfit", student_args, data_args, options, config, tmp_path / "b", given
     )
     assert recipe == "context_distill" and bitfit["student_mode"] == "bitfit"
     assert bitfit["learning_rate"] == options.bitfit_learning_rate
     assert bitfit["teacher_model_name_or_path"] == "teacher-dir"
     recipe, reference = compare.method_config(
-        "pbft_teacher_lora", student_args, data_args, options, config, tmp_path / "c"
+        "pbft_teacher_lora", student_args, data_args, options, config, tmp_path / "c", given
     )
     assert recipe == "pattern_finetune" and reference["model_name_or_path"] == "teacher-dir"
     assert reference["student_mode"] == "lora" and reference["max_steps"] == options.memory_only_steps

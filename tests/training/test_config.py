@@ -1,7 +1,8 @@
 import pytest
 
 from distill_trainer.errors import UsageError
-from distill_trainer.training.config import DistillationConfig, StudentArguments, parse_config
+from distill_trainer.training.config import DistillationConfig, StudentArguments
+from distill_trainer.training.parsing import parse_config
 
 TYPES = [StudentArguments, DistillationConfig]
 
@@ -18,11 +19,14 @@ def test_yaml_and_cli_overrides(tmp_path):
         f"model_name_or_path: tiny\noutput_dir: {tmp_path}/o\nalpha: 0.5\nloss: jsd\n"
         "learning_rate: 3.0e-5\nlora_target_modules: [q_proj, v_proj]\n",
     )
-    student, config = parse_config(TYPES, ["--config", path, "--learning_rate", "1e-4", "--temperature", "2"])
+    (student, config), given = parse_config(
+        TYPES, ["--config", path, "--learning_rate", "1e-4", "--temperature", "2"]
+    )
     assert student.model_name_or_path == "tiny" and student.lora_target_modules == ["q_proj", "v_proj"]
     assert config.alpha == 0.5 and config.loss == "jsd"
     assert config.learning_rate == 1e-4 and config.temperature == 2.0
-    assert config.recipe["learning_rate"] == 1e-4
+    assert given.get("learning_rate") == 1e-4 and given.get("alpha") == 0.5
+    assert "beta" not in given and not hasattr(config, "recipe")  # nothing hung on the config
 
 
 def test_unknown_yaml_key_is_rejected_with_a_suggestion(tmp_path):
@@ -90,3 +94,20 @@ def test_bf16_training_warns_on_an_emulating_cpu(monkeypatch, caplog, tmp_path):
     with caplog.at_level("WARNING", logger=models.logger.name):
         check_training_settings(DataArguments(), config)
     assert any("bf16: true (mixed-precision training)" in r.getMessage() for r in caplog.records)
+
+
+def test_greedy_rollouts_are_asked_for_as_the_teachers_replies_are(tmp_path):
+    from distill_trainer.training.rollouts import rollout_settings
+
+    greedy = DistillationConfig(output_dir=str(tmp_path), rollout_do_sample=False, report_to="none")
+    assert not rollout_settings(greedy, step=0).do_sample
+    assert rollout_settings(DistillationConfig(output_dir=str(tmp_path), report_to="none"), step=0).do_sample
+    with pytest.raises(UsageError, match="rollout_temperature > 0.*rollout_do_sample: false"):
+        DistillationConfig(output_dir=str(tmp_path), rollout_temperature=-1.0)
+
+
+def test_the_old_greedy_setting_still_works_with_a_deprecation_warning(tmp_path):
+    path = write(tmp_path, f"output_dir: {tmp_path}/o\nrollout_temperature: 0\n")
+    with pytest.warns(FutureWarning, match="rollout_temperature: 0 .*deprecated.*rollout_do_sample: false"):
+        (_, config), _ = parse_config(TYPES, ["--config", path])
+    assert config.rollout_do_sample is False and config.rollout_temperature == 1.0

@@ -30,8 +30,8 @@ def run(monkeypatch, config, *extra):
     module = load_recipe("context_distill")
     monkeypatch.setattr(module, "TwoViewCollator", RecordingCollator)
     BATCHES.clear()
-    configs = parse_config(module.CONFIG_TYPES, ["--config", config, *extra])
-    module.run_context_distill(*configs)
+    configs, given = parse_config(module.CONFIG_TYPES, ["--config", config, *extra])
+    module.run_context_distill(*configs, given=given)
     output_dir = Path(configs[-1].output_dir)
     metrics = json.loads((output_dir / "metrics.json").read_text())
     losses = [

@@ -36,8 +36,8 @@ class WaitForTheKill(TrainerCallback):
             marker.write_text(str(step))
             time.sleep(600)
 
-recipe.run_context_distill(*parse_config(recipe.CONFIG_TYPES, ["--config", config]), \
-callbacks=[WaitForTheKill()])
+configs, given = parse_config(recipe.CONFIG_TYPES, ["--config", config])
+recipe.run_context_distill(*configs, callbacks=[WaitForTheKill()], given=given)
 """
 
 
@@ -52,9 +52,8 @@ class StepRecorder(TrainerCallback):
 def run_in_process(config, *extra):
     module = load_recipe("context_distill")
     recorder = StepRecorder()
-    module.run_context_distill(
-        *parse_config(module.CONFIG_TYPES, ["--config", config, *extra]), callbacks=[recorder]
-    )
+    configs, given = parse_config(module.CONFIG_TYPES, ["--config", config, *extra])
+    module.run_context_distill(*configs, callbacks=[recorder], given=given)
     return recorder.steps
 
 
