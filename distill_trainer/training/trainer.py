@@ -28,7 +28,6 @@ from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from distill_trainer.training.config import PACKING, DistillationConfig
-from distill_trainer.training.hub_push import HubPushMixin
 from distill_trainer.training.losses import (
     answer_cross_entropy,
     distillation_loss,
@@ -39,6 +38,7 @@ from distill_trainer.training.resumable_loss import ResumableTrainLossMixin
 from distill_trainer.training.rollouts import OnPolicyMixin
 from distill_trainer.training.sequence_loss import chunked_sequence_loss
 from distill_trainer.training.teacher_outputs import TeacherOutputsMixin
+from distill_trainer.training.trainer_internals import TrainerInternalsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ContextDistillationTrainer(
     ResumableTrainLossMixin,
     TeacherOutputsMixin,
     OnPolicyMixin,
-    HubPushMixin,
+    TrainerInternalsMixin,
     Trainer,
 ):
     """Trainer for context distillation (and, with `alpha=0` and no teacher, pattern-based fine-tuning).
