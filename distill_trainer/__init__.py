@@ -3,12 +3,14 @@
 The public names below load on first use (PEP 562): importing the package, or a light module of it such as
 `distill_trainer.run.interrupt`, costs milliseconds, so a command can catch Ctrl-C before torch and
 transformers load (seconds).
+
+Importing it changes no global state (logging, warnings): programs that want the known noise of
+peft and bitsandbytes dropped call `distill_trainer.quiet_logs.install_quiet_logs()`, as the recipes and
+the `distill-trainer` command do.
 """
 
 import importlib
 
-# first: it silences a notice that importing peft (through the modules below) would print
-from distill_trainer import quiet_logs  # noqa: F401
 from distill_trainer.errors import UsageError
 
 # public name -> the module that defines it
@@ -25,6 +27,7 @@ _PUBLIC = {
     "load_split": "distill_trainer.nli.tasks",
     "load_or_build_teacher_outputs": "distill_trainer.teacher.output_cache",
     "PrefixCachedTeacher": "distill_trainer.teacher.prefix_cache",
+    "Teacher": "distill_trainer.teacher.teacher",
     "DistillationConfig": "distill_trainer.training.config",
     "StudentArguments": "distill_trainer.training.config",
     "parse_config": "distill_trainer.training.parsing",

@@ -79,9 +79,7 @@ def quantized_teacher_bytes(teacher, quantization: str = "none", dtype: str = "f
     return total
 
 
-def student_activation_bytes(
-    config, tokens: int, dtype: str = "float32", trains_weights: bool = True
-) -> int:
+def student_activation_bytes(config, tokens: int, dtype: str = "float32", trains_weights: bool = True) -> int:
     """Activations a decoder layer stack keeps for backward, for `tokens` = batch x padded length, in the
     compute `dtype` (bfloat16 under bf16 autocast, whatever the weights' dtype).
 

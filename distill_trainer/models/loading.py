@@ -10,11 +10,14 @@ import importlib.util
 import logging
 import os
 import platform
+import warnings
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill_trainer.errors import UsageError
+from distill_trainer.models.int8_notices import drop_int8_cast_notices
+from distill_trainer.quiet_logs import PEFT_DEPRECATION
 
 EMBEDDED_PREFIX = "embedded:"
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -146,19 +149,21 @@ def load_causal_lm(
     qconfig = quantization_config(quantization, compute_dtype=compute_dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-        # bitsandbytes logs "inputs will be cast to float16" on every 8-bit matmul of a float32 input
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         kwargs["device_map"] = device_map if device_map is not None else {"": _default_device()}
     elif device_map is not None:
         kwargs["device_map"] = device_map
     path = resolve_model_path(name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as error:
         raise UsageError(
             f"cannot load model {name_or_path!r} ({str(error).splitlines()[0]}); give a local directory, an "
             "embedded alias such as embedded:smollm2-135m, or a Hub id with network access"
         ) from None
+    if quantization == "8bit":
+        # bitsandbytes logs "inputs will be cast to float16" on every 8-bit matmul of a float32 input
+        drop_int8_cast_notices(model)
+    return model
 
 
 def _loads_on_cpu(device_map, quantization: str) -> bool:
@@ -231,7 +236,11 @@ def prepare_student(
             task_type="CAUSAL_LM",
             target_modules=lora_target_modules,
         )
-        return get_peft_model(model, config)
+        # peft asks the model for a property transformers has deprecated: a warning about code not ours,
+        # dropped here only (the warnings state is restored on leaving the block)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+            return get_peft_model(model, config)
     if mode == "bitfit":
         model.requires_grad_(False)
         biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]

@@ -11,12 +11,16 @@ hidden states through whatever wraps the model (PEFT, DDP: gradients still flow 
 the loss then applies the real head to a chunk of positions at a time (`training.sequence_loss`).
 
 Models that post-process their logits (Gemma's final logit soft-capping) get it from `head` too: the
-swap turns it off in the forward and the head applies it.
+swap turns it off in the forward and the head applies it. The swap changes nothing shared: within the
+block the model holding the head reads a copy of its config with soft-capping off (the config object
+itself, which other models and the saved checkpoint share, is never written), and on leaving it the
+head and the config are put back whatever happened inside.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 
@@ -86,13 +90,15 @@ def output_head_removed(model):
     softcap = getattr(config, "final_logit_softcapping", None)
     setattr(holder, name, _HiddenStates(module))
     if softcap:
-        config.final_logit_softcapping = None
+        uncapped = copy.copy(config)
+        uncapped.final_logit_softcapping = None
+        holder.config = uncapped
     try:
         yield OutputHead(module, softcap)
     finally:
         setattr(holder, name, module)
         if softcap:
-            config.final_logit_softcapping = softcap
+            holder.config = config
 
 
 def output_head(model) -> OutputHead:

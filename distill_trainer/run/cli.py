@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from distill_trainer.errors import UsageError
+from distill_trainer.quiet_logs import install_quiet_logs
 from distill_trainer.run.interrupt import interruptible
 
 
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    install_quiet_logs()
     with interruptible(argv, program="distill-trainer"):
         try:
             args, rest = build_parser().parse_known_args(argv)

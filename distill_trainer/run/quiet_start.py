@@ -1,7 +1,8 @@
 """Imported first by every command line (the recipes' scripts): Ctrl-C while the rest of the program loads
 (torch and transformers take seconds) is the one line and exit status 130 that `interrupt.interruptible`
 gives once it runs, never a traceback; one during the interpreter's teardown, once everything is written,
-is ignored. It needs nothing but the standard library and `interrupt`.
+is ignored. It also drops the known noise lines of peft and bitsandbytes (`quiet_logs`), before those
+packages are imported. It needs nothing but the standard library, `interrupt` and `quiet_logs`.
 
     import distill_trainer.run.quiet_start  # noqa: F401  (first: before the imports that take seconds)
 
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 
+from distill_trainer.quiet_logs import install_quiet_logs
 from distill_trainer.run.interrupt import CHILD_ENV, EXIT_STATUS, default_program, interruption_line
 
 _previous = sys.excepthook
@@ -37,3 +39,4 @@ def _ignore_ctrl_c_at_exit() -> None:
 
 sys.excepthook = _quiet_ctrl_c
 atexit.register(_ignore_ctrl_c_at_exit)
+install_quiet_logs()

@@ -34,6 +34,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import disk_space_checked, file_records, files_problem
+from distill_trainer.training.trainer_internals import TrainerInternalsMixin, checkpoint_folder_name
 
 logger = logging.getLogger(__name__)
 
@@ -197,31 +198,21 @@ def _checkpoint_bytes(run_dir) -> int | None:
     return sum(p.stat().st_size for p in found[-1].rglob("*") if p.is_file()) if found else None
 
 
-class AtomicCheckpointMixin:
+class AtomicCheckpointMixin(TrainerInternalsMixin):
     """`Trainer` mixin: checkpoints appear only when complete, and `args.resume_from_checkpoint` is honoured.
 
-    Place it before `Trainer` in the bases. Every process writes its part of a checkpoint (its RNG state,
-    its shard under DeepSpeed/FSDP) into the staging directory; after a barrier, the process that saves
-    moves it into place and rotates old checkpoints out.
+    Every process writes its part of a checkpoint (its RNG state, its shard under DeepSpeed/FSDP) into the
+    staging directory; after a barrier, the process that saves moves it into place and rotates old
+    checkpoints out. The stock save code is redirected through `trainer_internals`.
     """
 
-    _staging_run_dir: str | None = None
-
-    def _get_output_dir(self, trial) -> str:
-        # while a checkpoint is being saved, the Trainer's own save code writes into the staging area
-        if self._staging_run_dir is not None:
-            return self._staging_run_dir
-        return super()._get_output_dir(trial=trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        run_dir = Path(super()._get_output_dir(trial=trial))
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+    def write_checkpoint(self, run_dir: Path, write_files) -> None:
+        name = checkpoint_folder_name(self.state.global_step)
         staging_root = run_dir / STAGING_DIR
         staged, final = staging_root / name, run_dir / name
         if self.args.should_save:
             shutil.rmtree(staged, ignore_errors=True)  # what a crash in an earlier save left behind
         self.accelerator.wait_for_everyone()
-        self._staging_run_dir = str(staging_root)
         # a full disk: one line, the staged files removed, the checkpoints before this one kept
         needed = _checkpoint_bytes(run_dir)
 
@@ -234,10 +225,9 @@ class AtomicCheckpointMixin:
             return disk_space_checked(final, needed, cleanup=remove_staged)
 
         with space():
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._staging_run_dir = None
+            write_files(staging_root)
+            if self.args.should_save:
+                self.add_checkpoint_files(staged)
         self.accelerator.wait_for_everyone()  # every process has written its files
         if self.args.should_save:
             self._point_best_checkpoint_at(run_dir, staged)
@@ -251,15 +241,6 @@ class AtomicCheckpointMixin:
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
-
-    def _run_epoch(self, *args, **kwargs):
-        # resumed from the run's last checkpoint (killed after training, in its evaluation, say): the
-        # Trainer would train one step more (max_steps is looked at after a step) when max_steps ends
-        # inside an epoch
-        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
-            self.control.should_training_stop = True
-            return None
-        return super()._run_epoch(*args, **kwargs)
 
     def _point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:
         """The Trainer looked for the best checkpoint in the staging area; name its final place instead."""

@@ -15,7 +15,13 @@ import logging
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from distill_trainer.training.trainer_internals import (
+    TrainerInternalsMixin,
+    logged_loss_sum,
+    loss_sums,
+    set_loss_sums,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,32 +37,27 @@ class _RestoreLossSum(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         saved, self.trainer._loss_state_to_restore = self.trainer._loss_state_to_restore, None
         if saved is not None:
-            self.trainer._total_loss_scalar = float(saved["logged"])
-            self.trainer._tr_loss.fill_(float(saved["pending"]))
-            if "last_logged" in saved:  # the pending part spans the steps since then, not since the resume
-                self.trainer._globalstep_last_logged = int(saved["last_logged"])
+            # without "last_logged" (older files) the pending part spans the steps since the resume
+            set_loss_sums(self.trainer, saved["logged"], saved["pending"], saved.get("last_logged"))
 
 
-class ResumableTrainLossMixin:
-    """`Trainer` mixin (after `AtomicCheckpointMixin`, before `Trainer` in the bases)."""
+class ResumableTrainLossMixin(TrainerInternalsMixin):
+    """`Trainer` mixin: each checkpoint holds the loss sums, and a resumed run continues them."""
 
     _loss_state_to_restore: dict | None = None
     _loss_callback_added = False
     _loss_restored = False  # this train() call resumed with the saved sums
 
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = (
-                Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            state = {
-                "logged": self._total_loss_scalar,
-                "pending": float(self._tr_loss.item()),
-                "global_step": self.state.global_step,
-                "last_logged": self._globalstep_last_logged,
-            }
-            (folder / LOSS_STATE).write_text(json.dumps(state), encoding="utf-8")
+    def add_checkpoint_files(self, folder: Path) -> None:
+        super().add_checkpoint_files(folder)
+        sums = loss_sums(self)
+        state = {
+            "logged": sums["logged"],
+            "pending": sums["pending"],
+            "global_step": self.state.global_step,
+            "last_logged": sums["last_logged"],
+        }
+        (folder / LOSS_STATE).write_text(json.dumps(state), encoding="utf-8")
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         self._loss_state_to_restore = None
@@ -89,5 +90,5 @@ class ResumableTrainLossMixin:
         # The Trainer's closing line divides the (restored) sum by the steps of this call only: print,
         # record and return the mean over every step instead
         if self._loss_restored and "train_loss" in logs:
-            logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step, 0.001)
+            logs["train_loss"] = logged_loss_sum(self) / max(self.state.global_step, 0.001)
         super().log(logs, *args, **kwargs)

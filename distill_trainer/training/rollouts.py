@@ -27,6 +27,7 @@ import torch
 
 from distill_trainer.errors import UsageError
 from distill_trainer.teacher.generation import GenerationSettings, HFGenerator
+from distill_trainer.training.trainer_internals import count_items_in_batch
 from distill_trainer.views.chat import stop_token_ids
 from distill_trainer.views.text import two_view_row
 
@@ -150,7 +151,7 @@ class OnPolicyMixin:
             return batches, count
         settings = rollout_settings(self.args, step, self.accelerator.process_index)
         batches = [self._student_rollout(batch, settings) for batch in batches]
-        return batches, self._get_num_items_in_batch(batches, device)
+        return batches, count_items_in_batch(self, batches, device)
 
     def _student_rollout(self, batch: dict, settings: GenerationSettings) -> dict:
         students, _, _ = batch_prompts(batch)

@@ -12,6 +12,7 @@ from pathlib import Path
 from distill_trainer.memory.peak import release_freed_memory
 from distill_trainer.teacher.output_cache import cached_teacher_outputs, load_or_build_teacher_outputs
 from distill_trainer.teacher.store import build_record, record_build
+from distill_trainer.training.trainer_internals import prepare_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class TeacherOutputsMixin:
                 batch_size=args.per_device_eval_batch_size,
                 show_progress=not args.disable_tqdm,
                 teacher_id=self.teacher.teacher_id,
-                logits_fn=lambda batch: self.teacher_answer_logits(self._prepare_inputs(batch)),
+                logits_fn=lambda batch: self.teacher_answer_logits(prepare_inputs(self, batch)),
             )
             with args.main_process_first(desc="teacher output cache"), self._phase("teacher_pass"):
                 for name, dataset in datasets.items():

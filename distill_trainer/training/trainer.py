@@ -26,12 +26,12 @@ from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from distill_trainer.training.config import PACKING, DistillationConfig
-from distill_trainer.training.hub_push import HubPushMixin
 from distill_trainer.training.losses import require_answer_tokens
 from distill_trainer.training.resumable_loss import ResumableTrainLossMixin
 from distill_trainer.training.rollouts import OnPolicyMixin
 from distill_trainer.training.teacher_outputs import TeacherOutputsMixin
 from distill_trainer.training.teacher_signal import CachedTeacherOutputs, LossSettings, choose_teacher_signal
+from distill_trainer.training.trainer_internals import TrainerInternalsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ContextDistillationTrainer(
     ResumableTrainLossMixin,
     TeacherOutputsMixin,
     OnPolicyMixin,
-    HubPushMixin,
+    TrainerInternalsMixin,
     Trainer,
 ):
     """Trainer for context distillation (and, with `alpha=0` and no teacher, pattern-based fine-tuning).

@@ -350,7 +350,9 @@ def _saved_activation_bytes(model, batch: int, length: int) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize(("mode", "dtype"), [("full", "float32"), ("lora", "bfloat16"), ("bitfit", "float32")])
+@pytest.mark.parametrize(
+    ("mode", "dtype"), [("full", "float32"), ("lora", "bfloat16"), ("bitfit", "float32")]
+)
 def test_activation_estimate_of_a_llama_style_student_matches_what_autograd_keeps(mode, dtype):
     """RMSNorm in float32 and a gated MLP: the estimate counts what backward really keeps."""
     from transformers import AutoModelForCausalLM, LlamaConfig

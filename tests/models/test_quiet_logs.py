@@ -1,11 +1,23 @@
-"""Only the known lines about bitsandbytes' optional kernel and peft's deprecated call are dropped;
-anything else from those loggers still reaches the user."""
+"""Only the known lines about bitsandbytes' optional kernel and peft's deprecated call are dropped (by
+`install_quiet_logs`, or around the one peft call for the warning); anything else from those loggers still
+reaches the user."""
 
 import logging
 import subprocess
 import sys
 
-import distill_trainer  # noqa: F401  (installs the filters)
+import pytest
+
+from distill_trainer.quiet_logs import _FILTERS, install_quiet_logs
+
+
+@pytest.fixture(autouse=True)
+def quiet_logs():
+    """The filters a command installs, taken away after each test (pytest restores the warnings itself)."""
+    install_quiet_logs()
+    yield
+    for name, dropper in _FILTERS.items():
+        logging.getLogger(name).removeFilter(dropper)
 
 
 def passes(logger_name: str, message: str) -> bool:
@@ -34,3 +46,9 @@ def test_peft_wrapping_a_model_warns_about_nothing():
     done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "is_gradient_checkpointing" not in done.stderr
+
+
+def test_installing_twice_adds_nothing_more():
+    install_quiet_logs()
+    name = "kernels._internals.hf_hub"
+    assert logging.getLogger(name).filters.count(_FILTERS[name]) == 1

@@ -20,9 +20,8 @@ from distill_trainer import (
     build_views,
 )
 from distill_trainer.errors import UsageError
-from distill_trainer.models.hub import push_student
 from distill_trainer.models.loading import load_causal_lm, prepare_student
-from distill_trainer.report.hub import save_student, ship_student
+from distill_trainer.report.hub import push_student, save_student, ship_student
 from distill_trainer.report.model_card import EvalSummary, StudentCard, build_model_card
 
 DEMOS = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"

@@ -14,7 +14,7 @@ from distributed_launch import JOBS, STEPS, WEIGHTS, launch, max_difference, rep
 from safetensors.torch import load_file
 
 from distill_trainer.errors import UsageError
-from distill_trainer.models.hub import check_student_folder
+from distill_trainer.report.hub import check_student_folder
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -21,7 +21,7 @@ import torch
 from distributed_launch import JOBS, WEIGHTS, launch, max_difference, reports
 from safetensors.torch import load_file
 
-from distill_trainer.models.hub import check_student_folder
+from distill_trainer.report.hub import check_student_folder
 
 STRATEGIES = {  # name: (the harness's flags, accelerate's distributed type, the student's wrapper class,
     # the models each process holds only a shard of)
