@@ -9,6 +9,9 @@ import pytest
 import yaml
 
 from distill_trainer import UsageError, parse_config
+from distill_trainer.run import comparison
+from distill_trainer.run.comparison_arguments import DEFAULT_METHODS, METHODS, apply_full, apply_quick
+from distill_trainer.run.comparison_methods import method_config
 from recipes import compare
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +61,7 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
     assert (tmp_path / "results" / "latest").resolve() == run_dir.resolve()
 
     rows = {row["method"]: row for row in summary["methods"]}
-    assert list(rows) == compare.DEFAULT_METHODS
+    assert list(rows) == DEFAULT_METHODS
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     for name, row in rows.items():
         method_dir = run_dir / name
@@ -81,7 +84,7 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
         # in one process the peak is the growth over what earlier methods left resident: may be 0
         assert row["peak_memory_mib"] >= 0 and row["wall_seconds"] > 0
         # the method's config is a complete config of its recipe
-        recipe, _ = compare.METHODS[name]
+        recipe, _ = METHODS[name]
         module = importlib.import_module(f"recipes.{recipe}")
         parse_config(module.CONFIG_TYPES, ["--config", str(method_dir / "method.yaml")])
 
@@ -133,17 +136,17 @@ def test_method_configs(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs)
     student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config])
     out = tmp_path / "m"
-    recipe, pbft = compare.method_config("pbft_lora", student_args, data_args, args, training, out)
+    recipe, pbft = method_config("pbft_lora", student_args, data_args, args, training, out)
     assert recipe == "pattern_finetune" and pbft["student_mode"] == "lora" and pbft["learning_rate"] == 1e-2
     assert "teacher_model_name_or_path" not in pbft and "alpha" not in pbft
     assert pbft["demonstration_ids"] == [21, 57]  # so its training queries exclude the demonstrations too
-    _, zero_shot = compare.method_config("zero_shot", student_args, data_args, args, training, out)
+    _, zero_shot = method_config("zero_shot", student_args, data_args, args, training, out)
     assert zero_shot["k"] == 0 and "demonstration_ids" not in zero_shot
-    _, teacher = compare.method_config("icl_teacher", student_args, data_args, args, training, out)
+    _, teacher = method_config("icl_teacher", student_args, data_args, args, training, out)
     assert teacher["model_name_or_path"] == tiny_dirs["teacher"] and teacher["k"] == 2
-    _, self_teacher = compare.method_config("cd_lora_self", student_args, data_args, args, training, out)
+    _, self_teacher = method_config("cd_lora_self", student_args, data_args, args, training, out)
     assert self_teacher["teacher_model_name_or_path"] == "self"
-    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out)
+    _, full = method_config("cd_full", student_args, data_args, args, training, out)
     assert full["learning_rate"] == 1e-3 and full["teacher_quantization"] == "none"
     assert full["output_dir"] == str(out) and full["max_steps"] == 2
 
@@ -152,7 +155,7 @@ def test_quick_shrinks_the_run(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, num_train_examples=20)
     _, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config, "--quick"])
     assert args.quick
-    compare.apply_quick(data_args, args, training)
+    apply_quick(data_args, args, training)
     assert data_args.num_train_examples == args.quick_num_train_examples
     assert training.recipe["num_train_epochs"] == args.quick_num_train_epochs
 
@@ -204,12 +207,12 @@ def test_probe_methods_train_a_few_steps_unscored_with_a_resident_quantized_teac
     config = write_config(tmp_path, tiny_dirs, probe_methods=["cd_full", "cd_lora_8bit"], memory_only_steps=3)
     student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", config])
     out = tmp_path / "m"
-    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out)
+    _, full = method_config("cd_full", student_args, data_args, args, training, out)
     assert full["max_steps"] == 3 and full["evaluate_after_training"] is False
     assert full.get("teacher_output_cache", True)  # the student's memory: the teacher's outputs are cached
-    _, eight_bit = compare.method_config("cd_lora_8bit", student_args, data_args, args, training, out)
+    _, eight_bit = method_config("cd_lora_8bit", student_args, data_args, args, training, out)
     assert eight_bit["max_steps"] == 3 and eight_bit["teacher_output_cache"] is False
-    _, lora = compare.method_config("cd_lora", student_args, data_args, args, training, out)
+    _, lora = method_config("cd_lora", student_args, data_args, args, training, out)
     assert lora["max_steps"] == 2 and lora.get("evaluate_after_training", True)
 
 
@@ -219,7 +222,7 @@ def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
     out = tmp_path / "m"
 
     def dtype(name):
-        return compare.method_config(name, student_args, data_args, args, training, out)[1].get("dtype")
+        return method_config(name, student_args, data_args, args, training, out)[1].get("dtype")
 
     assert dtype("cd_lora") == dtype("pbft_lora") == dtype("zero_shot") == dtype("icl_student") == "bfloat16"
     # full and BitFit students train their weights: float32, whatever the LoRA base is
@@ -227,7 +230,7 @@ def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
     rated = write_config(tmp_path, tiny_dirs, learning_rates=["cd_lora=0.05"])
     student_args, data_args, args, training = parse_config(compare.CONFIG_TYPES, ["--config", rated])
     lrs = {
-        n: compare.method_config(n, student_args, data_args, args, training, out)[1]["learning_rate"]
+        n: method_config(n, student_args, data_args, args, training, out)[1]["learning_rate"]
         for n in ("cd_lora", "pbft_lora", "cd_lora_8bit")
     }
     assert lrs == {"cd_lora": 0.05, "pbft_lora": 1e-2, "cd_lora_8bit": 1e-2}
@@ -242,8 +245,8 @@ def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
 def test_full_runs_every_row_and_no_probe(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, methods=["zero_shot", "cd_full"], probe_methods=["cd_full"])
     _, _, args, _ = parse_config(compare.CONFIG_TYPES, ["--config", config, "--full"])
-    compare.apply_full(args)
-    assert args.methods == compare.DEFAULT_METHODS and args.probe_methods == []
+    apply_full(args)
+    assert args.methods == DEFAULT_METHODS and args.probe_methods == []
     with pytest.raises(UsageError, match="--full and --quick"):
         compare.main(["--config", config, "--full", "--quick"])
 
@@ -286,13 +289,13 @@ def test_an_unchanged_rerun_reads_every_method_back_and_a_change_reruns_only_wha
     )
     first = compare.main(["--config", config, "--run_name", "first"])
     ran = []
-    real_run = compare.run_in_this_process
+    real_run = comparison.run_in_this_process
 
-    def counting_run(recipe, config_path, tracker, name, extra=()):
+    def counting_run(scripts, recipe, config_path, tracker, name, extra=()):
         ran.append(name)
-        return real_run(recipe, config_path, tracker, name, extra)
+        return real_run(scripts, recipe, config_path, tracker, name, extra)
 
-    monkeypatch.setattr(compare, "run_in_this_process", counting_run)
+    monkeypatch.setattr(comparison, "run_in_this_process", counting_run)
     second = compare.main(["--config", config, "--run_name", "second"])
     assert ran == [] and second["settings"]["reused"] == ["pbft_lora", "zero_shot"]
     for a, b in zip(first["methods"], second["methods"]):

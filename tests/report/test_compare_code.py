@@ -7,6 +7,7 @@ from test_compare import DATA, write_config
 
 from distill_trainer import code_digest
 from distill_trainer.code_stamp import read_stamp
+from distill_trainer.run import comparison
 from recipes import compare
 
 LOSSES = "distill_trainer/training/losses.py"
@@ -32,13 +33,13 @@ def test_a_code_or_package_change_reruns_and_says_why_an_unchanged_rerun_reads_b
         data_dir=str(data),
         teacher_output_cache=True,
     )
-    ran, real_run = [], compare.run_in_this_process
+    ran, real_run = [], comparison.run_in_this_process
 
-    def counting_run(recipe, config_path, tracker, name, extra=()):
+    def counting_run(scripts, recipe, config_path, tracker, name, extra=()):
         ran.append(name)
-        return real_run(recipe, config_path, tracker, name, extra)
+        return real_run(scripts, recipe, config_path, tracker, name, extra)
 
-    monkeypatch.setattr(compare, "run_in_this_process", counting_run)
+    monkeypatch.setattr(comparison, "run_in_this_process", counting_run)
     compare.main(["--config", config, "--run_name", "first"])
     assert ran == ["zero_shot", "cd_lora"]
 

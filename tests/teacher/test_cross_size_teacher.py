@@ -253,7 +253,8 @@ def test_no_share_of_a_gain_that_does_not_exist():
 
 def test_compare_plans_the_new_methods(tmp_path):
     from distill_trainer import DataArguments, StudentArguments
-    from recipes import compare
+    from distill_trainer.run.comparison_arguments import DEFAULT_METHODS, CompareArguments
+    from distill_trainer.run.comparison_methods import method_config
 
     student_args = StudentArguments(model_name_or_path="student-dir")
     data_args = DataArguments(task="mnli", eval_tasks=["mnli", "hans"], pattern="gpt3", k=2)
@@ -261,24 +262,20 @@ def test_compare_plans_the_new_methods(tmp_path):
         output_dir=str(tmp_path), teacher_model_name_or_path="teacher-dir", use_cpu=True
     )
     config.recipe = {"teacher_model_name_or_path": "teacher-dir", "num_train_epochs": 3}
-    options = compare.CompareArguments(methods=["icl_student", "cd_bitfit", "pbft_teacher_lora"])
-    recipe, icl = compare.method_config(
-        "icl_student", student_args, data_args, options, config, tmp_path / "a"
-    )
+    options = CompareArguments(methods=["icl_student", "cd_bitfit", "pbft_teacher_lora"])
+    recipe, icl = method_config("icl_student", student_args, data_args, options, config, tmp_path / "a")
     assert recipe == "icl_eval" and icl["model_name_or_path"] == "student-dir" and icl["k"] == 2
-    recipe, bitfit = compare.method_config(
-        "cd_bitfit", student_args, data_args, options, config, tmp_path / "b"
-    )
+    recipe, bitfit = method_config("cd_bitfit", student_args, data_args, options, config, tmp_path / "b")
     assert recipe == "context_distill" and bitfit["student_mode"] == "bitfit"
     assert bitfit["learning_rate"] == options.bitfit_learning_rate
     assert bitfit["teacher_model_name_or_path"] == "teacher-dir"
-    recipe, reference = compare.method_config(
+    recipe, reference = method_config(
         "pbft_teacher_lora", student_args, data_args, options, config, tmp_path / "c"
     )
     assert recipe == "pattern_finetune" and reference["model_name_or_path"] == "teacher-dir"
     assert reference["student_mode"] == "lora" and reference["max_steps"] == options.memory_only_steps
     assert reference["evaluate_after_training"] is False
-    assert "pbft_teacher_lora" not in compare.DEFAULT_METHODS
+    assert "pbft_teacher_lora" not in DEFAULT_METHODS
 
 
 # ---- BitFit on an architecture without biases ----
