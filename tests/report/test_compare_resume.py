@@ -1,4 +1,4 @@
-"""A comparison run again under its run_name after it was killed (found by benchmarks/faults.py: the rerun
+"""A comparison run again under its run_name after it was killed (found by checks/faults.py: the rerun
 stopped at "output_dir ... already holds a run's results"): the methods that finished are kept, the one
 that was interrupted continues from its last complete checkpoint, and the result is the uninterrupted one."""
 

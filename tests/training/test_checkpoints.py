@@ -200,7 +200,7 @@ def test_resuming_from_an_earlier_checkpoint_replaces_the_later_ones(tmp_path, t
 
 
 def test_resuming_from_the_last_checkpoint_trains_no_step_more(tmp_path, tokenizer, teacher):
-    # found by benchmarks/faults.py: killed after training (in its evaluation), a run with max_steps inside
+    # found by checks/faults.py: killed after training (in its evaluation), a run with max_steps inside
     # an epoch (3 steps, 2 per epoch) resumed from checkpoint-3 and trained a step 4
     from distill_trainer.testing import build_model
 

@@ -1,4 +1,4 @@
-"""The GPU check's CPU dry run (benchmarks/gpu_check.py --device cpu --tiny): the orchestration, the report,
+"""The GPU check's CPU dry run (checks/gpu_check.py --device cpu --tiny): the orchestration, the report,
 and a step that fails or times out without stopping the others."""
 
 import importlib.util
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+SCRIPT = ROOT / "checks" / "gpu_check.py"
 
 
 def load_gpu_check():

@@ -1,12 +1,12 @@
 """The fault campaign, small: SIGKILL once in every phase of the job and Ctrl-C once; each run, rerun until
 it completes, ends as the uninterrupted run does, with no partial file (CI's slow pass; the full campaign
-is `python -m benchmarks.faults`). And the parts it is made of, fast."""
+is `python -m checks.faults`). And the parts it is made of, fast."""
 
 import json
 
 import pytest
 
-from benchmarks import fault_job, fault_outcome, faults
+from checks import fault_job, fault_outcome, faults
 
 
 @pytest.mark.slow
