@@ -9,6 +9,7 @@ import pytest
 from checks import fault_job, fault_outcome, faults
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_small_campaign_ends_identical_with_no_partial_file(tmp_path):
     result = faults.campaign(tmp_path, per_phase=1, seed=0, interrupts=1, log=lambda line: None)

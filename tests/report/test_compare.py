@@ -54,6 +54,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.integration
 def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
     config = write_config(tmp_path, tiny_dirs, fresh_process_per_method=False)
     summary = compare.main(["--config", config])
@@ -123,6 +124,7 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("outputs:")
 
 
+@pytest.mark.integration
 def test_fresh_process_per_method_measures_each_method(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, methods=["zero_shot"])
     summary = compare.main(["--config", config, "--run_name", "isolated"])
@@ -251,6 +253,7 @@ def test_full_runs_every_row_and_no_probe(tmp_path, tiny_dirs):
         compare.main(["--config", config, "--full", "--quick"])
 
 
+@pytest.mark.integration
 def test_a_probe_row_is_labelled_and_kept_out_of_the_scores(tmp_path, tiny_dirs):
     config = write_config(
         tmp_path,
@@ -273,6 +276,7 @@ def test_a_probe_row_is_labelled_and_kept_out_of_the_scores(tmp_path, tiny_dirs)
     assert any(s.startswith("In-domain recovery") for s in summary["claims"])
 
 
+@pytest.mark.integration
 def test_an_unchanged_rerun_reads_every_method_back_and_a_change_reruns_only_what_it_touches(
     tmp_path, tiny_dirs, monkeypatch, capsys
 ):

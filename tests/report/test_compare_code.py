@@ -3,6 +3,7 @@ methods and says why, an unchanged rerun reads every method back, `--reuse never
 
 import shutil
 
+import pytest
 from test_compare import DATA, write_config
 
 from distill_trainer import code_digest
@@ -20,6 +21,7 @@ def edited(path: str):
     return lambda: files
 
 
+@pytest.mark.integration
 def test_a_code_or_package_change_reruns_and_says_why_an_unchanged_rerun_reads_back(
     tmp_path, tiny_dirs, monkeypatch, capsys
 ):

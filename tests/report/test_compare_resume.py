@@ -4,12 +4,14 @@ that was interrupted continues from its last complete checkpoint, and the result
 
 import shutil
 
+import pytest
 from test_compare import write_config
 
 from distill_trainer.run import comparison
 from recipes import compare
 
 
+@pytest.mark.integration
 def test_a_killed_comparison_keeps_finished_methods_and_resumes_the_interrupted_one(
     tmp_path, tiny_dirs, monkeypatch
 ):

@@ -101,6 +101,7 @@ def _cross_trainer(tmp_path, tokenizer, other_tokenizer, teacher, **overrides):
 # ---- a teacher with another tokenizer ----
 
 
+@pytest.mark.integration
 def test_label_word_distillation_across_vocabularies(tmp_path, tokenizer, other_tokenizer):
     assert tokenizer.get_vocab() != other_tokenizer.get_vocab()
     teacher = build_model(len(other_tokenizer), seed=3, hidden_size=48).eval()
@@ -139,6 +140,7 @@ def teacher_dir(tmp_path, other_tokenizer):
     return directory
 
 
+@pytest.mark.integration
 def test_a_cached_teacher_is_not_loaded_again(tmp_path, tokenizer, other_tokenizer, teacher_dir, monkeypatch):
     first = _cross_trainer(tmp_path, tokenizer, other_tokenizer, str(teacher_dir), teacher_output_cache=True)
     assert first.teacher_output_cache_info["train"]["reused"] is False
@@ -181,6 +183,7 @@ def test_evaluation_cache_round_trip_and_checksum(tmp_path, caplog):
     assert "checksum" in caplog.text
 
 
+@pytest.mark.integration
 def test_icl_eval_of_a_model_on_disk_is_read_back_without_loading_it(tmp_path, tiny_dirs, monkeypatch):
     from helpers import cli_args, load_recipe
 
@@ -340,6 +343,7 @@ def test_bitfit_is_refused_where_no_bias_can_be_added():
 # ---- choosing the prompt on dev rows ----
 
 
+@pytest.mark.integration
 def test_select_prompt_scores_candidates_on_dev_rows_that_no_candidate_or_eval_set_uses(tmp_path, tiny_dirs):
     from helpers import DATA, cli_args
 
