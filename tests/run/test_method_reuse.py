@@ -4,7 +4,7 @@ methods and says why, an unchanged rerun reads every method back, `--reuse never
 import shutil
 
 import pytest
-from test_compare import DATA, write_config
+from test_comparison import DATA, write_config
 
 from distill_trainer import code_digest
 from distill_trainer.code_stamp import read_stamp

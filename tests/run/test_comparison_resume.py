@@ -5,7 +5,7 @@ that was interrupted continues from its last complete checkpoint, and the result
 import shutil
 
 import pytest
-from test_compare import write_config
+from test_comparison import write_config
 
 from distill_trainer.run import comparison
 from recipes import compare

@@ -1,5 +1,5 @@
 """Results read back only while the code that computed them is unchanged: the code digest, and the published
-tables' stamps with the listing of stale ones (a comparison's reuse: tests/report/test_compare_code.py)."""
+tables' stamps with the listing of stale ones (a comparison's reuse: tests/run/test_method_reuse.py)."""
 
 import json
 import shutil

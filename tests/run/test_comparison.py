@@ -1,5 +1,5 @@
-"""recipes/compare.py end to end on tiny models (2 steps per method), its per-method configs, and the
-report."""
+"""recipes/compare.py end to end on tiny models (2 steps per method), its per-method configs
+(run/comparison_methods.py), the plan and its reuse (run/comparison.py), and the report."""
 
 import importlib
 import json
