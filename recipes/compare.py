@@ -22,6 +22,10 @@ settings are shared); with teacher_output_cache, the teacher's answers on the tr
 computed once and read by every CD method and by later runs. Writes summary.json, summary.md (table,
 HANS per heuristic, findings with 95% intervals, memory against fine-tuning the teacher, sizes on disk),
 plots and each method's predictions into results/<run_name>/, and points results/latest at it.
+
+The methods and their arguments are in distill_trainer/run/comparison_arguments.py, each method's config
+in run/comparison_methods.py, the plan and the running in run/comparison.py, and what the summary states
+beside its table in report/comparison_settings.py.
 """
 
 import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the imports below load)
