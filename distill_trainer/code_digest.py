@@ -28,7 +28,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
-# the repository of a source checkout (an editable install): where recipes/ and benchmarks/ live
+# the repository of a source checkout (an editable install): where recipes/, benchmarks/ and checks/ live
 ROOT = PACKAGE_DIR.parent
 # what decides the numbers beside our code: kernels, model code, adapters, quantization, data loading
 NUMERIC_PACKAGES = (

@@ -1,7 +1,7 @@
 """The package's shape: data flows one way through the layers (a module imports only from its own layer or
 lower ones, never a higher one), no import circle inside a layer, no library module importing the recipes,
-the tests or the benchmarks, no module over MAX_LINES lines (a sign it holds several topics), and the tests
-mirror the package."""
+the tests, the benchmarks or the checks, no module over MAX_LINES lines (a sign it holds several topics),
+and the tests mirror the package."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from distill_trainer.code_digest import imported_names
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "distill_trainer"
 MAX_LINES = 400
-OUTSIDE = ("recipes", "tests", "benchmarks", "conftest", "helpers")
+OUTSIDE = ("recipes", "tests", "benchmarks", "checks", "conftest", "helpers")
 # Lowest first: a module may import from its own layer and the ones before it. The top-level modules
 # (errors, integrity, ...) are the floor every layer stands on; `__init__` (the public API) is the roof.
 LAYERS = ("", "models", "teacher", "views", "memory", "training", "nli", "context", "report", "run")
@@ -134,7 +134,7 @@ def test_library_imports_no_recipe_test_or_benchmark():
         for name, path in library_modules().items()
     }
     offenders = {name: found for name, found in offenders.items() if found}
-    assert not offenders, f"library modules importing recipes/tests/benchmarks: {offenders}"
+    assert not offenders, f"library modules importing recipes/tests/benchmarks/checks: {offenders}"
 
 
 def test_no_module_over_the_line_limit():
@@ -149,7 +149,8 @@ def test_no_module_over_the_line_limit():
 def test_tests_mirror_the_package():
     folders = {path.name for path in (ROOT / "tests").iterdir() if path.is_dir() and path.name != "data"}
     layers = set(LAYERS) - {""}
-    assert folders - {"benchmarks", "__pycache__"} <= layers, "a test folder with no subpackage to mirror"
+    outside = {"benchmarks", "checks", "__pycache__"}  # the tests of the top-level folders beside the package
+    assert folders - outside <= layers, "a test folder with no subpackage to mirror"
     top = {path.name for path in (ROOT / "tests").glob("test_*.py")}
     # test_package.py: the package's own `__init__` (its public API), which no subpackage holds
     assert top == {"test_layout.py", "test_package.py"}, "tests belong in the folder of the subpackage tested"

@@ -25,7 +25,7 @@ from distill_trainer.integrity import partial_path, remove_stale_partials
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # folders of a source checkout (or of site-packages) that hold the project itself, never a run's outputs
-PROJECT_FOLDERS = ("distill_trainer", "recipes", "tests", "benchmarks", ".git")
+PROJECT_FOLDERS = ("distill_trainer", "recipes", "tests", "benchmarks", "checks", ".git")
 LOCK_FILE = ".run.lock"
 
 

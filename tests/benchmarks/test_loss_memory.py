@@ -3,9 +3,12 @@ peak is the smaller."""
 
 import json
 
+import pytest
+
 from benchmarks import loss_memory
 
 
+@pytest.mark.integration
 def test_quick_loss_memory_benchmark_agrees_and_chunking_saves_memory(tmp_path):
     argv = ["--quick", "--repeats", "1", "--chunk-sizes", "16,64", "--output-dir", str(tmp_path)]
     loss_memory.main(argv)

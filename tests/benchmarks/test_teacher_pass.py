@@ -38,6 +38,7 @@ def test_forward_flops_counts_body_attention_and_head():
     assert with_prefix - one == 4 * layers * heads * head_dim * 10
 
 
+@pytest.mark.integration
 def test_teacher_pass_quick_agrees_with_itself(tmp_path):
     from benchmarks import teacher_pass
 
@@ -67,6 +68,7 @@ def test_batch_plan_and_padding():
     assert padding_share(lengths, 1, sort=False) == 0.0
 
 
+@pytest.mark.integration
 def test_speed_quick_with_two_tokenizers_skips_the_naive_variant(tmp_path):
     pytest.importorskip("tokenizers")
     from benchmarks import speed

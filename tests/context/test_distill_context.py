@@ -34,6 +34,7 @@ def chat_dataset(tok):
     return Dataset.from_list(rows)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("output_cache", [False, True])
 def test_two_trainer_steps_on_chat_views(tmp_path, chat_tokenizer, output_cache):
     student = build_model(len(chat_tokenizer), seed=0)
@@ -141,6 +142,7 @@ def recipe_config(tmp_path, chat_dirs, **overrides):
     return reply_recipe_argv(tmp_path, chat_dirs, values, overrides)
 
 
+@pytest.mark.integration
 def test_recipe_end_to_end_on_tiny_models(tmp_path, chat_dirs):
     recipe = load_recipe("distill_context")
     metrics = recipe.main(recipe_config(tmp_path, chat_dirs))
@@ -204,6 +206,7 @@ def test_recipe_end_to_end_on_tiny_models(tmp_path, chat_dirs):
     assert again["teacher_completions"]["generated"] == 0
 
 
+@pytest.mark.integration
 def test_recipe_with_a_separate_teacher_and_data_completions(tmp_path, chat_dirs):
     recipe = load_recipe("distill_context")
     train = tmp_path / "given.jsonl"
@@ -242,6 +245,7 @@ def test_recipe_mistakes_are_one_line_and_leave_no_output(tmp_path, chat_dirs):
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("data_format", ["sdft", "messages"])
 @pytest.mark.parametrize("lmbda", [0.0, 0.5, 1.0])
 def test_trl_data_formats_work_in_every_mode(tmp_path, chat_dirs, data_format, lmbda):
@@ -336,6 +340,7 @@ def adapter_weights(folder):
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
+@pytest.mark.integration
 def test_a_stopped_run_resumes_to_the_same_weights_and_a_finished_one_is_kept(tmp_path, chat_dirs):
     from distill_trainer.training.parsing import parse_config
 

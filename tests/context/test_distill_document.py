@@ -70,6 +70,7 @@ def test_the_document_is_in_the_teachers_view_only(tmp_path):
         assert view["input_ids"][-3:] == view["teacher_input_ids"][-3:]
 
 
+@pytest.mark.integration
 def test_recipe_end_to_end_and_a_rerun_reuses_the_teachers_answers(tmp_path, chat_dirs):
     recipe = load_recipe("distill_document")
     metrics = recipe.main(recipe_argv(tmp_path, chat_dirs))
@@ -113,6 +114,7 @@ def test_recipe_end_to_end_and_a_rerun_reuses_the_teachers_answers(tmp_path, cha
     assert again["results"]["models"]["cd"]["scores"] == results["models"]["cd"]["scores"]
 
 
+@pytest.mark.integration
 def test_a_separate_teacher_is_not_loaded_on_a_rerun(tmp_path, chat_dirs):
     recipe = load_recipe("distill_document")
     argv = recipe_argv(

@@ -183,6 +183,7 @@ def test_published_architectures_have_the_papers_sizes():
         architecture_config("opt-13b")
 
 
+@pytest.mark.integration
 def test_callback_records_train_steps_and_evaluation(tmp_path, tokenizer, student, teacher):
     demos = "The cat sat on the mat question: A cat is sitting. Yes or No? answer: Yes"
     rows = [
@@ -227,6 +228,7 @@ def _load_benchmark():
     return memory
 
 
+@pytest.mark.integration
 def test_benchmark_runs_end_to_end_on_tiny_models(tmp_path):
     pytest.importorskip("bitsandbytes")
     benchmark = _load_benchmark()
@@ -255,6 +257,7 @@ def test_benchmark_runs_end_to_end_on_tiny_models(tmp_path):
     assert (out / "memory.png").stat().st_size > 1000
 
 
+@pytest.mark.integration
 def test_benchmark_scenario_runs_in_a_fresh_process(tmp_path):
     benchmark = _load_benchmark()
     out = tmp_path / "sub"

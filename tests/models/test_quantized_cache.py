@@ -102,6 +102,7 @@ def float32_checkpoint(tmp_path_factory):
     return folder
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "dtype,quantization",
     [

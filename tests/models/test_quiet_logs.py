@@ -36,6 +36,7 @@ def test_the_optional_kernel_notices_are_dropped_and_nothing_else():
     assert passes(cpu_ops, "something else went wrong")
 
 
+@pytest.mark.integration
 def test_peft_wrapping_a_model_warns_about_nothing():
     # in a fresh interpreter: pytest resets warning filters around every test
     code = (

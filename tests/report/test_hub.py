@@ -120,6 +120,7 @@ def a_card(model_name="me/tiny-student", base_model="HuggingFaceTB/SmolLM2-135M-
     )
 
 
+@pytest.mark.integration
 def test_full_student_folder_loads_back_and_predicts_the_same(tmp_path, tokenizer, student, teacher):
     trainer = train_briefly(tmp_path, student, teacher, tokenizer)
     before = predictions(trainer.model, tokenizer)
@@ -134,6 +135,7 @@ def test_full_student_folder_loads_back_and_predicts_the_same(tmp_path, tokenize
     assert recipe["temperature"] == 2.0 and "hub_token" not in recipe  # a token is never published
 
 
+@pytest.mark.integration
 def test_lora_adapter_loads_back_with_peft_and_predicts_the_same(tmp_path, tokenizer, tiny_dirs, teacher):
     from peft import AutoPeftModelForCausalLM
 
@@ -154,6 +156,7 @@ def test_lora_adapter_loads_back_with_peft_and_predicts_the_same(tmp_path, token
     assert ModelCard.load(folder / "README.md").data.library_name == "peft"
 
 
+@pytest.mark.integration
 def test_merged_lora_student_loads_as_a_plain_model(tmp_path, tokenizer, tiny_dirs, teacher):
     lora = prepare_student(
         load_causal_lm(tiny_dirs["student"]), "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"]
@@ -287,6 +290,7 @@ def test_push_refuses_an_incomplete_folder(tmp_path, student):
         push_student(tmp_path / "weights-only", "me/x", token="hf_x")
 
 
+@pytest.mark.integration
 def test_push_to_hub_run_trains_offline_then_fails_once_after_saving(
     tmp_path, tokenizer, student, teacher, monkeypatch
 ):
@@ -404,6 +408,7 @@ def _context_distill_recipe(tmp_path, tiny_dirs, **overrides):
     return module, str(path)
 
 
+@pytest.mark.integration
 def test_recipe_with_push_to_hub_saves_a_complete_student_then_fails_once_offline(
     tmp_path, tiny_dirs, capsys, monkeypatch
 ):
@@ -477,6 +482,7 @@ def _hub_cache_holding(root, repo_id, weights_dir):
     return root
 
 
+@pytest.mark.integration
 def test_lora_student_of_an_embedded_alias_loads_where_the_trainers_cache_does_not_exist(
     fake_alias, tmp_path, tokenizer, monkeypatch
 ):

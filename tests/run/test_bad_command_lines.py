@@ -201,6 +201,7 @@ def subprocess_env():
     }
 
 
+@pytest.mark.integration
 def test_a_recipe_script_exits_with_status_2_and_one_line(tmp_path, tiny_dirs):
     command = [
         sys.executable,
@@ -219,6 +220,7 @@ def test_a_recipe_script_exits_with_status_2_and_one_line(tmp_path, tiny_dirs):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_under_accelerate_launch_quiet_the_error_line_is_the_last_word(tmp_path, tiny_dirs):
     command = [
         sys.executable,

@@ -118,6 +118,7 @@ def test_a_store_under_a_full_disk_keeps_its_last_content(writer, tmp_path, full
 # ---------------------------------------------------------------- checkpoints, weights, teacher outputs
 
 
+@pytest.mark.integration
 def test_a_checkpoint_under_a_full_disk_keeps_the_previous_one_and_resumes(
     tmp_path, student, teacher, tokenizer, monkeypatch
 ):
@@ -250,6 +251,7 @@ def write_config(tmp_path, tiny_dirs, **overrides):
     return str(path)
 
 
+@pytest.mark.integration
 def test_a_comparison_stopped_by_a_full_disk_prints_one_line_and_its_rerun_completes(
     tmp_path, tiny_dirs, full_disk, capsys
 ):

@@ -191,6 +191,7 @@ def _train_loss_lines(text: str) -> list[float]:
     return found
 
 
+@pytest.mark.integration
 def test_the_console_loss_of_a_resumed_run_is_the_uninterrupted_runs(tmp_path, tiny_dirs, capsys):
     # a loss line every 3 steps and a checkpoint every 2: checkpoint-2 holds 2 steps not yet logged
     config = write_recipe(
@@ -231,6 +232,7 @@ def test_the_console_loss_of_a_resumed_run_is_the_uninterrupted_runs(tmp_path, t
     assert step3[0] and step3[1] == pytest.approx(step3[0], abs=1e-6)  # the mean over steps 1-3 both times
 
 
+@pytest.mark.integration
 def test_a_recipe_warns_once_about_a_damaged_teacher_cache_and_rebuilds_it(tmp_path, tiny_dirs, caplog):
     recipe = load_recipe("context_distill")
     config = write_recipe(

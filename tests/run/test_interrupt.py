@@ -56,6 +56,7 @@ def _env(**extra):
     }
 
 
+@pytest.mark.integration
 def test_ctrl_c_prints_one_line_with_the_resume_command_and_exits_130(tmp_path, tiny_dirs):
     script = tmp_path / "finetune.py"
     script.write_text(SCRIPT)

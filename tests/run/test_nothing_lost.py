@@ -25,6 +25,7 @@ class _Values:
         self.tmp_path, self.values = tmp_path, {}
 
 
+@pytest.mark.integration
 def test_dropped_rows_are_printed_and_written_into_metrics(tmp_path, tiny_dirs, capsys):
     ctx = _Values(tmp_path)
     data_copy(ctx, "hans", "validation", lambda rows: relabel(rows, lambda i, label: 2 if i < 2 else label))
@@ -59,6 +60,7 @@ class StepRecorder(TrainerCallback):
         self.steps.append(state.global_step)
 
 
+@pytest.mark.integration
 def test_a_damaged_checkpoint_is_passed_over_for_the_previous_one(tmp_path, tiny_dirs, caplog):
     recipe = load_recipe("pattern_finetune")
     config = write_recipe(tmp_path, tiny_dirs, save_strategy="steps", save_steps=1, max_steps=2)
@@ -112,6 +114,7 @@ run_recipe(main, ["--config", config])
 """
 
 
+@pytest.mark.integration
 def test_a_second_run_into_the_same_folder_fails_at_once_and_the_first_finishes(tmp_path, tiny_dirs, capsys):
     config = write_recipe(tmp_path, tiny_dirs)
     started, go = tmp_path / "started", tmp_path / "go"

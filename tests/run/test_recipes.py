@@ -65,6 +65,7 @@ def check_resolved_config(recipe, output_dir, **expected):
 # ---------------------------------------------------------------- through accelerate launch
 
 
+@pytest.mark.integration
 def test_icl_eval_through_accelerate_launch(tmp_path, tiny_dirs):
     config = write_recipe(tmp_path, tiny_dirs, model_name_or_path=tiny_dirs["teacher"])
     result = launch("icl_eval", config, "--k", "4")  # a CLI flag overrides the YAML's k: 2
@@ -76,6 +77,7 @@ def test_icl_eval_through_accelerate_launch(tmp_path, tiny_dirs):
     check_resolved_config("icl_eval", tmp_path / "out", k=4, model_name_or_path=tiny_dirs["teacher"])
 
 
+@pytest.mark.integration
 def test_pattern_finetune_through_accelerate_launch(tmp_path, tiny_dirs):
     result = launch("pattern_finetune", write_recipe(tmp_path, tiny_dirs))
     metrics = read_outputs(tmp_path / "out")
@@ -87,6 +89,7 @@ def test_pattern_finetune_through_accelerate_launch(tmp_path, tiny_dirs):
     check_resolved_config("pattern_finetune", tmp_path / "out", max_steps=2, num_train_examples=8)
 
 
+@pytest.mark.integration
 def test_context_distill_through_accelerate_launch(tmp_path, tiny_dirs):
     config = write_recipe(tmp_path, tiny_dirs, teacher_model_name_or_path=tiny_dirs["teacher"])
     result = launch("context_distill", config)
@@ -103,6 +106,7 @@ def test_context_distill_through_accelerate_launch(tmp_path, tiny_dirs):
 # ---------------------------------------------------------------- in process
 
 
+@pytest.mark.integration
 def test_context_distill_lora_student_with_self_teacher(tmp_path, tiny_dirs, capsys):
     config = write_recipe(
         tmp_path,

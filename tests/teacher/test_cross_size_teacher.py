@@ -101,6 +101,7 @@ def _cross_trainer(tmp_path, tokenizer, other_tokenizer, teacher, **overrides):
 # ---- a teacher with another tokenizer ----
 
 
+@pytest.mark.integration
 def test_label_word_distillation_across_vocabularies(tmp_path, tokenizer, other_tokenizer):
     assert tokenizer.get_vocab() != other_tokenizer.get_vocab()
     teacher = build_model(len(other_tokenizer), seed=3, hidden_size=48).eval()
@@ -139,6 +140,7 @@ def teacher_dir(tmp_path, other_tokenizer):
     return directory
 
 
+@pytest.mark.integration
 def test_a_cached_teacher_is_not_loaded_again(tmp_path, tokenizer, other_tokenizer, teacher_dir, monkeypatch):
     first = _cross_trainer(tmp_path, tokenizer, other_tokenizer, str(teacher_dir), teacher_output_cache=True)
     assert first.teacher_output_cache_info["train"]["reused"] is False
@@ -181,6 +183,7 @@ def test_evaluation_cache_round_trip_and_checksum(tmp_path, caplog):
     assert "checksum" in caplog.text
 
 
+@pytest.mark.integration
 def test_icl_eval_of_a_model_on_disk_is_read_back_without_loading_it(tmp_path, tiny_dirs, monkeypatch):
     from helpers import cli_args, load_recipe
 
@@ -253,8 +256,9 @@ def test_no_share_of_a_gain_that_does_not_exist():
 
 def test_compare_plans_the_new_methods(tmp_path):
     from distill_trainer import DataArguments, StudentArguments
+    from distill_trainer.run.comparison_arguments import DEFAULT_METHODS, CompareArguments
+    from distill_trainer.run.comparison_methods import method_config
     from distill_trainer.training.parsing import GivenSettings
-    from recipes import compare
 
     student_args = StudentArguments(model_name_or_path="student-dir")
     data_args = DataArguments(task="mnli", eval_tasks=["mnli", "hans"], pattern="gpt3", k=2)
@@ -262,24 +266,24 @@ def test_compare_plans_the_new_methods(tmp_path):
         output_dir=str(tmp_path), teacher_model_name_or_path="teacher-dir", use_cpu=True
     )
     given = GivenSettings({"teacher_model_name_or_path": "teacher-dir", "num_train_epochs": 3})
-    options = compare.CompareArguments(methods=["icl_student", "cd_bitfit", "pbft_teacher_lora"])
-    recipe, icl = compare.method_config(
+    options = CompareArguments(methods=["icl_student", "cd_bitfit", "pbft_teacher_lora"])
+    recipe, icl = method_config(
         "icl_student", student_args, data_args, options, config, tmp_path / "a", given
     )
     assert recipe == "icl_eval" and icl["model_name_or_path"] == "student-dir" and icl["k"] == 2
-    recipe, bitfit = compare.method_config(
+    recipe, bitfit = method_config(
         "cd_bitfit", student_args, data_args, options, config, tmp_path / "b", given
     )
     assert recipe == "context_distill" and bitfit["student_mode"] == "bitfit"
     assert bitfit["learning_rate"] == options.bitfit_learning_rate
     assert bitfit["teacher_model_name_or_path"] == "teacher-dir"
-    recipe, reference = compare.method_config(
+    recipe, reference = method_config(
         "pbft_teacher_lora", student_args, data_args, options, config, tmp_path / "c", given
     )
     assert recipe == "pattern_finetune" and reference["model_name_or_path"] == "teacher-dir"
     assert reference["student_mode"] == "lora" and reference["max_steps"] == options.memory_only_steps
     assert reference["evaluate_after_training"] is False
-    assert "pbft_teacher_lora" not in compare.DEFAULT_METHODS
+    assert "pbft_teacher_lora" not in DEFAULT_METHODS
 
 
 # ---- BitFit on an architecture without biases ----
@@ -344,6 +348,7 @@ def test_bitfit_is_refused_where_no_bias_can_be_added():
 # ---- choosing the prompt on dev rows ----
 
 
+@pytest.mark.integration
 def test_select_prompt_scores_candidates_on_dev_rows_that_no_candidate_or_eval_set_uses(tmp_path, tiny_dirs):
     from helpers import DATA, cli_args
 

@@ -79,6 +79,7 @@ def _icl_argv(model, tmp_path, name, *extra):
     return [*common, "--output_dir", str(tmp_path / name), *extra]
 
 
+@pytest.mark.integration
 def test_ensemble_evaluation_reuses_each_set_and_reports_the_seed_spread(tmp_path, tiny_dirs, monkeypatch):
     monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
     recipe = load_recipe("icl_eval")
@@ -160,6 +161,7 @@ def _distill(tmp_path, tiny_dirs, name, *extra):
     return recipe.main(argv)["teacher_output_cache"]["train"]
 
 
+@pytest.mark.integration
 def test_the_ensemble_teachers_outputs_are_keyed_on_sets_seeds_and_calibration(
     tmp_path, tiny_dirs, monkeypatch
 ):
@@ -200,6 +202,7 @@ def test_an_ensemble_without_the_label_word_output_cache_is_refused(tmp_path, ti
     assert not (tmp_path / "refused").exists()
 
 
+@pytest.mark.integration
 def test_the_benchmark_compares_the_averages_on_the_sets_icl_eval_scored(tmp_path, tiny_dirs, monkeypatch):
     from helpers import write_recipe
 
@@ -228,6 +231,7 @@ def test_the_benchmark_compares_the_averages_on_the_sets_icl_eval_scored(tmp_pat
     )
 
 
+@pytest.mark.integration
 def test_batch_calibration_divides_out_each_sets_mean_answer_on_the_rows_it_scores(
     tmp_path, tiny_dirs, monkeypatch
 ):

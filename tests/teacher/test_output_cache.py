@@ -281,6 +281,7 @@ def _kd_and_ce(trainer):
     return [(log["kd_loss"], log["ce_loss"]) for log in history if "kd_loss" in log]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("distill_vocab", ["label_words", "full"])
 def test_training_from_the_output_cache_matches_the_live_teacher(
     tmp_path, tokenizer, student, teacher, distill_vocab
@@ -309,6 +310,7 @@ def test_training_from_the_output_cache_matches_the_live_teacher(
     assert live_losses[0][0] != live_losses[-1][0]  # the losses moved, so matching them means something
 
 
+@pytest.mark.integration
 def test_output_cache_is_reused_when_the_key_matches_and_rebuilt_when_not(
     tmp_path, tokenizer, student, teacher
 ):

@@ -40,6 +40,7 @@ def weights(output_dir):
     return load_file(str(output_dir / "model.safetensors"))
 
 
+@pytest.mark.integration
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(
     tmp_path, tokenizer, student, teacher, monkeypatch
 ):
@@ -79,6 +80,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(
     assert all(torch.equal(got[name], expected[name]) for name in expected)
 
 
+@pytest.mark.integration
 def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path, tokenizer, student, teacher):
     trainer = make_trainer(
         tmp_path,
@@ -96,6 +98,7 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path, tokenizer, stu
     assert not (out / STAGING_DIR).exists()
 
 
+@pytest.mark.integration
 def test_the_best_checkpoint_is_named_by_its_final_path(tmp_path, tokenizer, student, teacher):
     from helpers import make_args, make_dataset
 
@@ -147,6 +150,7 @@ def test_resume_settings(tmp_path):
     assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-5")
 
 
+@pytest.mark.integration
 def test_a_skipped_nonfinite_batch_changes_no_weight(tmp_path, tokenizer, student, teacher):
     """Adam keeps momentum: a zero gradient would still move the weights. A skipped batch leaves every
     gradient None, so the optimizer leaves every weight (and its state) alone."""
@@ -171,6 +175,7 @@ def test_a_skipped_nonfinite_batch_changes_no_weight(tmp_path, tokenizer, studen
     ]
 
 
+@pytest.mark.integration
 def test_overwrite_output_dir_removes_an_earlier_runs_checkpoints(tmp_path, tokenizer, student, teacher):
     stale = tmp_path / "out" / "checkpoint-9"
     stale.mkdir(parents=True)
@@ -179,6 +184,7 @@ def test_overwrite_output_dir_removes_an_earlier_runs_checkpoints(tmp_path, toke
     assert not stale.exists()  # a later resume_from_checkpoint: true must not pick the earlier run's step 9
 
 
+@pytest.mark.integration
 def test_resuming_from_an_earlier_checkpoint_replaces_the_later_ones(tmp_path, tokenizer, teacher):
     from distill_trainer.testing import build_model
 
@@ -199,8 +205,9 @@ def test_resuming_from_an_earlier_checkpoint_replaces_the_later_ones(tmp_path, t
     assert all(torch.equal(again[name], first[name]) for name in first)
 
 
+@pytest.mark.integration
 def test_resuming_from_the_last_checkpoint_trains_no_step_more(tmp_path, tokenizer, teacher):
-    # found by benchmarks/faults.py: killed after training (in its evaluation), a run with max_steps inside
+    # found by checks/faults.py: killed after training (in its evaluation), a run with max_steps inside
     # an epoch (3 steps, 2 per epoch) resumed from checkpoint-3 and trained a step 4
     from distill_trainer.testing import build_model
 

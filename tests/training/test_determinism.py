@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from helpers import load_recipe, write_recipe
@@ -48,6 +49,7 @@ def run(monkeypatch, config, *extra):
     }
 
 
+@pytest.mark.integration
 def test_the_same_seed_repeats_the_run_and_the_resolved_config_repeats_it(tmp_path, tiny_dirs, monkeypatch):
     # demonstrations drawn per query (they depend on the seeds), 2 epochs of shuffled batches
     config = write_recipe(

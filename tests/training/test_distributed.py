@@ -29,6 +29,7 @@ def two_process_run(tiny_dirs, tmp_path_factory):
     return output
 
 
+@pytest.mark.integration
 def test_two_cpu_processes_really_train_with_ddp(two_process_run):
     for name in JOBS:
         both = reports(two_process_run, name)
@@ -39,6 +40,7 @@ def test_two_cpu_processes_really_train_with_ddp(two_process_run):
             assert report["student_wrapper"] == "DistributedDataParallel"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", list(JOBS))
 def test_two_processes_equal_one_process_with_the_same_global_batch(
     two_process_run, one_process_runs, tiny_dirs, name
@@ -60,6 +62,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
         assert max_difference(one, start) > 1e-2  # training moved the weights
 
 
+@pytest.mark.integration
 def test_teacher_is_frozen_in_every_process_and_outside_the_optimizer(two_process_run):
     for report in reports(two_process_run, "full-4x1"):
         assert report["teacher"] == "LlamaForCausalLM"  # a plain module: never wrapped in DDP
@@ -69,6 +72,7 @@ def test_teacher_is_frozen_in_every_process_and_outside_the_optimizer(two_proces
         assert report["teacher_devices"] == ["cpu"]
 
 
+@pytest.mark.integration
 def test_only_rank_zero_writes_the_student(two_process_run):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import ROOT, load_recipe, write_recipe
 from safetensors.torch import load_file
@@ -95,6 +96,7 @@ def outputs(output_dir):
     return metrics, losses, predictions, load_file(str(output_dir / "model.safetensors"))
 
 
+@pytest.mark.integration
 def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_dirs, caplog):
     # 16 queries in batches of 4: 4 steps per epoch, 6 steps = 1.5 epochs; a checkpoint every 2 steps
     config = write_recipe(

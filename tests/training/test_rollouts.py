@@ -58,6 +58,7 @@ def _contains(sequence: list[int], part: list[int]) -> bool:
     return any(sequence[i : i + len(part)] == part for i in range(len(sequence) - len(part) + 1))
 
 
+@pytest.mark.integration
 def test_an_on_policy_step_grades_the_students_own_reply_with_the_context_in_the_teachers_view(
     tmp_path, tok, monkeypatch
 ):
@@ -92,6 +93,7 @@ def test_an_on_policy_step_grades_the_students_own_reply_with_the_context_in_the
     assert trainer.rollout_steps == [(0, "student")]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("lmbda", "steps", "student_steps"), [(0.5, 6, 3), (1 / 3, 6, 2), (0.25, 8, 2)])
 def test_a_mixed_run_uses_each_source_at_its_rate(tmp_path, tok, monkeypatch, lmbda, steps, student_steps):
     calls = _spy_generation(monkeypatch)
@@ -104,6 +106,7 @@ def test_a_mixed_run_uses_each_source_at_its_rate(tmp_path, tok, monkeypatch, lm
     assert sum(logged) == student_steps
 
 
+@pytest.mark.integration
 def test_a_rerun_with_the_same_seed_repeats_and_another_seed_samples_differently(tmp_path, tok, monkeypatch):
     runs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 5)):
@@ -118,6 +121,7 @@ def test_a_rerun_with_the_same_seed_repeats_and_another_seed_samples_differently
     assert replies_a != replies_c
 
 
+@pytest.mark.integration
 def test_gradient_accumulation_counts_the_rollouts_answer_tokens(tmp_path, tok, monkeypatch):
     counts = []
     trainer, _, _ = _trainer(
@@ -159,6 +163,7 @@ def test_common_prefix_leaves_every_prompt_a_token(tok):
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
 
 
+@pytest.mark.integration
 def test_on_policy_with_a_bfloat16_base_and_float32_adapters_trains_the_adapters(tmp_path, tok):
     """The presets' setting: a LoRA student on a frozen bfloat16 base, its own teacher (adapters off)."""
     from peft import LoraConfig, get_peft_model

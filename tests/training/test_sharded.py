@@ -52,6 +52,7 @@ def sharded_run(request, tiny_dirs, tmp_path_factory):
     return name, output
 
 
+@pytest.mark.integration
 def test_the_strategy_really_runs_and_shards(sharded_run):
     strategy, output = sharded_run
     _, distributed_type, wrapper, sharded = STRATEGIES[strategy]
@@ -74,6 +75,7 @@ def test_the_strategy_really_runs_and_shards(sharded_run):
         check_share(report, "teacher")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", list(JOBS))
 def test_two_sharded_processes_equal_one_process(sharded_run, one_process_runs, name):
     _, output = sharded_run
@@ -87,6 +89,7 @@ def test_two_sharded_processes_equal_one_process(sharded_run, one_process_runs, 
     assert max_difference(two, one) <= 1e-5
 
 
+@pytest.mark.integration
 def test_only_rank_zero_writes_a_loadable_student(sharded_run):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM

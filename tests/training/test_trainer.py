@@ -29,6 +29,7 @@ def test_answer_only_logits_equal_full_forward(tokenizer, student, side):
     assert got.shape[:2] == batch["answer_ids"].shape
 
 
+@pytest.mark.integration
 def test_four_steps_reduce_the_distillation_loss(tmp_path, tokenizer, student, teacher):
     # one batch seen four times, so the steps are comparable and the KD loss must fall at each one
     trainer = ContextDistillationTrainer(
@@ -47,6 +48,7 @@ def test_four_steps_reduce_the_distillation_loss(tmp_path, tokenizer, student, t
     assert kd[-1] < 0.5 * kd[0], kd
 
 
+@pytest.mark.integration
 def test_lora_student_changes_only_adapters(tmp_path, tokenizer, student, teacher):
     lora = prepare_student(student, "lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     before = {k: v.clone() for k, v in lora.named_parameters()}
@@ -104,6 +106,7 @@ def _weights_after_one_step(tmp_path, tokenizer, student, teacher, batch, accumu
     return {k: v.detach().clone() for k, v in student.named_parameters()}
 
 
+@pytest.mark.integration
 def test_gradient_accumulation_4x2_equals_1x8(tmp_path, tokenizer, student, teacher):
     initial = {k: v.detach().clone() for k, v in student.named_parameters()}
     one = _weights_after_one_step(
@@ -119,6 +122,7 @@ def test_gradient_accumulation_4x2_equals_1x8(tmp_path, tokenizer, student, teac
     assert worst <= 1e-5
 
 
+@pytest.mark.integration
 def test_label_words_distillation_trains(tmp_path, tokenizer, student, teacher):
     ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" Yes", " No")]
     trainer = ContextDistillationTrainer(
@@ -157,6 +161,7 @@ def test_batch_without_answer_tokens_is_rejected(tmp_path, tokenizer, student, t
         trainer.compute_loss(trainer.model, batch)
 
 
+@pytest.mark.integration
 def test_teacher_by_path_loads(tmp_path, tokenizer, tiny_dirs, student):
     trainer = make_trainer(tmp_path, student, tiny_dirs["teacher"], tokenizer, max_steps=1)
     assert not trainer.teacher.model.training
@@ -164,6 +169,7 @@ def test_teacher_by_path_loads(tmp_path, tokenizer, tiny_dirs, student):
     trainer.train()
 
 
+@pytest.mark.integration
 def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, tokenizer, student, teacher):
     from distill_trainer.errors import NonFiniteLossError
 
@@ -173,6 +179,7 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, tokenizer, stud
         trainer.train()
 
 
+@pytest.mark.integration
 def test_nonfinite_loss_can_skip_batches(tmp_path, tokenizer, student, teacher):
     poison(student, from_call=3)
     before = {k: v.clone() for k, v in student.named_parameters()}
@@ -208,6 +215,7 @@ def test_trainer_passes_teacher_pack_queries_to_its_runner(tmp_path, tokenizer, 
         make_args(tmp_path, teacher_pack_queries="on")
 
 
+@pytest.mark.integration
 def test_a_teacher_object_is_used_as_given_with_the_runs_settings(tmp_path, tokenizer, student, teacher):
     from distill_trainer.teacher.teacher import Teacher
 

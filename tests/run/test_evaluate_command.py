@@ -131,6 +131,7 @@ def test_mistakes_exit_with_status_2(tmp_path, tiny_dirs, capsys):
     assert "demonstration_ids has 1 ids but k=2" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_console_script(tmp_path, tiny_dirs):
     script = Path(sys.executable).parent / "distill-trainer"
     if not script.exists():

@@ -60,6 +60,7 @@ def interrupted_at(command: list[str], delay: float, tmp_path) -> tuple[int, str
     return run.returncode, err
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("delay", [0.5, 2.0, 5.0])
 def test_ctrl_c_in_the_first_seconds_of_a_comparison_is_one_line_and_130(tmp_path, tiny_dirs, delay):
     config = write_config(tmp_path, tiny_dirs)
@@ -74,6 +75,7 @@ def test_ctrl_c_in_the_first_seconds_of_a_comparison_is_one_line_and_130(tmp_pat
     assert f"recipes/compare.py --config {config}" in lines[0]
 
 
+@pytest.mark.integration
 def test_ctrl_c_while_the_command_line_tool_starts_is_one_line_and_130(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs)
     command = [sys.executable, "-m", "distill_trainer.run.cli", "validate", "--config", config]
@@ -84,6 +86,7 @@ def test_ctrl_c_while_the_command_line_tool_starts_is_one_line_and_130(tmp_path,
     ]
 
 
+@pytest.mark.integration
 def test_ctrl_c_while_the_interpreter_tears_down_is_ignored(tmp_path):
     # a Ctrl-C that lands after the program's work, in the teardown (here: from an exit handler)
     script = (

@@ -1,10 +1,10 @@
-"""The job the fault campaign (`benchmarks/faults.py`) kills: the comparison on tiny models, then
+"""The job the fault campaign (`checks/faults.py`) kills: the comparison on tiny models, then
 distill_context, in this one process, with every write under the campaign's folder counted.
 
-    python -m benchmarks.fault_job ROOT                       # run the job once
-    FAULT_EVENTS=events.tsv python -m benchmarks.fault_job ROOT   # ... and log every write event
-    FAULT_KILL=17:0.25 python -m benchmarks.fault_job ROOT    # SIGKILL 0.25 s after the 17th write event
-    FAULT_KILL=17:0:INT python -m benchmarks.fault_job ROOT   # Ctrl-C (SIGINT) at the 17th write event
+    python -m checks.fault_job ROOT                       # run the job once
+    FAULT_EVENTS=events.tsv python -m checks.fault_job ROOT   # ... and log every write event
+    FAULT_KILL=17:0.25 python -m checks.fault_job ROOT    # SIGKILL 0.25 s after the 17th write event
+    FAULT_KILL=17:0:INT python -m checks.fault_job ROOT   # Ctrl-C (SIGINT) at the 17th write event
 
 A write event is what Python's audit hooks see under ROOT: a file opened for writing, a rename or
 replace, a removal, a new folder, a link. The kill is SIGKILL, sent by the process to itself: nothing

@@ -3,10 +3,12 @@ methods and says why, an unchanged rerun reads every method back, `--reuse never
 
 import shutil
 
-from test_compare import DATA, write_config
+import pytest
+from test_comparison import DATA, write_config
 
 from distill_trainer import code_digest
 from distill_trainer.code_stamp import read_stamp
+from distill_trainer.run import comparison
 from recipes import compare
 
 LOSSES = "distill_trainer/training/losses.py"
@@ -19,6 +21,7 @@ def edited(path: str):
     return lambda: files
 
 
+@pytest.mark.integration
 def test_a_code_or_package_change_reruns_and_says_why_an_unchanged_rerun_reads_back(
     tmp_path, tiny_dirs, monkeypatch, capsys
 ):
@@ -32,13 +35,13 @@ def test_a_code_or_package_change_reruns_and_says_why_an_unchanged_rerun_reads_b
         data_dir=str(data),
         teacher_output_cache=True,
     )
-    ran, real_run = [], compare.run_in_this_process
+    ran, real_run = [], comparison.run_in_this_process
 
-    def counting_run(recipe, config_path, tracker, name, extra=()):
+    def counting_run(scripts, recipe, config_path, tracker, name, extra=()):
         ran.append(name)
-        return real_run(recipe, config_path, tracker, name, extra)
+        return real_run(scripts, recipe, config_path, tracker, name, extra)
 
-    monkeypatch.setattr(compare, "run_in_this_process", counting_run)
+    monkeypatch.setattr(comparison, "run_in_this_process", counting_run)
     compare.main(["--config", config, "--run_name", "first"])
     assert ran == ["zero_shot", "cd_lora"]
 

@@ -1,4 +1,4 @@
-"""The GPU check's CPU dry run (benchmarks/gpu_check.py --device cpu --tiny): the orchestration, the report,
+"""The GPU check's CPU dry run (checks/gpu_check.py --device cpu --tiny): the orchestration, the report,
 and a step that fails or times out without stopping the others."""
 
 import importlib.util
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+SCRIPT = ROOT / "checks" / "gpu_check.py"
 
 
 def load_gpu_check():
@@ -42,6 +42,7 @@ def dry_run(tmp_path, *args):
     return result, report, summary
 
 
+@pytest.mark.integration
 def test_a_step_past_its_timeout_is_killed_with_its_children_and_recorded(tmp_path):
     gpu_check = load_gpu_check()
     # the child starts a grandchild that would outlive a plain kill of the child
@@ -63,6 +64,7 @@ def test_a_step_past_its_timeout_is_killed_with_its_children_and_recorded(tmp_pa
     assert failed["status"] == "failed" and "boom" in failed["error"]
 
 
+@pytest.mark.integration
 def test_cpu_dry_run_of_the_recipe_step_writes_the_report(tmp_path):
     result, report, summary = dry_run(tmp_path, "--steps", "recipe")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -77,6 +79,7 @@ def test_cpu_dry_run_of_the_recipe_step_writes_the_report(tmp_path):
     assert len(recipe["losses"]["prefix-cache"]) == 3
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_cpu_dry_run_of_every_step_writes_every_table(tmp_path):
     result, report, summary = dry_run(

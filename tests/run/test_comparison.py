@@ -1,5 +1,5 @@
-"""recipes/compare.py end to end on tiny models (2 steps per method), its per-method configs, and the
-report."""
+"""recipes/compare.py end to end on tiny models (2 steps per method), its per-method configs
+(run/comparison_methods.py), the plan and its reuse (run/comparison.py), and the report."""
 
 import importlib
 import json
@@ -9,6 +9,9 @@ import pytest
 import yaml
 
 from distill_trainer import UsageError, parse_config
+from distill_trainer.run import comparison
+from distill_trainer.run.comparison_arguments import DEFAULT_METHODS, METHODS, apply_full, apply_quick
+from distill_trainer.run.comparison_methods import method_config
 from recipes import compare
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +54,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.integration
 def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
     config = write_config(tmp_path, tiny_dirs, fresh_process_per_method=False)
     summary = compare.main(["--config", config])
@@ -58,7 +62,7 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
     assert (tmp_path / "results" / "latest").resolve() == run_dir.resolve()
 
     rows = {row["method"]: row for row in summary["methods"]}
-    assert list(rows) == compare.DEFAULT_METHODS
+    assert list(rows) == DEFAULT_METHODS
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     for name, row in rows.items():
         method_dir = run_dir / name
@@ -81,7 +85,7 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
         # in one process the peak is the growth over what earlier methods left resident: may be 0
         assert row["peak_memory_mib"] >= 0 and row["wall_seconds"] > 0
         # the method's config is a complete config of its recipe
-        recipe, _ = compare.METHODS[name]
+        recipe, _ = METHODS[name]
         module = importlib.import_module(f"recipes.{recipe}")
         parse_config(module.CONFIG_TYPES, ["--config", str(method_dir / "method.yaml")])
 
@@ -120,6 +124,7 @@ def test_every_method_end_to_end_in_one_process(tmp_path, tiny_dirs, capsys):
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("outputs:")
 
 
+@pytest.mark.integration
 def test_fresh_process_per_method_measures_each_method(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, methods=["zero_shot"])
     summary = compare.main(["--config", config, "--run_name", "isolated"])
@@ -135,19 +140,17 @@ def test_method_configs(tmp_path, tiny_dirs):
         compare.CONFIG_TYPES, ["--config", config]
     )
     out = tmp_path / "m"
-    recipe, pbft = compare.method_config("pbft_lora", student_args, data_args, args, training, out, given)
+    recipe, pbft = method_config("pbft_lora", student_args, data_args, args, training, out, given)
     assert recipe == "pattern_finetune" and pbft["student_mode"] == "lora" and pbft["learning_rate"] == 1e-2
     assert "teacher_model_name_or_path" not in pbft and "alpha" not in pbft
     assert pbft["demonstration_ids"] == [21, 57]  # so its training queries exclude the demonstrations too
-    _, zero_shot = compare.method_config("zero_shot", student_args, data_args, args, training, out, given)
+    _, zero_shot = method_config("zero_shot", student_args, data_args, args, training, out, given)
     assert zero_shot["k"] == 0 and "demonstration_ids" not in zero_shot
-    _, teacher = compare.method_config("icl_teacher", student_args, data_args, args, training, out, given)
+    _, teacher = method_config("icl_teacher", student_args, data_args, args, training, out, given)
     assert teacher["model_name_or_path"] == tiny_dirs["teacher"] and teacher["k"] == 2
-    _, self_teacher = compare.method_config(
-        "cd_lora_self", student_args, data_args, args, training, out, given
-    )
+    _, self_teacher = method_config("cd_lora_self", student_args, data_args, args, training, out, given)
     assert self_teacher["teacher_model_name_or_path"] == "self"
-    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out, given)
+    _, full = method_config("cd_full", student_args, data_args, args, training, out, given)
     assert full["learning_rate"] == 1e-3 and full["teacher_quantization"] == "none"
     assert full["output_dir"] == str(out) and full["max_steps"] == 2
 
@@ -158,7 +161,7 @@ def test_quick_shrinks_the_run(tmp_path, tiny_dirs):
         compare.CONFIG_TYPES, ["--config", config, "--quick"]
     )
     assert args.quick
-    quick = compare.apply_quick(data_args, args, training, given)
+    quick = apply_quick(data_args, args, training, given)
     assert data_args.num_train_examples == args.quick_num_train_examples
     assert training.num_train_epochs == args.quick_num_train_epochs
     # every method's file carries quick's epochs; the parsed settings themselves are left as they were
@@ -214,12 +217,12 @@ def test_probe_methods_train_a_few_steps_unscored_with_a_resident_quantized_teac
         compare.CONFIG_TYPES, ["--config", config]
     )
     out = tmp_path / "m"
-    _, full = compare.method_config("cd_full", student_args, data_args, args, training, out, given)
+    _, full = method_config("cd_full", student_args, data_args, args, training, out, given)
     assert full["max_steps"] == 3 and full["evaluate_after_training"] is False
     assert full.get("teacher_output_cache", True)  # the student's memory: the teacher's outputs are cached
-    _, eight_bit = compare.method_config("cd_lora_8bit", student_args, data_args, args, training, out, given)
+    _, eight_bit = method_config("cd_lora_8bit", student_args, data_args, args, training, out, given)
     assert eight_bit["max_steps"] == 3 and eight_bit["teacher_output_cache"] is False
-    _, lora = compare.method_config("cd_lora", student_args, data_args, args, training, out, given)
+    _, lora = method_config("cd_lora", student_args, data_args, args, training, out, given)
     assert lora["max_steps"] == 2 and lora.get("evaluate_after_training", True)
 
 
@@ -231,9 +234,7 @@ def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
     out = tmp_path / "m"
 
     def dtype(name):
-        return compare.method_config(name, student_args, data_args, args, training, out, given)[1].get(
-            "dtype"
-        )
+        return method_config(name, student_args, data_args, args, training, out, given)[1].get("dtype")
 
     assert dtype("cd_lora") == dtype("pbft_lora") == dtype("zero_shot") == dtype("icl_student") == "bfloat16"
     # full and BitFit students train their weights: float32, whatever the LoRA base is
@@ -241,7 +242,7 @@ def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
     rated = write_config(tmp_path, tiny_dirs, learning_rates=["cd_lora=0.05"])
     (student_args, data_args, args, training), given = parse_config(compare.CONFIG_TYPES, ["--config", rated])
     lrs = {
-        n: compare.method_config(n, student_args, data_args, args, training, out, given)[1]["learning_rate"]
+        n: method_config(n, student_args, data_args, args, training, out, given)[1]["learning_rate"]
         for n in ("cd_lora", "pbft_lora", "cd_lora_8bit")
     }
     assert lrs == {"cd_lora": 0.05, "pbft_lora": 1e-2, "cd_lora_8bit": 1e-2}
@@ -256,12 +257,13 @@ def test_dtype_settings_reach_only_the_methods_they_name(tmp_path, tiny_dirs):
 def test_full_runs_every_row_and_no_probe(tmp_path, tiny_dirs):
     config = write_config(tmp_path, tiny_dirs, methods=["zero_shot", "cd_full"], probe_methods=["cd_full"])
     (_, _, args, _), _ = parse_config(compare.CONFIG_TYPES, ["--config", config, "--full"])
-    compare.apply_full(args)
-    assert args.methods == compare.DEFAULT_METHODS and args.probe_methods == []
+    apply_full(args)
+    assert args.methods == DEFAULT_METHODS and args.probe_methods == []
     with pytest.raises(UsageError, match="--full and --quick"):
         compare.main(["--config", config, "--full", "--quick"])
 
 
+@pytest.mark.integration
 def test_a_probe_row_is_labelled_and_kept_out_of_the_scores(tmp_path, tiny_dirs):
     config = write_config(
         tmp_path,
@@ -284,6 +286,7 @@ def test_a_probe_row_is_labelled_and_kept_out_of_the_scores(tmp_path, tiny_dirs)
     assert any(s.startswith("In-domain recovery") for s in summary["claims"])
 
 
+@pytest.mark.integration
 def test_an_unchanged_rerun_reads_every_method_back_and_a_change_reruns_only_what_it_touches(
     tmp_path, tiny_dirs, monkeypatch, capsys
 ):
@@ -300,13 +303,13 @@ def test_an_unchanged_rerun_reads_every_method_back_and_a_change_reruns_only_wha
     )
     first = compare.main(["--config", config, "--run_name", "first"])
     ran = []
-    real_run = compare.run_in_this_process
+    real_run = comparison.run_in_this_process
 
-    def counting_run(recipe, config_path, tracker, name, extra=()):
+    def counting_run(scripts, recipe, config_path, tracker, name, extra=()):
         ran.append(name)
-        return real_run(recipe, config_path, tracker, name, extra)
+        return real_run(scripts, recipe, config_path, tracker, name, extra)
 
-    monkeypatch.setattr(compare, "run_in_this_process", counting_run)
+    monkeypatch.setattr(comparison, "run_in_this_process", counting_run)
     second = compare.main(["--config", config, "--run_name", "second"])
     assert ran == [] and second["settings"]["reused"] == ["pbft_lora", "zero_shot"]
     for a, b in zip(first["methods"], second["methods"]):

@@ -1,14 +1,15 @@
 """The fault campaign, small: SIGKILL once in every phase of the job and Ctrl-C once; each run, rerun until
 it completes, ends as the uninterrupted run does, with no partial file (CI's slow pass; the full campaign
-is `python -m benchmarks.faults`). And the parts it is made of, fast."""
+is `python -m checks.faults`). And the parts it is made of, fast."""
 
 import json
 
 import pytest
 
-from benchmarks import fault_job, fault_outcome, faults
+from checks import fault_job, fault_outcome, faults
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_small_campaign_ends_identical_with_no_partial_file(tmp_path):
     result = faults.campaign(tmp_path, per_phase=1, seed=0, interrupts=1, log=lambda line: None)

@@ -1,14 +1,17 @@
-"""A comparison run again under its run_name after it was killed (found by benchmarks/faults.py: the rerun
+"""A comparison run again under its run_name after it was killed (found by checks/faults.py: the rerun
 stopped at "output_dir ... already holds a run's results"): the methods that finished are kept, the one
 that was interrupted continues from its last complete checkpoint, and the result is the uninterrupted one."""
 
 import shutil
 
-from test_compare import write_config
+import pytest
+from test_comparison import write_config
 
+from distill_trainer.run import comparison
 from recipes import compare
 
 
+@pytest.mark.integration
 def test_a_killed_comparison_keeps_finished_methods_and_resumes_the_interrupted_one(
     tmp_path, tiny_dirs, monkeypatch
 ):
@@ -31,13 +34,13 @@ def test_a_killed_comparison_keeps_finished_methods_and_resumes_the_interrupted_
         (method / name).unlink()
     (run_dir / "summary.json").unlink()
     (method / ".run.lock").write_text("pid 1 (killed)\n")
-    ran, real_run = [], compare.run_in_this_process
+    ran, real_run = [], comparison.run_in_this_process
 
-    def recording_run(recipe, config_path, tracker, name, extra=()):
+    def recording_run(scripts, recipe, config_path, tracker, name, extra=()):
         ran.append((name, list(extra)))
-        return real_run(recipe, config_path, tracker, name, extra)
+        return real_run(scripts, recipe, config_path, tracker, name, extra)
 
-    monkeypatch.setattr(compare, "run_in_this_process", recording_run)
+    monkeypatch.setattr(comparison, "run_in_this_process", recording_run)
     again = compare.main(["--config", config])
     assert ran == [("pbft_full", ["--resume_from_checkpoint", "true"])]  # zero_shot kept as it was
     assert (method / "model.safetensors").read_bytes() == weights  # the uninterrupted run's student

@@ -1,5 +1,5 @@
 """Results read back only while the code that computed them is unchanged: the code digest, and the published
-tables' stamps with the listing of stale ones (a comparison's reuse: tests/report/test_compare_code.py)."""
+tables' stamps with the listing of stale ones (a comparison's reuse: tests/run/test_method_reuse.py)."""
 
 import json
 import shutil
@@ -59,6 +59,7 @@ def test_a_cache_digest_follows_the_imports_of_the_code_that_fills_it(monkeypatc
 # ---------------------------------------------------------------- published tables
 
 
+@pytest.mark.integration
 def test_a_published_table_names_its_code_and_the_listing_says_what_changed(tmp_path, monkeypatch, capsys):
     record = code_digest.code_record(["recipes/compare.py"])
     results = tmp_path / "results"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fetch the wheels that benchmarks/gpu_check.py installs on a GPU machine without network access.
+# Fetch the wheels that checks/gpu_check.py installs on a GPU machine without network access.
 #
-#     bash benchmarks/gpu_wheels.sh [DIR]          # default DIR: gpu-wheels (ignored by git)
+#     bash checks/gpu_wheels.sh [DIR]          # default DIR: gpu-wheels (ignored by git)
 #
 # The GPU machine's image is assumed to hold Python 3.12 with a CUDA build of PyTorch, accelerate,
 # huggingface_hub, tokenizers, safetensors, numpy, pandas, pyarrow, xxhash, pyyaml, psutil and matplotlib.

@@ -1,10 +1,10 @@
 """The fault campaign: kill the job with SIGKILL at seeded write events in every phase, rerun it until it
 completes, and check that it ends exactly as an uninterrupted run does, with no partial file left.
 
-    python -m benchmarks.faults                    # 56 SIGKILLs (8 per phase) and 7 Ctrl-Cs, seed 0
-    python -m benchmarks.faults --per-phase 2 --seed 3
+    python -m checks.faults                    # 56 SIGKILLs (8 per phase) and 7 Ctrl-Cs, seed 0
+    python -m checks.faults --per-phase 2 --seed 3
 
-The job (`benchmarks/fault_job.py`) is the main job's shape on tiny random models: the comparison
+The job (`checks/fault_job.py`) is the main job's shape on tiny random models: the comparison
 (`recipes/compare.py`: the teacher's ICL evaluation and its evaluation cache, the teacher pass and its
 output cache, two students trained with a checkpoint per step, their evaluation, the summary), then
 `recipes/distill_context.py` (the teacher's completions and their cache, training with checkpoints, the
@@ -40,13 +40,13 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.fault_outcome import OUTPUTS, differences, file_listing, outcome, partial_files
+from checks.fault_outcome import OUTPUTS, differences, file_listing, outcome, partial_files
 from distill_trainer.code_digest import code_record
 from distill_trainer.code_stamp import stamp_json, stamp_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN_SCRIPTS = [
-    *(f"benchmarks/{name}.py" for name in ("faults", "fault_job", "fault_outcome")),
+    *(f"checks/{name}.py" for name in ("faults", "fault_job", "fault_outcome")),
     *(f"recipes/{name}.py" for name in ("compare", "icl_eval", "pattern_finetune", "context_distill")),
     "recipes/distill_context.py",
 ]
@@ -142,7 +142,7 @@ def run_job(root: Path, events=None, kill=None, timeout=900) -> tuple[int, str]:
     if kill:
         env["FAULT_KILL"] = f"{kill[0]}:{kill[1]:.4f}:{kill[2]}"
     child = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fault_job", str(root)],
+        [sys.executable, "-m", "checks.fault_job", str(root)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -335,7 +335,7 @@ def write_results(result: dict, out: Path) -> str:
     records = result["records"]
     done = "" if len(records) == result["points"] else f" (in progress: {len(records)} of {result['points']})"
     text = (
-        f"# Fault campaign (seed {result['seed']}){done}\n\n`python -m benchmarks.faults --per-phase "
+        f"# Fault campaign (seed {result['seed']}){done}\n\n`python -m checks.faults --per-phase "
         f"{result['per_phase']} --interrupts {result['interrupts']} --seed {result['seed']}`: "
         f"{sum(r['signal'] == 'KILL' for r in records)} SIGKILLs and "
         f"{sum(r['signal'] == 'INT' for r in records)} SIGINTs at {len(records)} of the job's "

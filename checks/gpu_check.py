@@ -1,11 +1,11 @@
 """One prepared GPU check, in under 8 minutes on one GPU, writing partial results as it goes.
 
-    python3 benchmarks/gpu_check.py RESULTS_DIR                         # on the GPU machine (device cuda)
-    python3 benchmarks/gpu_check.py RESULTS_DIR --device cpu --tiny     # the dry run on CPU (about 2 min)
+    python3 checks/gpu_check.py RESULTS_DIR                         # on the GPU machine (device cuda)
+    python3 checks/gpu_check.py RESULTS_DIR --device cpu --tiny     # the dry run on CPU (about 2 min)
 
 Steps, each in its own process group with a timeout cut from one overall budget (--budget-s); a step that
 fails or times out records its error and the next one runs:
-  0. install: the wheels fetched by benchmarks/gpu_wheels.sh (default folder gpu-wheels/, when present) go
+  0. install: the wheels fetched by checks/gpu_wheels.sh (default folder gpu-wheels/, when present) go
      into a fresh temporary folder with `pip install --no-index --no-deps --target`, put first on the steps'
      PYTHONPATH; the interpreter's own packages (its CUDA build of torch above all) are never touched
   1. environment: GPU name, torch / CUDA / package versions, whether bitsandbytes works (else the 8-bit
@@ -422,7 +422,7 @@ def write_report(results: Path, options, records: dict, started: float) -> None:
             f"- date: {env.get('date') or time.strftime('%Y-%m-%d')}; host {platform.node()}; "
             f"{time.perf_counter() - started:.0f} s so far of a {options.budget_s:.0f} s budget"
         ),
-        f"- command: `python3 benchmarks/gpu_check.py {' '.join(options.argv)}`",
+        f"- command: `python3 checks/gpu_check.py {' '.join(options.argv)}`",
         "",
         "| step | status | seconds | note |",
         "|---|---|---:|---|",

@@ -1,5 +1,5 @@
 """What a run of the fault job produced, comparable digit for digit between runs, and the files it left
-(`benchmarks/faults.py` compares a killed-then-rerun job with an uninterrupted one through these)."""
+(`checks/faults.py` compares a killed-then-rerun job with an uninterrupted one through these)."""
 
 from __future__ import annotations
 
