@@ -10,10 +10,14 @@ from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.models.loading import prepare_student
 
 
+@pytest.mark.parametrize("multiple", [None, 16])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_answer_only_logits_equal_full_forward(tokenizer, student, side):
+def test_answer_only_logits_equal_full_forward(tokenizer, student, side, multiple):
     feats = [build_views(tokenizer, q, a, DEMOS) for q, a in ROWS]
-    batch = TwoViewCollator(tokenizer.pad_token_id, padding_side=side)(feats)
+    batch = TwoViewCollator(tokenizer.pad_token_id, padding_side=side, pad_to_multiple_of=multiple)(feats)
+    longest = max(len(f["teacher_input_ids"]) for f in feats)
+    padded = -(-longest // multiple) * multiple if multiple else longest
+    assert batch["teacher_input_ids"].shape[1] == padded
     student.eval()
     got = answer_logits(
         student,
@@ -27,6 +31,15 @@ def test_answer_only_logits_equal_full_forward(tokenizer, student, side):
         ref = full[f["teacher_answer_positions"]]
         assert (got[row, -n:] - ref).abs().max() <= 1e-5
     assert got.shape[:2] == batch["answer_ids"].shape
+
+
+def test_batches_of_many_lengths_share_few_shapes_by_default(tokenizer):
+    """Each new padded length costs a CPU run kernels and heap (views/text.py): the default rounds up."""
+    feats = [build_views(tokenizer, q * repeat, a, DEMOS) for q, a in ROWS for repeat in range(1, 9)]
+    collate = TwoViewCollator(tokenizer.pad_token_id)
+    lengths = {len(f["input_ids"]) for f in feats}
+    shapes = {collate([f])["input_ids"].shape[1] for f in feats}
+    assert len(shapes) < len(lengths) and all(width % 16 == 0 for width in shapes)
 
 
 @pytest.mark.integration
