@@ -81,6 +81,29 @@ def _needed_against_estimate(row: dict) -> str:
     return f"{needed:.0f}" + (f" ({needed / estimate:.2f}x est.)" if estimate else "")
 
 
+# how far a measured figure may sit from its analytic estimate before the table explains it
+ESTIMATE_TOLERANCE = 1.25
+
+
+def estimate_note(summary: dict) -> str | None:
+    """The rows whose needed memory sits outside 1/1.25x to 1.25x of the estimate, and why."""
+    off = [
+        f"{row['method']} ({row['needed_memory_mib'] / row['estimate_mib']:.2f}x)"
+        for row in summary["methods"]
+        if row.get("needed_memory_mib") and row.get("estimate_mib")
+        and not 1 / ESTIMATE_TOLERANCE <= row["needed_memory_mib"] / row["estimate_mib"] <= ESTIMATE_TOLERANCE
+    ]  # fmt: skip
+    if not off:
+        return None
+    return (
+        f"More than {ESTIMATE_TOLERANCE}x from the estimate: {', '.join(off)}. The estimate holds what the "
+        "longest batch's forward keeps for the backward; a training phase also needs the backward's own "
+        "buffers and what the C heap keeps of the blocks a step freed for the next one (glibc hands them "
+        "back only when trimmed), which the estimate does not model and which weigh most where the "
+        "rest is small: a LoRA student without a resident teacher (docs/memory.md)."
+    )
+
+
 def _first_label_share(row: dict) -> str:
     balance = _task("mnli")(row).get("predicted_label_balance") or {None: None}
     return percent(next(iter(balance.values())))

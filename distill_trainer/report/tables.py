@@ -19,7 +19,7 @@ from pathlib import Path
 from distill_trainer.code_stamp import stamp_json, stamp_markdown
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.memory.units import MIB
-from distill_trainer.report.columns import LEGEND, headers, number, percent, table_rows
+from distill_trainer.report.columns import LEGEND, estimate_note, headers, number, percent, table_rows
 from distill_trainer.report.findings import findings, paper_claims
 from distill_trainer.report.plots import ACCURACY_PLOT, COST_PLOT, write_plots
 
@@ -212,9 +212,10 @@ def format_markdown(summary: dict) -> str:
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     heuristics = _heuristics(summary)
+    note = estimate_note(summary)
     lines += [
         "",
-        LEGEND,
+        LEGEND + (f" {note}" if note else ""),
         "",
         "## HANS per heuristic (accuracy %, AUC)",
         "",

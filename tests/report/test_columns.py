@@ -47,3 +47,16 @@ def test_console_table_and_markdown_follow_the_list():
     markdown = format_markdown(summary)
     assert "| " + " | ".join(headers()) + " |" in markdown
     assert "| " + " | ".join(table_rows(summary)[0]) + " |" in markdown
+
+
+def test_rows_far_from_their_estimate_are_named_with_the_reason():
+    from distill_trainer.report.columns import estimate_note
+
+    near = method_row(method="cd_full", needed_memory_mib=1200.0, estimate_mib=1000.0)
+    above = method_row(method="pbft_lora", needed_memory_mib=1500.0, estimate_mib=1000.0)
+    below = method_row(method="cd_bitfit", needed_memory_mib=700.0, estimate_mib=1000.0)
+    unestimated = method_row(method="zero_shot", needed_memory_mib=900.0, estimate_mib=None)
+    assert estimate_note({"methods": [near, unestimated]}) is None
+    note = estimate_note({"methods": [near, above, below, unestimated]})
+    assert "pbft_lora (1.50x)" in note and "cd_bitfit (0.70x)" in note
+    assert "cd_full" not in note and "zero_shot" not in note and "heap" in note
