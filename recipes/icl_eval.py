@@ -134,8 +134,11 @@ def run_icl_eval(
     )
     max_length = model_max_length(model_config, data_args)
 
+    loaded = model is not None
+
     def loaded_model():  # loaded on first use: not at all when every result is read back
-        nonlocal model
+        nonlocal model, loaded
+        loaded = True
         if model is None:
             with tracker.phase("model_load"):
                 model = load_causal_lm(student_args.model_name_or_path, dtype=student_args.dtype).to(
@@ -169,6 +172,8 @@ def run_icl_eval(
         teacher_calibration=data_args.teacher_calibration,
         parameters={"total": total},
         eval_seconds=round(sum(r.seconds for r in per_seed.values()), 2),
+        # every score came from the evaluation cache: no model ran, so no memory of the method was measured
+        scores_read_back=not loaded,
     )
     write_run((student_args, data_args, config), given, name, total, data, per_seed, metrics)
     return metrics

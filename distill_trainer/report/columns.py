@@ -30,6 +30,8 @@ def method_label(row: dict) -> str:
         notes.append(f"memory probe, {row['memory_probe_steps']} steps")
     if row.get("reused_from"):
         notes.append("reused")
+    if row.get("scores_read_back"):
+        notes.append("scores read back, memory not measured")
     return row["method"] + (f" ({', '.join(notes)})" if notes else "")
 
 

@@ -108,6 +108,10 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
         peak_bytes = max(peak_bytes or 0, int(tracked * MIB))
     trained = "train" in metrics
     needed = _phase_peaks(metrics.get("memory"), "cpu_needed_mib")
+    if metrics.get("scores_read_back"):
+        # no model ran (every score from the evaluation cache): the process measured only its runtime,
+        # which is not what the method needs; the row shows no memory rather than a wrong one
+        needed, peak_bytes = {}, None
     teacher = metrics.get("teacher")
     if metrics.get("recipe") == "icl_eval":
         teacher = f"(itself, k={metrics.get('k', 0)})"
@@ -124,7 +128,8 @@ def load_method_result(name: str, method_dir, peak_bytes: int | None, wall_secon
         "train_seconds": round(metrics["train"].get("train_runtime", 0.0), 3) if trained else 0.0,
         "eval_seconds": round(metrics.get("eval_seconds", 0.0), 1),
         "wall_seconds": round(wall_seconds, 3),  # tiny runs can take well under 0.1 s
-        "phase_peak_mib": _phase_peaks(metrics.get("memory")),
+        "phase_peak_mib": {} if metrics.get("scores_read_back") else _phase_peaks(metrics.get("memory")),
+        "scores_read_back": bool(metrics.get("scores_read_back")),
         "phase_needed_mib": needed,
         "needed_memory_mib": _method_need(needed),
         "runtime_mib": (metrics.get("memory") or {}).get("baseline_cpu_rss_mib"),

@@ -50,6 +50,12 @@ def write_config(tmp_path, tiny_dirs, **overrides):
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test its own caches: scores read back from another test's run would measure no method."""
+    monkeypatch.setenv("DISTILL_TRAINER_CACHE", str(tmp_path / "cache"))
+
+
 def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 

@@ -199,6 +199,14 @@ def test_icl_eval_of_a_model_on_disk_is_read_back_without_loading_it(tmp_path, t
     second = recipe.main([*argv, "--output_dir", str(tmp_path / "second")])
     assert second["eval"] == first["eval"]
     assert second["parameters"] == first["parameters"]
+    # no model ran the second time: its row says so and claims no memory for the method
+    assert not first["scores_read_back"] and second["scores_read_back"]
+    from distill_trainer.report.tables import load_method_result
+
+    measured = load_method_result("icl", tmp_path / "first", None, 1.0)
+    read_back = load_method_result("icl", tmp_path / "second", None, 1.0)
+    assert measured["needed_memory_mib"] is not None and read_back["needed_memory_mib"] is None
+    assert read_back["peak_memory_mib"] is None and read_back["eval"] == measured["eval"]
     # other demonstrations are another evaluation: it is computed, so the model is loaded
     with pytest.raises(AssertionError, match="loaded"):
         recipe.main([*argv, "--demonstration_seed", "7", "--output_dir", str(tmp_path / "third")])
