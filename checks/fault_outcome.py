@@ -13,16 +13,21 @@ OUTPUTS = ("results", "cache", "context")
 MEASURED = ("seconds", "runtime", "per_second", "mib", "memory", "peak", "rss", "started", "flos")
 CACHE_INFO = ("teacher_output_cache", "teacher_completions")
 PROVENANCE = ("reused", "generated", "when_built")
+# a method whose scores a rerun reads back from the evaluation cache the killed run filled says so
+READ_BACK = ("scores_read_back",)
 
 
 def _strip_measured(value, cache_info=False):
     """`value` without the fields that measure time or memory, the sentences that quote memory, and a
-    cache's account of what it reused or generated (a rerun reads what the killed run stored)."""
+    cache's account of what it reused or generated or read back (a rerun reads what the killed run
+    stored)."""
     if isinstance(value, dict):
         return {
             k: _strip_measured(v, cache_info or k in CACHE_INFO)
             for k, v in value.items()
-            if not any(m in k.lower() for m in MEASURED) and not (cache_info and k in PROVENANCE)
+            if not any(m in k.lower() for m in MEASURED)
+            and not (cache_info and k in PROVENANCE)
+            and k not in READ_BACK
         }
     if isinstance(value, list):
         return [_strip_measured(v, cache_info) for v in value if not (isinstance(v, str) and "GiB" in v)]
