@@ -7,11 +7,14 @@
 
 A result read back (a comparison's method, a cache entry, a published table) is only right while the code
 that computed it is unchanged, so everything read back is keyed on it, as datasets' `map` fingerprints its
-function and DVC its stage's command. `code_record` covers every source file of the library (and the
-recipe or benchmark scripts named): a README or a test changes nothing, any library change reruns, which
-is conservative by design. The caches use the narrower `modules_digest`: the files of the modules that
-compute their entries, found by following the imports in the source (function-level ones included), so a
-change to the loss does not throw away the teacher's stored evaluations.
+function and DVC its stage's command. `code_record(scripts)` covers the scripts named (recipes, benchmarks)
+and every module of the repository they import, transitively: the imports are read from the source
+(function-level ones included, a public name of the package root followed to the module that defines it),
+so an edit to the reply recipes leaves the NLI comparison's tables current, and any edit to code a result
+ran reruns it. The closure is sound for static imports: code that starts importing another module changes,
+so the digest changes with it. The caches use the same closure of the modules that fill them
+(`modules_digest`), so a change to the loss does not throw away the teacher's stored evaluations. The
+library's data files (architectures, metrics) are in every record.
 
 The versions of the packages that decide numerics (`NUMERIC_PACKAGES`) are part of every digest. Hashing
 the library's ~100 files takes a few milliseconds; each digest is computed once per process.
@@ -30,6 +33,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 # the repository of a source checkout (an editable install): where recipes/, benchmarks/ and checks/ live
 ROOT = PACKAGE_DIR.parent
+# the packages whose imports a record follows: the library and the scripts' own helper modules
+REPOSITORY_PACKAGES = (PACKAGE, "recipes", "benchmarks", "checks")
 # what decides the numbers beside our code: kernels, model code, adapters, quantization, data loading
 NUMERIC_PACKAGES = (
     "torch",
@@ -77,25 +82,51 @@ def library_files() -> dict[str, str]:
     }
 
 
+def _script_path(script) -> tuple[str, Path]:
+    """(the name a record gives a script: its path from the repository root, or as given; its path)."""
+    path = Path(script)
+    path = path if path.is_absolute() else ROOT / path
+    try:
+        return str(path.resolve().relative_to(ROOT)), path
+    except ValueError:  # a script outside the repository: named as given
+        return str(script), path
+
+
 def script_files(scripts) -> dict[str, str]:
     """{script path from the repository root: sha256, or "missing"} of recipe or benchmark scripts."""
     files = {}
     for script in scripts:
-        path = Path(script)
-        path = path if path.is_absolute() else ROOT / path
-        try:
-            name = str(path.resolve().relative_to(ROOT))
-        except ValueError:  # a script outside the repository: named as given
-            name = str(script)
+        name, path = _script_path(script)
         files[name] = _sha256(path) if path.is_file() else "missing"
     return files
 
 
+def scripts_closure(scripts) -> tuple[str, ...]:
+    """The files of every repository module the scripts import, transitively (sorted; the scripts apart)."""
+    modules = set()
+    for script in scripts:
+        _, path = _script_path(script)
+        if path.is_file():
+            modules |= _imports(path.resolve())
+    return module_files(*sorted(modules))
+
+
 def code_record(scripts=()) -> dict:
-    """The library's files, the scripts', the numeric packages' versions, and one digest of them all."""
+    """The code that `scripts` run, the numeric packages' versions, and one digest of them all:
+    `library` holds the library's files they import (all of it when no script is named) and its data
+    files, `scripts` the scripts and the helper modules beside them that they import."""
+    everything = library_files()
+    if scripts:
+        closure = scripts_closure(scripts)
+        library = {name: everything[name] for name in closure if name in everything}
+        library.update({name: h for name, h in everything.items() if not name.endswith(".py")})
+        helpers = {name: _sha256(ROOT / name) for name in closure if name not in everything}
+    else:
+        library, helpers = everything, {}
     record = {
-        "library": library_files(),
-        "scripts": script_files(scripts),
+        "entry": sorted(script_files(scripts)),
+        "library": dict(sorted(library.items())),
+        "scripts": {**script_files(scripts), **helpers},
         "packages": package_versions(),
     }
     return {"digest": _digest(record), **record}
@@ -142,20 +173,35 @@ def code_changes(before: dict, now: dict) -> list[str]:
 
 
 def _module_path(module: str) -> Path | None:
-    """The file of a library module (`distill_trainer.nli.tasks`), or None for another package."""
-    if module != PACKAGE and not module.startswith(PACKAGE + "."):
+    """The file of a repository module (`distill_trainer.nli.tasks`, `benchmarks.pairs`), or None for
+    another package's."""
+    parts = module.split(".")
+    if parts[0] not in REPOSITORY_PACKAGES:
         return None
-    base = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+    base = ROOT.joinpath(*parts)
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _root_names() -> dict[str, str]:
+    """{name the package root offers: the module to follow for it}: a public name, the module that
+    defines it (the root loads it on use); a name the root itself imports, the root."""
+    import distill_trainer
+
+    own = {name: PACKAGE for name in vars(distill_trainer) if not name.startswith("__")}
+    return own | dict(distill_trainer._PUBLIC)
+
+
 def imported_names(path: Path) -> set[str]:
     """Every module a file imports, anywhere in it (function-level imports count), as absolute names;
     `from a import b` gives `a` and `a.b` (b may be a module or a name)."""
-    package = ".".join(Path(path).resolve().relative_to(ROOT).with_suffix("").parts[:-1])
+    try:
+        package = ".".join(Path(path).resolve().relative_to(ROOT).with_suffix("").parts[:-1])
+    except ValueError:  # a script outside the repository: its relative imports name no module of ours
+        package = ""
     names = set()
     for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -172,24 +218,23 @@ def imported_names(path: Path) -> set[str]:
 
 @functools.lru_cache(maxsize=256)  # each file is parsed once per process, whatever the closures that need it
 def _imports(path: Path) -> frozenset[str]:
-    """The library modules a file imports, with the packages above each (their `__init__` runs on import),
-    or {ALL} when it imports a public name of the package root, which may load any module on use."""
-    names = imported_names(path)
-    if any(
-        name.startswith(PACKAGE + ".") and name.count(".") == 1 and _module_path(name) is None
-        for name in names
-    ):
-        return frozenset({ALL})
+    """The repository modules a file imports, with the packages above each (their `__init__` runs on
+    import); a public name of the package root counts as the module that defines it, and {ALL} answers
+    for a name of the root that is neither a module nor public (it may load any module)."""
     found = set()
-    for name in names:
+    for name in imported_names(path):
         parts = name.split(".")
+        if parts[0] == PACKAGE and len(parts) == 2 and _module_path(name) is None:
+            if parts[1] not in _root_names():
+                return frozenset({ALL})
+            parts = _root_names()[parts[1]].split(".")
         found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return frozenset(name for name in found if _module_path(name) is not None)
 
 
 @functools.lru_cache(maxsize=64)
 def module_files(*modules: str) -> tuple[str, ...]:
-    """The files of `modules` and of every library module they import, transitively (sorted)."""
+    """The files of `modules` and of every repository module they import, transitively (sorted)."""
     seen, todo = set(), list(modules)
     while todo:
         module = todo.pop()

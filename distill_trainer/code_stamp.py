@@ -5,8 +5,8 @@
     for path, why in stale_tables("docs/results"):   # `distill-trainer stale-results docs/results`
         print(path, why)
 
-`record` is `code_digest.code_record(scripts)`: the digest of the library, of the scripts that wrote the
-table and of the numeric packages' versions, the same digest a comparison's method reuse keys on. A table
+`record` is `code_digest.code_record(scripts)`: the digest of the scripts that wrote the table, of the code
+they import and of the numeric packages' versions, the digest a comparison's method reuse keys on. A table
 carries it inside its own file (a copied report.md keeps it), with each file's hash cut to 16 hex digits,
 enough to say which files changed since. A table is stale when the current code, with the scripts it names,
 gives another digest; a table with no record is listed too: nothing says which code made it.
@@ -34,6 +34,7 @@ def stamp_json(record: dict) -> dict:
     """The part of `record` a table keeps: the digest, packages, and every file's shortened hash."""
     return {
         "digest": record["digest"],
+        "entry": record["entry"],
         "packages": record["packages"],
         "scripts": _short(record["scripts"]),
         "library": _short(record["library"]),
@@ -45,9 +46,9 @@ def stamp_line(record: dict) -> str:
     packages = ", ".join(
         f"{k} {v}" for k, v in record["packages"].items() if v and k in ("torch", "transformers")
     )
-    scripts = ", ".join(record["scripts"]) or "no script"
+    scripts = ", ".join(record["entry"]) or "no script"
     return (
-        f"Made by code `{record['digest'][:12]}` (the library, {scripts}; {packages}); "
+        f"Made by code `{record['digest'][:12]}` ({scripts} and the code they import; {packages}); "
         "`distill-trainer stale-results` lists the tables the current code would no longer reproduce."
     )
 
@@ -82,7 +83,7 @@ def staleness(record: dict | None) -> list[str]:
     """Why a table with this record would come out otherwise with the current code (empty: it would not)."""
     if record is None:
         return ["no code digest recorded"]
-    now = code_record(list(record.get("scripts", {})))
+    now = code_record(record.get("entry", list(record.get("scripts", {}))))
     if now["digest"] == record["digest"]:
         return []
     return code_changes(record, stamp_json(now) | {"digest": now["digest"]})

@@ -245,5 +245,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
 
+def command_line() -> int:
+    """The `distill-trainer` program. Its teardown guard and top-level Ctrl-C handler come first
+    (`quiet_start`, as in the recipes), so a Ctrl-C at any moment after the interpreter's own start-up
+    is the one line and status 130; `main` alone is what Python callers and tests use."""
+    import distill_trainer.run.quiet_start  # noqa: F401
+
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line())

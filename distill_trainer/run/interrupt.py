@@ -27,6 +27,7 @@ from distill_trainer.cache_paths import caches_written_since
 
 EXIT_STATUS = 130  # 128 + SIGINT, as shells report it
 CHILD_ENV = "DISTILL_TRAINER_METHOD_PROCESS"
+_stopped_by_ctrl_c = False  # set once `interruptible` has said its line and is exiting
 
 _runs: list[dict] = []  # the folders being written, outermost first
 _STARTED = time.time()  # this process's start, near enough: caches written since were written by this run
@@ -115,6 +116,13 @@ def interruptible(argv=None, program: str | None = None):
     try:
         yield
     except KeyboardInterrupt:
+        global _stopped_by_ctrl_c
         if not os.environ.get(CHILD_ENV):
             print(interruption_line(program or default_program(), argv), file=sys.stderr, flush=True)
+        _stopped_by_ctrl_c = True
         sys.exit(EXIT_STATUS)
+
+
+def stopped_by_ctrl_c() -> bool:
+    """Whether `interruptible` handled a Ctrl-C and the program is exiting with `EXIT_STATUS`."""
+    return _stopped_by_ctrl_c

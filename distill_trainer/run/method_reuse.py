@@ -10,10 +10,10 @@ A method's result depends on its resolved config, the data files it reads, the m
 code that runs it and the packages that decide its numerics, so the fingerprint hashes exactly those, as
 named parts: `config` (with its output folder left out), `data` (the content of every data file the
 config names or resolves to), `model` (each model folder's identity: config, weight files' names, sizes
-and modification times, as the teacher output cache keys on), `code` (every library source file and the
-method's recipe script, `code_digest.code_record`) and `packages` (the numeric packages' versions). Any
-library change reruns every method: a method's code is most of the library, and being conservative is
-right for a result that is read back. A result is reused only if the earlier run wrote its fingerprint,
+and modification times, as the teacher output cache keys on), `code` (the method's recipe script and every
+module of the repository it imports, transitively, `code_digest.code_record`) and `packages` (the numeric
+packages' versions). A change to any code the method imports reruns it; one to code it never imports
+(the reply recipes' modules) does not. A result is reused only if the earlier run wrote its fingerprint,
 which happens after the method finished: an interrupted method is never read back. When a method has an
 earlier result under another fingerprint, `why_rerun` names the parts that differ (and which files).
 

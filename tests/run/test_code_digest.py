@@ -105,9 +105,43 @@ def test_a_copied_table_keeps_its_stamp(tmp_path, name):
     }
 
 
-def test_code_importing_the_packages_public_names_depends_on_all_of_it():
-    # `from distill_trainer import DataArguments` loads on use, from whichever module defines it
-    assert code_digest._imports((ROOT / "recipes" / "icl_eval.py").resolve()) == {code_digest.ALL}
-    assert code_digest._imports((ROOT / "distill_trainer" / "nli" / "eval_cache.py").resolve()) != {
-        code_digest.ALL
-    }
+def test_a_public_name_of_the_package_counts_as_the_module_that_defines_it(tmp_path):
+    # `from distill_trainer import DataArguments` loads on use, from the module that defines it
+    imports = code_digest._imports((ROOT / "recipes" / "icl_eval.py").resolve())
+    assert "distill_trainer.nli.arguments" in imports and code_digest.ALL not in imports
+    script = tmp_path / "script.py"
+    script.write_text("from distill_trainer import UsageError\nfrom distill_trainer import not_a_name\n")
+    assert code_digest._imports(script) == {code_digest.ALL}  # unknown: it may load anything
+
+
+def test_a_record_covers_what_its_scripts_import_and_nothing_else(monkeypatch):
+    comparison = ["recipes/compare.py", "recipes/icl_eval.py", "recipes/pattern_finetune.py"]
+    record = code_digest.code_record(comparison)
+    assert LOSSES in record["library"] and "distill_trainer/training/trainer.py" in record["library"]
+    assert "distill_trainer/memory/architectures/opt-125m.json" in record["library"]  # data files: always
+    reply_code = "distill_trainer/context/steps.py"
+    assert reply_code not in record["library"] and reply_code in code_digest.library_files()
+    assert record["entry"] == sorted(comparison)
+    monkeypatch.setattr(code_digest, "library_files", edited(reply_code))
+    assert code_digest.code_record(comparison)["digest"] == record["digest"]  # the reply recipes' code
+    assert code_digest.code_record(["recipes/distill_context.py"])["library"][reply_code] == "0" * 64
+    monkeypatch.setattr(code_digest, "library_files", edited(LOSSES))
+    assert code_digest.code_record(comparison)["digest"] != record["digest"]
+
+
+def test_helper_modules_beside_a_script_are_covered(tmp_path, monkeypatch):
+    record = code_digest.code_record(["benchmarks/speed.py"])
+    assert {"benchmarks/speed.py", "benchmarks/flops.py", "benchmarks/pairs.py"} <= set(record["scripts"])
+    helper = tmp_path / "benchmarks" / "helper.py"
+    helper.parent.mkdir()
+    (tmp_path / "benchmarks" / "__init__.py").write_text("")
+    helper.write_text("X = 1\n")
+    (tmp_path / "bench.py").write_text("from benchmarks.helper import X\n")
+    monkeypatch.setattr(code_digest, "ROOT", tmp_path)
+    code_digest._imports.cache_clear(), code_digest.module_files.cache_clear()
+    before = code_digest.code_record(["bench.py"])
+    assert "benchmarks/helper.py" in before["scripts"]
+    helper.write_text("X = 2\n")
+    code_digest.module_files.cache_clear()
+    assert code_digest.code_record(["bench.py"])["digest"] != before["digest"]
+    code_digest._imports.cache_clear(), code_digest.module_files.cache_clear()
