@@ -211,14 +211,15 @@ def write_questions(
         [{"context": p.text, "prompt": instruction} for p in passages], args.writing_settings()
     )
     records, malformed = [], 0
-    seen = {normalize_answer(prompt) for prompt in heldout_prompts}
-    heldout, asked = set(seen), set()
+    # questions compare without the suffix, so a held-out question matches whether it carries one or not
+    heldout = {normalize_answer(p.removesuffix(args.question_suffix)) for p in heldout_prompts}
+    asked = set()
     for passage, reply in zip(passages, written):
         parsed = parse_pairs(reply["text"])
         malformed += parsed.malformed
         for question, answer in parsed.pairs:
             prompt = question + args.question_suffix
-            key = normalize_answer(prompt)
+            key = normalize_answer(question)
             status = "held-out question" if key in heldout else "duplicate" if key in asked else None
             asked.add(key)
             records.append(
