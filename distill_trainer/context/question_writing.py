@@ -50,13 +50,13 @@ class QuestionWritingArguments:
         },
     )
     passage_tokens: int = field(
-        default=384, metadata={"help": "Longest passage the teacher reads at once when writing, in tokens."}
+        default=256, metadata={"help": "Longest passage the teacher reads at once when writing, in tokens."}
     )
     passage_overlap_tokens: int = field(
         default=32, metadata={"help": "Tokens that consecutive passages share (a statement cut at a seam)."}
     )
     questions_per_passage: int = field(
-        default=16, metadata={"help": "Question-answer pairs the teacher is asked for per passage."}
+        default=24, metadata={"help": "Question-answer pairs the teacher is asked for per passage."}
     )
     question_wordings: int = field(
         default=2, metadata={"help": "Differently worded questions asked for each statement."}

@@ -196,7 +196,7 @@ def test_the_written_set_is_deterministic_for_a_seed_and_cached(tmp_path, tiny_t
             [
                 r["text"]
                 for r in ask(
-                    [{"context": p.text, "prompt": writing_prompt(16, 2)} for p in parts],
+                    [{"context": p.text, "prompt": writing_prompt(24, 2)} for p in parts],
                     args.writing_settings(),
                 )[0]
             ],
