@@ -179,9 +179,9 @@ CONFIRMED = {
 }
 
 
-def scripted_completions(real, document):
+def scripted_completions(real, document, confirmed=CONFIRMED):
     """`completions` as the recipe runs it (cache and all), with the writing replies replaced by WRITTEN
-    and the checks answered by CONFIRMED (anything else is not confirmed); the answers with the whole
+    and the checks answered by `confirmed` (anything else is not confirmed); the answers with the whole
     document in view stay the tiny model's own."""
 
     def completions(teacher, tokenizer, rows, settings, **options):
@@ -191,7 +191,7 @@ def scripted_completions(real, document):
             if row["prompt"].startswith("Write "):
                 texts.append("".join(t for word, t in WRITTEN.items() if word in row["context"]))
             elif row["context"] and row["context"] != document:  # a check, the passage in view
-                texts.append(next((a for q, a in CONFIRMED.items() if row["prompt"].startswith(q)), "a dog"))
+                texts.append(next((a for q, a in confirmed.items() if row["prompt"].startswith(q)), "a dog"))
             else:
                 texts.append(reply["text"])
         return [dict(reply, text=text) for reply, text in zip(replies, texts)], info
@@ -276,3 +276,11 @@ def test_validate_reports_the_passages_and_refuses_a_question_file_with_generate
     both = generate_argv(tmp_path, chat_dirs, data_file=data["data_file"])
     assert cli(["validate", *both, "--recipe", "distill_document"]) == 2
     assert "remove data_file" in capsys.readouterr().err
+
+
+def test_a_run_whose_teacher_keeps_no_question_stops_with_the_counts(tmp_path, chat_dirs, monkeypatch):
+    recipe = load_recipe("distill_document")
+    monkeypatch.setattr(recipe, "completions", scripted_completions(recipe.completions, DOCUMENT, {}))
+    with pytest.raises(UsageError, match=r"kept no training question \(3 passages; .* kept 0\)") as error:
+        recipe.main(generate_argv(tmp_path, chat_dirs, sft_baseline=False))
+    assert "4 not confirmed" in str(error.value) and not (tmp_path / "out").exists()
