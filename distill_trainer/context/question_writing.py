@@ -218,6 +218,9 @@ def write_questions(
         parsed = parse_pairs(reply["text"])
         malformed += parsed.malformed
         for question, answer in parsed.pairs:
+            question = question.removesuffix(
+                args.question_suffix.strip()
+            ).rstrip()  # when copied from the prompt
             prompt = question + args.question_suffix
             key = normalize_answer(question)
             status = "held-out question" if key in heldout else "duplicate" if key in asked else None

@@ -91,7 +91,9 @@ def passages(max_tokens=8):
 def test_every_pair_is_accounted_for_and_only_confirmed_new_ones_train():
     stub = StubTeacher(
         pairs={
-            "Ada": "Q: Who is the harbour master?\nA: Ada Brill\nQ: Name the harbour master.\nA: Ada Brill\n"
+            "Ada": "Q: Who is the harbour master?\nA: Ada Brill\nQ: Name the harbour master."
+            + SUFFIX
+            + "\nA: Ada Brill\n"
             "Q: Who is the harbour master?\nA: Ada Brill\nQ: dangling",
             "The ferry": "Q: How many cars does the ferry carry?\nA: 40 cars\nQ: Who runs the ferry?\nA: Ada",
             "The fair": "Q: When is the fair held? A: 3 May\nQ: Which fair is on 3 May?\nA: the fair",
@@ -124,6 +126,7 @@ def test_every_pair_is_accounted_for_and_only_confirmed_new_ones_train():
         "When is the fair held?",
     ]
     assert all(row["context"] == DOCUMENT and row["prompt"].endswith(SUFFIX) for row in result.rows)
+    assert all(row["prompt"].count(SUFFIX.strip()) == 1 for row in result.rows)  # never twice
     assert [r["status"] for r in result.records].count("not confirmed") == 1
     assert {r["status"] for r in result.records} == {
         "kept",
