@@ -6,8 +6,9 @@
 The document is cut into sentences (and a sentence over the budget into words, a word over it into
 characters), which are packed in order into passages of at most `max_tokens`. A passage ends on the largest
 boundary in its second half: a paragraph (blank line) before a line, a line before a sentence. Each passage
-after the first begins with the last sentences of the one before, as many as fit in `overlap_tokens`, so a
-statement cut at a seam is read whole once. The passages' slices together cover every character.
+after the first begins with the last sentences of the one before, as many as fit in `overlap_tokens` (fewer
+where the next new sentence would not fit beside them), so a statement cut at a seam is read whole once, and
+every passage reads something the one before did not. The passages' slices together cover every character.
 
 Tokens are counted per piece and summed: a passage may differ from its budget by the few tokens that merge
 across a seam, which is why a budget should leave a little room in the teacher's context.
@@ -112,7 +113,7 @@ def split_passages(
     if not text.strip():
         raise UsageError("the document is empty; give the text the teacher reads")
     pieces = _pieces(text, 0, len(text), count_tokens, max_tokens)
-    passages, first = [], 0
+    passages, first, previous_last = [], 0, -1
     while first < len(pieces):
         last, size, sizes = first, pieces[first].tokens, [pieces[first].tokens]
         while last + 1 < len(pieces) and size + pieces[last + 1].tokens <= max_tokens:
@@ -120,16 +121,22 @@ def split_passages(
             size += pieces[last].tokens
             sizes.append(size)
         if last + 1 < len(pieces):
-            # end on the largest boundary in the passage's second half (a paragraph before a line, ...)
-            ends = [i for i in range(first, last + 1) if sizes[i - first] * 2 >= max_tokens] or [last]
+            # end on the largest boundary in the passage's second half (a paragraph before a line, ...),
+            # past the end of the passage before (an overlap is only ever a beginning)
+            new = range(max(first, previous_last + 1), last + 1)
+            ends = [i for i in new if sizes[i - first] * 2 >= max_tokens] or [last]
             last = min(ends, key=lambda i: (pieces[i].rank, -i))
         start, end = pieces[first].start, pieces[last].end
         passages.append(Passage(len(passages), start, end, text[start:end], sizes[last - first]))
         if last + 1 == len(pieces):
             break
-        # the next passage repeats the tail of this one that fits the overlap, and always moves forward
+        previous_last = last
+        # the next passage repeats the tail of this one that fits the overlap, and always moves forward: the
+        # overlap also leaves room for the next new piece, or that passage would hold the overlap alone (a
+        # passage read twice, nothing new in it)
         following, shared = last + 1, 0
-        while following - 1 > first and shared + pieces[following - 1].tokens <= overlap_tokens:
+        room = min(overlap_tokens, max_tokens - pieces[last + 1].tokens)
+        while following - 1 > first and shared + pieces[following - 1].tokens <= room:
             following -= 1
             shared += pieces[following].tokens
         first = following

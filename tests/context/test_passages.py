@@ -4,6 +4,7 @@ fall on the largest boundary that fits."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,33 @@ def test_paragraphs_stay_whole_when_they_fit():
         "Second para, short.",
         "Third paragraph here.",
     ]
+
+
+def test_a_passage_always_reads_something_new_after_its_overlap():
+    # the overlap (5 words) and the next sentence (13) do not fit the budget (15) together: the overlap
+    # must shrink, not make a passage of the overlap alone
+    text = "One two three four five. Six seven eight. " + " ".join(["word"] * 12) + " end."
+    passages = split_passages(text, words, max_tokens=15, overlap_tokens=5)
+    assert_tiles(passages, text, 15, words)
+    assert [p.text.strip() for p in passages][-1].endswith("end.")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_documents_are_tiled_with_overlaps_within_their_budget(seed):
+    rng = random.Random(seed)
+    sentences = [
+        " ".join(f"w{rng.randint(0, 99)}" for _ in range(rng.choice([1, 3, 8, 13, 30])))
+        + rng.choice([".", "!", ";", ""])
+        + rng.choice([" ", "\n", "\n\n", "  \n \n", "\t"])
+        for _ in range(rng.randint(1, 40))
+    ]
+    text = rng.choice(["", " ", "\n"]) + "".join(sentences)
+    max_tokens = rng.randint(3, 40)
+    overlap = rng.randint(0, max_tokens - 1)
+    passages = split_passages(text, words, max_tokens=max_tokens, overlap_tokens=overlap)
+    assert_tiles(passages, text, max_tokens, words)
+    for first, second in zip(passages, passages[1:]):
+        assert words(text[second.start : max(first.end, second.start)]) <= overlap
 
 
 def test_a_word_longer_than_the_budget_is_cut_and_still_covered():
