@@ -137,7 +137,9 @@ def writing_prompt(pairs: int, wordings: int) -> str:
 _LABEL = r"^\s*(?:[-*•#>]+\s*)?(?:\d+\s*[.)]\s*)?(?:{names})\s*\d*\s*[:.)]\s*"
 _QUESTION = re.compile(_LABEL.format(names="q|question"), re.IGNORECASE)
 _ANSWER = re.compile(_LABEL.format(names="a|answer"), re.IGNORECASE)
-_INLINE_ANSWER = re.compile(r"\s(?:a|answer)\s*:\s*", re.IGNORECASE)
+# "Q: ... A: ..." on one line: the answer's label only after the question's own end, so "Plan A: ..." inside a
+# question does not cut it in two
+_INLINE_ANSWER = re.compile(r"(?<=[?.!])\s+(?:a|answer)\s*\d*\s*:\s*", re.IGNORECASE)
 
 
 def _clean(text: str) -> str:
@@ -159,7 +161,7 @@ def parse_pairs(text: str) -> ParsedReply:
             if question is not None:
                 malformed += 1  # the previous question got no answer
             body = raw[match.end() :]
-            inline = _INLINE_ANSWER.search(body)  # "Q: ... A: ..." on one line
+            inline = _INLINE_ANSWER.search(body)
             question = _clean(body[: inline.start()] if inline else body)
             if inline:
                 answer = _clean(body[inline.end() :])

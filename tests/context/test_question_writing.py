@@ -34,6 +34,7 @@ def test_pairs_are_read_under_the_markings_models_add():
         "1. **Question 2:** How many cars does the ferry carry?\n   **Answer 2:** 40 cars\n"
         "- Q: When is the fair? A: On 3 May.\n"
         'Q3) What is "the fair"?\nA3) "A market"\n'
+        "Q: What does Plan A: the coast road cover? Answer 5: the harbour\n"
     )
     parsed = parse_pairs(text)
     assert parsed.pairs == [
@@ -41,6 +42,7 @@ def test_pairs_are_read_under_the_markings_models_add():
         ("How many cars does the ferry carry?", "40 cars"),
         ("When is the fair?", "On 3 May."),
         ('What is "the fair"?', "A market"),
+        ("What does Plan A: the coast road cover?", "the harbour"),
     ]
     assert parsed.malformed == 0
 
