@@ -184,6 +184,13 @@ def _add(pairs: list, question: str, answer: str) -> int:
     return 1
 
 
+def is_heldout(key: str, heldout: set[str]) -> bool:
+    """A written question (normalised, without its suffix) is a held-out one when a held-out question,
+    normalised, is it or begins with it: whatever instruction the held-out sets end with, the written
+    question never carries it here, and a doubtful case is dropped rather than trained."""
+    return key in heldout or any(other.startswith(key + " ") for other in heldout)
+
+
 def confirms(check: str, answer: str) -> bool:
     """The verification rule: the teacher's answer and the written one agree (module docstring)."""
     return contains(check, answer) or contains(answer, check)
@@ -213,19 +220,20 @@ def write_questions(
         [{"context": p.text, "prompt": instruction} for p in passages], args.writing_settings()
     )
     records, malformed = [], 0
-    # questions compare without the suffix, so a held-out question matches whether it carries one or not
-    heldout = {normalize_answer(p.removesuffix(args.question_suffix)) for p in heldout_prompts}
+    heldout = {normalize_answer(p) for p in heldout_prompts}
     asked = set()
     for passage, reply in zip(passages, written):
         parsed = parse_pairs(reply["text"])
         malformed += parsed.malformed
         for question, answer in parsed.pairs:
-            question = question.removesuffix(
-                args.question_suffix.strip()
-            ).rstrip()  # when copied from the prompt
+            # the suffix once, also when the teacher copied it from the held-out style
+            question = question.removesuffix(args.question_suffix.strip()).rstrip()
             prompt = question + args.question_suffix
             key = normalize_answer(question)
-            status = "held-out question" if key in heldout else "duplicate" if key in asked else None
+            if is_heldout(key, heldout):
+                status = "held-out question"
+            else:
+                status = "duplicate" if key in asked else None
             asked.add(key)
             records.append(
                 {

@@ -144,6 +144,25 @@ def test_every_pair_is_accounted_for_and_only_confirmed_new_ones_train():
     assert len(checked) == 5 and checking == ANSWERS
 
 
+def test_a_heldout_question_is_never_trained_whatever_the_suffix():
+    stub = StubTeacher(
+        pairs={
+            "Ada": "Q: Who is the harbour master?\nA: Ada Brill\nQ: Name the harbour master.\nA: Ada Brill"
+        },
+        answers={"Who is the harbour master?": "Ada Brill", "Name the harbour master.": "Ada Brill"},
+    )
+    parts = split_passages(DOCUMENT, lambda text: len(text.split()), max_tokens=40)
+    # no suffix on the written questions, the held-out ones carry theirs; and a suffix they do not carry
+    for suffix, heldout in (
+        ("", "Who is the harbour master?" + SUFFIX),
+        (SUFFIX, "Who is the harbour master?"),
+    ):
+        args = QuestionWritingArguments(question_suffix=suffix)
+        result = write_questions(parts, DOCUMENT, stub, args, ANSWERS, [heldout])
+        assert result.counts["heldout_overlap"] == 1 and result.counts["kept"] == 1
+        assert [row["prompt"] for row in result.rows] == ["Name the harbour master." + suffix]
+
+
 def test_settings_are_checked_with_a_fix():
     with pytest.raises(UsageError, match="remove data_file"):
         KnowledgeArguments(
