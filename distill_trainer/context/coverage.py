@@ -40,6 +40,8 @@ def load_facts(path) -> list[dict]:
         for column in ("fact", "answer"):
             if not isinstance(values.get(column), str) or not values[column].strip():
                 raise UsageError(f"{where} row {number} has no {column!r} text; give every fact its {column}")
+        if any(fact["fact"] == values["fact"] for fact in facts):
+            raise UsageError(f"{where} row {number} repeats the fact {values['fact']!r}; give each fact once")
         subject = values.get("subject")
         if subject is not None and not isinstance(subject, str):
             raise UsageError(f"{where} row {number}: 'subject' must be text")
@@ -81,9 +83,9 @@ def fact_coverage(
 ) -> dict:
     """How many facts at least one training question touches, in all, by kind and, for question sets whose
     rows carry fact ids (`sets`, e.g. the held-out ones), among the facts each set asks about."""
-    questions = {fact["fact"]: 0 for fact in facts}
-    for fact in facts:
-        questions[fact["fact"]] = sum(touches(fact, row["prompt"], row["answer"]) for row in train_rows)
+    questions = {
+        fact["fact"]: sum(touches(fact, row["prompt"], row["answer"]) for row in train_rows) for fact in facts
+    }
     touched = {fact_id for fact_id, n in questions.items() if n}
     by_kind: dict[str, dict] = {}
     for fact in facts:

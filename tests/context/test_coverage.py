@@ -69,6 +69,9 @@ def test_a_facts_file_is_checked_with_a_fix(tmp_path):
     path.write_text(json.dumps({"fact": "x"}) + "\n")
     with pytest.raises(UsageError, match="row 1 has no 'answer' text; give every fact its answer"):
         load_facts(path)
+    path.write_text("".join(json.dumps(f) + "\n" for f in [*FACTS, FACTS[0]]))
+    with pytest.raises(UsageError, match="row 4 repeats the fact 'role:harbour master'"):
+        load_facts(path)
     with pytest.raises(UsageError, match="does not exist"):
         load_facts(tmp_path / "missing.jsonl")
 
