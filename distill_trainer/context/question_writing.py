@@ -1,7 +1,8 @@
 """Training questions written by the teacher from a document: it reads one passage at a time, writes
 question-answer pairs about every statement in several wordings, and then checks each pair by answering
 the question itself with the passage in view. Every pair that does not reach the training set is counted
-by its reason, and kept in the record a user reads (`generated_questions.jsonl`).
+by its reason, and kept in the record a user reads (`generated_questions.jsonl`); a fragment that cannot be
+read as a pair (a question cut off by the length limit, say) is counted as malformed.
 
     ask = lambda rows, settings: completions(teacher, tokenizer, rows, settings, cache_dir=...)
     result = write_questions(passages, document, ask, args, answer_settings, heldout_prompts)
