@@ -9,7 +9,11 @@ and the teacher with it, are the ceiling.
 
 Data (`KnowledgeArguments`): a document, training questions with short gold answers, and two held-out
 sets: other wordings of the trained facts, and facts never trained (recipes/data/handbook/make_handbook.py
-writes all four). Every answer a model writes before training (the teacher's, the base student's with and
+writes all four). With `questions: generate` there is no file of training questions: the teacher reads the
+document one passage at a time, writes question-answer pairs and confirms each with the passage in view
+(`context/question_writing.py`); the pairs it kept are the training questions, every pair written is in
+generated_questions.jsonl, and results.md says how much of the document (and of facts_file's facts)
+they cover. Every answer a model writes before training (the teacher's, the base student's with and
 without the document, its replies to the forgetting prompts) is generated once and kept in the completion
 cache; the teacher's distributions on its training answers are kept in the teacher output cache, so a rerun
 never loads a separate teacher. Writes into output_dir: results.md and results.json (closed-book accuracy,
@@ -26,6 +30,7 @@ import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the i
 
 # isort: split
 import copy
+import json
 import shlex
 import sys
 import time
@@ -39,6 +44,7 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
+from distill_trainer.context.coverage import fact_coverage, passage_coverage
 from distill_trainer.context.knowledge_data import (
     HELDOUT_SETS,
     KnowledgeArguments,
@@ -51,10 +57,13 @@ from distill_trainer.context.knowledge_eval import (
     split_by_set,
 )
 from distill_trainer.context.knowledge_report import knowledge_results, write_results
+from distill_trainer.context.question_writing import WrittenQuestions, describe_counts, write_questions
 from distill_trainer.context.steps import (
     chat_view_dataset,
     completions,
 )
+from distill_trainer.errors import UsageError
+from distill_trainer.integrity import write_text_atomically
 from distill_trainer.memory.peak import release_freed_memory
 from distill_trainer.report.hub import save_student
 from distill_trainer.run.runner import (
@@ -107,6 +116,9 @@ class Plan:
     cache: dict
     show: bool
     given: GivenSettings  # the settings given explicitly (parse_config), or inferred from the defaults
+    passages: list | None = None  # questions: generate, the passages the teacher writes them from
+    facts: list | None = None  # facts_file's facts, for the coverage report only
+    written: WrittenQuestions | None = None
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -124,7 +136,7 @@ def plan_run(student_args, args, config, given: GivenSettings | None = None) -> 
     given = given_or_inferred(given, (student_args, args, config))
     checked = validate_reply_recipe(RECIPE, student_args, args, config, given=given)
     sets, tokenizer, placement = checked.data["sets"], checked.tokenizer, args.context_placement
-    first = sets["train"][0]
+    first = next(rows[0] for rows in sets.values() if rows)  # every row carries the document
     return Plan(
         sets=sets,
         forgetting_rows=checked.data["forgetting"],
@@ -136,7 +148,27 @@ def plan_run(student_args, args, config, given: GivenSettings | None = None) -> 
         ),
         show=not config.disable_tqdm,
         given=given,
+        passages=checked.data["passages"],
+        facts=checked.data["facts"],
     )
+
+
+def teacher_questions(plan: Plan, teacher: Teacher, args) -> None:
+    """questions: generate: the teacher writes and checks the training questions, passage by passage (both
+    through the completion cache); they become the training set, and only they do."""
+
+    def ask(rows, settings):
+        return completions(teacher, plan.tokenizer, rows, settings, show_progress=plan.show, **plan.cache)
+
+    heldout = [row["prompt"] for name in HELDOUT_SETS for row in plan.sets[name]]
+    document = plan.sets["heldout_facts"][0]["context"]
+    plan.written = write_questions(plan.passages, document, ask, args, plan.settings, heldout)
+    if not plan.written.rows:
+        raise UsageError(
+            f"the teacher kept no training question ({describe_counts(plan.written.counts)}); give a larger "
+            "teacher, or raise question_max_new_tokens if its pairs were cut off"
+        )
+    plan.sets["train"] = plan.written.rows
 
 
 def teacher_answers(plan: Plan, teacher: Teacher, config) -> dict:
@@ -243,6 +275,9 @@ def run_distill_document(
         )
     )
     mark = plan.lap("load_student", mark)
+    if plan.passages is not None:
+        teacher_questions(plan, teacher, args)
+        mark = plan.lap("questions", mark)
     taught = teacher_answers(plan, teacher, config)
     mark = plan.lap("teacher", mark)
     base_answers = base_student_answers(plan, base, taught["replies"], self_teacher, args)
@@ -298,6 +333,13 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
     cd_metrics, sft_metrics = trained
     scores = {model: score_sets(texts, plan.sets) for model, texts in answers.items()}
     results = knowledge_results(scores, kls)
+    coverage = {}
+    if plan.written is not None:
+        coverage["passages"] = passage_coverage(plan.passages, plan.written.records)
+    if plan.facts is not None:
+        coverage["facts"] = fact_coverage(plan.facts, plan.sets["train"], plan.heldout)
+    if coverage:
+        results["coverage"] = coverage
     teacher_info, before_info = taught["completions"], base_answers["completions"]
     counts = ", ".join(f"{name} {len(part)}" for name, part in plan.sets.items())
     header = [
@@ -307,6 +349,15 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         f"- command: `{command}`" if command else "- command: (called from Python)",
         f"- document: {args.document_file} ({plan.document_tokens} tokens in the teacher's prompt, "
         f"{plan.cache['placement']} placement); questions: {counts}",
+        *(
+            [
+                "- training questions written by the teacher from the document: "
+                + describe_counts(plan.written.counts)
+                + " (every pair: generated_questions.jsonl)"
+            ]
+            if plan.written is not None
+            else []
+        ),
         f"- answers: greedy, at most {plan.settings.max_new_tokens} new tokens; teacher answers "
         f"{teacher_info['generated']} generated, {teacher_info['reused']} read from the completion cache; "
         f"base student {before_info['generated']} generated, {before_info['reused']} reused; separate "
@@ -333,6 +384,8 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         "sft": sft_metrics,
         "results": results,
     }
+    if plan.written is not None:
+        metrics["generated_questions"] = dict(plan.written.counts, completions=plan.written.completions)
     records = [
         {"set": name, "prompt": row["prompt"], "gold": row["answer"], "fact": row["fact"]}
         | {model: texts[name][i] for model, texts in answers.items() if name in texts}
@@ -340,6 +393,11 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         for i, row in enumerate(part)
     ]
     paths = write_results(config.output_dir, results, header)
+    if plan.written is not None:
+        lines = (json.dumps(record, ensure_ascii=False) + "\n" for record in plan.written.records)
+        paths.append(
+            write_text_atomically(Path(config.output_dir) / "generated_questions.jsonl", "".join(lines))
+        )
     paths += write_outputs(config.output_dir, metrics, {"answers": records}, configs, RECIPE, plan.given)
     print("\n" + paths[0].read_text() + "outputs: " + "  ".join(map(str, paths)), flush=True)
     return metrics

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_trainer.context.data import read_records
+from distill_trainer.context.question_writing import QuestionWritingArguments
 from distill_trainer.errors import UsageError
 from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.views.chat import CONTEXT_PLACEMENTS
@@ -26,12 +27,16 @@ HELDOUT_SETS = ("heldout_wordings", "heldout_facts")
 
 
 @dataclass
-class KnowledgeArguments:
+class KnowledgeArguments(QuestionWritingArguments):
     """Where the document and the questions come from, how answers are written, and what is measured."""
 
     document_file: str = field(default=None, metadata={"help": "The document the teacher reads (text)."})
     data_file: str = field(
-        default=None, metadata={"help": "Training questions: JSONL rows with prompt, answer (and fact)."}
+        default=None,
+        metadata={
+            "help": "Training questions: JSONL rows with prompt, answer (and fact); unset with questions: "
+            "generate."
+        },
     )
     heldout_wordings_file: str = field(
         default=None, metadata={"help": "Other wordings of the trained facts (JSONL, same columns)."}
@@ -72,9 +77,18 @@ class KnowledgeArguments:
     kl_batch_size: int = field(default=4, metadata={"help": "Rows per batch when measuring the KL."})
 
     def __post_init__(self):
-        for name in ("document_file", "data_file", "heldout_wordings_file", "heldout_facts_file"):
+        required = ["document_file", "heldout_wordings_file", "heldout_facts_file"]
+        if self.questions != "generate":  # generated questions need no file of training questions
+            required.insert(1, "data_file")
+        for name in required:
             if not getattr(self, name):
                 raise UsageError(f"{name} is not set; give the path of the file")
+        self.check_question_settings(self.data_file)
+        if self.questions == "generate" and self.num_train_questions is not None:
+            raise UsageError(
+                "num_train_questions limits a question file, and questions: generate reads none; remove "
+                "it (questions_per_passage sets how many pairs the teacher writes)"
+            )
         if self.context_placement not in CONTEXT_PLACEMENTS:
             raise UsageError(
                 f"context_placement={self.context_placement!r} is not valid; choose one of: "
@@ -160,14 +174,17 @@ def check_fact_split(sets: dict[str, list[dict]]) -> None:
 
 
 def load_question_sets(args: KnowledgeArguments, document: str | None = None) -> dict[str, list[dict]]:
-    """{"train", "heldout_wordings", "heldout_facts"}: rows carrying the document as their context."""
+    """{"train", "heldout_wordings", "heldout_facts"}: rows carrying the document as their context. With
+    questions: generate, "train" is empty here: the teacher writes it when it loads."""
     document = read_document(args.document_file) if document is None else document
+    generated = args.questions == "generate"
     sets = {
-        "train": load_questions(args.data_file, document, args.num_train_questions),
+        "train": [] if generated else load_questions(args.data_file, document, args.num_train_questions),
         "heldout_wordings": load_questions(args.heldout_wordings_file, document, args.num_heldout_questions),
         "heldout_facts": load_questions(args.heldout_facts_file, document, args.num_heldout_questions),
     }
-    check_fact_split(sets)
+    if not generated:  # the split is the question files' own; written questions carry no fact ids
+        check_fact_split(sets)
     return sets
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distill_trainer.context.coverage import coverage_lines
 from distill_trainer.context.short_answers import paired_difference
 from distill_trainer.integrity import write_text_atomically
 
@@ -94,7 +95,8 @@ def comparison_sentence(comparison: dict, name: str = "heldout_wordings", metric
 
 
 def format_results(results: dict, header: list[str]) -> str:
-    """Markdown: the header lines, the accuracy table, forgetting, and CD against SFT."""
+    """Markdown: the header lines, the accuracy table, forgetting, CD against SFT and, when the results
+    have one, what the training questions cover (`coverage.coverage_lines`)."""
     sets = [name for name in SET_NAMES if any(name in m["scores"] for m in results["models"].values())]
     columns = [f"{SET_NAMES[name]}: {metric}" for name in sets for metric in METRICS]
     lines = [*header, ""]
@@ -124,6 +126,7 @@ def format_results(results: dict, header: list[str]) -> str:
                 if sentence:
                     lines.append(f"- {sentence}")
         lines.append("")
+    lines += coverage_lines(results.get("coverage", {}))
     return "\n".join(lines)
 
 

@@ -15,12 +15,14 @@ teacher reads the same tokens).
 from __future__ import annotations
 
 from distill_trainer.context.config import ContextDataArguments
+from distill_trainer.context.coverage import load_facts
 from distill_trainer.context.data import load_run_rows
 from distill_trainer.context.knowledge_data import (
     KnowledgeArguments,
     load_forgetting_prompts,
     load_question_sets,
 )
+from distill_trainer.context.passages import split_passages, tokenizer_counter
 from distill_trainer.context.steps import check_reply_settings, checked_tokenizer
 from distill_trainer.errors import UsageError
 from distill_trainer.nli.row_checks import print_reports
@@ -74,7 +76,32 @@ def validate_reply_recipe(
             + ("" if is_self(teacher) else f"; {teacher} reads the same tokens"),
         )
     )
+    if recipe == "distill_document":
+        _document_parts(data_args, result)
     return result
+
+
+def _document_parts(args, result: ValidatedRecipe) -> None:
+    """The passages the teacher writes questions from (questions: generate) and the facts the report
+    counts (facts_file), both kept in `result.data`."""
+    result.data["passages"] = result.data["facts"] = None
+    if args.questions == "generate":
+        document = result.data["sets"]["heldout_facts"][0]["context"]
+        passages = split_passages(
+            document, tokenizer_counter(result.tokenizer), args.passage_tokens, args.passage_overlap_tokens
+        )
+        result.data["passages"] = passages
+        result.checks.append(
+            (
+                "passages",
+                f"{len(passages)} passages of at most about {args.passage_tokens} tokens "
+                f"({args.passage_overlap_tokens} shared at each seam); the teacher writes the training "
+                "questions from them",
+            )
+        )
+    if args.facts_file:
+        result.data["facts"] = load_facts(args.facts_file)
+        result.checks.append(("facts", f"{len(result.data['facts'])} facts for the coverage report"))
 
 
 def _context_rows(data_args):
@@ -91,5 +118,9 @@ def _question_sets(args):
     sets = load_question_sets(args)
     forgetting = load_forgetting_prompts(args)
     data = {"sets": sets, "forgetting": forgetting}
-    described = ", ".join(f"{name} {len(rows)} questions" for name, rows in sets.items())
-    return data, sets["train"][0], described + f", {len(forgetting)} forgetting prompts"
+    described = ", ".join(
+        f"{name} {len(rows)} questions" if rows or name != "train" else "train: written by the teacher"
+        for name, rows in sets.items()
+    )
+    first = next(rows[0] for rows in sets.values() if rows)  # every row carries the document
+    return data, first, described + f", {len(forgetting)} forgetting prompts"

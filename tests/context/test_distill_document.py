@@ -161,3 +161,126 @@ def test_validate_checks_the_question_sets_without_loading_a_model(tmp_path, cha
     bad = recipe_argv(tmp_path, chat_dirs, heldout_facts_file=data["data_file"])
     assert cli(["validate", *bad, "--recipe", "distill_document"]) == 2
     assert "held-out facts are also trained" in capsys.readouterr().err
+
+
+# ---- questions: generate (the teacher writes the training questions from the document)
+
+# what the teacher "writes" for each sentence of a passage (a random tiny model writes no readable pair)
+WRITTEN = {
+    "cat": "Q: Where did the cat sit?\nA: on the mat\nQ: What sat on the mat?\nA: the cat\n"
+    "Q: Where is the cat?\nA: mat\n",  # the last one is a held-out wording: never trained
+    "doctor": "1. **Q:** Whom did the doctor meet?\n**A:** the lawyer\nQ: cut off",
+    "dogs": "Q: How many dogs run in the park? A: Two\n",
+}
+CONFIRMED = {
+    "Where did the cat sit?": "the mat",
+    "Whom did the doctor meet?": "lawyer",
+    "How many dogs": "two",
+}
+
+
+def scripted_completions(real, document, confirmed=CONFIRMED):
+    """`completions` as the recipe runs it (cache and all), with the writing replies replaced by WRITTEN
+    and the checks answered by `confirmed` (anything else is not confirmed); the answers with the whole
+    document in view stay the tiny model's own."""
+
+    def completions(teacher, tokenizer, rows, settings, **options):
+        replies, info = real(teacher, tokenizer, rows, settings, **options)
+        texts = []
+        for row, reply in zip(rows, replies):
+            if row["prompt"].startswith("Write "):
+                texts.append("".join(t for word, t in WRITTEN.items() if word in row["context"]))
+            elif row["context"] and row["context"] != document:  # a check, the passage in view
+                texts.append(next((a for q, a in confirmed.items() if row["prompt"].startswith(q)), "a dog"))
+            else:
+                texts.append(reply["text"])
+        return [dict(reply, text=text) for reply, text in zip(replies, texts)], info
+
+    return completions
+
+
+def generate_argv(tmp_path, chat_dirs, **overrides):
+    data = write_data(tmp_path)
+    del data["data_file"]  # questions: generate reads no question file
+    facts = [{"fact": fact, "answer": answer, "subject": fact} for fact, answer, _ in FACTS]
+    values = {
+        **data,
+        "questions": "generate",
+        "facts_file": write_jsonl(tmp_path / "facts.jsonl", facts),
+        "passage_tokens": 12,
+        "passage_overlap_tokens": 0,
+        "question_max_new_tokens": 6,
+        "max_new_tokens": 4,
+        "forgetting_max_new_tokens": 5,
+        "generation_batch_size": 4,
+    }
+    return reply_recipe_argv(tmp_path, chat_dirs, values, overrides)
+
+
+@pytest.mark.integration
+def test_recipe_from_the_document_alone_writes_checks_and_covers_its_questions(
+    tmp_path, chat_dirs, monkeypatch
+):
+    recipe = load_recipe("distill_document")
+    monkeypatch.setattr(recipe, "completions", scripted_completions(recipe.completions, DOCUMENT))
+    metrics = recipe.main(generate_argv(tmp_path, chat_dirs))
+    out = tmp_path / "out"
+    counts = metrics["generated_questions"]
+    passages = counts["passages"]
+    assert passages >= 2 and counts["completions"]["writing"]["generated"] == passages
+    assert counts["kept"] == 3 and counts["heldout_overlap"] == 1 and counts["malformed"] == 1
+    assert counts["not_confirmed"] == 1  # "What sat on the mat?" answered "a dog"
+    assert counts["written"] == sum(
+        counts[k] for k in ("kept", "duplicates", "heldout_overlap", "not_confirmed")
+    )
+    records = [json.loads(line) for line in (out / "generated_questions.jsonl").read_text().splitlines()]
+    assert len(records) == counts["written"] and {r["status"] for r in records} >= {"kept", "not confirmed"}
+    # only the kept pairs train: no hand-written question reaches the training set
+    trained = [json.loads(line) for line in (out / "predictions_answers.jsonl").read_text().splitlines()]
+    trained = [r["prompt"] for r in trained if r["set"] == "train"]
+    assert trained == [r["prompt"] for r in records if r["status"] == "kept"] and len(trained) == 3
+    hand_written = {prompt for _, _, wordings in FACTS for prompt in wordings}
+    assert not {p.removesuffix(" Answer in a few words.") for p in trained} & hand_written
+    assert metrics["questions"]["train"] == 3 and metrics["cd"]["train"]["global_step"] == 2
+    # the report accounts for every pair and says what the questions cover
+    report = (out / "results.md").read_text()
+    assert "training questions written by the teacher from the document" in report
+    assert "kept 3" in report and "1 not confirmed" in report
+    coverage = metrics["results"]["coverage"]
+    assert len(coverage["passages"]["per_passage"]) == passages
+    assert coverage["facts"]["touched"] == 3 and coverage["facts"]["untouched"] == ["count"]
+    assert "## What the training questions cover" in report and "3 of 4 (75%)" in report
+    # a rerun writes and checks nothing again: every reply comes from the completion cache
+    again = recipe.main(generate_argv(tmp_path, chat_dirs, output_dir=str(tmp_path / "out2")))
+    rerun = again["generated_questions"]["completions"]
+    assert rerun["writing"] == dict(counts["completions"]["writing"], generated=0, reused=passages)
+    assert rerun["checking"]["generated"] == 0 and again["teacher_completions"]["generated"] == 0
+    assert (tmp_path / "out2" / "generated_questions.jsonl").read_text() == (
+        out / "generated_questions.jsonl"
+    ).read_text()
+
+
+def test_validate_reports_the_passages_and_refuses_a_question_file_with_generate(
+    tmp_path, chat_dirs, monkeypatch, capsys
+):
+    from test_distill_context import no_model_loading
+
+    from distill_trainer.run.cli import main as cli
+
+    no_model_loading(monkeypatch)
+    assert cli(["validate", *generate_argv(tmp_path, chat_dirs), "--recipe", "distill_document"]) == 0
+    out = capsys.readouterr().out
+    assert "train: written by the teacher" in out and "passages of at most about 12 tokens" in out
+    assert "4 facts for the coverage report" in out
+    data = write_data(tmp_path)
+    both = generate_argv(tmp_path, chat_dirs, data_file=data["data_file"])
+    assert cli(["validate", *both, "--recipe", "distill_document"]) == 2
+    assert "remove data_file" in capsys.readouterr().err
+
+
+def test_a_run_whose_teacher_keeps_no_question_stops_with_the_counts(tmp_path, chat_dirs, monkeypatch):
+    recipe = load_recipe("distill_document")
+    monkeypatch.setattr(recipe, "completions", scripted_completions(recipe.completions, DOCUMENT, {}))
+    with pytest.raises(UsageError, match=r"kept no training question \(3 passages; .* kept 0\)") as error:
+        recipe.main(generate_argv(tmp_path, chat_dirs, sft_baseline=False))
+    assert "4 not confirmed" in str(error.value) and not (tmp_path / "out").exists()

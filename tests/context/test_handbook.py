@@ -7,13 +7,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distill_trainer.context.coverage import load_facts, touches
 from distill_trainer.context.knowledge_data import check_fact_split
 from distill_trainer.context.short_answers import contains
 from recipes.data.handbook.make_handbook import write_handbook
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "recipes" / "data" / "handbook"
-NAMES = ("document.md", "train.jsonl", "heldout-wordings.jsonl", "heldout-facts.jsonl", "README.md")
+NAMES = (
+    "document.md",
+    "train.jsonl",
+    "heldout-wordings.jsonl",
+    "heldout-facts.jsonl",
+    "facts.jsonl",
+    "README.md",
+)
 
 
 def read_rows(path):
@@ -71,3 +79,17 @@ def test_every_gold_answer_is_stated_in_the_document(tmp_path):
         wordings.setdefault(row["fact"], set()).add(row["prompt"])
     trained = {row["fact"] for row in read_rows(paths["train.jsonl"])}
     assert all(len(wordings[fact]) == 3 for fact in trained)
+
+
+def test_the_facts_file_lists_every_fact_once_and_each_question_touches_its_own(tmp_path):
+    paths = write_handbook(tmp_path, seed=0)
+    facts = load_facts(paths["facts.jsonl"])
+    by_id = {fact["fact"]: fact for fact in facts}
+    assert len(by_id) == len(facts) == 194
+    rows = [row for name in NAMES[1:4] for row in read_rows(paths[name])]
+    assert {row["fact"] for row in rows} == set(by_id)
+    assert all(by_id[row["fact"]]["answer"] == row["answer"] for row in rows)
+    # the coverage rule finds each hand-written question's own fact, and no other for almost every one
+    assert all(touches(by_id[row["fact"]], row["prompt"], row["answer"]) for row in rows)
+    others = [sum(touches(fact, row["prompt"], row["answer"]) for fact in facts) - 1 for row in rows]
+    assert sum(n > 0 for n in others) <= len(rows) // 20

@@ -11,7 +11,9 @@ of every other fact two wordings train (train.jsonl) and the third is held out (
 Which of the three is held out rotates from fact to fact. Files list facts in one order, so the first N
 rows of train.jsonl (N even) are both training wordings of the first N/2 facts, and the first N/2 rows of
 heldout-wordings.jsonl are the held-out wordings of those same facts. Rows: {"prompt", "answer", "fact",
-"wording", "kind"}. The same seed writes the same bytes; README.md records the command and the counts.
+"wording", "kind"}. facts.jsonl lists every fact once, {"fact", "kind", "subject", "answer"}, for the
+coverage report of generated questions (distill_trainer/context/coverage.py). The same seed writes the same
+bytes; README.md records the command and the counts.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def document(town: dict) -> str:
 
 
 def facts(town: dict) -> list[dict]:
-    """One entry per fact: its id, kind, gold answer and three question wordings."""
+    """One entry per fact: its id, kind, subject (what it is about), gold answer and three wordings."""
     name, found = town["town"], []
 
     def add(kind, key, answer, **values):
@@ -184,7 +186,9 @@ def facts(town: dict) -> list[dict]:
         if "place" in values:
             values["Place"] = values["place"][0].upper() + values["place"][1:]
         questions = [w.format(**values) + SUFFIX for w in WORDINGS[kind]]
-        found.append({"fact": f"{kind}:{key}", "kind": kind, "answer": answer, "questions": questions})
+        found.append(
+            {"fact": f"{kind}:{key}", "kind": kind, "subject": key, "answer": answer, "questions": questions}
+        )
 
     for p in town["people"]:
         add("role", p["role"], p["name"], role=p["role"])
@@ -235,6 +239,8 @@ def write_handbook(out: Path, seed: int = 0, heldout_fact_share: float = 0.25) -
     all_facts = facts(town)
     for name, rows in split(all_facts, seed, heldout_fact_share).items():
         texts[f"{name}.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    listed = [{key: fact[key] for key in ("fact", "kind", "subject", "answer")} for fact in all_facts]
+    texts["facts.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in listed)
     lines = [
         f"# The {town['town']} handbook: fictional facts for knowledge injection",
         "",
@@ -258,7 +264,9 @@ def write_handbook(out: Path, seed: int = 0, heldout_fact_share: float = 0.25) -
         "",
         "`train.jsonl`: two wordings of each trained fact; `heldout-wordings.jsonl`: the third wording of "
         "the same facts, in the same fact order; `heldout-facts.jsonl`: one wording of each fact that is "
-        "never trained. Used by `recipes/configs/embedded/document-self.yaml` and `document-1.5b.yaml`.",
+        "never trained; `facts.jsonl`: every fact once (id, kind, subject, answer), read only by the "
+        "coverage report. Used by `recipes/configs/embedded/document-self.yaml`, `document-1.5b.yaml` and "
+        "`document-generated.yaml`.",
         "",
     ]
     texts["README.md"] = "\n".join(lines)

@@ -1,0 +1,148 @@
+"""A long document cut into passages that each fit a token budget, so a teacher can read one at a time.
+
+    passages = split_passages(text, count_tokens, max_tokens=384, overlap_tokens=32)
+    passages[0].text == text[passages[0].start : passages[0].end]      # every passage is a slice
+
+The document is cut into sentences (and a sentence over the budget into words, a word over it into
+characters), which are packed in order into passages of at most `max_tokens`. A passage ends on the largest
+boundary in its second half: a paragraph (blank line) before a line, a line before a sentence. Each passage
+after the first begins with the last sentences of the one before, as many as fit in `overlap_tokens` (fewer
+where the next new sentence would not fit beside them), so a statement cut at a seam is read whole once, and
+every passage reads something the one before did not. The passages' slices together cover every character.
+
+Tokens are counted per piece and summed: a passage may differ from its budget by the few tokens that merge
+across a seam, which is why a budget should leave a little room in the teacher's context.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from distill_trainer.errors import UsageError
+
+# each boundary, largest first; the separator stays with the piece before it, so pieces tile the text
+_BOUNDARIES = (
+    re.compile(r"\n[ \t]*\n\s*"),  # paragraphs
+    re.compile(r"\n"),  # lines (list items, table rows)
+    re.compile(r"(?<=[.!?;:])\s+"),  # sentences
+    re.compile(r"\s+"),  # words
+)
+_SENTENCES = 2  # the level every text is cut down to; smaller cuts only for what is over the budget
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One passage: its place in the document (`start`, `end` are character offsets), its text, its size."""
+
+    index: int
+    start: int
+    end: int
+    text: str
+    tokens: int
+
+    def label(self, width: int = 48) -> str:
+        """How the report names it: its number, where it is, and how it begins."""
+        opening = " ".join(self.text.split())
+        opening = opening if len(opening) <= width else opening[: width - 1] + "…"
+        return f"passage {self.index + 1} (characters {self.start}-{self.end}: “{opening}”)"
+
+
+def _cut(text: str, start: int, end: int, pattern: re.Pattern) -> list[tuple[int, int]]:
+    """Spans of text[start:end] cut after each match of `pattern` (the match stays with the span before)."""
+    spans, begin = [], start
+    for match in pattern.finditer(text, start, end):
+        if match.end() > begin and match.start() > begin:
+            spans.append((begin, match.end()))
+            begin = match.end()
+    if begin < end:
+        spans.append((begin, end))
+    # whitespace alone is no piece: it joins the span before it (or, at the start, the one after)
+    merged: list[tuple[int, int]] = []
+    for span in spans:
+        if merged and (
+            not text[span[0] : span[1]].strip() or not text[merged[-1][0] : merged[-1][1]].strip()
+        ):
+            merged[-1] = (merged[-1][0], span[1])
+        else:
+            merged.append(span)
+    return merged
+
+
+@dataclass(frozen=True)
+class _Piece:
+    start: int
+    end: int
+    tokens: int
+    rank: int  # the boundary it ends on: 0 paragraph (or the end), 1 line, 2 sentence, 3 word, 4 inside one
+
+
+def _pieces(text, start, end, count, max_tokens, level=0, rank=0) -> list[_Piece]:
+    """Pieces tiling text[start:end]: sentences at most (so an overlap can hold one), smaller only where a
+    sentence is over the budget, a word halved only where a word is."""
+    tokens = count(text[start:end])
+    if (level > _SENTENCES and tokens <= max_tokens) or end - start <= 1:
+        return [_Piece(start, end, tokens, rank)]
+    if level < len(_BOUNDARIES):
+        spans = _cut(text, start, end, _BOUNDARIES[level])
+        ranks = [level] * (len(spans) - 1) + [rank]  # the last span ends where the whole did
+        return [
+            piece
+            for (s, e), r in zip(spans, ranks)
+            for piece in _pieces(text, s, e, count, max_tokens, level + 1, r)
+        ]
+    middle = (start + end) // 2  # one word over the budget: halve it until the halves fit
+    return _pieces(text, start, middle, count, max_tokens, level, len(_BOUNDARIES)) + _pieces(
+        text, middle, end, count, max_tokens, level, rank
+    )
+
+
+def split_passages(
+    text: str, count_tokens: Callable[[str], int], max_tokens: int, overlap_tokens: int = 0
+) -> list[Passage]:
+    """Passages of `text` of at most about `max_tokens` each, consecutive ones sharing up to
+    `overlap_tokens` (see the module docstring). `count_tokens`: the teacher tokenizer's count of a text."""
+    if max_tokens < 1:
+        raise UsageError(f"the passage budget must be >= 1 token, got {max_tokens}")
+    if not 0 <= overlap_tokens < max_tokens:
+        raise UsageError(
+            f"the passage overlap must be >= 0 and below the budget ({max_tokens}), got {overlap_tokens}; "
+            "lower passage_overlap_tokens"
+        )
+    if not text.strip():
+        raise UsageError("the document is empty; give the text the teacher reads")
+    pieces = _pieces(text, 0, len(text), count_tokens, max_tokens)
+    passages, first, previous_last = [], 0, -1
+    while first < len(pieces):
+        last, size, sizes = first, pieces[first].tokens, [pieces[first].tokens]
+        while last + 1 < len(pieces) and size + pieces[last + 1].tokens <= max_tokens:
+            last += 1
+            size += pieces[last].tokens
+            sizes.append(size)
+        if last + 1 < len(pieces):
+            # end on the largest boundary in the passage's second half (a paragraph before a line, ...),
+            # past the end of the passage before (an overlap is only ever a beginning)
+            new = range(max(first, previous_last + 1), last + 1)
+            ends = [i for i in new if sizes[i - first] * 2 >= max_tokens] or [last]
+            last = min(ends, key=lambda i: (pieces[i].rank, -i))
+        start, end = pieces[first].start, pieces[last].end
+        passages.append(Passage(len(passages), start, end, text[start:end], sizes[last - first]))
+        if last + 1 == len(pieces):
+            break
+        previous_last = last
+        # the next passage repeats the tail of this one that fits the overlap, and always moves forward: the
+        # overlap also leaves room for the next new piece, or that passage would hold the overlap alone (a
+        # passage read twice, nothing new in it)
+        following, shared = last + 1, 0
+        room = min(overlap_tokens, max_tokens - pieces[last + 1].tokens)
+        while following - 1 > first and shared + pieces[following - 1].tokens <= room:
+            following -= 1
+            shared += pieces[following].tokens
+        first = following
+    return passages
+
+
+def tokenizer_counter(tokenizer) -> Callable[[str], int]:
+    """`count_tokens` for `split_passages`: the tokens of a text, without special tokens."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,274 @@
+"""Training questions written by the teacher from a document: it reads one passage at a time, writes
+question-answer pairs about every statement in several wordings, and then checks each pair by answering
+the question itself with the passage in view. Every pair that does not reach the training set is counted
+by its reason, and kept in the record a user reads (`generated_questions.jsonl`); a fragment that cannot be
+read as a pair (a question cut off by the length limit, say) is counted as malformed.
+
+    ask = lambda rows, settings: completions(teacher, tokenizer, rows, settings, cache_dir=...)
+    result = write_questions(passages, document, ask, args, answer_settings, heldout_prompts)
+    result.rows       # training rows, as `knowledge_data.load_questions` gives them
+    result.counts     # {"passages", "written", "malformed", "duplicates", "heldout_overlap",
+                      #  "not_confirmed", "kept"}
+    result.records    # every pair written: passage, prompt, answer, status, the teacher's check
+
+`ask(rows, settings)` returns ({"text"} per row, info) for rows {"context", "prompt"}; the recipe passes
+the completion cache's `completions`, so a rerun reads every reply back instead of generating it.
+
+The verification rule: the teacher answers the question (greedy, the recipe's answer length) with only
+the passage in view, and a pair is kept when that answer and the written one agree: one of the two,
+normalised as answers are scored (`short_answers.normalize_answer`), contains the other as whole words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from distill_trainer.context.passages import Passage
+from distill_trainer.context.short_answers import contains, normalize_answer
+from distill_trainer.errors import UsageError
+from distill_trainer.teacher.generation import GenerationSettings
+
+QUESTION_SOURCES = ("file", "generate")
+# why a written pair did not become a training question, in the order the checks run
+DROP_REASONS = {
+    "duplicate": "duplicates",
+    "held-out question": "heldout_overlap",
+    "not confirmed": "not_confirmed",
+}
+
+
+@dataclass
+class QuestionWritingArguments:
+    """Training questions from a question file, or written by the teacher from the document."""
+
+    questions: str = field(
+        default="file",
+        metadata={
+            "help": "Where training questions come from: 'file' (data_file) or 'generate' (the teacher "
+            "writes them from the document; data_file must then be unset)."
+        },
+    )
+    passage_tokens: int = field(
+        default=256, metadata={"help": "Longest passage the teacher reads at once when writing, in tokens."}
+    )
+    passage_overlap_tokens: int = field(
+        default=32, metadata={"help": "Tokens that consecutive passages share (a statement cut at a seam)."}
+    )
+    questions_per_passage: int = field(
+        default=24, metadata={"help": "Question-answer pairs the teacher is asked for per passage."}
+    )
+    question_wordings: int = field(
+        default=2, metadata={"help": "Differently worded questions asked for each statement."}
+    )
+    question_max_new_tokens: int = field(
+        default=768, metadata={"help": "Longest reply when writing a passage's pairs, in tokens."}
+    )
+    question_do_sample: bool = field(
+        default=True, metadata={"help": "Sample the written pairs (else greedy); seeded by question_seed."}
+    )
+    question_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature for writing."})
+    question_top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass for writing."})
+    question_seed: int = field(
+        default=0, metadata={"help": "Seed of the sampled pairs (same seed, same set)."}
+    )
+    question_suffix: str = field(
+        default=" Answer in a few words.",
+        metadata={"help": "Appended to every written question, as the held-out questions end."},
+    )
+    facts_file: str = field(
+        default=None,
+        metadata={
+            "help": "Optional JSONL of the document's facts (fact, answer, subject): the report counts the "
+            "facts the training questions touch. Read for the report only, never for training."
+        },
+    )
+
+    def check_question_settings(self, data_file) -> None:
+        if self.questions not in QUESTION_SOURCES:
+            raise UsageError(
+                f"questions={self.questions!r} is not valid; choose one of: {', '.join(QUESTION_SOURCES)}"
+            )
+        if self.questions == "generate" and data_file:
+            raise UsageError(
+                "questions: generate writes the training questions from the document, and data_file "
+                f"({data_file}) would be ignored; remove data_file, or set questions: file"
+            )
+        for name in (
+            "passage_tokens",
+            "questions_per_passage",
+            "question_wordings",
+            "question_max_new_tokens",
+        ):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.passage_overlap_tokens < self.passage_tokens:
+            raise UsageError(
+                f"passage_overlap_tokens must be >= 0 and below passage_tokens ({self.passage_tokens}), "
+                f"got {self.passage_overlap_tokens}"
+            )
+        self.writing_settings()  # checks the sampling settings
+
+    def writing_settings(self) -> GenerationSettings:
+        """How a passage's pairs are decoded (every field keys the completion cache)."""
+        return GenerationSettings(
+            max_new_tokens=self.question_max_new_tokens,
+            do_sample=self.question_do_sample,
+            temperature=self.question_temperature,
+            top_p=self.question_top_p,
+            seed=self.question_seed,
+        )
+
+
+def writing_prompt(pairs: int, wordings: int) -> str:
+    """The instruction the teacher reads after a passage. It asks for every statement, short answers taken
+    from the text (they are scored as short answers) and one fixed format that `parse_pairs` reads."""
+    times = "once" if wordings == 1 else f"{wordings} times, each time in different words"
+    return (
+        f"Write {pairs} questions about the text you have been given, each followed by its answer, so that "
+        f"every statement in the text is asked about. Ask about each statement {times}. Each question must "
+        "make sense on its own, without the text (name who or what it is about). Each answer is short: a "
+        "name, a number, a date or a few words, exactly as the text says it. Write nothing else, in this "
+        "format:\nQ: <question>\nA: <answer>"
+    )
+
+
+# a line that opens a question or an answer, under the markings models add: bullets, numbers, bold
+_LABEL = r"^\s*(?:[-*•#>]+\s*)?(?:\d+\s*[.)]\s*)?(?:{names})\s*\d*\s*[:.)]\s*"
+_QUESTION = re.compile(_LABEL.format(names="q|question"), re.IGNORECASE)
+_ANSWER = re.compile(_LABEL.format(names="a|answer"), re.IGNORECASE)
+# "Q: ... A: ..." on one line: the answer's label only after the question's own end, so "Plan A: ..." inside a
+# question does not cut it in two
+_INLINE_ANSWER = re.compile(r"(?<=[?.!])\s+(?:a|answer)\s*\d*\s*:\s*", re.IGNORECASE)
+
+
+def _clean(text: str) -> str:
+    return text.strip().strip("\"'“”`").strip()
+
+
+@dataclass
+class ParsedReply:
+    pairs: list[tuple[str, str]]
+    malformed: int  # a question without an answer, an answer without a question, or an empty one
+
+
+def parse_pairs(text: str) -> ParsedReply:
+    """Q:/A: pairs from a teacher's reply. Anything else (a preamble, a note) is skipped; an unpaired or
+    empty question or answer (e.g. the last pair cut off by the length limit) counts as malformed."""
+    pairs, malformed, question = [], 0, None
+    for raw in text.replace("**", "").splitlines():
+        if match := _QUESTION.match(raw):
+            if question is not None:
+                malformed += 1  # the previous question got no answer
+            body = raw[match.end() :]
+            inline = _INLINE_ANSWER.search(body)
+            question = _clean(body[: inline.start()] if inline else body)
+            if inline:
+                answer = _clean(body[inline.end() :])
+                malformed += _add(pairs, question, answer)
+                question = None
+        elif match := _ANSWER.match(raw):
+            if question is None:
+                malformed += 1
+            else:
+                malformed += _add(pairs, question, _clean(raw[match.end() :]))
+                question = None
+    return ParsedReply(pairs, malformed + (question is not None))
+
+
+def _add(pairs: list, question: str, answer: str) -> int:
+    """Adds the pair if both parts have words; returns 1 (malformed) if not."""
+    if normalize_answer(question) and normalize_answer(answer):
+        pairs.append((question, answer))
+        return 0
+    return 1
+
+
+def is_heldout(key: str, heldout: set[str]) -> bool:
+    """A written question (normalised, without its suffix) is a held-out one when a held-out question,
+    normalised, is it or begins with it: whatever instruction the held-out sets end with, the written
+    question never carries it here, and a doubtful case is dropped rather than trained."""
+    return key in heldout or any(other.startswith(key + " ") for other in heldout)
+
+
+def confirms(check: str, answer: str) -> bool:
+    """The verification rule: the teacher's answer and the written one agree (module docstring)."""
+    return contains(check, answer) or contains(answer, check)
+
+
+@dataclass
+class WrittenQuestions:
+    rows: list[dict]
+    counts: dict
+    records: list[dict]
+    completions: dict  # {"writing": info, "checking": info} from `ask`
+
+
+def write_questions(
+    passages: list[Passage],
+    document: str,
+    ask: Callable,
+    args: QuestionWritingArguments,
+    answer_settings: GenerationSettings,
+    heldout_prompts: list[str] = (),
+) -> WrittenQuestions:
+    """The training rows written from `passages` and what became of every pair (module docstring).
+    `heldout_prompts`: evaluation questions; a written question equal to one of them is dropped, so
+    the held-out sets stay unseen."""
+    instruction = writing_prompt(args.questions_per_passage, args.question_wordings)
+    written, writing_info = ask(
+        [{"context": p.text, "prompt": instruction} for p in passages], args.writing_settings()
+    )
+    records, malformed = [], 0
+    heldout = {normalize_answer(p) for p in heldout_prompts}
+    asked = set()
+    for passage, reply in zip(passages, written):
+        parsed = parse_pairs(reply["text"])
+        malformed += parsed.malformed
+        for question, answer in parsed.pairs:
+            # the suffix once, also when the teacher copied it from the held-out style
+            question = question.removesuffix(args.question_suffix.strip()).rstrip()
+            prompt = question + args.question_suffix
+            key = normalize_answer(question)
+            if is_heldout(key, heldout):
+                status = "held-out question"
+            else:
+                status = "duplicate" if key in asked else None
+            asked.add(key)
+            records.append(
+                {
+                    "passage": passage.index,
+                    "prompt": prompt,
+                    "answer": answer,
+                    "status": status,
+                    "check": None,
+                }
+            )
+    # the teacher answers each new question with its passage in view; a pair it does not confirm is dropped
+    to_check = [r for r in records if r["status"] is None]
+    checks, checking_info = ask(
+        [{"context": passages[r["passage"]].text, "prompt": r["prompt"]} for r in to_check], answer_settings
+    )
+    for record, check in zip(to_check, checks):
+        record["check"] = check["text"]
+        record["status"] = "kept" if confirms(check["text"], record["answer"]) else "not confirmed"
+    kept = [r for r in records if r["status"] == "kept"]
+    counts = {"passages": len(passages), "written": len(records), "malformed": malformed}
+    counts |= {name: sum(r["status"] == s for r in records) for s, name in DROP_REASONS.items()}
+    counts["kept"] = len(kept)
+    rows = [
+        {"context": document, "prompt": r["prompt"], "answer": r["answer"], "fact": None, "completion": None}
+        for r in kept
+    ]
+    return WrittenQuestions(rows, counts, records, {"writing": writing_info, "checking": checking_info})
+
+
+def describe_counts(counts: dict) -> str:
+    """One line for the report: every pair written accounted for."""
+    return (
+        f"{counts['passages']} passages; {counts['written']} pairs written ({counts['malformed']} more "
+        f"fragments could not be read as a pair); dropped: {counts['duplicates']} duplicates, "
+        f"{counts['heldout_overlap']} equal to a held-out question, {counts['not_confirmed']} not "
+        f"confirmed by the teacher with the passage in view; kept {counts['kept']}"
+    )

@@ -1,0 +1,238 @@
+"""Training questions written by the teacher (distill_trainer/context/question_writing.py): the teacher's
+reply is parsed under the markings models add, malformed fragments are counted, duplicates and held-out
+questions are dropped and counted, a pair the teacher does not confirm with its passage in view is dropped
+and counted; with a real (tiny) model, through the completion cache, the same seed writes the same set."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill_trainer.context.knowledge_data import KnowledgeArguments
+from distill_trainer.context.passages import split_passages, tokenizer_counter
+from distill_trainer.context.question_writing import (
+    QuestionWritingArguments,
+    confirms,
+    parse_pairs,
+    write_questions,
+    writing_prompt,
+)
+from distill_trainer.context.steps import completions
+from distill_trainer.errors import UsageError
+from distill_trainer.teacher.generation import GenerationSettings
+from distill_trainer.teacher.teacher import Teacher
+from distill_trainer.testing import build_chat_tokenizer, build_model
+
+DOCUMENT = "Ada Brill is the harbour master.\n\nThe ferry carries 40 cars.\n\nThe fair is on 3 May."
+SUFFIX = QuestionWritingArguments().question_suffix
+ANSWERS = GenerationSettings(max_new_tokens=8)
+
+
+def test_pairs_are_read_under_the_markings_models_add():
+    text = (
+        "Here are the questions:\n"
+        "Q: Who is the harbour master?\nA: Ada Brill\n\n"
+        "1. **Question 2:** How many cars does the ferry carry?\n   **Answer 2:** 40 cars\n"
+        "- Q: When is the fair? A: On 3 May.\n"
+        'Q3) What is "the fair"?\nA3) "A market"\n'
+        "Q: What does Plan A: the coast road cover? Answer 5: the harbour\n"
+    )
+    parsed = parse_pairs(text)
+    assert parsed.pairs == [
+        ("Who is the harbour master?", "Ada Brill"),
+        ("How many cars does the ferry carry?", "40 cars"),
+        ("When is the fair?", "On 3 May."),
+        ('What is "the fair"?', "A market"),
+        ("What does Plan A: the coast road cover?", "the harbour"),
+    ]
+    assert parsed.malformed == 0
+
+
+def test_malformed_fragments_are_counted_not_silently_dropped():
+    text = (
+        "A: an answer before any question\n"  # 1: no question
+        "Q: a question with no answer\n"  # 2: the next question comes first
+        "Q: Who is the harbour master?\nA: Ada Brill\n"
+        "Q: ?\nA: an empty question\n"  # 3: no words in the question
+        "Q: What is left?\nA:\n"  # 4: an empty answer
+        "Q: cut off by the length limit"  # 5: the reply ended before its answer
+    )
+    parsed = parse_pairs(text)
+    assert parsed.pairs == [("Who is the harbour master?", "Ada Brill")]
+    assert parsed.malformed == 5
+    assert parse_pairs("no pairs at all, just prose").malformed == 0
+
+
+def test_the_verification_rule():
+    assert confirms("It is Ada Brill.", "Ada Brill") and confirms("40", "40 cars")
+    assert confirms("The 3rd of May", "3 May") is False  # normalised words must match, in order
+    assert not confirms("", "Ada Brill") and not confirms("Bo Crane", "Ada Brill")
+
+
+class StubTeacher:
+    """Writes `pairs` for each passage (by its text) and answers each question as `answers` says."""
+
+    def __init__(self, pairs: dict[str, str], answers: dict[str, str]):
+        self.pairs, self.answers, self.calls = pairs, answers, []
+
+    def __call__(self, rows, settings):
+        self.calls.append((rows, settings))
+        texts = []
+        for row in rows:
+            if row["prompt"].startswith("Write "):
+                texts.append(next(t for start, t in self.pairs.items() if row["context"].startswith(start)))
+            else:
+                assert row["context"] in DOCUMENT  # checked with its own passage in view
+                texts.append(self.answers.get(row["prompt"].removesuffix(SUFFIX), "I do not know"))
+        return [{"text": t} for t in texts], {"generated": len(rows), "reused": 0}
+
+
+def passages(max_tokens=8):
+    return split_passages(DOCUMENT, lambda text: len(text.split()), max_tokens=max_tokens)
+
+
+def test_every_pair_is_accounted_for_and_only_confirmed_new_ones_train():
+    stub = StubTeacher(
+        pairs={
+            "Ada": "Q: Who is the harbour master?\nA: Ada Brill\nQ: Name the harbour master."
+            + SUFFIX
+            + "\nA: Ada Brill\n"
+            "Q: Who is the harbour master?\nA: Ada Brill\nQ: dangling",
+            "The ferry": "Q: How many cars does the ferry carry?\nA: 40 cars\nQ: Who runs the ferry?\nA: Ada",
+            "The fair": "Q: When is the fair held? A: 3 May\nQ: Which fair is on 3 May?\nA: the fair",
+        },
+        answers={
+            "Who is the harbour master?": "Ada Brill.",
+            "Name the harbour master.": "Ada Brill",
+            "How many cars does the ferry carry?": "40",
+            "Who runs the ferry?": "The text does not say.",  # the teacher does not confirm: dropped
+            "When is the fair held?": "On 3 May.",
+        },
+    )
+    parts = passages()
+    assert len(parts) == 3
+    heldout = ["Which fair is on 3 May?" + SUFFIX]  # an evaluation question: never trained
+    result = write_questions(parts, DOCUMENT, stub, QuestionWritingArguments(), ANSWERS, heldout)
+    assert result.counts == {
+        "passages": 3,
+        "written": 7,
+        "malformed": 1,
+        "duplicates": 1,
+        "heldout_overlap": 1,
+        "not_confirmed": 1,
+        "kept": 4,
+    }
+    assert [r["prompt"].removesuffix(SUFFIX) for r in result.rows] == [
+        "Who is the harbour master?",
+        "Name the harbour master.",
+        "How many cars does the ferry carry?",
+        "When is the fair held?",
+    ]
+    assert all(row["context"] == DOCUMENT and row["prompt"].endswith(SUFFIX) for row in result.rows)
+    assert all(row["prompt"].count(SUFFIX.strip()) == 1 for row in result.rows)  # never twice
+    assert [r["status"] for r in result.records].count("not confirmed") == 1
+    assert {r["status"] for r in result.records} == {
+        "kept",
+        "duplicate",
+        "held-out question",
+        "not confirmed",
+    }
+    rejected = next(r for r in result.records if r["status"] == "not confirmed")
+    assert rejected["check"] == "The text does not say." and rejected["passage"] == 1
+    # written once per passage with the sampling settings; checked greedily, only the new questions
+    (written, writing), (checked, checking) = stub.calls
+    assert len(written) == 3 and writing.do_sample and writing.seed == 0
+    assert len(checked) == 5 and checking == ANSWERS
+
+
+def test_a_heldout_question_is_never_trained_whatever_the_suffix():
+    stub = StubTeacher(
+        pairs={
+            "Ada": "Q: Who is the harbour master?\nA: Ada Brill\nQ: Name the harbour master.\nA: Ada Brill"
+        },
+        answers={"Who is the harbour master?": "Ada Brill", "Name the harbour master.": "Ada Brill"},
+    )
+    parts = split_passages(DOCUMENT, lambda text: len(text.split()), max_tokens=40)
+    # no suffix on the written questions, the held-out ones carry theirs; and a suffix they do not carry
+    for suffix, heldout in (
+        ("", "Who is the harbour master?" + SUFFIX),
+        (SUFFIX, "Who is the harbour master?"),
+    ):
+        args = QuestionWritingArguments(question_suffix=suffix)
+        result = write_questions(parts, DOCUMENT, stub, args, ANSWERS, [heldout])
+        assert result.counts["heldout_overlap"] == 1 and result.counts["kept"] == 1
+        assert [row["prompt"] for row in result.rows] == ["Name the harbour master." + suffix]
+
+
+def test_settings_are_checked_with_a_fix():
+    with pytest.raises(UsageError, match="remove data_file"):
+        KnowledgeArguments(
+            document_file="d.md",
+            data_file="train.jsonl",
+            heldout_wordings_file="w.jsonl",
+            heldout_facts_file="f.jsonl",
+            questions="generate",
+        )
+    with pytest.raises(UsageError, match="choose one of: file, generate"):
+        QuestionWritingArguments(questions="invent").check_question_settings(None)
+    with pytest.raises(UsageError, match="passage_overlap_tokens must be"):
+        QuestionWritingArguments(passage_tokens=16, passage_overlap_tokens=16).check_question_settings(None)
+    # a question file is still required when questions are not generated
+    with pytest.raises(UsageError, match="data_file is not set"):
+        KnowledgeArguments(
+            document_file="d.md", heldout_wordings_file="w.jsonl", heldout_facts_file="f.jsonl"
+        )
+
+
+def test_the_prompt_asks_for_the_count_the_wordings_and_the_format():
+    prompt = writing_prompt(12, 3)
+    assert (
+        "Write 12 questions" in prompt
+        and "3 times" in prompt
+        and prompt.endswith("Q: <question>\nA: <answer>")
+    )
+    assert "once" in writing_prompt(5, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    tokenizer = build_chat_tokenizer()
+    return tokenizer, build_model(len(tokenizer), seed=3)
+
+
+def test_the_written_set_is_deterministic_for_a_seed_and_cached(tmp_path, tiny_teacher):
+    tokenizer, model = tiny_teacher
+    parts = split_passages(DOCUMENT, tokenizer_counter(tokenizer), max_tokens=12)
+
+    def run(seed, cache):
+        teacher = Teacher.for_model(model, "teacher")
+        infos = []
+
+        def ask(rows, settings):
+            replies, info = completions(
+                teacher, tokenizer, rows, settings, cache_dir=tmp_path / cache, batch_size=2
+            )
+            infos.append(info)
+            return replies, info
+
+        args = QuestionWritingArguments(question_seed=seed, question_max_new_tokens=12)
+        result = write_questions(parts, DOCUMENT, ask, args, ANSWERS)
+        return (
+            [
+                r["text"]
+                for r in ask(
+                    [{"context": p.text, "prompt": writing_prompt(24, 2)} for p in parts],
+                    args.writing_settings(),
+                )[0]
+            ],
+            result,
+            infos,
+        )
+
+    first, result, infos = run(0, "a")
+    assert infos[0]["generated"] == len(parts) and infos[-1]["reused"] == len(parts)  # then read back
+    again, result_again, _ = run(0, "b")  # a fresh cache: generated again, the same
+    assert again == first and result_again.records == result.records and result_again.counts == result.counts
+    other, _, _ = run(1, "a")
+    assert other != first  # another seed samples other replies
+    # a random tiny model writes no readable pair: every reply is accounted for, none trains
+    assert result.counts["kept"] == len(result.rows) == 0
