@@ -8,6 +8,7 @@ import pytest
 
 from distill_trainer.models import embedded
 from distill_trainer.models.embedded import EmbeddedModel
+from distill_trainer.run import interrupt
 from distill_trainer.testing import build_model, build_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,3 +74,12 @@ def fake_alias(tmp_path, monkeypatch, tokenizer):
 
     monkeypatch.setattr(embedded, "_dequantize", fake_dequantize)
     return {"package": package, "cache": tmp_path / "cache" / "embedded", "calls": calls}
+
+
+@pytest.fixture(autouse=True)
+def _tests_go_on_after_a_handled_ctrl_c():
+    """A test that catches `interruptible`'s exit goes on, and so does the session: pytest's exit status
+    must not become the 130 that `quiet_start` gives a program stopped by Ctrl-C (its exit handler is
+    registered here too, by the recipes the tests import)."""
+    yield
+    interrupt._stopped_by_ctrl_c = False

@@ -19,7 +19,7 @@ from distill_trainer.integrity import write_text_atomically
 MODEL_ROWS = {
     "before": "student before, closed book",
     "cd": "student after CD, closed book",
-    "sft": "student after SFT on gold answers, closed book",
+    "sft": "student after SFT on the training answers, closed book",
     "open_student": "student, open book (document in the prompt)",
     "open_teacher": "teacher, open book (document in the prompt)",
 }

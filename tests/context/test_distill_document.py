@@ -98,7 +98,7 @@ def test_recipe_end_to_end_and_a_rerun_reuses_the_teachers_answers(tmp_path, cha
     assert comparison["n"] == 3 and comparison["ci95"][0] <= comparison["difference"] <= comparison["ci95"][1]
     report = (out / "results.md").read_text()
     assert (
-        "student after SFT on gold answers, closed book" in report
+        "student after SFT on the training answers, closed book" in report
         and "CD − SFT on held-out wordings" in report
     )
     records = [json.loads(line) for line in (out / "predictions_answers.jsonl").read_text().splitlines()]
