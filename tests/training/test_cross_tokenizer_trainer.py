@@ -8,13 +8,13 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
+from helpers import make_args
 
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 from distill_trainer.errors import UsageError
 from distill_trainer.testing import build_chat_tokenizer, build_metaspace_tokenizer, build_model
 from distill_trainer.training.teacher_signal import LiveCrossTokenizerTeacher
 from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies, build_cross_tokenizer_chat_views
-from tests.helpers import make_args
 
 CONTEXT = "Answer in one short sentence."
 PROMPTS = ["Does the cat sit on the mat?", "Who saw the lawyer?", "Do two dogs run?", "Is the man playing?"]
