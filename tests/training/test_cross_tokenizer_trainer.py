@@ -1,5 +1,6 @@
 """A teacher with another tokenizer teaches replies: the trainer takes the cross-tokenizer loss, trains the
-student only (off-policy and on its own rollouts), and refuses the teacher output cache with the fix."""
+student only (off-policy and on its own rollouts), and refuses the teacher output cache with the fix; a
+teacher with the student's tokenizer keeps the same-tokenizer loss, bit for bit."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from helpers import make_args
 from distill_trainer import ContextDistillationTrainer, TwoViewCollator
 from distill_trainer.errors import UsageError
 from distill_trainer.testing import build_chat_tokenizer, build_metaspace_tokenizer, build_model
-from distill_trainer.training.teacher_signal import LiveCrossTokenizerTeacher
+from distill_trainer.training.teacher_signal import LiveCrossTokenizerTeacher, LiveFullVocabularyTeacher
 from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies, build_cross_tokenizer_chat_views
 
 CONTEXT = "Answer in one short sentence."
@@ -81,3 +82,31 @@ def test_rows_without_the_alignment_are_refused_with_the_fix(tmp_path, tokenizer
     )
     with pytest.raises(UsageError, match="views.cross_tokenizer"):
         trainer.compute_loss(trainer.model, batch)
+
+
+def test_a_teacher_with_the_students_tokenizer_trains_exactly_as_without_the_cross_tokenizer_path(tmp_path):
+    from distill_trainer.views.chat import build_chat_views
+
+    tokenizer = build_chat_tokenizer()
+    same_vocabulary = build_chat_tokenizer()  # another object, the same tokens: not a cross-tokenizer pair
+    rows = [build_chat_views(tokenizer, p, r, CONTEXT) for p, r in zip(PROMPTS, REPLIES)]
+    batch = TwoViewCollator(tokenizer.pad_token_id)(rows[:2])
+    assert not {"teacher_answer_mask", "teacher_pair_index", "exact_match"} & batch.keys()
+    weights = []
+    for name, teacher_tokenizer in (("none", None), ("same", same_vocabulary)):
+        torch.manual_seed(0)
+        student = build_model(len(tokenizer), seed=0)
+        trainer = ContextDistillationTrainer(
+            model=student,
+            teacher=build_model(len(tokenizer), seed=1, hidden_size=48),
+            args=make_args(tmp_path / name, max_steps=2, per_device_train_batch_size=2, loss_chunk_size=3),
+            train_dataset=Dataset.from_list(rows),
+            data_collator=TwoViewCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            teacher_tokenizer=teacher_tokenizer,
+        )
+        assert trainer.cross_tokenizer is None
+        assert type(trainer.teacher_signal) is LiveFullVocabularyTeacher
+        trainer.train()
+        weights.append(student.state_dict())
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
