@@ -44,7 +44,7 @@ def check_reply_settings(student_args, config, recipe: str) -> None:
     )
 
 
-def checked_tokenizers(student_args, config, row: dict, placement: str, recipe: str):
+def checked_tokenizers(student_args, config, row: dict, placement: str):
     """(the student's tokenizer, a separate teacher's tokenizer when it differs from the student's, else
     None), after checking that each chat template takes `row`, before any weights load. A teacher with
     another tokenizer is graded through the cross-tokenizer loss, whose settings are checked here."""
@@ -55,12 +55,6 @@ def checked_tokenizers(student_args, config, row: dict, placement: str, recipe: 
     teacher_tokenizer = load_tokenizer(config.teacher_model_name_or_path)
     if not tokenizers_differ(tokenizer, teacher_tokenizer):
         return tokenizer, None
-    if recipe != "distill_context":
-        raise UsageError(
-            f"{recipe} does not distil across tokenizers yet ({config.teacher_model_name_or_path} reads "
-            f"another tokenizer than {student_args.model_name_or_path}); use a teacher of the student's "
-            "family, or distill_context"
-        )
     check_cross_tokenizer_settings(config)
     chat_prompt_ids(teacher_tokenizer, row["prompt"], row["context"], placement)
     return tokenizer, teacher_tokenizer

@@ -65,9 +65,7 @@ def validate_reply_recipe(
         result.data, first, described = _question_sets(data_args)
     result.checks.append(("data", described))
     placement = data_args.context_placement
-    result.tokenizer, result.teacher_tokenizer = checked_tokenizers(
-        student_args, config, first, placement, recipe
-    )
+    result.tokenizer, result.teacher_tokenizer = checked_tokenizers(student_args, config, first, placement)
     teacher = config.teacher_model_name_or_path
     if is_self(teacher):
         reads = ""

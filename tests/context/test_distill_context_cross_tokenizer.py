@@ -13,20 +13,9 @@ from helpers import load_recipe, refuse_weight_loading, reply_recipe_argv
 from safetensors.torch import load_file
 
 from distill_trainer.errors import UsageError
-from distill_trainer.testing import build_chat_tokenizer, build_metaspace_tokenizer, build_model
 
 CONTEXT = "Answer in one short sentence."
 PROMPTS = ["Does the cat sit on the mat?", "Who saw the lawyer?", "Do two dogs run?", "Is the man playing?"]
-
-
-@pytest.fixture(scope="module")
-def other_teacher(tmp_path_factory):
-    """A tiny chat teacher on disk whose tokenizer splits text differently from the student's."""
-    tokenizer = build_chat_tokenizer(tokenizer=build_metaspace_tokenizer())
-    directory = tmp_path_factory.mktemp("other-teacher")
-    build_model(len(tokenizer), seed=1, hidden_size=48).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
 
 
 def _argv(tmp_path, chat_dirs, teacher, **overrides):
