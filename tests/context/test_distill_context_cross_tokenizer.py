@@ -1,6 +1,7 @@
 """distill_context with a teacher that reads another tokenizer (a SentencePiece-style tiny tokenizer, the
 student a byte-level one): validation says the cross-tokenizer loss grades the replies, the recipe
-trains end to end on the teacher's own replies, and the teacher output cache is refused with the fix."""
+trains end to end on the teacher's own replies, and the teacher output cache is refused with the fix;
+`evaluate-replies` refuses such a teacher (its KL needs one tokenizer) before any weights load."""
 
 from __future__ import annotations
 
@@ -66,3 +67,20 @@ def test_validation_names_the_path_and_refuses_the_output_cache(
     recipe = load_recipe("distill_context")
     with pytest.raises(UsageError, match="teacher_output_cache: false"):
         recipe.main(_argv(tmp_path, chat_dirs, other_teacher, teacher_output_cache=True))
+
+
+def test_evaluate_replies_refuses_a_teacher_with_another_tokenizer_before_loading(
+    tmp_path, chat_dirs, other_teacher, monkeypatch, capsys
+):
+    from distill_trainer.run.cli import main as cli
+    from distill_trainer.run.reply_command import check_teacher_tokenizer
+
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    refuse_weight_loading(monkeypatch)
+    argv = ["evaluate-replies", "--model", chat_dirs["student"], "--data", str(data), "--context", CONTEXT]
+    assert cli([*argv, "--teacher", other_teacher]) != 0
+    error = capsys.readouterr().err
+    assert "reads another tokenizer" in error and "omit --teacher" in error
+    assert "give a teacher with the model's tokenizer" in error
+    check_teacher_tokenizer(chat_dirs["student"], chat_dirs["teacher"])  # one tokenizer: no refusal
