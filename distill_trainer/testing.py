@@ -35,6 +35,26 @@ def build_tokenizer(directory=None):
     return fast
 
 
+def build_metaspace_tokenizer(directory=None, vocab_size=300):
+    """A tokenizer of another family than `build_tokenizer`'s, on the same sentences: SentencePiece-style
+    ("▁" marks a word start, unknown characters become <unk>) with fewer merges, so it splits the same
+    text differently and spells its tokens in another convention (a teacher with another tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<unk>", "</s>"])
+    tok.train_from_iterator(SENTENCES * 50, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    if directory is not None:
+        fast.save_pretrained(directory)
+    return fast
+
+
 def build_model(vocab_size, seed=0, hidden_size=32, layers=2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -63,9 +83,10 @@ CHATML_TEMPLATE = (
 )
 
 
-def build_chat_tokenizer(directory=None):
-    """`build_tokenizer` with ChatML's two special tokens and chat template (ids 400 and 401)."""
-    tokenizer = build_tokenizer()
+def build_chat_tokenizer(directory=None, tokenizer=None):
+    """`tokenizer` (default: `build_tokenizer()`) with ChatML's two special tokens and chat template (ids
+    400 and 401 for the default)."""
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.chat_template = CHATML_TEMPLATE
     if directory is not None:

@@ -65,6 +65,7 @@ from distill_trainer.run.runner import (
 from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.parsing import given_or_inferred
+from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies
 
 RECIPE = "distill_context"
 CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)
@@ -80,10 +81,12 @@ def load_models(student_args, config):
     return student, Teacher.from_source(name, config.teacher_dtype, config.teacher_quantization)
 
 
-def teacher_views(teacher, tokenizer, train_rows, eval_rows, data_args, config, cache: dict):
+def teacher_views(teacher, tokenizers, train_rows, eval_rows, data_args, config, cache: dict):
     """The two-view datasets (training, held-out) with the teacher's replies where the data has none, the
     teacher's held-out replies, and what the completion cache did. Fully on-policy, the student writes
-    every training reply: the teacher writes the held-out ones only."""
+    every training reply: the teacher writes the held-out ones only. `tokenizers`: (the student's, the
+    teacher's, the `CrossTokenizerReplies` of both when they differ, else None)."""
+    tokenizer, teacher_tokenizer, cross = tokenizers
     if config.lmbda == 1:
         train_rows = [dict(row, completion=row["completion"] or "") for row in train_rows]
     to_write = [
@@ -93,26 +96,29 @@ def teacher_views(teacher, tokenizer, train_rows, eval_rows, data_args, config, 
     ]
     rows = [train_rows[i] for i in to_write] + eval_rows
     settings, placement = data_args.generation_settings(), data_args.context_placement
-    replies, info = completions(
-        teacher, tokenizer, rows, settings, show_progress=not config.disable_tqdm, **cache
+    replies, info = completions(  # the teacher writes in its own tokenizer's chat template
+        teacher, teacher_tokenizer, rows, settings, show_progress=not config.disable_tqdm, **cache
     )
     train_replies = [None] * len(train_rows)
     for index, reply in zip(to_write, replies):
         train_replies[index] = reply
     eval_replies = replies[len(to_write) :]
-    train_views = chat_view_dataset(tokenizer, train_rows, train_replies, placement)
-    eval_views = chat_view_dataset(tokenizer, eval_rows, eval_replies, placement) if eval_rows else None
+    train_views = chat_view_dataset(tokenizer, train_rows, train_replies, placement, cross)
+    eval_views = (
+        chat_view_dataset(tokenizer, eval_rows, eval_replies, placement, cross) if eval_rows else None
+    )
     return train_views, eval_views, eval_replies, info
 
 
 def evaluate_before(
-    student, tokenizer, eval_rows, eval_views, eval_replies, student_args, data_args, config, cache, measure
+    student, tokenizers, eval_rows, eval_views, eval_replies, student_args, data_args, config, cache, measure
 ):
     """The teacher with the context and the untrained student without it, on the held-out prompts."""
+    tokenizer, teacher_tokenizer, _ = tokenizers
     settings = data_args.generation_settings()
     evaluation = {"teacher": {"replies": [reply["text"] for reply in eval_replies]}}
     if data_args.checker:
-        cut_off = cut_offs(tokenizer, eval_replies)
+        cut_off = cut_offs(teacher_tokenizer, eval_replies)
         rule, checks = rule_following(evaluation["teacher"]["replies"], data_args.checker, cut_off)
         evaluation["teacher"].update(rule=rule, checks=checks)
     # the untrained student's replies are those of its base model: cached like the teacher's
@@ -141,6 +147,7 @@ def run_metrics(student_args, data_args, config, rows, reports, trainer, train_r
         "student": student_args.model_name_or_path,
         "student_mode": student_args.student_mode,
         "teacher": config.teacher_model_name_or_path,
+        "cross_tokenizer": trainer.cross_tokenizer is not None,
         "context_placement": data_args.context_placement,
         "context_summary": repr(contexts[0][:160])
         if len(contexts) == 1
@@ -199,6 +206,10 @@ def run_distill_context(student_args, data_args, config, callbacks=None, given=N
     checked = validate_reply_recipe(RECIPE, student_args, data_args, config, given=given)
     train_rows, eval_rows, reports = (checked.data[key] for key in ("train", "eval", "reports"))
     tokenizer = checked.tokenizer
+    # a teacher with another tokenizer: its own views of the replies, aligned with the student's
+    teacher_tokenizer = checked.teacher_tokenizer or tokenizer
+    cross = CrossTokenizerReplies(tokenizer, teacher_tokenizer) if checked.teacher_tokenizer else None
+    tokenizers = (tokenizer, teacher_tokenizer, cross)
 
     # ------------------------------------------------------------ student, teacher and the teacher's replies
     student, teacher = load_models(student_args, config)
@@ -208,13 +219,14 @@ def run_distill_context(student_args, data_args, config, callbacks=None, given=N
         batch_size=data_args.generation_batch_size,
     )
     train_views, eval_views, eval_replies, info = teacher_views(
-        teacher, tokenizer, train_rows, eval_rows, data_args, config, cache
+        teacher, tokenizers, train_rows, eval_rows, data_args, config, cache
     )
 
     # ---------------------------------------------- before: the teacher with the context, the student without
     measure = dict(
         checker=data_args.checker,
-        teacher=teacher,
+        # the KL to the teacher compares logit i of both models: not measured across tokenizers
+        teacher=teacher if cross is None else None,
         placement=data_args.context_placement,
         batch_size=data_args.generation_batch_size,
         kl_batch_size=data_args.kl_batch_size,
@@ -223,7 +235,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None, given=N
     if eval_rows:
         evaluation = evaluate_before(
             student,
-            tokenizer,
+            tokenizers,
             eval_rows,
             eval_views,
             eval_replies,
@@ -242,7 +254,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None, given=N
         train_dataset=train_views,
         processing_class=tokenizer,
         data_collator=TwoViewCollator(tokenizer.pad_token_id),
-        teacher_tokenizer=tokenizer,
+        teacher_tokenizer=teacher_tokenizer,
         callbacks=callbacks,
     )
     configs = (student_args, data_args, config)

@@ -79,14 +79,18 @@ from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import last_complete_checkpoint, parse_resume_setting
 from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 from distill_trainer.views.chat import chat_prompt_ids
+from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies
 
 RECIPE = "distill_document"
 CONFIG_TYPES = (StudentArguments, KnowledgeArguments, DistillationConfig)
 
 
-def train_and_answer(student, views, config, tokenizer, sets, settings, args, teacher, callbacks=None):
+def train_and_answer(
+    student, views, config, tokenizer, sets, settings, args, teacher, callbacks=None, teacher_tokenizer=None
+):
     """Train `student` on `views` (CD with a teacher, SFT with alpha=0 and none), save it, and give its
-    closed-book answers, its forgetting KL (on the prepared rows) and its training figures."""
+    closed-book answers, its forgetting KL (on the prepared rows) and its training figures.
+    `teacher_tokenizer`: the teacher's when it differs from `tokenizer` (the cross-tokenizer loss)."""
     trainer = ContextDistillationTrainer(
         model=student,
         args=config,
@@ -94,7 +98,7 @@ def train_and_answer(student, views, config, tokenizer, sets, settings, args, te
         train_dataset=views,
         processing_class=tokenizer,
         data_collator=TwoViewCollator(tokenizer.pad_token_id),
-        teacher_tokenizer=tokenizer,
+        teacher_tokenizer=teacher_tokenizer or tokenizer,
         callbacks=callbacks,
     )
     result = trainer.train()
@@ -111,6 +115,7 @@ class Plan:
     sets: dict
     forgetting_rows: list
     tokenizer: object
+    cross: CrossTokenizerReplies | None  # a separate teacher with another tokenizer: both replies aligned
     document_tokens: int
     settings: object
     cache: dict
@@ -120,6 +125,11 @@ class Plan:
     facts: list | None = None  # facts_file's facts, for the coverage report only
     written: WrittenQuestions | None = None
     seconds: dict = field(default_factory=dict)
+
+    @property
+    def teacher_tokenizer(self):
+        """The tokenizer the teacher writes and reads in: the student's, or its own (`cross`)."""
+        return self.cross.teacher_tokenizer if self.cross is not None else self.tokenizer
 
     @property
     def heldout(self) -> dict:
@@ -141,7 +151,15 @@ def plan_run(student_args, args, config, given: GivenSettings | None = None) -> 
         sets=sets,
         forgetting_rows=checked.data["forgetting"],
         tokenizer=tokenizer,
-        document_tokens=len(chat_prompt_ids(tokenizer, first["prompt"], first["context"], placement)),
+        # None unless a separate teacher reads another tokenizer (then the cross-tokenizer loss grades)
+        cross=CrossTokenizerReplies(tokenizer, checked.teacher_tokenizer)
+        if checked.teacher_tokenizer
+        else None,
+        document_tokens=len(
+            chat_prompt_ids(
+                checked.teacher_tokenizer or tokenizer, first["prompt"], first["context"], placement
+            )
+        ),
         settings=args.generation_settings(),
         cache=dict(
             placement=placement, cache_dir=args.completion_cache_dir, batch_size=args.generation_batch_size
@@ -158,7 +176,8 @@ def teacher_questions(plan: Plan, teacher: Teacher, args) -> None:
     through the completion cache); they become the training set, and only they do."""
 
     def ask(rows, settings):
-        return completions(teacher, plan.tokenizer, rows, settings, show_progress=plan.show, **plan.cache)
+        # the teacher reads the passages and writes in its own tokenizer's chat template
+        return completions(teacher, plan.teacher_tokenizer, rows, settings, show_progress=plan.show, **plan.cache)
 
     heldout = [row["prompt"] for name in HELDOUT_SETS for row in plan.sets[name]]
     document = plan.sets["heldout_facts"][0]["context"]
@@ -175,11 +194,13 @@ def teacher_answers(plan: Plan, teacher: Teacher, config) -> dict:
     """The teacher's open-book answers to every set (cached), the training views made of them and, for a
     separate teacher, its distributions on them (output cache) before it is dropped."""
     rows = [row for part in plan.sets.values() for row in part]
-    replies, info = completions(
-        teacher, plan.tokenizer, rows, plan.settings, show_progress=plan.show, **plan.cache
+    replies, info = completions(  # the teacher writes in its own tokenizer's chat template
+        teacher, plan.teacher_tokenizer, rows, plan.settings, show_progress=plan.show, **plan.cache
     )
     train = plan.sets["train"]
-    views = chat_view_dataset(plan.tokenizer, train, replies[: len(train)], plan.cache["placement"])
+    views = chat_view_dataset(
+        plan.tokenizer, train, replies[: len(train)], plan.cache["placement"], plan.cross
+    )
     outputs_info = None
     if not teacher.is_self and config.teacher_output_cache:
         collator = TwoViewCollator(plan.tokenizer.pad_token_id)
@@ -295,6 +316,7 @@ def run_distill_document(
         args,
         teacher,
         callbacks,
+        teacher_tokenizer=plan.teacher_tokenizer,
     )
     options = forgetting_options(plan, student_args, args)
     kls = {
@@ -371,6 +393,7 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         "recipe": RECIPE,
         "student": student_args.model_name_or_path,
         "teacher": config.teacher_model_name_or_path,
+        "cross_tokenizer": plan.cross is not None,
         "command": command,
         "questions": {name: len(part) for name, part in plan.sets.items()},
         "document_tokens": plan.document_tokens,

@@ -18,22 +18,24 @@ from datasets import Dataset
 from distill_trainer.context.completion_cache import teacher_completions
 from distill_trainer.context.generation_eval import completion_kl, generate_for_rows, rule_following
 from distill_trainer.errors import UsageError
-from distill_trainer.models.loading import check_vocabulary_sizes_and_tokens, load_tokenizer
+from distill_trainer.models.loading import load_tokenizer
 from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.teacher.teacher import Teacher, check_self_teacher, is_self
+from distill_trainer.training.cross_tokenizer import check_cross_tokenizer_settings
 from distill_trainer.views.chat import build_chat_views, chat_prompt_ids, shared_prefix_length, stop_token_ids
+from distill_trainer.views.cross_tokenizer import build_cross_tokenizer_chat_views, tokenizers_differ
 from distill_trainer.views.text import TwoViewCollator
 
 
 def check_reply_settings(student_args, config, recipe: str) -> None:
-    """A recipe that distils whole replies needs a teacher, a shared tokenizer (full-vocabulary loss) and,
-    for a self teacher, a LoRA student."""
+    """A recipe that distils whole replies needs a teacher, the full-vocabulary loss and, for a self
+    teacher, a LoRA student."""
     if not config.teacher_model_name_or_path:
         raise UsageError(
             "teacher_model_name_or_path is not set; give a chat model, or 'self' with a LoRA student"
         )
     if config.distill_vocab != "full":
-        raise UsageError(f"{recipe} matches whole replies: set distill_vocab: full (a shared tokenizer)")
+        raise UsageError(f"{recipe} matches whole replies: set distill_vocab: full")
     mode = student_args.student_mode
     check_self_teacher(
         config.teacher_model_name_or_path,
@@ -42,17 +44,20 @@ def check_reply_settings(student_args, config, recipe: str) -> None:
     )
 
 
-def checked_tokenizer(student_args, config, row: dict, placement: str):
-    """The student's tokenizer, after checking its chat template on `row` and, for a separate teacher, that
-    both read the same tokens (full-vocabulary KL), before any weights load."""
+def checked_tokenizers(student_args, config, row: dict, placement: str):
+    """(the student's tokenizer, a separate teacher's tokenizer when it differs from the student's, else
+    None), after checking that each chat template takes `row`, before any weights load. A teacher with
+    another tokenizer is graded through the cross-tokenizer loss, whose settings are checked here."""
     tokenizer = load_tokenizer(student_args.model_name_or_path)
     chat_prompt_ids(tokenizer, row["prompt"], row["context"], placement)  # the template takes it?
-    if not is_self(config.teacher_model_name_or_path):
-        teacher_tokenizer = load_tokenizer(config.teacher_model_name_or_path)
-        check_vocabulary_sizes_and_tokens(
-            len(tokenizer), len(teacher_tokenizer), tokenizer, teacher_tokenizer
-        )
-    return tokenizer
+    if is_self(config.teacher_model_name_or_path):
+        return tokenizer, None
+    teacher_tokenizer = load_tokenizer(config.teacher_model_name_or_path)
+    if not tokenizers_differ(tokenizer, teacher_tokenizer):
+        return tokenizer, None
+    check_cross_tokenizer_settings(config)
+    chat_prompt_ids(teacher_tokenizer, row["prompt"], row["context"], placement)
+    return tokenizer, teacher_tokenizer
 
 
 def completions(teacher: Teacher, tokenizer, rows, settings: GenerationSettings, **options):
@@ -66,9 +71,14 @@ def completions(teacher: Teacher, tokenizer, rows, settings: GenerationSettings,
         return teacher_completions(model, tokenizer, rows, settings, teacher_id=teacher.teacher_id, **options)
 
 
-def chat_view_dataset(tokenizer, rows: list[dict], replies: list[dict | None], placement: str) -> Dataset:
+def chat_view_dataset(
+    tokenizer, rows: list[dict], replies: list[dict | None], placement: str, cross_tokenizer=None
+) -> Dataset:
     """Two-view rows: each row's completion from the data when `replies` has None for it, else the
-    teacher's reply token ids as generated."""
+    teacher's reply token ids as generated. With `cross_tokenizer` (a `CrossTokenizerReplies`), the
+    teacher reads its own tokenizer: each view is its model's tokenization of the reply's text."""
+    if cross_tokenizer is not None:
+        return _cross_tokenizer_dataset(cross_tokenizer, rows, replies, placement)
     prefixes: dict[str, int] = {}
     views = []
     for row, reply in zip(rows, replies):
@@ -84,6 +94,24 @@ def chat_view_dataset(tokenizer, rows: list[dict], replies: list[dict | None], p
                 placement=placement,
                 completion_token_ids=reply["ids"] if reply is not None else None,
                 prefix_length=prefixes[context],
+            )
+        )
+    return Dataset.from_list(views)
+
+
+def _cross_tokenizer_dataset(cross_tokenizer, rows, replies, placement) -> Dataset:
+    prefixes: dict[str, int] = {}
+    views = []
+    for row, reply in zip(rows, replies):
+        context = row["context"]
+        if context not in prefixes:
+            prefixes[context] = shared_prefix_length(cross_tokenizer.teacher_tokenizer, context, placement)
+        text = row.get("completion") if reply is None else reply["text"]
+        if text is None:
+            raise UsageError("a chat example needs a completion (text or token ids)")
+        views.append(
+            build_cross_tokenizer_chat_views(
+                cross_tokenizer, row["prompt"], text, context, placement, prefixes[context]
             )
         )
     return Dataset.from_list(views)

@@ -150,13 +150,32 @@ def check_model_folder(model: str):
 
 def load_model_and_tokenizer(model: str, dtype: str = "float32"):
     """A full model (folder, Hub id, alias), or a LoRA adapter folder on top of its base model."""
-    from distill_trainer.models.loading import load_causal_lm, load_tokenizer
-    from distill_trainer.models.provenance import trained_base
+    from distill_trainer.models.loading import load_causal_lm
 
     folder = Path(model)
     if not (folder / ADAPTER_CONFIG).is_file():
-        return load_causal_lm(model, dtype=dtype), load_tokenizer(model)
+        return load_causal_lm(model, dtype=dtype), load_model_tokenizer(model)
     from peft import PeftModel
+
+    base = load_causal_lm(_adapter_base(folder), dtype=dtype)
+    return PeftModel.from_pretrained(base, str(folder)), load_model_tokenizer(model)
+
+
+def load_model_tokenizer(model: str):
+    """The tokenizer `load_model_and_tokenizer` gives with `model`, without loading any weights: a LoRA
+    adapter folder's own, else its base model's."""
+    from distill_trainer.models.loading import load_tokenizer
+
+    folder = Path(model)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return load_tokenizer(model)
+    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    return load_tokenizer(str(folder) if has_tokenizer else _adapter_base(folder))
+
+
+def _adapter_base(folder: Path) -> str:
+    """The base model a LoRA adapter folder was trained on (an embedded alias's Hub id gives the alias)."""
+    from distill_trainer.models.provenance import trained_base
 
     base_name = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get(
         "base_model_name_or_path"
@@ -166,11 +185,7 @@ def load_model_and_tokenizer(model: str, dtype: str = "float32"):
             f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path; add the base model's id "
             "or path there"
         )
-    base_name = trained_base(folder, base_name)  # an embedded alias's Hub id loads the alias here
-    base = load_causal_lm(base_name, dtype=dtype)
-    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = load_tokenizer(str(folder) if has_tokenizer else base_name)
-    return PeftModel.from_pretrained(base, str(folder)), tokenizer
+    return trained_base(folder, base_name)
 
 
 def data_arguments(args, task):

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import yaml
 
-from distill_trainer.run.evaluate_command import RECIPE_CONFIG, load_model_and_tokenizer, positive_int
+from distill_trainer.errors import UsageError
+from distill_trainer.run.evaluate_command import (
+    RECIPE_CONFIG,
+    load_model_and_tokenizer,
+    load_model_tokenizer,
+    positive_int,
+)
 from distill_trainer.teacher.teacher import check_self_teacher, is_self
 
 # settings read from a recipe's resolved config beside the model, unless given on the command line
@@ -53,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages_column", default=None)
     parser.add_argument("--checker", default=None, help="Rule checked on each reply, e.g. python_function.")
     parser.add_argument(
-        "--teacher", default=None, help="Teacher for the KL (reads the context): a model, or self (LoRA)."
+        "--teacher",
+        default=None,
+        help="Teacher for the KL (reads the context): a model with --model's tokenizer, or self (LoRA).",
     )
     parser.add_argument("--max_new_tokens", type=positive_int, default=None)
     parser.add_argument("--do_sample", action="store_true", default=None)
@@ -167,5 +175,23 @@ def _write(output_dir: Path, summary: dict, rows: list[dict], result: dict) -> N
 
 
 def check_arguments(args) -> None:
+    """What the command cannot do, refused before any weights load."""
     is_adapter = (Path(args.model) / "adapter_config.json").is_file()
     check_self_teacher(args.teacher, student_is_lora=is_adapter, fix="give a LoRA adapter folder as --model")
+    if args.teacher is not None and not is_self(args.teacher):
+        check_teacher_tokenizer(args.model, args.teacher)
+
+
+def check_teacher_tokenizer(model: str, teacher: str) -> None:
+    """The KL to the teacher compares logit i of both models at the model's tokens of the teacher's replies,
+    so it needs one tokenizer: a teacher with another one is refused with the fix, not measured wrongly."""
+    from distill_trainer.models.loading import load_tokenizer
+    from distill_trainer.views.cross_tokenizer import tokenizers_differ
+
+    if tokenizers_differ(load_model_tokenizer(model), load_tokenizer(teacher)):
+        raise UsageError(
+            f"--teacher {teacher} reads another tokenizer than --model {model}: the KL to the teacher "
+            "compares the two models token id by token id, which only means something when both read one "
+            "tokenizer; omit --teacher (the model's replies and rule-following are scored without it), or "
+            "give a teacher with the model's tokenizer (or --teacher self with a LoRA adapter as --model)"
+        )

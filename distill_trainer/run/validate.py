@@ -90,6 +90,8 @@ class ValidatedRecipe:
     data: NLIData | dict | None = None  # a reply recipe's rows (run/validate_replies.py)
     resume_from: str | None = None
     tokenizer: object = None  # the reply recipes check and keep it
+    # a reply recipe's separate teacher's tokenizer when it differs from the student's (None: the same)
+    teacher_tokenizer: object = None
     checks: list[tuple[str, str]] = field(default_factory=list)
 
 

@@ -9,7 +9,7 @@ In order of cost: the recipe's settings (a teacher, a shared vocabulary, `self` 
 on-policy settings), training settings that would train nothing, the output folder under the rules of
 every recipe (fresh, or resumed / overwritten as the settings say), quantization support, the data (rows
 read, skipped rows counted by reason) and the tokenizer (its chat template takes a row; a separate
-teacher reads the same tokens).
+teacher reads the same tokens, or another tokenizer whose cross-tokenizer loss the settings allow).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from distill_trainer.context.knowledge_data import (
     load_question_sets,
 )
 from distill_trainer.context.passages import split_passages, tokenizer_counter
-from distill_trainer.context.steps import check_reply_settings, checked_tokenizer
+from distill_trainer.context.steps import check_reply_settings, checked_tokenizers
 from distill_trainer.errors import UsageError
 from distill_trainer.nli.row_checks import print_reports
 from distill_trainer.run.validate import (
@@ -67,15 +67,15 @@ def validate_reply_recipe(
         result.data, first, described = _question_sets(data_args)
     result.checks.append(("data", described))
     placement = data_args.context_placement
-    result.tokenizer = checked_tokenizer(student_args, config, first, placement)
+    result.tokenizer, result.teacher_tokenizer = checked_tokenizers(student_args, config, first, placement)
     teacher = config.teacher_model_name_or_path
-    result.checks.append(
-        (
-            "tokenizer",
-            f"the chat template takes a row ({placement} placement)"
-            + ("" if is_self(teacher) else f"; {teacher} reads the same tokens"),
-        )
-    )
+    if is_self(teacher):
+        reads = ""
+    elif result.teacher_tokenizer is None:
+        reads = f"; {teacher} reads the same tokens"
+    else:
+        reads = f"; {teacher} reads another tokenizer: the cross-tokenizer loss grades the replies"
+    result.checks.append(("tokenizer", f"the chat template takes a row ({placement} placement){reads}"))
     if recipe == "distill_document":
         _document_parts(data_args, result)
     return result
@@ -87,8 +87,9 @@ def _document_parts(args, result: ValidatedRecipe) -> None:
     result.data["passages"] = result.data["facts"] = None
     if args.questions == "generate":
         document = result.data["sets"]["heldout_facts"][0]["context"]
+        reader = result.teacher_tokenizer or result.tokenizer  # passages must fit the teacher's context
         passages = split_passages(
-            document, tokenizer_counter(result.tokenizer), args.passage_tokens, args.passage_overlap_tokens
+            document, tokenizer_counter(reader), args.passage_tokens, args.passage_overlap_tokens
         )
         result.data["passages"] = passages
         result.checks.append(

@@ -211,14 +211,14 @@ def sparse_token_divergence(
             )
         student_tail = student_logprobs.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
         # a tail that underflowed to zero mass is floored, not -inf, so no inf - inf can reach a gradient
-        teacher_tail = teacher_tail_logprob.float().unsqueeze(-1).clamp(min=_LOG_FLOOR)
-        student = torch.cat([student, student_tail.clamp(min=_LOG_FLOOR)], dim=-1)
+        teacher_tail = teacher_tail_logprob.float().unsqueeze(-1).clamp(min=LOG_FLOOR)
+        student = torch.cat([student, student_tail.clamp(min=LOG_FLOOR)], dim=-1)
         teacher = torch.cat([teacher, teacher_tail], dim=-1)
     return token_divergence(student, teacher, kind=kind, beta=beta)
 
 
 # log-probabilities below this are zero mass in fp32 (exp(-1e4) == 0) yet keep differences finite
-_LOG_FLOOR = -1.0e4
+LOG_FLOOR = -1.0e4
 
 
 def answer_cross_entropy(

@@ -29,6 +29,7 @@ from distill_trainer.errors import UsageError
 from distill_trainer.teacher.generation import GenerationSettings, HFGenerator
 from distill_trainer.training.trainer_internals import count_items_in_batch
 from distill_trainer.views.chat import stop_token_ids
+from distill_trainer.views.cross_tokenizer import cross_tokenizer_row
 from distill_trainer.views.text import two_view_row
 
 
@@ -57,8 +58,12 @@ def _prompt(ids: torch.Tensor, mask: torch.Tensor, first_answer_position: int) -
 def batch_prompts(batch: dict) -> tuple[list[list[int]], list[list[int]], int]:
     """(student prompts, teacher prompts, shared teacher prefix length) of a collated two-view batch."""
     width = batch["answer_mask"].shape[1]
+    # a teacher with another tokenizer has its own reply tokens, with their own mask
+    teacher_mask = batch.get("teacher_answer_mask", batch["answer_mask"])
+    teacher_width = teacher_mask.shape[1]
     students, teachers = [], []
-    for row, n in enumerate(batch["answer_mask"].sum(-1).tolist()):
+    counts = zip(batch["answer_mask"].sum(-1).tolist(), teacher_mask.sum(-1).tolist())
+    for row, (n, n_teacher) in enumerate(counts):
         first = width - int(n)  # answers are right-aligned
         students.append(
             _prompt(
@@ -71,7 +76,7 @@ def batch_prompts(batch: dict) -> tuple[list[list[int]], list[list[int]], int]:
             _prompt(
                 batch["teacher_input_ids"][row],
                 batch["teacher_attention_mask"][row],
-                int(batch["teacher_answer_positions"][row, first]),
+                int(batch["teacher_answer_positions"][row, teacher_width - int(n_teacher)]),
             )
         )
     shared = batch["teacher_prefix_ids"].shape[1] if "teacher_prefix_ids" in batch else 0
@@ -88,10 +93,17 @@ def common_prefix_length(prompts: list[list[int]]) -> int:
     return max(length, 0)
 
 
-def rebuild_batch(batch: dict, replies: list[list[int]], collator) -> dict:
-    """The batch with each row's answer replaced by `replies` in both views."""
+def rebuild_batch(batch: dict, replies: list[list[int]], collator, cross_tokenizer=None) -> dict:
+    """The batch with each row's answer replaced by `replies` in both views; with `cross_tokenizer` (a
+    `views.cross_tokenizer.CrossTokenizerReplies`) the teacher reads its own tokenization of each reply."""
     students, teachers, shared = batch_prompts(batch)
-    features = [two_view_row(s, t, reply, shared) for s, t, reply in zip(students, teachers, replies)]
+    if cross_tokenizer is None:
+        features = [two_view_row(s, t, reply, shared) for s, t, reply in zip(students, teachers, replies)]
+    else:
+        features = [
+            cross_tokenizer_row(s, t, cross_tokenizer.from_student_ids(reply), shared)
+            for s, t, reply in zip(students, teachers, replies)
+        ]
     rebuilt = collator(features)
     device = batch["input_ids"].device
     return {key: value.to(device) for key, value in rebuilt.items()}
@@ -117,7 +129,7 @@ class OnPolicyMixin:
     """`get_batch_samples` that swaps in the student's replies at on-policy steps (`lmbda`), before the
     Trainer counts the answer tokens of the accumulated batch."""
 
-    def _init_rollouts(self, rollout_generator=None, teacher_tokenizer=None) -> None:
+    def _init_rollouts(self, rollout_generator=None) -> None:
         self.rollout_generator = rollout_generator
         self.rollout_steps: list[tuple[int, str]] = []  # (optimizer step, "student" | "dataset")
         if self.args.lmbda == 0:
@@ -128,12 +140,7 @@ class OnPolicyMixin:
             raise UsageError(
                 "on-policy distillation needs processing_class=<the tokenizer, with a pad token>"
             )
-        if teacher_tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise UsageError(
-                "on-policy distillation needs a teacher that reads the student's tokens, but their "
-                "tokenizers differ; use a teacher of the student's family, or distill_vocab: label_words "
-                "(off-policy) for classification"
-            )
+        # a teacher with another tokenizer reads each rollout re-tokenized (`self.cross_tokenizer`)
         try:
             self._stop_ids = stop_token_ids(tokenizer)
         except UsageError:  # no chat template: the EOS token ends a reply
@@ -172,4 +179,4 @@ class OnPolicyMixin:
         cut = sum(reply[-1] not in self._stop_ids for reply in replies)
         self._metrics["train"]["rollout_tokens"].append(sum(map(len, replies)) / len(replies))
         self._metrics["train"]["rollout_cut_off"].append(cut / len(replies))
-        return rebuild_batch(batch, replies, self.data_collator)
+        return rebuild_batch(batch, replies, self.data_collator, getattr(self, "cross_tokenizer", None))

@@ -174,7 +174,7 @@ def chunked_sequence_loss(
         teacher = tuple(part[selected] for part in teacher_topk)
     gold = answer_ids[selected] if answer_ids is not None else None
     options = (kind, temperature, beta, top_k)
-    count = _denominator(selected, num_items_in_batch, hidden.device)
+    count = loss_denominator(selected, num_items_in_batch, hidden.device)
     # the terms' weights, per token of the (accumulated) batch, T^2 on the distillation term
     scaled = (weights[0] * temperature**2 / count if teacher is not None else 0.0, weights[1] / count)
 
@@ -184,26 +184,30 @@ def chunked_sequence_loss(
             logits, teacher_part, gold[part] if gold is not None else None, teacher_head, options
         )
 
+    loss, divergence, cross_entropy = chunked_head_sums(hidden, student_head, terms, scaled, chunk_size)
+    kd = temperature**2 * divergence / count if teacher is not None else None
+    ce = cross_entropy / count if gold is not None else None
+    return loss, kd, ce
+
+
+def chunked_head_sums(hidden, student_head, terms, scaled, chunk_size: int):
+    """(loss, divergence sum, cross-entropy sum) over the rows of `hidden` (n, hidden), `chunk_size` rows
+    at a time (0: one piece): `terms(logits, part)` gives the two sums of one chunk's student logits, and
+    loss = scaled[0] * divergence + scaled[1] * cross-entropy. Only `loss` carries gradients."""
     size = chunk_size or max(hidden.shape[0], 1)
     chunks = [slice(start, start + size) for start in range(0, hidden.shape[0], size)]
     linear = _linear_head(student_head)
     if linear is None:  # another head module: one piece, through plain autograd
         divergence, cross_entropy = terms(student_head(hidden), slice(None))
         loss = scaled[0] * divergence + scaled[1] * cross_entropy
-        divergence, cross_entropy = divergence.detach(), cross_entropy.detach()
-    else:
-        weight, bias, softcap = linear
-        if not torch.is_grad_enabled():  # evaluation: the same chunks and sums, no gradient computed
-            weight, bias = weight.detach(), bias.detach() if bias is not None else None
-        loss, divergence, cross_entropy = _ChunkedHeadLoss.apply(
-            hidden, weight, bias, chunks, terms, scaled, softcap
-        )
-    kd = temperature**2 * divergence / count if teacher is not None else None
-    ce = cross_entropy / count if gold is not None else None
-    return loss, kd, ce
+        return loss, divergence.detach(), cross_entropy.detach()
+    weight, bias, softcap = linear
+    if not torch.is_grad_enabled():  # evaluation: the same chunks and sums, no gradient computed
+        weight, bias = weight.detach(), bias.detach() if bias is not None else None
+    return _ChunkedHeadLoss.apply(hidden, weight, bias, chunks, terms, scaled, softcap)
 
 
-def _denominator(selected: torch.Tensor, num_items_in_batch, device) -> float | torch.Tensor:
+def loss_denominator(selected: torch.Tensor, num_items_in_batch, device) -> float | torch.Tensor:
     """What every loss term divides its sum by (`losses.masked_mean`): the answer tokens of the whole
     accumulated batch when the Trainer gives that count, else of this batch."""
     if num_items_in_batch is None:

@@ -8,6 +8,8 @@ The sources:
 - `GoldLabelsOnly`: no teacher (alpha=0, pattern-based fine-tuning): cross-entropy on the gold answer.
 - `LiveFullVocabularyTeacher`: a loaded teacher, compared over the whole vocabulary (or its `loss_top_k`
   tokens plus the rest of its mass) at every answer token.
+- `LiveCrossTokenizerTeacher`: a loaded teacher with another tokenizer, reading its own tokenization of
+  each reply: the cross-tokenizer loss (`cross_tokenizer_loss.py`) at every student reply token.
 - `LiveLabelWordTeacher`: a loaded teacher, compared over the label words at the first answer position.
 - `CachedTeacherOutputs`: the teacher's outputs stored with the dataset (`teacher/output_cache.py`): top-k
   log-probabilities and tail mass (full vocabulary) or the label-word distribution.
@@ -29,6 +31,7 @@ import torch
 from distill_trainer.errors import UsageError
 from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.models.output_head import output_head_removed
+from distill_trainer.training.cross_tokenizer_loss import chunked_cross_tokenizer_loss
 from distill_trainer.training.losses import (
     answer_cross_entropy,
     check_cached_token_ids,
@@ -36,6 +39,7 @@ from distill_trainer.training.losses import (
     restrict_to_label_words,
 )
 from distill_trainer.training.sequence_loss import chunked_sequence_loss
+from distill_trainer.views.alignment_columns import ALIGNMENT_BATCH_KEYS
 
 CACHED_TOP_K_KEYS = ("teacher_topk_logprobs", "teacher_topk_ids", "teacher_tail_logprob")
 CACHED_LABEL_WORD_KEYS = ("teacher_label_logprobs",)
@@ -199,6 +203,53 @@ class LiveFullVocabularyTeacher(_LiveTeacher):
         return {"teacher_hidden": hidden, "teacher_head": head}
 
 
+class LiveCrossTokenizerTeacher(LiveFullVocabularyTeacher):
+    """A loaded teacher whose tokenizer differs from the student's: its hidden states at its own reply
+    tokens, compared with the student's through the reply's alignment (`views/cross_tokenizer.py`)
+    over `shared_vocabulary` (student ids, teacher ids) at exact matches, by ULD's distance elsewhere."""
+
+    name = "live teacher, another tokenizer"
+
+    def __init__(self, settings: LossSettings, answer_hidden, shared_vocabulary):
+        super().__init__(settings, answer_hidden)
+        self.shared_vocabulary = shared_vocabulary
+
+    def required_keys(self) -> tuple[str, ...]:
+        return TEACHER_VIEW_KEYS + ALIGNMENT_BATCH_KEYS
+
+    def missing_hint(self, inputs) -> str:
+        return (
+            "the teacher reads another tokenizer, so each row needs the teacher's own tokenization of the "
+            "reply and its alignment: build the rows with views.cross_tokenizer"
+        )
+
+    def _sequence_loss(self, model, inputs, num_items_in_batch) -> LossTerms:
+        settings = self.settings
+        with output_head_removed(model) as head:
+            hidden = answer_logits(
+                model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
+            )
+        teacher_hidden, teacher_head = self.answer_hidden(inputs)
+        loss, kd, ce = chunked_cross_tokenizer_loss(
+            hidden,
+            head,
+            inputs["answer_mask"],
+            teacher_hidden=teacher_hidden,
+            teacher_head=teacher_head,
+            teacher_pair_index=inputs["teacher_pair_index"],
+            exact_match=inputs["exact_match"],
+            shared_vocabulary=self.shared_vocabulary,
+            answer_ids=inputs["answer_ids"],
+            weights=(settings.alpha, 1.0 - settings.alpha),
+            kind=settings.kind,
+            temperature=settings.temperature,
+            beta=settings.beta,
+            chunk_size=settings.chunk_size,
+            num_items_in_batch=num_items_in_batch,
+        )
+        return LossTerms(loss, kd, ce, None)
+
+
 class LiveLabelWordTeacher(_LiveTeacher):
     """A loaded teacher's logits at the answer positions, renormalised over its label words;
     `answer_logits(inputs)` runs it (the trainer's `teacher_answer_logits`)."""
@@ -271,10 +322,12 @@ def choose_teacher_signal(
     answer_logits=None,
     label_token_ids=None,
     teacher_label_token_ids=None,
+    shared_vocabulary=None,
 ) -> TeacherSignal:
     """The source of the teacher's signal for a trainer: cached outputs when its training data carries
     them (they win over a loaded teacher, as they were computed to replace it), else the loaded teacher,
-    else none (alpha=0)."""
+    else none (alpha=0). `shared_vocabulary` (student ids, teacher ids): the teacher reads another
+    tokenizer (full vocabulary: the cross-tokenizer loss)."""
     if settings.alpha == 0:
         return GoldLabelsOnly(settings)
     if outputs_cached:
@@ -284,6 +337,8 @@ def choose_teacher_signal(
             f"alpha={settings.alpha} needs a teacher; pass teacher= (a model, a path or 'self'), or set "
             "alpha=0 for pattern-based fine-tuning"
         )
+    if settings.distill_vocab == "full" and shared_vocabulary is not None:
+        return LiveCrossTokenizerTeacher(settings, answer_hidden, shared_vocabulary)
     if settings.distill_vocab == "full":
         return LiveFullVocabularyTeacher(settings, answer_hidden)
     return LiveLabelWordTeacher(settings, answer_logits, label_token_ids, teacher_label_token_ids)

@@ -26,12 +26,15 @@ from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import AtomicCheckpointMixin, last_complete_checkpoint
 from distill_trainer.training.config import PACKING, DistillationConfig
+from distill_trainer.training.cross_tokenizer import REASON, check_cross_tokenizer_settings
 from distill_trainer.training.losses import require_answer_tokens
 from distill_trainer.training.resumable_loss import ResumableTrainLossMixin
 from distill_trainer.training.rollouts import OnPolicyMixin
 from distill_trainer.training.teacher_outputs import TeacherOutputsMixin
 from distill_trainer.training.teacher_signal import CachedTeacherOutputs, LossSettings, choose_teacher_signal
 from distill_trainer.training.trainer_internals import TrainerInternalsMixin
+from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies, tokenizers_differ
+from distill_trainer.views.vocabulary_map import vocabulary_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ class ContextDistillationTrainer(
         label_token_ids: the student's verbalizer token ids (one per label, first token of each label
             word); needed for `distill_vocab="label_words"`.
         teacher_label_token_ids: the teacher's, when its tokenizer differs; defaults to `label_token_ids`.
+        teacher_tokenizer: the teacher's tokenizer. With `distill_vocab="full"`, one that differs from
+            `processing_class` (the student's) selects the cross-tokenizer loss: the datasets' rows must
+            then come from `views.cross_tokenizer`.
         rollout_generator: what writes the student's replies at on-policy steps (`args.lmbda`), a
             `teacher.generation.ReplyGenerator`; default: the student itself, KV cache on.
     """
@@ -104,6 +110,8 @@ class ContextDistillationTrainer(
         self.teacher_ensemble = teacher_ensemble
         self._teacher_tokenizer = teacher_tokenizer
         self.teacher = self._teacher_from(teacher) if args.alpha > 0 else None
+        # the reply's two tokenizations and shared vocabulary, when the teacher reads another tokenizer
+        self.cross_tokenizer = self._cross_tokenizer_replies(teacher_tokenizer)
         if self.teacher is not None and args.teacher_output_cache:
             self._use_teacher_output_cache()  # loads the teacher only if some outputs are not cached yet
         elif self.teacher is not None:
@@ -118,9 +126,12 @@ class ContextDistillationTrainer(
             answer_logits=lambda inputs: self.teacher_answer_logits(inputs),
             label_token_ids=self.label_token_ids,
             teacher_label_token_ids=self.teacher_label_token_ids,
+            shared_vocabulary=(
+                vocabulary_tensors(self.cross_tokenizer.pairs) if self.cross_tokenizer is not None else None
+            ),
         )
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self._init_rollouts(rollout_generator, teacher_tokenizer)
+        self._init_rollouts(rollout_generator)
 
     def _check_processes_are_connected(self) -> None:
         """Launched processes that do not join one process group would each train alone on all the data
@@ -133,6 +144,18 @@ class ContextDistillationTrainer(
                 "would train alone and overwrite the others' outputs; without GPUs set use_cpu: true "
                 "(--use_cpu true) to train them together over gloo, or launch a single process"
             )
+
+    def _cross_tokenizer_replies(self, teacher_tokenizer) -> CrossTokenizerReplies | None:
+        """The cross-tokenizer path's tokenizer pair, taken when a separate teacher's tokenizer differs from
+        the student's under a full-vocabulary loss; None otherwise (label words compare across tokenizers
+        by themselves)."""
+        if self.teacher is None or self.teacher.is_self or self.args.distill_vocab != "full":
+            return None
+        if not tokenizers_differ(self.processing_class, teacher_tokenizer):
+            return None
+        check_cross_tokenizer_settings(self.args)
+        logger.info("%s", REASON)
+        return CrossTokenizerReplies(self.processing_class, teacher_tokenizer)
 
     def _teacher_from(self, teacher) -> Teacher | None:
         """A `Teacher` for what `teacher=` named (nothing is loaded yet), running with this run's settings."""
@@ -159,7 +182,7 @@ class ContextDistillationTrainer(
         """The teacher loaded (a memory phase of its own), checked against the student and placed."""
         with self._phase("teacher_load"):
             self.teacher.place(self.accelerator, self.args.device)
-            if self.args.distill_vocab == "full":
+            if self.args.distill_vocab == "full" and self.cross_tokenizer is None:
                 self.teacher.check_vocabulary(self.model, self.processing_class, self._teacher_tokenizer)
 
     def teacher_answer_logits(self, inputs) -> torch.Tensor:

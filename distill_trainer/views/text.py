@@ -14,6 +14,7 @@ import torch
 
 from distill_trainer.errors import UsageError
 from distill_trainer.teacher.columns import PER_ANSWER_TOKEN_TEACHER_COLUMNS, PER_EXAMPLE_TEACHER_COLUMNS
+from distill_trainer.views.alignment_columns import add_alignment_columns
 
 IGNORE_INDEX = -100
 # between demonstrations, and between the demonstrations and the query
@@ -119,6 +120,7 @@ class TwoViewCollator:
             answer_ids[row, width - n :] = torch.tensor(f["answer_ids"])
             answer_mask[row, width - n :] = True
         batch["answer_ids"], batch["answer_mask"] = answer_ids, answer_mask
+        add_alignment_columns(features, batch)  # a teacher with another tokenizer: its own reply tokens
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         rows, cols = answer_mask.nonzero(as_tuple=True)
         labels[rows, batch["answer_positions"][rows, cols] + 1] = answer_ids[rows, cols]
