@@ -177,7 +177,9 @@ def teacher_questions(plan: Plan, teacher: Teacher, args) -> None:
 
     def ask(rows, settings):
         # the teacher reads the passages and writes in its own tokenizer's chat template
-        return completions(teacher, plan.teacher_tokenizer, rows, settings, show_progress=plan.show, **plan.cache)
+        return completions(
+            teacher, plan.teacher_tokenizer, rows, settings, show_progress=plan.show, **plan.cache
+        )
 
     heldout = [row["prompt"] for name in HELDOUT_SETS for row in plan.sets[name]]
     document = plan.sets["heldout_facts"][0]["context"]
