@@ -33,10 +33,12 @@ import distill_trainer.run.quiet_start  # noqa: F401  (first: Ctrl-C while the i
 # isort: split
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from distill_trainer import DataArguments, DistillationConfig, StudentArguments, parse_config
 from distill_trainer.code_digest import code_record
+from distill_trainer.errors import UsageError
 from distill_trainer.report.comparison_settings import (
     data_read,
     disk_sizes,
@@ -60,6 +62,7 @@ from distill_trainer.run.comparison_arguments import CompareArguments, apply_ful
 from distill_trainer.run.comparison_methods import read_method_yaml
 from distill_trainer.run.interrupt import forget_run, note_run
 from distill_trainer.run.runner import run_recipe
+from distill_trainer.run.student_sizes import compare_student_sizes
 
 # the methods' recipes: this file's siblings, imported as `recipes.<name>` when this file was imported as
 # part of that package, as sibling scripts when it runs as one
@@ -82,6 +85,7 @@ def main(argv=None) -> dict:
         apply_full(compare)
     if compare.quick:
         given = apply_quick(data_args, compare, config, given)
+    students = students_of(student_args, compare)
     # run_name is TrainingArguments' own field: the name of the run, here its folder
     # run_name default: the config file's name and the time, e.g. compare-20260101-120000
     stem = Path(config_path_of(argv)).stem if config_path_of(argv) else "compare"
@@ -92,21 +96,54 @@ def main(argv=None) -> dict:
     note_run(run_dir, [] if given.get("run_name") else ["--run_name", run_name])
 
     # ------------------------------------------------------------ embedded models ready (timed apart)
-    setup_seconds = prepare_embedded_models(
-        [student_args.model_name_or_path, config.teacher_model_name_or_path]
-    )
+    setup_seconds = prepare_embedded_models([*students, config.teacher_model_name_or_path])
 
     # ------------------------------------------------------------ one resolved config per method, checked
     if compare.check_only:
-        return check_only(student_args, data_args, compare, config, run_name, given)
+        checked = {}
+        for student in students:
+            one_student = replace(student_args, model_name_or_path=student)
+            one_compare = compare.for_student(student) if compare.students else compare
+            checked[student] = check_only(one_student, data_args, one_compare, config, run_name, given)
+        return checked if compare.students else checked[students[0]]
+    publish_to = Path(compare.publish_dir) / (stem + suffix) if compare.publish_dir else None
+    if compare.students:
+        return compare_student_sizes(
+            (student_args, data_args, compare, config), run_dir, given, publish_to, report=report_student
+        )
     plan = plan_methods(student_args, data_args, compare, config, run_dir, given)
     say_why_rerun(plan.reran)
     check_planned_methods(plan, run_dir)
 
-    # ------------------------------------------------------------ run them (or read them back), in order
-    results, seconds = run_methods(plan, compare, run_dir, RECIPE_SCRIPTS)
+    # ------------------------------------------------------------ run them (or read them back), and report
+    summary, _ = run_and_report(plan, student_args, data_args, compare, config, run_dir, setup_seconds)
+    link_latest(run_dir)
+    if publish_to:
+        publish(run_dir, publish_to)
+    print_table(summary, run_dir)
+    forget_run(run_dir)
+    return summary
 
-    # ------------------------------------------------------------ report
+
+def report_student(plan, configs, run_dir):
+    """One student's methods of a comparison over students, run and reported (the embedded models were
+    prepared before: no set-up time to report)."""
+    return run_and_report(plan, *configs, run_dir, {})
+
+
+def students_of(student_args, compare) -> list[str]:
+    if compare.students and student_args.model_name_or_path:
+        raise UsageError(
+            f"both model_name_or_path ({student_args.model_name_or_path}) and students are set; a comparison "
+            "over students takes them from students: drop model_name_or_path"
+        )
+    return list(compare.students or [student_args.model_name_or_path])
+
+
+def run_and_report(plan, student_args, data_args, compare, config, run_dir, setup_seconds):
+    """(summary, rows with their predictions) of one student's methods, run or read back, in its folder:
+    summary.json, summary.md and the plots."""
+    results, seconds = run_methods(plan, compare, run_dir, RECIPE_SCRIPTS)
     settings = run_settings(student_args, data_args, compare, config, plan.earlier, seconds, setup_seconds)
     settings["run_again"] = {name: why for name, why in plan.reran.items() if why}
     settings["data"] = data_read(results)
@@ -116,12 +153,7 @@ def main(argv=None) -> dict:
     settings["memory_reference"] = teacher_finetuning_reference(results, data_args, config)
     settings["disk_mb"] = disk_sizes(results, config)
     summary = write_report(run_dir, results, settings, code_record(COMPARISON_SCRIPTS))
-    link_latest(run_dir)
-    if compare.publish_dir:
-        publish(run_dir, Path(compare.publish_dir) / (stem + suffix))
-    print_table(summary, run_dir)
-    forget_run(run_dir)
-    return summary
+    return summary, results
 
 
 if __name__ == "__main__":
