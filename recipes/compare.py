@@ -13,6 +13,7 @@ with peak memory (per phase) and time per method:
     ./run.sh             # = python recipes/compare.py --config recipes/configs/embedded/compare.yaml
     ./run.sh --quick     # the same, smaller (see quick_* in CompareArguments)
     python recipes/compare.py --config recipes/configs/embedded/compare.yaml --methods icl_teacher cd_lora
+    python recipes/compare.py --config recipes/configs/embedded/compare-student-sizes.yaml   # 3 students
 
 Every method is one run of an existing recipe (icl_eval, pattern_finetune, context_distill) with a
 resolved config written to results/<run_name>/<method>/method.yaml, so any row can be rerun alone. By
@@ -22,6 +23,10 @@ settings are shared); with teacher_output_cache, the teacher's answers on the tr
 computed once and read by every CD method and by later runs. Writes summary.json, summary.md (table,
 HANS per heuristic, findings with 95% intervals, memory against fine-tuning the teacher, sizes on disk),
 plots and each method's predictions into results/<run_name>/, and points results/latest at it.
+
+With `students:` (a list in place of model_name_or_path) the methods run for each student in its own
+folder of the run (its own summary), the teacher's row and its pass over the training queries once, and
+sizes.md, sizes.json and sizes.png put the students side by side (run/student_sizes.py, report/sizes.py).
 
 The methods and their arguments are in distill_trainer/run/comparison_arguments.py, each method's config
 in run/comparison_methods.py, the plan and the running in run/comparison.py, and what the summary states
