@@ -14,6 +14,7 @@ with peak memory (per phase) and time per method:
     ./run.sh --quick     # the same, smaller (see quick_* in CompareArguments)
     python recipes/compare.py --config recipes/configs/embedded/compare.yaml --methods icl_teacher cd_lora
     python recipes/compare.py --config recipes/configs/embedded/compare-student-sizes.yaml   # 3 students
+    python recipes/compare.py --config ... --select_learning_rates cd_lora=1e-3,2e-3   # on the dev rows
 
 Every method is one run of an existing recipe (icl_eval, pattern_finetune, context_distill) with a
 resolved config written to results/<run_name>/<method>/method.yaml, so any row can be rerun alone. By
@@ -66,6 +67,7 @@ from distill_trainer.run.comparison import (
 from distill_trainer.run.comparison_arguments import CompareArguments, apply_full, apply_quick
 from distill_trainer.run.comparison_methods import read_method_yaml
 from distill_trainer.run.interrupt import forget_run, note_run
+from distill_trainer.run.learning_rate_selection import select_learning_rates
 from distill_trainer.run.runner import run_recipe
 from distill_trainer.run.student_sizes import compare_student_sizes
 
@@ -111,6 +113,12 @@ def main(argv=None) -> dict:
             one_compare = compare.for_student(student) if compare.students else compare
             checked[student] = check_only(one_student, data_args, one_compare, config, run_name, given)
         return checked if compare.students else checked[students[0]]
+    if compare.select_learning_rates:  # choosing the learning rates on the dev rows: no comparison runs
+        report = select_learning_rates(
+            (student_args, data_args, compare, config), students, run_dir, given, RECIPE_SCRIPTS
+        )
+        forget_run(run_dir)
+        return report
     publish_to = Path(compare.publish_dir) / (stem + suffix) if compare.publish_dir else None
     if compare.students:
         return compare_student_sizes(

@@ -116,6 +116,14 @@ class CompareArguments:
             "chosen on the dev rows)."
         },
     )
+    select_learning_rates: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Choose learning rates on the dev rows (holdout_rows) instead of comparing: candidates "
+            "as method=rate,rate,... (e.g. cd_lora=1e-3,2e-3); each trains as that method would, for each "
+            "student, and is scored on the dev rows; writes learning_rates.md with the best per student."
+        },
+    )
     lora_base_dtype: str = field(
         default=None,
         metadata={
@@ -191,6 +199,23 @@ class CompareArguments:
     def method_learning_rates(self) -> dict[str, float]:
         return _rates(self.learning_rates, "learning_rates")
 
+    def learning_rate_candidates(self) -> dict[str, list[float]]:
+        """method -> the learning rates `select_learning_rates` tries."""
+        candidates = {}
+        for item in self.select_learning_rates:
+            method, _, values = item.partition("=")
+            try:
+                rates = [float(value) for value in values.split(",")]
+            except ValueError:
+                rates = []
+            if not rates or method.strip() in candidates:
+                raise UsageError(
+                    f"select_learning_rates entry {item!r} is not method=rate,rate,... (one per method); "
+                    "write e.g. cd_lora=1e-3,2e-3"
+                )
+            candidates[method.strip()] = rates
+        return candidates
+
     def per_student_learning_rates(self) -> dict[str, dict[str, float]]:
         """student -> {method: learning rate} of `student_learning_rates`."""
         rates = {}
@@ -221,6 +246,7 @@ class CompareArguments:
         named = [
             *self.method_learning_rates(),
             *(method for rates in per_student.values() for method in rates),
+            *self.learning_rate_candidates(),
             *self.methods,
             *(self.quick_methods or []),
             *(self.full_methods or []),
@@ -242,6 +268,11 @@ class CompareArguments:
         if self.students is not None:
             if not self.students or len(set(self.students)) != len(self.students):
                 raise UsageError(f"students {self.students} must name at least one student, each once")
+        trained = [m for m in self.learning_rate_candidates() if METHODS[m][0] == "icl_eval"]
+        if trained:
+            raise UsageError(
+                f"select_learning_rates names {trained}, which train nothing; name trained methods"
+            )
         stray = [s for s in per_student if s not in (self.students or [])]
         if stray:
             raise UsageError(
