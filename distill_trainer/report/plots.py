@@ -90,6 +90,11 @@ SIZE_PLOT = "sizes.png"
 SIZE_METHODS = ("zero_shot", "icl_student", "pbft_lora", "cd_lora")
 
 
+def parameter_count(parameters: int) -> str:
+    """Millions for real students (135M), the count itself below that (a test's tiny model)."""
+    return f"{parameters / 1e6:,.0f}M" if parameters >= 1e6 else f"{parameters:,}"
+
+
 def write_size_plot(sizes: list[dict], path: Path) -> Path:
     """HANS margin AUC and MNLI accuracy against the student's parameters (log scale), one line per method
     with its 95% intervals; the teacher's figure, the same at every size, as a horizontal line."""
@@ -104,8 +109,10 @@ def write_size_plot(sizes: list[dict], path: Path) -> Path:
         (axes[0], "hans_auc", "HANS margin AUC (out-of-domain)"),
         (axes[1], "mnli_accuracy", "MNLI accuracy (in-domain)"),
     ):
-        for method in SIZE_METHODS:
-            points = [(e["parameters"], e["methods"].get(method, {}).get(figure)) for e in ordered]
+        for index, method in enumerate(SIZE_METHODS):
+            # each method a little apart at one size (log scale: a factor): readable intervals
+            shift = 1 + 0.03 * (index - (len(SIZE_METHODS) - 1) / 2)
+            points = [(e["parameters"] * shift, e["methods"].get(method, {}).get(figure)) for e in ordered]
             points = [(x, f) for x, f in points if f]
             if not points:
                 continue
@@ -127,7 +134,13 @@ def write_size_plot(sizes: list[dict], path: Path) -> Path:
             ax.axhline(teacher["value"], color="black", linewidth=1, label="icl_teacher")
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("log")
-        ax.set_xlabel("student parameters")
+        ax.minorticks_off()
+        ax.set_xticks(
+            [e["parameters"] for e in ordered],
+            [f"{e['folder']}\n{parameter_count(e['parameters'])}" for e in ordered],
+            fontsize=8,
+        )
+        ax.set_xlabel("student (parameters)")
         ax.set_ylim(0, 1)
         ax.set_title(f"{title}, 95% interval")
     axes[0].legend(loc="lower right", fontsize=8)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.report.findings import TEACHER, paired_difference
-from distill_trainer.report.plots import SIZE_PLOT, write_size_plot
+from distill_trainer.report.plots import SIZE_PLOT, parameter_count, write_size_plot
 
 SIZE_TABLE, SIZE_JSON = "sizes.md", "sizes.json"
 CHANCE_AUC = 0.5
@@ -143,7 +143,7 @@ def size_verdict(sizes: list[dict]) -> list[str]:
 
 
 def _parameters_text(parameters: int | None) -> str:
-    return "parameters unknown" if parameters is None else f"{parameters / 1e6:,.0f}M parameters"
+    return "parameters unknown" if parameters is None else f"{parameter_count(parameters)} parameters"
 
 
 def _cell(figure: dict | None, scale: float = 1.0, digits: int = 3) -> str:
