@@ -83,3 +83,68 @@ def write_plots(summary: dict, run_dir: Path) -> list[Path]:
     _save(fig, run_dir / COST_PLOT)
     plt.close(fig)
     return [run_dir / ACCURACY_PLOT, run_dir / COST_PLOT]
+
+
+SIZE_PLOT = "sizes.png"
+# the methods a comparison over student sizes draws, in the order of its legend
+SIZE_METHODS = ("zero_shot", "icl_student", "pbft_lora", "cd_lora")
+
+
+def parameter_count(parameters: int) -> str:
+    """Millions for real students (135M), the count itself below that (a test's tiny model)."""
+    return f"{parameters / 1e6:,.0f}M" if parameters >= 1e6 else f"{parameters:,}"
+
+
+def write_size_plot(sizes: list[dict], path: Path) -> Path:
+    """HANS margin AUC and MNLI accuracy against the student's parameters (log scale), one line per method
+    with its 95% intervals; the teacher's figure, the same at every size, as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted((e for e in sizes if e["parameters"]), key=lambda e: e["parameters"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, figure, title in (
+        (axes[0], "hans_auc", "HANS margin AUC (out-of-domain)"),
+        (axes[1], "mnli_accuracy", "MNLI accuracy (in-domain)"),
+    ):
+        for index, method in enumerate(SIZE_METHODS):
+            # each method a little apart at one size (log scale: a factor): readable intervals
+            shift = 1 + 0.03 * (index - (len(SIZE_METHODS) - 1) / 2)
+            points = [(e["parameters"] * shift, e["methods"].get(method, {}).get(figure)) for e in ordered]
+            points = [(x, f) for x, f in points if f]
+            if not points:
+                continue
+            ax.errorbar(
+                [x for x, _ in points],
+                [f["value"] for _, f in points],
+                yerr=[
+                    [f["value"] - f["low"] for _, f in points],
+                    [f["high"] - f["value"] for _, f in points],
+                ],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        teacher = next(
+            (e["methods"]["icl_teacher"].get(figure) for e in ordered if "icl_teacher" in e["methods"]), None
+        )
+        if teacher:
+            ax.axhline(teacher["value"], color="black", linewidth=1, label="icl_teacher")
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(
+            [e["parameters"] for e in ordered],
+            [f"{e['folder']}\n{parameter_count(e['parameters'])}" for e in ordered],
+            fontsize=8,
+        )
+        ax.set_xlabel("student (parameters)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title}, 95% interval")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path

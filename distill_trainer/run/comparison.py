@@ -102,6 +102,17 @@ def plan_methods(student_args, data_args, compare, config, run_dir: Path, given)
     return plan
 
 
+def read_shared_rows(plan: MethodPlan, computed: dict[str, Path]) -> None:
+    """Methods that an earlier student of the same run already has under the same fingerprint (the
+    teacher's own rows: its config is the same whoever the student) are read back from that student's
+    folder, whatever `reuse` says: a run over several students computes each of them once.
+    `computed`: fingerprint -> that method's folder."""
+    for name, (_, fingerprint) in plan.recipes.items():
+        if name not in plan.done and fingerprint in computed:
+            plan.earlier[name] = computed[fingerprint]
+            plan.reran.pop(name, None)
+
+
 def say_why_rerun(reran: dict) -> None:
     """One line per method that runs again although an earlier run has a result of it: what changed."""
     for name, why in reran.items():
@@ -236,6 +247,21 @@ def run_methods(plan: MethodPlan, compare, run_dir: Path, scripts: RecipeScripts
 # ---------------------------------------------------------------- the run's folder
 
 
+def student_folders(students: list[str]) -> dict[str, str]:
+    """Each student's folder name in a run over several students: its alias, or the last part of its Hub
+    id or path."""
+    folders = {
+        student: str(student).removeprefix("embedded:").rstrip("/").split("/")[-1] or "student"
+        for student in students
+    }
+    if len(set(folders.values())) != len(folders):
+        raise UsageError(
+            f"students {students} share a folder name ({sorted(folders.values())}); give each student a "
+            "distinct last path component"
+        )
+    return folders
+
+
 def link_latest(run_dir: Path) -> None:
     latest = run_dir.parent / "latest"
     if latest.is_symlink() or latest.exists():
@@ -243,10 +269,23 @@ def link_latest(run_dir: Path) -> None:
     latest.symlink_to(run_dir.name, target_is_directory=True)
 
 
-def publish(run_dir: Path, target: Path) -> None:
-    """Copy the run's summary and plots to `target`, replacing what an earlier run put there."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("summary.md", "summary.json", "accuracy.png", "memory_time.png"):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, target / name)
+PUBLISHED = (
+    "summary.md",
+    "summary.json",
+    "accuracy.png",
+    "memory_time.png",
+    "sizes.md",
+    "sizes.json",
+    "sizes.png",
+)
+
+
+def publish(run_dir: Path, target: Path, student_folders=()) -> None:
+    """Copy the run's summary and plots to `target` (a run over several students: its size report, and
+    each student's summary into a folder of the same name), replacing what an earlier run put there."""
+    for source, destination in [(run_dir, target)] + [(run_dir / f, target / f) for f in student_folders]:
+        destination.mkdir(parents=True, exist_ok=True)
+        for name in PUBLISHED:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, destination / name)
     print(f"published to {target}")

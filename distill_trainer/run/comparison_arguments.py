@@ -10,6 +10,7 @@ that choose them and where their results go, and what `--full` and `--quick` cha
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from distill_trainer.errors import UsageError
@@ -98,6 +99,31 @@ class CompareArguments:
             "cd_lora=2e-3 (each chosen on the dev rows)."
         },
     )
+    students: list[str] = field(
+        default=None,
+        metadata={
+            "help": "Students to compare in one run, e.g. embedded:smollm2-135m embedded:gemma3-270m: every "
+            "method runs for each against the same teacher, training queries and evaluation rows, each "
+            "student in its own folder of the run, then a table and a plot per student size (sizes.md). "
+            "Replaces model_name_or_path."
+        },
+    )
+    student_learning_rates: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Per-student learning rates over learning_rates, one entry per student: the student, "
+            "then method=value pairs, e.g. 'embedded:gemma3-270m cd_lora=1e-3 pbft_lora=5e-4' (each "
+            "chosen on the dev rows)."
+        },
+    )
+    select_learning_rates: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Choose learning rates on the dev rows (holdout_rows) instead of comparing: candidates "
+            "as method=rate,rate,... (e.g. cd_lora=1e-3,2e-3); each trains as that method would, for each "
+            "student, and is scored on the dev rows; writes learning_rates.md with the best per student."
+        },
+    )
     lora_base_dtype: str = field(
         default=None,
         metadata={
@@ -171,20 +197,56 @@ class CompareArguments:
     )
 
     def method_learning_rates(self) -> dict[str, float]:
-        rates = {}
-        for item in self.learning_rates:
-            method, _, value = item.partition("=")
+        return _rates(self.learning_rates, "learning_rates")
+
+    def learning_rate_candidates(self) -> dict[str, list[float]]:
+        """method -> the learning rates `select_learning_rates` tries."""
+        candidates = {}
+        for item in self.select_learning_rates:
+            method, _, values = item.partition("=")
             try:
-                rates[method.strip()] = float(value)
+                rates = [float(value) for value in values.split(",")]
             except ValueError:
+                rates = []
+            if not rates or method.strip() in candidates:
                 raise UsageError(
-                    f"learning_rates entry {item!r} is not method=value; write e.g. cd_lora=2e-3"
-                ) from None
+                    f"select_learning_rates entry {item!r} is not method=rate,rate,... (one per method); "
+                    "write e.g. cd_lora=1e-3,2e-3"
+                )
+            candidates[method.strip()] = rates
+        return candidates
+
+    def per_student_learning_rates(self) -> dict[str, dict[str, float]]:
+        """student -> {method: learning rate} of `student_learning_rates`."""
+        rates = {}
+        for entry in self.student_learning_rates:
+            student, *pairs = entry.split()
+            if not pairs:
+                raise UsageError(
+                    f"student_learning_rates entry {entry!r} names no method=value; write e.g. "
+                    "'embedded:gemma3-270m cd_lora=1e-3'"
+                )
+            if student in rates:
+                raise UsageError(f"student_learning_rates names {student} twice; give it one entry")
+            rates[student] = _rates(pairs, f"student_learning_rates ({student})")
         return rates
 
+    def for_student(self, student: str) -> CompareArguments:
+        """A copy for one student of `students`: its learning rates over the shared ones, no students."""
+        rates = {**self.method_learning_rates(), **self.per_student_learning_rates().get(student, {})}
+        return dataclasses.replace(
+            self,
+            students=None,
+            student_learning_rates=[],
+            learning_rates=[f"{method}={value!r}" for method, value in rates.items()],
+        )
+
     def __post_init__(self):
+        per_student = self.per_student_learning_rates()
         named = [
             *self.method_learning_rates(),
+            *(method for rates in per_student.values() for method in rates),
+            *self.learning_rate_candidates(),
             *self.methods,
             *(self.quick_methods or []),
             *(self.full_methods or []),
@@ -203,6 +265,31 @@ class CompareArguments:
             raise UsageError(f"reuse {self.reuse!r} is not one of {', '.join(REUSE_MODES)}")
         if self.full and self.quick:
             raise UsageError("--full and --quick contradict each other; pass one of them")
+        if self.students is not None:
+            if not self.students or len(set(self.students)) != len(self.students):
+                raise UsageError(f"students {self.students} must name at least one student, each once")
+        trained = [m for m in self.learning_rate_candidates() if METHODS[m][0] == "icl_eval"]
+        if trained:
+            raise UsageError(
+                f"select_learning_rates names {trained}, which train nothing; name trained methods"
+            )
+        stray = [s for s in per_student if s not in (self.students or [])]
+        if stray:
+            raise UsageError(
+                f"student_learning_rates names {stray}, not in students {self.students}; add them to "
+                "students or drop their entries"
+            )
+
+
+def _rates(items, where: str) -> dict[str, float]:
+    rates = {}
+    for item in items:
+        method, _, value = item.partition("=")
+        try:
+            rates[method.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"{where} entry {item!r} is not method=value; write e.g. cd_lora=2e-3") from None
+    return rates
 
 
 def apply_full(compare) -> None:

@@ -17,6 +17,10 @@ packages' versions). A change to any code the method imports reruns it; one to c
 which happens after the method finished: an interrupted method is never read back. When a method has an
 earlier result under another fingerprint, `why_rerun` names the parts that differ (and which files).
 
+A comparison over several students keeps each student's methods in a folder of its run: the search
+looks there too, so a student's row is read back from a run of that student alone, and the other way
+round.
+
 A comparison run again under the same run_name (after a kill, a full disk, Ctrl-C) keeps the methods
 that finished in its folder (`finished_here`) and continues the one that was interrupted from its last
 complete checkpoint, or starts it over (`interrupt.resume_flags`).
@@ -136,19 +140,22 @@ def recorded_costs(method_dir: Path) -> dict:
     return dict(_read_record(method_dir).get("measured") or {})
 
 
+def _run_folders(results_dir: Path):
+    """Every run's folder under results_dir, and the student folders of a run over several students (see
+    `CompareArguments.students`), where the methods sit one level deeper; never the `latest` link."""
+    for run in sorted(Path(results_dir).iterdir()) if Path(results_dir).is_dir() else []:
+        if run.is_dir() and not run.is_symlink():
+            yield run
+            yield from (sub for sub in sorted(run.iterdir()) if sub.is_dir() and not sub.is_symlink())
+
+
 def _earlier_results(results_dir: Path, name: str, exclude: Path | None) -> list[Path]:
     """Every earlier run's folder of method `name` that finished (whatever its fingerprint)."""
-    candidates = (
-        [
-            run / name
-            for run in Path(results_dir).iterdir()
-            if run.is_dir()
-            and not run.is_symlink()
-            and (exclude is None or run.resolve() != exclude.resolve())
-        ]
-        if Path(results_dir).is_dir()
-        else []
-    )
+    candidates = [
+        run / name
+        for run in _run_folders(results_dir)
+        if exclude is None or run.resolve() != exclude.resolve()
+    ]
     return [c for c in candidates if _recorded(c) and (c / "metrics.json").is_file()]
 
 

@@ -17,6 +17,12 @@ k, the distillation vocabulary and its label words, and the code that computes t
 numeric packages' versions (`code_digest.modules_digest`). A later
 run with the same key loads it; any change gives a new key and a fresh pass.
 
+The label-word distribution is read from the teacher's view alone (its tokens, its answer positions, its
+label-word ids), so its key leaves out the student's answer tokens: students with other tokenizers
+(SmolLM2, Gemma, Qwen beside a Qwen teacher) share one teacher pass. Per-answer-token outputs (`full`)
+are laid out on the answer tokens, so their key keeps them. A cache found under the key gives only its
+teacher columns: the rows' own views are always the caller's, never those of the run that built it.
+
 The key file also records the size and sha256 of every file of the saved dataset, and the values obey
 cheap invariants (log-probabilities <= 0, each distribution's mass summing to 1). A cache that fails
 either check on load (truncated, edited, corrupted) is rebuilt, with one warning naming its path.
@@ -46,11 +52,14 @@ from distill_trainer.teacher.columns import (
 from distill_trainer.teacher.store import load_verified, save_atomically, stored_key
 from distill_trainer.teacher.teacher import teacher_fingerprint
 
-# the columns whose content decides the teacher's outputs (plus example ids when the dataset has them)
-_TEACHER_VIEW_COLUMNS = ("teacher_input_ids", "teacher_answer_positions", "answer_ids")
+# the columns whose content decides the teacher's outputs (plus example ids when the dataset has them):
+# the teacher's view; per-answer-token outputs also follow the answer tokens (`full` shares one tokenizer)
+_TEACHER_VIEW_COLUMNS = ("teacher_input_ids", "teacher_answer_positions")
+_ANSWER_TOKEN_COLUMNS = ("answer_ids",)
 _EXAMPLE_ID_COLUMNS = ("idx", "example_index", "id")
 # bump when the stored layout or the way outputs are computed changes: old caches then stop matching
-CACHE_FORMAT = 1
+# (2: label-word caches keyed on the teacher's view only, whatever the student's tokenizer)
+CACHE_FORMAT = 2
 
 logger = logging.getLogger(__name__)
 _REPORTED: set = set()  # (cache path, problem) pairs already warned about in this process
@@ -69,10 +78,17 @@ def has_teacher_outputs(dataset) -> bool:
 # ---- the key ----
 
 
-def examples_fingerprint(dataset) -> str:
-    """A digest of the teacher-view tokens (and example ids) of every row, in order."""
+def key_columns(distill_vocab: str) -> tuple[str, ...]:
+    """The columns whose content decides the teacher's outputs of this kind (see the module docstring)."""
+    answers = _ANSWER_TOKEN_COLUMNS if distill_vocab == "full" else ()
+    return _TEACHER_VIEW_COLUMNS + answers + _EXAMPLE_ID_COLUMNS
+
+
+def examples_fingerprint(dataset, distill_vocab: str = "full") -> str:
+    """A digest of the teacher-view tokens (the answer tokens too for `full`) and example ids of every
+    row, in order."""
     _check_dataset(dataset)
-    columns = [c for c in _TEACHER_VIEW_COLUMNS + _EXAMPLE_ID_COLUMNS if c in dataset.column_names]
+    columns = [c for c in key_columns(distill_vocab) if c in dataset.column_names]
     table = dataset.select_columns(columns).with_format("arrow")[:]
     digest = hashlib.sha256(f"{len(dataset)}:{','.join(columns)}".encode())
     for name in columns:
@@ -102,7 +118,7 @@ def teacher_output_cache_key(
     components = {
         "format": CACHE_FORMAT,
         "teacher": teacher_id or teacher_fingerprint(teacher),
-        "examples": examples_fingerprint(dataset),
+        "examples": examples_fingerprint(dataset, distill_vocab),
         "distill_vocab": distill_vocab,
         "temperature": float(temperature),
         "top_k": int(top_k) if distill_vocab == "full" else None,
@@ -363,4 +379,20 @@ def _lookup(teacher, dataset, cache_dir, **key_options):
         # a run looks twice (without the teacher, then with it to rebuild): one warning is enough
         _REPORTED.add((str(path), problem))
         logger.warning("teacher output cache %s is damaged (%s); rebuilding it", path, problem)
+    if loaded is not None:
+        loaded = with_teacher_columns(dataset, loaded)
     return dataset, key, components, path, loaded
+
+
+def with_teacher_columns(dataset, cached):
+    """`dataset` with the teacher output columns of `cached` (the same rows, in order: the key hashes them).
+    The cache may have been built beside another student's view: only the teacher's columns are taken."""
+    if len(cached) != len(dataset):
+        raise UsageError(
+            f"a teacher output cache holds {len(cached)} rows for a dataset of {len(dataset)} under the "
+            "same key; delete that cache folder (it will be rebuilt)"
+        )
+    names = [c for c in TEACHER_OUTPUT_COLUMNS if c in cached.column_names]
+    for name in names:
+        dataset = dataset.add_column(name, cached[name], feature=cached.features[name])
+    return dataset

@@ -380,6 +380,51 @@ def test_cache_key_changes_with_demonstrations_teacher_pattern_and_code(tokenize
     assert key() != base
 
 
+def another_students_view(dataset):
+    """The same teacher views beside another student's: its own query and answer tokens (ids shifted, as
+    another tokenizer would spell them)."""
+    return dataset.map(
+        lambda row: {
+            "input_ids": [i + 1 for i in row["input_ids"]],
+            "answer_ids": [i + 1 for i in row["answer_ids"]],
+        }
+    )
+
+
+def test_label_word_outputs_are_shared_by_students_with_other_tokenizers(tmp_path, tokenizer, teacher):
+    """The label-word distribution is read from the teacher's view alone: a second student (other answer
+    tokens) finds the first one's cache, and gets its own views back with the teacher's columns."""
+    collator = TwoViewCollator(tokenizer.pad_token_id)
+    first = Dataset.from_list(views(tokenizer))
+    second = another_students_view(first)
+    options = dict(
+        distill_vocab="label_words",
+        temperature=1.0,
+        label_token_ids=label_ids(tokenizer),
+        cache_dir=tmp_path / "cache",
+    )
+    built, path, reused = load_or_build_teacher_outputs(teacher, first, collator, **options)
+    assert not reused
+
+    def no_teacher(batch):
+        raise AssertionError("the teacher ran again for the second student")
+
+    shared, shared_path, reused = load_or_build_teacher_outputs(
+        teacher, second, collator, logits_fn=no_teacher, **options
+    )
+    assert reused and shared_path == path
+    assert shared["teacher_label_logprobs"] == built["teacher_label_logprobs"]
+    # the second student's own tokens, never the first one's stored beside the teacher's outputs
+    assert shared["input_ids"] == second["input_ids"] != first["input_ids"]
+    assert shared["answer_ids"] == second["answer_ids"]
+    # per-answer-token outputs follow the answer tokens: there, another student's answers are another key
+    full = dict(distill_vocab="full", temperature=1.0, top_k=8, label_token_ids=None)
+    assert (
+        teacher_output_cache_key(teacher, first, **full)[0]
+        != teacher_output_cache_key(teacher, second, **full)[0]
+    )
+
+
 def test_output_cache_rejects_what_it_cannot_use(tmp_path, tokenizer, teacher):
     collator = TwoViewCollator(tokenizer.pad_token_id)
     with pytest.raises(UsageError, match="datasets.Dataset"):
