@@ -1,33 +1,40 @@
 """Choosing each student's learning rates on the dev rows (`holdout_rows`), never on the evaluation rows:
-every candidate of `select_learning_rates` trains as its comparison method would (same queries, same
-settings, evaluation off), then is scored on the dev rows; the best dev accuracy wins (its margin AUC
-breaks ties). Nothing of the comparison runs.
+every candidate of `select_learning_rates` runs as its comparison method would (same queries, same
+settings, its evaluation included), then is scored on the dev rows; the best dev accuracy wins (its margin
+AUC breaks ties). Only the dev scores are read here; each candidate's folder records its fingerprint, so
+the measured comparison, run with the chosen rates, reads the chosen candidates back instead of training
+them a second time (`method_reuse`), and a rerun of the selection reads back what it finished.
 
     python recipes/compare.py --config recipes/configs/embedded/compare-student-sizes.yaml \
         --select_learning_rates cd_lora=1e-3,2e-3,4e-3 pbft_lora=5e-4,1e-3,2e-3
 
 writes learning_rates.md and learning_rates.json into the run's folder and prints the
-`student_learning_rates` entries to paste into the preset.
+`student_learning_rates` entries to paste into the preset. A candidate costs its method's training and
+evaluation; the evaluation of the rates not chosen is the price of never training the chosen ones twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from distill_trainer.errors import UsageError
 from distill_trainer.integrity import write_text_atomically
-from distill_trainer.run.comparison import run_in_fresh_process, student_folders
+from distill_trainer.report.tables import load_method_result
+from distill_trainer.run.comparison import REUSED_COSTS, run_in_fresh_process, student_folders
 from distill_trainer.run.comparison_methods import method_arguments, method_config, write_method_yaml
+from distill_trainer.run.method_reuse import (
+    candidate_folder,
+    finished_here,
+    method_fingerprint,
+    record_fingerprint,
+)
 from distill_trainer.run.validate import validate_method_files
 
 SELECTION_TABLE, SELECTION_JSON = "learning_rates.md", "learning_rates.json"
-
-
-def candidate_folder(method: str, rate: float) -> str:
-    return f"{method}-lr{rate:g}"
 
 
 def plan_candidates(configs, students: list[str], run_dir: Path, given) -> list[dict]:
@@ -48,7 +55,7 @@ def plan_candidates(configs, students: list[str], run_dir: Path, given) -> list[
             for rate in rates:
                 out = run_dir / folders[student] / candidate_folder(method, rate)
                 recipe, values = method_config(method, one, data_args, one_compare, config, out, given)
-                values.update(learning_rate=rate, evaluate_after_training=False)
+                values.update(learning_rate=rate)
                 write_method_yaml(recipe, values, out / "method.yaml")
                 candidates.append(
                     {
@@ -57,6 +64,7 @@ def plan_candidates(configs, students: list[str], run_dir: Path, given) -> list[
                         "learning_rate": rate,
                         "recipe": recipe,
                         "dir": out,
+                        "fingerprint": method_fingerprint(recipe, values),
                     }
                 )
     validate_method_files(
@@ -103,11 +111,15 @@ def select_learning_rates(configs, students: list[str], run_dir: Path, given, sc
             f"==== {candidate['student']}: {candidate['method']} at {candidate['learning_rate']:g}",
             flush=True,
         )
-        config_path = candidate["dir"] / "method.yaml"
-        if compare.fresh_process_per_method:
-            run_in_fresh_process(scripts, candidate["recipe"], config_path)
-        else:
-            scripts.module(candidate["recipe"]).main(["--config", str(config_path)])
+        out, fingerprint = candidate["dir"], candidate["fingerprint"]
+        if not finished_here(out, fingerprint):  # a rerun of the selection keeps what finished
+            began, peak = time.perf_counter(), None
+            if compare.fresh_process_per_method:
+                peak = run_in_fresh_process(scripts, candidate["recipe"], out / "method.yaml")
+            else:
+                scripts.module(candidate["recipe"]).main(["--config", str(out / "method.yaml")])
+            row = load_method_result(candidate["method"], out, peak, time.perf_counter() - began)
+            record_fingerprint(out, fingerprint, {k: row[k] for k in REUSED_COSTS})
         dtype = compare.student_eval_dtype or "float32"
         candidate["dev"] = dev_score(
             candidate["dir"], data_args.holdout_rows, config.per_device_eval_batch_size, dtype
@@ -115,7 +127,9 @@ def select_learning_rates(configs, students: list[str], run_dir: Path, given, sc
     chosen = choose(candidates)
     report = {
         "dev_rows": data_args.holdout_rows,
-        "candidates": [{k: v for k, v in c.items() if k not in ("dir", "recipe")} for c in candidates],
+        "candidates": [
+            {k: v for k, v in c.items() if k not in ("dir", "recipe", "fingerprint")} for c in candidates
+        ],
         "chosen": chosen,
         "student_learning_rates": preset_entries(chosen),
     }

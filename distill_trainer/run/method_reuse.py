@@ -19,7 +19,9 @@ earlier result under another fingerprint, `why_rerun` names the parts that diffe
 
 A comparison over several students keeps each student's methods in a folder of its run: the search
 looks there too, so a student's row is read back from a run of that student alone, and the other way
-round.
+round. It also looks at the learning-rate candidates of a selection run (`<method>-lr<rate>`, trained
+and evaluated as the method would be, `learning_rate_selection.py`): the candidate chosen on the dev rows
+has the measured run's fingerprint, so the measured run reads it back instead of training it again.
 
 A comparison run again under the same run_name (after a kill, a full disk, Ctrl-C) keeps the methods
 that finished in its folder (`finished_here`) and continues the one that was interrupted from its last
@@ -41,6 +43,12 @@ FINGERPRINT_FILE = "fingerprint.json"
 MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
 # keys that name where results go, not what they are
 IGNORED_KEYS = ("output_dir", "run_name", "logging_dir")
+# a learning-rate candidate's folder: `<method>-lr<rate>` (run/learning_rate_selection.py)
+CANDIDATE_MARK = "-lr"
+
+
+def candidate_folder(method: str, rate: float) -> str:
+    return f"{method}{CANDIDATE_MARK}{rate:g}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -150,12 +158,12 @@ def _run_folders(results_dir: Path):
 
 
 def _earlier_results(results_dir: Path, name: str, exclude: Path | None) -> list[Path]:
-    """Every earlier run's folder of method `name` that finished (whatever its fingerprint)."""
-    candidates = [
-        run / name
-        for run in _run_folders(results_dir)
-        if exclude is None or run.resolve() != exclude.resolve()
-    ]
+    """Every earlier run's folder of method `name` that finished (whatever its fingerprint), learning-rate
+    candidates of it included."""
+    candidates = []
+    for run in _run_folders(results_dir):
+        if exclude is None or run.resolve() != exclude.resolve():
+            candidates += [run / name, *sorted(run.glob(f"{name}{CANDIDATE_MARK}*"))]
     return [c for c in candidates if _recorded(c) and (c / "metrics.json").is_file()]
 
 

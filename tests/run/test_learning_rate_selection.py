@@ -1,6 +1,7 @@
 """Choosing each student's learning rates on the dev rows (`--select_learning_rates`,
-run/learning_rate_selection.py) on two tiny students: every candidate trained and scored on the dev rows
-only, the best per student and method, and entries the preset reads back."""
+run/learning_rate_selection.py) on two tiny students: every candidate run as its method would and chosen
+on its dev-row scores only, the best per student and method, entries the preset reads back, and a measured
+run with the chosen rates that reads the chosen candidates back instead of training them again."""
 
 import json
 from pathlib import Path
@@ -93,8 +94,9 @@ def test_each_students_rates_are_chosen_on_the_dev_rows(tmp_path, tokenizer, tin
             == candidate["learning_rate"]
         )
         assert candidate["dev"]["n"] == 8 and 0 <= candidate["dev"]["accuracy"] <= 1
-        assert not list(method_dir.glob("predictions_*.jsonl"))
         assert (method_dir / "dev" / "predictions_mnli.jsonl").is_file()
+        # run as the comparison would run the method (its evaluation included), so that it can be read back
+        assert (method_dir / "metrics.json").is_file() and (method_dir / "fingerprint.json").is_file()
     # the best dev accuracy per student and method, and nothing of the comparison ran
     for student in students:
         mine = [c for c in report["candidates"] if c["student"] == student and c["method"] == "cd_lora"]
@@ -109,6 +111,32 @@ def test_each_students_rates_are_chosen_on_the_dev_rows(tmp_path, tokenizer, tin
     )
     for student in students:
         assert args.for_student(student).method_learning_rates() == report["chosen"][student]
+
+    # the measured run with the chosen rates trains nothing: every trained method is the chosen candidate
+    compare.main(
+        [
+            "--config",
+            config,
+            "--run_name",
+            "measured",
+            "--student_learning_rates",
+            *report["student_learning_rates"],
+        ]
+    )
+    for student in students:
+        folder = student_folders(students)[student]
+        rows = json.loads((tmp_path / "results" / "measured" / folder / "summary.json").read_text())[
+            "methods"
+        ]
+        for row in rows:
+            if row["method"] == "zero_shot":
+                assert not row.get("reused_from")
+                continue
+            chosen = f"{row['method']}-lr{report['chosen'][student][row['method']]:g}"
+            source = (
+                tmp_path / "results" / "measured" / folder / row["method"] / "reused_from.txt"
+            ).read_text()
+            assert source.strip() == str((run_dir / folder / chosen).resolve())
 
 
 def test_candidates_are_checked_before_anything_trains(tmp_path, tiny_dirs):
