@@ -33,6 +33,7 @@ from distill_trainer.training.rollouts import OnPolicyMixin
 from distill_trainer.training.teacher_outputs import TeacherOutputsMixin
 from distill_trainer.training.teacher_signal import CachedTeacherOutputs, LossSettings, choose_teacher_signal
 from distill_trainer.training.trainer_internals import TrainerInternalsMixin
+from distill_trainer.views.alignment_columns import has_alignment_columns
 from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies, tokenizers_differ
 from distill_trainer.views.vocabulary_map import vocabulary_tensors
 
@@ -154,6 +155,14 @@ class ContextDistillationTrainer(
         if not tokenizers_differ(self.processing_class, teacher_tokenizer):
             return None
         check_cross_tokenizer_settings(self.args)
+        if not has_alignment_columns(self.train_dataset):
+            raise UsageError(
+                "the teacher's tokenizer differs from the student's and distill_vocab is 'full', but the "
+                "training rows carry one tokenization only: the cross-tokenizer loss needs each reply in "
+                "both (views.cross_tokenizer, as distill_context and distill_document build them); for "
+                "classification set distill_vocab: label_words, which compares the label words across "
+                "tokenizers"
+            )
         logger.info("%s", REASON)
         return CrossTokenizerReplies(self.processing_class, teacher_tokenizer)
 

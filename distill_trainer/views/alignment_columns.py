@@ -10,6 +10,17 @@ ALIGNMENT_COLUMNS = ("teacher_pair_index", "exact_match")
 ALIGNMENT_BATCH_KEYS = ("teacher_answer_mask", "teacher_pair_index", "exact_match")
 
 
+def has_alignment_columns(dataset) -> bool:
+    """Whether a dataset's rows are `views/cross_tokenizer.py` rows (a datasets.Dataset or a list of dicts;
+    None, no training set, passes)."""
+    if dataset is None:
+        return True
+    names = getattr(dataset, "column_names", None)
+    if names is None:
+        names = dataset[0].keys() if len(dataset) else ALIGNMENT_COLUMNS
+    return all(column in names for column in ALIGNMENT_COLUMNS)
+
+
 def add_alignment_columns(features: list[dict], batch: dict) -> None:
     """teacher_answer_mask (batch, teacher answer width), and teacher_pair_index / exact_match (batch,
     answer width), right-aligned like `answer_ids`; nothing for rows without these columns. Left (padding)
