@@ -93,7 +93,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         ),
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         expected_seconds=120,
-        size=253_113_092,
+        size=253_113_024,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         hub_id="google/gemma-3-270m",
     ),

@@ -326,3 +326,15 @@ def test_every_embedded_package_with_a_pinned_digest_pins_its_size_too():
     for alias, spec in embedded.EMBEDDED_MODELS.items():
         assert (spec.sha256 is None) == (spec.size is None), alias
         assert spec.hub_id, alias
+
+
+@pytest.mark.parametrize("alias", sorted(embedded.EMBEDDED_MODELS))
+def test_installed_packages_join_to_the_pinned_size(alias):
+    """The pinned size must be the joined chunks' (a wrong pin refuses a correct package before its sha256
+    is even compared). Cheap: sizes only; the build checks the sha256."""
+    spec = embedded.EMBEDDED_MODELS[alias]
+    try:
+        paths = embedded._chunk_paths(alias, spec)
+    except UsageError:
+        pytest.skip(f"{spec.distribution} is not installed here")
+    assert sum(path.stat().st_size for path in paths) == spec.size
