@@ -57,6 +57,7 @@ from distill_trainer.context.knowledge_eval import (
     split_by_set,
 )
 from distill_trainer.context.knowledge_report import knowledge_results, write_results
+from distill_trainer.context.passages import nearest_passage
 from distill_trainer.context.question_writing import WrittenQuestions, describe_counts, write_questions
 from distill_trainer.context.steps import (
     chat_view_dataset,
@@ -78,7 +79,6 @@ from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import last_complete_checkpoint, parse_resume_setting
 from distill_trainer.training.parsing import GivenSettings, given_or_inferred
-from distill_trainer.views.chat import chat_prompt_ids
 from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies
 
 RECIPE = "distill_document"
@@ -116,7 +116,9 @@ class Plan:
     forgetting_rows: list
     tokenizer: object
     cross: CrossTokenizerReplies | None  # a separate teacher with another tokenizer: both replies aligned
-    document_tokens: int
+    document: str
+    document_tokens: int  # the document in the teacher's prompt, chat template and a question included
+    teacher_context: dict  # {"mode": "document" or "passage", "limit": its context} (validate_replies)
     settings: object
     cache: dict
     show: bool
@@ -146,7 +148,11 @@ def plan_run(student_args, args, config, given: GivenSettings | None = None) -> 
     given = given_or_inferred(given, (student_args, args, config))
     checked = validate_reply_recipe(RECIPE, student_args, args, config, given=given)
     sets, tokenizer, placement = checked.data["sets"], checked.tokenizer, args.context_placement
-    first = next(rows[0] for rows in sets.values() if rows)  # every row carries the document
+    context = checked.data["teacher_context"]
+    if context["mode"] == "passage":  # a question without a passage of its own reads the nearest one
+        for rows in sets.values():
+            for row in rows:
+                row["context"] = nearest_passage(row["prompt"], checked.data["passages"]).text
     return Plan(
         sets=sets,
         forgetting_rows=checked.data["forgetting"],
@@ -155,11 +161,9 @@ def plan_run(student_args, args, config, given: GivenSettings | None = None) -> 
         cross=CrossTokenizerReplies(tokenizer, checked.teacher_tokenizer)
         if checked.teacher_tokenizer
         else None,
-        document_tokens=len(
-            chat_prompt_ids(
-                checked.teacher_tokenizer or tokenizer, first["prompt"], first["context"], placement
-            )
-        ),
+        document=checked.data["document"],
+        document_tokens=context["prompt_tokens"],
+        teacher_context=context,
         settings=args.generation_settings(),
         cache=dict(
             placement=placement, cache_dir=args.completion_cache_dir, batch_size=args.generation_batch_size
@@ -182,8 +186,10 @@ def teacher_questions(plan: Plan, teacher: Teacher, args) -> None:
         )
 
     heldout = [row["prompt"] for name in HELDOUT_SETS for row in plan.sets[name]]
-    document = plan.sets["heldout_facts"][0]["context"]
-    plan.written = write_questions(plan.passages, document, ask, args, plan.settings, heldout)
+    by_passage = plan.teacher_context["mode"] == "passage"
+    plan.written = write_questions(
+        plan.passages, plan.document, ask, args, plan.settings, heldout, by_passage=by_passage
+    )
     if not plan.written.rows:
         raise UsageError(
             f"the teacher kept no training question ({describe_counts(plan.written.counts)}); give a larger "
@@ -375,6 +381,16 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         f"{plan.cache['placement']} placement); questions: {counts}",
         *(
             [
+                "- the document is longer than the teacher reads at once "
+                f"({plan.teacher_context['limit']} tokens): each question is answered, open book, with one "
+                f"of {len(plan.passages)} passages in view: the one it was written from, else the one that "
+                "shares the most words with it"
+            ]
+            if plan.teacher_context["mode"] == "passage"
+            else []
+        ),
+        *(
+            [
                 "- training questions written by the teacher from the document: "
                 + describe_counts(plan.written.counts)
                 + " (every pair: generated_questions.jsonl)"
@@ -399,6 +415,7 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         "command": command,
         "questions": {name: len(part) for name, part in plan.sets.items()},
         "document_tokens": plan.document_tokens,
+        "teacher_context": plan.teacher_context,
         "teacher_completions": teacher_info,
         "base_completions": before_info,
         "teacher_loaded": taught["loaded"],

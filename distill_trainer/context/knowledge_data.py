@@ -24,6 +24,8 @@ from distill_trainer.views.chat import CONTEXT_PLACEMENTS
 
 # the evaluation sets, in the order of the report's columns
 HELDOUT_SETS = ("heldout_wordings", "heldout_facts")
+# what the teacher (and the open-book student) reads beside each question (KnowledgeArguments.teacher_context)
+TEACHER_CONTEXTS = ("auto", "document", "passage")
 
 
 @dataclass
@@ -51,6 +53,22 @@ class KnowledgeArguments(QuestionWritingArguments):
     context_placement: str = field(
         default="system",
         metadata={"help": "Teacher prompt: the document as the system message, or before the question."},
+    )
+    teacher_context: str = field(
+        default="auto",
+        metadata={
+            "help": "What the teacher (and the open-book student) reads with each question: document (the "
+            "whole document), passage (the question's own passage: the one it was written from, else the "
+            "one sharing the most words with it), or auto: the document when it fits max_context_tokens, "
+            "else passages."
+        },
+    )
+    max_context_tokens: int = field(
+        default=None,
+        metadata={
+            "help": "The most prompt tokens the teacher reads at once (the document or a passage, with the "
+            "chat template and question); default: its max_position_embeddings less the longest answer."
+        },
     )
     max_new_tokens: int = field(default=24, metadata={"help": "Longest answer generated, in tokens."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
@@ -94,7 +112,13 @@ class KnowledgeArguments(QuestionWritingArguments):
                 f"context_placement={self.context_placement!r} is not valid; choose one of: "
                 f"{', '.join(CONTEXT_PLACEMENTS)}"
             )
+        if self.teacher_context not in TEACHER_CONTEXTS:
+            raise UsageError(
+                f"teacher_context={self.teacher_context!r} is not valid; choose one of: "
+                f"{', '.join(TEACHER_CONTEXTS)}"
+            )
         for name in (
+            "max_context_tokens",
             "num_train_questions",
             "num_heldout_questions",
             "generation_batch_size",

@@ -16,6 +16,7 @@ across a seam, which is why a budget should leave a little room in the teacher's
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,3 +147,22 @@ def split_passages(
 def tokenizer_counter(tokenizer) -> Callable[[str], int]:
     """`count_tokens` for `split_passages`: the tokens of a text, without special tokens."""
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+_WORD = re.compile(r"\w+")
+
+
+def nearest_passage(question: str, passages: list[Passage]) -> Passage:
+    """The passage that shares the most with `question`: the words they share, each weighted by how rare
+    it is across the passages (inverse document frequency), the earlier passage on a tie. A plain lexical
+    retriever for the questions that do not come with a passage of their own (a hand-written or held-out
+    question, when the document is longer than the teacher reads at once)."""
+    if not passages:
+        raise UsageError("there is no passage to choose from; the document is empty")
+    words = [set(_WORD.findall(p.text.lower())) for p in passages]
+    asked = set(_WORD.findall(question.lower()))
+    found = {w: sum(w in ws for ws in words) for w in asked}
+    weight = {w: math.log(1 + len(passages) / n) for w, n in found.items() if n}
+    scores = [sum(weight.get(w, 0.0) for w in asked & ws) for ws in words]
+    best = max(range(len(passages)), key=lambda i: (scores[i], -i))
+    return passages[best]

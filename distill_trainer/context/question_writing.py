@@ -212,10 +212,12 @@ def write_questions(
     args: QuestionWritingArguments,
     answer_settings: GenerationSettings,
     heldout_prompts: list[str] = (),
+    by_passage: bool = False,
 ) -> WrittenQuestions:
     """The training rows written from `passages` and what became of every pair (module docstring).
     `heldout_prompts`: evaluation questions; a written question equal to one of them is dropped, so
-    the held-out sets stay unseen."""
+    the held-out sets stay unseen. A row's context is the whole `document`, or with `by_passage` (a
+    document longer than the teacher reads at once) the passage its pair was written from."""
     instruction = writing_prompt(args.questions_per_passage, args.question_wordings)
     written, writing_info = ask(
         [{"context": p.text, "prompt": instruction} for p in passages], args.writing_settings()
@@ -258,7 +260,13 @@ def write_questions(
     counts |= {name: sum(r["status"] == s for r in records) for s, name in DROP_REASONS.items()}
     counts["kept"] = len(kept)
     rows = [
-        {"context": document, "prompt": r["prompt"], "answer": r["answer"], "fact": None, "completion": None}
+        {
+            "context": passages[r["passage"]].text if by_passage else document,
+            "prompt": r["prompt"],
+            "answer": r["answer"],
+            "fact": None,
+            "completion": None,
+        }
         for r in kept
     ]
     return WrittenQuestions(rows, counts, records, {"writing": writing_info, "checking": checking_info})

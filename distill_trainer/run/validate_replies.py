@@ -23,6 +23,7 @@ from distill_trainer.context.knowledge_data import (
     load_question_sets,
 )
 from distill_trainer.context.passages import split_passages, tokenizer_counter
+from distill_trainer.context.question_writing import writing_prompt
 from distill_trainer.context.steps import check_reply_settings, checked_tokenizers
 from distill_trainer.errors import UsageError
 from distill_trainer.nli.row_checks import print_reports
@@ -34,9 +35,11 @@ from distill_trainer.run.validate import (
     check_training_settings,
     describe_output,
 )
+from distill_trainer.run.validate_models import load_config_checked
 from distill_trainer.teacher.teacher import is_self
 from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 from distill_trainer.training.rollouts import check_on_policy_settings
+from distill_trainer.views.chat import chat_prompt_ids
 
 # the data arguments each recipe reads (the student's and the training ones are shared)
 REPLY_RECIPES = {"distill_context": ContextDataArguments, "distill_document": KnowledgeArguments}
@@ -77,32 +80,83 @@ def validate_reply_recipe(
         reads = f"; {teacher} reads another tokenizer: the cross-tokenizer loss grades the replies"
     result.checks.append(("tokenizer", f"the chat template takes a row ({placement} placement){reads}"))
     if recipe == "distill_document":
-        _document_parts(data_args, result)
+        _document_parts(data_args, student_args, config, result)
     return result
 
 
-def _document_parts(args, result: ValidatedRecipe) -> None:
-    """The passages the teacher writes questions from (questions: generate) and the facts the report
-    counts (facts_file), both kept in `result.data`."""
-    result.data["passages"] = result.data["facts"] = None
-    if args.questions == "generate":
-        document = result.data["sets"]["heldout_facts"][0]["context"]
-        reader = result.teacher_tokenizer or result.tokenizer  # passages must fit the teacher's context
+def _document_parts(args, student_args, config, result: ValidatedRecipe) -> None:
+    """What the teacher reads with each question (`teacher_context`: the document, or passages when it
+    is longer than the teacher reads at once), the passages (for questions: generate or passage mode) and
+    the facts the report counts (facts_file), all kept in `result.data`."""
+    data = result.data
+    data["passages"] = data["facts"] = None
+    document = data["document"]
+    reader = result.teacher_tokenizer or result.tokenizer  # passages must fit the teacher's context
+    data["teacher_context"] = context = _teacher_context(args, student_args, config, reader, data)
+    if args.questions == "generate" or context["mode"] == "passage":
         passages = split_passages(
             document, tokenizer_counter(reader), args.passage_tokens, args.passage_overlap_tokens
         )
-        result.data["passages"] = passages
+        data["passages"] = passages
+        uses = []
+        if args.questions == "generate":
+            uses.append("the teacher writes the training questions from them")
+        if context["mode"] == "passage":
+            uses.append("each question is answered with one passage in view")
         result.checks.append(
             (
                 "passages",
                 f"{len(passages)} passages of at most about {args.passage_tokens} tokens "
-                f"({args.passage_overlap_tokens} shared at each seam); the teacher writes the training "
-                "questions from them",
+                f"({args.passage_overlap_tokens} shared at each seam); " + "; ".join(uses),
             )
         )
     if args.facts_file:
-        result.data["facts"] = load_facts(args.facts_file)
-        result.checks.append(("facts", f"{len(result.data['facts'])} facts for the coverage report"))
+        data["facts"] = load_facts(args.facts_file)
+        result.checks.append(("facts", f"{len(data['facts'])} facts for the coverage report"))
+
+
+def _context_limit(args, student_args, config) -> tuple[int | None, str]:
+    """The most prompt tokens the teacher reads at once, and where that number comes from."""
+    if args.max_context_tokens:
+        return args.max_context_tokens, "max_context_tokens"
+    teacher = config.teacher_model_name_or_path
+    name = student_args.model_name_or_path if is_self(teacher) else teacher
+    model_config = load_config_checked("teacher", name)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not positions:
+        return None, "no max_position_embeddings in its config"
+    longest = max(args.max_new_tokens, args.question_max_new_tokens if args.questions == "generate" else 0)
+    return positions - longest, f"its max_position_embeddings {positions:,} less {longest} answer tokens"
+
+
+def _teacher_context(args, student_args, config, reader, data) -> dict:
+    """{"mode": "document" or "passage", "limit", "prompt_tokens"}: the whole document when it fits the
+    teacher's context (or teacher_context says so), else one passage per question."""
+    first = data["first"]
+    prompt_tokens = len(chat_prompt_ids(reader, first["prompt"], data["document"], args.context_placement))
+    limit, source = _context_limit(args, student_args, config)
+    fits = limit is None or prompt_tokens <= limit
+    mode = args.teacher_context if args.teacher_context != "auto" else ("document" if fits else "passage")
+    if mode == "document" and not fits:
+        raise UsageError(
+            f"the document in the teacher's prompt (chat template and a question included) is "
+            f"{prompt_tokens:,} tokens, more than the teacher reads at once ({limit:,}: {source}); set "
+            "teacher_context: passage (or auto) to answer each question with one passage in view"
+        )
+    if mode == "passage" and limit is not None:
+        # the longest thing asked beside a passage: a question, or the instruction to write them
+        asked = [row["prompt"] for rows in data["sets"].values() for row in rows]
+        if args.questions == "generate":
+            asked.append(writing_prompt(args.questions_per_passage, args.question_wordings))
+        longest = max(asked, key=len)
+        bare = len(chat_prompt_ids(reader, longest, "", args.context_placement))
+        if bare + args.passage_tokens > limit:
+            raise UsageError(
+                f"a passage of passage_tokens {args.passage_tokens} with the chat template and the longest "
+                f"prompt ({bare} tokens) is more than the teacher reads at once ({limit:,}: {source}); "
+                "lower passage_tokens"
+            )
+    return {"mode": mode, "limit": limit, "prompt_tokens": prompt_tokens}
 
 
 def _context_rows(data_args):
@@ -118,10 +172,10 @@ def _context_rows(data_args):
 def _question_sets(args):
     sets = load_question_sets(args)
     forgetting = load_forgetting_prompts(args)
-    data = {"sets": sets, "forgetting": forgetting}
+    first = next(rows[0] for rows in sets.values() if rows)  # every row carries the document
+    data = {"sets": sets, "forgetting": forgetting, "document": first["context"], "first": first}
     described = ", ".join(
         f"{name} {len(rows)} questions" if rows or name != "train" else "train: written by the teacher"
         for name, rows in sets.items()
     )
-    first = next(rows[0] for rows in sets.values() if rows)  # every row carries the document
     return data, first, described + f", {len(forgetting)} forgetting prompts"

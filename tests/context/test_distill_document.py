@@ -10,6 +10,7 @@ import pytest
 from helpers import load_recipe, reply_recipe_argv
 
 from distill_trainer.context.knowledge_data import KnowledgeArguments, load_question_sets
+from distill_trainer.context.question_writing import writing_prompt
 from distill_trainer.context.steps import chat_view_dataset
 from distill_trainer.errors import UsageError
 from distill_trainer.testing import build_chat_tokenizer
@@ -284,3 +285,66 @@ def test_a_run_whose_teacher_keeps_no_question_stops_with_the_counts(tmp_path, c
     with pytest.raises(UsageError, match=r"kept no training question \(3 passages; .* kept 0\)") as error:
         recipe.main(generate_argv(tmp_path, chat_dirs, sft_baseline=False))
     assert "4 not confirmed" in str(error.value) and not (tmp_path / "out").exists()
+
+
+# ---- a document longer than the teacher reads at once: each question with one passage in view
+
+FILLER = " ".join(f"Room {i} has a blue door and {i} chairs." for i in range(1, 41))
+
+
+def long_document_argv(tmp_path, chat_dirs, **overrides):
+    """The test document with filler sentences: several times max_context_tokens."""
+    argv = generate_argv(tmp_path, chat_dirs, **overrides)
+    (tmp_path / "document.md").write_text(DOCUMENT + " " + FILLER)
+    return argv
+
+
+@pytest.mark.integration
+def test_a_document_longer_than_the_teachers_context_is_read_one_passage_at_a_time(
+    tmp_path, chat_dirs, monkeypatch
+):
+    recipe = load_recipe("distill_document")
+    tokenizer = build_chat_tokenizer()
+    instruction = writing_prompt(24, 2)  # the longest prompt beside a passage
+    limit = len(chat_prompt_ids(tokenizer, instruction, "", "system")) + 60 + 4  # a passage, and seams
+    seen = []
+    scripted = scripted_completions(recipe.completions, DOCUMENT + " " + FILLER)
+
+    def recording(teacher, tokenizer, rows, settings, **options):
+        seen.extend(rows)
+        return scripted(teacher, tokenizer, rows, settings, **options)
+
+    monkeypatch.setattr(recipe, "completions", recording)
+    argv = long_document_argv(tmp_path, chat_dirs, max_context_tokens=limit, passage_tokens=60)
+    metrics = recipe.main(argv)
+    context = metrics["teacher_context"]
+    assert context["mode"] == "passage" and context["limit"] == limit
+    assert context["prompt_tokens"] >= 3 * limit  # the whole document is several times what it reads
+    ordered = [row["context"] for row in seen if row["prompt"].startswith("Write ")]  # one per passage
+    passages = set(ordered)
+    assert len(ordered) == metrics["generated_questions"]["passages"] >= 6
+    # every prompt with a context reads one passage, within the limit; none reads the whole document
+    for row in (r for r in seen if r["context"]):
+        assert row["context"] in passages
+        assert len(chat_prompt_ids(tokenizer, row["prompt"], row["context"], "system")) <= limit
+    # a written pair is answered with the passage it was written from; a held-out question with the
+    # passage that shares the most words with it
+    records = [
+        json.loads(line) for line in (tmp_path / "out" / "generated_questions.jsonl").read_text().splitlines()
+    ]
+    kept = {r["prompt"]: ordered[r["passage"]] for r in records if r["status"] == "kept"}
+    assert kept and all(row["context"] == kept[row["prompt"]] for row in seen if row["prompt"] in kept)
+    dogs = next(row for row in seen if row["prompt"].startswith("How many dogs run?"))
+    assert "dogs" in dogs["context"]
+    assert "one of" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_document_over_the_teachers_context_is_refused_when_it_must_be_read_whole(tmp_path, chat_dirs):
+    recipe = load_recipe("distill_document")
+    argv = long_document_argv(tmp_path, chat_dirs, max_context_tokens=60, teacher_context="document")
+    with pytest.raises(UsageError, match="teacher_context: passage"):
+        recipe.main(argv)
+    argv = long_document_argv(tmp_path, chat_dirs, max_context_tokens=30, teacher_context="passage")
+    with pytest.raises(UsageError, match="lower passage_tokens"):
+        recipe.main(argv)
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distill_trainer.context.passages import split_passages, tokenizer_counter
+from distill_trainer.context.passages import nearest_passage, split_passages, tokenizer_counter
 from distill_trainer.errors import UsageError
 from distill_trainer.testing import build_chat_tokenizer
 
@@ -122,3 +122,14 @@ def test_the_handbook_in_real_tokens():
 def test_bad_budgets_are_refused(max_tokens, overlap, message):
     with pytest.raises(UsageError, match=message):
         split_passages("Some text.", words, max_tokens=max_tokens, overlap_tokens=overlap)
+
+
+def test_the_nearest_passage_shares_the_rarest_words_with_the_question():
+    text = "The mayor opened the bridge. The bridge is red.\n\nThe baker sells bread. The mayor buys bread."
+    passages = split_passages(text, lambda t: len(t.split()), 10)
+    assert len(passages) == 2
+    # "bridge" is in the first passage only, "mayor" in both: the rare word decides
+    assert nearest_passage("Who opened the bridge?", passages).index == 0
+    assert nearest_passage("What does the baker sell?", passages).index == 1
+    # nothing shared: the first passage
+    assert nearest_passage("Why?", passages).index == 0
