@@ -82,4 +82,4 @@ def _tests_go_on_after_a_handled_ctrl_c():
     must not become the 130 that `quiet_start` gives a program stopped by Ctrl-C (its exit handler is
     registered here too, by the recipes the tests import)."""
     yield
-    interrupt._stopped_by_ctrl_c = False
+    interrupt.clear_ctrl_c()

@@ -126,3 +126,10 @@ def interruptible(argv=None, program: str | None = None):
 def stopped_by_ctrl_c() -> bool:
     """Whether `interruptible` handled a Ctrl-C and the program is exiting with `EXIT_STATUS`."""
     return _stopped_by_ctrl_c
+
+
+def clear_ctrl_c() -> None:
+    """Forget a handled Ctrl-C, for a caller that catches `interruptible`'s exit and goes on (a test
+    runner, a notebook): the process's exit status is then its own again, not `EXIT_STATUS`."""
+    global _stopped_by_ctrl_c
+    _stopped_by_ctrl_c = False

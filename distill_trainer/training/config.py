@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from distill_trainer.errors import UsageError
 from distill_trainer.models.loading import QUANTIZATIONS
+from distill_trainer.training.cross_tokenizer_loss import UNMATCHED_TERMS
 from distill_trainer.training.losses import LOSS_KINDS
 
 DISTILL_VOCABS = ("full", "label_words")
@@ -84,6 +85,15 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "distill_vocab=full with a live teacher: compare over the teacher's top-k tokens plus "
             "the rest of its mass as one outcome (0: the whole vocabulary)."
+        },
+    )
+    cross_tokenizer_unmatched: str = field(
+        default="reply_tokens",
+        metadata={
+            "help": "A teacher with another tokenizer (replies, distill_vocab=full): the term at a reply "
+            "token whose span the two tokenizers split differently. reply_tokens: cross-entropy on the "
+            "student's tokens of the teacher's reply (the text the teacher chose; on the student's own "
+            "rollouts, uld); uld: ULD's sorted-probability distance; both: their sum."
         },
     )
     loss_chunk_size: int = field(
@@ -204,6 +214,11 @@ class DistillationConfig(TrainingArguments):
         if not 0.0 <= self.lmbda <= 1.0:
             raise UsageError(
                 f"lmbda must be in [0, 1], got {self.lmbda}; 0 = off-policy, 1 = on-policy, between = mixed"
+            )
+        if self.cross_tokenizer_unmatched not in UNMATCHED_TERMS:
+            raise UsageError(
+                f"cross_tokenizer_unmatched={self.cross_tokenizer_unmatched!r} is not valid; choose one of: "
+                f"{', '.join(UNMATCHED_TERMS)}"
             )
         if self.loss_top_k < 0 or self.loss_chunk_size < 0:
             raise UsageError("loss_top_k and loss_chunk_size must be >= 0 (0: whole vocabulary / one piece)")

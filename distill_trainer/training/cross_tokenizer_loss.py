@@ -15,16 +15,25 @@ reply token is paired with one teacher reply token. The divergence at a student 
   the two vocabularies share (the student's id and the teacher's id of the same string), plus one
   outcome "any other token" holding each side's remaining mass. This is the same-tokenizer loss
   coarsened to the shared vocabulary; with identical tokenizers nothing is left over and it equals it.
-- **elsewhere** (a span of several tokens on a side): ULD's distance (Boizard et al. 2024), the L1
-  distance between both probability vectors sorted in decreasing order (the shorter padded with zeros),
-  taken between the student token and its paired teacher token. Inside such a span the two models have
-  read different partial words, so their next-token distributions are not over the same events and a
-  token-by-token KL would compare unlike things; the sorted distance needs no correspondence between the
-  vocabularies, only that both be equally sure, and it is 0 for equal distributions and at most 2.
+- **elsewhere** (a span of several tokens on a side), `unmatched`:
+  - `reply_tokens` (the default): cross-entropy on the student's token of the teacher's reply. Inside
+    such a span the two models have read different partial words, so their next-token distributions are
+    not over the same events; what both sides do agree on is the text the teacher chose, and the student
+    learns to write it (sequence-level distillation, Kim and Rush 2016, at these tokens). When the reply is
+    the student's own rollout (on-policy) there is no teacher's choice to learn, and ULD is used.
+  - `uld`: ULD's distance (Boizard et al. 2024), the L1 distance between both probability vectors sorted
+    in decreasing order (the shorter padded with zeros), between the student token and its paired
+    teacher token. It needs no correspondence between the vocabularies, only that both be equally sure
+    (0 for equal distributions, at most 2), and so carries no signal about which token to write.
+  - `both`: their sum.
+
+  Where the tokenizers split text differently is where formatting lives (a newline and its indentation,
+  a docstring's quotes, punctuation joined to a word): with `uld` alone a student learns the teacher's
+  words but not its layout (measured in docs/context-distillation.md).
 
 Both terms are summed over the student's answer tokens and divided by their count (the same reduction,
-T^2 factor and gradient-accumulation count as the same-tokenizer loss). Their scales differ (a KL is
-unbounded, the sorted distance is at most 2); replies mostly align one to one, so the KL terms dominate.
+T^2 factor and gradient-accumulation count as the same-tokenizer loss); a KL and a cross-entropy are on
+one scale, the sorted distance is at most 2.
 The cost beyond the same-tokenizer loss: the teacher's head runs over its own reply tokens (its reply can
 be longer or shorter), a gather of the shared vocabulary at exact matches and a sort of both vocabularies
 at the other positions, a chunk of positions at a time.
@@ -38,6 +47,9 @@ import torch.nn.functional as F
 from distill_trainer.errors import UsageError
 from distill_trainer.training.losses import LOG_FLOOR, LOSS_KINDS, token_divergence
 from distill_trainer.training.sequence_loss import chunked_head_sums, loss_denominator
+
+# the term at reply tokens whose span is not one token on each side (module docstring)
+UNMATCHED_TERMS = ("reply_tokens", "uld", "both")
 
 
 def shared_vocabulary_divergence(
@@ -88,6 +100,8 @@ def chunked_cross_tokenizer_loss(
     exact_match: torch.Tensor,
     shared_vocabulary: tuple[torch.Tensor, torch.Tensor],
     answer_ids: torch.Tensor | None = None,
+    reply_is_teachers: bool = True,
+    unmatched: str = "reply_tokens",
     weights: tuple[float, float] = (1.0, 0.0),
     kind: str = "forward_kl",
     temperature: float = 1.0,
@@ -104,10 +118,21 @@ def chunked_cross_tokenizer_loss(
         teacher_pair_index: (batch, n) per student answer token, the column of its paired teacher token.
         exact_match: (batch, n) per student answer token, whether its span is an exact match.
         shared_vocabulary: (student ids, teacher ids) of the tokens both vocabularies hold.
+        answer_ids: (batch, n) the student's reply tokens (the targets of `reply_tokens`, and of the
+            cross-entropy term).
+        reply_is_teachers: False when the replies are the student's own rollouts: `reply_tokens` then
+            falls back to ULD.
+        unmatched: the term at tokens that are no exact match, one of `UNMATCHED_TERMS`.
         Others as in `chunked_sequence_loss`.
     """
     if kind not in LOSS_KINDS:
         raise UsageError(f"unknown loss kind {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+    if unmatched not in UNMATCHED_TERMS:
+        raise UsageError(f"unknown unmatched term {unmatched!r}; choose one of {', '.join(UNMATCHED_TERMS)}")
+    targets = unmatched != "uld" and reply_is_teachers
+    if targets and answer_ids is None:
+        raise UsageError(f"unmatched={unmatched!r} learns the reply's tokens: pass answer_ids")
+    uld = unmatched != "reply_tokens" or not reply_is_teachers
     if chunk_size < 0:
         raise UsageError(f"loss_chunk_size must be >= 0 (0: one piece), got {chunk_size}")
     selected = mask.bool()
@@ -132,10 +157,12 @@ def chunked_cross_tokenizer_loss(
         ).sum()
         if not bool(matched.all()):
             others = ~matched
-            divergence = (
-                divergence
-                + sorted_probability_distance(student_logprobs[others], teacher_logprobs[others]).sum()
-            )
+            if uld:
+                distance = sorted_probability_distance(student_logprobs[others], teacher_logprobs[others])
+                divergence = divergence + distance.sum()
+            if targets:
+                reply = gold[part][others].unsqueeze(-1)
+                divergence = divergence - student_logprobs[others].gather(-1, reply).sum()
         cross_entropy = logits.new_zeros(())
         if gold is not None:
             cross_entropy = F.cross_entropy(logits, gold[part], reduction="sum")

@@ -28,6 +28,7 @@ import torch
 from distill_trainer.errors import UsageError
 from distill_trainer.teacher.generation import GenerationSettings, HFGenerator
 from distill_trainer.training.trainer_internals import count_items_in_batch
+from distill_trainer.views.alignment_columns import OWN_REPLIES
 from distill_trainer.views.chat import stop_token_ids
 from distill_trainer.views.cross_tokenizer import cross_tokenizer_row
 from distill_trainer.views.text import two_view_row
@@ -105,6 +106,8 @@ def rebuild_batch(batch: dict, replies: list[list[int]], collator, cross_tokeniz
             for s, t, reply in zip(students, teachers, replies)
         ]
     rebuilt = collator(features)
+    if cross_tokenizer is not None:
+        rebuilt[OWN_REPLIES] = torch.ones(len(features), dtype=torch.bool)
     device = batch["input_ids"].device
     return {key: value.to(device) for key, value in rebuilt.items()}
 

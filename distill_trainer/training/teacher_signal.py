@@ -39,7 +39,7 @@ from distill_trainer.training.losses import (
     restrict_to_label_words,
 )
 from distill_trainer.training.sequence_loss import chunked_sequence_loss
-from distill_trainer.views.alignment_columns import ALIGNMENT_BATCH_KEYS
+from distill_trainer.views.alignment_columns import ALIGNMENT_BATCH_KEYS, OWN_REPLIES
 
 CACHED_TOP_K_KEYS = ("teacher_topk_logprobs", "teacher_topk_ids", "teacher_tail_logprob")
 CACHED_LABEL_WORD_KEYS = ("teacher_label_logprobs",)
@@ -57,6 +57,7 @@ class LossSettings:
     distill_vocab: str
     top_k: int
     chunk_size: int
+    unmatched: str = "reply_tokens"  # the cross-tokenizer loss's term at unmatched tokens
 
     @classmethod
     def from_args(cls, args) -> LossSettings:
@@ -68,6 +69,7 @@ class LossSettings:
             distill_vocab=args.distill_vocab,
             top_k=args.loss_top_k,
             chunk_size=args.loss_chunk_size,
+            unmatched=args.cross_tokenizer_unmatched,
         )
 
 
@@ -240,6 +242,9 @@ class LiveCrossTokenizerTeacher(LiveFullVocabularyTeacher):
             exact_match=inputs["exact_match"],
             shared_vocabulary=self.shared_vocabulary,
             answer_ids=inputs["answer_ids"],
+            # a batch of the student's own rollouts carries OWN_REPLIES (rollouts.rebuild_batch)
+            reply_is_teachers=OWN_REPLIES not in inputs,
+            unmatched=settings.unmatched,
             weights=(settings.alpha, 1.0 - settings.alpha),
             kind=settings.kind,
             temperature=settings.temperature,

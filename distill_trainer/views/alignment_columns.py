@@ -8,6 +8,8 @@ import torch
 
 ALIGNMENT_COLUMNS = ("teacher_pair_index", "exact_match")
 ALIGNMENT_BATCH_KEYS = ("teacher_answer_mask", "teacher_pair_index", "exact_match")
+# marks a batch whose replies are the student's own rollouts (no teacher's text to learn at unmatched tokens)
+OWN_REPLIES = "own_replies"
 
 
 def has_alignment_columns(dataset) -> bool:

@@ -159,3 +159,15 @@ def test_the_command_line_tool_exits_130_with_one_line(monkeypatch, capsys, tmp_
         "interrupted: nothing was written yet; rerun with: distill-trainer evaluate --model m "
         "--data d.jsonl --output_dir o"
     ]
+
+
+def test_a_caller_that_goes_on_after_a_handled_ctrl_c_can_clear_it(capsys):
+    from distill_trainer.run import interrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        with interrupt.interruptible(["--config", "x.yaml"], program="python recipes/x.py"):
+            raise KeyboardInterrupt
+    assert stopped.value.code == interrupt.EXIT_STATUS and interrupt.stopped_by_ctrl_c()
+    assert "python recipes/x.py --config x.yaml" in capsys.readouterr().err
+    interrupt.clear_ctrl_c()
+    assert not interrupt.stopped_by_ctrl_c()

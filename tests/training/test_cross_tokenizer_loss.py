@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from distill_trainer.models.output_head import OutputHead
 from distill_trainer.training.cross_tokenizer_loss import (
+    UNMATCHED_TERMS,
     chunked_cross_tokenizer_loss,
     shared_vocabulary_divergence,
     sorted_probability_distance,
@@ -143,3 +144,36 @@ def test_the_exact_match_term_compares_the_shared_tokens_and_the_rest_as_one_out
     expected = token_divergence(coarsened(student, student_ids), coarsened(teacher, teacher_ids), kind, 0.3)
     got = shared_vocabulary_divergence(student, teacher, (student_ids, teacher_ids), kind, 0.3)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unmatched_tokens_learn_the_replys_tokens_or_the_sorted_distance(tensors):
+    teacher_head = torch.nn.Linear(12, TEACHER_VOCAB)
+    torch.manual_seed(5)
+    teacher_hidden = torch.randn(BATCH, TEACHER_LENGTH, 12)
+    kd = {
+        u: _cross(tensors, teacher_head, teacher_hidden=teacher_hidden, unmatched=u)[1]
+        for u in UNMATCHED_TERMS
+    }
+    # the unmatched tokens _cross draws, and the student's log-probability of its reply token at each
+    torch.manual_seed(1)
+    torch.randint(0, TEACHER_LENGTH, (BATCH, LENGTH))
+    exact = torch.rand(BATCH, LENGTH) > 0.4
+    selected = tensors["mask"]
+    others = ~exact[selected]
+    assert others.any() and not others.all()
+    logprobs = F.log_softmax(tensors["student_head"](tensors["hidden"][selected]), -1)
+    reply = (
+        -logprobs[others].gather(-1, tensors["ids"][selected][others].unsqueeze(-1)).sum() / selected.sum()
+    )
+    # both = exact-match term + ULD + reply cross-entropy; uld and reply_tokens each leave one out
+    torch.testing.assert_close(kd["both"] - kd["uld"], reply, rtol=1e-5, atol=1e-6)
+    assert float(kd["both"] - kd["reply_tokens"]) > 0  # the sorted distance
+    # the student's own rollouts: no teacher's text to learn, so reply_tokens falls back to ULD
+    rollouts = _cross(
+        tensors,
+        teacher_head,
+        teacher_hidden=teacher_hidden,
+        unmatched="reply_tokens",
+        reply_is_teachers=False,
+    )[1]
+    torch.testing.assert_close(rollouts, kd["uld"])

@@ -48,7 +48,19 @@ def _trainer(tmp_path, tokenizers, **overrides):
 
 
 @pytest.mark.parametrize("lmbda", [0.0, 1.0])
-def test_a_teacher_with_another_tokenizer_trains_the_student_only(tmp_path, tokenizers, lmbda, caplog):
+def test_a_teacher_with_another_tokenizer_trains_the_student_only(
+    tmp_path, tokenizers, lmbda, caplog, monkeypatch
+):
+    from distill_trainer.training import teacher_signal
+
+    learned_from = []  # per loss call: whether the unmatched tokens learn the reply's tokens
+
+    def recording(*args, **kwargs):
+        learned_from.append(kwargs["reply_is_teachers"])
+        return chunked(*args, **kwargs)
+
+    chunked = teacher_signal.chunked_cross_tokenizer_loss
+    monkeypatch.setattr(teacher_signal, "chunked_cross_tokenizer_loss", recording)
     with caplog.at_level(logging.INFO, logger="distill_trainer.training.trainer"):
         trainer, student, teacher = _trainer(tmp_path, tokenizers, lmbda=lmbda)
     assert "cross-tokenizer loss is used" in caplog.text
@@ -63,6 +75,9 @@ def test_a_teacher_with_another_tokenizer_trains_the_student_only(tmp_path, toke
     assert all(torch.equal(before_teacher[k], v) for k, v in teacher.state_dict().items())
     if lmbda:
         assert [source for _, source in trainer.rollout_steps] == ["student", "student"]
+    # the teacher's replies teach their tokens where the tokenizers split differently; the student's own
+    # rollouts do not (they would teach the student what it already wrote)
+    assert learned_from and set(learned_from) == {not lmbda}
 
 
 def test_the_teacher_output_cache_and_top_k_are_refused_with_the_fix(tmp_path, tokenizers):
