@@ -44,6 +44,8 @@ from distill_trainer import (
     TwoViewCollator,
     parse_config,
 )
+from distill_trainer.code_digest import code_record
+from distill_trainer.code_stamp import stamp_json
 from distill_trainer.context.coverage import fact_coverage, passage_coverage
 from distill_trainer.context.knowledge_data import (
     HELDOUT_SETS,
@@ -67,6 +69,7 @@ from distill_trainer.errors import UsageError
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.memory.peak import release_freed_memory
 from distill_trainer.report.hub import save_student
+from distill_trainer.run.method_reuse import recipe_script
 from distill_trainer.run.runner import (
     load_student,
     no_partial_output_dir,
@@ -434,7 +437,9 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         for name, part in plan.sets.items()
         for i, row in enumerate(part)
     ]
-    paths = write_results(config.output_dir, results, header)
+    # the tables name the code that made them (`distill-trainer stale-results` reads it)
+    metrics["code"] = stamp_json(code_record([recipe_script(RECIPE)]))
+    paths = write_results(config.output_dir, results, header, metrics["code"])
     if plan.written is not None:
         lines = (json.dumps(record, ensure_ascii=False) + "\n" for record in plan.written.records)
         paths.append(

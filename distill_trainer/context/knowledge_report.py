@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distill_trainer.code_stamp import stamp_markdown
 from distill_trainer.context.coverage import coverage_lines
 from distill_trainer.context.short_answers import paired_difference
 from distill_trainer.integrity import write_text_atomically
@@ -130,9 +131,13 @@ def format_results(results: dict, header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(output_dir, results: dict, header: list[str]) -> list[Path]:
-    """results.md and results.json in `output_dir`."""
+def write_results(output_dir, results: dict, header: list[str], code: dict | None = None) -> list[Path]:
+    """results.md and results.json in `output_dir`, both naming the code that made them when `code` (a
+    `code_stamp.stamp_json` record) is given."""
     output_dir = Path(output_dir)
-    markdown = write_text_atomically(output_dir / "results.md", format_results(results, header))
+    text = format_results(results, header)
+    if code:
+        text, results = stamp_markdown(text, code), {**results, "code": code}
+    markdown = write_text_atomically(output_dir / "results.md", text)
     data = write_text_atomically(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return [markdown, data]

@@ -102,6 +102,12 @@ def test_recipe_end_to_end_and_a_rerun_reuses_the_teachers_answers(tmp_path, cha
         "student after SFT on the training answers, closed book" in report
         and "CD − SFT on held-out wordings" in report
     )
+    # both tables name the code that made them, and it is today's
+    from distill_trainer.code_stamp import read_stamp, staleness
+
+    for table in ("results.md", "results.json"):
+        record = read_stamp(out / table)
+        assert record and record["entry"] == ["recipes/distill_document.py"] and staleness(record) == []
     records = [json.loads(line) for line in (out / "predictions_answers.jsonl").read_text().splitlines()]
     assert len(records) == 10 and [r["set"] for r in records].count("heldout_wordings") == 3
     # the trained models answer the held-out questions; the teacher's training answers are kept too
