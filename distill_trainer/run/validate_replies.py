@@ -80,8 +80,35 @@ def validate_reply_recipe(
         reads = f"; {teacher} reads another tokenizer: the cross-tokenizer loss grades the replies"
     result.checks.append(("tokenizer", f"the chat template takes a row ({placement} placement){reads}"))
     if recipe == "distill_document":
+        _check_writing_settings(data_args, given)
         _document_parts(data_args, student_args, config, result)
     return result
+
+
+# the settings of questions: generate that nothing reads when the questions come from a file (the passage
+# settings are read there too, by a document longer than the teacher's context)
+WRITING_SETTINGS = (
+    "questions_per_passage",
+    "question_wordings",
+    "question_max_new_tokens",
+    "question_do_sample",
+    "question_temperature",
+    "question_top_p",
+    "question_seed",
+    "question_suffix",
+)
+
+
+def _check_writing_settings(args, given) -> None:
+    """Question-writing settings given with questions: file would be ignored: refused, with the fix."""
+    ignored = [name for name in WRITING_SETTINGS if name in given]
+    if args.questions != "generate" and ignored:
+        these = "it" if len(ignored) == 1 else "them"
+        raise UsageError(
+            f"{', '.join(ignored)} only shape{'s' if len(ignored) == 1 else ''} the questions the teacher "
+            f"writes, and questions: {args.questions} reads them from data_file, so they would be ignored; "
+            f"remove {these}, or set questions: generate"
+        )
 
 
 def _document_parts(args, student_args, config, result: ValidatedRecipe) -> None:

@@ -354,3 +354,13 @@ def test_a_document_over_the_teachers_context_is_refused_when_it_must_be_read_wh
     with pytest.raises(UsageError, match="lower passage_tokens"):
         recipe.main(argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_question_writing_settings_with_a_question_file_are_refused(tmp_path, chat_dirs):
+    recipe = load_recipe("distill_document")
+    argv = recipe_argv(tmp_path, chat_dirs, questions_per_passage=8, question_seed=3)
+    with pytest.raises(
+        UsageError, match="questions_per_passage, question_seed only shape .* questions: generate"
+    ):
+        recipe.main(argv)
+    assert not (tmp_path / "out").exists()
