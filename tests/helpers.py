@@ -125,6 +125,31 @@ def cli_args(**values) -> list[str]:
     return argv
 
 
+def tiny_comparison(tmp_path, tiny_dirs, **values) -> dict:
+    """The settings of a comparison (recipes/compare.py) of the tiny models on the fixture data, results
+    under `tmp_path`; then `values`."""
+    return {
+        "teacher_model_name_or_path": tiny_dirs["teacher"],
+        "task": "mnli",
+        "eval_tasks": ["mnli", "hans"],
+        "data_source": "local",
+        "data_dir": DATA,
+        "pattern": "gpt3",
+        "k": 2,
+        "demonstration_ids": [21, 57],
+        "num_train_examples": 8,
+        "hans_per_subcase": 1,
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "results_dir": str(tmp_path / "results"),
+        **values,
+    }
+
+
 def write_recipe(tmp_path, tiny_dirs, name="recipe", **overrides):
     values = {
         "model_name_or_path": tiny_dirs["student"],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_comparison
 
 from distill_trainer import UsageError, parse_config
 from distill_trainer.run import comparison
@@ -20,30 +21,15 @@ EMBEDDED_YAML = ROOT / "recipes" / "configs" / "embedded" / "compare.yaml"
 
 
 def write_config(tmp_path, tiny_dirs, **overrides):
-    values = {
-        "model_name_or_path": tiny_dirs["student"],
-        "teacher_model_name_or_path": tiny_dirs["teacher"],
-        "task": "mnli",
-        "eval_tasks": ["mnli", "hans"],
-        "data_source": "local",
-        "data_dir": DATA,
-        "pattern": "gpt3",
-        "k": 2,
-        "demonstration_ids": [21, 57],
-        "num_train_examples": 8,
-        "hans_per_subcase": 1,
-        "max_steps": 2,
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 16,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "results_dir": str(tmp_path / "results"),
-        "run_name": "tiny",
-        "full_learning_rate": 1e-3,
-        "lora_learning_rate": 1e-2,
-    }
+    values = tiny_comparison(
+        tmp_path,
+        tiny_dirs,
+        model_name_or_path=tiny_dirs["student"],
+        per_device_eval_batch_size=16,
+        run_name="tiny",
+        full_learning_rate=1e-3,
+        lora_learning_rate=1e-2,
+    )
     values.update(overrides)
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(values))

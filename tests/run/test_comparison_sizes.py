@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_comparison
 
 from distill_trainer import UsageError, parse_config
 from distill_trainer.run.comparison import student_folders
@@ -16,7 +17,6 @@ from distill_trainer.testing import build_model
 from recipes import compare
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = str(Path(__file__).parents[1] / "data")
 EMBEDDED = ROOT / "recipes" / "configs" / "embedded"
 METHODS = ["icl_teacher", "zero_shot", "icl_student", "pbft_lora", "cd_lora"]
 
@@ -37,33 +37,18 @@ def students(tmp_path_factory, tokenizer, tiny_dirs):
 
 
 def write_config(tmp_path, tiny_dirs, **values):
-    settings = {
-        "teacher_model_name_or_path": tiny_dirs["teacher"],
-        "task": "mnli",
-        "eval_tasks": ["mnli", "hans"],
-        "data_source": "local",
-        "data_dir": DATA,
-        "pattern": "gpt3",
-        "k": 2,
-        "demonstration_ids": [21, 57],
-        "num_train_examples": 8,
-        "num_eval_examples": 16,
-        "hans_per_subcase": 1,
-        "max_steps": 2,
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 16,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "results_dir": str(tmp_path / "results"),
-        "fresh_process_per_method": False,
-        "methods": METHODS,
-        "lora_learning_rate": 1e-2,
-        "distill_vocab": "label_words",
-        "teacher_output_cache": True,
+    settings = tiny_comparison(
+        tmp_path,
+        tiny_dirs,
+        num_eval_examples=16,
+        per_device_eval_batch_size=16,
+        fresh_process_per_method=False,
+        methods=METHODS,
+        lora_learning_rate=1e-2,
+        distill_vocab="label_words",
+        teacher_output_cache=True,
         **values,
-    }
+    )
     path = tmp_path / f"compare-{len(list(tmp_path.glob('compare-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(settings))
     return str(path)

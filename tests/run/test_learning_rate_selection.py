@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_comparison
 
 from distill_trainer import UsageError, parse_config
 from distill_trainer.run.comparison import student_folders
@@ -34,30 +35,15 @@ def dev_file(tmp_path) -> str:
 
 
 def write_config(tmp_path, tiny_dirs, **values) -> str:
-    settings = {
-        "teacher_model_name_or_path": tiny_dirs["teacher"],
-        "task": "mnli",
-        "eval_tasks": ["mnli", "hans"],
-        "data_source": "local",
-        "data_dir": str(DATA),
-        "pattern": "gpt3",
-        "k": 2,
-        "demonstration_ids": [21, 57],
-        "num_train_examples": 8,
-        "hans_per_subcase": 1,
-        "max_steps": 2,
-        "per_device_train_batch_size": 4,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "results_dir": str(tmp_path / "results"),
-        "fresh_process_per_method": False,
-        "methods": ["zero_shot", "pbft_lora", "cd_lora"],
-        "distill_vocab": "label_words",
-        "teacher_output_cache": True,
+    settings = tiny_comparison(
+        tmp_path,
+        tiny_dirs,
+        fresh_process_per_method=False,
+        methods=["zero_shot", "pbft_lora", "cd_lora"],
+        distill_vocab="label_words",
+        teacher_output_cache=True,
         **values,
-    }
+    )
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(settings))
     return str(path)
