@@ -46,7 +46,7 @@ from distill_trainer import (
 )
 from distill_trainer.code_digest import code_record
 from distill_trainer.code_stamp import stamp_json
-from distill_trainer.context.coverage import fact_coverage, passage_coverage
+from distill_trainer.context.coverage import fact_coverage, passage_coverage, statement_coverage
 from distill_trainer.context.knowledge_data import (
     HELDOUT_SETS,
     KnowledgeArguments,
@@ -369,6 +369,7 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
     coverage = {}
     if plan.written is not None:
         coverage["passages"] = passage_coverage(plan.passages, plan.written.records)
+        coverage["statements"] = statement_coverage(plan.written.statements, plan.written.records)
     if plan.facts is not None:
         coverage["facts"] = fact_coverage(plan.facts, plan.sets["train"], plan.heldout)
     if coverage:

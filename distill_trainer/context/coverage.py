@@ -1,6 +1,7 @@
 """How much of a document the training questions touch: per passage (pairs each passage gave the training
-set, passages that gave none named) and, where the document's facts are listed in a facts file, per fact
-(facts that at least one training question asks about).
+set, passages that gave none named), per statement when the teacher was asked about one at a time, and,
+where the document's facts are listed in a facts file, per fact (facts that at least one training question
+asks about).
 
     facts = load_facts("recipes/data/handbook/facts.jsonl")    # [{"fact", "answer", "subject", "kind"}]
     coverage = {"passages": passage_coverage(passages, records),
@@ -78,6 +79,16 @@ def passage_coverage(passages: list[Passage], records: list[dict]) -> dict:
     }
 
 
+def statement_coverage(statements: list[str], records: list[dict]) -> dict:
+    """Of the statements asked about (question_unit: statement), those that gave a kept training pair."""
+    kept = {r["statement"] for r in records if r["status"] == "kept"}
+    return {
+        "asked": len(statements),
+        "with_questions": sum(s in kept for s in statements),
+        "without_questions": [s for s in statements if s not in kept],
+    }
+
+
 def fact_coverage(
     facts: list[dict], train_rows: list[dict], sets: dict[str, list[dict]] | None = None
 ) -> dict:
@@ -120,9 +131,19 @@ def _listed(names: list[str]) -> str:
 def coverage_lines(coverage: dict) -> list[str]:
     """results.md's coverage section (markdown lines); nothing when there is nothing to say."""
     passages, facts = coverage.get("passages"), coverage.get("facts")
-    if not passages and not facts:
+    statements = coverage.get("statements")
+    if not passages and not facts and not statements:
         return []
     lines = ["## What the training questions cover", ""]
+    if statements and statements["asked"]:
+        lines += [
+            "Statements asked about that gave at least one kept training question: "
+            f"{_share(statements['with_questions'], statements['asked'])}.",
+            "",
+        ]
+        if statements["without_questions"]:
+            quoted = [f"“{s}”" for s in statements["without_questions"]]
+            lines += [f"Statements with no training question: {_listed(quoted)}.", ""]
     if passages:
         rows = passages["per_passage"]
         lines += [

@@ -105,7 +105,7 @@ class KnowledgeArguments(QuestionWritingArguments):
         if self.questions == "generate" and self.num_train_questions is not None:
             raise UsageError(
                 "num_train_questions limits a question file, and questions: generate reads none; remove "
-                "it (questions_per_passage sets how many pairs the teacher writes)"
+                "it (question_unit and question_wordings set how many pairs the teacher writes)"
             )
         if self.context_placement not in CONTEXT_PLACEMENTS:
             raise UsageError(

@@ -10,6 +10,12 @@ after the first begins with the last sentences of the one before, as many as fit
 where the next new sentence would not fit beside them), so a statement cut at a seam is read whole once, and
 every passage reads something the one before did not. The passages' slices together cover every character.
 
+    statements = split_statements(text, passages)    # its lines and sentences, each with the passage
+    statements[0].passage                             # that holds it whole (the first, at a seam)
+
+A statement is what the teacher writes questions about one at a time (`question_unit: statement`), so that
+none is skipped the way a long list is skimmed when a whole passage is asked about at once.
+
 Tokens are counted per piece and summed: a passage may differ from its budget by the few tokens that merge
 across a seam, which is why a budget should leave a little room in the teacher's context.
 """
@@ -150,6 +156,45 @@ def tokenizer_counter(tokenizer) -> Callable[[str], int]:
 
 
 _WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One line or sentence of the document, and the passage it is read in (`Passage.index`)."""
+
+    index: int
+    start: int
+    end: int
+    text: str
+    passage: int
+
+    def words(self) -> int:
+        return len(_WORD.findall(self.text))
+
+
+def statement_spans(text: str) -> list[tuple[int, int]]:
+    """Where the statements of `text` are, in order: each line cut into sentences, surrounding whitespace
+    dropped, empty ones skipped."""
+    spans = []
+    for line_start, line_end in _cut(text, 0, len(text), _BOUNDARIES[1]):
+        for start, end in _cut(text, line_start, line_end, _BOUNDARIES[2]):
+            piece = text[start:end]
+            if piece.strip():
+                start += len(piece) - len(piece.lstrip())
+                spans.append((start, end - (len(piece) - len(piece.rstrip()))))
+    return spans
+
+
+def split_statements(text: str, passages: list[Passage]) -> list[Statement]:
+    """The statements of `text` (`statement_spans`), each read with the first passage that holds it whole;
+    a sentence longer than a passage (cut into words by `split_passages`) with the one holding most of it."""
+    statements = []
+    for start, end in statement_spans(text):
+        home = next((p for p in passages if p.start <= start and end <= p.end), None)
+        if home is None:
+            home = max(passages, key=lambda p: min(end, p.end) - max(start, p.start))
+        statements.append(Statement(len(statements), start, end, text[start:end], home.index))
+    return statements
 
 
 def nearest_passage(question: str, passages: list[Passage]) -> Passage:

@@ -1,14 +1,17 @@
 """Training questions written by the teacher from a document: it reads one passage at a time, writes
 question-answer pairs about every statement in several wordings, and then checks each pair by answering
-the question itself with the passage in view. Every pair that does not reach the training set is counted
-by its reason, and kept in the record a user reads (`generated_questions.jsonl`); a fragment that cannot be
-read as a pair (a question cut off by the length limit, say) is counted as malformed.
+the question itself with the passage in view. With `question_unit: statement` (the default) it is asked
+about one statement (a line or sentence) at a time, the passage in view, so a statement deep in a long
+list gets its questions too; with `passage`, for a whole passage's statements at once. Every pair that
+does not reach the training set is counted by its reason, and kept in the record a user reads
+(`generated_questions.jsonl`); a fragment that cannot be read as a pair (a question cut off by the length
+limit, say) is counted as malformed.
 
     ask = lambda rows, settings: completions(teacher, tokenizer, rows, settings, cache_dir=...)
     result = write_questions(passages, document, ask, args, answer_settings, heldout_prompts)
     result.rows       # training rows, as `knowledge_data.load_questions` gives them
-    result.counts     # {"passages", "written", "malformed", "duplicates", "heldout_overlap",
-                      #  "not_confirmed", "kept"}
+    result.counts     # {"passages", "statements", "short_statements", "written", "malformed",
+                      #  "duplicates", "heldout_overlap", "not_confirmed", "kept"}
     result.records    # every pair written: passage, prompt, answer, status, the teacher's check
 
 `ask(rows, settings)` returns ({"text"} per row, info) for rows {"context", "prompt"}; the recipe passes
@@ -25,12 +28,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from distill_trainer.context.passages import Passage
+from distill_trainer.context.passages import Passage, split_statements, statement_spans
 from distill_trainer.context.short_answers import contains, normalize_answer
 from distill_trainer.errors import UsageError
 from distill_trainer.teacher.generation import GenerationSettings
 
 QUESTION_SOURCES = ("file", "generate")
+QUESTION_UNITS = ("statement", "passage")
 # why a written pair did not become a training question, in the order the checks run
 DROP_REASONS = {
     "duplicate": "duplicates",
@@ -50,6 +54,17 @@ class QuestionWritingArguments:
             "writes them from the document; data_file must then be unset)."
         },
     )
+    question_unit: str = field(
+        default="statement",
+        metadata={
+            "help": "What the teacher is asked about at once: 'statement' (each line or sentence, with its "
+            "passage in view) or 'passage' (all of a passage's statements in one reply)."
+        },
+    )
+    min_statement_words: int = field(
+        default=3,
+        metadata={"help": "Statements with fewer words (headings) get no questions; they are counted."},
+    )
     passage_tokens: int = field(
         default=256, metadata={"help": "Longest passage the teacher reads at once when writing, in tokens."}
     )
@@ -57,7 +72,10 @@ class QuestionWritingArguments:
         default=32, metadata={"help": "Tokens that consecutive passages share (a statement cut at a seam)."}
     )
     questions_per_passage: int = field(
-        default=24, metadata={"help": "Question-answer pairs the teacher is asked for per passage."}
+        default=24,
+        metadata={
+            "help": "Question-answer pairs the teacher is asked for per passage (question_unit: passage)."
+        },
     )
     question_wordings: int = field(
         default=2, metadata={"help": "Differently worded questions asked for each statement."}
@@ -90,6 +108,11 @@ class QuestionWritingArguments:
             raise UsageError(
                 f"questions={self.questions!r} is not valid; choose one of: {', '.join(QUESTION_SOURCES)}"
             )
+        if self.question_unit not in QUESTION_UNITS:
+            raise UsageError(
+                f"question_unit={self.question_unit!r} is not valid; choose one of: "
+                f"{', '.join(QUESTION_UNITS)}"
+            )
         if self.questions == "generate" and data_file:
             raise UsageError(
                 "questions: generate writes the training questions from the document, and data_file "
@@ -103,6 +126,8 @@ class QuestionWritingArguments:
         ):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_statement_words < 0:
+            raise UsageError(f"min_statement_words must be >= 0, got {self.min_statement_words}")
         if not 0 <= self.passage_overlap_tokens < self.passage_tokens:
             raise UsageError(
                 f"passage_overlap_tokens must be >= 0 and below passage_tokens ({self.passage_tokens}), "
@@ -132,6 +157,52 @@ def writing_prompt(pairs: int, wordings: int) -> str:
         "name, a number, a date or a few words, exactly as the text says it. Write nothing else, in this "
         "format:\nQ: <question>\nA: <answer>"
     )
+
+
+def statement_prompt(statement: str, wordings: int) -> str:
+    """The instruction for one statement (question_unit: statement), read after its passage: every fact in
+    it asked about, in the same answer style and format as `writing_prompt`."""
+    times = "once" if wordings == 1 else f"{wordings} times, each time in different words"
+    return (
+        f'Write questions about this statement from the text: "{statement}"\nAsk about every fact in it '
+        f"(every name, number, date and place), each fact {times}. Each question must make sense on its "
+        "own, without the text (name who or what it is about). Each answer is short: a name, a number, a "
+        "date or a few words, exactly as the text says it. Write nothing else, in this format:\n"
+        "Q: <question>\nA: <answer>"
+    )
+
+
+def longest_instruction(args: QuestionWritingArguments, document: str) -> str:
+    """The longest instruction the teacher reads beside a passage when writing (a context-length check):
+    the passage's, or the statement's for the document's longest statement."""
+    if args.question_unit == "passage":
+        return writing_prompt(args.questions_per_passage, args.question_wordings)
+    longest = max((document[s:e] for s, e in statement_spans(document)), key=len, default="")
+    return statement_prompt(longest, args.question_wordings)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One request to write pairs: the passage in view, what is asked about, and the statement (if one)."""
+
+    passage: Passage
+    instruction: str
+    statement: str | None
+
+
+def writing_units(passages: list[Passage], document: str, args: QuestionWritingArguments):
+    """The requests to write pairs, and the statements too short to be asked about (question_unit)."""
+    if args.question_unit == "passage":
+        instruction = writing_prompt(args.questions_per_passage, args.question_wordings)
+        return [_Unit(p, instruction, None) for p in passages], []
+    units, short = [], []
+    for statement in split_statements(document, passages):
+        if statement.words() < args.min_statement_words:
+            short.append(statement.text)
+            continue
+        instruction = statement_prompt(statement.text, args.question_wordings)
+        units.append(_Unit(passages[statement.passage], instruction, statement.text))
+    return units, short
 
 
 # a line that opens a question or an answer, under the markings models add: bullets, numbers, bold
@@ -203,6 +274,7 @@ class WrittenQuestions:
     counts: dict
     records: list[dict]
     completions: dict  # {"writing": info, "checking": info} from `ask`
+    statements: list[str] = field(default_factory=list)  # those asked about (question_unit: statement)
 
 
 def write_questions(
@@ -218,14 +290,14 @@ def write_questions(
     `heldout_prompts`: evaluation questions; a written question equal to one of them is dropped, so
     the held-out sets stay unseen. A row's context is the whole `document`, or with `by_passage` (a
     document longer than the teacher reads at once) the passage its pair was written from."""
-    instruction = writing_prompt(args.questions_per_passage, args.question_wordings)
+    units, short = writing_units(passages, document, args)
     written, writing_info = ask(
-        [{"context": p.text, "prompt": instruction} for p in passages], args.writing_settings()
+        [{"context": u.passage.text, "prompt": u.instruction} for u in units], args.writing_settings()
     )
     records, malformed = [], 0
     heldout = {normalize_answer(p) for p in heldout_prompts}
     asked = set()
-    for passage, reply in zip(passages, written):
+    for unit, reply in zip(units, written):
         parsed = parse_pairs(reply["text"])
         malformed += parsed.malformed
         for question, answer in parsed.pairs:
@@ -240,7 +312,8 @@ def write_questions(
             asked.add(key)
             records.append(
                 {
-                    "passage": passage.index,
+                    "passage": unit.passage.index,
+                    "statement": unit.statement,
                     "prompt": prompt,
                     "answer": answer,
                     "status": status,
@@ -256,7 +329,10 @@ def write_questions(
         record["check"] = check["text"]
         record["status"] = "kept" if confirms(check["text"], record["answer"]) else "not confirmed"
     kept = [r for r in records if r["status"] == "kept"]
-    counts = {"passages": len(passages), "written": len(records), "malformed": malformed}
+    counts = {"passages": len(passages), "statements": None, "short_statements": None}
+    if args.question_unit == "statement":
+        counts |= {"statements": len(units) + len(short), "short_statements": len(short)}
+    counts |= {"written": len(records), "malformed": malformed}
     counts |= {name: sum(r["status"] == s for r in records) for s, name in DROP_REASONS.items()}
     counts["kept"] = len(kept)
     rows = [
@@ -269,14 +345,27 @@ def write_questions(
         }
         for r in kept
     ]
-    return WrittenQuestions(rows, counts, records, {"writing": writing_info, "checking": checking_info})
+    return WrittenQuestions(
+        rows,
+        counts,
+        records,
+        {"writing": writing_info, "checking": checking_info},
+        [u.statement for u in units if u.statement is not None],
+    )
 
 
 def describe_counts(counts: dict) -> str:
     """One line for the report: every pair written accounted for."""
+    statements = ""
+    if counts.get("statements") is not None:
+        statements = (
+            f", asked about {counts['statements'] - counts['short_statements']} of their "
+            f"{counts['statements']} statements ({counts['short_statements']} too short to ask about)"
+        )
     return (
-        f"{counts['passages']} passages; {counts['written']} pairs written ({counts['malformed']} more "
-        f"fragments could not be read as a pair); dropped: {counts['duplicates']} duplicates, "
+        f"{counts['passages']} passages{statements}; {counts['written']} pairs written "
+        f"({counts['malformed']} more fragments could not be read as a pair); dropped: "
+        f"{counts['duplicates']} duplicates, "
         f"{counts['heldout_overlap']} equal to a held-out question, {counts['not_confirmed']} not "
         f"confirmed by the teacher with the passage in view; kept {counts['kept']}"
     )

@@ -23,7 +23,7 @@ from distill_trainer.context.knowledge_data import (
     load_question_sets,
 )
 from distill_trainer.context.passages import split_passages, tokenizer_counter
-from distill_trainer.context.question_writing import writing_prompt
+from distill_trainer.context.question_writing import longest_instruction
 from distill_trainer.context.steps import check_reply_settings, checked_tokenizers
 from distill_trainer.errors import UsageError
 from distill_trainer.nli.row_checks import print_reports
@@ -88,6 +88,8 @@ def validate_reply_recipe(
 # the settings of questions: generate that nothing reads when the questions come from a file (the passage
 # settings are read there too, by a document longer than the teacher's context)
 WRITING_SETTINGS = (
+    "question_unit",
+    "min_statement_words",
     "questions_per_passage",
     "question_wordings",
     "question_max_new_tokens",
@@ -174,7 +176,7 @@ def _teacher_context(args, student_args, config, reader, data) -> dict:
         # the longest thing asked beside a passage: a question, or the instruction to write them
         asked = [row["prompt"] for rows in data["sets"].values() for row in rows]
         if args.questions == "generate":
-            asked.append(writing_prompt(args.questions_per_passage, args.question_wordings))
+            asked.append(longest_instruction(args, data["document"]))
         longest = max(asked, key=len)
         bare = len(chat_prompt_ids(reader, longest, "", args.context_placement))
         if bare + args.passage_tokens > limit:

@@ -12,6 +12,7 @@ from distill_trainer.context.coverage import (
     fact_coverage,
     load_facts,
     passage_coverage,
+    statement_coverage,
     touches,
 )
 from distill_trainer.context.passages import split_passages
@@ -40,6 +41,20 @@ def test_passages_without_a_kept_question_are_named():
     assert "passage 2" in passages[1].label() and "The ferry" in passages[1].label()
     text = "\n".join(coverage_lines({"passages": coverage}))
     assert "2 of 3 (67%)" in text and f"Passages with no training question: {passages[1].label()}" in text
+
+
+def test_statements_asked_about_without_a_kept_question_are_named():
+    statements = ["Ada Brill is the harbour master.", "The ferry carries 40 cars.", "The fair is on 3 May."]
+    records = [
+        {"statement": statements[0], "status": "kept"},
+        {"statement": statements[1], "status": "not confirmed"},
+        {"statement": statements[1], "status": "duplicate"},
+    ]
+    coverage = statement_coverage(statements, records)
+    assert coverage == {"asked": 3, "with_questions": 1, "without_questions": statements[1:]}
+    text = "\n".join(coverage_lines({"statements": coverage}))
+    assert "Statements asked about that gave at least one kept training question: 1 of 3 (33%)" in text
+    assert "“The ferry carries 40 cars.”, “The fair is on 3 May.”" in text
 
 
 def test_facts_touched_need_the_answer_and_the_subject():

@@ -10,7 +10,7 @@ import pytest
 from helpers import load_recipe, reply_recipe_argv
 
 from distill_trainer.context.knowledge_data import KnowledgeArguments, load_question_sets
-from distill_trainer.context.question_writing import writing_prompt
+from distill_trainer.context.question_writing import QuestionWritingArguments, longest_instruction
 from distill_trainer.context.steps import chat_view_dataset
 from distill_trainer.errors import UsageError
 from distill_trainer.testing import build_chat_tokenizer
@@ -255,6 +255,9 @@ def test_recipe_from_the_document_alone_writes_checks_and_covers_its_questions(
     assert "kept 3" in report and "1 not confirmed" in report
     coverage = metrics["results"]["coverage"]
     assert len(coverage["passages"]["per_passage"]) == passages
+    # one writing request per statement (the default question_unit), each accounted for in the report
+    assert coverage["statements"]["asked"] == counts["statements"] == 3
+    assert "Statements asked about that gave at least one kept training question" in report
     assert coverage["facts"]["touched"] == 3 and coverage["facts"]["untouched"] == ["count"]
     assert "## What the training questions cover" in report and "3 of 4 (75%)" in report
     # a rerun writes and checks nothing again: every reply comes from the completion cache
@@ -288,14 +291,15 @@ def test_validate_reports_the_passages_and_refuses_a_question_file_with_generate
 def test_a_run_whose_teacher_keeps_no_question_stops_with_the_counts(tmp_path, chat_dirs, monkeypatch):
     recipe = load_recipe("distill_document")
     monkeypatch.setattr(recipe, "completions", scripted_completions(recipe.completions, DOCUMENT, {}))
-    with pytest.raises(UsageError, match=r"kept no training question \(3 passages; .* kept 0\)") as error:
+    counted = r"kept no training question \(3 passages, asked about 3 of their 3 statements .* kept 0\)"
+    with pytest.raises(UsageError, match=counted) as error:
         recipe.main(generate_argv(tmp_path, chat_dirs, sft_baseline=False))
     assert "4 not confirmed" in str(error.value) and not (tmp_path / "out").exists()
 
 
 # ---- a document longer than the teacher reads at once: each question with one passage in view
 
-FILLER = " ".join(f"Room {i} has a blue door and {i} chairs." for i in range(1, 41))
+FILLER = " ".join(f"Room {i} has a blue door and {i} chairs." for i in range(1, 61))
 
 
 def long_document_argv(tmp_path, chat_dirs, **overrides):
@@ -311,7 +315,8 @@ def test_a_document_longer_than_the_teachers_context_is_read_one_passage_at_a_ti
 ):
     recipe = load_recipe("distill_document")
     tokenizer = build_chat_tokenizer()
-    instruction = writing_prompt(24, 2)  # the longest prompt beside a passage
+    # the longest prompt beside a passage: the request to write about the longest statement
+    instruction = longest_instruction(QuestionWritingArguments(), DOCUMENT + " " + FILLER)
     limit = len(chat_prompt_ids(tokenizer, instruction, "", "system")) + 60 + 4  # a passage, and seams
     seen = []
     scripted = scripted_completions(recipe.completions, DOCUMENT + " " + FILLER)
@@ -326,7 +331,9 @@ def test_a_document_longer_than_the_teachers_context_is_read_one_passage_at_a_ti
     context = metrics["teacher_context"]
     assert context["mode"] == "passage" and context["limit"] == limit
     assert context["prompt_tokens"] >= 3 * limit  # the whole document is several times what it reads
-    ordered = [row["context"] for row in seen if row["prompt"].startswith("Write ")]  # one per passage
+    # one writing request per statement, with its passage in view; in document order, so the passages
+    # appear in theirs
+    ordered = list(dict.fromkeys(row["context"] for row in seen if row["prompt"].startswith("Write ")))
     passages = set(ordered)
     assert len(ordered) == metrics["generated_questions"]["passages"] >= 6
     # every prompt with a context reads one passage, within the limit; none reads the whole document

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from distill_trainer.context.coverage import load_facts, touches
 from distill_trainer.context.knowledge_data import check_fact_split
 from distill_trainer.context.short_answers import contains
-from recipes.data.handbook.make_handbook import write_handbook
+from recipes.data.handbook.make_handbook import third_person, write_handbook
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "recipes" / "data" / "handbook"
@@ -38,13 +40,31 @@ def test_same_seed_same_bytes_other_seed_other_facts(tmp_path):
     assert first["document.md"].read_text() != other["document.md"].read_text()
 
 
-def test_the_committed_files_are_what_seed_0_writes(tmp_path):
-    fresh = write_handbook(tmp_path, seed=0)
+@pytest.mark.parametrize(
+    "folder, seed, command_out",
+    [("handbook", 0, None), ("handbook-seed1", 1, "recipes/data/handbook-seed1")],
+)
+def test_the_committed_files_are_what_their_seed_writes(tmp_path, folder, seed, command_out):
+    committed = COMMITTED.parent / folder
+    fresh = write_handbook(tmp_path, seed=seed, command_out=command_out)
     for name in NAMES:
-        assert fresh[name].read_bytes() == (COMMITTED / name).read_bytes(), (
+        assert fresh[name].read_bytes() == (committed / name).read_bytes(), (
             f"{name}: rerun the README command"
         )
-    assert "make_handbook.py --seed 0" in (COMMITTED / "README.md").read_text()
+    command = f"make_handbook.py --seed {seed} --heldout_fact_share 0.25"
+    assert (
+        command + (f" --out {command_out}" if command_out else "\n") in (committed / "README.md").read_text()
+    )
+
+
+def test_a_place_is_written_in_plain_english():
+    assert [third_person(v) for v in ("have", "hold", "carry", "teach", "store")] == [
+        "has",
+        "holds",
+        "carries",
+        "teaches",
+        "stores",
+    ]
 
 
 def test_no_heldout_wording_is_trained_and_heldout_facts_never_are(tmp_path):

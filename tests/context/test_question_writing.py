@@ -12,9 +12,12 @@ from distill_trainer.context.passages import split_passages, tokenizer_counter
 from distill_trainer.context.question_writing import (
     QuestionWritingArguments,
     confirms,
+    describe_counts,
     parse_pairs,
+    statement_prompt,
     write_questions,
     writing_prompt,
+    writing_units,
 )
 from distill_trainer.context.steps import completions
 from distill_trainer.errors import UsageError
@@ -69,21 +72,29 @@ def test_the_verification_rule():
 
 
 class StubTeacher:
-    """Writes `pairs` for each passage (by its text) and answers each question as `answers` says."""
+    """Writes `pairs` for each passage or statement (by how it begins) and answers each question as
+    `answers` says."""
 
-    def __init__(self, pairs: dict[str, str], answers: dict[str, str]):
-        self.pairs, self.answers, self.calls = pairs, answers, []
+    def __init__(self, pairs: dict[str, str], answers: dict[str, str], document: str = DOCUMENT):
+        self.pairs, self.answers, self.calls, self.document = pairs, answers, [], document
 
     def __call__(self, rows, settings):
         self.calls.append((rows, settings))
         texts = []
         for row in rows:
             if row["prompt"].startswith("Write "):
-                texts.append(next(t for start, t in self.pairs.items() if row["context"].startswith(start)))
+                texts.append(self.pairs[self._written_about(row)])
             else:
-                assert row["context"] in DOCUMENT  # checked with its own passage in view
+                assert row["context"] in self.document  # checked with its own passage in view
                 texts.append(self.answers.get(row["prompt"].removesuffix(SUFFIX), "I do not know"))
         return [{"text": t} for t in texts], {"generated": len(rows), "reused": 0}
+
+    def _written_about(self, row) -> str:
+        """The key of `pairs` a writing request is about: its statement's (question_unit: statement) or
+        its passage's first words."""
+        if "this statement" in row["prompt"]:
+            return next(start for start in self.pairs if f'"{start}' in row["prompt"])
+        return next(start for start in self.pairs if row["context"].startswith(start))
 
 
 def passages(max_tokens=8):
@@ -111,9 +122,12 @@ def test_every_pair_is_accounted_for_and_only_confirmed_new_ones_train():
     parts = passages()
     assert len(parts) == 3
     heldout = ["Which fair is on 3 May?" + SUFFIX]  # an evaluation question: never trained
-    result = write_questions(parts, DOCUMENT, stub, QuestionWritingArguments(), ANSWERS, heldout)
+    args = QuestionWritingArguments(question_unit="passage")
+    result = write_questions(parts, DOCUMENT, stub, args, ANSWERS, heldout)
     assert result.counts == {
         "passages": 3,
+        "statements": None,
+        "short_statements": None,
         "written": 7,
         "malformed": 1,
         "duplicates": 1,
@@ -157,7 +171,7 @@ def test_a_heldout_question_is_never_trained_whatever_the_suffix():
         ("", "Who is the harbour master?" + SUFFIX),
         (SUFFIX, "Who is the harbour master?"),
     ):
-        args = QuestionWritingArguments(question_suffix=suffix)
+        args = QuestionWritingArguments(question_suffix=suffix, question_unit="passage")
         result = write_questions(parts, DOCUMENT, stub, args, ANSWERS, [heldout])
         assert result.counts["heldout_overlap"] == 1 and result.counts["kept"] == 1
         assert [row["prompt"] for row in result.rows] == ["Name the harbour master." + suffix]
@@ -174,6 +188,8 @@ def test_settings_are_checked_with_a_fix():
         )
     with pytest.raises(UsageError, match="choose one of: file, generate"):
         QuestionWritingArguments(questions="invent").check_question_settings(None)
+    with pytest.raises(UsageError, match="choose one of: statement, passage"):
+        QuestionWritingArguments(question_unit="page").check_question_settings(None)
     with pytest.raises(UsageError, match="passage_overlap_tokens must be"):
         QuestionWritingArguments(passage_tokens=16, passage_overlap_tokens=16).check_question_settings(None)
     # a question file is still required when questions are not generated
@@ -191,6 +207,34 @@ def test_the_prompt_asks_for_the_count_the_wordings_and_the_format():
         and prompt.endswith("Q: <question>\nA: <answer>")
     )
     assert "once" in writing_prompt(5, 1)
+    prompt = statement_prompt("The ferry carries 40 cars.", 2)
+    assert '"The ferry carries 40 cars."' in prompt and "2 times" in prompt
+    assert prompt.endswith("Q: <question>\nA: <answer>")
+
+
+def test_each_statement_is_asked_about_with_its_passage_in_view_and_headings_are_counted():
+    document = "# Port\n\n" + DOCUMENT.replace("\n\nThe fair", " The fair")
+    parts = split_passages(document, lambda text: len(text.split()), max_tokens=8)
+    stub = StubTeacher(
+        pairs={
+            "Ada": "Q: Who is the harbour master?\nA: Ada Brill",
+            "The ferry": "Q: How many cars does the ferry carry?\nA: 40",
+            "The fair": "no pair here",
+        },
+        answers={"Who is the harbour master?": "Ada Brill", "How many cars does the ferry carry?": "40"},
+        document=document,
+    )
+    result = write_questions(parts, document, stub, QuestionWritingArguments(), ANSWERS)
+    writing = stub.calls[0][0]
+    statements = ["Ada Brill is the harbour master.", "The ferry carries 40 cars.", "The fair is on 3 May."]
+    # one request per statement of three words or more, the statement quoted, its own passage in view
+    assert [next(s for s in statements if f'"{s}"' in row["prompt"]) for row in writing] == statements
+    for row, statement in zip(writing, statements):
+        assert statement in row["context"] and row["context"] in [p.text for p in parts]
+    assert result.counts["statements"] == 4 and result.counts["short_statements"] == 1  # "# Port"
+    assert "asked about 3 of their 4 statements (1 too short to ask about)" in describe_counts(result.counts)
+    assert [r["statement"] for r in result.records] == statements[:2]
+    assert result.counts["kept"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +264,10 @@ def test_the_written_set_is_deterministic_for_a_seed_and_cached(tmp_path, tiny_t
             [
                 r["text"]
                 for r in ask(
-                    [{"context": p.text, "prompt": writing_prompt(24, 2)} for p in parts],
+                    [
+                        {"context": u.passage.text, "prompt": u.instruction}
+                        for u in writing_units(parts, DOCUMENT, args)[0]
+                    ],
                     args.writing_settings(),
                 )[0]
             ],
@@ -229,7 +276,8 @@ def test_the_written_set_is_deterministic_for_a_seed_and_cached(tmp_path, tiny_t
         )
 
     first, result, infos = run(0, "a")
-    assert infos[0]["generated"] == len(parts) and infos[-1]["reused"] == len(parts)  # then read back
+    # one request per statement (three here), then read back
+    assert infos[0]["generated"] == 3 and infos[-1]["reused"] == 3
     again, result_again, _ = run(0, "b")  # a fresh cache: generated again, the same
     assert again == first and result_again.records == result.records and result_again.counts == result.counts
     other, _, _ = run(1, "a")

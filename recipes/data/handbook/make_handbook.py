@@ -153,6 +153,15 @@ def number(value: int) -> str:
     return f"{value:,}"
 
 
+def third_person(verb: str) -> str:
+    """The verb after a singular subject: has, holds, carries, teaches."""
+    if verb == "have":
+        return "has"
+    if verb.endswith("y") and verb[-2:-1] not in "aeiou":
+        return verb[:-1] + "ies"
+    return verb + ("es" if verb.endswith(("ch", "sh", "s", "x")) else "s")
+
+
 def document(town: dict) -> str:
     name = town["town"]
     lines = [
@@ -168,7 +177,7 @@ def document(town: dict) -> str:
     for p in town["places"]:
         lines.append(
             f"- {p['place'][0].upper() + p['place'][1:]}, on {p['street']}, was founded in {p['founded']} "
-            f"and {p['verb']}s {number(p['count'])} {p['unit']}."
+            f"and {third_person(p['verb'])} {number(p['count'])} {p['unit']}."
         )
     lines += ["", "## Festivals", ""]
     lines += [f"- The {e['event']} is held on {e['day']} {e['month']}." for e in town["events"]]
@@ -231,8 +240,11 @@ def split(all_facts: list[dict], seed: int, heldout_fact_share: float) -> dict[s
     return files
 
 
-def write_handbook(out: Path, seed: int = 0, heldout_fact_share: float = 0.25) -> dict[str, Path]:
-    """Writes document.md, the three question files and README.md into `out`; returns their paths."""
+def write_handbook(
+    out: Path, seed: int = 0, heldout_fact_share: float = 0.25, command_out: str | None = None
+) -> dict[str, Path]:
+    """Writes document.md, the three question files and README.md into `out`; returns their paths.
+    `command_out`: the --out the README's command names (None: the default folder, named by no --out)."""
     town = build_town(seed)
     out.mkdir(parents=True, exist_ok=True)
     texts = {"document.md": document(town)}
@@ -248,7 +260,7 @@ def write_handbook(out: Path, seed: int = 0, heldout_fact_share: float = 0.25) -
         "",
         "```bash",
         f"python recipes/data/handbook/make_handbook.py --seed {seed} --heldout_fact_share "
-        f"{heldout_fact_share}",
+        f"{heldout_fact_share}" + (f" --out {command_out}" if command_out else ""),
         "```",
         "",
         f"{len(all_facts)} facts about an invented town, three question wordings each, one short gold "
@@ -265,8 +277,8 @@ def write_handbook(out: Path, seed: int = 0, heldout_fact_share: float = 0.25) -
         "`train.jsonl`: two wordings of each trained fact; `heldout-wordings.jsonl`: the third wording of "
         "the same facts, in the same fact order; `heldout-facts.jsonl`: one wording of each fact that is "
         "never trained; `facts.jsonl`: every fact once (id, kind, subject, answer), read only by the "
-        "coverage report. Used by `recipes/configs/embedded/document-self.yaml`, `document-1.5b.yaml` and "
-        "`document-generated.yaml`.",
+        "coverage report. Read by `recipes/distill_document.py` (`document_file`, `data_file`, "
+        "`heldout_wordings_file`, `heldout_facts_file`, `facts_file`).",
         "",
     ]
     texts["README.md"] = "\n".join(lines)
@@ -285,7 +297,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not 0 < args.heldout_fact_share < 1:
         parser.error(f"--heldout_fact_share must be in (0, 1), got {args.heldout_fact_share}")
-    for name, path in write_handbook(Path(args.out), args.seed, args.heldout_fact_share).items():
+    default = Path(args.out).resolve() == Path(__file__).resolve().parent
+    written = write_handbook(
+        Path(args.out), args.seed, args.heldout_fact_share, command_out=None if default else args.out
+    )
+    for name, path in written.items():
         print(f"{name}: {path.stat().st_size} bytes")
 
 
