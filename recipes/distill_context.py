@@ -62,12 +62,12 @@ from distill_trainer.run.runner import (
     write_outputs,
     write_resolved_config,
 )
-from distill_trainer.run.validate_replies import validate_reply_recipe
+from distill_trainer.run.validate_replies import CONTEXT_RECIPE, validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.parsing import given_or_inferred
 from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies
 
-RECIPE = "distill_context"
+RECIPE = CONTEXT_RECIPE.name
 CONFIG_TYPES = (StudentArguments, ContextDataArguments, DistillationConfig)
 
 
@@ -203,7 +203,7 @@ def run_distill_context(student_args, data_args, config, callbacks=None, given=N
     start = time.perf_counter()
     # ------------------------------------------------------------ checks, rows and tokenizer (no model yet)
     given = given_or_inferred(given, (student_args, data_args, config))
-    checked = validate_reply_recipe(RECIPE, student_args, data_args, config, given=given)
+    checked = validate_reply_recipe(CONTEXT_RECIPE, student_args, data_args, config, given=given)
     train_rows, eval_rows, reports = (checked.data[key] for key in ("train", "eval", "reports"))
     tokenizer = checked.tokenizer
     # a teacher with another tokenizer: its own views of the replies, aligned with the student's

@@ -78,13 +78,14 @@ from distill_trainer.run.runner import (
     write_outputs,
     write_resolved_config,
 )
+from distill_trainer.run.validate_document import DOCUMENT_RECIPE
 from distill_trainer.run.validate_replies import validate_reply_recipe
 from distill_trainer.teacher.teacher import Teacher, is_self
 from distill_trainer.training.checkpoints import last_complete_checkpoint, parse_resume_setting
 from distill_trainer.training.parsing import GivenSettings, given_or_inferred
 from distill_trainer.views.cross_tokenizer import CrossTokenizerReplies
 
-RECIPE = "distill_document"
+RECIPE = DOCUMENT_RECIPE.name
 CONFIG_TYPES = (StudentArguments, KnowledgeArguments, DistillationConfig)
 
 
@@ -149,7 +150,7 @@ class Plan:
 def plan_run(student_args, args, config, given: GivenSettings | None = None) -> Plan:
     """Checks, questions and tokenizer, before any model loads (`run/validate_replies.py`)."""
     given = given_or_inferred(given, (student_args, args, config))
-    checked = validate_reply_recipe(RECIPE, student_args, args, config, given=given)
+    checked = validate_reply_recipe(DOCUMENT_RECIPE, student_args, args, config, given=given)
     sets, tokenizer, placement = checked.data["sets"], checked.tokenizer, args.context_placement
     context = checked.data["teacher_context"]
     if context["mode"] == "passage":  # a question without a passage of its own reads the nearest one

@@ -54,8 +54,9 @@ def recipe_of(config_path: str) -> str | None:
 
 def run_validate(args, overrides: list[str]) -> int:
     from distill_trainer.nli.arguments import DataArguments
+    from distill_trainer.run.reply_recipes import REPLY_RECIPES
     from distill_trainer.run.validate import RECIPES, describe, validate_recipe
-    from distill_trainer.run.validate_replies import REPLY_RECIPES, validate_reply_recipe
+    from distill_trainer.run.validate_replies import validate_reply_recipe
     from distill_trainer.training.config import DistillationConfig, StudentArguments
     from distill_trainer.training.parsing import parse_config
 
@@ -75,12 +76,12 @@ def run_validate(args, overrides: list[str]) -> int:
         raise UsageError(
             f"cannot tell which recipe {args.config} is for ({found}); pass --recipe {' | '.join(known)}"
         )
-    data_type = REPLY_RECIPES.get(recipe, DataArguments)
+    data_type = REPLY_RECIPES[recipe].data_arguments if recipe in REPLY_RECIPES else DataArguments
     configs, given = parse_config(
         (StudentArguments, data_type, DistillationConfig), ["--config", args.config, *overrides]
     )
     if recipe in REPLY_RECIPES:
-        result = validate_reply_recipe(recipe, *configs, given=given)
+        result = validate_reply_recipe(REPLY_RECIPES[recipe], *configs, given=given)
     else:
         result = validate_recipe(recipe, *configs, given=given)
     print(

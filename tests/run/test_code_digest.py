@@ -129,6 +129,19 @@ def test_a_record_covers_what_its_scripts_import_and_nothing_else(monkeypatch):
     assert code_digest.code_record(comparison)["digest"] != record["digest"]
 
 
+def test_the_document_recipes_code_is_not_in_the_system_prompt_recipes_record(monkeypatch):
+    # each reply recipe imports only its own validate steps: writing questions from a document is no part
+    # of what computes a system-prompt table, and an edit to it leaves those tables current
+    context = code_digest.code_record(["recipes/distill_context.py"])
+    document = code_digest.code_record(["recipes/distill_document.py"])
+    writing = "distill_trainer/context/question_writing.py"
+    assert writing in document["library"] and writing not in context["library"]
+    assert "distill_trainer/run/validate_replies.py" in context["library"]
+    monkeypatch.setattr(code_digest, "library_files", edited(writing))
+    assert code_digest.code_record(["recipes/distill_context.py"])["digest"] == context["digest"]
+    assert code_digest.code_record(["recipes/distill_document.py"])["digest"] != document["digest"]
+
+
 def test_helper_modules_beside_a_script_are_covered(tmp_path, monkeypatch):
     record = code_digest.code_record(["benchmarks/speed.py"])
     assert {"benchmarks/speed.py", "benchmarks/flops.py", "benchmarks/pairs.py"} <= set(record["scripts"])
