@@ -39,6 +39,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from distill_trainer.code_digest import code_record  # noqa: E402
+from distill_trainer.code_stamp import stamp_json, stamp_markdown  # noqa: E402
+
 if __package__:
     from benchmarks.teacher_pass import DEFAULT_CONFIG, load_data  # noqa: E402
 else:
@@ -312,8 +315,9 @@ def write_report(options, argv, started, load_average, compile_s, dataset, prefi
     stem = options.name or (
         "quick" if options.quick else options.model.replace("embedded:", "").replace("/", "--")
     )
-    (output / f"{stem}.md").write_text(markdown(report))
-    (output / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    code = code_record(["benchmarks/quantized_teacher.py"])  # the table names the code that made it
+    (output / f"{stem}.md").write_text(stamp_markdown(markdown(report), code))
+    (output / f"{stem}.json").write_text(json.dumps(dict(report, code=stamp_json(code)), indent=1))
     return report
 
 
