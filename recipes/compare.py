@@ -122,7 +122,12 @@ def main(argv=None) -> dict:
     publish_to = Path(compare.publish_dir) / (stem + suffix) if compare.publish_dir else None
     if compare.students:
         return compare_student_sizes(
-            (student_args, data_args, compare, config), run_dir, given, publish_to, report=report_student
+            (student_args, data_args, compare, config),
+            run_dir,
+            given,
+            publish_to,
+            report=report_student,
+            code=code_record(COMPARISON_SCRIPTS),
         )
     plan = plan_methods(student_args, data_args, compare, config, run_dir, given)
     say_why_rerun(plan.reran)

@@ -4,7 +4,7 @@ PBFT and against the student's ICL; then the verdict across sizes, computed from
 
     # rows as report.load_method_result gives them, summary as report.write_report returns it
     sizes = [size_entry(student, folder, rates, summary, rows), ...]
-    write_size_report(run_dir, sizes, settings)   # sizes.json, sizes.md, sizes.png
+    write_size_report(run_dir, sizes, settings, code)   # sizes.json, sizes.md, sizes.png
     sentences = size_verdict(sizes)
 
 A student "tells HANS's classes apart" when some student method (not the teacher) has a HANS margin AUC
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distill_trainer.code_stamp import stamp_json, stamp_markdown
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.report.findings import TEACHER, paired_difference
 from distill_trainer.report.plots import SIZE_PLOT, parameter_count, write_size_plot
@@ -204,12 +205,17 @@ def format_size_markdown(sizes: list[dict], verdict: list[str], settings: dict) 
     return "\n".join(lines)
 
 
-def write_size_report(run_dir, sizes: list[dict], settings: dict) -> dict:
-    """sizes.json, sizes.md and sizes.png in the run's folder; returns what sizes.json holds."""
+def write_size_report(run_dir, sizes: list[dict], settings: dict, code: dict | None = None) -> dict:
+    """sizes.json, sizes.md and sizes.png in the run's folder; returns what sizes.json holds.
+    `code` (`code_digest.code_record`): the code that made the sizes, stamped into both tables."""
     run_dir = Path(run_dir)
     verdict = size_verdict(sizes)
     report = {"settings": settings, "sizes": sizes, "verdict": verdict}
+    text = format_size_markdown(sizes, verdict, settings)
+    if code is not None:
+        report["code"] = stamp_json(code)
+        text = stamp_markdown(text, code)
     write_text_atomically(run_dir / SIZE_JSON, json.dumps(report, indent=2) + "\n")
-    write_text_atomically(run_dir / SIZE_TABLE, format_size_markdown(sizes, verdict, settings))
+    write_text_atomically(run_dir / SIZE_TABLE, text)
     write_size_plot(sizes, run_dir / SIZE_PLOT)
     return report

@@ -26,6 +26,7 @@ from distill_trainer.integrity import write_text_atomically
 from distill_trainer.report.tables import load_method_result
 from distill_trainer.run.comparison import REUSED_COSTS, run_in_fresh_process, student_folders
 from distill_trainer.run.comparison_methods import method_arguments, method_config, write_method_yaml
+from distill_trainer.run.interrupt import resume_flags
 from distill_trainer.run.method_reuse import (
     candidate_folder,
     finished_here,
@@ -114,10 +115,13 @@ def select_learning_rates(configs, students: list[str], run_dir: Path, given, sc
         out, fingerprint = candidate["dir"], candidate["fingerprint"]
         if not finished_here(out, fingerprint):  # a rerun of the selection keeps what finished
             began, peak = time.perf_counter(), None
+            # what a stopped selection left of this candidate (a checkpoint, or an adapter trained but
+            # not yet evaluated): continued, or started over, as a comparison does with its methods
+            extra = resume_flags(out)
             if compare.fresh_process_per_method:
-                peak = run_in_fresh_process(scripts, candidate["recipe"], out / "method.yaml")
+                peak = run_in_fresh_process(scripts, candidate["recipe"], out / "method.yaml", extra)
             else:
-                scripts.module(candidate["recipe"]).main(["--config", str(out / "method.yaml")])
+                scripts.module(candidate["recipe"]).main(["--config", str(out / "method.yaml"), *extra])
             row = load_method_result(candidate["method"], out, peak, time.perf_counter() - began)
             record_fingerprint(out, fingerprint, {k: row[k] for k in REUSED_COSTS})
         dtype = compare.student_eval_dtype or "float32"

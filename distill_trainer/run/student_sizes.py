@@ -4,7 +4,8 @@ summary.md, as a comparison of that student alone writes), then the report acros
 (report/sizes.py).
 
     report = compare_student_sizes((student_args, data_args, compare, config), run_dir, given, None,
-                                   report=report_student)     # recipes/compare.py runs one student's plan
+                                   report=report_student, code=code_record(scripts))
+    # report: recipes/compare.py runs one student's plan; code: stamped into sizes.md and sizes.json
 
 What each student shares with the others is read back rather than run again: the teacher's own rows
 (`comparison.read_shared_rows`) and its pass over the training queries (the teacher output cache, keyed
@@ -30,14 +31,17 @@ from distill_trainer.run.comparison_methods import read_method_yaml
 from distill_trainer.run.interrupt import forget_run
 
 
-def compare_student_sizes(configs, run_dir: Path, given, publish_to: Path | None, report) -> dict:
+def compare_student_sizes(
+    configs, run_dir: Path, given, publish_to: Path | None, report, code: dict | None = None
+) -> dict:
     """Every method for each of `compare.students`, each student in its own folder of the run with its own
     summary, against the same teacher, training queries and evaluation rows; then sizes.md, sizes.json and
     sizes.png. The teacher's rows run once (the later students read them back), and so does its pass over
     the training queries (the teacher output cache's key does not depend on the student).
 
     configs: (student_args, data_args, compare, config) as the comparison parsed them; report(plan,
-    configs, student_dir) -> (summary, rows): runs one student's plan and writes its summary."""
+    configs, student_dir) -> (summary, rows): runs one student's plan and writes its summary; code: the
+    record of the code that made the sizes (`code_digest.code_record`), stamped into both tables."""
     student_args, data_args, compare, config = configs
     folders = student_folders(compare.students)
     # ------------------------------------------------------------ every student's plan, all checked first
@@ -72,7 +76,7 @@ def compare_student_sizes(configs, run_dir: Path, given, publish_to: Path | None
         "hans_per_subcase": data_args.hans_per_subcase,
         "quick": compare.quick,
     }
-    written = write_size_report(run_dir, sizes, settings)
+    written = write_size_report(run_dir, sizes, settings, code)
     if publish_to:
         publish(run_dir, publish_to, folders.values())
     print(format_size_markdown(sizes, written["verdict"], settings), flush=True)

@@ -11,6 +11,7 @@ import yaml
 from helpers import tiny_comparison
 
 from distill_trainer import UsageError, parse_config
+from distill_trainer.code_stamp import read_stamp
 from distill_trainer.run.comparison import student_folders
 from distill_trainer.run.comparison_methods import method_config
 from distill_trainer.testing import build_model
@@ -118,6 +119,8 @@ def test_student_sizes_end_to_end_share_the_teacher_and_read_back_what_is_unchan
         assert entry["claims"] and entry["claims"][0].startswith("In-domain recovery")
     assert report["verdict"] and "HANS" in report["verdict"][0]
     assert json.loads((run_dir / "sizes.json").read_text()) == report
+    # both tables name the code that made them, as the per-student summaries do
+    assert read_stamp(run_dir / "sizes.md") == report["code"] == read_stamp(small_dir / "summary.md")
     markdown = (run_dir / "sizes.md").read_text()
     for student in students:
         assert sum(line.startswith(f"| {student} |") for line in markdown.splitlines()) == 2  # AUC, MNLI

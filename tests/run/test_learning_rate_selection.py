@@ -98,6 +98,30 @@ def test_each_students_rates_are_chosen_on_the_dev_rows(tmp_path, tokenizer, tin
     for student in students:
         assert args.for_student(student).method_learning_rates() == report["chosen"][student]
 
+    # a selection stopped while a candidate was being evaluated (its adapter trained, no metrics yet)
+    # continues: that candidate runs again, the finished ones are read back
+    stopped = run_dir / student_folders(students)[students[1]] / "cd_lora-lr0.05"
+    (stopped / "metrics.json").unlink()
+    (stopped / "fingerprint.json").unlink()
+    finished = run_dir / student_folders(students)[students[0]] / "cd_lora-lr0.05" / "metrics.json"
+    finished_at = finished.stat().st_mtime_ns
+    again = compare.main(
+        [
+            "--config",
+            config,
+            "--run_name",
+            "lr",
+            "--select_learning_rates",
+            "cd_lora=0.01,0.05",
+            "pbft_lora=0.02",
+        ]
+    )
+    assert (stopped / "metrics.json").is_file() and (stopped / "fingerprint.json").is_file()
+    assert finished.stat().st_mtime_ns == finished_at
+    assert [c["learning_rate"] for c in again["candidates"]] == [
+        c["learning_rate"] for c in report["candidates"]
+    ]
+
     # the measured run with the chosen rates trains nothing: every trained method is the chosen candidate
     compare.main(
         [
