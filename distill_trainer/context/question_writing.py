@@ -2,7 +2,10 @@
 question-answer pairs about every statement in several wordings, and then checks each pair by answering
 the question itself with the passage in view. With `question_unit: statement` (the default) it is asked
 about one statement (a line or sentence) at a time, the passage in view, so a statement deep in a long
-list gets its questions too; with `passage`, for a whole passage's statements at once. Every pair that
+list gets its questions too; with `answer`, for the question to one answer at a time, each name, number,
+date and amount of a statement (`answer_spans`; a statement with none is asked about as a whole), so every
+fact of the document is asked about and the teacher writes only short questions; with `passage`, for a
+whole passage's statements at once. Every pair that
 does not reach the training set is counted by its reason, and kept in the record a user reads
 (`generated_questions.jsonl`); a fragment that cannot be read as a pair (a question cut off by the length
 limit, say) is counted as malformed.
@@ -28,15 +31,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from distill_trainer.context.answer_spans import answer_spans
 from distill_trainer.context.passages import Passage, split_statements, statement_spans
 from distill_trainer.context.short_answers import contains, normalize_answer
 from distill_trainer.errors import UsageError
 from distill_trainer.teacher.generation import GenerationSettings
 
 QUESTION_SOURCES = ("file", "generate")
-QUESTION_UNITS = ("statement", "passage")
+QUESTION_UNITS = ("statement", "answer", "passage")
 # why a written pair did not become a training question, in the order the checks run
 DROP_REASONS = {
+    "answer in question": "answer_in_question",
     "duplicate": "duplicates",
     "held-out question": "heldout_overlap",
     "not confirmed": "not_confirmed",
@@ -58,7 +63,8 @@ class QuestionWritingArguments:
         default="statement",
         metadata={
             "help": "What the teacher is asked about at once: 'statement' (each line or sentence, with its "
-            "passage in view) or 'passage' (all of a passage's statements in one reply)."
+            "passage in view), 'answer' (the question to each name, number, date and amount of each "
+            "statement) or 'passage' (all of a passage's statements in one reply)."
         },
     )
     min_statement_words: int = field(
@@ -78,7 +84,8 @@ class QuestionWritingArguments:
         },
     )
     question_wordings: int = field(
-        default=2, metadata={"help": "Differently worded questions asked for each statement."}
+        default=2,
+        metadata={"help": "Differently worded questions asked for each statement (or answer)."},
     )
     question_max_new_tokens: int = field(
         default=768, metadata={"help": "Longest reply when writing a passage's pairs, in tokens."}
@@ -172,22 +179,41 @@ def statement_prompt(statement: str, wordings: int) -> str:
     )
 
 
+def answer_prompt(statement: str, answer: str, wordings: int) -> str:
+    """The instruction for one answer of a statement (question_unit: answer), read after its passage: the
+    question(s) whose answer it is, in the format `parse_questions` reads."""
+    what = "a question" if wordings == 1 else f"{wordings} questions, each in different words,"
+    return (
+        f'Write {what} whose answer is "{answer}", about this statement from the text: "{statement}"\n'
+        "Each question must make sense on its own, without the text (name who or what it is about), and "
+        "must not contain the answer. Write nothing else, in this format:\nQ: <question>"
+    )
+
+
 def longest_instruction(args: QuestionWritingArguments, document: str) -> str:
     """The longest instruction the teacher reads beside a passage when writing (a context-length check):
-    the passage's, or the statement's for the document's longest statement."""
+    the passage's, or the statement's (or one of its answers') for the document's longest statement."""
     if args.question_unit == "passage":
         return writing_prompt(args.questions_per_passage, args.question_wordings)
     longest = max((document[s:e] for s, e in statement_spans(document)), key=len, default="")
+    if args.question_unit == "answer":  # an answer is a part of its statement: the statement bounds it
+        return max(
+            answer_prompt(longest, longest, args.question_wordings),
+            statement_prompt(longest, args.question_wordings),
+            key=len,
+        )
     return statement_prompt(longest, args.question_wordings)
 
 
 @dataclass(frozen=True)
 class _Unit:
-    """One request to write pairs: the passage in view, what is asked about, and the statement (if one)."""
+    """One request to write pairs: the passage in view, what is asked about, the statement (if one) and
+    the answer whose questions are asked for (question_unit: answer; else None: the reply holds pairs)."""
 
     passage: Passage
     instruction: str
     statement: str | None
+    answer: str | None = None
 
 
 def writing_units(passages: list[Passage], document: str, args: QuestionWritingArguments):
@@ -200,8 +226,14 @@ def writing_units(passages: list[Passage], document: str, args: QuestionWritingA
         if statement.words() < args.min_statement_words:
             short.append(statement.text)
             continue
-        instruction = statement_prompt(statement.text, args.question_wordings)
-        units.append(_Unit(passages[statement.passage], instruction, statement.text))
+        passage = passages[statement.passage]
+        answers = answer_spans(statement.text) if args.question_unit == "answer" else []
+        for answer in answers:
+            instruction = answer_prompt(statement.text, answer, args.question_wordings)
+            units.append(_Unit(passage, instruction, statement.text, answer))
+        if not answers:  # statement mode, or a statement with no name or number to take as an answer
+            instruction = statement_prompt(statement.text, args.question_wordings)
+            units.append(_Unit(passage, instruction, statement.text))
     return units, short
 
 
@@ -246,6 +278,23 @@ def parse_pairs(text: str) -> ParsedReply:
                 malformed += _add(pairs, question, _clean(raw[match.end() :]))
                 question = None
     return ParsedReply(pairs, malformed + (question is not None))
+
+
+def parse_questions(text: str, answer: str, wordings: int) -> ParsedReply:
+    """The questions of a reply to `answer_prompt`, each paired with `answer`: "Q:" lines, or lines that
+    end with a question mark; at most `wordings` (more were not asked for). An empty question is
+    malformed."""
+    pairs, malformed = [], 0
+    for raw in text.replace("**", "").splitlines():
+        if match := _QUESTION.match(raw):
+            question = _clean(raw[match.end() :])
+        elif raw.strip().endswith("?") and not _ANSWER.match(raw):
+            question = _clean(raw.lstrip(" -*•0123456789.)"))
+        else:
+            continue
+        if len(pairs) < wordings:
+            malformed += _add(pairs, question, answer)
+    return ParsedReply(pairs, malformed)
 
 
 def _add(pairs: list, question: str, answer: str) -> int:
@@ -298,7 +347,10 @@ def write_questions(
     heldout = {normalize_answer(p) for p in heldout_prompts}
     asked = set()
     for unit, reply in zip(units, written):
-        parsed = parse_pairs(reply["text"])
+        if unit.answer is None:
+            parsed = parse_pairs(reply["text"])
+        else:
+            parsed = parse_questions(reply["text"], unit.answer, args.question_wordings)
         malformed += parsed.malformed
         for question, answer in parsed.pairs:
             # the suffix once, also when the teacher copied it from the held-out style
@@ -307,6 +359,8 @@ def write_questions(
             key = normalize_answer(question)
             if is_heldout(key, heldout):
                 status = "held-out question"
+            elif unit.answer is not None and contains(question, unit.answer):
+                status = "answer in question"  # it teaches nothing: the answer is read off the question
             else:
                 status = "duplicate" if key in asked else None
             asked.add(key)
@@ -330,8 +384,10 @@ def write_questions(
         record["status"] = "kept" if confirms(check["text"], record["answer"]) else "not confirmed"
     kept = [r for r in records if r["status"] == "kept"]
     counts = {"passages": len(passages), "statements": None, "short_statements": None}
-    if args.question_unit == "statement":
-        counts |= {"statements": len(units) + len(short), "short_statements": len(short)}
+    if args.question_unit != "passage":
+        asked_about = len({(u.passage.index, u.statement) for u in units})
+        counts |= {"statements": asked_about + len(short), "short_statements": len(short)}
+        counts["answers"] = sum(u.answer is not None for u in units)
     counts |= {"written": len(records), "malformed": malformed}
     counts |= {name: sum(r["status"] == s for r in records) for s, name in DROP_REASONS.items()}
     counts["kept"] = len(kept)
@@ -350,7 +406,7 @@ def write_questions(
         counts,
         records,
         {"writing": writing_info, "checking": checking_info},
-        [u.statement for u in units if u.statement is not None],
+        list(dict.fromkeys(u.statement for u in units if u.statement is not None)),
     )
 
 
@@ -362,10 +418,12 @@ def describe_counts(counts: dict) -> str:
             f", asked about {counts['statements'] - counts['short_statements']} of their "
             f"{counts['statements']} statements ({counts['short_statements']} too short to ask about)"
         )
+        if counts.get("answers"):
+            statements += f" for the questions to {counts['answers']} answers taken from them"
     return (
         f"{counts['passages']} passages{statements}; {counts['written']} pairs written "
         f"({counts['malformed']} more fragments could not be read as a pair); dropped: "
-        f"{counts['duplicates']} duplicates, "
+        f"{counts.get('answer_in_question', 0)} giving their answer away, {counts['duplicates']} duplicates, "
         f"{counts['heldout_overlap']} equal to a held-out question, {counts['not_confirmed']} not "
         f"confirmed by the teacher with the passage in view; kept {counts['kept']}"
     )

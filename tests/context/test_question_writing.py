@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from distill_trainer.context.answer_spans import answer_spans
 from distill_trainer.context.knowledge_data import KnowledgeArguments
 from distill_trainer.context.passages import split_passages, tokenizer_counter
 from distill_trainer.context.question_writing import (
@@ -14,6 +15,7 @@ from distill_trainer.context.question_writing import (
     confirms,
     describe_counts,
     parse_pairs,
+    parse_questions,
     statement_prompt,
     write_questions,
     writing_prompt,
@@ -130,6 +132,7 @@ def test_every_pair_is_accounted_for_and_only_confirmed_new_ones_train():
         "short_statements": None,
         "written": 7,
         "malformed": 1,
+        "answer_in_question": 0,
         "duplicates": 1,
         "heldout_overlap": 1,
         "not_confirmed": 1,
@@ -188,7 +191,7 @@ def test_settings_are_checked_with_a_fix():
         )
     with pytest.raises(UsageError, match="choose one of: file, generate"):
         QuestionWritingArguments(questions="invent").check_question_settings(None)
-    with pytest.raises(UsageError, match="choose one of: statement, passage"):
+    with pytest.raises(UsageError, match="choose one of: statement, answer, passage"):
         QuestionWritingArguments(question_unit="page").check_question_settings(None)
     with pytest.raises(UsageError, match="passage_overlap_tokens must be"):
         QuestionWritingArguments(passage_tokens=16, passage_overlap_tokens=16).check_question_settings(None)
@@ -235,6 +238,85 @@ def test_each_statement_is_asked_about_with_its_passage_in_view_and_headings_are
     assert "asked about 3 of their 4 statements (1 too short to ask about)" in describe_counts(result.counts)
     assert [r["statement"] for r in result.records] == statements[:2]
     assert result.counts["kept"] == 2
+
+
+def test_a_statements_names_numbers_dates_and_amounts_are_its_answers():
+    assert answer_spans(
+        "- The Cresswell Library, on Cobbler's Row, was founded in 1753 and holds 13,591 books."
+    ) == [
+        "Cresswell Library",
+        "Cobbler's Row",
+        "1753",
+        "13,591 books",
+    ]
+    assert answer_spans("- Isolde Mottram has been the harbour master since 1982.") == [
+        "Isolde Mottram",
+        "1982",
+    ]
+    assert answer_spans("- The Night of the Bells is held on 5 December.") == [
+        "Night of the Bells",
+        "5 December",
+    ]
+    # a capitalised opening word is no name; a currency, a percentage, a US date, initials
+    assert answer_spans("A dog licence costs 18 crowns.") == ["18 crowns"]
+    assert answer_spans(
+        "On December 5, 1890 the fee rose to $12.50 for 3% of members, said A. B. Smith."
+    ) == [
+        "December 5, 1890",
+        "$12.50",
+        "3%",
+        "A. B. Smith",
+    ]
+    assert answer_spans("It rains here.") == []
+
+
+def test_each_answer_of_a_statement_is_asked_for_its_question():
+    document = (
+        "# Port\n\nAda Brill is the harbour master.\n\nThe ferry carries 40 cars.\n\nIt rains a lot here."
+    )
+    parts = split_passages(document, lambda text: len(text.split()), max_tokens=8)
+    replies = {
+        '"Ada Brill"': "Q: Who is the harbour master?\nQ: Which person is the harbour master?\nQ: a third?",
+        '"40 cars"': "1. How many cars does the ferry carry?\nQ: Does the ferry carry 40 cars?",
+    }
+
+    checks = {"Who is the harbour master?": "Ada Brill", "Where does it rain?": "here"}
+
+    def ask(rows, settings):
+        texts = []
+        for row in rows:
+            if row["prompt"].startswith("Write "):
+                texts.append(
+                    next(
+                        (t for a, t in replies.items() if a in row["prompt"]),
+                        "Q: Where does it rain?\nA: here",
+                    )
+                )
+            else:
+                texts.append(checks.get(row["prompt"].removesuffix(SUFFIX), "40"))
+        return [{"text": t} for t in texts], {"generated": len(rows), "reused": 0}
+
+    args = QuestionWritingArguments(question_unit="answer")
+    result = write_questions(parts, document, ask, args, ANSWERS)
+    # one request per answer, the answer and its statement quoted; a statement with none asked as a whole
+    records = {r["prompt"].removesuffix(SUFFIX): r for r in result.records}
+    assert records["Who is the harbour master?"]["answer"] == "Ada Brill"
+    assert records["Which person is the harbour master?"]["status"] == "not confirmed"  # checked: "40"
+    assert "a third?" not in records  # two wordings asked for, two read
+    assert records["How many cars does the ferry carry?"]["answer"] == "40 cars"
+    assert records["Does the ferry carry 40 cars?"]["status"] == "answer in question"
+    assert records["Where does it rain?"]["answer"] == "here"  # no name or number: a statement request
+    assert result.counts["answers"] == 2 and result.counts["answer_in_question"] == 1
+    assert result.counts["statements"] == 4 and result.counts["short_statements"] == 1
+    assert "for the questions to 2 answers taken from them" in describe_counts(result.counts)
+    assert "1 giving their answer away" in describe_counts(result.counts)
+    assert [r["prompt"].removesuffix(SUFFIX) for r in result.rows] == [
+        "Who is the harbour master?",
+        "How many cars does the ferry carry?",
+        "Where does it rain?",
+    ]
+    assert parse_questions("Sure!\nQ: one?\nQ:\n- two?", "x", 3).pairs == [("one?", "x"), ("two?", "x")]
+    assert parse_questions("Sure!\nQ: one?\nQ:\n- two?", "x", 3).malformed == 1
 
 
 @pytest.fixture(scope="module")
