@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from distill_trainer.context.answer_spans import answer_spans
+from distill_trainer.context.answer_spans import BLANK, answer_spans, blank_out
 from distill_trainer.context.passages import Passage, split_statements, statement_spans
 from distill_trainer.context.short_answers import contains, normalize_answer
 from distill_trainer.errors import UsageError
@@ -181,12 +181,18 @@ def statement_prompt(statement: str, wordings: int) -> str:
 
 def answer_prompt(statement: str, answer: str, wordings: int) -> str:
     """The instruction for one answer of a statement (question_unit: answer), read after its passage: the
-    question(s) whose answer it is, in the format `parse_questions` reads."""
-    what = "a question" if wordings == 1 else f"{wordings} questions, each in different words,"
+    statement with the answer blanked out, and the question(s) that ask for the blank, in the format
+    `parse_questions` reads."""
+    what = (
+        "a question that asks"
+        if wordings == 1
+        else f"{wordings} questions, each in different words, that ask"
+    )
     return (
-        f'Write {what} whose answer is "{answer}", about this statement from the text: "{statement}"\n'
+        f"Write {what} for the missing part {BLANK} of this sentence from the text: "
+        f'"{blank_out(statement, answer)}"\n'
         "Each question must make sense on its own, without the text (name who or what it is about), and "
-        "must not contain the answer. Write nothing else, in this format:\nQ: <question>"
+        f"must not contain the missing part. Write nothing else, in this format:\nQ: <question>"
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from distill_trainer.context.answer_spans import answer_spans
+from distill_trainer.context.answer_spans import answer_spans, blank_out
 from distill_trainer.context.knowledge_data import KnowledgeArguments
 from distill_trainer.context.passages import split_passages, tokenizer_counter
 from distill_trainer.context.question_writing import (
@@ -268,6 +268,10 @@ def test_a_statements_names_numbers_dates_and_amounts_are_its_answers():
         "A. B. Smith",
     ]
     assert answer_spans("It rains here.") == []
+    # the teacher is shown the statement with the answer blanked out, without its list mark
+    assert blank_out("- Isolde Mottram has been the harbour master since 1982.", "1982") == (
+        "Isolde Mottram has been the harbour master since ___."
+    )
 
 
 def test_each_answer_of_a_statement_is_asked_for_its_question():
@@ -276,8 +280,12 @@ def test_each_answer_of_a_statement_is_asked_for_its_question():
     )
     parts = split_passages(document, lambda text: len(text.split()), max_tokens=8)
     replies = {
-        '"Ada Brill"': "Q: Who is the harbour master?\nQ: Which person is the harbour master?\nQ: a third?",
-        '"40 cars"': "1. How many cars does the ferry carry?\nQ: Does the ferry carry 40 cars?",
+        '"___ is the harbour master."': (
+            "Q: Who is the harbour master?\nQ: Which person is the harbour master?\nQ: a third?"
+        ),
+        '"The ferry carries ___."': (
+            "1. How many cars does the ferry carry?\nQ: Does the ferry carry 40 cars?"
+        ),
     }
 
     checks = {"Who is the harbour master?": "Ada Brill", "Where does it rain?": "here"}
