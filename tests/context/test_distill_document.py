@@ -238,7 +238,7 @@ def test_recipe_from_the_document_alone_writes_checks_and_covers_its_questions(
     assert counts["kept"] == 3 and counts["heldout_overlap"] == 1 and counts["malformed"] == 1
     assert counts["not_confirmed"] == 1  # "What sat on the mat?" answered "a dog"
     assert counts["written"] == sum(
-        counts[k] for k in ("kept", "duplicates", "heldout_overlap", "not_confirmed")
+        counts[k] for k in ("kept", "answer_in_question", "duplicates", "heldout_overlap", "not_confirmed")
     )
     records = [json.loads(line) for line in (out / "generated_questions.jsonl").read_text().splitlines()]
     assert len(records) == counts["written"] and {r["status"] for r in records} >= {"kept", "not confirmed"}

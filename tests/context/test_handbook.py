@@ -113,3 +113,12 @@ def test_the_facts_file_lists_every_fact_once_and_each_question_touches_its_own(
     assert all(touches(by_id[row["fact"]], row["prompt"], row["answer"]) for row in rows)
     others = [sum(touches(fact, row["prompt"], row["answer"]) for fact in facts) - 1 for row in rows]
     assert sum(n > 0 for n in others) <= len(rows) // 20
+
+
+def test_the_dev_questions_are_slices_of_the_training_pool_never_evaluation_rows():
+    train = (COMMITTED / "train.jsonl").read_text().splitlines(keepends=True)
+    dev = COMMITTED.parent / "handbook-dev"
+    assert (dev / "dev-wordings.jsonl").read_text() == "".join(train[96:144])
+    assert (dev / "dev-facts.jsonl").read_text() == "".join(train[48:96])
+    evaluation = {row["prompt"] for name in NAMES[2:4] for row in read_rows(COMMITTED / name)}
+    assert not {row["prompt"] for row in read_rows(dev / "dev-wordings.jsonl")} & evaluation
