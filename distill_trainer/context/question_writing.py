@@ -289,7 +289,8 @@ def parse_pairs(text: str) -> ParsedReply:
 def parse_questions(text: str, answer: str, wordings: int) -> ParsedReply:
     """The questions of a reply to `answer_prompt`, each paired with `answer`: "Q:" lines, or lines that
     end with a question mark; at most `wordings` (more were not asked for). An empty question is
-    malformed."""
+    malformed, and so is one about the instruction rather than the text (it names the blank or "the
+    missing part": a small model echoes the request)."""
     pairs, malformed = [], 0
     for raw in text.replace("**", "").splitlines():
         if match := _QUESTION.match(raw):
@@ -299,7 +300,8 @@ def parse_questions(text: str, answer: str, wordings: int) -> ParsedReply:
         else:
             continue
         if len(pairs) < wordings:
-            malformed += _add(pairs, question, answer)
+            echoes = BLANK in question or "missing part" in question.lower()
+            malformed += 1 if echoes else _add(pairs, question, answer)
     return ParsedReply(pairs, malformed)
 
 

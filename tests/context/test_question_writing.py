@@ -325,6 +325,8 @@ def test_each_answer_of_a_statement_is_asked_for_its_question():
     ]
     assert parse_questions("Sure!\nQ: one?\nQ:\n- two?", "x", 3).pairs == [("one?", "x"), ("two?", "x")]
     assert parse_questions("Sure!\nQ: one?\nQ:\n- two?", "x", 3).malformed == 1
+    echoed = parse_questions("Q: What is the missing part of the sentence?\nQ: Who is ___?\nQ: Who?", "x", 3)
+    assert echoed.pairs == [("Who?", "x")] and echoed.malformed == 2
 
 
 @pytest.fixture(scope="module")
