@@ -10,12 +10,11 @@ import pytest
 from distill_trainer.context.answer_spans import answer_spans, blank_out
 from distill_trainer.context.knowledge_data import KnowledgeArguments
 from distill_trainer.context.passages import split_passages, tokenizer_counter
+from distill_trainer.context.question_parsing import parse_pairs, parse_questions
 from distill_trainer.context.question_writing import (
     QuestionWritingArguments,
     confirms,
     describe_counts,
-    parse_pairs,
-    parse_questions,
     statement_prompt,
     write_questions,
     writing_prompt,
