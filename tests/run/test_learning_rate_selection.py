@@ -49,6 +49,12 @@ def write_config(tmp_path, tiny_dirs, **values) -> str:
     return str(path)
 
 
+def select(config: str) -> dict:
+    """The selection run "lr": two CD rates and one PBFT rate per student."""
+    argv = ["--config", config, "--run_name", "lr"]
+    return compare.main([*argv, "--select_learning_rates", "cd_lora=0.01,0.05", "pbft_lora=0.02"])
+
+
 @pytest.mark.integration
 def test_each_students_rates_are_chosen_on_the_dev_rows(tmp_path, tokenizer, tiny_dirs):
     wider = tmp_path / "wider"
@@ -56,17 +62,7 @@ def test_each_students_rates_are_chosen_on_the_dev_rows(tmp_path, tokenizer, tin
     tokenizer.save_pretrained(wider)
     students = [tiny_dirs["student"], str(wider)]
     config = write_config(tmp_path, tiny_dirs, students=students, holdout_rows=dev_file(tmp_path))
-    report = compare.main(
-        [
-            "--config",
-            config,
-            "--run_name",
-            "lr",
-            "--select_learning_rates",
-            "cd_lora=0.01,0.05",
-            "pbft_lora=0.02",
-        ]
-    )
+    report = select(config)
     run_dir = tmp_path / "results" / "lr"
     assert [(c["student"], c["method"], c["learning_rate"]) for c in report["candidates"]] == [
         (s, m, r) for s in students for m, r in (("cd_lora", 0.01), ("cd_lora", 0.05), ("pbft_lora", 0.02))
@@ -105,17 +101,7 @@ def test_each_students_rates_are_chosen_on_the_dev_rows(tmp_path, tokenizer, tin
     (stopped / "fingerprint.json").unlink()
     finished = run_dir / student_folders(students)[students[0]] / "cd_lora-lr0.05" / "metrics.json"
     finished_at = finished.stat().st_mtime_ns
-    again = compare.main(
-        [
-            "--config",
-            config,
-            "--run_name",
-            "lr",
-            "--select_learning_rates",
-            "cd_lora=0.01,0.05",
-            "pbft_lora=0.02",
-        ]
-    )
+    again = select(config)
     assert (stopped / "metrics.json").is_file() and (stopped / "fingerprint.json").is_file()
     assert finished.stat().st_mtime_ns == finished_at
     assert [c["learning_rate"] for c in again["candidates"]] == [
