@@ -64,7 +64,18 @@ def load_variant(name: str, variant: str, quick: bool):
         tokenizer = build_tokenizer()
         model = build_model(len(tokenizer), seed=0, hidden_size=64).to(torch.bfloat16)
     elif variant == "bnb 8-bit":
-        model, tokenizer = load_causal_lm(name, dtype="bfloat16", quantization="8bit"), load_tokenizer(name)
+        # bitsandbytes itself: on a CPU, load_causal_lm answers "8bit" with the library's own int8 layer
+        from transformers import AutoModelForCausalLM
+
+        from distill_trainer.models.loading import quantization_config, resolve_model_path
+
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(name),
+            quantization_config=quantization_config("8bit", compute_dtype=torch.bfloat16),
+            device_map={"": "cpu"},
+            dtype=torch.bfloat16,
+        )
+        tokenizer = load_tokenizer(name)
     else:
         model, tokenizer = load_causal_lm(name, dtype="bfloat16"), load_tokenizer(name)
     if variant in VARIANTS:
