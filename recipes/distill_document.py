@@ -142,6 +142,12 @@ class Plan:
         """The sets the trained models are scored on (the teacher's training answers are scored too)."""
         return {name: self.sets[name] for name in HELDOUT_SETS}
 
+    @property
+    def scored(self) -> dict:
+        """The sets a trained student answers closed book: the held-out ones, and its own training
+        questions (did it learn what it was taught, before the question of whether that carries over)."""
+        return {"train": self.sets["train"], **self.heldout}
+
     def lap(self, name: str, since: float) -> float:
         self.seconds[name] = round(time.perf_counter() - since, 1)
         return time.perf_counter()
@@ -265,7 +271,7 @@ def sft_baseline(plan: Plan, student_args, args, config, base_forgetting) -> tup
     views = chat_view_dataset(plan.tokenizer, gold, [None] * len(gold), plan.cache["placement"])
     student = load_student(student_args, seed=config.seed)
     trainer, answers, metrics = train_and_answer(
-        student, views, sft_config, plan.tokenizer, plan.heldout, plan.settings, args, None
+        student, views, sft_config, plan.tokenizer, plan.scored, plan.settings, args, None
     )
     kl = forgetting_kl(
         trainer.model,
@@ -323,7 +329,7 @@ def run_distill_document(
         taught["views"],
         config,
         plan.tokenizer,
-        plan.heldout,
+        plan.scored,
         plan.settings,
         args,
         teacher,

@@ -110,9 +110,15 @@ def test_recipe_end_to_end_and_a_rerun_reuses_the_teachers_answers(tmp_path, cha
         assert record and record["entry"] == ["recipes/distill_document.py"] and staleness(record) == []
     records = [json.loads(line) for line in (out / "predictions_answers.jsonl").read_text().splitlines()]
     assert len(records) == 10 and [r["set"] for r in records].count("heldout_wordings") == 3
-    # the trained models answer the held-out questions; the teacher's training answers are kept too
+    # the trained models answer the held-out questions and, closed book, their own training questions
+    # (what they learned of what they were taught); the base student answers only the held-out ones
     assert {"before", "cd", "sft", "open_student", "open_teacher", "gold"} <= set(records[-1])
-    assert "cd" not in records[0] and records[0]["set"] == "train" and "open_teacher" in records[0]
+    assert records[0]["set"] == "train" and {"cd", "sft", "open_teacher"} <= set(records[0])
+    assert "before" not in records[0]
+    for key in ("cd", "sft"):
+        assert results["models"][key]["scores"]["train"]["contains"]["n"] == 6
+    assert "train" not in results["models"]["before"]["scores"]
+    assert "CD − SFT on training wordings" in report
     # a rerun (new output_dir): every answer generated before training comes from the cache
     again = recipe.main(recipe_argv(tmp_path, chat_dirs, output_dir=str(tmp_path / "out2")))
     assert again["teacher_completions"] == dict(metrics["teacher_completions"], reused=10, generated=0)
