@@ -3,8 +3,8 @@ text, so that the teacher can be asked for the question to a given answer (`ques
 
     answer_spans("- The Cresswell Library, on Cobbler's Row, was founded in 1753 and holds 13,591 books.")
     # ['Cresswell Library', "Cobbler's Row", '1753', '13,591 books']
-    blank_out("- Isolde Mottram has been the harbour master since 1982.", "1982")
-    # 'Isolde Mottram has been the harbour master since ___.'
+    statement_body("- Isolde Mottram has been the harbour master since 1982.")
+    # 'Isolde Mottram has been the harbour master since 1982.'
 
 Asking for the question to an answer taken from the text, rather than for pairs, is how question
 generation is usually made to cover a text (answer-aware question generation): every name and number of a
@@ -73,11 +73,6 @@ def answer_spans(statement: str) -> list[str]:
     return spans
 
 
-BLANK = "___"
-
-
-def blank_out(statement: str, answer: str) -> str:
-    """The statement without its list or heading marks, its first occurrence of `answer` replaced by
-    `BLANK`."""
-    body = statement[_OPENING.match(statement).end() :].strip()
-    return body.replace(answer, BLANK, 1)
+def statement_body(statement: str) -> str:
+    """The statement without its list or heading marks, as the teacher is shown it."""
+    return statement[_OPENING.match(statement).end() :].strip()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from distill_trainer.context.answer_spans import BLANK
 from distill_trainer.context.short_answers import normalize_answer
 
 # a line that opens a question or an answer, under the markings models add: bullets, numbers, bold
 _LABEL = r"^\s*(?:[-*•#>]+\s*)?(?:\d+\s*[.)]\s*)?(?:{names})\s*\d*\s*[:.)]\s*"
 _QUESTION = re.compile(_LABEL.format(names="q|question"), re.IGNORECASE)
 _ANSWER = re.compile(_LABEL.format(names="a|answer"), re.IGNORECASE)
+# what a question that echoes the request to write it says (`answer_prompt`), rather than the text
+_ECHOES = ("the sentence", "the text", "whose answer")
 # "Q: ... A: ..." on one line: the answer's label only after the question's own end, so "Plan A: ..." inside a
 # question does not cut it in two
 _INLINE_ANSWER = re.compile(r"(?<=[?.!])\s+(?:a|answer)\s*\d*\s*:\s*", re.IGNORECASE)
@@ -61,8 +62,8 @@ def parse_pairs(text: str) -> ParsedReply:
 def parse_questions(text: str, answer: str, wordings: int) -> ParsedReply:
     """The questions of a reply to `answer_prompt`, each paired with `answer`: "Q:" lines, or lines that
     end with a question mark; at most `wordings` (more were not asked for). An empty question is
-    malformed, and so is one about the instruction rather than the text (it names the blank or "the
-    missing part": a small model echoes the request)."""
+    malformed, and so is one about the instruction rather than the text (it names "the sentence", "the
+    text" or "whose answer": a small model echoes the request)."""
     pairs, malformed = [], 0
     for raw in text.replace("**", "").splitlines():
         if match := _QUESTION.match(raw):
@@ -72,7 +73,7 @@ def parse_questions(text: str, answer: str, wordings: int) -> ParsedReply:
         else:
             continue
         if len(pairs) < wordings:
-            echoes = BLANK in question or "missing part" in question.lower()
+            echoes = any(words in question.lower() for words in _ECHOES)
             malformed += 1 if echoes else _add(pairs, question, answer)
     return ParsedReply(pairs, malformed)
 

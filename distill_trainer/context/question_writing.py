@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from distill_trainer.context.answer_spans import BLANK, answer_spans, blank_out
+from distill_trainer.context.answer_spans import answer_spans, statement_body
 from distill_trainer.context.passages import Passage, split_statements, statement_spans
 from distill_trainer.context.question_parsing import parse_pairs, parse_questions
 from distill_trainer.context.short_answers import contains, normalize_answer
@@ -181,18 +181,18 @@ def statement_prompt(statement: str, wordings: int) -> str:
 
 def answer_prompt(statement: str, answer: str, wordings: int) -> str:
     """The instruction for one answer of a statement (question_unit: answer), read after its passage: the
-    statement with the answer blanked out, and the question(s) that ask for the blank, in the format
-    `parse_questions` reads."""
-    what = (
-        "a question that asks"
-        if wordings == 1
-        else f"{wordings} questions, each in different words, that ask"
-    )
+    statement and the answer named outright, and the question(s) that ask for it, in the format
+    `parse_questions` reads. Named, not blanked out: shown "since ___", a small teacher writes "Who has
+    been the harbour master since?" and pairs it with a year; told the answer is "1982", it asks when.
+    The other details are left out where they can be ("Who is the harbour master?", not "... since
+    1982?"): a student taught only the longer question does not answer the shorter one."""
+    what = "a question" if wordings == 1 else f"{wordings} questions, each in different words,"
     return (
-        f"Write {what} for the missing part {BLANK} of this sentence from the text: "
-        f'"{blank_out(statement, answer)}"\n'
-        "Each question must make sense on its own, without the text (name who or what it is about), and "
-        f"must not contain the missing part. Write nothing else, in this format:\nQ: <question>"
+        f'This sentence is from the text: "{statement_body(statement)}"\n'
+        f'Write {what} whose answer is "{answer}". Each question must make sense on its own, without the '
+        f'text (name who or what it is about), and must not contain "{answer}". Leave out the '
+        "sentence's other details unless the question needs them. Write nothing else, in this format:\n"
+        "Q: <question>"
     )
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from distill_trainer.context.answer_spans import answer_spans, blank_out
+from distill_trainer.context.answer_spans import answer_spans, statement_body
 from distill_trainer.context.knowledge_data import KnowledgeArguments
 from distill_trainer.context.passages import split_passages, tokenizer_counter
 from distill_trainer.context.question_parsing import parse_pairs, parse_questions
 from distill_trainer.context.question_writing import (
     QuestionWritingArguments,
+    answer_prompt,
     confirms,
     describe_counts,
     statement_prompt,
@@ -83,7 +84,7 @@ class StubTeacher:
         self.calls.append((rows, settings))
         texts = []
         for row in rows:
-            if row["prompt"].startswith("Write "):
+            if "format:\nQ: <question>" in row["prompt"]:  # a request to write
                 texts.append(self.pairs[self._written_about(row)])
             else:
                 assert row["context"] in self.document  # checked with its own passage in view
@@ -267,10 +268,13 @@ def test_a_statements_names_numbers_dates_and_amounts_are_its_answers():
         "A. B. Smith",
     ]
     assert answer_spans("It rains here.") == []
-    # the teacher is shown the statement with the answer blanked out, without its list mark
-    assert blank_out("- Isolde Mottram has been the harbour master since 1982.", "1982") == (
-        "Isolde Mottram has been the harbour master since ___."
+    # the teacher is shown the statement without its list mark, and the answer named outright
+    assert statement_body("- Isolde Mottram has been the harbour master since 1982.") == (
+        "Isolde Mottram has been the harbour master since 1982."
     )
+    prompt = answer_prompt("- Isolde Mottram has been the harbour master since 1982.", "1982", 2)
+    assert '"Isolde Mottram has been the harbour master since 1982."' in prompt
+    assert 'whose answer is "1982"' in prompt and "2 questions" in prompt
 
 
 def test_each_answer_of_a_statement_is_asked_for_its_question():
@@ -279,10 +283,10 @@ def test_each_answer_of_a_statement_is_asked_for_its_question():
     )
     parts = split_passages(document, lambda text: len(text.split()), max_tokens=8)
     replies = {
-        '"___ is the harbour master."': (
+        'whose answer is "Ada Brill"': (
             "Q: Who is the harbour master?\nQ: Which person is the harbour master?\nQ: a third?"
         ),
-        '"The ferry carries ___."': (
+        'whose answer is "40 cars"': (
             "1. How many cars does the ferry carry?\nQ: Does the ferry carry 40 cars?"
         ),
     }
@@ -292,7 +296,7 @@ def test_each_answer_of_a_statement_is_asked_for_its_question():
     def ask(rows, settings):
         texts = []
         for row in rows:
-            if row["prompt"].startswith("Write "):
+            if "format:\nQ: <question>" in row["prompt"]:  # a request to write
                 texts.append(
                     next(
                         (t for a, t in replies.items() if a in row["prompt"]),
@@ -324,7 +328,7 @@ def test_each_answer_of_a_statement_is_asked_for_its_question():
     ]
     assert parse_questions("Sure!\nQ: one?\nQ:\n- two?", "x", 3).pairs == [("one?", "x"), ("two?", "x")]
     assert parse_questions("Sure!\nQ: one?\nQ:\n- two?", "x", 3).malformed == 1
-    echoed = parse_questions("Q: What is the missing part of the sentence?\nQ: Who is ___?\nQ: Who?", "x", 3)
+    echoed = parse_questions("Q: What is the answer in the sentence?\nQ: Whose answer is x?\nQ: Who?", "x", 3)
     assert echoed.pairs == [("Who?", "x")] and echoed.malformed == 2
 
 
