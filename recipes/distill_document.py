@@ -367,6 +367,20 @@ def run_distill_document(
     )
 
 
+def passage_reading(context: dict, passages: int) -> str:
+    """Why, and how, the teacher answers with one passage in view (teacher_context: passage)."""
+    limit, tokens = context["limit"], context["prompt_tokens"]
+    why = (
+        "teacher_context: passage"
+        if limit is None or tokens <= limit
+        else f"the document is longer than the teacher reads at once ({limit} tokens)"
+    )
+    return (
+        f"{why}: each question is answered, open book, with one of {passages} passages in view: the one it "
+        "was written from, else the one that shares the most words with it"
+    )
+
+
 def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, command) -> dict:
     """results.md/.json, metrics.json and every answer, printed and written into output_dir."""
     student_args, args, config = configs
@@ -383,6 +397,7 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         results["coverage"] = coverage
     teacher_info, before_info = taught["completions"], base_answers["completions"]
     counts = ", ".join(f"{name} {len(part)}" for name, part in plan.sets.items())
+    passage_mode = plan.teacher_context["mode"] == "passage"
     header = [
         f"# Knowledge injection: {student_args.model_name_or_path} (LoRA) <- teacher "
         f"{config.teacher_model_name_or_path}",
@@ -390,16 +405,7 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
         f"- command: `{command}`" if command else "- command: (called from Python)",
         f"- document: {args.document_file} ({plan.document_tokens} tokens in the teacher's prompt, "
         f"{plan.cache['placement']} placement); questions: {counts}",
-        *(
-            [
-                "- the document is longer than the teacher reads at once "
-                f"({plan.teacher_context['limit']} tokens): each question is answered, open book, with one "
-                f"of {len(plan.passages)} passages in view: the one it was written from, else the one that "
-                "shares the most words with it"
-            ]
-            if plan.teacher_context["mode"] == "passage"
-            else []
-        ),
+        *([f"- {passage_reading(plan.teacher_context, len(plan.passages))}"] if passage_mode else []),
         *(
             [
                 "- training questions written by the teacher from the document: "
