@@ -129,8 +129,12 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_dirs, caplog):
     expected_metrics, expected_losses, expected_predictions, expected_weights = outputs(uninterrupted)
     metrics, losses, predictions, weights = outputs(killed)
     assert set(weights) == set(expected_weights)
-    for name, tensor in expected_weights.items():  # fp32 on CPU: bitwise
-        assert torch.equal(weights[name], tensor), (name, float((weights[name] - tensor).abs().max()))
+    # Not bitwise: MKL's float32 sums depend on how the process happened to align its buffers, so the
+    # killed process and this one can differ in the last bits (2.5e-6 seen after six steps). A wrong
+    # resume (other data order, lost optimizer state, a repeated step) moves weights by ~lr = 1e-2.
+    for name, tensor in expected_weights.items():
+        gap = float((weights[name] - tensor).abs().max())
+        assert gap <= 2e-5, (name, gap)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     for step, (loss, kd) in expected_losses.items():
         assert abs(losses[step][0] - loss) <= 1e-6 and abs(losses[step][1] - kd) <= 1e-6, step
@@ -141,4 +145,4 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_dirs, caplog):
         assert torch.allclose(got, want, rtol=0, atol=1e-5), task  # log-probs are stored rounded to 1e-6
     assert metrics["train"]["global_step"] == 6
     # the mean loss over all six steps, not over the four after the resume
-    assert metrics["train"]["train_loss"] == expected_metrics["train"]["train_loss"]
+    assert abs(metrics["train"]["train_loss"] - expected_metrics["train"]["train_loss"]) <= 1e-6
