@@ -14,7 +14,7 @@ limit, say) is counted as malformed.
     result = write_questions(passages, document, ask, args, answer_settings, heldout_prompts)
     result.rows       # training rows, as `knowledge_data.load_questions` gives them
     result.counts     # {"passages", "statements", "short_statements", "written", "malformed",
-                      #  "duplicates", "heldout_overlap", "not_confirmed", "kept"}
+                      #  "duplicates", "heldout_overlap", "not_confirmed", "kept", "re_aimed"}
     result.records    # every pair written: passage, prompt, answer, status, the teacher's check
 
 `ask(rows, settings)` returns ({"text"} per row, info) for rows {"context", "prompt"}; the recipe passes
@@ -22,7 +22,8 @@ the completion cache's `completions`, so a rerun reads every reply back instead 
 
 The verification rule: the teacher answers the question (greedy, the recipe's answer length) with only
 the passage in view, and a pair is kept when that answer and the written one agree: one of the two,
-normalised as answers are scored (`short_answers.normalize_answer`), contains the other as whole words.
+normalised as answers are scored (`short_answers.normalize_answer`), contains the other as whole words;
+or, in `answer` mode, re-aimed at another answer of its statement (`reaimed_answer`).
 """
 
 from __future__ import annotations
@@ -255,6 +256,23 @@ def confirms(check: str, answer: str) -> bool:
     return contains(check, answer) or contains(answer, check)
 
 
+def reaimed_answer(record: dict, question_unit: str) -> str | None:
+    """The answer a question missed its own for, when it plainly asks for another one of its statement.
+    A small teacher told the answer is "1982" often writes "Who has been the harbour master since
+    1982?"; with the passage in view it answers that with the name. Such a pair is kept with that answer
+    when exactly one other name or number of the statement is in the check and not in the question
+    (`question_unit: answer` only: the statement's answers are known by their form)."""
+    if question_unit != "answer" or record["check"] is None:
+        return None
+    question = record["prompt"]
+    others = [
+        span
+        for span in answer_spans(record["statement"])
+        if span != record["answer"] and contains(record["check"], span) and not contains(question, span)
+    ]
+    return others[0] if len(others) == 1 else None
+
+
 @dataclass
 class WrittenQuestions:
     rows: list[dict]
@@ -297,8 +315,6 @@ def write_questions(
             key = normalize_answer(question)
             if is_heldout(key, heldout):
                 status = "held-out question"
-            elif unit.answer is not None and contains(question, unit.answer):
-                status = "answer in question"  # it teaches nothing: the answer is read off the question
             else:
                 status = "duplicate" if key in asked else None
             asked.add(key)
@@ -312,6 +328,9 @@ def write_questions(
                     "check": None,
                 }
             )
+            # a question that contains its answer teaches nothing about it: checked only to be re-aimed
+            if unit.answer is not None and status is None and contains(question, unit.answer):
+                records[-1]["gives_away"] = True
     # the teacher answers each new question with its passage in view; a pair it does not confirm is dropped
     to_check = [r for r in records if r["status"] is None]
     checks, checking_info = ask(
@@ -319,7 +338,13 @@ def write_questions(
     )
     for record, check in zip(to_check, checks):
         record["check"] = check["text"]
-        record["status"] = "kept" if confirms(check["text"], record["answer"]) else "not confirmed"
+        gives_away = record.pop("gives_away", False)
+        if not gives_away and confirms(check["text"], record["answer"]):
+            record["status"] = "kept"
+        elif other := reaimed_answer(record, args.question_unit):
+            record |= {"status": "kept", "aimed_at": record["answer"], "answer": other}
+        else:
+            record["status"] = "answer in question" if gives_away else "not confirmed"
     kept = [r for r in records if r["status"] == "kept"]
     counts = {"passages": len(passages), "statements": None, "short_statements": None}
     if args.question_unit != "passage":
@@ -329,6 +354,7 @@ def write_questions(
     counts |= {"written": len(records), "malformed": malformed}
     counts |= {name: sum(r["status"] == s for r in records) for s, name in DROP_REASONS.items()}
     counts["kept"] = len(kept)
+    counts["re_aimed"] = sum("aimed_at" in r for r in kept)
     rows = [
         {
             "context": passages[r["passage"]].text if by_passage else document,
@@ -358,10 +384,16 @@ def describe_counts(counts: dict) -> str:
         )
         if counts.get("answers"):
             statements += f" for the questions to {counts['answers']} answers taken from them"
+    reaimed = ""
+    if counts.get("re_aimed"):
+        reaimed = (
+            f" ({counts['re_aimed']} of them re-aimed: the teacher's check gave another name or number "
+            "of the statement, one the question does not contain)"
+        )
     return (
         f"{counts['passages']} passages{statements}; {counts['written']} pairs written "
         f"({counts['malformed']} more fragments could not be read as a pair); dropped: "
         f"{counts.get('answer_in_question', 0)} giving their answer away, {counts['duplicates']} duplicates, "
         f"{counts['heldout_overlap']} equal to a held-out question, {counts['not_confirmed']} not "
-        f"confirmed by the teacher with the passage in view; kept {counts['kept']}"
+        f"confirmed by the teacher with the passage in view; kept {counts['kept']}{reaimed}"
     )

@@ -137,6 +137,7 @@ def test_every_pair_is_accounted_for_and_only_confirmed_new_ones_train():
         "heldout_overlap": 1,
         "not_confirmed": 1,
         "kept": 4,
+        "re_aimed": 0,
     }
     assert [r["prompt"].removesuffix(SUFFIX) for r in result.rows] == [
         "Who is the harbour master?",
@@ -330,6 +331,62 @@ def test_each_answer_of_a_statement_is_asked_for_its_question():
     assert parse_questions("Sure!\nQ: one?\nQ:\n- two?", "x", 3).malformed == 1
     echoed = parse_questions("Q: What is the answer in the sentence?\nQ: Whose answer is x?\nQ: Who?", "x", 3)
     assert echoed.pairs == [("Who?", "x")] and echoed.malformed == 2
+
+
+def test_a_question_that_asks_for_another_answer_of_its_statement_is_re_aimed_at_it():
+    document = (
+        "Ada Brill has been the harbour master since 1982.\n\nThe ferry carries 40 cars.\n\n"
+        "Cy Dunn has kept the mill on Eve Street since 1990."
+    )
+    parts = split_passages(document, lambda text: len(text.split()), max_tokens=12)
+    replies = {
+        'whose answer is "1982"': "Q: Who has been the harbour master since 1982?\nQ: What is the harbour?",
+        'whose answer is "Ada Brill"': (
+            "Q: Since when is Ada Brill the harbour master?\nQ: Who is the harbour master?"
+        ),
+        'whose answer is "40 cars"': "Q: How many cars does the ferry carry?\nQ: Does it carry 40 cars?",
+        'whose answer is "1990"': "Q: Who has kept the mill since 1990?\nQ: What does Cy Dunn keep?",
+    }
+    checks = {
+        "Who has been the harbour master since 1982?": "Ada Brill.",  # gives its year away, asks the name
+        "What is the harbour?": "A harbour.",  # no answer of the statement: not confirmed
+        "Since when is Ada Brill the harbour master?": "Since 1982.",  # written for the name: the year
+        "Who is the harbour master?": "Ada Brill, since 1982.",  # its own answer: kept as written
+        "How many cars does the ferry carry?": "Forty.",  # not as the text says it: not confirmed
+        "Does it carry 40 cars?": "Yes.",  # gives its only answer away
+        "Who has kept the mill since 1990?": "Cy Dunn, on Eve Street.",  # two other answers: which?
+        "What does Cy Dunn keep?": "The mill.",
+    }
+
+    def ask(rows, settings):
+        if "format:\nQ: <question>" in rows[0]["prompt"]:
+            texts = [next((t for a, t in replies.items() if a in row["prompt"]), "") for row in rows]
+        else:
+            texts = [checks[row["prompt"].removesuffix(SUFFIX)] for row in rows]
+        return [{"text": t} for t in texts], {"generated": len(rows), "reused": 0}
+
+    result = write_questions(parts, document, ask, QuestionWritingArguments(question_unit="answer"), ANSWERS)
+    records = {r["prompt"].removesuffix(SUFFIX): r for r in result.records}
+    status = {q: (r["status"], r["answer"], r.get("aimed_at")) for q, r in records.items()}
+    assert status == {
+        "Who has been the harbour master since 1982?": ("kept", "Ada Brill", "1982"),
+        "What is the harbour?": ("not confirmed", "1982", None),
+        "Since when is Ada Brill the harbour master?": ("kept", "1982", "Ada Brill"),
+        "Who is the harbour master?": ("kept", "Ada Brill", None),
+        "How many cars does the ferry carry?": ("not confirmed", "40 cars", None),
+        "Does it carry 40 cars?": ("answer in question", "40 cars", None),
+        "Who has kept the mill since 1990?": ("answer in question", "1990", None),
+        "What does Cy Dunn keep?": ("not confirmed", "1990", None),
+    }
+    assert records["Does it carry 40 cars?"]["check"] == "Yes."  # checked, and what it said is kept
+    assert result.counts["kept"] == 3 and result.counts["re_aimed"] == 2
+    assert result.counts["answer_in_question"] == 2 and result.counts["not_confirmed"] == 3
+    assert "kept 3 (2 of them re-aimed" in describe_counts(result.counts)
+    assert [(r["prompt"].removesuffix(SUFFIX), r["answer"]) for r in result.rows] == [
+        ("Since when is Ada Brill the harbour master?", "1982"),
+        ("Who is the harbour master?", "Ada Brill"),
+        ("Who has been the harbour master since 1982?", "Ada Brill"),
+    ]
 
 
 @pytest.fixture(scope="module")
