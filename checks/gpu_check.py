@@ -366,13 +366,13 @@ def recipe_worker(out: Path, device: str, tiny: bool) -> int:
     import distill_trainer.teacher.prefix_cache as prefix_cache_module
 
     cached_calls = {"n": 0}
-    original = prefix_cache_module.PrefixCachedTeacher.answer_logits
+    original = prefix_cache_module.PrefixCachedModel.answer_logits
 
     def counted(self, *args, **kwargs):
         cached_calls["n"] += 1
         return original(self, *args, **kwargs)
 
-    prefix_cache_module.PrefixCachedTeacher.answer_logits = counted
+    prefix_cache_module.PrefixCachedModel.answer_logits = counted
     spec = importlib.util.spec_from_file_location("context_distill", REPO / "recipes" / "context_distill.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)

@@ -26,7 +26,7 @@ _PUBLIC = {
     "get_task": "distill_trainer.nli.tasks",
     "load_split": "distill_trainer.nli.tasks",
     "load_or_build_teacher_outputs": "distill_trainer.teacher.output_cache",
-    "PrefixCachedTeacher": "distill_trainer.teacher.prefix_cache",
+    "PrefixCachedModel": "distill_trainer.teacher.prefix_cache",
     "Teacher": "distill_trainer.teacher.teacher",
     "DistillationConfig": "distill_trainer.training.config",
     "StudentArguments": "distill_trainer.training.config",

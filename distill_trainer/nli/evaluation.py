@@ -24,7 +24,7 @@ from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.nli.demonstrations import fit_demonstrations
 from distill_trainer.nli.patterns import Pattern, label_token_ids
 from distill_trainer.nli.tasks import NLITask
-from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
+from distill_trainer.teacher.prefix_cache import PrefixCachedModel
 from distill_trainer.views.text import SEPARATOR, TwoViewCollator, build_views
 
 METRIC_PATH = Path(__file__).parent / "metrics" / "nli.py"
@@ -70,7 +70,7 @@ def score_label_words(
         demonstrations: one rendered few-shot block (str, without trailing separator) shared by all
             queries, or one per query (list of str); "" for zero-shot.
         prefix_cache: with one block shared by all queries, run it through the model once and reuse its
-            key/value cache (`PrefixCachedTeacher`): same scores, each query then costs a forward over itself.
+            key/value cache (`PrefixCachedModel`): same scores, each query then costs a forward over itself.
     """
     label_ids = label_token_ids(tokenizer, label_words)
     demos = [demonstrations] * len(queries) if isinstance(demonstrations, str) else list(demonstrations)
@@ -99,7 +99,7 @@ def score_label_words(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    cached = PrefixCachedTeacher(model, shared_prefix) if shared_prefix else None
+    cached = PrefixCachedModel(model, shared_prefix) if shared_prefix else None
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
             chunk = order[start : start + batch_size]

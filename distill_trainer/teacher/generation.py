@@ -10,12 +10,13 @@ token ids. `HFGenerator` is the implementation here (a transformers model, KV ca
 (vLLM, SGLang) fits the same call where a GPU has one, see docs/context-distillation.md.
 
 When every prompt starts with the same `prefix_length` ids (a shared system prompt), the prefix's keys and
-values are computed once (`teacher.prefix_cache.PrefixCachedTeacher`) and each batch runs only its own tokens.
+values are computed once (`teacher.prefix_cache.PrefixCachedModel`) and each batch runs only its own tokens.
 Batches are left-padded after the prefix: [prefix | pads | prompt], pads masked out, positions counted
 over real tokens only, so the last column is every row's last prompt token and one decoding step serves
-the whole batch. The loop is written out here, not `model.generate`: it owns the cache and positions
-that the shared prefix needs, and it reads the same under every transformers release this project
-supports.
+the whole batch. Rows that have finished leave the batch (and the cache) once a quarter of it has, so a
+long reply does not keep the short ones' rows computing. The loop is written out here, not
+`model.generate`: it owns the cache and positions that the shared prefix needs, and it reads the same
+under every transformers release this project supports.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def _generate_batch(model, prompts, settings, stop_ids, pad_token_id, prefix, ge
     stop = torch.tensor(sorted(stop_ids), device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     replies: list[list[int]] = [[] for _ in range(rows)]
+    alive = list(range(rows))  # the prompt each row of the running batch answers
     for _ in range(settings.max_new_tokens):
         logits = model(
             input_ids=ids,
@@ -100,13 +102,19 @@ def _generate_batch(model, prompts, settings, stop_ids, pad_token_id, prefix, ge
         ).logits[:, -1]
         token = _next_tokens(logits, settings, generator)
         for row in (~done).nonzero().flatten().tolist():
-            replies[row].append(int(token[row]))
+            replies[alive[row]].append(int(token[row]))
         done |= torch.isin(token, stop)
         if bool(done.all()):
             break
         ids = token.masked_fill(done, pad_token_id)[:, None]
-        attention = torch.cat([attention, torch.ones(rows, 1, dtype=torch.long, device=device)], dim=1)
+        attention = torch.cat([attention, torch.ones(len(alive), 1, dtype=torch.long, device=device)], dim=1)
         positions = positions[:, -1:] + 1
+        if 4 * int(done.sum()) >= len(alive):  # a quarter of the rows finished: stop computing them
+            keep = (~done).nonzero().flatten()
+            ids, attention, positions, done = ids[keep], attention[keep], positions[keep], done[keep]
+            for layer in cache.layers:
+                layer.batch_select_indices(keep)
+            alive = [alive[row] for row in keep.tolist()]
     return replies
 
 
@@ -130,7 +138,7 @@ def generate_replies(
         progress: a tqdm description, or None for no progress bar.
         on_batch: called with (prompt indices, their replies) after each batch, e.g. to store them.
     """
-    from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
+    from distill_trainer.teacher.prefix_cache import PrefixCachedModel
 
     if not prompts:
         return []
@@ -140,7 +148,7 @@ def generate_replies(
     if prefix_length > 0 and all(len(p) > prefix_length for p in prompts):
         shared = prompts[0][:prefix_length]
         if all(p[:prefix_length] == shared for p in prompts):
-            prefix = PrefixCachedTeacher(model, shared)
+            prefix = PrefixCachedModel(model, shared)
     start = prefix.prefix_length if prefix is not None else 0
     generator = None
     if settings.do_sample:

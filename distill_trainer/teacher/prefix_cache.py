@@ -1,6 +1,7 @@
-"""Teacher prefix KV cache: run the shared demonstrations through the teacher once, then only the queries.
+"""Prefix KV cache: run the prefix every row shares (a teacher's demonstrations, a chat template's system
+prompt) through the model once, then only each row's own tokens.
 
-    teacher = PrefixCachedTeacher(model, prefix_ids)            # demonstrations, as token ids
+    teacher = PrefixCachedModel(model, prefix_ids)            # demonstrations, as token ids
     logits = teacher.answer_logits(suffix_ids, suffix_mask, positions)
 
 With k demonstrations fixed for a run, every teacher view is `prefix + suffix` where the prefix (the
@@ -8,6 +9,10 @@ demonstrations, plus any leading special token) is the same for all examples and
 query and answer. A causal LM's keys and values for the prefix do not depend on what follows it, so
 they are computed once and reused: each batch then costs a forward over the suffix tokens only, which
 attend to the cached prefix. The logits equal those of the full forward up to float rounding.
+
+`answer_logits` runs without gradients (a teacher, a scorer). `answer_states` follows the caller's grad
+mode: a trained student builds a fresh object each step (its weights change) and its gradients flow
+through the suffix's attention into the prefix's forward (`training/student_forward.py`).
 
 Padding: the suffix may be left- or right-padded (pads masked out by `suffix_attention_mask`); the
 prefix is never padded, since it is shared. Position ids continue from the prefix length and skip pads,
@@ -59,18 +64,19 @@ def prefix_token_ids(prefix_ids) -> torch.Tensor:
     return ids
 
 
-class PrefixCachedTeacher:
+class PrefixCachedModel:
     """A causal LM with a fixed prompt prefix already run through it.
 
     The prefix's key/value cache is computed lazily on the first call (on the suffix's device, under
-    whatever context the caller holds, e.g. a PEFT model's `disable_adapter()`), then kept. Each call
+    whatever context the caller holds, e.g. a PEFT model's `disable_adapter()`, and grad mode), then
+    kept. Each call
     gives the forward a fresh cache object whose layers point at the stored prefix tensors expanded to
     the batch size (views, no copy). A forward concatenates prefix and suffix states into new tensors
     and never writes into the stored ones, so the prefix stays clean for the next batch (transformers'
     cache layers may otherwise be updated in place: never hand the stored cache itself to a forward).
 
     Args:
-        model: a causal LM (transformers), frozen; a quantized model works too.
+        model: a causal LM (transformers), frozen while the object lives; a quantized model works too.
         prefix_ids: the shared prefix's token ids (see `prefix_token_ids`).
     """
 
@@ -87,7 +93,6 @@ class PrefixCachedTeacher:
         """True if this cache was built for `model` and exactly these prefix ids."""
         return model is self.model and torch.equal(prefix_token_ids(prefix_ids).cpu(), self.prefix_ids)
 
-    @torch.no_grad()
     def _build_prefix_cache(self, device):
         ids = self.prefix_ids.to(device)[None]
         # the config tells sliding-window layers apart; a DeepSpeed engine or DDP wrapper holds it on .module
@@ -130,7 +135,12 @@ class PrefixCachedTeacher:
 
     @torch.no_grad()
     def answer_logits(self, suffix_ids, suffix_attention_mask, positions, pack: bool = False) -> torch.Tensor:
-        """Logits (batch, n_positions, vocab) at `positions`, counted within the suffix.
+        """`answer_states` without gradients."""
+        return self.answer_states(suffix_ids, suffix_attention_mask, positions, pack)
+
+    def answer_states(self, suffix_ids, suffix_attention_mask, positions, pack: bool = False) -> torch.Tensor:
+        """Logits (batch, n_positions, vocab) at `positions`, counted within the suffix (the final hidden
+        states where the model's head is removed, `models.output_head`), under the caller's grad mode.
 
         Args:
             suffix_ids: (batch, S) the per-example continuation of the prefix (query + answer), padded.
@@ -247,21 +257,21 @@ class TeacherAnswerLogits:
     `teacher_prefix_ids` and the `teacher_suffix_*` tensors when the demonstrations are fixed);
     otherwise the full teacher view runs. The prefix cache is rebuilt when the model or the prefix
     changes, so a run that switches demonstrations stays correct. `pack`: run the suffixes packed
-    (`PrefixCachedTeacher`'s docstring), which skips the padding's arithmetic; None (the default) packs
+    (`PrefixCachedModel`'s docstring), which skips the padding's arithmetic; None (the default) packs
     on a CPU only.
     """
 
     def __init__(self, use_prefix_cache: bool = True, pack: bool | None = None):
         self.use_prefix_cache = use_prefix_cache
         self.pack = pack
-        self.prefix_teacher: PrefixCachedTeacher | None = None
+        self.prefix_teacher: PrefixCachedModel | None = None
 
     @torch.no_grad()
     def __call__(self, model, batch: dict) -> torch.Tensor:
         if self.use_prefix_cache and "teacher_prefix_ids" in batch:
             prefix = batch["teacher_prefix_ids"]
             if self.prefix_teacher is None or not self.prefix_teacher.matches(model, prefix):
-                self.prefix_teacher = PrefixCachedTeacher(model, prefix)
+                self.prefix_teacher = PrefixCachedModel(model, prefix)
             return self.prefix_teacher.answer_logits(
                 batch["teacher_suffix_input_ids"],
                 batch["teacher_suffix_attention_mask"],

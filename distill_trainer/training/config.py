@@ -105,6 +105,15 @@ class DistillationConfig(TrainingArguments):
             "(batch, length, vocabulary) tensor is built; 0 computes all positions in one piece."
         },
     )
+    share_student_prefix: bool = field(
+        # python -m benchmarks.student_step measures what it saves
+        default=True,
+        metadata={
+            "help": "Run the leading tokens every row of a batch shares (a chat template's system prompt) "
+            "through the student once per batch instead of once per row; same loss and gradients. Applies "
+            "in single-process runs without gradient checkpointing."
+        },
+    )
     lmbda: float = field(
         default=0.0,
         metadata={

@@ -29,7 +29,6 @@ from typing import NamedTuple
 import torch
 
 from distill_trainer.errors import UsageError
-from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.models.output_head import output_head_removed
 from distill_trainer.training.cross_tokenizer_loss import chunked_cross_tokenizer_loss
 from distill_trainer.training.losses import (
@@ -39,6 +38,7 @@ from distill_trainer.training.losses import (
     restrict_to_label_words,
 )
 from distill_trainer.training.sequence_loss import chunked_sequence_loss
+from distill_trainer.training.student_forward import student_answer_states
 from distill_trainer.views.alignment_columns import ALIGNMENT_BATCH_KEYS, OWN_REPLIES
 
 CACHED_TOP_K_KEYS = ("teacher_topk_logprobs", "teacher_topk_ids", "teacher_tail_logprob")
@@ -58,6 +58,7 @@ class LossSettings:
     top_k: int
     chunk_size: int
     unmatched: str = "reply_tokens"  # the cross-tokenizer loss's term at unmatched tokens
+    share_prefix: bool = False  # run the batch's shared leading tokens once (training/student_forward.py)
 
     @classmethod
     def from_args(cls, args) -> LossSettings:
@@ -70,6 +71,7 @@ class LossSettings:
             top_k=args.loss_top_k,
             chunk_size=args.loss_chunk_size,
             unmatched=args.cross_tokenizer_unmatched,
+            share_prefix=args.share_student_prefix,
         )
 
 
@@ -122,13 +124,16 @@ class TeacherSignal:
 
     # ---- the student's side, per form
 
+    def student_states(self, model, inputs) -> torch.Tensor:
+        """The student's logits (or, head removed, final hidden states) at the answer positions."""
+        ids, mask, positions = inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
+        return student_answer_states(model, ids, mask, positions, self.settings.share_prefix)
+
     def _sequence_loss(self, model, inputs, num_items_in_batch) -> LossTerms:
         """Every answer token against the whole vocabulary: chunked, no (batch, length, vocab) tensor."""
         settings = self.settings
         with output_head_removed(model) as head:
-            hidden = answer_logits(
-                model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
-            )
+            hidden = self.student_states(model, inputs)
         teacher = self.sequence_teacher(inputs, head)
         loss, kd, ce = chunked_sequence_loss(
             hidden,
@@ -148,9 +153,7 @@ class TeacherSignal:
 
     def _label_word_loss(self, model, inputs, num_items_in_batch) -> LossTerms:
         alpha, mask = self.settings.alpha, inputs["answer_mask"]
-        student_logits = answer_logits(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
-        )
+        student_logits = self.student_states(model, inputs)
         ce = answer_cross_entropy(student_logits, inputs["answer_ids"], mask, num_items_in_batch)
         loss = (1 - alpha) * ce if alpha < 1 else ce.new_zeros(())
         kd = self.label_word_divergence(inputs, student_logits, mask, num_items_in_batch)
@@ -228,9 +231,7 @@ class LiveCrossTokenizerTeacher(LiveFullVocabularyTeacher):
     def _sequence_loss(self, model, inputs, num_items_in_batch) -> LossTerms:
         settings = self.settings
         with output_head_removed(model) as head:
-            hidden = answer_logits(
-                model, inputs["input_ids"], inputs["attention_mask"], inputs["answer_positions"]
-            )
+            hidden = self.student_states(model, inputs)
         teacher_hidden, teacher_head = self.answer_hidden(inputs)
         loss, kd, ce = chunked_cross_tokenizer_loss(
             hidden,

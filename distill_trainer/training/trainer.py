@@ -13,11 +13,13 @@ own `logits_to_keep` gathers the hidden states before the LM head), so a step ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections import defaultdict
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import Trainer
 
 from distill_trainer.errors import NonFiniteLossError, UsageError
@@ -120,7 +122,7 @@ class ContextDistillationTrainer(
         # where the teacher's signal comes from, decided once: a train_dataset carrying the teacher's
         # outputs (teacher/output_cache.py, or swapped in above) needs no teacher
         self.teacher_signal = choose_teacher_signal(
-            LossSettings.from_args(args),
+            self._loss_settings(),
             teacher_loaded=self.teacher is not None,
             outputs_cached=has_teacher_outputs(self.train_dataset),
             answer_hidden=lambda inputs: self.teacher_answer_hidden(inputs),
@@ -133,6 +135,15 @@ class ContextDistillationTrainer(
         )
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._init_rollouts(rollout_generator)
+
+    def _loss_settings(self) -> LossSettings:
+        """The loss's settings; the student's shared-prefix forward only where one forward per step is not
+        expected: a single process (DDP, DeepSpeed and FSDP hook the forward) and no gradient
+        checkpointing (which turns the key/value cache off)."""
+        settings = LossSettings.from_args(self.args)
+        plain = self.accelerator.num_processes == 1 and not self.args.gradient_checkpointing
+        plain = plain and self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU)
+        return dataclasses.replace(settings, share_prefix=settings.share_prefix and plain)
 
     def _check_processes_are_connected(self) -> None:
         """Launched processes that do not join one process group would each train alone on all the data

@@ -71,6 +71,40 @@ def test_prefix_cache_and_batching_give_the_unbatched_uncached_replies(model, ch
     assert reference[1] == ids[-GREEDY.max_new_tokens :]
 
 
+def test_finished_rows_leave_the_batch_and_the_others_reply_as_alone(chat_tokenizer):
+    model = build_model(len(chat_tokenizer), seed=3).eval()  # its replies differ between the prompts
+    prompts = [chat_prompt_ids(chat_tokenizer, p, CONTEXT) for p in PROMPTS]
+    shared = shared_prefix_length(chat_tokenizer, CONTEXT)
+    options = dict(pad_token_id=chat_tokenizer.pad_token_id, prefix_length=shared)
+    long = GenerationSettings(max_new_tokens=8)
+    alone = generate_replies(model, prompts, long, stop_ids=[-1], batch_size=1, **options)
+
+    def cut_at(stops):
+        return [
+            reply[: next((i for i, t in enumerate(reply) if t in stops), len(reply) - 1) + 1]
+            for reply in alone
+        ]
+
+    # a stop token that ends some replies early and leaves another running to the end
+    stops = next(
+        {token}
+        for reply in alone
+        for token in reply[1:]
+        if min(map(len, cut_at({token}))) < long.max_new_tokens == max(map(len, cut_at({token})))
+    )
+    expected = cut_at(stops)
+    rows_run = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_run.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        got = generate_replies(model, prompts, long, stop_ids=sorted(stops), batch_size=4, **options)
+    finally:
+        hook.remove()
+    assert got == expected
+    assert max(rows_run) == 4 and rows_run[-1] < 4  # the finished rows stopped being computed
+
+
 def test_sampling_is_seeded(model, chat_tokenizer):
     sampled = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=1.5, seed=3)
     first = generate(model, chat_tokenizer, sampled, 0, 2)

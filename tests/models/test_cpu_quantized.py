@@ -17,7 +17,7 @@ from distill_trainer.models.cpu_quantized import (
     quantized_weight_bytes,
 )
 from distill_trainer.models.loading import load_causal_lm
-from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
+from distill_trainer.teacher.prefix_cache import PrefixCachedModel
 
 LAYERS = (Int8Linear, Int4Linear)
 # relative error (Frobenius) of the layer's output against the float layer's, on Gaussian weights and
@@ -174,7 +174,7 @@ def test_quantized_teacher_through_the_prefix_kv_cache(tiny_dirs, tokenizer):
             batch["teacher_attention_mask"],
             batch["teacher_answer_positions"],
         )
-        cached = PrefixCachedTeacher(model, batch["teacher_prefix_ids"]).answer_logits(
+        cached = PrefixCachedModel(model, batch["teacher_prefix_ids"]).answer_logits(
             batch["teacher_suffix_input_ids"],
             batch["teacher_suffix_attention_mask"],
             batch["teacher_suffix_answer_positions"],

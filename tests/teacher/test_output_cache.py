@@ -19,7 +19,7 @@ from distill_trainer.errors import UsageError
 from distill_trainer.models.answer_logits import answer_logits
 from distill_trainer.models.loading import load_causal_lm, prepare_student
 from distill_trainer.teacher.output_cache import load_or_build_teacher_outputs, teacher_output_cache_key
-from distill_trainer.teacher.prefix_cache import PrefixCachedTeacher
+from distill_trainer.teacher.prefix_cache import PrefixCachedModel
 from distill_trainer.training.losses import LOSS_KINDS, distillation_loss, sparse_distillation_loss
 
 DEMOS = (
@@ -64,7 +64,7 @@ def cached_vs_full(model, batch):
     full = answer_logits(
         model, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"]
     ).detach()
-    cached = PrefixCachedTeacher(model, batch["teacher_prefix_ids"])
+    cached = PrefixCachedModel(model, batch["teacher_prefix_ids"])
     got = cached.answer_logits(
         batch["teacher_suffix_input_ids"],
         batch["teacher_suffix_attention_mask"],
@@ -152,7 +152,7 @@ def test_prefix_cache_scores_a_query_at_its_last_token(tokenizer, teacher):
     mask = torch.zeros_like(ids)
     for row, q in enumerate(queries):  # left padding, as an evaluation loop would do
         ids[row, width - len(q) :], mask[row, width - len(q) :] = torch.tensor(q), 1
-    got = PrefixCachedTeacher(teacher.eval(), prefix).answer_logits(
+    got = PrefixCachedModel(teacher.eval(), prefix).answer_logits(
         ids, mask, torch.full((len(queries), 1), width - 1)
     )
     for row, q in enumerate(queries):
@@ -185,7 +185,7 @@ def test_collator_shares_the_prefix_only_when_the_demonstrations_are_shared(toke
     mixed = collate(views(tokenizer)[:2] + views(tokenizer, demos=OTHER_DEMOS)[2:])
     assert "teacher_prefix_ids" not in mixed and "teacher_input_ids" in mixed
     with pytest.raises(UsageError, match="rows of teacher_prefix_ids differ"):
-        PrefixCachedTeacher(None, torch.tensor([[1, 2], [1, 3]]))
+        PrefixCachedModel(None, torch.tensor([[1, 2], [1, 3]]))
 
 
 def make_args(tmp_path, **overrides):
@@ -531,13 +531,13 @@ def test_teacher_runner_packs_on_cpu_by_default(tokenizer, teacher, monkeypatch,
     from distill_trainer.teacher.prefix_cache import TeacherAnswerLogits
 
     calls = []
-    original = PrefixCachedTeacher._packed_answer_logits
+    original = PrefixCachedModel._packed_answer_logits
 
     def spy(self, *args):
         calls.append(1)
         return original(self, *args)
 
-    monkeypatch.setattr(PrefixCachedTeacher, "_packed_answer_logits", spy)
+    monkeypatch.setattr(PrefixCachedModel, "_packed_answer_logits", spy)
     batch = TwoViewCollator(tokenizer.pad_token_id)(views(tokenizer))
     logits = TeacherAnswerLogits(pack=pack)(teacher.eval(), batch)
     _, full, _ = cached_vs_full(teacher, batch)
