@@ -369,11 +369,10 @@ def run_distill_document(
 
 def passage_reading(context: dict, passages: int) -> str:
     """Why, and how, the teacher answers with one passage in view (teacher_context: passage)."""
-    limit, tokens = context["limit"], context["prompt_tokens"]
     why = (
         "teacher_context: passage"
-        if limit is None or tokens <= limit
-        else f"the document is longer than the teacher reads at once ({limit} tokens)"
+        if context["fits"]
+        else f"the document is longer than the teacher reads at once ({context['limit']} tokens)"
     )
     return (
         f"{why}: each question is answered, open book, with one of {passages} passages in view: the one it "

@@ -257,7 +257,7 @@ def confirms(check: str, answer: str) -> bool:
 
 
 def reaimed_answer(record: dict, question_unit: str) -> str | None:
-    """The answer a question missed its own for, when it plainly asks for another one of its statement.
+    """Another answer of the question's statement, when the question plainly asks for that one instead.
     A small teacher told the answer is "1982" often writes "Who has been the harbour master since
     1982?"; with the passage in view it answers that with the name. Such a pair is kept with that answer
     when exactly one other name or number of the statement is in the check and not in the question

@@ -98,8 +98,8 @@ def _context_limit(args, student_args, config) -> tuple[int | None, str]:
 
 
 def _teacher_context(args, student_args, config, reader, data) -> dict:
-    """{"mode": "document" or "passage", "limit", "prompt_tokens"}: the whole document when it fits the
-    teacher's context (or teacher_context says so), else one passage per question."""
+    """{"mode": "document" or "passage", "limit", "prompt_tokens", "fits"}: the whole document when it
+    fits the teacher's context (or teacher_context says so), else one passage per question."""
     first = data["first"]
     prompt_tokens = len(chat_prompt_ids(reader, first["prompt"], data["document"], args.context_placement))
     limit, source = _context_limit(args, student_args, config)
@@ -124,7 +124,7 @@ def _teacher_context(args, student_args, config, reader, data) -> dict:
                 f"prompt ({bare} tokens) is more than the teacher reads at once ({limit:,}: {source}); "
                 "lower passage_tokens"
             )
-    return {"mode": mode, "limit": limit, "prompt_tokens": prompt_tokens}
+    return {"mode": mode, "limit": limit, "prompt_tokens": prompt_tokens, "fits": fits}
 
 
 def _question_sets(args):

@@ -21,12 +21,14 @@ under every transformers release this project supports.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import torch
 
 from distill_trainer.errors import UsageError
+from distill_trainer.models.grouped_attention import grouped_query_attention
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,16 @@ def _generate_batch(model, prompts, settings, stop_ids, pad_token_id, prefix, ge
     replies: list[list[int]] = [[] for _ in range(rows)]
     alive = list(range(rows))  # the prompt each row of the running batch answers
     for _ in range(settings.max_new_tokens):
-        logits = model(
-            input_ids=ids,
-            attention_mask=attention,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]
+        # a single new token takes transformers' own grouped path; the prompt's tokens take SDPA's
+        with grouped_query_attention(device) if ids.shape[1] > 1 else contextlib.nullcontext():
+            logits = model(
+                input_ids=ids,
+                attention_mask=attention,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
         token = _next_tokens(logits, settings, generator)
         for row in (~done).nonzero().flatten().tolist():
             replies[alive[row]].append(int(token[row]))

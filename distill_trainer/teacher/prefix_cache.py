@@ -41,6 +41,7 @@ from transformers.cache_utils import DynamicLayer
 
 from distill_trainer.errors import UsageError
 from distill_trainer.models.answer_logits import answer_logits
+from distill_trainer.models.grouped_attention import grouped_query_attention
 
 # tokens per packed row: enough rows for the matmuls to run near their best on a CPU (see
 # benchmarks/flops.py), few enough that the cross-query attention pairs stay a small share of the work
@@ -128,15 +129,16 @@ class PrefixCachedModel:
     @torch.no_grad()
     def generation_cache(self, batch_size: int, device):
         """A cache holding the prefix for `batch_size` rows that grows as tokens are generated after it;
-        the stored prefix stays untouched (every update concatenates into new tensors)."""
+        the stored prefix stays untouched (each layer copies it into a buffer of its own, `_GrowingLayer`)."""
         if self._prefix_cache is None:
             self._build_prefix_cache(device)
         return self._batch_cache(batch_size, keep_added=True)
 
     @torch.no_grad()
     def answer_logits(self, suffix_ids, suffix_attention_mask, positions, pack: bool = False) -> torch.Tensor:
-        """`answer_states` without gradients."""
-        return self.answer_states(suffix_ids, suffix_attention_mask, positions, pack)
+        """`answer_states` without gradients (on a CPU, grouped-query attention without copied heads)."""
+        with grouped_query_attention(suffix_ids.device):
+            return self.answer_states(suffix_ids, suffix_attention_mask, positions, pack)
 
     def answer_states(self, suffix_ids, suffix_attention_mask, positions, pack: bool = False) -> torch.Tensor:
         """Logits (batch, n_positions, vocab) at `positions`, counted within the suffix (the final hidden
@@ -223,8 +225,8 @@ def _batch_layer(layer, batch_size: int, keep_added: bool = False):
         return copy.copy(layer)
     keys = layer.keys.expand(batch_size, *layer.keys.shape[1:])
     values = layer.values.expand(batch_size, *layer.values.shape[1:])
-    if type(layer) is DynamicLayer and not keep_added:
-        return _PrefixLayer(keys, values)
+    if type(layer) is DynamicLayer:
+        return _GrowingLayer(keys, values) if keep_added else _PrefixLayer(keys, values)
     # other layer kinds (sliding windows) keep their own bookkeeping: a shallow copy whose update
     # replaces, never mutates, the shared tensors
     layer = copy.copy(layer)
@@ -248,6 +250,51 @@ class _PrefixLayer(DynamicLayer):
 
     def update(self, key_states, value_states, *args, **kwargs):
         return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+class _GrowingLayer(DynamicLayer):
+    """A full-attention cache layer for generation after a shared prefix: the prefix is copied once per
+    batch into a buffer with room for what follows, and each step writes its tokens in place.
+
+    A plain layer concatenates its whole cache with each new token, so a step after a long prefix (a
+    document) copies every row's prefix keys and values, in every layer: on a CPU that copy, not the
+    matmuls, was most of the time of answering with a 2,000-token document in view. The attention reads
+    a view of the filled part of the buffer."""
+
+    headroom = 64  # tokens of room added whenever the buffer is full (a short reply never regrows it)
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._filled = keys.shape[-2]
+        self._keys, self._values = self._room(keys), self._room(values)
+        self._expose()
+
+    def _room(self, states: torch.Tensor, needed: int = 0) -> torch.Tensor:
+        shape = list(states.shape)
+        shape[-2] = max(needed, self._filled) + self.headroom
+        buffer = states.new_empty(shape)
+        buffer[..., : self._filled, :] = states[..., : self._filled, :]
+        return buffer
+
+    def _expose(self) -> None:
+        self.keys = self._keys[..., : self._filled, :]
+        self.values = self._values[..., : self._filled, :]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self._filled + key_states.shape[-2]
+        if end > self._keys.shape[-2]:
+            self._keys, self._values = self._room(self._keys, end), self._room(self._values, end)
+        self._keys[..., self._filled : end, :] = key_states
+        self._values[..., self._filled : end, :] = value_states
+        self._filled = end
+        self._expose()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._expose()
 
 
 class TeacherAnswerLogits:

@@ -361,10 +361,10 @@ def test_a_document_longer_than_the_teachers_context_is_read_one_passage_at_a_ti
 def test_the_report_says_why_the_teacher_reads_one_passage():
     reading = load_recipe("distill_document").passage_reading
     # chosen (teacher_context: passage) with a document that fits: the report must not call it too long
-    chosen = reading({"mode": "passage", "limit": 32768, "prompt_tokens": 2000}, 9)
+    chosen = reading({"mode": "passage", "limit": 32768, "prompt_tokens": 2000, "fits": True}, 9)
     assert chosen.startswith("teacher_context: passage: ") and "one of 9 passages" in chosen
-    assert reading({"mode": "passage", "limit": None, "prompt_tokens": 2000}, 9) == chosen
-    forced = reading({"mode": "passage", "limit": 60, "prompt_tokens": 400}, 9)
+    assert reading({"mode": "passage", "limit": None, "prompt_tokens": 2000, "fits": True}, 9) == chosen
+    forced = reading({"mode": "passage", "limit": 60, "prompt_tokens": 400, "fits": False}, 9)
     assert forced.startswith("the document is longer than the teacher reads at once (60 tokens): ")
 
 
