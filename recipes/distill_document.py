@@ -66,6 +66,7 @@ from distill_trainer.context.steps import (
     completions,
 )
 from distill_trainer.errors import UsageError
+from distill_trainer.heap import reusing_freed_memory
 from distill_trainer.integrity import write_text_atomically
 from distill_trainer.memory.peak import release_freed_memory
 from distill_trainer.report.hub import save_student
@@ -467,7 +468,8 @@ def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     configs, given = parse_config(CONFIG_TYPES, argv)
     command = shlex.join(["python", "recipes/distill_document.py", *argv])
-    with no_partial_output_dir(configs[-1].output_dir):
+    # freed tensors stay in the heap for the next step: this recipe's tables report time, not memory
+    with no_partial_output_dir(configs[-1].output_dir), reusing_freed_memory():
         return run_distill_document(*configs, command=command, given=given)
 
 

@@ -51,8 +51,11 @@ def _chunk_terms(logits, teacher_part, gold, teacher_head, options):
     kind, temperature, beta, top_k = options
     logits = logits.float()
     divergence = logits.new_zeros(())
+    student_logprobs = None
     if teacher_part is not None:
-        student_logprobs = F.log_softmax(logits / temperature, dim=-1)
+        # each pass over (positions, vocabulary) costs as much as the head's matmul on a CPU: none is spent
+        # on a division by 1
+        student_logprobs = F.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
         with torch.no_grad():
             if teacher_head is not None:  # a live teacher's hidden states
                 teacher = F.log_softmax(teacher_head(teacher_part[0]).float() / temperature, dim=-1)
@@ -65,7 +68,10 @@ def _chunk_terms(logits, teacher_part, gold, teacher_head, options):
             per_token = token_divergence(student_logprobs, teacher, kind=kind, beta=beta)
         divergence = per_token.sum()
     cross_entropy = logits.new_zeros(())
-    if gold is not None:
+    if gold is not None and student_logprobs is not None and temperature == 1:
+        # the cross-entropy is read off the log-probabilities the divergence took: no second log-softmax
+        cross_entropy = -student_logprobs.gather(-1, gold.unsqueeze(-1)).sum()
+    elif gold is not None:
         cross_entropy = F.cross_entropy(logits, gold, reduction="sum")
     return divergence, cross_entropy
 
@@ -97,7 +103,10 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 # a float32 residual stream (LoRA adapters in float32) meets a bfloat16 head: the head's dtype
                 logits = F.linear(leaves["hidden"].to(weight.dtype), leaves["weight"], leaves["bias"])
                 divergence, cross_entropy = terms(_softcapped(logits, softcap), part)
-                loss = weights[0] * divergence + weights[1] * cross_entropy
+                # a term weighted 0 (the cross-entropy kept for the log) is left out of the graph: its
+                # backward would still cost a pass over the vocabulary
+                loss = sum(w * term for w, term in zip(weights, (divergence, cross_entropy)) if w)
+                loss = loss if torch.is_tensor(loss) else logits.new_zeros(())
                 wanted = [name for name in grads if leaves[name].requires_grad]
                 found = torch.autograd.grad(loss, [leaves[n] for n in wanted]) if loss.requires_grad else []
             for name, grad in zip(wanted, found):

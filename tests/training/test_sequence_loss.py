@@ -43,8 +43,11 @@ def _grads(loss, t):
 
 @pytest.mark.parametrize("kind", LOSS_KINDS)
 @pytest.mark.parametrize("chunk_size", [0, 1, 4, 1000])
-def test_chunked_equals_unchunked_values_and_gradients(tensors, kind, chunk_size):
-    t, weights = tensors, (0.7, 0.3)
+# at temperature 1 the cross-entropy is read off the divergence's log-probabilities; weighted 0, it is
+# logged but left out of the gradient
+@pytest.mark.parametrize("temperature, weights", [(2.0, (0.7, 0.3)), (1.0, (0.7, 0.3)), (1.0, (1.0, 0.0))])
+def test_chunked_equals_unchunked_values_and_gradients(tensors, kind, chunk_size, temperature, weights):
+    t = tensors
     loss, kd, ce = chunked_sequence_loss(
         t["hidden"],
         OutputHead(t["student_head"]),
@@ -54,7 +57,7 @@ def test_chunked_equals_unchunked_values_and_gradients(tensors, kind, chunk_size
         answer_ids=t["ids"],
         weights=weights,
         kind=kind,
-        temperature=2.0,
+        temperature=temperature,
         beta=0.3,
         chunk_size=chunk_size,
     )
@@ -64,7 +67,7 @@ def test_chunked_equals_unchunked_values_and_gradients(tensors, kind, chunk_size
         t["teacher_head"](t["teacher_hidden"]),
         t["mask"],
         kind=kind,
-        temperature=2.0,
+        temperature=temperature,
         beta=0.3,
     )
     reference_ce = answer_cross_entropy(student_logits, t["ids"], t["mask"])
