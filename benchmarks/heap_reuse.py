@@ -16,12 +16,10 @@ setting: what keeping freed blocks costs. Results: results/heap-reuse/heap_reuse
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping OpenMP threads: see speed.py
@@ -29,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.student_step import REPO, student_and_tokenizer, training_rows  # noqa: E402
+from benchmarks.student_step import preset_batches, preset_step_arguments, timed_step  # noqa: E402
 
 TOP_K = 64
 
@@ -71,38 +69,23 @@ def time_blocks(model, batches, steps: int) -> dict:
     for name in ("default", "reuse") * 2:
         with reusing_freed_memory() if name == "reuse" else contextlib.nullcontext():
             for step in range(steps + 1):
-                batch = batches[step % len(batches)]
-                start = time.perf_counter()
-                loss = signal.loss(model, batch).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                seconds, loss = timed_step(signal, model, batches[step % len(batches)], optimizer)
                 if step:  # step 0 warms the block up
-                    result[name]["times"].append(time.perf_counter() - start)
-                    result[name]["losses"].append(float(loss.detach()))
+                    result[name]["times"].append(seconds)
+                    result[name]["losses"].append(loss)
                 result[name]["anonymous"] = max(result[name]["anonymous"], anonymous_bytes())
     return result
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny random model: a smoke test")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per block (two blocks each)")
-    parser.add_argument("--batch-size", type=int, default=8, help="the preset's per_device_train_batch_size")
-    parser.add_argument("--output-dir", default=str(REPO / "results" / "heap-reuse"))
-    args = parser.parse_args(argv)
+    description, steps_help = __doc__.splitlines()[0], "timed steps per block (two blocks each)"
+    args = preset_step_arguments(description, "steps", steps_help, "heap-reuse").parse_args(argv)
 
-    from distill_trainer import TwoViewCollator
     from distill_trainer.memory.units import MIB
 
-    model, tokenizer = student_and_tokenizer(args.quick)
+    model, _, batches = preset_batches(args.quick, args.batch_size, args.steps)
     vocab = model.get_output_embeddings().weight.shape[0]
-    rows = training_rows(tokenizer, args.batch_size * args.steps)
-    collate = TwoViewCollator(tokenizer.pad_token_id)
-    batches = [
-        with_cached_teacher_outputs(collate([rows[i] for i in range(start, start + args.batch_size)]), vocab)
-        for start in range(0, len(rows) - args.batch_size + 1, args.batch_size)
-    ]
+    batches = [with_cached_teacher_outputs(batch, vocab) for batch in batches]
     measured = time_blocks(model, batches, args.steps)
     default, reuse = (statistics.median(measured[name]["times"]) for name in ("default", "reuse"))
     pairs = zip(measured["default"]["losses"], measured["reuse"]["losses"])

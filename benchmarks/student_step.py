@@ -81,6 +81,30 @@ def tokens_per_step(batches, share: bool) -> float:
     return statistics.mean(counts)
 
 
+def timed_step(signal, model, batch, optimizer) -> tuple[float, float]:
+    """(seconds, loss) of one training step: the loss, its backward and the optimizer's step."""
+    start = time.perf_counter()
+    loss = signal.loss(model, batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start, float(loss.detach())
+
+
+def preset_batches(quick: bool, batch_size: int, count: int):
+    """(student, tokenizer, batches): `count` batches of the preset's size, collated as the trainer does."""
+    from distill_trainer import TwoViewCollator
+
+    model, tokenizer = student_and_tokenizer(quick)
+    rows = training_rows(tokenizer, batch_size * count)
+    collate = TwoViewCollator(tokenizer.pad_token_id)
+    batches = [
+        collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        for start in range(0, len(rows), batch_size)
+    ]
+    return model, tokenizer, batches
+
+
 def time_steps(model, batches, rounds: int) -> dict:
     """{setting: [seconds of each step]}, the settings alternating step by step over the same batches."""
     from distill_trainer.training.teacher_signal import GoldLabelsOnly, LossSettings
@@ -95,34 +119,31 @@ def time_steps(model, batches, rounds: int) -> dict:
     for step in range(rounds + 1):  # round 0 warms up (first-touch allocations, kernels)
         batch = batches[step % len(batches)]
         for share, signal in signals.items():
-            start = time.perf_counter()
-            loss = signal.loss(model, batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            seconds, loss = timed_step(signal, model, batch, optimizer)
             if step:
-                times[share].append(time.perf_counter() - start)
-                losses[share].append(float(loss.detach()))
+                times[share].append(seconds)
+                losses[share].append(loss)
     return {"times": times, "losses": losses}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def preset_step_arguments(description: str, count: str, count_help: str, output_dir: str):
+    """The options of a benchmark timing the preset student's steps: --quick, --<count> (6),
+    --batch-size (8) and --output-dir (results/<output_dir>)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="tiny random model: a smoke test")
-    parser.add_argument("--rounds", type=int, default=6, help="timed steps per setting")
+    parser.add_argument(f"--{count}", type=int, default=6, help=count_help)
     parser.add_argument("--batch-size", type=int, default=8, help="the preset's per_device_train_batch_size")
-    parser.add_argument("--output-dir", default=str(REPO / "results" / "student-step"))
+    parser.add_argument("--output-dir", default=str(REPO / "results" / output_dir))
+    return parser
+
+
+def main(argv=None) -> dict:
+    parser = preset_step_arguments(
+        __doc__.splitlines()[0], "rounds", "timed steps per setting", "student-step"
+    )
     args = parser.parse_args(argv)
 
-    from distill_trainer import TwoViewCollator
-
-    model, tokenizer = student_and_tokenizer(args.quick)
-    rows = training_rows(tokenizer, args.batch_size * args.rounds)
-    collate = TwoViewCollator(tokenizer.pad_token_id)
-    batches = [
-        collate([rows[i] for i in range(start, min(start + args.batch_size, len(rows)))])
-        for start in range(0, len(rows), args.batch_size)
-    ]
+    model, _, batches = preset_batches(args.quick, args.batch_size, args.rounds)
     measured = time_steps(model, batches, args.rounds)
     plain, shared = (statistics.median(measured["times"][share]) for share in (False, True))
     drift = max(abs(a - b) for a, b in zip(measured["losses"][False], measured["losses"][True]))
