@@ -55,12 +55,13 @@ def student_and_tokenizer(quick: bool):
     return prepare_student(model, "lora", **lora), tokenizer
 
 
-def training_rows(tokenizer, count: int):
+def training_rows(tokenizer, count: int, answer: str = "The answer is {answer}."):
+    """`count` chat-templated rows of the dev questions, each answered by `answer` filled in."""
     from distill_trainer.context.steps import chat_view_dataset
 
     questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()][:count]
     rows = [
-        dict(prompt=q["prompt"], context="", completion=f"The answer is {q['answer']}.") for q in questions
+        dict(prompt=q["prompt"], context="", completion=answer.format(answer=q["answer"])) for q in questions
     ]
     return chat_view_dataset(tokenizer, rows, [None] * len(rows), "system")
 
