@@ -9,11 +9,11 @@ recipe's trainer and the preset's step: the student's forward and backward over 
 rows (shared prefix on; sentence-long answers, as the teacher's are) and forward KL over the whole
 vocabulary on every answer token against cached top-64 teacher outputs (random here: the arithmetic does
 not depend on them). The two settings run the same rows in the same order, one after the other,
-`--repeats` times each. A small process that calls the loss alone sees no difference: what faulting pages
-in costs grows with what the process holds, so only a trainer's process shows it. The report gives the
-median step time of each setting (the first two steps of a run left out: warm-up), their ratio, the
-largest difference between their final losses (none is expected: the arithmetic is the same) and each
-setting's largest anonymous memory. Results: results/heap-reuse/heap_reuse.{md,json}.
+`--repeats` times each. A trainer's process is what shows the difference: a small process that calls the
+loss alone does not. The report gives the median step time of each setting (the first two steps of a run
+left out: warm-up), their ratio, the largest difference between their final losses (none is expected: the
+arithmetic is the same) and each setting's largest anonymous memory. Results:
+results/heap-reuse/heap_reuse.{md,json}.
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.student_step import preset_step_arguments, student_and_tokenizer, training_rows  # noqa: E402
+from benchmarks.student_step import (  # noqa: E402
+    preset_step_arguments,
+    student_and_tokenizer,
+    training_rows,
+    write_report,
+)
 
 TOP_K = 64
 SETTINGS = ("default", "reuse")
@@ -145,9 +150,6 @@ def main(argv=None) -> dict:
         "largest_loss_difference": max(losses) - min(losses),
         "anonymous_mib": {s: round(max(r["anonymous"] for r in runs[s]) / MIB) for s in SETTINGS},
     }
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "heap_reuse.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# CD training with freed memory kept in the heap, against glibc's defaults",
         "",
@@ -163,9 +165,7 @@ def main(argv=None) -> dict:
         f"Speed-up: {report['speedup']}x. Largest difference between the two losses: "
         f"{report['largest_loss_difference']:.1e}.",
     ]
-    (out / "heap_reuse.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return report
+    return write_report(args.output_dir, "heap_reuse", report, lines)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,17 @@ def preset_step_arguments(description: str, count: str, count_help: str, output_
     return parser
 
 
+def write_report(output_dir: str, name: str, report: dict, lines: list[str]) -> dict:
+    """Write `report` as <name>.json and `lines` as <name>.md into `output_dir`, print the lines and
+    return the report."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
+
+
 def main(argv=None) -> dict:
     parser = preset_step_arguments(
         __doc__.splitlines()[0], "rounds", "timed steps per setting", "student-step"
@@ -161,9 +172,6 @@ def main(argv=None) -> dict:
         },
         "largest_loss_difference": drift,
     }
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "student_step.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# The student's step with and without the shared-prefix forward",
         "",
@@ -177,9 +185,7 @@ def main(argv=None) -> dict:
         "",
         f"Speed-up: {report['speedup']}x. Largest difference between the two losses: {drift:.1e}.",
     ]
-    (out / "student_step.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return report
+    return write_report(args.output_dir, "student_step", report, lines)
 
 
 if __name__ == "__main__":
