@@ -93,7 +93,7 @@ def timed_step(signal, model, batch, optimizer) -> tuple[float, float]:
 
 
 def preset_batches(quick: bool, batch_size: int, count: int):
-    """(student, tokenizer, batches): `count` batches of the preset's size, collated as the trainer does."""
+    """(student, batches): `count` batches of the preset's size, collated as the trainer does."""
     from distill_trainer import TwoViewCollator
 
     model, tokenizer = student_and_tokenizer(quick)
@@ -103,7 +103,7 @@ def preset_batches(quick: bool, batch_size: int, count: int):
         collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
         for start in range(0, len(rows), batch_size)
     ]
-    return model, tokenizer, batches
+    return model, batches
 
 
 def time_steps(model, batches, rounds: int) -> dict:
@@ -155,7 +155,7 @@ def main(argv=None) -> dict:
     )
     args = parser.parse_args(argv)
 
-    model, _, batches = preset_batches(args.quick, args.batch_size, args.rounds)
+    model, batches = preset_batches(args.quick, args.batch_size, args.rounds)
     measured = time_steps(model, batches, args.rounds)
     plain, shared = (statistics.median(measured["times"][share]) for share in (False, True))
     drift = max(abs(a - b) for a, b in zip(measured["losses"][False], measured["losses"][True]))
