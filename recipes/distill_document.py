@@ -416,8 +416,9 @@ def report(plan: Plan, answers, kls, taught, base_answers, trained, configs, com
             else []
         ),
         f"- answers: greedy, at most {plan.settings.max_new_tokens} new tokens; teacher answers "
-        f"{teacher_info['generated']} generated, {teacher_info['reused']} read from the completion cache; "
-        f"base student {before_info['generated']} generated, {before_info['reused']} reused; separate "
+        f"{teacher_info['generated']} generated, {teacher_info['reused']} read from the completion cache, "
+        f"{teacher_info['cut_off']} cut off at that limit; base student {before_info['generated']} "
+        f"generated, {before_info['reused']} reused, {before_info['cut_off']} cut off; separate "
         f"teacher loaded: {'yes' if taught['loaded'] else 'no'}",
         f"- training (CD and SFT alike): {cd_metrics['train']['global_step']} steps, learning rate "
         f"{config.learning_rate}, {config.num_train_epochs} epochs, "

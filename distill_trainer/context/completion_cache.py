@@ -104,7 +104,8 @@ def teacher_completions(
             (a "self" teacher is the student with its adapters off: pass a context manager's model).
         rows: dicts with "context" and "prompt".
         teacher_id: identifies the teacher in the key (see the module docstring).
-    Returns info: {"path", "reused", "generated"} (rows found in the cache, rows generated now).
+    Returns info: {"path", "reused", "generated", "cut_off"} (rows found in the cache, rows generated
+    now, replies that reached `settings.max_new_tokens` without a stop token).
     """
     if not teacher_id:
         raise UsageError(
@@ -143,5 +144,14 @@ def teacher_completions(
             # the context's part of the prompt (or, without one, the template's opening) runs once
             prefix = shared_prefix_length(tokenizer, context, placement)
             generate(prompts, settings, prefix_length=prefix, on_batch=store)
-    info = {"path": str(path), "reused": len(rows) - len(missing), "generated": len(missing)}
-    return [entries[key] for key in keys], info
+    replies = [entries[key] for key in keys]
+    stop = set(stop_token_ids(tokenizer))
+    # a reply that ends without a stop token hit max_new_tokens: its answer may be cut short
+    cut_off = sum(not reply["ids"] or reply["ids"][-1] not in stop for reply in replies)
+    info = {
+        "path": str(path),
+        "reused": len(rows) - len(missing),
+        "generated": len(missing),
+        "cut_off": cut_off,
+    }
+    return replies, info

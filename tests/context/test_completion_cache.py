@@ -112,7 +112,7 @@ def test_sampling_is_seeded(model, chat_tokenizer):
     assert first != generate(model, chat_tokenizer, GREEDY, 0, 2)
 
 
-def test_a_reply_stops_at_the_end_of_turn(model, chat_tokenizer):
+def test_a_reply_stops_at_the_end_of_turn(model, chat_tokenizer, tmp_path):
     end = stop_token_ids(chat_tokenizer)[-1]
 
     def always_end(module, args, output):
@@ -122,6 +122,8 @@ def test_a_reply_stops_at_the_end_of_turn(model, chat_tokenizer):
     model.register_forward_hook(always_end)
     replies = generate(model, chat_tokenizer, GREEDY, 0, 4)
     assert replies == [[end]] * len(PROMPTS)
+    _, info = teacher_completions(model, chat_tokenizer, rows(), GREEDY, teacher_id="t", cache_dir=tmp_path)
+    assert info["cut_off"] == 0  # every reply ended with its stop token
 
 
 def test_completions_are_cached_and_reused_without_the_model(model, chat_tokenizer, tmp_path):
@@ -129,11 +131,17 @@ def test_completions_are_cached_and_reused_without_the_model(model, chat_tokeniz
     first, info = teacher_completions(model, chat_tokenizer, rows(), GREEDY, **options)
     assert info["generated"] == len(PROMPTS) and info["reused"] == 0
     assert all(len(r["ids"]) == GREEDY.max_new_tokens and isinstance(r["text"], str) for r in first)
+    assert info["cut_off"] == len(PROMPTS)  # a random model never stops: every reply hit the limit
     assert [p.name for p in tmp_path.iterdir()] == [
         f"{completion_cache_path(chat_tokenizer, GREEDY, 'teacher-a', 'system')[0].name}"
     ]
     again, info = teacher_completions(refuse_to_run(model), chat_tokenizer, rows(), GREEDY, **options)
-    assert again == first and info == {"path": info["path"], "reused": len(PROMPTS), "generated": 0}
+    assert again == first and info == {
+        "path": info["path"],
+        "reused": len(PROMPTS),
+        "generated": 0,
+        "cut_off": len(PROMPTS),
+    }
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,8 @@ def test_recipe_end_to_end_and_a_rerun_reuses_the_teachers_answers(tmp_path, cha
     assert (out / "sft" / "adapter_config.json").is_file()
     # 6 training, 3 held-out wordings, 1 held-out fact: the teacher answers all 10 once
     assert metrics["teacher_completions"]["generated"] == 10 and metrics["teacher_completions"]["reused"] == 0
+    cut_off = metrics["teacher_completions"]["cut_off"]
+    assert f"{cut_off} cut off at that limit" in (out / "results.md").read_text()
     assert metrics["cd"]["train"]["global_step"] == 2 and metrics["sft"]["train"]["global_step"] == 2
     results = metrics["results"]
     assert set(results["models"]) == {"before", "cd", "sft", "open_student", "open_teacher"}
