@@ -73,27 +73,6 @@ def answer_spans(statement: str) -> list[str]:
     return spans
 
 
-_YEAR = re.compile(r"(?:1[0-9]|20)\d\d")
-
-
-def answer_kind(answer: str) -> str:
-    """What an answer is, by its form alone: "year" (a bare year), "date", "amount" (any other number) or
-    "name". It tells the question-writing teacher which question word asks for it."""
-    if _YEAR.fullmatch(answer):
-        return "year"
-    if _DATE.fullmatch(answer):
-        return "date"
-    return "amount" if re.search(r"\d", answer) else "name"
-
-
-# the question words for the kinds of answer a small teacher does not ask for unprompted: a year or a
-# date is otherwise copied into the question (`question_writing.answer_prompt`)
-ASKS_FOR = {
-    "year": 'It asks for a year: begin it with "In which year" or "Since which year".',
-    "date": 'It asks for a date: begin it with "On which date" or "When".',
-}
-
-
 def statement_body(statement: str) -> str:
     """The statement without its list or heading marks, as the teacher is shown it."""
     return statement[_OPENING.match(statement).end() :].strip()

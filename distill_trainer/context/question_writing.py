@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from distill_trainer.context.answer_spans import ASKS_FOR, answer_kind, answer_spans, statement_body
+from distill_trainer.context.answer_spans import answer_spans, statement_body
 from distill_trainer.context.passages import Passage, split_statements, statement_spans
 from distill_trainer.context.question_parsing import parse_pairs, parse_questions
 from distill_trainer.context.short_answers import contains, normalize_answer
@@ -181,21 +181,19 @@ def statement_prompt(statement: str, wordings: int) -> str:
 
 
 def answer_prompt(statement: str, answer: str, wordings: int) -> str:
-    """The instruction for one answer of a statement (question_unit: answer), read after its passage, in
-    the format `parse_questions` reads. Shown "since 1982", a small teacher copies the year into the
-    question ("Who has been the harbour master since 1982?"), shown "since ___" it asks "... since?": so a
-    year or a date is blanked, named and given its question word. A name or an amount stays in place
-    (blanked, it was asked "Which ...?" about something else). Other details are left out where they
-    can be: a student taught only a longer question does not answer a shorter one."""
+    """The instruction for one answer of a statement (question_unit: answer), read after its passage: the
+    statement and the answer named outright, and the question(s) that ask for it, in the format
+    `parse_questions` reads. Named, not blanked out: shown "since ___", a small teacher writes "Who has
+    been the harbour master since?" and pairs it with a year; told the answer is "1982", it asks when.
+    The other details are left out where they can be ("Who is the harbour master?", not "... since
+    1982?"): a student taught only the longer question does not answer the shorter one."""
     what = "a question" if wordings == 1 else f"{wordings} questions, each in different words,"
-    body, asks, hint = statement_body(statement), f'"{answer}"', ASKS_FOR.get(answer_kind(answer))
-    if hint:
-        body, asks, hint = body.replace(answer, "___"), f'the missing part "___" ("{answer}")', hint + " "
     return (
-        f'This sentence is from the text: "{body}"\nWrite {what} whose answer is {asks}. Each question '
-        f"must make sense on its own, without the text (name who or what it is about), and must not "
-        f'contain "{answer}". {hint or ""}Leave out the sentence\'s other details unless the question '
-        "needs them. Write nothing else, in this format:\nQ: <question>"
+        f'This sentence is from the text: "{statement_body(statement)}"\n'
+        f'Write {what} whose answer is "{answer}". Each question must make sense on its own, without the '
+        f'text (name who or what it is about), and must not contain "{answer}". Leave out the '
+        "sentence's other details unless the question needs them. Write nothing else, in this format:\n"
+        "Q: <question>"
     )
 
 
@@ -205,10 +203,12 @@ def longest_instruction(args: QuestionWritingArguments, document: str) -> str:
     if args.question_unit == "passage":
         return writing_prompt(args.questions_per_passage, args.question_wordings)
     longest = max((document[s:e] for s, e in statement_spans(document)), key=len, default="")
-    if args.question_unit == "answer":  # an answer is a part of its statement: the statement bounds it,
-        blank = 'the missing part "___" () ' + max(ASKS_FOR.values(), key=len)  # and a year's blank and hint
-        by_answer = answer_prompt(longest, longest, args.question_wordings) + blank
-        return max(by_answer, statement_prompt(longest, args.question_wordings), key=len)
+    if args.question_unit == "answer":  # an answer is a part of its statement: the statement bounds it
+        return max(
+            answer_prompt(longest, longest, args.question_wordings),
+            statement_prompt(longest, args.question_wordings),
+            key=len,
+        )
     return statement_prompt(longest, args.question_wordings)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from distill_trainer.context.answer_spans import answer_kind, answer_spans, statement_body
+from distill_trainer.context.answer_spans import answer_spans, statement_body
 from distill_trainer.context.knowledge_data import KnowledgeArguments
 from distill_trainer.context.passages import split_passages, tokenizer_counter
 from distill_trainer.context.question_parsing import parse_pairs, parse_questions
@@ -274,24 +274,8 @@ def test_a_statements_names_numbers_dates_and_amounts_are_its_answers():
         "Isolde Mottram has been the harbour master since 1982."
     )
     prompt = answer_prompt("- Isolde Mottram has been the harbour master since 1982.", "1982", 2)
-    # a year is blanked out where it stands, named beside the blank, and asked for with "In which year"
-    assert '"Isolde Mottram has been the harbour master since ___."' in prompt
-    assert 'the missing part "___" ("1982")' in prompt and "2 questions" in prompt
-    assert '"In which year"' in prompt
-    # a name stays in place and is named: blanked, a small teacher asks about something else
-    by_name = answer_prompt("- Isolde Mottram has been the harbour master since 1982.", "Isolde Mottram", 1)
-    assert '"Isolde Mottram has been the harbour master since 1982."' in by_name
-    assert 'whose answer is "Isolde Mottram"' in by_name and "___" not in by_name and "year" not in by_name
-    kinds = [
-        "1982",
-        "5 December",
-        "December 5, 1890",
-        "13,591 books",
-        "£12",
-        "Cobbler's Row",
-        "Night of the Bells",
-    ]
-    assert [answer_kind(a) for a in kinds] == ["year", "date", "date", "amount", "amount", "name", "name"]
+    assert '"Isolde Mottram has been the harbour master since 1982."' in prompt
+    assert 'whose answer is "1982"' in prompt and "2 questions" in prompt
 
 
 def test_each_answer_of_a_statement_is_asked_for_its_question():
@@ -356,12 +340,12 @@ def test_a_question_that_asks_for_another_answer_of_its_statement_is_re_aimed_at
     )
     parts = split_passages(document, lambda text: len(text.split()), max_tokens=12)
     replies = {
-        '("1982")': "Q: Who has been the harbour master since 1982?\nQ: What is the harbour?",
+        'whose answer is "1982"': "Q: Who has been the harbour master since 1982?\nQ: What is the harbour?",
         'whose answer is "Ada Brill"': (
             "Q: Since when is Ada Brill the harbour master?\nQ: Who is the harbour master?"
         ),
         'whose answer is "40 cars"': "Q: How many cars does the ferry carry?\nQ: Does it carry 40 cars?",
-        '("1990")': "Q: Who has kept the mill since 1990?\nQ: What does Cy Dunn keep?",
+        'whose answer is "1990"': "Q: Who has kept the mill since 1990?\nQ: What does Cy Dunn keep?",
     }
     checks = {
         "Who has been the harbour master since 1982?": "Ada Brill.",  # gives its year away, asks the name
