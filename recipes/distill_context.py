@@ -36,13 +36,13 @@ from distill_trainer import (
 )
 from distill_trainer.code_digest import code_record
 from distill_trainer.code_stamp import stamp_json
+from distill_trainer.context.completion_cache import cut_offs
 from distill_trainer.context.config import ContextDataArguments
 from distill_trainer.context.generation_eval import reply_records, rule_following
 from distill_trainer.context.report import format_report, write_report
 from distill_trainer.context.steps import (
     chat_view_dataset,
     completions,
-    cut_offs,
     measure_student,
 )
 from distill_trainer.report.hub import save_student, ship_student

@@ -145,13 +145,16 @@ def teacher_completions(
             prefix = shared_prefix_length(tokenizer, context, placement)
             generate(prompts, settings, prefix_length=prefix, on_batch=store)
     replies = [entries[key] for key in keys]
-    stop = set(stop_token_ids(tokenizer))
-    # a reply that ends without a stop token hit max_new_tokens: its answer may be cut short
-    cut_off = sum(not reply["ids"] or reply["ids"][-1] not in stop for reply in replies)
     info = {
         "path": str(path),
         "reused": len(rows) - len(missing),
         "generated": len(missing),
-        "cut_off": cut_off,
+        "cut_off": sum(cut_offs(tokenizer, replies)),  # an answer cut short may lack what was asked
     }
     return replies, info
+
+
+def cut_offs(tokenizer, replies: list[dict]) -> list[bool]:
+    """Per reply: it ends without a stop token, so generation hit max_new_tokens."""
+    stop = set(stop_token_ids(tokenizer))
+    return [not reply["ids"] or reply["ids"][-1] not in stop for reply in replies]

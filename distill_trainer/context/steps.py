@@ -15,14 +15,14 @@ import contextlib
 
 from datasets import Dataset
 
-from distill_trainer.context.completion_cache import teacher_completions
+from distill_trainer.context.completion_cache import cut_offs, teacher_completions
 from distill_trainer.context.generation_eval import completion_kl, generate_for_rows, rule_following
 from distill_trainer.errors import UsageError
 from distill_trainer.models.loading import load_tokenizer
 from distill_trainer.teacher.generation import GenerationSettings
 from distill_trainer.teacher.teacher import Teacher, check_self_teacher, is_self
 from distill_trainer.training.cross_tokenizer import check_cross_tokenizer_settings
-from distill_trainer.views.chat import build_chat_views, chat_prompt_ids, shared_prefix_length, stop_token_ids
+from distill_trainer.views.chat import build_chat_views, chat_prompt_ids, shared_prefix_length
 from distill_trainer.views.cross_tokenizer import build_cross_tokenizer_chat_views, tokenizers_differ
 from distill_trainer.views.text import TwoViewCollator
 
@@ -159,9 +159,3 @@ def measure_student(
             student, teacher, own, collator, kl_batch_size, progress=f"{label} KL, own"
         )
     return result
-
-
-def cut_offs(tokenizer, replies: list[dict]) -> list[bool]:
-    """Per reply: it ends without a stop token, so generation hit max_new_tokens."""
-    stop = set(stop_token_ids(tokenizer))
-    return [not reply["ids"] or reply["ids"][-1] not in stop for reply in replies]

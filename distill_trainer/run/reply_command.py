@@ -83,10 +83,11 @@ def _settings(args) -> dict:
 
 
 def evaluate_replies(args) -> dict:
+    from distill_trainer.context.completion_cache import cut_offs
     from distill_trainer.context.config import ContextDataArguments
     from distill_trainer.context.data import load_context_rows
     from distill_trainer.context.generation_eval import rule_following
-    from distill_trainer.context.steps import chat_view_dataset, completions, cut_offs, measure_student
+    from distill_trainer.context.steps import chat_view_dataset, completions, measure_student
     from distill_trainer.models.loading import load_causal_lm
     from distill_trainer.nli.row_checks import print_reports
     from distill_trainer.run.output_dir import check_output_location
