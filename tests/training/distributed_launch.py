@@ -45,6 +45,10 @@ def launch(tiny_dirs, output: Path, jobs: dict, *flags: str, timeout: int = 300)
     for name, (mode, batch, accumulation, teacher) in jobs.items():
         command += ["--job", name, mode, str(batch), str(accumulation), teacher_for(teacher, tiny_dirs)]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # DeepSpeed compiles its CPU ops under a file lock; a build killed elsewhere leaves that lock behind in
+    # the shared cache and every later launch waits on it forever. A folder of this test session's own
+    # (shared by its launches, so each op is built once per session) cannot inherit such a lock.
+    env["TORCH_EXTENSIONS_DIR"] = str(output.parent / "torch_extensions")
     if not torch.cuda.is_available():
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator; no effect on the other strategies
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
